@@ -1,0 +1,155 @@
+/*
+ * bot.conf (libconfig syntax) -> struct config.  Loading validates every
+ * key and reports each problem as "FILE:LINE: key: what is wrong", all of
+ * them at once, so an operator fixes a file in one pass.  Secrets are never
+ * read from the file: it names environment variables, and config_secrets()
+ * reads NAME or, when NAME is unset, the file named by NAME_FILE (Docker
+ * secrets).  Adapter blocks (matrix, irc, ...) are parsed by their adapters
+ * from the libconfig setting kept here, so adding a platform does not touch
+ * this file.
+ */
+#ifndef PARLEY_CONFIG_H
+#define PARLEY_CONFIG_H
+
+#include <stddef.h>
+
+/* Limits on what a config may hold; each exists so that a typo cannot make
+ * the process allocate without bound. */
+#define CONFIG_MAX_MODELS    64
+#define CONFIG_MAX_FEWSHOT   32
+#define CONFIG_MAX_ROOMS     4096
+#define CONFIG_MAX_ADAPTERS  64
+#define CONFIG_TEXT_MAX      (64 * 1024)   /* one prompt text */
+#define CONFIG_SECRET_MAX    4096          /* one secret value or file */
+
+struct config_bot {
+    char *name;             /* display name / nick the bot answers to */
+    char *log_level;        /* "debug", "info", "warn", "error" */
+};
+
+struct config_redis {
+    char *host;             /* default "127.0.0.1"; ignored if unix_socket */
+    int port;               /* default 6379 */
+    char *unix_socket;      /* NULL unless set */
+    int db;                 /* SELECT index, default 0 */
+    char *password_env;     /* env var holding the password, or NULL */
+    char *prefix;           /* key prefix, default "parley:" */
+    int dedupe_ttl_s;       /* seen:<event id> lifetime, default 86400 */
+};
+
+struct config_llm {
+    char *base_url;         /* e.g. "https://api.openai.com/v1" (no slash) */
+    char *model;            /* default model */
+    char **allowed_models;  /* !model accepts only these; model included */
+    size_t n_allowed_models;
+    char *api_key_env;      /* default "OPENAI_API_KEY" */
+    double temperature;     /* default 0.7; < 0 means "do not send" */
+    int max_tokens;         /* completion cap, 0 = do not send */
+    int connect_timeout_ms; /* default 10000 */
+    int timeout_ms;         /* whole request, default 120000 */
+    int max_retries;        /* retries after the first try, default 4 */
+    int backoff_base_ms;    /* default 500 */
+    int backoff_max_ms;     /* default 30000 */
+    int max_concurrent;     /* requests in flight, default 16 */
+};
+
+struct config_context {
+    int max_turns;          /* turns kept per room, default 40 */
+    int max_tokens;         /* estimated tokens of history sent, 3000 */
+    int ttl_s;              /* ctx:<room> expiry, default 30 days */
+};
+
+struct config_fewshot {
+    char *user;
+    char *assistant;
+};
+
+struct config_prompts {
+    char *system;           /* default system prompt */
+    char *greeting;         /* instruction used for first contact */
+    struct config_fewshot *fewshot;
+    size_t n_fewshot;
+};
+
+struct config_limits {
+    int user_requests_per_minute;  /* 0 = unlimited, default 10 */
+    int user_daily_tokens;         /* 0 = unlimited, default 0 */
+};
+
+/* A per-room override from the file ("rooms" list). Unset fields are NULL
+ * or -1.  room is the full room key (see event_room_key). */
+struct config_room {
+    char *room;
+    char *model;
+    char *system;
+    int greeting;           /* 1 on, 0 off, -1 inherit */
+};
+
+/* One entry of the "adapters" list: its type and the libconfig setting
+ * (a config_setting_t *) the adapter parses itself. */
+struct config_adapter {
+    char *type;             /* "console", "irc", "matrix" */
+    void *setting;          /* config_setting_t *, owned by config */
+    int line;               /* line of the block, for messages */
+};
+
+struct config {
+    char *path;             /* file loaded, or "(built-in)" */
+    struct config_bot bot;
+    struct config_redis redis;
+    struct config_llm llm;
+    struct config_context context;
+    struct config_prompts prompts;
+    struct config_limits limits;
+    struct config_room *rooms;
+    size_t n_rooms;
+    struct config_adapter *adapters;
+    size_t n_adapters;
+
+    /* Resolved by config_secrets(); wiped and freed by config_free(). */
+    char *api_key;          /* NULL if the env var is unset */
+    char *redis_password;   /* NULL if not configured */
+
+    void *lc;               /* config_t *, kept for adapter settings */
+};
+
+/* Fill cfg with the built-in defaults (console adapter only, local Redis).
+ * Returns PARLEY_OK or PARLEY_ERR_OOM. */
+int config_defaults(struct config *cfg);
+
+/*
+ * Load and validate path into cfg (defaults first, then the file).  On
+ * failure returns PARLEY_ERR_CONFIG (or _IO/_OOM) and writes every problem,
+ * one per line, "FILE:LINE: key: message", into err (truncated to errlen).
+ * cfg must be released with config_free() in both cases.
+ */
+int config_load(struct config *cfg, const char *path, char *err, size_t errlen);
+
+/*
+ * Read the secrets named by the config (llm.api_key_env,
+ * redis.password_env) from the environment or NAME_FILE, register them with
+ * log_add_secret(), and store them in cfg.  A missing API key is not an
+ * error here (local servers often need none); a NAME_FILE that cannot be
+ * read is.  Returns PARLEY_OK or PARLEY_ERR_CONFIG with err filled.
+ */
+int config_secrets(struct config *cfg, char *err, size_t errlen);
+
+/*
+ * Read one secret: env var name, else the file named by name_FILE (trailing
+ * newline removed, at most CONFIG_SECRET_MAX bytes).  *out is NULL when
+ * neither is set.  Caller frees *out (after explicit_bzero).
+ */
+int config_secret_read(const char *name, char **out, char *err,
+                       size_t errlen);
+
+/* The override for a room key, or NULL. */
+const struct config_room *config_room_find(const struct config *cfg,
+                                           const char *room_key);
+
+/* Whether model is in llm.allowed_models (or is llm.model). */
+int config_model_allowed(const struct config *cfg, const char *model);
+
+/* Release everything cfg owns (secrets are wiped first); cfg is zeroed. */
+void config_free(struct config *cfg);
+
+#endif

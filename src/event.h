@@ -1,0 +1,54 @@
+/*
+ * The common event every adapter produces.  Platform quirks (Matrix reply
+ * fallbacks, IRC colour codes, mentions) are resolved by the adapter before
+ * the event is built, so the router never looks at platform syntax.
+ */
+#ifndef PARLEY_EVENT_H
+#define PARLEY_EVENT_H
+
+#include <stddef.h>
+
+enum event_kind {
+    EVENT_MESSAGE = 0,
+    EVENT_JOIN,             /* someone (or the bot: self) joined the room */
+    EVENT_INVITE,
+    EVENT_LEAVE
+};
+
+/*
+ * All strings are borrowed from the adapter for the duration of
+ * router_submit(); the router copies what it keeps (event_dup).
+ * Optional fields are NULL when absent.
+ */
+struct event {
+    enum event_kind kind;
+    const char *platform;   /* "console", "irc", "matrix" */
+    const char *account;    /* adapter instance: network name, user id */
+    const char *room;       /* platform room: "#chan", "!id:server" */
+    const char *sender;     /* stable user id: nick, "@u:server" */
+    const char *sender_name;/* display name for the model, or NULL */
+    const char *text;       /* UTF-8, cleaned; NULL for non-messages */
+    const char *event_id;   /* platform id; NULL where none (IRC) */
+    const char *thread_id;  /* thread root, or NULL */
+    const char *reply_to;   /* event replied to, or NULL */
+    int addressed;          /* the message is meant for the bot */
+    int self;               /* sender is the bot itself */
+    int from_bot;           /* sender is known to be a bot */
+    int is_admin;           /* adapter says sender may use !system */
+};
+
+/* Room keys are at most this long (prefix excluded). */
+#define EVENT_ROOM_KEY_MAX 512
+
+/*
+ * Write "platform:account:room" into buf.  Returns PARLEY_OK or
+ * PARLEY_ERR_TOO_LARGE when it does not fit.  Adapters pass the room
+ * already case-folded where the platform is case-insensitive (IRC).
+ */
+int event_room_key(const struct event *ev, char *buf, size_t len);
+
+/* Deep copy; NULL on allocation failure.  Free with event_free(). */
+struct event *event_dup(const struct event *ev);
+void event_free(struct event *ev);
+
+#endif

@@ -1,0 +1,39 @@
+/*
+ * Assembly of the chat-completions message list: system prompt (room
+ * override or default), the proactive-greeting instruction, few-shot
+ * pairs, the history trimmed to the token budget with speaker names, and
+ * the new turn.  Loop-free and Redis-free, so tests build prompts from
+ * plain structs.
+ */
+#ifndef PARLEY_PROMPT_H
+#define PARLEY_PROMPT_H
+
+#include <stddef.h>
+
+struct cJSON;
+struct history;
+struct config_fewshot;
+
+struct prompt_input {
+    const char *bot_name;
+    const char *system;         /* system prompt to use (already chosen) */
+    const char *greeting;       /* greeting instruction, or NULL */
+    int first_contact;          /* room has no history: greet + invite */
+    const struct config_fewshot *fewshot;
+    size_t n_fewshot;
+    const struct history *history;  /* may be NULL */
+    size_t max_history_tokens;  /* budget for history; 0 = no limit */
+    const char *user_name;      /* speaker of the new turn, or NULL */
+    const char *user_text;      /* the new turn; NULL for a pure greeting */
+};
+
+/*
+ * Build the "messages" array.  User turns carry the speaker as a
+ * "Name: " prefix in content (portable across OpenAI-compatible servers,
+ * some of which reject the optional "name" field).  History that does not
+ * fit the budget is dropped oldest first.  Returns a new cJSON array the
+ * caller owns, or NULL on OOM.
+ */
+struct cJSON *prompt_build(const struct prompt_input *in);
+
+#endif

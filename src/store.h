@@ -1,0 +1,54 @@
+/*
+ * The Redis connection: hiredis async on the libuv loop, reconnecting with
+ * exponential backoff when the server goes away, and key naming (every key
+ * starts with the configured prefix).  While Redis is down, commands fail
+ * at once with PARLEY_ERR_STATE so callers can degrade (answer without
+ * history, pause Matrix sync); the outage is logged once, and the recovery
+ * once.
+ *
+ * Callback contract (hiredis README): if store_command* returns PARLEY_OK,
+ * fn runs exactly once, with the reply or with NULL when the connection
+ * failed before the reply arrived.  The reply is valid only during fn.
+ */
+#ifndef PARLEY_STORE_H
+#define PARLEY_STORE_H
+
+#include <stddef.h>
+
+struct store;
+struct redisReply;
+struct config_redis;
+struct uv_loop_s;
+
+typedef void store_reply_fn(struct store *st, struct redisReply *reply,
+                            void *privdata);
+/* Called on every up/down transition (up = 1 after AUTH/SELECT). */
+typedef void store_state_fn(struct store *st, int up, void *privdata);
+
+#define STORE_KEY_MAX 1024
+#define STORE_BACKOFF_MIN_MS 100
+#define STORE_BACKOFF_MAX_MS 5000
+
+/* Create and start connecting; password may be NULL.  The config is
+ * copied.  Returns PARLEY_OK even if Redis is not reachable yet. */
+int store_open(struct store **out, struct uv_loop_s *uv,
+               const struct config_redis *cfg, const char *password);
+
+void store_on_state(struct store *st, store_state_fn *fn, void *privdata);
+int store_is_up(const struct store *st);
+
+/* printf-like command, hiredis syntax (%s, %b with len). */
+int store_command(struct store *st, store_reply_fn *fn, void *privdata,
+                  const char *fmt, ...);
+int store_command_argv(struct store *st, store_reply_fn *fn, void *privdata,
+                       int argc, const char **argv, const size_t *argvlen);
+
+/* Write prefix + formatted name into buf; PARLEY_ERR_TOO_LARGE if cut. */
+int store_key(const struct store *st, char *buf, size_t len,
+              const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+
+/* Stop reconnecting, disconnect after pending replies, free when done
+ * (pending callbacks get NULL). */
+void store_close(struct store *st);
+
+#endif
