@@ -20,6 +20,7 @@ struct adapter;
 struct router;
 struct config;
 struct loop;
+struct store;
 
 /* What the router asks an adapter to post. */
 struct reply {
@@ -60,13 +61,26 @@ struct adapter {
     void *priv;             /* adapter-private state */
 };
 
+/* What an adapter gets from main: all borrowed, outliving the adapter. */
+struct adapter_env {
+    struct loop *loop;
+    struct store *store;        /* Redis, for sessions, sync tokens */
+    const struct config *cfg;
+};
+
 /*
- * Constructors, one per adapter folder.  setting is the adapter's
- * config_setting_t * (NULL for the built-in console).  On failure they
- * return an error and fill err.
+ * Constructors, one per adapter folder, all of this type.  setting is the
+ * adapter's config_setting_t * from the "adapters" list (NULL for the
+ * built-in console).  On failure they return an error status and write a
+ * message naming the config key into err.  main.c maps config type names
+ * to these.
  */
-int console_adapter_create(struct adapter **out, struct loop *loop,
-                           const struct config *cfg, void *setting,
-                           char *err, size_t errlen);
+typedef int adapter_create_fn(struct adapter **out,
+                              const struct adapter_env *env, void *setting,
+                              char *err, size_t errlen);
+
+adapter_create_fn console_adapter_create;
+adapter_create_fn irc_adapter_create;
+adapter_create_fn matrix_adapter_create;
 
 #endif

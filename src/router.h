@@ -37,6 +37,17 @@ int router_add_adapter(struct router *r, struct adapter *ad);
 /* Hand over one event (copied).  Never fails from the caller's view:
  * problems are logged and, where useful, answered. */
 void router_submit(struct router *r, const struct event *ev);
+/*
+ * For platforms that can replay (Matrix): like router_submit, but
+ * accepted(status) runs once the event is durable, i.e. its job record
+ * (job:<event id>) is in Redis, or at once when nothing needs recording
+ * (not addressed, duplicate).  A non-OK status means Redis is down: the
+ * caller must not advance its sync position and should offer the event
+ * again later.  accepted may run before this returns.
+ */
+typedef void router_accepted_fn(int status, void *privdata);
+void router_submit_durable(struct router *r, const struct event *ev,
+                           router_accepted_fn *accepted, void *privdata);
 /* Use a new config (SIGHUP); borrowed like the first. */
 void router_reload(struct router *r, const struct config *cfg);
 /* Events accepted and not yet fully answered. */
