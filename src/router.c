@@ -544,8 +544,8 @@ static void job_history_loaded(int status, struct history *h, void *privdata)
 
 static void job_load_history(struct job *job)
 {
-    if (context_load(job->r->store, job->room->key, job_history_loaded,
-                     job) != PARLEY_OK)
+    if (context_load(job->r->store, job->room->key, &job->r->cfg->context,
+                     job_history_loaded, job) != PARLEY_OK)
         job_history_loaded(PARLEY_ERR_STATE, NULL, job);
 }
 
