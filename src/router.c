@@ -228,10 +228,7 @@ static void job_free(struct job *job)
     event_free(job->ev);
     free(job->model);
     free(job->system);
-    if (job->history) {
-        context_history_free(job->history);
-        free(job->history);
-    }
+    context_history_free(job->history);
     free(job->answer);
     if (job->all_prev)
         job->all_prev->all_next = job->all_next;
@@ -524,10 +521,7 @@ static void job_history_loaded(int status, struct history *h, void *privdata)
     struct job *job = privdata;
 
     if (JOB_CLOSING(job)) {
-        if (h) {
-            context_history_free(h);
-            free(h);
-        }
+        context_history_free(h);
         return;
     }
     if (status != PARLEY_OK)
