@@ -31,6 +31,12 @@
 #define EXIT_SOFTWARE    70
 #define EXIT_CONFIG      78
 
+/* Adapters start once Redis is connected, so the first messages already
+ * see their history; if Redis does not answer within this time they start
+ * anyway and the bot runs without history until it comes back. */
+#define MAIN_REDIS_WAIT_MS 3000
+#define MAIN_REDIS_POLL_MS 10
+
 /* How long answers in flight may take after SIGTERM before we give up. */
 #define MAIN_DRAIN_TIMEOUT_MS 15000
 #define MAIN_DRAIN_POLL_MS 50
@@ -63,6 +69,8 @@ struct app {
     size_t n_adapters;
     uv_signal_t sig_int, sig_term, sig_hup;
     uv_timer_t drain_timer;
+    uv_timer_t start_timer;
+    uint64_t start_deadline;
     uint64_t drain_deadline;
     int draining;
     int closed;
@@ -197,6 +205,7 @@ static void on_drain_timer(uv_timer_t *t)
     uv_close((uv_handle_t *)&app->sig_term, NULL);
     uv_close((uv_handle_t *)&app->sig_hup, NULL);
     uv_close((uv_handle_t *)&app->drain_timer, NULL);
+    uv_close((uv_handle_t *)&app->start_timer, NULL);
     store_close(app->store);
     app->store = NULL;
     llm_free(app->llm);
@@ -242,6 +251,38 @@ static void on_console_eof(void *privdata)
      * beside Matrix or IRC it just means nobody types here any more. */
     if (app->n_adapters == 1)
         app_begin_shutdown(app, "end of console input");
+}
+
+static void app_start_adapters(struct app *app)
+{
+    for (size_t i = 0; i < app->n_adapters; i++) {
+        struct adapter *ad = app->adapters[i];
+
+        if (ad->ops->start(ad) != PARLEY_OK) {
+            log_error("%s adapter failed to start: %s", ad->ops->type,
+                      ad->errstr);
+            app->exit_code = EXIT_UNAVAILABLE;
+            app_begin_shutdown(app, "an adapter failed to start");
+            return;
+        }
+    }
+}
+
+static void on_start_timer(uv_timer_t *t)
+{
+    struct app *app = t->data;
+
+    if (app->draining) {
+        uv_timer_stop(t);
+        return;
+    }
+    if (!store_is_up(app->store)) {
+        if (uv_now(&app->uv) < app->start_deadline)
+            return;
+        log_warn("starting without Redis: no history until it is back");
+    }
+    uv_timer_stop(t);
+    app_start_adapters(app);
 }
 
 static adapter_create_fn *adapter_lookup(const char *type)
@@ -356,8 +397,10 @@ static int app_run(struct app *app, int console)
     uv_signal_init(&app->uv, &app->sig_term);
     uv_signal_init(&app->uv, &app->sig_hup);
     uv_timer_init(&app->uv, &app->drain_timer);
+    uv_timer_init(&app->uv, &app->start_timer);
     app->sig_int.data = app->sig_term.data = app->sig_hup.data = app;
     app->drain_timer.data = app;
+    app->start_timer.data = app;
     uv_signal_start(&app->sig_int, on_signal, SIGINT);
     uv_signal_start(&app->sig_term, on_signal, SIGTERM);
     uv_signal_start(&app->sig_hup, on_signal, SIGHUP);
@@ -368,14 +411,9 @@ static int app_run(struct app *app, int console)
         router_add_adapter(app->router, ad);
         if (strcmp(ad->ops->type, "console") == 0)
             console_on_eof(ad, on_console_eof, app);
-        if (ad->ops->start(ad) != PARLEY_OK) {
-            log_error("%s adapter failed to start: %s", ad->ops->type,
-                      ad->errstr);
-            app->exit_code = EXIT_UNAVAILABLE;
-            app_begin_shutdown(app, "an adapter failed to start");
-            break;
-        }
     }
+    app->start_deadline = uv_now(&app->uv) + MAIN_REDIS_WAIT_MS;
+    uv_timer_start(&app->start_timer, on_start_timer, 0, MAIN_REDIS_POLL_MS);
     if (app->cfg.redis.unix_socket)
         log_info("parley %s running: model %s at %s, redis unix:%s",
                  PARLEY_VERSION, app->cfg.llm.model, app->cfg.llm.base_url,
