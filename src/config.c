@@ -80,14 +80,27 @@
     "Greet the people here warmly, say in one sentence what you can help " \
     "with, and ask: \"What topic would you like to explore today?\""
 
+/* Problems kept for sorting; a file with more is hopeless anyway, and
+ * the count still makes the load fail. */
+#define CONFIG_ERRORS_MAX    1000
+
+struct config_error_line {
+    char *text;             /* the whole "FILE:LINE: key: message" */
+    const char *file;       /* sort keys: file, line, order found */
+    unsigned line;
+    size_t seq;
+};
+
 /* Where errors accumulate while a file is validated. */
 struct config_errors {
     char *buf;              /* caller's err buffer, may be NULL */
     size_t len;
-    size_t used;
-    int count;
-    int full;               /* a line did not fit: marker appended */
+    int count;              /* problems found, stored or not */
+    int lost;               /* some were not stored: say so */
     const char *path;       /* file name when a setting has none */
+    const char *dir;        /* include dir ("conf/"), or NULL */
+    struct config_error_line *lines;
+    size_t n, cap;
 };
 
 /* State of one config_load. */
@@ -208,34 +221,109 @@ config_key_path(const config_setting_t *s, char *buf, size_t len)
     (void)n;    /* a truncated path is still useful */
 }
 
-/* Append one finished line to the error buffer.  When it does not fit,
- * the marker CONFIG_MORE_ERRORS is written instead (room for it is kept),
- * or, for a first line, as much of the line as fits. */
+/* Record one finished line.  Lines are kept until config_errors_flush
+ * so that they can be sorted by file and line: checks run group by group
+ * and across groups, but an operator reads a file top to bottom. */
 static void
-config_error_append(struct config_errors *e, const char *line)
+config_error_append(struct config_errors *e, const char *file,
+                    unsigned line, const char *text)
 {
-    size_t n = strlen(line), reserve = sizeof(CONFIG_MORE_ERRORS);
+    struct config_error_line *l;
 
     e->count++;
-    if (!e->buf || e->len == 0 || e->full)
-        return;
-    if (e->used == 0 && n + 1 > e->len) {
-        snprintf(e->buf, e->len, "%s", line);
-        e->used = strlen(e->buf);
-        e->full = 1;
+    if (e->n == e->cap) {
+        size_t cap = e->cap ? e->cap * 2 : 16;
+
+        if (e->n >= CONFIG_ERRORS_MAX) {
+            e->lost = 1;
+            return;
+        }
+        l = realloc(e->lines, cap * sizeof(*l));
+        if (!l) {
+            e->lost = 1;
+            return;
+        }
+        e->lines = l;
+        e->cap = cap;
+    }
+    l = &e->lines[e->n];
+    l->text = strdup(text);
+    if (!l->text) {
+        e->lost = 1;
         return;
     }
-    /* +1 for the separating newline. */
-    if (e->used + (e->used ? 1 : 0) + n + reserve > e->len) {
-        e->full = 1;
-        if (e->used + reserve <= e->len)
-            memcpy(e->buf + e->used, CONFIG_MORE_ERRORS, reserve);
-        return;
+    l->file = file ? file : "";
+    l->line = line;
+    l->seq = e->n;
+    e->n++;
+}
+
+static int
+config_error_cmp(const void *a, const void *b)
+{
+    const struct config_error_line *x = a, *y = b;
+    int c = strcmp(x->file, y->file);
+
+    if (c)
+        return c;
+    if (x->line != y->line)
+        return x->line < y->line ? -1 : 1;
+    return x->seq < y->seq ? -1 : x->seq > y->seq;
+}
+
+/* Write the sorted lines into the caller's buffer, whole lines only, with
+ * CONFIG_MORE_ERRORS when some do not fit (or a first line cut to fit a
+ * tiny buffer); then free them. */
+static void
+config_errors_flush(struct config_errors *e)
+{
+    size_t i, used = 0, reserve = sizeof(CONFIG_MORE_ERRORS);
+    int full = 0;
+
+    if (e->n > 1)
+        qsort(e->lines, e->n, sizeof(*e->lines), config_error_cmp);
+    for (i = 0; i < e->n && e->buf && e->len > 0 && !full; i++) {
+        const char *line = e->lines[i].text;
+        size_t n = strlen(line);
+
+        if (used == 0 && n + 1 > e->len) {
+            snprintf(e->buf, e->len, "%s", line);
+            used = strlen(e->buf);
+            full = 1;
+            break;
+        }
+        /* +1 for the separating newline. */
+        if (used + (used ? 1 : 0) + n + reserve > e->len) {
+            full = 1;
+            break;
+        }
+        if (used)
+            e->buf[used++] = '\n';
+        memcpy(e->buf + used, line, n + 1);
+        used += n;
     }
-    if (e->used)
-        e->buf[e->used++] = '\n';
-    memcpy(e->buf + e->used, line, n + 1);
-    e->used += n;
+    if ((full || e->lost) && e->buf && used > 0 && used + reserve <= e->len)
+        memcpy(e->buf + used, CONFIG_MORE_ERRORS, reserve);
+    for (i = 0; i < e->n; i++)
+        free(e->lines[i].text);
+    free(e->lines);
+    e->lines = NULL;
+    e->n = e->cap = 0;
+}
+
+/* The name to print for a file libconfig reports: @include'd files come
+ * back as written in the directive, relative to the including file's
+ * directory (the include dir), not to the working directory. */
+static void
+config_error_file_name(const struct config_errors *e, const char *file,
+                       char *buf, size_t len)
+{
+    if (!file)
+        file = e->path;
+    if (e->dir && file[0] != '/' && strcmp(file, e->path) != 0)
+        snprintf(buf, len, "%s%s", e->dir, file);
+    else
+        snprintf(buf, len, "%s", file);
 }
 
 /* Report a problem as "FILE:LINE: key.path: message" (s NULL: "FILE:
@@ -252,7 +340,8 @@ config_error_add(struct config_errors *e, const config_setting_t *s,
     char line[CONFIG_ERR_LINE_MAX];
     char key[CONFIG_KEY_PATH_MAX];
     char msg[CONFIG_ERR_LINE_MAX];
-    const char *file = NULL;
+    char file[CONFIG_ERR_LINE_MAX];
+    unsigned lineno = 0;
     va_list ap;
     int r;
 
@@ -262,21 +351,20 @@ config_error_add(struct config_errors *e, const config_setting_t *s,
     if (r < 0)
         snprintf(msg, sizeof(msg), "invalid value");
 
-    if (s)
-        file = config_setting_source_file(s);
-    if (!file)
-        file = e->path;
+    config_error_file_name(e, s ? config_setting_source_file(s) : NULL,
+                           file, sizeof(file));
     if (s && config_setting_source_line(s) > 0) {
+        lineno = config_setting_source_line(s);
         config_key_path(s, key, sizeof(key));
-        r = snprintf(line, sizeof(line), "%s:%u: %s%s%s", file,
-                     config_setting_source_line(s), key,
-                     key[0] ? ": " : "", msg);
+        r = snprintf(line, sizeof(line), "%s:%u: %s%s%s", file, lineno,
+                     key, key[0] ? ": " : "", msg);
     } else {
         r = snprintf(line, sizeof(line), "%s: %s", file, msg);
     }
     /* A cut line still names the place; keep it.  A failed one must
      * still count as an error. */
-    config_error_append(e, r < 0 ? "invalid configuration" : line);
+    config_error_append(e, file, lineno,
+                        r < 0 ? "invalid configuration" : line);
 }
 
 /* Report a problem at a line that has no setting (syntax errors). */
@@ -291,6 +379,7 @@ config_error_at(struct config_errors *e, const char *file, int line,
 {
     char buf[CONFIG_ERR_LINE_MAX];
     char msg[CONFIG_ERR_LINE_MAX];
+    char name[CONFIG_ERR_LINE_MAX];
     va_list ap;
     int r;
 
@@ -299,9 +388,10 @@ config_error_at(struct config_errors *e, const char *file, int line,
     va_end(ap);
     if (r < 0)
         snprintf(msg, sizeof(msg), "invalid input");
-    r = snprintf(buf, sizeof(buf), "%s:%d: %s", file ? file : e->path,
-                 line, msg);
-    config_error_append(e, r < 0 ? "invalid configuration" : buf);
+    config_error_file_name(e, file, name, sizeof(name));
+    r = snprintf(buf, sizeof(buf), "%s:%d: %s", name, line, msg);
+    config_error_append(e, name, line > 0 ? (unsigned)line : 0,
+                        r < 0 ? "invalid configuration" : buf);
 }
 
 /* A message that belongs to a key the file does not contain (a check
@@ -1083,11 +1173,16 @@ config_check_across(struct config_loader *ld)
     }
 
     if (llm->backoff_max_ms < llm->backoff_base_ms) {
+        /* Blame the key the file set (the other is a default). */
         s = config_lookup(ld->lc, "llm.backoff_max_ms");
-        if (!s)
-            s = config_lookup(ld->lc, "llm.backoff_base_ms");
-        config_error_key(&ld->errs, s, "llm.backoff_max_ms",
-                         "must not be less than llm.backoff_base_ms");
+        if (s)
+            config_error_add(&ld->errs, s,
+                             "must not be less than llm.backoff_base_ms");
+        else
+            config_error_key(&ld->errs,
+                             config_lookup(ld->lc, "llm.backoff_base_ms"),
+                             "llm.backoff_base_ms",
+                             "must not be more than llm.backoff_max_ms");
     }
 
     /* Room models, found through the settings for their lines. */
@@ -1116,12 +1211,13 @@ config_check_across(struct config_loader *ld)
 /* Find an integer setting on this line of the main file, for the key
  * path; NULL when none (the literal was in a list of numbers). */
 static const config_setting_t *
-config_find_int_at(const config_setting_t *s, const char *file,
-                   unsigned line)
+config_find_int_at(const struct config_loader *ld, const config_setting_t *s,
+                   const char *file, unsigned line)
 {
     int i, n;
 
     if (config_setting_type(s) == CONFIG_TYPE_INT &&
+        !config_is_bad_int(ld, s) &&
         config_setting_source_line(s) == line &&
         config_setting_source_file(s) &&
         strcmp(config_setting_source_file(s), file) == 0)
@@ -1131,7 +1227,7 @@ config_find_int_at(const config_setting_t *s, const char *file,
     n = config_setting_length(s);
     for (i = 0; i < n; i++) {
         const config_setting_t *found = config_find_int_at(
-            config_setting_get_elem(s, (unsigned)i), file, line);
+            ld, config_setting_get_elem(s, (unsigned)i), file, line);
 
         if (found)
             return found;
@@ -1235,12 +1331,11 @@ config_scan_ints(struct config_loader *ld, const char *text, size_t len,
                 over = over || v > (unsigned long long)INT_MAX + neg;
             if (over) {
                 const config_setting_t *s = config_find_int_at(
-                    config_root_setting(ld->lc), file, line);
+                    ld, config_root_setting(ld->lc), file, line);
                 int shown = (int)(i - start > 40 ? 40 : i - start);
 
-                if (s && !config_is_bad_int(ld, s)) {
-                    if (ld->n_bad_ints < CONFIG_BAD_INTS_MAX)
-                        ld->bad_ints[ld->n_bad_ints++] = s;
+                if (s && ld->n_bad_ints < CONFIG_BAD_INTS_MAX) {
+                    ld->bad_ints[ld->n_bad_ints++] = s;
                     config_error_add(&ld->errs, s,
                                      "integer %.*s is out of range",
                                      shown, text + start);
@@ -1375,14 +1470,104 @@ config_defaults(struct config *cfg)
     return PARLEY_OK;
 }
 
+/* Walk the top level: the known groups and lists; anything else is a
+ * typo or a secret in the wrong place. */
+static void
+config_load_root(struct config_loader *ld)
+{
+    struct config *cfg = ld->cfg;
+    config_setting_t *root = config_root_setting(ld->lc);
+    int i, n = config_setting_length(root);
+
+#define GROUP(keys, field) \
+    config_load_group(ld, s, keys, sizeof(keys) / sizeof(keys[0]), field)
+
+    for (i = 0; i < n && !ld->oom; i++) {
+        config_setting_t *s = config_setting_get_elem(root, (unsigned)i);
+        const char *name = config_setting_name(s);
+
+        if (strcmp(name, "bot") == 0)
+            GROUP(bot_keys, &cfg->bot);
+        else if (strcmp(name, "redis") == 0)
+            GROUP(redis_keys, &cfg->redis);
+        else if (strcmp(name, "llm") == 0)
+            GROUP(llm_keys, &cfg->llm);
+        else if (strcmp(name, "context") == 0)
+            GROUP(context_keys, &cfg->context);
+        else if (strcmp(name, "prompts") == 0)
+            GROUP(prompts_keys, &cfg->prompts);
+        else if (strcmp(name, "limits") == 0)
+            GROUP(limits_keys, &cfg->limits);
+        else if (strcmp(name, "rooms") == 0)
+            config_load_rooms(ld, s);
+        else if (strcmp(name, "adapters") == 0)
+            config_load_adapters(ld, s);
+        else if (config_is_secret_name(name))
+            config_secret_key_error(ld, s, "");
+        else
+            config_error_add(&ld->errs, s, "unknown key");
+    }
+#undef GROUP
+    if (!ld->oom)
+        config_check_across(ld);
+}
+
+/* Parse path into ld->lc; syntax errors are reported.  Returns a
+ * status. */
+static int
+config_parse(struct config_loader *ld, const char *path)
+{
+    char *text = NULL, *dir;
+    size_t text_len = 0;
+    char *slash;
+    int result;
+
+    result = config_read_text(path, &text, &text_len, &ld->errs);
+    if (result)
+        return result;
+
+    ld->lc = malloc(sizeof(config_t));
+    if (!ld->lc) {
+        free(text);
+        return PARLEY_ERR_OOM;
+    }
+    config_init(ld->lc);
+    ld->cfg->lc = ld->lc;
+    /* @include paths are relative to the file, not the working dir. */
+    dir = strdup(path);
+    if (!dir) {
+        free(text);
+        return PARLEY_ERR_OOM;
+    }
+    slash = strrchr(dir, '/');
+    if (slash) {
+        slash[1] = '\0';
+        config_set_include_dir(ld->lc, dir);    /* copies it */
+        ld->errs.dir = config_get_include_dir(ld->lc);
+    }
+    free(dir);
+
+    if (config_read_file(ld->lc, path) != CONFIG_TRUE) {
+        if (config_error_type(ld->lc) == CONFIG_ERR_FILE_IO)
+            config_error_add(&ld->errs, NULL, "cannot read: %s",
+                             config_error_text(ld->lc));
+        else
+            config_error_at(&ld->errs, config_error_file(ld->lc),
+                            config_error_line(ld->lc), "%s",
+                            config_error_text(ld->lc));
+        free(text);
+        return PARLEY_ERR_CONFIG;
+    }
+    config_scan_ints(ld, text, text_len, path);
+    free(text);
+    return PARLEY_OK;
+}
+
 int
 config_load(struct config *cfg, const char *path, char *err, size_t errlen)
 {
     struct config_loader ld;
-    config_setting_t *root;
-    char *text = NULL, *dir = NULL, *slash;
-    size_t text_len = 0;
-    int i, n, result;
+    int result;
 
     if (err && errlen > 0)
         err[0] = '\0';
@@ -1390,112 +1575,44 @@ config_load(struct config *cfg, const char *path, char *err, size_t errlen)
     ld.cfg = cfg;
     ld.errs.buf = err;
     ld.errs.len = errlen;
-    ld.errs.path = path ? path : "(null)";
+    ld.errs.path = path ? path : "(no file)";
 
     result = config_defaults(cfg);
     if (result)
-        goto oom;
+        goto out;
     if (!path) {
         config_error_add(&ld.errs, NULL, "no configuration file given");
-        return PARLEY_ERR_CONFIG;
+        result = PARLEY_ERR_CONFIG;
+        goto out;
     }
     free(cfg->path);
     cfg->path = strdup(path);
-    if (!cfg->path)
-        goto oom;
-
-    result = config_read_text(path, &text, &text_len, &ld.errs);
-    if (result == PARLEY_ERR_OOM)
-        goto oom;
+    if (!cfg->path) {
+        result = PARLEY_ERR_OOM;
+        goto out;
+    }
+    result = config_parse(&ld, path);
     if (result)
-        return result;
-
-    ld.lc = malloc(sizeof(config_t));
-    if (!ld.lc)
-        goto oom;
-    config_init(ld.lc);
-    cfg->lc = ld.lc;
-    /* @include paths are relative to the file, not the working dir. */
-    dir = strdup(path);
-    if (!dir)
-        goto oom;
-    slash = strrchr(dir, '/');
-    if (slash) {
-        slash[1] = '\0';
-        config_set_include_dir(ld.lc, dir);
-    }
-    free(dir);
-    dir = NULL;
-
-    if (config_read_file(ld.lc, path) != CONFIG_TRUE) {
-        const char *file = config_error_file(ld.lc);
-
-        if (config_error_type(ld.lc) == CONFIG_ERR_FILE_IO)
-            config_error_add(&ld.errs, NULL, "cannot read: %s",
-                             config_error_text(ld.lc));
-        else
-            config_error_at(&ld.errs, file, config_error_line(ld.lc),
-                            "%s", config_error_text(ld.lc));
-        free(text);
-        return PARLEY_ERR_CONFIG;
-    }
-    config_scan_ints(&ld, text, text_len, path);
-    free(text);
-    text = NULL;
-
-    root = config_root_setting(ld.lc);
-    n = config_setting_length(root);
-    for (i = 0; i < n && !ld.oom; i++) {
-        config_setting_t *s = config_setting_get_elem(root, (unsigned)i);
-        const char *name = config_setting_name(s);
-
-        if (strcmp(name, "bot") == 0)
-            config_load_group(&ld, s, bot_keys,
-                              sizeof(bot_keys) / sizeof(bot_keys[0]),
-                              &cfg->bot);
-        else if (strcmp(name, "redis") == 0)
-            config_load_group(&ld, s, redis_keys,
-                              sizeof(redis_keys) / sizeof(redis_keys[0]),
-                              &cfg->redis);
-        else if (strcmp(name, "llm") == 0)
-            config_load_group(&ld, s, llm_keys,
-                              sizeof(llm_keys) / sizeof(llm_keys[0]),
-                              &cfg->llm);
-        else if (strcmp(name, "context") == 0)
-            config_load_group(&ld, s, context_keys,
-                              sizeof(context_keys) / sizeof(context_keys[0]),
-                              &cfg->context);
-        else if (strcmp(name, "prompts") == 0)
-            config_load_group(&ld, s, prompts_keys,
-                              sizeof(prompts_keys) / sizeof(prompts_keys[0]),
-                              &cfg->prompts);
-        else if (strcmp(name, "limits") == 0)
-            config_load_group(&ld, s, limits_keys,
-                              sizeof(limits_keys) / sizeof(limits_keys[0]),
-                              &cfg->limits);
-        else if (strcmp(name, "rooms") == 0)
-            config_load_rooms(&ld, s);
-        else if (strcmp(name, "adapters") == 0)
-            config_load_adapters(&ld, s);
-        else if (config_is_secret_name(name))
-            config_secret_key_error(&ld, s, "");
-        else
-            config_error_add(&ld.errs, s, "unknown key");
-    }
-    if (!ld.oom)
-        config_check_across(&ld);
+        goto out;
+    config_load_root(&ld);
     if (ld.oom)
-        goto oom;
+        result = PARLEY_ERR_OOM;
+    else if (ld.errs.count)
+        result = PARLEY_ERR_CONFIG;
+
+out:
+    if (result == PARLEY_ERR_OOM) {
+        config_errors_flush(&ld.errs);
+        if (err && errlen > 0)
+            snprintf(err, errlen, "%s: out of memory", ld.errs.path);
+        return result;
+    }
+    config_errors_flush(&ld.errs);
+    /* Defence in depth: the messages quote no values, but a secret the
+     * logger knows must not reach a terminal through them either. */
     if (err && errlen > 0)
         log_redact(err, errlen);
-    return ld.errs.count ? PARLEY_ERR_CONFIG : PARLEY_OK;
-
-oom:
-    free(text);
-    free(dir);
-    if (err && errlen > 0)
-        snprintf(err, errlen, "%s: out of memory", path ? path : "config");
-    return PARLEY_ERR_OOM;
+    return result;
 }
 
 /* Strip one trailing "\n" or "\r\n" (files written by editors, echo). */
