@@ -9,6 +9,9 @@
 const char *
 parley_status_name(int status)
 {
+    /* Range first: an int outside the enum is not a valid enum value. */
+    if (status < PARLEY_OK || status > PARLEY_ERR_OTHER)
+        return "unknown";
     switch ((enum parley_status)status) {
     case PARLEY_OK:            return "ok";
     case PARLEY_ERR_IO:        return "io";
