@@ -826,7 +826,7 @@ static void request_judge(struct llm_request *req,
             snprintf(text, sizeof(text), "the LLM API did not answer in "
                      "time: %s", resp->errstr ? resp->errstr : "timeout");
         else
-            snprintf(text, sizeof(text), "could not reach the LLM API: %s",
+            snprintf(text, sizeof(text), "the LLM API request failed: %s",
                      resp->errstr ? resp->errstr : "transfer failed");
         res->retryable = llm_is_retryable(res->status, resp->code);
     } else {
