@@ -398,7 +398,7 @@ static int header_is(const char *h, size_t n, const char *name,
     return 1;
 }
 
-static long parse_delta_seconds(const char *s);
+static long parse_decimal_ms(const char *s, long scale);
 
 /* CURLOPT_HEADERFUNCTION: keep Retry-After and retry-after-ms. */
 static size_t cb_header(char *data, size_t size, size_t nmemb, void *userp)
@@ -425,11 +425,8 @@ static size_t cb_header(char *data, size_t size, size_t nmemb, void *userp)
         end--;
     line[end] = '\0';
     if (header_is(line, end, "retry-after-ms", &value)) {
-        /* The same number syntax, but in milliseconds. */
-        long ms = parse_delta_seconds(value);
-
-        if (ms >= 0)
-            req->retry_after_ms_hdr = ms / 1000;
+        /* Sent by OpenAI and Azure; more precise than Retry-After. */
+        req->retry_after_ms_hdr = parse_decimal_ms(value, 1);
     } else if (header_is(line, end, "retry-after", &value)) {
         req->retry_after_ms = loop_parse_retry_after(value,
                                                      (long)time(NULL));
@@ -437,16 +434,18 @@ static size_t cb_header(char *data, size_t size, size_t nmemb, void *userp)
     return n;
 }
 
-/* Parse "123" or "1.5" (seconds) into ms; -1 if it is not that. */
-static long parse_delta_seconds(const char *s)
+/* Parse a non-negative decimal ("123", "1.5") times scale (1000 for
+ * seconds, 1 for milliseconds) into ms, clamped to
+ * LOOP_RETRY_AFTER_MAX_MS; -1 if it is not such a number. */
+static long parse_decimal_ms(const char *s, long scale)
 {
     long ms = 0;
-    long frac_scale = 100;
+    long frac_scale = scale / 10;
     int digits = 0;
 
     for (; isdigit((unsigned char)*s); s++, digits++) {
         if (ms <= LOOP_RETRY_AFTER_MAX_MS)
-            ms = ms * 10 + (*s - '0') * 1000L;
+            ms = ms * 10 + (*s - '0') * scale;
     }
     if (*s == '.') {
         s++;
@@ -475,7 +474,7 @@ long loop_parse_retry_after(const char *value, long now_unix)
     if (*value == '\0')
         return -1;
     if (isdigit((unsigned char)*value) || *value == '.')
-        return parse_delta_seconds(value);
+        return parse_decimal_ms(value, 1000);
     /* An HTTP-date (IMF-fixdate, RFC 850 or asctime) starts with a day
      * name; curl_getdate parses all three without the locale. */
     for (p = value; *p; p++) {
