@@ -10,6 +10,7 @@
  */
 #include <limits.h>
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -176,6 +177,44 @@ out:
     return json;
 }
 
+/* Bytes c takes inside a JSON string as cJSON prints it. */
+static size_t context_json_char_len(unsigned char c)
+{
+    if (c == '"' || c == '\\' || c == '\b' || c == '\f' || c == '\n' ||
+        c == '\r' || c == '\t')
+        return 2;
+    return c < 0x20 ? 6 : 1;
+}
+
+/* Escaped length of s, stopping once it passes limit. */
+static size_t context_json_escaped_len(const char *s, size_t limit)
+{
+    size_t len = 0;
+
+    for (; *s && len <= limit; s++)
+        len += context_json_char_len((unsigned char)*s);
+    return len;
+}
+
+/* Longest prefix of the valid UTF-8 string s, ending on a character
+ * boundary, whose escaped form fits in room bytes. */
+static size_t context_json_fit(const char *s, size_t room)
+{
+    size_t used = 0, i = 0;
+
+    while (s[i]) {
+        size_t step = context_json_char_len((unsigned char)s[i]);
+
+        if (used + step > room)
+            break;
+        used += step;
+        i++;
+    }
+    while (i > 0 && ((unsigned char)s[i] & 0xc0) == 0x80)
+        i--;
+    return i;
+}
+
 char *context_turn_to_json(const struct turn *t)
 {
     char *name = NULL, *content = NULL, *json = NULL;
@@ -194,12 +233,13 @@ char *context_turn_to_json(const struct turn *t)
         goto out;
     /*
      * Escaping can make the JSON longer than the content (a control byte
-     * becomes six), so print, and if over the cap cut the content by the
-     * excess and print again.  Every content byte is at least one JSON
-     * byte, so one cut suffices; the bound only guards the reasoning.
+     * becomes six bytes), so print, and if over the cap cut the content
+     * where its escaped form fills the room left, then print again.  The
+     * loop only guards that arithmetic against a cJSON that escapes more
+     * than context_json_escaped_len assumes.
      */
     for (int tries = 0; tries < 8; tries++) {
-        size_t len, clen;
+        size_t len, esc, room;
 
         json = context_json_print(t->role, name, content, t->ts);
         if (!json)
@@ -209,12 +249,12 @@ char *context_turn_to_json(const struct turn *t)
             goto out;
         free(json);
         json = NULL;
-        clen = strlen(content);
-        clen = clen > len - CONTEXT_TURN_MAX ? clen - (len - CONTEXT_TURN_MAX)
-                                             : 0;
-        while (clen > 0 && ((unsigned char)content[clen] & 0xc0) == 0x80)
-            clen--;
-        content[clen] = '\0';
+        esc = context_json_escaped_len(content, SIZE_MAX);
+        room = len - esc < CONTEXT_TURN_MAX ? CONTEXT_TURN_MAX - (len - esc)
+                                            : 0;
+        if (tries > 0)      /* cJSON disagreed: shrink harder */
+            room /= 2;
+        content[context_json_fit(content, room)] = '\0';
     }
 out:
     free(name);
