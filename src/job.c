@@ -481,8 +481,8 @@ void job_run(struct job *job)
     char key[STORE_KEY_MAX];
 
     job->greeting = over && over->greeting >= 0 ? over->greeting : 1;
-    if (job->kind == JOB_NOTICE) {
-        job_reply(job, job->answer, 1);
+    if (job->kind == JOB_NOTICE || job->kind == JOB_RESEND) {
+        job_reply(job, job->answer, job->notice);
         return;
     }
     if (key_or_log(r, key, sizeof(key), "room", job->room->key) == 0) {

@@ -282,6 +282,9 @@ static void on_start_timer(uv_timer_t *t)
         log_warn("starting without Redis: no history until it is back");
     }
     uv_timer_stop(t);
+    /* Jobs left by a previous run go first in their rooms' queues. */
+    if (store_is_up(app->store))
+        router_resume(app->router);
     app_start_adapters(app);
 }
 

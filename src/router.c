@@ -290,6 +290,169 @@ void router_submit_durable(struct router *r, const struct event *ev,
     router_submit_common(r, ev, accepted, privdata);
 }
 
+/* ---- resuming jobs of a previous run ------------------------------------- */
+
+#define RESUME_SCAN_COUNT "100"
+
+struct resume {
+    struct router *r;
+    char key[STORE_KEY_MAX];        /* the job:<id> key being read */
+};
+
+static const char *hash_field(const redisReply *rep, const char *name)
+{
+    for (size_t i = 0; i + 1 < rep->elements; i += 2) {
+        const redisReply *k = rep->element[i];
+        const redisReply *v = rep->element[i + 1];
+
+        if (k->type == REDIS_REPLY_STRING && v->type == REDIS_REPLY_STRING &&
+            strcmp(k->str, name) == 0)
+            return v->str;
+    }
+    return NULL;
+}
+
+static void resume_job_loaded(struct store *st, struct redisReply *rep,
+                              void *privdata)
+{
+    struct resume *res = privdata;
+    struct router *r = res->r;
+    const char *state, *answer, *kind;
+    size_t prefix_len = strlen(r->cfg->redis.prefix) + strlen("job:");
+    char room_key[EVENT_ROOM_KEY_MAX];
+    struct adapter *ad;
+    struct event ev;
+    struct job *job;
+
+    (void)st;
+    if (r->closing || !rep || rep->type != REDIS_REPLY_ARRAY ||
+        rep->elements == 0)
+        goto out;
+    state = hash_field(rep, "state");
+    if (!state || strcmp(state, "done") == 0)
+        goto out;
+    memset(&ev, 0, sizeof(ev));
+    ev.kind = EVENT_MESSAGE;
+    ev.platform = hash_field(rep, "platform");
+    ev.account = hash_field(rep, "account");
+    ev.room = hash_field(rep, "room");
+    ev.sender = hash_field(rep, "sender");
+    ev.sender_name = hash_field(rep, "sender_name");
+    ev.text = hash_field(rep, "text");
+    ev.thread_id = hash_field(rep, "thread_id");
+    ev.reply_to = hash_field(rep, "reply_to");
+    ev.event_id = res->key + prefix_len;
+    ev.addressed = 1;
+    ev.is_admin = hash_field(rep, "is_admin") &&
+                  strcmp(hash_field(rep, "is_admin"), "1") == 0;
+    kind = hash_field(rep, "kind");
+    answer = hash_field(rep, "answer");
+    if (!ev.platform || !ev.room || !ev.text) {
+        log_warn("resume: %s is incomplete, dropped", res->key);
+        goto out;
+    }
+    /* An event this run already took (the platform delivered it again
+     * before the scan got here) must not be answered twice.  Linear in
+     * the live jobs, once per unfinished record at start-up. */
+    for (struct job *live = r->jobs; live; live = live->all_next)
+        if (live->ev->event_id && strcmp(live->ev->event_id,
+                                         ev.event_id) == 0)
+            goto out;
+    ad = router_adapter_for(r, &ev);
+    if (!ad) {
+        log_warn("resume: %s belongs to %s/%s, which is not configured "
+                 "any more", res->key, ev.platform,
+                 ev.account ? ev.account : "");
+        goto out;
+    }
+    if (event_room_key(&ev, room_key, sizeof(room_key)) != PARLEY_OK)
+        goto out;
+    job = job_create(r, ad, &ev, kind && strcmp(kind, "command") == 0 ?
+                     JOB_COMMAND : JOB_CHAT);
+    if (!job)
+        goto out;
+    job->durable = 1;
+    if (strcmp(state, "answered") == 0 && answer) {
+        job->kind = JOB_RESEND;
+        job->answer = strdup(answer);
+        job->notice = hash_field(rep, "notice") &&
+                      strcmp(hash_field(rep, "notice"), "1") == 0;
+        if (!job->answer) {
+            job_free(job);
+            goto out;
+        }
+    }
+    log_info("resume: %s %s in %s", job->kind == JOB_RESEND ?
+             "resending the answer to" : "answering", ev.event_id, ev.room);
+    job_enqueue(r, job, room_key);
+out:
+    free(res);
+}
+
+static int resume_scan(struct router *r, const char *cursor);
+
+static void resume_scanned(struct store *st, struct redisReply *rep,
+                           void *privdata)
+{
+    struct router *r = privdata;
+    const redisReply *keys;
+
+    (void)st;
+    if (r->closing)
+        return;
+    if (!rep || rep->type != REDIS_REPLY_ARRAY || rep->elements != 2 ||
+        rep->element[0]->type != REDIS_REPLY_STRING ||
+        rep->element[1]->type != REDIS_REPLY_ARRAY) {
+        log_warn("resume: cannot list unfinished jobs; they wait for the "
+                 "next start");
+        return;
+    }
+    keys = rep->element[1];
+    for (size_t i = 0; i < keys->elements; i++) {
+        const redisReply *k = keys->element[i];
+        struct resume *res;
+        const char *argv[2];
+
+        if (k->type != REDIS_REPLY_STRING || k->len >= STORE_KEY_MAX)
+            continue;
+        res = calloc(1, sizeof(*res));
+        if (!res)
+            break;
+        res->r = r;
+        memcpy(res->key, k->str, k->len);
+        argv[0] = "HGETALL";
+        argv[1] = res->key;
+        if (store_command_argv(r->store, resume_job_loaded, res, 2, argv,
+                               NULL) != PARLEY_OK)
+            free(res);
+    }
+    if (strcmp(rep->element[0]->str, "0") != 0)
+        resume_scan(r, rep->element[0]->str);
+}
+
+static int resume_scan(struct router *r, const char *cursor)
+{
+    char pattern[STORE_KEY_MAX];
+    const char *argv[6];
+
+    if (store_key(r->store, pattern, sizeof(pattern), "job:*") != PARLEY_OK)
+        return PARLEY_ERR_TOO_LARGE;
+    argv[0] = "SCAN";
+    argv[1] = cursor;
+    argv[2] = "MATCH";
+    argv[3] = pattern;
+    argv[4] = "COUNT";
+    argv[5] = RESUME_SCAN_COUNT;
+    return store_command_argv(r->store, resume_scanned, r, 6, argv, NULL);
+}
+
+void router_resume(struct router *r)
+{
+    if (resume_scan(r, "0") != PARLEY_OK)
+        log_warn("resume: Redis is not available; unfinished jobs wait "
+                 "for the next start");
+}
+
 /* ---- life cycle ---------------------------------------------------------- */
 
 int router_create(struct router **out, const struct config *cfg,

@@ -48,6 +48,14 @@ void router_submit(struct router *r, const struct event *ev);
 typedef void router_accepted_fn(int status, void *privdata);
 void router_submit_durable(struct router *r, const struct event *ev,
                            router_accepted_fn *accepted, void *privdata);
+/*
+ * Take up the jobs a previous run left unfinished (job:<id> records not
+ * "done"): questions not yet answered are asked again; answers stored but
+ * maybe not sent are sent again with the same txn id, so the platform can
+ * drop a duplicate.  Call once, when the store is first up, after the
+ * adapters are registered.
+ */
+void router_resume(struct router *r);
 /* Use a new config (SIGHUP); borrowed like the first. */
 void router_reload(struct router *r, const struct config *cfg);
 /* Stop taking new events; jobs already accepted go on (SIGTERM). */

@@ -34,7 +34,8 @@ enum job_kind {
     JOB_COMMAND,            /* run a !command */
     JOB_GREET_ROOM,         /* the bot joined: greet the room */
     JOB_GREET_USER,         /* someone joined: greet them */
-    JOB_NOTICE              /* answer with a fixed text (rate limit) */
+    JOB_NOTICE,             /* answer with a fixed text (rate limit) */
+    JOB_RESEND              /* a stored answer a previous run never sent */
 };
 
 struct room;

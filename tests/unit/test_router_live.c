@@ -497,6 +497,49 @@ static void rate_limit_answers_with_a_notice(void **state)
     assert_false(f->sent[3].notice);
 }
 
+static int sent_two(struct fixture *f)
+{
+    return f->n_sent >= 2 && router_pending(f->router) == 0;
+}
+
+static void resume_unfinished_jobs(void **state)
+{
+    struct fixture *f = *state;
+    redisReply *r;
+
+    r = redis_query(f, "HSET r:job:$p state pending kind chat platform fake "
+                    "account acct room !q:hs sender @a:hs text %s",
+                    "still waiting");
+    freeReplyObject(r);
+    r = redis_query(f, "HSET r:job:$s state answered kind chat platform "
+                    "fake account acct room !q:hs sender @a:hs text q "
+                    "answer %s notice 0", "the stored answer");
+    freeReplyObject(r);
+    r = redis_query(f, "HSET r:job:$d state done kind chat platform fake "
+                    "account acct room !q:hs sender @a:hs text %s",
+                    "answered long ago");
+    freeReplyObject(r);
+    r = redis_query(f, "HSET r:job:$x state pending kind chat platform "
+                    "gone account acct room !q:hs sender @a:hs text %s",
+                    "for an adapter no longer configured");
+    freeReplyObject(r);
+    router_resume(f->router);
+    assert_true(run_until(f, sent_two, 5000));
+    /* Let anything extra arrive before counting. */
+    assert_true(run_until(f, idle, 2000));
+    assert_int_equal(f->n_sent, 2);
+    assert_non_null(find_sent(f, "echo: @a:hs: still waiting"));
+    assert_non_null(find_sent(f, "the stored answer"));
+    assert_string_equal(find_sent(f, "the stored answer")->in_reply_to,
+                        "$s");
+    r = redis_query(f, "HGET r:job:$p state");
+    assert_string_equal(r->str, "done");
+    freeReplyObject(r);
+    r = redis_query(f, "HGET r:job:$s state");
+    assert_string_equal(r->str, "done");
+    freeReplyObject(r);
+}
+
 static void parse_command(void **state)
 {
     char name[16];
@@ -540,6 +583,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(ignored_events, setup, teardown),
         cmocka_unit_test_setup_teardown(rate_limit_answers_with_a_notice,
                                         setup, teardown),
+        cmocka_unit_test_setup_teardown(resume_unfinished_jobs, setup,
+                                        teardown),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
