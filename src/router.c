@@ -244,6 +244,8 @@ static void router_submit_common(struct router *r, const struct event *ev,
         submit_finish(s, PARLEY_ERR_OOM, 0);
         return;
     }
+    if (kind == JOB_NOTICE)
+        s->job->notice = 1;
     if (kind == JOB_GREET_USER) {
         /* greeted:<room>:<user> is the cooldown; SET NX decides. */
         char name[EVENT_ROOM_KEY_MAX * 2], key[STORE_KEY_MAX], ttl[24];
