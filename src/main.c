@@ -72,6 +72,7 @@ struct app {
     uv_timer_t start_timer;
     uint64_t start_deadline;
     uint64_t drain_deadline;
+    const char *cfg_file;       /* -c FILE, NULL for the built-in */
     int draining;
     int closed;
     int exit_code;
@@ -226,13 +227,63 @@ static void app_begin_shutdown(struct app *app, const char *why)
     uv_timer_start(&app->drain_timer, on_drain_timer, 0, MAIN_DRAIN_POLL_MS);
 }
 
+#define SWAP(a, b) do { __typeof__(a) swap_tmp_ = (a); (a) = (b); \
+                         (b) = swap_tmp_; } while (0)
+
+/*
+ * SIGHUP: read the file again and take over what can change without
+ * touching connections: prompts, few-shot examples, limits, per-room
+ * overrides, context budget, the LLM settings and the log level.  The
+ * parts are swapped into the running config (not the whole struct) because
+ * adapters keep pointers into it; the new file's other parts (Redis,
+ * adapters) need a restart, which the log line says.  A file that does
+ * not load leaves everything as it was.
+ */
+static void app_reload(struct app *app)
+{
+    struct config fresh;
+    char err[MAIN_ERR_MAX] = "";
+    enum log_level level;
+
+    if (!app->cfg_file) {
+        log_info("SIGHUP: running the built-in setup, nothing to reload");
+        return;
+    }
+    memset(&fresh, 0, sizeof(fresh));
+    if (config_load(&fresh, app->cfg_file, err, sizeof(err)) != PARLEY_OK) {
+        log_error("SIGHUP: %s not reloaded, the running configuration "
+                  "stays: %s", app->cfg_file, err);
+        config_free(&fresh);
+        return;
+    }
+    SWAP(app->cfg.prompts, fresh.prompts);
+    SWAP(app->cfg.limits, fresh.limits);
+    SWAP(app->cfg.context, fresh.context);
+    SWAP(app->cfg.rooms, fresh.rooms);
+    SWAP(app->cfg.n_rooms, fresh.n_rooms);
+    SWAP(app->cfg.llm, fresh.llm);
+    SWAP(app->cfg.bot.log_level, fresh.bot.log_level);
+    if (llm_configure(app->llm, &app->cfg.llm) != PARLEY_OK) {
+        /* Keep the old LLM settings rather than run half-configured. */
+        SWAP(app->cfg.llm, fresh.llm);
+        log_warn("SIGHUP: new llm settings not applied (out of memory)");
+    }
+    router_reload(app->router, &app->cfg);
+    if (app->cfg.bot.log_level &&
+        log_level_parse(app->cfg.bot.log_level, &level) == 0)
+        log_set_level(level);
+    config_free(&fresh);
+    log_info("SIGHUP: reloaded prompts, limits, rooms and llm settings "
+             "from %s (Redis and adapter changes need a restart)",
+             app->cfg_file);
+}
+
 static void on_signal(uv_signal_t *h, int signum)
 {
     struct app *app = h->data;
 
     if (signum == SIGHUP) {
-        log_info("SIGHUP: configuration reload is not supported yet; "
-                 "restart parley to apply changes");
+        app_reload(app);
         return;
     }
     if (app->draining) {
@@ -471,6 +522,7 @@ int main(int argc, char **argv)
     }
     signal(SIGPIPE, SIG_IGN);
 
+    app.cfg_file = path;
     result = path ? config_load(&app.cfg, path, err, sizeof(err))
                   : config_defaults(&app.cfg);
     if (result == PARLEY_OK && !path)
