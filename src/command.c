@@ -21,6 +21,7 @@
 #include "event.h"
 #include "llm.h"
 #include "log.h"
+#include "metrics.h"
 #include "prompt.h"
 #include "router.h"
 #include "router_job.h"
@@ -301,6 +302,7 @@ void command_run(struct job *job)
 
     if (router_parse_command(job->ev->text, name, sizeof(name), &arg))
         c = command_find(name);
+    metrics_command(c ? c->name : NULL);
     if (c)
         c->fn(job, arg);
     else

@@ -31,6 +31,7 @@
 #include "event.h"
 #include "llm.h"
 #include "log.h"
+#include "metrics.h"
 #include "prompt.h"
 #include "router.h"
 #include "router_job.h"
@@ -38,6 +39,14 @@
 #include "store.h"
 
 static void room_release(struct router *r, struct room *room);
+
+static double monotonic_seconds(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
 
 /* ---- helpers ------------------------------------------------------------ */
 
@@ -157,6 +166,10 @@ static void job_send(struct job *job)
         ad->ops->typing(ad, job->ev->room, 0);
 
     room->current = NULL;
+    if (job->kind == JOB_GREET_ROOM || job->kind == JOB_GREET_USER)
+        metrics_greeting();
+    else
+        metrics_message_answered(job->ev->platform);
     result = ad->ops->send(ad, job->ev->room, &reply, job_sent, job);
     if (result != PARLEY_OK) {
         log_warn("%s: cannot send to %s: %s", ad->ops->type,
@@ -283,6 +296,9 @@ static void job_llm_done(const struct llm_result *res, void *privdata)
     size_t n = 0;
     long long now = (long long)time(NULL);
 
+    metrics_llm_done(res->status == PARLEY_OK, res->http_code,
+                     res->attempts, monotonic_seconds() - job->llm_started,
+                     res->prompt_tokens, res->completion_tokens);
     if (res->status != PARLEY_OK) {
         log_error("llm: no answer for %s after %d attempt(s): %s",
                   job->room->key, res->attempts, res->errstr);
@@ -360,6 +376,7 @@ static void job_complete(struct job *job)
     }
     if (job->kind == JOB_CHAT && job->ad->ops->typing)
         job->ad->ops->typing(job->ad, job->ev->room, 1);
+    job->llm_started = monotonic_seconds();
     if (llm_complete(r->llm, model, messages, job_llm_done, job,
                      NULL) != PARLEY_OK) {
         log_error("llm: cannot start a request for %s", job->room->key);

@@ -21,6 +21,7 @@
 #include "event.h"
 #include "llm.h"
 #include "log.h"
+#include "metrics.h"
 #include "prompt.h"
 #include "router.h"
 #include "router_job.h"
@@ -204,6 +205,8 @@ static void router_submit_common(struct router *r, const struct event *ev,
             accepted(PARLEY_ERR_STATE, privdata);
         return;
     }
+    if (ev->kind == EVENT_MESSAGE && !ev->self)
+        metrics_message_received(ev->platform);
     kind = router_classify(r, ev);
     if (kind < 0 || !(ad = router_adapter_for(r, ev))) {
         if (kind >= 0)
@@ -502,6 +505,11 @@ void router_close(struct router *r)
 {
     r->draining = 1;
     r->closing = 1;
+}
+
+size_t router_rooms_active(const struct router *r)
+{
+    return dict_size(r->rooms);
 }
 
 size_t router_pending(const struct router *r)

@@ -63,6 +63,8 @@ void router_drain(struct router *r);
 /* Before closing the store and llm: callbacks that still arrive stop
  * their job instead of going on; router_free then releases every job. */
 void router_close(struct router *r);
+/* Rooms with a job queued or running. */
+size_t router_rooms_active(const struct router *r);
 /* Events accepted and not yet fully answered. */
 size_t router_pending(const struct router *r);
 void router_free(struct router *r);

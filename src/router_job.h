@@ -56,6 +56,7 @@ struct job {
     struct history *history;
     char *answer;
     long tokens_in, tokens_out;
+    double llm_started;         /* monotonic seconds, for the latency */
     int notice;                 /* answer is service text, not the model */
 
     struct job *next;           /* room queue */
