@@ -87,6 +87,7 @@ struct store {
 
     int err;                    /* last failure, PARLEY_OK while up */
     char errstr[PARLEY_ERRSTR_LEN];
+    int failed;                 /* this attempt's failure already set */
 };
 
 static void store_connect(struct store *st);
@@ -102,6 +103,7 @@ static void store_set_error(struct store *st, int err, const char *fmt, ...)
     va_list ap;
 
     st->err = err;
+    st->failed = 1;
     va_start(ap, fmt);
     vsnprintf(st->errstr, sizeof(st->errstr), fmt, ap);
     va_end(ap);
@@ -216,7 +218,7 @@ static void store_ev_cleanup(void *privdata)
     st->ac = NULL;
     if (ac->c.err)
         store_set_error(st, PARLEY_ERR_IO, "%s", ac->c.errstr);
-    else if (!st->err)
+    else if (!st->failed)
         store_set_error(st, PARLEY_ERR_IO, "connection closed");
     store_lost(st);
 }
@@ -421,8 +423,9 @@ static void store_connect(struct store *st)
     redisAsyncContext *ac;
     int result;
 
-    st->err = PARLEY_OK;
-    st->errstr[0] = '\0';
+    /* errstr keeps the previous reason until this attempt fails or
+     * succeeds, so store_errstr never reads "" while the store is down. */
+    st->failed = 0;
     if (st->unix_socket)
         ac = redisAsyncConnectUnix(st->unix_socket);
     else
@@ -512,6 +515,7 @@ int store_open(struct store **out, struct uv_loop_s *uv,
     }
     st->timer.data = st;
     st->open_handles = 1;
+    store_set_error(st, PARLEY_ERR_STATE, "not connected yet");
     *out = st;
     store_connect(st);
     return PARLEY_OK;
