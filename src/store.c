@@ -257,21 +257,21 @@ static uint64_t store_random(struct store *st)
     return st->rng;
 }
 
-/* Delay before the next attempt: MIN * 2^attempt capped at MAX, then a
- * random point in its upper half, so many parley processes restarted
- * together do not reconnect in lockstep. */
+/* Delay before the next attempt: a base that doubles per failure, from
+ * 2 * MIN up to MAX, and a random point in its upper half, so every delay
+ * lies in [MIN, MAX] and many parley processes restarted together do not
+ * reconnect in lockstep. */
 static uint64_t store_backoff_ms(struct store *st)
 {
-    uint64_t delay = STORE_BACKOFF_MIN_MS;
+    uint64_t base = 2 * STORE_BACKOFF_MIN_MS;
 
-    for (unsigned i = 0; i < st->attempt && delay < STORE_BACKOFF_MAX_MS;
-         i++)
-        delay *= 2;
-    if (delay > STORE_BACKOFF_MAX_MS)
-        delay = STORE_BACKOFF_MAX_MS;
+    for (unsigned i = 0; i < st->attempt && base < STORE_BACKOFF_MAX_MS; i++)
+        base *= 2;
+    if (base > STORE_BACKOFF_MAX_MS)
+        base = STORE_BACKOFF_MAX_MS;
     if (st->attempt < 64)
         st->attempt++;
-    return delay / 2 + store_random(st) % (delay / 2 + 1);
+    return base - store_random(st) % (base / 2 + 1);
 }
 
 static void store_timer_fired(uv_timer_t *t)
@@ -387,6 +387,11 @@ static void store_connected(const redisAsyncContext *cac, int status)
 
     if (status != REDIS_OK || st->closing || ac != cac)
         return;     /* the cleanup hook that follows does the rest */
+    /* Without keepalive a peer that vanished (host down, NAT timeout)
+     * goes unnoticed until a write times out in the kernel; hiredis 0.14
+     * probes every REDIS_KEEPALIVE_INTERVAL (15 s). */
+    if (!st->unix_socket && redisEnableKeepAlive(&ac->c) != REDIS_OK)
+        log_debug("redis %s: cannot enable TCP keepalive", st->addr);
     /*
      * AUTH and SELECT are pipelined; SELECT's reply ends the handshake.
      * The password goes as a binary-safe argument and never into a

@@ -726,6 +726,10 @@ static void test_close_pending(void **state)
     struct live *L = *state;
     struct cap blocked = { 0 }, set[3] = { { 0 } }, later = { 0 };
     struct closer closer = { 0 };
+    struct load_cap lc = { 0 };
+    struct done_cap dc = { 0 };
+    struct turn t = { "user", NULL, "x", 1 };
+    struct config_context cfg = { .max_turns = 5, .ttl_s = 60 };
     struct store *st2;
     int ups;
 
@@ -735,8 +739,18 @@ static void test_close_pending(void **state)
     for (int i = 0; i < 3; i++)
         assert_int_equal(store_command(L->st, cap_fn, &set[i], "SET k %d",
                                        i), PARLEY_OK);
+    assert_int_equal(context_load(L->st, "r", &cfg, load_fn, &lc),
+                     PARLEY_OK);
+    assert_int_equal(context_append(L->st, "r", &t, 1, &cfg, done_fn, &dc),
+                     PARLEY_OK);
     run_for(L, 30);
     store_close(L->st);
+    /* Context requests report the lost connection as _IO, once. */
+    assert_int_equal(lc.calls, 1);
+    assert_int_equal(lc.status, PARLEY_ERR_IO);
+    assert_null(lc.h);
+    assert_int_equal(dc.calls, 1);
+    assert_int_equal(dc.status, PARLEY_ERR_IO);
     /* Every pending callback ran, with NULL, before store_close
      * returned; no state callback for a deliberate close. */
     assert_int_equal(blocked.calls, 1);
@@ -751,6 +765,7 @@ static void test_close_pending(void **state)
     L->st = NULL;
     run_for(L, 50);
     assert_int_equal(blocked.calls, 1);
+    assert_int_equal(lc.calls + dc.calls, 2);
     assert_int_equal(later.calls, 0);
     assert_int_equal(L->downs, 0);
 
