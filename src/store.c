@@ -281,10 +281,12 @@ static void store_timer_fired(uv_timer_t *t)
     if (st->closing)
         return;
     if (st->ac) {
-        /* Connect or handshake deadline: give up on this attempt; the
-         * cleanup hook schedules the next one. */
-        store_set_error(st, PARLEY_ERR_TIMEOUT,
-                        "no answer within %d ms", STORE_CONNECT_TIMEOUT_MS);
+        /* Connect or handshake deadline, or a drop requested from the
+         * connect callback: give up on this attempt; the cleanup hook
+         * schedules the next one. */
+        if (!st->failed)
+            store_set_error(st, PARLEY_ERR_TIMEOUT, "no answer within %d ms",
+                            STORE_CONNECT_TIMEOUT_MS);
         redisAsyncFree(st->ac);
         return;
     }
@@ -376,6 +378,15 @@ static void store_select_done(redisAsyncContext *ac, void *r, void *privdata)
     store_became_up(st);
 }
 
+/* hiredis 0.14 runs the connect callback outside its IN_CALLBACK guard
+ * and keeps using the context afterwards, so the context must not be
+ * freed from there: fire the timer at once and free it from the loop. */
+static void store_drop_soon(struct store *st, const char *why)
+{
+    store_set_error(st, PARLEY_ERR_OOM, "%s", why);
+    uv_timer_start(&st->timer, store_timer_fired, 0, 0);
+}
+
 static void store_connected(const redisAsyncContext *cac, int status)
 {
     struct store_ev *ev = cac->ev.data;
@@ -404,8 +415,7 @@ static void store_connected(const redisAsyncContext *cac, int status)
         argvlen[1] = strlen(st->password);
         if (redisAsyncCommandArgv(ac, store_auth_done, st, 2, argv,
                                   argvlen) != REDIS_OK) {
-            store_set_error(st, PARLEY_ERR_OOM, "cannot queue AUTH");
-            redisAsyncFree(ac);
+            store_drop_soon(st, "cannot queue AUTH");
             return;
         }
     }
@@ -415,10 +425,8 @@ static void store_connected(const redisAsyncContext *cac, int status)
     argv[1] = dbbuf;
     argvlen[1] = strlen(dbbuf);
     if (redisAsyncCommandArgv(ac, store_select_done, st, 2, argv,
-                              argvlen) != REDIS_OK) {
-        store_set_error(st, PARLEY_ERR_OOM, "cannot queue SELECT");
-        redisAsyncFree(ac);
-    }
+                              argvlen) != REDIS_OK)
+        store_drop_soon(st, "cannot queue SELECT");
 }
 
 /* Start one connection attempt.  Failures end in store_lost, either here
