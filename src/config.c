@@ -957,6 +957,17 @@ config_load_group(struct config_loader *ld, const config_setting_t *g,
     }
 }
 
+static int
+config_is_adapter_type(const char *name)
+{
+    size_t i;
+
+    for (i = 0; i < sizeof(adapter_types) / sizeof(adapter_types[0]); i++)
+        if (strcmp(name, adapter_types[i]) == 0)
+            return 1;
+    return 0;
+}
+
 /* Room keys are "platform:account:room" (event_room_key); the account may
  * be empty. */
 static int
@@ -969,6 +980,22 @@ config_room_key_valid(const char *key)
         return 0;
     c2 = strchr(c1 + 1, ':');
     return c2 && c2[1] != '\0';
+}
+
+/* IRC adapters build room keys from the case-folded channel, so a key
+ * with capitals would never match. */
+static int
+config_room_key_folded(const char *key)
+{
+    const char *p;
+
+    if (strncmp(key, "irc:", 4) != 0)
+        return 1;
+    p = strchr(key + 4, ':');
+    for (; p && *p; p++)
+        if (*p >= 'A' && *p <= 'Z')
+            return 0;
+    return 1;
 }
 
 static void
@@ -1026,6 +1053,12 @@ config_load_rooms(struct config_loader *ld, const config_setting_t *s)
             config_error_add(&ld->errs, m,
                              "must be \"platform:account:room\", e.g. "
                              "\"irc:libera:#parley\"");
+            continue;
+        }
+        if (!config_room_key_folded(key)) {
+            config_error_add(&ld->errs, m,
+                             "IRC channels are matched in lower case; "
+                             "write the channel part in lower case");
             continue;
         }
         for (j = 0; j < cfg->n_rooms; j++)
@@ -1092,7 +1125,6 @@ config_load_adapters(struct config_loader *ld, config_setting_t *s)
         config_setting_t *e = config_setting_get_elem(s, (unsigned)i);
         const config_setting_t *t;
         const char *type;
-        size_t j;
 
         if (!config_setting_is_group(e)) {
             config_error_add(&ld->errs, e,
@@ -1109,17 +1141,13 @@ config_load_adapters(struct config_loader *ld, config_setting_t *s)
             continue;
         }
         type = config_setting_get_string(t);
-        for (j = 0; j < sizeof(adapter_types) / sizeof(adapter_types[0]);
-             j++)
-            if (strcmp(type, adapter_types[j]) == 0)
-                break;
-        if (j == sizeof(adapter_types) / sizeof(adapter_types[0])) {
+        if (!config_is_adapter_type(type)) {
             config_error_add(&ld->errs, t,
                              "unknown adapter type (expected console, irc "
                              "or matrix)");
             continue;
         }
-        ads[count].type = strdup(adapter_types[j]);
+        ads[count].type = strdup(type);
         if (!ads[count].type) {
             ld->oom = 1;
             break;
@@ -1504,6 +1532,11 @@ config_load_root(struct config_loader *ld)
             config_load_adapters(ld, s);
         else if (config_is_secret_name(name))
             config_secret_key_error(ld, s, "");
+        else if (config_is_adapter_type(name))
+            config_error_add(&ld->errs, s,
+                             "unknown key (adapters are entries of the "
+                             "adapters list: { type = \"%s\"; ... })",
+                             name);
         else
             config_error_add(&ld->errs, s, "unknown key");
     }

@@ -87,6 +87,7 @@ struct store {
 
     int err;                    /* last failure, PARLEY_OK while up */
     char errstr[PARLEY_ERRSTR_LEN];
+    int failed;                 /* this attempt's failure already set */
 };
 
 static void store_connect(struct store *st);
@@ -102,6 +103,7 @@ static void store_set_error(struct store *st, int err, const char *fmt, ...)
     va_list ap;
 
     st->err = err;
+    st->failed = 1;
     va_start(ap, fmt);
     vsnprintf(st->errstr, sizeof(st->errstr), fmt, ap);
     va_end(ap);
@@ -216,7 +218,7 @@ static void store_ev_cleanup(void *privdata)
     st->ac = NULL;
     if (ac->c.err)
         store_set_error(st, PARLEY_ERR_IO, "%s", ac->c.errstr);
-    else if (!st->err)
+    else if (!st->failed)
         store_set_error(st, PARLEY_ERR_IO, "connection closed");
     store_lost(st);
 }
@@ -255,21 +257,21 @@ static uint64_t store_random(struct store *st)
     return st->rng;
 }
 
-/* Delay before the next attempt: MIN * 2^attempt capped at MAX, then a
- * random point in its upper half, so many parley processes restarted
- * together do not reconnect in lockstep. */
+/* Delay before the next attempt: a base that doubles per failure, from
+ * 2 * MIN up to MAX, and a random point in its upper half, so every delay
+ * lies in [MIN, MAX] and many parley processes restarted together do not
+ * reconnect in lockstep. */
 static uint64_t store_backoff_ms(struct store *st)
 {
-    uint64_t delay = STORE_BACKOFF_MIN_MS;
+    uint64_t base = 2 * STORE_BACKOFF_MIN_MS;
 
-    for (unsigned i = 0; i < st->attempt && delay < STORE_BACKOFF_MAX_MS;
-         i++)
-        delay *= 2;
-    if (delay > STORE_BACKOFF_MAX_MS)
-        delay = STORE_BACKOFF_MAX_MS;
+    for (unsigned i = 0; i < st->attempt && base < STORE_BACKOFF_MAX_MS; i++)
+        base *= 2;
+    if (base > STORE_BACKOFF_MAX_MS)
+        base = STORE_BACKOFF_MAX_MS;
     if (st->attempt < 64)
         st->attempt++;
-    return delay / 2 + store_random(st) % (delay / 2 + 1);
+    return base - store_random(st) % (base / 2 + 1);
 }
 
 static void store_timer_fired(uv_timer_t *t)
@@ -279,10 +281,12 @@ static void store_timer_fired(uv_timer_t *t)
     if (st->closing)
         return;
     if (st->ac) {
-        /* Connect or handshake deadline: give up on this attempt; the
-         * cleanup hook schedules the next one. */
-        store_set_error(st, PARLEY_ERR_TIMEOUT,
-                        "no answer within %d ms", STORE_CONNECT_TIMEOUT_MS);
+        /* Connect or handshake deadline, or a drop requested from the
+         * connect callback: give up on this attempt; the cleanup hook
+         * schedules the next one. */
+        if (!st->failed)
+            store_set_error(st, PARLEY_ERR_TIMEOUT, "no answer within %d ms",
+                            STORE_CONNECT_TIMEOUT_MS);
         redisAsyncFree(st->ac);
         return;
     }
@@ -374,6 +378,15 @@ static void store_select_done(redisAsyncContext *ac, void *r, void *privdata)
     store_became_up(st);
 }
 
+/* hiredis 0.14 runs the connect callback outside its IN_CALLBACK guard
+ * and keeps using the context afterwards, so the context must not be
+ * freed from there: fire the timer at once and free it from the loop. */
+static void store_drop_soon(struct store *st, const char *why)
+{
+    store_set_error(st, PARLEY_ERR_OOM, "%s", why);
+    uv_timer_start(&st->timer, store_timer_fired, 0, 0);
+}
+
 static void store_connected(const redisAsyncContext *cac, int status)
 {
     struct store_ev *ev = cac->ev.data;
@@ -385,6 +398,11 @@ static void store_connected(const redisAsyncContext *cac, int status)
 
     if (status != REDIS_OK || st->closing || ac != cac)
         return;     /* the cleanup hook that follows does the rest */
+    /* Without keepalive a peer that vanished (host down, NAT timeout)
+     * goes unnoticed until a write times out in the kernel; hiredis 0.14
+     * probes every REDIS_KEEPALIVE_INTERVAL (15 s). */
+    if (!st->unix_socket && redisEnableKeepAlive(&ac->c) != REDIS_OK)
+        log_debug("redis %s: cannot enable TCP keepalive", st->addr);
     /*
      * AUTH and SELECT are pipelined; SELECT's reply ends the handshake.
      * The password goes as a binary-safe argument and never into a
@@ -397,8 +415,7 @@ static void store_connected(const redisAsyncContext *cac, int status)
         argvlen[1] = strlen(st->password);
         if (redisAsyncCommandArgv(ac, store_auth_done, st, 2, argv,
                                   argvlen) != REDIS_OK) {
-            store_set_error(st, PARLEY_ERR_OOM, "cannot queue AUTH");
-            redisAsyncFree(ac);
+            store_drop_soon(st, "cannot queue AUTH");
             return;
         }
     }
@@ -408,10 +425,8 @@ static void store_connected(const redisAsyncContext *cac, int status)
     argv[1] = dbbuf;
     argvlen[1] = strlen(dbbuf);
     if (redisAsyncCommandArgv(ac, store_select_done, st, 2, argv,
-                              argvlen) != REDIS_OK) {
-        store_set_error(st, PARLEY_ERR_OOM, "cannot queue SELECT");
-        redisAsyncFree(ac);
-    }
+                              argvlen) != REDIS_OK)
+        store_drop_soon(st, "cannot queue SELECT");
 }
 
 /* Start one connection attempt.  Failures end in store_lost, either here
@@ -421,8 +436,9 @@ static void store_connect(struct store *st)
     redisAsyncContext *ac;
     int result;
 
-    st->err = PARLEY_OK;
-    st->errstr[0] = '\0';
+    /* errstr keeps the previous reason until this attempt fails or
+     * succeeds, so store_errstr never reads "" while the store is down. */
+    st->failed = 0;
     if (st->unix_socket)
         ac = redisAsyncConnectUnix(st->unix_socket);
     else
@@ -512,6 +528,7 @@ int store_open(struct store **out, struct uv_loop_s *uv,
     }
     st->timer.data = st;
     st->open_handles = 1;
+    store_set_error(st, PARLEY_ERR_STATE, "not connected yet");
     *out = st;
     store_connect(st);
     return PARLEY_OK;

@@ -50,8 +50,9 @@ int store_command_argv(struct store *st, store_reply_fn *fn, void *privdata,
 int store_key(const struct store *st, char *buf, size_t len,
               const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 
-/* Why the store is not up (connect error, AUTH/SELECT error text from
- * the server, timeout); "" while up.  Never contains the password. */
+/* Why the store is not up: the last attempt's failure (connect error,
+ * AUTH/SELECT error text from the server, timeout), kept while the next
+ * attempt runs; "" while up.  Never contains the password. */
 const char *store_errstr(const struct store *st);
 
 /* Stop reconnecting and drop the connection now: callbacks of pending

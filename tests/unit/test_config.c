@@ -564,8 +564,10 @@ test_fewshot_rooms_adapters(void **state)
         "  { room = \"irc:libera:#x\"; },\n"
         "  { room = \"irc:libera:#x\"; },\n"
         "  { room = \"irc:libera:#y\";\n"
-        "    model = \"gpt-5-turbo\"; }\n"
+        "    model = \"gpt-5-turbo\"; },\n"
+        "  { room = \"irc:libera:#Parley\"; }\n"
         ");\n"
+        "irc = { server = \"x\"; };\n"
         "adapters = (\n"
         "  { type = \"slack\"; },\n"
         "  { server = \"x\"; },\n"
@@ -581,10 +583,14 @@ test_fewshot_rooms_adapters(void **state)
                      "e.g. \"irc:libera:#parley\"");
     expect_line(err, "10: rooms[3].room: room listed twice");
     expect_line(err, "12: rooms[4].model: not in llm.allowed_models");
-    expect_line(err, "15: adapters[0].type: unknown adapter type "
+    expect_line(err, "13: rooms[5].room: IRC channels are matched in "
+                     "lower case; write the channel part in lower case");
+    expect_line(err, "15: irc: unknown key (adapters are entries of the "
+                     "adapters list: { type = \"irc\"; ... })");
+    expect_line(err, "17: adapters[0].type: unknown adapter type "
                      "(expected console, irc or matrix)");
-    expect_line(err, "16: adapters[1]: missing key \"type\"");
-    assert_int_equal(count_lines(err), 9);
+    expect_line(err, "18: adapters[1]: missing key \"type\"");
+    assert_int_equal(count_lines(err), 11);
     config_free(&cfg);
 
     assert_int_equal(load_text(&cfg, "adapters = ( );\n", err, sizeof(err)),

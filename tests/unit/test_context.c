@@ -290,6 +290,15 @@ static void test_from_json_lenient(void **state)
     assert_true(t.ts == 12);
     context_turn_free(&t);
 
+    /* Escaped NUL: content is a C string, so it ends there; escaped
+     * surrogate pairs decode to UTF-8. */
+    ws = "{\"role\":\"user\",\"content\":\"a\\u0000b\","
+         "\"name\":\"\\u00e9\\ud83d\\ude42\"}";
+    assert_int_equal(context_turn_from_json(ws, strlen(ws), &t), PARLEY_OK);
+    assert_string_equal(t.content, "a");
+    assert_string_equal(t.name, "\xc3\xa9\xf0\x9f\x99\x82");
+    context_turn_free(&t);
+
     /* Raw invalid UTF-8 stored by someone else is cleaned on the way in. */
     ws = "{\"role\":\"user\",\"content\":\"a\xff" "b\",\"name\":\"\"}";
     assert_int_equal(context_turn_from_json(ws, strlen(ws), &t), PARLEY_OK);

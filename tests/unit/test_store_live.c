@@ -38,6 +38,7 @@ struct live {
     int port;
     pid_t redis;
     struct store *st;
+    struct store *extra[2];     /* closed by teardown if a test fails */
     int ups;
     int downs;
     int saved_stderr;           /* while stderr goes to the log file */
@@ -246,7 +247,7 @@ static int log_count(struct live *L, const char *needle)
     n = fread(buf, 1, sizeof(buf) - 1, f);
     fclose(f);
     buf[n] = '\0';
-    for (const char *p = buf; (p = strstr(p, needle)) != NULL; p++)
+    for (const char *p = strstr(buf, needle); p; p = strstr(p + 1, needle))
         count++;
     return count;
 }
@@ -257,18 +258,23 @@ static int teardown(void **state)
     static const char *files[] = { "redis.log", "parley.log", "redis.sock",
                                    "dump.rdb" };
     uint64_t end;
+    int closed;
 
     log_restore(L);
     if (L->st)
         store_close(L->st);
     L->st = NULL;
+    for (int i = 0; i < 2; i++)
+        if (L->extra[i])
+            store_close(L->extra[i]);
     uv_close((uv_handle_t *)&L->tick, NULL);
     /* Bounded drain: a store that never closes its handles fails here
      * instead of hanging the suite. */
     end = uv_now(&L->loop) + 3000;
     while (uv_loop_alive(&L->loop) && uv_now(&L->loop) < end)
         uv_run(&L->loop, UV_RUN_NOWAIT);
-    assert_int_equal(uv_loop_close(&L->loop), 0);
+    closed = uv_loop_close(&L->loop);
+    /* Stop the server before judging, so a failure leaves nothing. */
     spawn_stop(L->redis);
     for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
         snprintf(L->path, sizeof(L->path), "%s/%s", L->dir, files[i]);
@@ -276,6 +282,7 @@ static int teardown(void **state)
     }
     rmdir(L->dir);
     free(L);
+    assert_int_equal(closed, 0);
     return 0;
 }
 
@@ -297,7 +304,7 @@ static void test_round_trip(void **state)
     struct cap set = { 0 }, get = { 0 }, other = { 0 }, sub = { 0 };
     const char value[] = "bin\0ary\r\nvalue";
     struct store *db0;
-    int up0 = 0;
+    int up0;
 
     L->redis = spawn_redis(L->port, L->dir);
     assert_true(L->redis > 0);
@@ -330,7 +337,8 @@ static void test_round_trip(void **state)
     assert_int_equal(sub.calls, 0);
 
     /* SELECT happened: db 0 does not see the key. */
-    open_store(L, &db0, 0, NULL, NULL);
+    open_store(L, &L->extra[0], 0, NULL, NULL);
+    db0 = L->extra[0];
     store_on_state(db0, state_fn, L);
     up0 = L->ups;
     assert_true(wait_count(L, &L->ups, up0 + 1, 3000));
@@ -338,6 +346,7 @@ static void test_round_trip(void **state)
     assert_true(wait_count(L, &other.calls, 1, 2000));
     assert_int_equal(other.type, REDIS_REPLY_NIL);
     store_close(db0);
+    L->extra[0] = NULL;
     assert_int_equal(L->downs, 0);
 }
 
@@ -429,6 +438,7 @@ static void test_malformed_and_wrongtype(void **state)
     struct done_cap d = { 0 };
     const char *good = "{\"role\":\"user\",\"name\":\"x\",\"content\":\"ok\","
                        "\"ts\":1}";
+    const char *asst = "{\"role\":\"assistant\",\"content\":\"b\"}";
     char big[CONTEXT_TURN_MAX + 64];
 
     start_up(L);
@@ -439,7 +449,7 @@ static void test_malformed_and_wrongtype(void **state)
                                    "RPUSH %s %s %s %s %s %s %s",
                                    "ptest:ctx:bad", "garbage", good,
                                    "{\"role\":\"user\"}", "[1,2]", big,
-                                   "{\"role\":\"assistant\",\"content\":\"b\"}"),
+                                   asst),
                      PARLEY_OK);
     assert_true(wait_count(L, &push.calls, 1, 2000));
     assert_int_equal(push.integer, 6);
@@ -634,7 +644,7 @@ static void test_down_and_back(void **state)
 static void test_auth(void **state)
 {
     struct live *L = *state;
-    struct store *wrong = NULL, *none = NULL;
+    struct store *wrong, *none;
     struct cap set = { 0 }, get = { 0 };
 
     L->redis = start_redis_args(L, "--requirepass", PASSWORD, NULL);
@@ -642,8 +652,10 @@ static void test_auth(void **state)
     log_capture(L);
     open_store(L, &L->st, 1, NULL, PASSWORD);
     store_on_state(L->st, state_fn, L);
-    open_store(L, &wrong, 1, NULL, WRONG_PASSWORD);
-    open_store(L, &none, 1, NULL, NULL);
+    open_store(L, &L->extra[0], 1, NULL, WRONG_PASSWORD);
+    open_store(L, &L->extra[1], 1, NULL, NULL);
+    wrong = L->extra[0];
+    none = L->extra[1];
     assert_true(wait_count(L, &L->ups, 1, 3000));
     assert_int_equal(store_command(L->st, cap_fn, &set, "SET a 1"),
                      PARLEY_OK);
@@ -661,6 +673,7 @@ static void test_auth(void **state)
     assert_non_null(strstr(store_errstr(none), "NOAUTH"));
     store_close(wrong);
     store_close(none);
+    L->extra[0] = L->extra[1] = NULL;
     log_restore(L);
     /* One warning per failing store, and no password anywhere. */
     assert_int_equal(log_count(L, "; retrying"), 2);
@@ -690,7 +703,7 @@ static void test_unix_socket(void **state)
 }
 
 struct closer {
-    struct store *st;
+    struct store **slot;        /* cleared once the store is closed */
     int calls;
 };
 
@@ -702,6 +715,7 @@ static void close_from_callback(struct store *st, struct redisReply *r,
     (void)r;
     c->calls++;
     store_close(st);
+    *c->slot = NULL;
     /* Closed: refused at once, from inside the callback too. */
     assert_int_equal(store_command(st, NULL, NULL, "PING"),
                      PARLEY_ERR_STATE);
@@ -712,6 +726,10 @@ static void test_close_pending(void **state)
     struct live *L = *state;
     struct cap blocked = { 0 }, set[3] = { { 0 } }, later = { 0 };
     struct closer closer = { 0 };
+    struct load_cap lc = { 0 };
+    struct done_cap dc = { 0 };
+    struct turn t = { "user", NULL, "x", 1 };
+    struct config_context cfg = { .max_turns = 5, .ttl_s = 60 };
     struct store *st2;
     int ups;
 
@@ -721,8 +739,18 @@ static void test_close_pending(void **state)
     for (int i = 0; i < 3; i++)
         assert_int_equal(store_command(L->st, cap_fn, &set[i], "SET k %d",
                                        i), PARLEY_OK);
+    assert_int_equal(context_load(L->st, "r", &cfg, load_fn, &lc),
+                     PARLEY_OK);
+    assert_int_equal(context_append(L->st, "r", &t, 1, &cfg, done_fn, &dc),
+                     PARLEY_OK);
     run_for(L, 30);
     store_close(L->st);
+    /* Context requests report the lost connection as _IO, once. */
+    assert_int_equal(lc.calls, 1);
+    assert_int_equal(lc.status, PARLEY_ERR_IO);
+    assert_null(lc.h);
+    assert_int_equal(dc.calls, 1);
+    assert_int_equal(dc.status, PARLEY_ERR_IO);
     /* Every pending callback ran, with NULL, before store_close
      * returned; no state callback for a deliberate close. */
     assert_int_equal(blocked.calls, 1);
@@ -737,12 +765,15 @@ static void test_close_pending(void **state)
     L->st = NULL;
     run_for(L, 50);
     assert_int_equal(blocked.calls, 1);
+    assert_int_equal(lc.calls + dc.calls, 2);
     assert_int_equal(later.calls, 0);
     assert_int_equal(L->downs, 0);
 
     /* Close from inside a reply callback: the command queued behind it
      * gets NULL exactly once, after the callback returns. */
-    open_store(L, &st2, 0, NULL, NULL);
+    open_store(L, &L->extra[0], 0, NULL, NULL);
+    st2 = L->extra[0];
+    closer.slot = &L->extra[0];
     store_on_state(st2, state_fn, L);
     ups = L->ups;
     assert_true(wait_count(L, &L->ups, ups + 1, 3000));
