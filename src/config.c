@@ -86,7 +86,8 @@
 
 struct config_error_line {
     char *text;             /* the whole "FILE:LINE: key: message" */
-    const char *file;       /* sort keys: file, line, order found */
+    char *file;             /* sort keys: file, line, order found; a
+                               copy, as libconfig's name may not last */
     unsigned line;
     size_t seq;
 };
@@ -248,11 +249,13 @@ config_error_append(struct config_errors *e, const char *file,
     }
     l = &e->lines[e->n];
     l->text = strdup(text);
-    if (!l->text) {
+    l->file = strdup(file ? file : "");
+    if (!l->text || !l->file) {
+        free(l->text);
+        free(l->file);
         e->lost = 1;
         return;
     }
-    l->file = file ? file : "";
     l->line = line;
     l->seq = e->n;
     e->n++;
@@ -304,8 +307,10 @@ config_errors_flush(struct config_errors *e)
     }
     if ((full || e->lost) && e->buf && used > 0 && used + reserve <= e->len)
         memcpy(e->buf + used, CONFIG_MORE_ERRORS, reserve);
-    for (i = 0; i < e->n; i++)
+    for (i = 0; i < e->n; i++) {
         free(e->lines[i].text);
+        free(e->lines[i].file);
+    }
     free(e->lines);
     e->lines = NULL;
     e->n = e->cap = 0;
