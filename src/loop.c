@@ -179,13 +179,15 @@ static void check_multi_info(struct loop *loop)
     CURLMsg *msg;
     int left;
 
-    while (!loop->closing &&
-           (msg = curl_multi_info_read(loop->multi, &left)) != NULL) {
+    while (!loop->closing) {
         struct http_request *req = NULL;
         struct http_response resp;
         CURLcode result;
         long code = 0;
 
+        msg = curl_multi_info_read(loop->multi, &left);
+        if (!msg)
+            break;
         if (msg->msg != CURLMSG_DONE)
             continue;
         result = msg->data.result;
