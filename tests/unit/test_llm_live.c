@@ -484,6 +484,8 @@ static void test_429_retry_after_ms(void **state)
     struct fixture *f = *state;
     struct outcome o = { 0 };
     uint64_t start;
+    cJSON *recs;
+    double gap;
 
     /* retry-after-ms wins over Retry-After (as OpenAI's SDKs do) */
     stub_script("[{\"status\":429,\"retry_after_ms\":300,"
@@ -494,7 +496,15 @@ static void test_429_retry_after_ms(void **state)
     assert_int_equal(o.status, PARLEY_OK);
     assert_int_equal(o.attempts, 2);
     assert_true(elapsed_ms(start, o.t_done) >= 300);
-    assert_true(elapsed_ms(start, o.t_done) < 900);
+    /* the stub saw the retry before the 1 s of Retry-After */
+    recs = stub_requests();
+    assert_int_equal(cJSON_GetArraySize(recs), 2);
+    gap = cJSON_GetObjectItem(cJSON_GetArrayItem(recs, 1),
+                              "timestamp")->valuedouble -
+        cJSON_GetObjectItem(cJSON_GetArrayItem(recs, 0),
+                            "timestamp")->valuedouble;
+    assert_true(gap >= 0.29 && gap < 0.95);
+    cJSON_Delete(recs);
 }
 
 static void test_500_exhausts_retries(void **state)
