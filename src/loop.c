@@ -180,9 +180,10 @@ static void check_multi_info(struct loop *loop)
     int left;
 
     while (!loop->closing) {
-        struct http_request *req = NULL;
+        struct http_request *req;
         struct http_response resp;
         CURLcode result;
+        char *priv = NULL;
         long code = 0;
 
         msg = curl_multi_info_read(loop->multi, &left);
@@ -193,8 +194,9 @@ static void check_multi_info(struct loop *loop)
         result = msg->data.result;
         /* msg is dead after remove_handle, so read everything first. */
         if (curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE,
-                              (char **)&req) != CURLE_OK || !req)
+                              &priv) != CURLE_OK || !priv)
             continue;
+        req = (struct http_request *)priv;
         if (curl_easy_getinfo(req->easy, CURLINFO_RESPONSE_CODE,
                               &code) != CURLE_OK)
             code = 0;
