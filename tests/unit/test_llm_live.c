@@ -549,6 +549,33 @@ static void test_401_not_retried_key_redacted(void **state)
     assert_int_equal(stub_count(), 1);
 }
 
+/* A key so long that the echo straddles the end of errstr: no prefix of
+ * it may survive the cut. */
+static void test_long_key_never_leaks_a_prefix(void **state)
+{
+    struct fixture *f = *state;
+    struct outcome o = { 0 };
+    char key[1200];         /* longer than the 1 KiB work buffer */
+
+    memcpy(key, "sk-long-", 8);
+    for (size_t i = 8; i < sizeof(key) - 1; i++)
+        key[i] = (char)('a' + i % 26);
+    key[sizeof(key) - 1] = '\0';
+    fixture_recreate(f, key);
+    ask(f, "hi", &o);
+    run_until(f, &o, 1);
+    assert_int_equal(o.http_code, 401);
+    assert_non_null(strstr(o.errstr, "[redacted]"));
+    assert_null(strstr(o.errstr, "sk-long-"));
+    for (size_t i = 8; i + 12 < sizeof(key); i++) {
+        char piece[13];
+
+        memcpy(piece, key + i, 12);
+        piece[12] = '\0';
+        assert_null(strstr(o.errstr, piece));
+    }
+}
+
 static void test_404_not_retried(void **state)
 {
     struct fixture *f = *state;
@@ -1057,6 +1084,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_500_exhausts_retries, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_401_not_retried_key_redacted,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_long_key_never_leaks_a_prefix,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_404_not_retried, setup,
                                         teardown),
