@@ -135,8 +135,9 @@ static char *redact_copy(const char *s, size_t len, const char *key,
             }
         }
     }
-    /* mark is longer than LLM_SECRET_MIN - 1, so this cannot overflow
-     * for any body the loop accepted. */
+    /* Each hit replaces at least LLM_SECRET_MIN bytes with the mark,
+     * so hits * sizeof(mark) extra bytes always suffice; len is capped
+     * by LLM_BODY_MAX, so the sum cannot overflow. */
     out = malloc(len + hits * sizeof(mark) + 1);
     if (!out)
         return NULL;

@@ -179,20 +179,24 @@ static void check_multi_info(struct loop *loop)
     CURLMsg *msg;
     int left;
 
-    while (!loop->closing &&
-           (msg = curl_multi_info_read(loop->multi, &left)) != NULL) {
-        struct http_request *req = NULL;
+    while (!loop->closing) {
+        struct http_request *req;
         struct http_response resp;
         CURLcode result;
+        char *priv = NULL;
         long code = 0;
 
+        msg = curl_multi_info_read(loop->multi, &left);
+        if (!msg)
+            break;
         if (msg->msg != CURLMSG_DONE)
             continue;
         result = msg->data.result;
         /* msg is dead after remove_handle, so read everything first. */
         if (curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE,
-                              (char **)&req) != CURLE_OK || !req)
+                              &priv) != CURLE_OK || !priv)
             continue;
+        req = (struct http_request *)priv;
         if (curl_easy_getinfo(req->easy, CURLINFO_RESPONSE_CODE,
                               &code) != CURLE_OK)
             code = 0;

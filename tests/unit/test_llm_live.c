@@ -140,7 +140,7 @@ static int group_setup(void **state)
                      "--api-key", KEY, "--log", logfile, NULL };
 
     (void)state;
-    (void)spawn_redis;      /* spawn.h is all static; this file needs no redis */
+    (void)spawn_redis;      /* spawn.h is all static; unused here */
     if (!data) {
         fprintf(stderr, "PARLEY_TEST_DATA is not set\n");
         return -1;
@@ -484,6 +484,8 @@ static void test_429_retry_after_ms(void **state)
     struct fixture *f = *state;
     struct outcome o = { 0 };
     uint64_t start;
+    cJSON *recs;
+    double gap;
 
     /* retry-after-ms wins over Retry-After (as OpenAI's SDKs do) */
     stub_script("[{\"status\":429,\"retry_after_ms\":300,"
@@ -494,7 +496,15 @@ static void test_429_retry_after_ms(void **state)
     assert_int_equal(o.status, PARLEY_OK);
     assert_int_equal(o.attempts, 2);
     assert_true(elapsed_ms(start, o.t_done) >= 300);
-    assert_true(elapsed_ms(start, o.t_done) < 900);
+    /* the stub saw the retry before the 1 s of Retry-After */
+    recs = stub_requests();
+    assert_int_equal(cJSON_GetArraySize(recs), 2);
+    gap = cJSON_GetObjectItem(cJSON_GetArrayItem(recs, 1),
+                              "timestamp")->valuedouble -
+        cJSON_GetObjectItem(cJSON_GetArrayItem(recs, 0),
+                            "timestamp")->valuedouble;
+    assert_true(gap >= 0.29 && gap < 0.95);
+    cJSON_Delete(recs);
 }
 
 static void test_500_exhausts_retries(void **state)
@@ -537,6 +547,33 @@ static void test_401_not_retried_key_redacted(void **state)
     assert_non_null(strstr(o.errstr, "[redacted]"));
     run_for(f, 100);
     assert_int_equal(stub_count(), 1);
+}
+
+/* A key so long that the echo straddles the end of errstr: no prefix of
+ * it may survive the cut. */
+static void test_long_key_never_leaks_a_prefix(void **state)
+{
+    struct fixture *f = *state;
+    struct outcome o = { 0 };
+    char key[1200];         /* longer than the 1 KiB work buffer */
+
+    memcpy(key, "sk-long-", 8);
+    for (size_t i = 8; i < sizeof(key) - 1; i++)
+        key[i] = (char)('a' + i % 26);
+    key[sizeof(key) - 1] = '\0';
+    fixture_recreate(f, key);
+    ask(f, "hi", &o);
+    run_until(f, &o, 1);
+    assert_int_equal(o.http_code, 401);
+    assert_non_null(strstr(o.errstr, "[redacted]"));
+    assert_null(strstr(o.errstr, "sk-long-"));
+    for (size_t i = 8; i + 12 < sizeof(key); i++) {
+        char piece[13];
+
+        memcpy(piece, key + i, 12);
+        piece[12] = '\0';
+        assert_null(strstr(o.errstr, piece));
+    }
 }
 
 static void test_404_not_retried(void **state)
@@ -847,6 +884,189 @@ static void test_done_may_submit(void **state)
     assert_string_equal(chain_second.content, "echo: second");
 }
 
+/* ------------------------------------------------------------------ */
+/* loop.c directly                                                    */
+
+struct http_outcome {
+    int called;
+    int status;
+    long code;
+    long retry_after_ms;
+    char body[256];
+    size_t body_len;
+    char errstr[256];
+};
+
+static int inside_http_start;
+
+static void on_http(const struct http_response *resp, void *privdata)
+{
+    struct http_outcome *o = privdata;
+
+    assert_false(inside_http_start);
+    o->called++;
+    o->status = resp->status;
+    o->code = resp->code;
+    o->retry_after_ms = resp->retry_after_ms;
+    o->body_len = resp->body_len;
+    snprintf(o->body, sizeof(o->body), "%s", resp->body);
+    snprintf(o->errstr, sizeof(o->errstr), "%s",
+             resp->errstr ? resp->errstr : "");
+}
+
+static struct http_request *http_get(struct fixture *f, const char *path,
+                                     size_t max_body, long timeout_ms,
+                                     struct http_outcome *o)
+{
+    char url[128];
+    const char *hdrs[] = { "Authorization: Bearer " KEY };
+    struct http_options opt;
+    struct http_request *req = NULL;
+
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d%s", stub_port, path);
+    memset(&opt, 0, sizeof(opt));
+    opt.url = url;
+    opt.headers = hdrs;
+    opt.n_headers = 1;
+    opt.max_body = max_body;
+    opt.timeout_ms = timeout_ms;
+    inside_http_start = 1;
+    assert_int_equal(loop_http_start(f->loop, &opt, on_http, o, &req),
+                     PARLEY_OK);
+    inside_http_start = 0;
+    assert_non_null(req);
+    assert_int_equal(o->called, 0);
+    return req;
+}
+
+static void run_until_http(struct fixture *f, struct http_outcome *o)
+{
+    uint64_t start = uv_hrtime();
+
+    while (!o->called) {
+        if ((uv_hrtime() - start) / 1000000 > TEST_LOOP_MAX_MS)
+            fail_msg("no HTTP answer in %d ms", TEST_LOOP_MAX_MS);
+        uv_run(&f->uv, UV_RUN_ONCE);
+    }
+}
+
+static void test_loop_get(void **state)
+{
+    struct fixture *f = *state;
+    struct http_outcome o = { 0 };
+
+    http_get(f, "/v1/models", 0, 2000, &o);
+    assert_int_equal(loop_http_pending(f->loop), 1);
+    run_until_http(f, &o);
+    assert_int_equal(o.status, PARLEY_OK);
+    assert_int_equal(o.code, 200);
+    assert_int_equal(o.retry_after_ms, -1);
+    assert_non_null(strstr(o.body, "gpt-4o-mini"));
+    assert_int_equal(loop_http_pending(f->loop), 0);
+}
+
+static void test_loop_body_cap(void **state)
+{
+    struct fixture *f = *state;
+    struct http_outcome o = { 0 };
+
+    http_get(f, "/v1/models", 40, 2000, &o);
+    run_until_http(f, &o);
+    assert_int_equal(o.status, PARLEY_ERR_TOO_LARGE);
+    assert_non_null(strstr(o.errstr, "cap"));
+}
+
+static void test_loop_rejects(void **state)
+{
+    struct fixture *f = *state;
+    struct http_outcome o = { 0 };
+    const char *evil[] = { "X-Ok: 1", "X-Evil: 1\r\nX-Injected: 2" };
+    struct http_options opt;
+    struct http_request *req = (void *)1;
+    char url[64];
+
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d/v1/models", stub_port);
+    memset(&opt, 0, sizeof(opt));
+    opt.url = url;
+    opt.headers = evil;
+    opt.n_headers = 2;
+    assert_int_not_equal(loop_http_start(f->loop, &opt, on_http, &o, &req),
+                         PARLEY_OK);
+    assert_null(req);
+    opt.n_headers = 1;
+    opt.method = "GET\r\nX: y";
+    assert_int_not_equal(loop_http_start(f->loop, &opt, on_http, &o, NULL),
+                         PARLEY_OK);
+    /* only http and https: file:// fails from the loop, not inline */
+    opt.method = NULL;
+    opt.url = "file:///etc/passwd";
+    inside_http_start = 1;
+    assert_int_equal(loop_http_start(f->loop, &opt, on_http, &o, NULL),
+                     PARLEY_OK);
+    inside_http_start = 0;
+    run_until_http(f, &o);
+    assert_int_not_equal(o.status, PARLEY_OK);
+    assert_int_equal(o.code, 0);
+    assert_int_equal(o.body_len, 0);
+    assert_true(o.errstr[0] != '\0');
+}
+
+static struct http_request *http_hang(struct fixture *f,
+                                      struct http_outcome *o)
+{
+    static const char body[] =
+        "{\"model\":\"m\",\"messages\":[{\"role\":\"user\","
+        "\"content\":\"hang here\"}]}";
+    const char *hdrs[] = { "Authorization: Bearer " KEY,
+                           "Content-Type: application/json" };
+    struct http_options opt;
+    struct http_request *req = NULL;
+    char url[128];
+
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d/v1/chat/completions",
+             stub_port);
+    memset(&opt, 0, sizeof(opt));
+    opt.method = "POST";
+    opt.url = url;
+    opt.headers = hdrs;
+    opt.n_headers = 2;
+    opt.body = body;
+    opt.body_len = sizeof(body) - 1;
+    assert_int_equal(loop_http_start(f->loop, &opt, on_http, o, &req),
+                     PARLEY_OK);
+    return req;
+}
+
+/* Cancel one request on the wire and close the loop under another. */
+static void test_loop_close_in_flight(void **state)
+{
+    struct fixture *f = *state;
+    struct http_outcome o[2];
+    struct http_request *r0;
+
+    memset(o, 0, sizeof(o));
+    stub_script("[{\"when_contains\":\"hang\",\"hang\":1,"
+                "\"repeat\":true}]");
+    r0 = http_hang(f, &o[0]);
+    http_hang(f, &o[1]);
+    run_for(f, 150);
+    assert_int_equal(stub_count(), 2);  /* both are on the wire */
+    loop_http_cancel(r0);
+    assert_int_equal(loop_http_pending(f->loop), 1);
+    run_for(f, 20);
+    llm_free(f->llm);
+    f->llm = NULL;
+    loop_close(f->loop);
+    /* loop_close cancels without callbacks; teardown runs the loop until
+     * every handle is closed and checks that none is left */
+    uv_run(&f->uv, UV_RUN_DEFAULT);
+    assert_int_equal(o[0].called, 0);
+    assert_int_equal(o[1].called, 0);
+    assert_int_equal(loop_http_start(f->loop, &(struct http_options){
+        .url = "http://127.0.0.1:1/" }, on_http, &o[0], NULL),
+        PARLEY_ERR_STATE);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -864,6 +1084,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_500_exhausts_retries, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_401_not_retried_key_redacted,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_long_key_never_leaks_a_prefix,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_404_not_retried, setup,
                                         teardown),
@@ -889,6 +1111,12 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_free_inside_callback, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_done_may_submit, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_loop_get, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_loop_body_cap, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_loop_rejects, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_loop_close_in_flight, setup,
                                         teardown),
     };
 
