@@ -121,6 +121,8 @@ enum key_kind {
     KEY_ENV,                /* environment variable name */
     KEY_URL,                /* http(s) base URL */
     KEY_LEVEL,              /* log level name */
+    KEY_LOG_FORMAT,         /* "text" or "json" */
+    KEY_LISTEN,             /* "ADDRESS:PORT" */
     KEY_UNIX_PATH,          /* Unix socket path */
     KEY_INT,                /* integer in [min, max] */
     KEY_TEMPERATURE,        /* number 0..2, or -1 to omit */
@@ -146,6 +148,11 @@ struct key_spec {
 static const struct key_spec bot_keys[] = {
     KEY_STR(config_bot, "name", KEY_NAME, name),
     KEY_STR(config_bot, "log_level", KEY_LEVEL, log_level),
+    KEY_STR(config_bot, "log_format", KEY_LOG_FORMAT, log_format),
+};
+
+static const struct key_spec metrics_keys[] = {
+    KEY_STR(config_metrics, "listen", KEY_LISTEN, listen),
 };
 
 static const struct key_spec redis_keys[] = {
@@ -952,6 +959,30 @@ config_load_group(struct config_loader *ld, const config_setting_t *g,
                            level == LOG_LEVEL_INFO ? "info" :
                            level == LOG_LEVEL_WARN ? "warn" : "error");
             break;
+        case KEY_LOG_FORMAT:
+            if (strcmp(v, "text") != 0 && strcmp(v, "json") != 0) {
+                config_error_add(&ld->errs, s, "must be text or json");
+                break;
+            }
+            config_set_str(ld, str, v);
+            break;
+        case KEY_LISTEN: {
+            const char *colon = strrchr(v, ':');
+            char *end;
+            long port = colon ? strtol(colon + 1, &end, 10) : -1;
+
+            /* The address itself is checked when binding, where the
+             * error can say whether it is ours. */
+            if (!colon || colon == v || colon[1] == '\0' || *end ||
+                port < 0 || port > 65535) {
+                config_error_add(&ld->errs, s, "must be \"ADDRESS:PORT\", "
+                                 "e.g. \"127.0.0.1:9464\"");
+                break;
+            }
+            if (config_check_line(ld, s, v, CONFIG_NAME_MAX, 0) == 0)
+                config_set_str(ld, str, v);
+            break;
+        }
         case KEY_UNIX_PATH:
             if (config_check_line(ld, s, v, CONFIG_UNIX_PATH_MAX, 0) == 0)
                 config_set_str(ld, str, v);
@@ -1531,6 +1562,8 @@ config_load_root(struct config_loader *ld)
             GROUP(prompts_keys, &cfg->prompts);
         else if (strcmp(name, "limits") == 0)
             GROUP(limits_keys, &cfg->limits);
+        else if (strcmp(name, "metrics") == 0)
+            GROUP(metrics_keys, &cfg->metrics);
         else if (strcmp(name, "rooms") == 0)
             config_load_rooms(ld, s);
         else if (strcmp(name, "adapters") == 0)
@@ -1886,6 +1919,8 @@ config_free(struct config *cfg)
     free(cfg->path);
     free(cfg->bot.name);
     free(cfg->bot.log_level);
+    free(cfg->bot.log_format);
+    free(cfg->metrics.listen);
     free(cfg->redis.host);
     free(cfg->redis.unix_socket);
     free(cfg->redis.password_env);

@@ -44,12 +44,37 @@ struct log_secret {
 };
 
 static enum log_level log_min_level = LOG_LEVEL_INFO;
+static enum log_format log_out_format = LOG_FORMAT_TEXT;
 static struct log_secret log_secrets[LOG_SECRETS_MAX];
 static size_t log_n_secrets;
 
 /* Guards the secret table and the level; the loop thread registers
  * secrets while a metrics thread may already be logging. */
 static pthread_mutex_t log_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static const char *const log_json_levels[] = {
+    "debug", "info", "warn", "error"
+};
+
+void
+log_set_format(enum log_format format)
+{
+    pthread_mutex_lock(&log_lock);
+    log_out_format = format;
+    pthread_mutex_unlock(&log_lock);
+}
+
+int
+log_format_parse(const char *name, enum log_format *out)
+{
+    if (name && strcmp(name, "text") == 0)
+        *out = LOG_FORMAT_TEXT;
+    else if (name && strcmp(name, "json") == 0)
+        *out = LOG_FORMAT_JSON;
+    else
+        return -1;
+    return 0;
+}
 
 static const char *const log_level_names[] = {
     [LOG_LEVEL_DEBUG] = "DEBUG",
@@ -258,7 +283,7 @@ out:
  * when msg is.  Returns 1 if something was left out.
  */
 static int
-log_escape(char *line, size_t *pos, size_t cap, const char *msg)
+log_escape(char *line, size_t *pos, size_t cap, const char *msg, int json)
 {
     static const char hex[] = "0123456789abcdef";
     const unsigned char *p = (const unsigned char *)msg;
@@ -268,10 +293,29 @@ log_escape(char *line, size_t *pos, size_t cap, const char *msg)
         char esc[4];
         size_t n = 1;
 
+        char uesc[6];
+
         if (*p == '\r' || *p == '\n') {
             esc[0] = '\\';
             esc[1] = *p == '\r' ? 'r' : 'n';
             n = 2;
+        } else if (json && (*p == '"' || *p == '\\' || *p == '\t')) {
+            esc[0] = '\\';
+            esc[1] = *p == '\t' ? 't' : (char)*p;
+            n = 2;
+        } else if (json && (*p < 0x20 || *p == 0x7f)) {
+            /* JSON has no \x escape. */
+            memcpy(uesc, "\\u00", 4);
+            uesc[4] = hex[*p >> 4];
+            uesc[5] = hex[*p & 0xf];
+            if (o + 6 > cap) {
+                *pos = o;
+                return 1;
+            }
+            memcpy(line + o, uesc, 6);
+            o += 6;
+            p++;
+            continue;
         } else if ((*p < 0x20 && *p != '\t') || *p == 0x7f) {
             esc[0] = '\\';
             esc[1] = 'x';
@@ -332,7 +376,7 @@ log_msg(enum log_level level, const char *fmt, ...)
     size_t pos, cap;
     va_list ap;
     int saved_errno = errno;   /* callers log and then test errno */
-    int n, cut;
+    int n, cut, json;
 
     if (level < LOG_LEVEL_DEBUG || level > LOG_LEVEL_ERROR)
         level = LOG_LEVEL_ERROR;
@@ -360,21 +404,31 @@ log_msg(enum log_level level, const char *fmt, ...)
     }
     if (!gmtime_r(&ts.tv_sec, &tm))
         memset(&tm, 0, sizeof(tm));
-    pos = strftime(line, sizeof(line), "%Y-%m-%dT%H:%M:%S", &tm);
-    n = snprintf(line + pos, sizeof(line) - pos, ".%03ldZ %s ",
-                 (long)(ts.tv_nsec / 1000000), log_level_names[level]);
+    json = log_out_format == LOG_FORMAT_JSON;
+    pos = json ? (size_t)snprintf(line, sizeof(line), "{\"ts\":\"") : 0;
+    pos += strftime(line + pos, sizeof(line) - pos, "%Y-%m-%dT%H:%M:%S",
+                    &tm);
+    n = snprintf(line + pos, sizeof(line) - pos,
+                 json ? ".%03ldZ\",\"level\":\"%s\",\"msg\":\"" :
+                        ".%03ldZ %s ",
+                 (long)(ts.tv_nsec / 1000000), json ?
+                 log_json_levels[level] : log_level_names[level]);
     if (n > 0 && (size_t)n < sizeof(line) - pos)
         pos += (size_t)n;
 
-    /* Keep room for the marker and the newline: a whole line, newline
-     * included, is at most LOG_LINE_MAX bytes. */
-    cap = sizeof(line) - (sizeof(LOG_TRUNCATED) - 1) - 1;
-    if (log_escape(line, &pos, cap, clean))
+    /* Keep room for the marker, the JSON closing and the newline: a whole
+     * line, newline included, is at most LOG_LINE_MAX bytes. */
+    cap = sizeof(line) - (sizeof(LOG_TRUNCATED) - 1) - 1 - (json ? 2 : 0);
+    if (log_escape(line, &pos, cap, clean, json))
         cut = 1;
     explicit_bzero(clean, sizeof(clean));
     if (cut) {
         memcpy(line + pos, LOG_TRUNCATED, sizeof(LOG_TRUNCATED) - 1);
         pos += sizeof(LOG_TRUNCATED) - 1;
+    }
+    if (json) {
+        line[pos++] = '"';
+        line[pos++] = '}';
     }
     line[pos++] = '\n';
     log_write(line, pos);

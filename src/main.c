@@ -21,6 +21,8 @@
 #include "llm.h"
 #include "log.h"
 #include "loop.h"
+#include "metrics.h"
+#include "monitor.h"
 #include "router.h"
 #include "status.h"
 #include "store.h"
@@ -36,6 +38,8 @@
  * anyway and the bot runs without history until it comes back. */
 #define MAIN_REDIS_WAIT_MS 3000
 #define MAIN_REDIS_POLL_MS 10
+/* Gauges for /metrics and /healthz are sampled this often. */
+#define MAIN_METRICS_SAMPLE_MS 250
 
 /* How long answers in flight may take after SIGTERM before we give up. */
 #define MAIN_DRAIN_TIMEOUT_MS 15000
@@ -71,6 +75,8 @@ struct app {
     uv_timer_t drain_timer;
     uv_timer_t start_timer;
     uint64_t start_deadline;
+    uv_timer_t sample_timer;
+    struct monitor *monitor;
     uint64_t drain_deadline;
     const char *cfg_file;       /* -c FILE, NULL for the built-in */
     int draining;
@@ -207,6 +213,13 @@ static void on_drain_timer(uv_timer_t *t)
     uv_close((uv_handle_t *)&app->sig_hup, NULL);
     uv_close((uv_handle_t *)&app->drain_timer, NULL);
     uv_close((uv_handle_t *)&app->start_timer, NULL);
+    uv_close((uv_handle_t *)&app->sample_timer, NULL);
+    /* The monitor thread reads only metrics.c; stop it before the
+     * state it reports goes away, so /healthz never shows a half-closed
+     * bot as healthy. */
+    metrics_set_redis(0);
+    monitor_stop(app->monitor);
+    app->monitor = NULL;
     store_close(app->store);
     app->store = NULL;
     llm_free(app->llm);
@@ -244,6 +257,7 @@ static void app_reload(struct app *app)
     struct config fresh;
     char err[MAIN_ERR_MAX] = "";
     enum log_level level;
+    enum log_format format = LOG_FORMAT_TEXT;
 
     if (!app->cfg_file) {
         log_info("SIGHUP: running the built-in setup, nothing to reload");
@@ -263,6 +277,7 @@ static void app_reload(struct app *app)
     SWAP(app->cfg.n_rooms, fresh.n_rooms);
     SWAP(app->cfg.llm, fresh.llm);
     SWAP(app->cfg.bot.log_level, fresh.bot.log_level);
+    SWAP(app->cfg.bot.log_format, fresh.bot.log_format);
     if (llm_configure(app->llm, &app->cfg.llm) != PARLEY_OK) {
         /* Keep the old LLM settings rather than run half-configured. */
         SWAP(app->cfg.llm, fresh.llm);
@@ -272,6 +287,9 @@ static void app_reload(struct app *app)
     if (app->cfg.bot.log_level &&
         log_level_parse(app->cfg.bot.log_level, &level) == 0)
         log_set_level(level);
+    log_set_format(app->cfg.bot.log_format &&
+                   log_format_parse(app->cfg.bot.log_format, &format) == 0 ?
+                   format : LOG_FORMAT_TEXT);
     config_free(&fresh);
     log_info("SIGHUP: reloaded prompts, limits, rooms and llm settings "
              "from %s (Redis and adapter changes need a restart)",
@@ -302,6 +320,21 @@ static void on_console_eof(void *privdata)
      * beside Matrix or IRC it just means nobody types here any more. */
     if (app->n_adapters == 1)
         app_begin_shutdown(app, "end of console input");
+}
+
+/* Copy what the loop knows into the gauges the monitor thread reads. */
+static void on_sample_timer(uv_timer_t *t)
+{
+    struct app *app = t->data;
+
+    metrics_set_redis(store_is_up(app->store));
+    metrics_set_adapter_count(app->n_adapters);
+    for (size_t i = 0; i < app->n_adapters; i++)
+        metrics_set_adapter(i, app->adapters[i]->ops->type,
+                            app->adapters[i]->account,
+                            app->adapters[i]->connected);
+    metrics_set_queue(router_pending(app->router),
+                      router_rooms_active(app->router));
 }
 
 static void app_start_adapters(struct app *app)
@@ -452,6 +485,8 @@ static int app_run(struct app *app, int console)
     uv_signal_init(&app->uv, &app->sig_hup);
     uv_timer_init(&app->uv, &app->drain_timer);
     uv_timer_init(&app->uv, &app->start_timer);
+    uv_timer_init(&app->uv, &app->sample_timer);
+    app->sample_timer.data = app;
     app->sig_int.data = app->sig_term.data = app->sig_hup.data = app;
     app->drain_timer.data = app;
     app->start_timer.data = app;
@@ -465,6 +500,21 @@ static int app_run(struct app *app, int console)
         router_add_adapter(app->router, ad);
         if (strcmp(ad->ops->type, "console") == 0)
             console_on_eof(ad, on_console_eof, app);
+    }
+    metrics_reset();
+    uv_timer_start(&app->sample_timer, on_sample_timer, 0,
+                   MAIN_METRICS_SAMPLE_MS);
+    if (app->cfg.metrics.listen) {
+        result = monitor_start(&app->monitor, app->cfg.metrics.listen, err,
+                               sizeof(err));
+        if (result != PARLEY_OK) {
+            log_error("%s", err);
+            app->exit_code = EXIT_UNAVAILABLE;
+            app_begin_shutdown(app, "the metrics endpoint cannot start");
+        } else {
+            log_info("metrics: /healthz and /metrics on %s (port %d)",
+                     app->cfg.metrics.listen, monitor_port(app->monitor));
+        }
     }
     app->start_deadline = uv_now(&app->uv) + MAIN_REDIS_WAIT_MS;
     uv_timer_start(&app->start_timer, on_start_timer, 0, MAIN_REDIS_POLL_MS);
@@ -502,6 +552,7 @@ int main(int argc, char **argv)
     int console = 0, check = 0, print_redis = 0;
     char err[MAIN_ERR_MAX] = "";
     enum log_level level;
+    enum log_format format;
     int opt, result;
 
     while ((opt = getopt_long(argc, argv, "c:Vh", options, NULL)) != -1) {
@@ -562,6 +613,9 @@ int main(int argc, char **argv)
     if (app.cfg.bot.log_level &&
         log_level_parse(app.cfg.bot.log_level, &level) == 0)
         log_set_level(level);
+    if (app.cfg.bot.log_format &&
+        log_format_parse(app.cfg.bot.log_format, &format) == 0)
+        log_set_format(format);
 
     if (check) {
         /* Adapters validate their blocks in their constructors; they
