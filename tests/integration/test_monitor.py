@@ -28,6 +28,8 @@ def get(port, path):
             return r.status, r.headers, r.read().decode()
     except urllib.error.HTTPError as e:
         return e.code, e.headers, e.read().decode()
+    except urllib.error.URLError:
+        return 0, {}, ""     # not listening yet
 
 
 def parse_prometheus(text):
