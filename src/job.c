@@ -165,7 +165,8 @@ static void job_send(struct job *job)
     if (ad->ops->typing && job->kind == JOB_CHAT)
         ad->ops->typing(ad, job->ev->room, 0);
 
-    room->current = NULL;
+    if (room)
+        room->current = NULL;
     if (job->kind == JOB_GREET_ROOM || job->kind == JOB_GREET_USER)
         metrics_greeting();
     else
@@ -173,11 +174,12 @@ static void job_send(struct job *job)
     result = ad->ops->send(ad, job->ev->room, &reply, job_sent, job);
     if (result != PARLEY_OK) {
         log_warn("%s: cannot send to %s: %s", ad->ops->type,
-                 room->key, ad->errstr[0] ? ad->errstr :
+                 job->ev->room, ad->errstr[0] ? ad->errstr :
                  parley_status_name(result));
         job_free(job);
     }
-    room_release(r, room);
+    if (room)
+        room_release(r, room);
 }
 
 static void job_answer_stored(struct store *st, struct redisReply *rep,
@@ -623,10 +625,14 @@ void job_enqueue(struct router *r, struct job *job, const char *room_key)
         return;
     }
     if (room->queued >= ROUTER_ROOM_QUEUE_MAX) {
-        log_warn("%s: queue full (%d), dropping a message from %s",
+        /* Answered at once, outside the queue: the asker learns the
+         * question was not taken, instead of waiting for nothing. */
+        log_warn("%s: queue full (%d), turning away a message from %s",
                  room_key, ROUTER_ROOM_QUEUE_MAX,
                  job->ev->sender ? job->ev->sender : "-");
-        job_free(job);
+        job->room = NULL;
+        job_reply(job, "I'm still answering earlier messages here; please "
+                  "ask again in a moment.", 1);
         return;
     }
     job->room = room;
