@@ -23,6 +23,7 @@
 #include "config.h"
 #include "event.h"
 #include "llm.h"
+#include "log.h"
 #include "loop.h"
 #include "router.h"
 #include "status.h"
@@ -133,8 +134,7 @@ int main(int argc, char **argv)
     cfg.redis.port = atoi(argv[1]);
     cfg.llm.max_concurrent = atoi(argv[5]);
     cfg.limits.user_requests_per_minute = 0;
-    free(cfg.bot.log_level);
-    cfg.bot.log_level = NULL;
+    log_set_level(LOG_LEVEL_WARN);
 
     uv_loop_init(&b.uv);
     if (loop_create(&loop, &b.uv) != PARLEY_OK ||
