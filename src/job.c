@@ -154,7 +154,10 @@ static void job_send(struct job *job)
 
     memset(&reply, 0, sizeof(reply));
     reply.text = job->answer ? job->answer : ROUTER_FALLBACK_TEXT;
-    reply.in_reply_to = job->ev->event_id;
+    /* A greeting answers nobody's message: replying to a membership
+     * event would show as a reply to nothing in most clients. */
+    if (job->kind != JOB_GREET_ROOM && job->kind != JOB_GREET_USER)
+        reply.in_reply_to = job->ev->event_id;
     reply.thread_id = job->ev->thread_id;
     reply.mention = job->kind == JOB_GREET_ROOM ? NULL : job->ev->sender;
     reply.notice = job->notice;
