@@ -50,6 +50,11 @@ void router_submit_durable(struct router *r, const struct event *ev,
                            router_accepted_fn *accepted, void *privdata);
 /* Use a new config (SIGHUP); borrowed like the first. */
 void router_reload(struct router *r, const struct config *cfg);
+/* Stop taking new events; jobs already accepted go on (SIGTERM). */
+void router_drain(struct router *r);
+/* Before closing the store and llm: callbacks that still arrive stop
+ * their job instead of going on; router_free then releases every job. */
+void router_close(struct router *r);
 /* Events accepted and not yet fully answered. */
 size_t router_pending(const struct router *r);
 void router_free(struct router *r);
