@@ -298,9 +298,10 @@ static int parse_message(struct matrix_batch *b, const char *room_id,
     return batch_push(b, &it);
 }
 
-/* A member event: another user's fresh join becomes a JOIN item. */
+/* A member event: a fresh join (another user's, or the bot's own, which
+ * the adapter turns into its greeting) becomes a JOIN item. */
 static int parse_member(struct matrix_batch *b, const char *room_id,
-                        const cJSON *ev, const struct matrix_ident *me)
+                        const cJSON *ev)
 {
     const char *key = get_str(ev, "state_key");
     const char *event_id = get_str(ev, "event_id");
@@ -317,8 +318,7 @@ static int parse_member(struct matrix_batch *b, const char *room_id,
     prevm = prev ? get_str(prev, "membership") : NULL;
     /* A join after a join is a profile change, not an arrival. */
     if (!membership || strcmp(membership, "join") != 0 ||
-        (prevm && strcmp(prevm, "join") == 0) ||
-        strcmp(key, me->user_id) == 0)
+        (prevm && strcmp(prevm, "join") == 0))
         return PARLEY_OK;
     memset(&it, 0, sizeof(it));
     it.kind = MATRIX_ITEM_JOIN;
@@ -373,7 +373,7 @@ static int parse_joined_room(struct matrix_batch *b, const char *room_id,
         if (strcmp(type, "m.room.message") == 0) {
             result = parse_message(b, room_id, ev, state, events, me);
         } else if (strcmp(type, "m.room.member") == 0) {
-            result = parse_member(b, room_id, ev, me);
+            result = parse_member(b, room_id, ev);
         } else if (strcmp(type, "m.room.encrypted") == 0 &&
                    !encrypted_seen) {
             struct matrix_item it;
