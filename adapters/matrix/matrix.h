@@ -172,7 +172,8 @@ int matrix_allow_match(const char *user, const char *const *allow,
 char *matrix_html_sanitize(const char *html, size_t len);
 
 /* Markdown (the model's text) -> sanitized HTML via cmark in safe mode
- * (raw HTML and unsafe links removed).  NULL on OOM. */
+ * (unsafe links removed); raw HTML in the text is shown as escaped text,
+ * not dropped.  NULL on OOM. */
 char *matrix_markdown_to_html(const char *markdown, size_t len);
 
 /* What one outgoing answer holds; all borrowed. */

@@ -137,6 +137,12 @@ static int attr_value_ok(const char *tag, const char *attr, const char *v,
 {
     size_t i;
 
+    /* URLs come percent-encoded from cmark: a raw blank, quote or angle
+     * bracket in one means something is trying to break out. */
+    if (strcmp(attr, "href") == 0 || strcmp(attr, "src") == 0)
+        for (i = 0; i < len; i++)
+            if (is_space(v[i]) || strchr("\"'<>`", v[i]))
+                return 0;
     if (strcmp(attr, "href") == 0)
         return has_prefix_ci(v, len, "https://") ||
                has_prefix_ci(v, len, "http://") ||
@@ -397,16 +403,93 @@ char *matrix_html_sanitize(const char *html, size_t len)
     return o.buf;
 }
 
+/* Raw HTML nodes collected per render; past this the rest are dropped
+ * (a hostile answer made of thousands of tags loses them, not safety). */
+#define MD_HTML_NODES_MAX 4096
+
+/*
+ * Turn raw HTML the model wrote into visible text.  cmark's safe mode
+ * would replace it with an HTML comment, so an answer that starts with
+ * "<script>" would render as an empty formatted_body while the body shows
+ * the text: readers of the HTML would see nothing.  As text it is escaped
+ * by the renderer (&lt;script&gt;), shown as written, and inert.
+ */
+static int md_html_to_text(cmark_node *doc)
+{
+    cmark_node *found[MD_HTML_NODES_MAX];
+    size_t n = 0, i;
+    cmark_iter *it = cmark_iter_new(doc);
+    cmark_event_type ev;
+
+    if (!it)
+        return -1;
+    while ((ev = cmark_iter_next(it)) != CMARK_EVENT_DONE) {
+        cmark_node *node = cmark_iter_get_node(it);
+        cmark_node_type t = cmark_node_get_type(node);
+
+        if (ev == CMARK_EVENT_ENTER && n < MD_HTML_NODES_MAX &&
+            (t == CMARK_NODE_HTML_INLINE || t == CMARK_NODE_HTML_BLOCK))
+            found[n++] = node;
+    }
+    cmark_iter_free(it);
+    /* The tree is changed only after the walk, never under the iterator. */
+    for (i = 0; i < n; i++) {
+        cmark_node *node = found[i];
+        const char *lit = cmark_node_get_literal(node);
+        int block = cmark_node_get_type(node) == CMARK_NODE_HTML_BLOCK;
+        cmark_node *text = cmark_node_new(CMARK_NODE_TEXT);
+        cmark_node *repl = text;
+        char *copy;
+        size_t len;
+
+        if (!text)
+            return -1;
+        copy = strdup(lit ? lit : "");
+        if (!copy) {
+            cmark_node_free(text);
+            return -1;
+        }
+        len = strlen(copy);
+        while (len > 0 && copy[len - 1] == '\n')
+            copy[--len] = '\0';
+        if (!cmark_node_set_literal(text, copy)) {
+            free(copy);
+            cmark_node_free(text);
+            return -1;
+        }
+        free(copy);
+        if (block) {
+            repl = cmark_node_new(CMARK_NODE_PARAGRAPH);
+            if (!repl || !cmark_node_append_child(repl, text)) {
+                cmark_node_free(repl);
+                cmark_node_free(text);
+                return -1;
+            }
+        }
+        if (!cmark_node_replace(node, repl)) {
+            cmark_node_free(repl);
+            return -1;
+        }
+        cmark_node_free(node);
+    }
+    return 0;
+}
+
 char *matrix_markdown_to_html(const char *markdown, size_t len)
 {
-    char *raw, *clean;
-    size_t n;
-
     /* cmark >= 0.29 is safe unless CMARK_OPT_UNSAFE; SAFE is kept for
      * older versions.  HARDBREAKS: chat text uses single newlines. */
-    raw = cmark_markdown_to_html(markdown, len,
-                                 CMARK_OPT_SAFE | CMARK_OPT_HARDBREAKS |
-                                 CMARK_OPT_VALIDATE_UTF8);
+    int opts = CMARK_OPT_SAFE | CMARK_OPT_HARDBREAKS |
+               CMARK_OPT_VALIDATE_UTF8;
+    cmark_node *doc = cmark_parse_document(markdown, len, opts);
+    char *raw = NULL, *clean;
+    size_t n;
+
+    if (!doc)
+        return NULL;
+    if (md_html_to_text(doc) == 0)
+        raw = cmark_render_html(doc, opts);
+    cmark_node_free(doc);
     if (!raw)
         return NULL;
     n = strlen(raw);

@@ -338,6 +338,29 @@ static int parse_member(struct matrix_batch *b, const char *room_id,
     return batch_push(b, &it);
 }
 
+/* The bot's own latest fresh join in a timeline, or NULL. */
+static const cJSON *own_join(const cJSON *events,
+                             const struct matrix_ident *me)
+{
+    const cJSON *ev, *found = NULL;
+
+    cJSON_ArrayForEach(ev, events) {
+        const char *type = get_str(ev, "type");
+        const char *key = get_str(ev, "state_key");
+        const cJSON *content = get_obj(ev, "content");
+        const cJSON *unsig = get_obj(ev, "unsigned");
+        const cJSON *prev = unsig ? get_obj(unsig, "prev_content") : NULL;
+        const char *mem = content ? get_str(content, "membership") : NULL;
+        const char *prevm = prev ? get_str(prev, "membership") : NULL;
+
+        if (type && strcmp(type, "m.room.member") == 0 && key &&
+            strcmp(key, me->user_id) == 0 && mem &&
+            strcmp(mem, "join") == 0 && !(prevm && strcmp(prevm, "join") == 0))
+            found = ev;
+    }
+    return found;
+}
+
 static int parse_joined_room(struct matrix_batch *b, const char *room_id,
                              const cJSON *room, const struct matrix_ident *me)
 {
@@ -346,7 +369,7 @@ static int parse_joined_room(struct matrix_batch *b, const char *room_id,
     const cJSON *st = get_obj(room, "state");
     const cJSON *events = tl ? get_arr(tl, "events") : NULL;
     const cJSON *state = st ? get_arr(st, "events") : NULL;
-    const cJSON *ev;
+    const cJSON *ev, *start;
     int result, encrypted_seen = 0;
 
     if (summary) {
@@ -362,10 +385,20 @@ static int parse_joined_room(struct matrix_batch *b, const char *room_id,
     }
     if (tl && cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(tl, "limited")))
         b->n_limited++;
+    /* A room the bot just joined arrives with the events before its join:
+     * that is history, neither answered nor greeted. */
+    start = own_join(events, me);
     cJSON_ArrayForEach(ev, events) {
         const char *type = get_str(ev, "type");
 
         result = PARLEY_OK;
+        if (start) {
+            if (ev != start) {
+                b->n_skipped++;
+                continue;
+            }
+            start = NULL;
+        }
         if (!cJSON_IsObject(ev) || !type) {
             b->n_skipped++;
             continue;

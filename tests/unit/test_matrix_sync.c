@@ -213,6 +213,9 @@ static void test_members_and_encrypted(void **state)
 
     (void)state;
     assert_int_equal(parse1(
+        "{\"type\":\"m.room.member\",\"event_id\":\"$j3\",\"state_key\":"
+        "\"@parley:localhost\",\"sender\":\"@parley:localhost\",\"content\":"
+        "{\"membership\":\"join\"}},"
         "{\"type\":\"m.room.member\",\"event_id\":\"$j1\",\"state_key\":"
         "\"@carol:localhost\",\"sender\":\"@carol:localhost\",\"content\":"
         "{\"membership\":\"join\",\"displayname\":\"Carol\"}},"
@@ -220,23 +223,45 @@ static void test_members_and_encrypted(void **state)
         "\"@carol:localhost\",\"sender\":\"@carol:localhost\",\"content\":"
         "{\"membership\":\"join\",\"displayname\":\"C.\"},\"unsigned\":"
         "{\"prev_content\":{\"membership\":\"join\"}}},"
-        "{\"type\":\"m.room.member\",\"event_id\":\"$j3\",\"state_key\":"
-        "\"@parley:localhost\",\"sender\":\"@parley:localhost\",\"content\":"
-        "{\"membership\":\"join\"}},"
         "{\"type\":\"m.room.encrypted\",\"event_id\":\"$x1\",\"sender\":"
         "\"@alice:localhost\",\"content\":{}},"
         "{\"type\":\"m.room.encrypted\",\"event_id\":\"$x2\",\"sender\":"
         "\"@alice:localhost\",\"content\":{}}", &b), PARLEY_OK);
-    /* Carol's join; her rename is not an arrival; the bot's own join
-     * (its greeting); one ENCRYPTED item per room and batch. */
+    /* The bot's own join (its greeting); Carol's join; her rename is not
+     * an arrival; one ENCRYPTED item per room and batch. */
     assert_int_equal(b.n_items, 3);
     assert_int_equal(b.items[0].kind, MATRIX_ITEM_JOIN);
-    assert_string_equal(b.items[0].sender, "@carol:localhost");
-    assert_string_equal(b.items[0].sender_name, "Carol");
-    assert_string_equal(b.items[0].event_id, "$j1");
+    assert_string_equal(b.items[0].sender, "@parley:localhost");
     assert_int_equal(b.items[1].kind, MATRIX_ITEM_JOIN);
-    assert_string_equal(b.items[1].sender, "@parley:localhost");
+    assert_string_equal(b.items[1].sender, "@carol:localhost");
+    assert_string_equal(b.items[1].sender_name, "Carol");
+    assert_string_equal(b.items[1].event_id, "$j1");
     assert_int_equal(b.items[2].kind, MATRIX_ITEM_ENCRYPTED);
+    matrix_batch_free(&b);
+}
+
+static void test_history_before_own_join(void **state)
+{
+    struct matrix_batch b;
+
+    (void)state;
+    assert_int_equal(parse1(
+        "{\"type\":\"m.room.member\",\"event_id\":\"$j0\",\"state_key\":"
+        "\"@carol:localhost\",\"sender\":\"@carol:localhost\",\"content\":"
+        "{\"membership\":\"join\"}},"
+        "{\"type\":\"m.room.message\",\"event_id\":\"$old\",\"sender\":"
+        "\"@carol:localhost\",\"content\":{\"msgtype\":\"m.text\","
+        "\"body\":\"parley, before you came\"}},"
+        "{\"type\":\"m.room.member\",\"event_id\":\"$me\",\"state_key\":"
+        "\"@parley:localhost\",\"sender\":\"@parley:localhost\","
+        "\"content\":{\"membership\":\"join\"},\"unsigned\":{"
+        "\"prev_content\":{\"membership\":\"invite\"}}},"
+        "{\"type\":\"m.room.message\",\"event_id\":\"$new\",\"sender\":"
+        "\"@carol:localhost\",\"content\":{\"msgtype\":\"m.text\","
+        "\"body\":\"parley, now\"}}", &b), PARLEY_OK);
+    assert_int_equal(b.n_items, 2);
+    assert_string_equal(b.items[0].event_id, "$me");
+    assert_string_equal(b.items[1].event_id, "$new");
     matrix_batch_free(&b);
 }
 
@@ -380,6 +405,7 @@ int main(void)
         cmocka_unit_test(test_thread),
         cmocka_unit_test(test_skipped_kinds),
         cmocka_unit_test(test_members_and_encrypted),
+        cmocka_unit_test(test_history_before_own_join),
         cmocka_unit_test(test_invite),
         cmocka_unit_test(test_hostile),
         cmocka_unit_test(test_invalid_utf8_body),
