@@ -21,6 +21,8 @@
 #include "llm.h"
 #include "log.h"
 #include "loop.h"
+#include "metrics.h"
+#include "monitor.h"
 #include "router.h"
 #include "status.h"
 #include "store.h"
@@ -30,6 +32,14 @@
 #define EXIT_UNAVAILABLE 69
 #define EXIT_SOFTWARE    70
 #define EXIT_CONFIG      78
+
+/* Adapters start once Redis is connected, so the first messages already
+ * see their history; if Redis does not answer within this time they start
+ * anyway and the bot runs without history until it comes back. */
+#define MAIN_REDIS_WAIT_MS 3000
+#define MAIN_REDIS_POLL_MS 10
+/* Gauges for /metrics and /healthz are sampled this often. */
+#define MAIN_METRICS_SAMPLE_MS 250
 
 /* How long answers in flight may take after SIGTERM before we give up. */
 #define MAIN_DRAIN_TIMEOUT_MS 15000
@@ -63,7 +73,12 @@ struct app {
     size_t n_adapters;
     uv_signal_t sig_int, sig_term, sig_hup;
     uv_timer_t drain_timer;
+    uv_timer_t start_timer;
+    uint64_t start_deadline;
+    uv_timer_t sample_timer;
+    struct monitor *monitor;
     uint64_t drain_deadline;
+    const char *cfg_file;       /* -c FILE, NULL for the built-in */
     int draining;
     int closed;
     int exit_code;
@@ -197,6 +212,14 @@ static void on_drain_timer(uv_timer_t *t)
     uv_close((uv_handle_t *)&app->sig_term, NULL);
     uv_close((uv_handle_t *)&app->sig_hup, NULL);
     uv_close((uv_handle_t *)&app->drain_timer, NULL);
+    uv_close((uv_handle_t *)&app->start_timer, NULL);
+    uv_close((uv_handle_t *)&app->sample_timer, NULL);
+    /* The monitor thread reads only metrics.c; stop it before the
+     * state it reports goes away, so /healthz never shows a half-closed
+     * bot as healthy. */
+    metrics_set_redis(0);
+    monitor_stop(app->monitor);
+    app->monitor = NULL;
     store_close(app->store);
     app->store = NULL;
     llm_free(app->llm);
@@ -217,13 +240,68 @@ static void app_begin_shutdown(struct app *app, const char *why)
     uv_timer_start(&app->drain_timer, on_drain_timer, 0, MAIN_DRAIN_POLL_MS);
 }
 
+#define SWAP(a, b) do { __typeof__(a) swap_tmp_ = (a); (a) = (b); \
+                         (b) = swap_tmp_; } while (0)
+
+/*
+ * SIGHUP: read the file again and take over what can change without
+ * touching connections: prompts, few-shot examples, limits, per-room
+ * overrides, context budget, the LLM settings and the log level.  The
+ * parts are swapped into the running config (not the whole struct) because
+ * adapters keep pointers into it; the new file's other parts (Redis,
+ * adapters) need a restart, which the log line says.  A file that does
+ * not load leaves everything as it was.
+ */
+static void app_reload(struct app *app)
+{
+    struct config fresh;
+    char err[MAIN_ERR_MAX] = "";
+    enum log_level level;
+    enum log_format format = LOG_FORMAT_TEXT;
+
+    if (!app->cfg_file) {
+        log_info("SIGHUP: running the built-in setup, nothing to reload");
+        return;
+    }
+    memset(&fresh, 0, sizeof(fresh));
+    if (config_load(&fresh, app->cfg_file, err, sizeof(err)) != PARLEY_OK) {
+        log_error("SIGHUP: %s not reloaded, the running configuration "
+                  "stays: %s", app->cfg_file, err);
+        config_free(&fresh);
+        return;
+    }
+    SWAP(app->cfg.prompts, fresh.prompts);
+    SWAP(app->cfg.limits, fresh.limits);
+    SWAP(app->cfg.context, fresh.context);
+    SWAP(app->cfg.rooms, fresh.rooms);
+    SWAP(app->cfg.n_rooms, fresh.n_rooms);
+    SWAP(app->cfg.llm, fresh.llm);
+    SWAP(app->cfg.bot.log_level, fresh.bot.log_level);
+    SWAP(app->cfg.bot.log_format, fresh.bot.log_format);
+    if (llm_configure(app->llm, &app->cfg.llm) != PARLEY_OK) {
+        /* Keep the old LLM settings rather than run half-configured. */
+        SWAP(app->cfg.llm, fresh.llm);
+        log_warn("SIGHUP: new llm settings not applied (out of memory)");
+    }
+    router_reload(app->router, &app->cfg);
+    if (app->cfg.bot.log_level &&
+        log_level_parse(app->cfg.bot.log_level, &level) == 0)
+        log_set_level(level);
+    log_set_format(app->cfg.bot.log_format &&
+                   log_format_parse(app->cfg.bot.log_format, &format) == 0 ?
+                   format : LOG_FORMAT_TEXT);
+    config_free(&fresh);
+    log_info("SIGHUP: reloaded prompts, limits, rooms and llm settings "
+             "from %s (Redis and adapter changes need a restart)",
+             app->cfg_file);
+}
+
 static void on_signal(uv_signal_t *h, int signum)
 {
     struct app *app = h->data;
 
     if (signum == SIGHUP) {
-        log_info("SIGHUP: configuration reload is not supported yet; "
-                 "restart parley to apply changes");
+        app_reload(app);
         return;
     }
     if (app->draining) {
@@ -242,6 +320,56 @@ static void on_console_eof(void *privdata)
      * beside Matrix or IRC it just means nobody types here any more. */
     if (app->n_adapters == 1)
         app_begin_shutdown(app, "end of console input");
+}
+
+/* Copy what the loop knows into the gauges the monitor thread reads. */
+static void on_sample_timer(uv_timer_t *t)
+{
+    struct app *app = t->data;
+
+    metrics_set_redis(store_is_up(app->store));
+    metrics_set_adapter_count(app->n_adapters);
+    for (size_t i = 0; i < app->n_adapters; i++)
+        metrics_set_adapter(i, app->adapters[i]->ops->type,
+                            app->adapters[i]->account,
+                            app->adapters[i]->connected);
+    metrics_set_queue(router_pending(app->router),
+                      router_rooms_active(app->router));
+}
+
+static void app_start_adapters(struct app *app)
+{
+    for (size_t i = 0; i < app->n_adapters; i++) {
+        struct adapter *ad = app->adapters[i];
+
+        if (ad->ops->start(ad) != PARLEY_OK) {
+            log_error("%s adapter failed to start: %s", ad->ops->type,
+                      ad->errstr);
+            app->exit_code = EXIT_UNAVAILABLE;
+            app_begin_shutdown(app, "an adapter failed to start");
+            return;
+        }
+    }
+}
+
+static void on_start_timer(uv_timer_t *t)
+{
+    struct app *app = t->data;
+
+    if (app->draining) {
+        uv_timer_stop(t);
+        return;
+    }
+    if (!store_is_up(app->store)) {
+        if (uv_now(&app->uv) < app->start_deadline)
+            return;
+        log_warn("starting without Redis: no history until it is back");
+    }
+    uv_timer_stop(t);
+    /* Jobs left by a previous run go first in their rooms' queues. */
+    if (store_is_up(app->store))
+        router_resume(app->router);
+    app_start_adapters(app);
 }
 
 static adapter_create_fn *adapter_lookup(const char *type)
@@ -356,8 +484,12 @@ static int app_run(struct app *app, int console)
     uv_signal_init(&app->uv, &app->sig_term);
     uv_signal_init(&app->uv, &app->sig_hup);
     uv_timer_init(&app->uv, &app->drain_timer);
+    uv_timer_init(&app->uv, &app->start_timer);
+    uv_timer_init(&app->uv, &app->sample_timer);
+    app->sample_timer.data = app;
     app->sig_int.data = app->sig_term.data = app->sig_hup.data = app;
     app->drain_timer.data = app;
+    app->start_timer.data = app;
     uv_signal_start(&app->sig_int, on_signal, SIGINT);
     uv_signal_start(&app->sig_term, on_signal, SIGTERM);
     uv_signal_start(&app->sig_hup, on_signal, SIGHUP);
@@ -368,14 +500,24 @@ static int app_run(struct app *app, int console)
         router_add_adapter(app->router, ad);
         if (strcmp(ad->ops->type, "console") == 0)
             console_on_eof(ad, on_console_eof, app);
-        if (ad->ops->start(ad) != PARLEY_OK) {
-            log_error("%s adapter failed to start: %s", ad->ops->type,
-                      ad->errstr);
+    }
+    metrics_reset();
+    uv_timer_start(&app->sample_timer, on_sample_timer, 0,
+                   MAIN_METRICS_SAMPLE_MS);
+    if (app->cfg.metrics.listen) {
+        result = monitor_start(&app->monitor, app->cfg.metrics.listen, err,
+                               sizeof(err));
+        if (result != PARLEY_OK) {
+            log_error("%s", err);
             app->exit_code = EXIT_UNAVAILABLE;
-            app_begin_shutdown(app, "an adapter failed to start");
-            break;
+            app_begin_shutdown(app, "the metrics endpoint cannot start");
+        } else {
+            log_info("metrics: /healthz and /metrics on %s (port %d)",
+                     app->cfg.metrics.listen, monitor_port(app->monitor));
         }
     }
+    app->start_deadline = uv_now(&app->uv) + MAIN_REDIS_WAIT_MS;
+    uv_timer_start(&app->start_timer, on_start_timer, 0, MAIN_REDIS_POLL_MS);
     if (app->cfg.redis.unix_socket)
         log_info("parley %s running: model %s at %s, redis unix:%s",
                  PARLEY_VERSION, app->cfg.llm.model, app->cfg.llm.base_url,
@@ -410,6 +552,7 @@ int main(int argc, char **argv)
     int console = 0, check = 0, print_redis = 0;
     char err[MAIN_ERR_MAX] = "";
     enum log_level level;
+    enum log_format format;
     int opt, result;
 
     while ((opt = getopt_long(argc, argv, "c:Vh", options, NULL)) != -1) {
@@ -430,6 +573,7 @@ int main(int argc, char **argv)
     }
     signal(SIGPIPE, SIG_IGN);
 
+    app.cfg_file = path;
     result = path ? config_load(&app.cfg, path, err, sizeof(err))
                   : config_defaults(&app.cfg);
     if (result == PARLEY_OK && !path)
@@ -469,6 +613,9 @@ int main(int argc, char **argv)
     if (app.cfg.bot.log_level &&
         log_level_parse(app.cfg.bot.log_level, &level) == 0)
         log_set_level(level);
+    if (app.cfg.bot.log_format &&
+        log_format_parse(app.cfg.bot.log_format, &format) == 0)
+        log_set_format(format);
 
     if (check) {
         /* Adapters validate their blocks in their constructors; they

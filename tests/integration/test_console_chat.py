@@ -104,7 +104,8 @@ def test_model_system_and_stats_commands():
             system
         stats = p.ask("!stats")
         assert "2 requests" in stats, stats
-        assert "!reset" in p.ask("!help")
+        assert p.ask("!help").startswith("I'm parley")
+        assert "!reset" in p.stdout() and "!system" in p.stdout()
         # Commands never reach the model or the history.
         assert len(stub.requests()) == 2
         assert redis.cmd("LLEN", ROOM) == 4
