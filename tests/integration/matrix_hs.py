@@ -262,14 +262,18 @@ class FaultProxy:
                 finally:
                     conn.close()
                 self._record(r.status)
-                self.send_response(r.status)
-                for k, v in r.getheaders():
-                    if k.lower() not in ("transfer-encoding", "connection",
-                                         "content-length"):
-                        self.send_header(k, v)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                try:
+                    self.send_response(r.status)
+                    for k, v in r.getheaders():
+                        if k.lower() not in ("transfer-encoding",
+                                             "connection", "content-length"):
+                            self.send_header(k, v)
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except OSError:
+                    # The client gave up (a cancelled long poll).
+                    self.close_connection = True
 
             def _fault(self, f):
                 a = f["action"]

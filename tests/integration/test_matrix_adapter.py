@@ -263,13 +263,22 @@ def test_restart_exactly_once():
         ids.append(alice.say(room, "question while down", mentions=[s.bot]))
         s.parley = None
         s.start()
-        for ev in ids:
-            s.wait_answer_to("alice", room, ev, timeout=40)
-        time.sleep(3)
-        answers = s.answers("alice", room)
-        for ev in ids:
-            n = sum(1 for e in answers if reply_target(e) == ev)
-            assert n == 1, "%s answered %d times" % (ev, n)
+
+        def counts():
+            answers = s.answers("alice", room)
+            return [sum(1 for e in answers if reply_target(e) == ev)
+                    for ev in ids]
+        try:
+            wait_until(lambda: all(counts()), 30, "every question answered")
+        except AssertionError:
+            pass
+        time.sleep(2)
+        n = counts()
+        # A question taken before the kill and not yet answered comes back
+        # only if the router resumes unfinished jobs (job:<id>) on start.
+        assert n == [1, 1, 1, 1], "answers per question %r (0 = lost, " \
+            ">1 = duplicate); jobs in Redis: %r" % (
+                n, s.redis.cmd("KEYS", "t:job:*"))
 
 
 def test_rate_limited_sends():
