@@ -348,22 +348,57 @@ def test_faults_backoff():
         assert paths[0] == paths[1] == paths[2], "txnId changed on retry"
         answers = s.answers("alice", room)
         assert sum(1 for e in answers if reply_target(e) == ev) == 1
+        # Typing on while the model worked, off when the answer went out.
+        typing = [r for r in proxy.requests("/typing/") if r[1] == "PUT"]
+        assert len(typing) >= 2, typing
+        assert s.parley.proc.poll() is None
+
+
+def test_redis_outage_pauses_sync():
+    with Test() as t:
+        s = Setup(t)
+        s.start()
+        alice = s.people["alice"]
+        room = s.room_with("alice")
+        alice.wait_messages_from(room, s.bot, 1)
+        s.redis.cmd("SAVE")
+        port, rdir = s.redis.port, s.redis.dir
+        s.redis.stop()
+        time.sleep(0.5)
+        ev = alice.say(room, "while redis is away", mentions=[s.bot])
+        # Nothing can be made durable: the sync waits, nothing is lost.
+        time.sleep(2)
+        assert not any(reply_target(e) == ev
+                       for e in s.answers("alice", room))
+        r2 = t.add(Redis(t.tmp, port=port))
+        r2.dir = rdir
+        r2.start()
+        s.wait_answer_to("alice", room, ev, timeout=30)
+        time.sleep(1)
+        assert sum(1 for e in s.answers("alice", room)
+                   if reply_target(e) == ev) == 1
         assert s.parley.proc.poll() is None
 
 
 def main():
     global HS
+    code = 1
     require_parley()
     require_homeserver()
     with Test() as t:
         HS = t.add(Homeserver(t.tmp).start())
         cases = [test_conversation, test_token_logged_out,
                  test_rate_limited_sends, test_faults_backoff,
-                 test_restart_exactly_once]
+                 test_redis_outage_pauses_sync, test_restart_exactly_once]
         only = os.environ.get("MATRIX_CASES")
         if only:
             cases = [c for c in cases if c.__name__ in only.split(",")]
-        run_cases(cases)
+        try:
+            run_cases(cases)
+        except SystemExit as e:
+            code = e.code
+    # Outside the with: Synapse is stopped and, on success, its files go.
+    sys.exit(code)
 
 
 if __name__ == "__main__":
