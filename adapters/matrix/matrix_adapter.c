@@ -1215,6 +1215,13 @@ static void room_kick(struct mx_room *r)
 
     if (!s || r->req || r->retry_at || m->stopped)
         return;
+    if (m->state == MX_FATAL) {
+        /* No way to send any more (see the fatal log line): the router
+         * learns it now rather than waiting forever. */
+        while (r->head)
+            send_finish(r, PARLEY_ERR_STATE);
+        return;
+    }
     if (!m->token_ok) {
         room_retry(r, 500);     /* logging in: look again soon */
         return;
