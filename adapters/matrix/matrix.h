@@ -232,6 +232,9 @@ struct matrix_config {
     int reject_other_invites;   /* default 0: ignore */
     int thread_context;         /* default 0: context per room */
     int greet_on_join;          /* default 1 */
+    int greet_new_members;      /* pass other members' joins, default 1 */
+    int greet_members_max;      /* ... only in rooms up to this size, 50 */
+    int leave_empty_rooms;      /* leave when the bot is alone, default 0 */
     int sync_timeout_ms;        /* long-poll timeout, default 30000 */
     int backoff_base_ms;        /* first retry delay, default 1000 */
     int backoff_max_ms;         /* retry delay cap, default 60000 */

@@ -985,6 +985,14 @@ static int walk_item(struct matrix *m, const struct matrix_item *it)
         }
         return 0;
     case MATRIX_ITEM_JOIN:
+        if (strcmp(it->sender, m->mc.user_id) != 0 &&
+            (!m->mc.greet_new_members ||
+             (r && r->members > m->mc.greet_members_max))) {
+            /* No greeting for arrivals in big rooms (or at all). */
+            if (r && !batch_has_summary(&m->batch, it->room_id))
+                r->members = -1;
+            return 0;
+        }
         if (r && !batch_has_summary(&m->batch, it->room_id))
             r->members = -1;
         break;
@@ -1052,13 +1060,24 @@ static void walk(struct matrix *m)
     if (m->stopped)
         return;
     m->state = MX_WALK;
-    /* Summaries first: they say which rooms are DMs. */
+    /* Summaries first: they say which rooms are DMs, and which are empty
+     * but for the bot. */
     if (m->walk_i == 0) {
         for (i = 0; i < m->batch.n_rooms; i++) {
-            struct mx_room *r = room_get(m, m->batch.rooms[i].room_id, 1);
+            const struct matrix_room_info *ri = &m->batch.rooms[i];
+            struct mx_room *r = room_get(m, ri->room_id, 1);
+            char id[3 * MATRIX_ID_MAX + 1], path[MX_URL_MAX];
 
             if (r)
-                r->members = m->batch.rooms[i].joined_members;
+                r->members = ri->joined_members;
+            if (ri->joined_members <= 1 && m->mc.leave_empty_rooms &&
+                !m->initial &&
+                matrix_url_escape(ri->room_id, id, sizeof(id)) == PARLEY_OK) {
+                log_info("matrix %s: %s is empty but for the bot: leaving",
+                         m->mc.account, ri->room_id);
+                snprintf(path, sizeof(path), "/rooms/%s/leave", id);
+                misc_start(m, "leave", ri->room_id, "POST", path, "{}");
+            }
         }
     }
     while (m->walk_i < m->batch.n_items) {

@@ -23,7 +23,8 @@ static const char *const known_keys[] = {
     "access_token_env", "device_name", "allow_invites_from",
     "reject_other_invites", "thread_context", "greet_on_join",
     "sync_timeout_ms", "backoff_base_ms", "backoff_max_ms",
-    "timeline_limit"
+    "timeline_limit", "greet_new_members", "greet_members_max",
+    "leave_empty_rooms"
 };
 
 struct cfg_ctx {
@@ -223,6 +224,8 @@ int matrix_config_parse(struct matrix_config *mc, void *setting, char *err,
 
     memset(mc, 0, sizeof(*mc));
     mc->greet_on_join = 1;
+    mc->greet_new_members = 1;
+    mc->greet_members_max = 50;
     mc->sync_timeout_ms = 30000;
     mc->backoff_base_ms = 1000;
     mc->backoff_max_ms = 60000;
@@ -256,6 +259,9 @@ int matrix_config_parse(struct matrix_config *mc, void *setting, char *err,
     get_bool(&c, "reject_other_invites", &mc->reject_other_invites);
     get_bool(&c, "thread_context", &mc->thread_context);
     get_bool(&c, "greet_on_join", &mc->greet_on_join);
+    get_bool(&c, "greet_new_members", &mc->greet_new_members);
+    get_bool(&c, "leave_empty_rooms", &mc->leave_empty_rooms);
+    get_int(&c, "greet_members_max", &mc->greet_members_max, 0, 1000000);
     get_int(&c, "sync_timeout_ms", &mc->sync_timeout_ms, 0, 300000);
     get_int(&c, "backoff_base_ms", &mc->backoff_base_ms, 1, 600000);
     get_int(&c, "backoff_max_ms", &mc->backoff_max_ms, 1, 3600000);

@@ -232,6 +232,30 @@ def test_conversation():
         assert "runtime error" not in s.parley.stderr(), s.err()
 
 
+def test_member_greeting_and_leave():
+    with Test() as t:
+        s = Setup(t, people=("alice", "bob"),
+                  extra="greet_members_max = 2; leave_empty_rooms = true;")
+        s.start()
+        alice, bob = s.people["alice"], s.people["bob"]
+        room = s.room_with("alice")
+        alice.wait_messages_from(room, s.bot, 1)
+        # A third member: above greet_members_max, not greeted.
+        alice.invite(room, bob.user_id)
+        bob.join(room)
+        ev = alice.say(room, "anyone new?", mentions=[s.bot])
+        s.wait_answer_to("alice", room, ev)
+        bob_local = bob.user_id[1:].split(":")[0]
+        for e in s.answers("alice", room):
+            assert bob_local not in e["content"].get("body", ""), e
+            assert bob.user_id not in json.dumps(e["content"]["m.mentions"])
+        # Everyone else leaves: the bot follows.
+        bob.call("POST", "/rooms/%s/leave" % q(room), {})
+        alice.call("POST", "/rooms/%s/leave" % q(room), {})
+        wait_until(lambda: s.bot_client.membership(room, s.bot) == "leave",
+                   20, "the bot to leave the empty room; " + s.err())
+
+
 def test_token_logged_out():
     with Test() as t:
         s = Setup(t)
@@ -395,7 +419,8 @@ def main():
     require_homeserver()
     with Test() as t:
         HS = t.add(Homeserver(t.tmp).start())
-        cases = [test_conversation, test_token_logged_out,
+        cases = [test_conversation, test_member_greeting_and_leave,
+                 test_token_logged_out,
                  test_rate_limited_sends, test_faults_backoff,
                  test_redis_outage_pauses_sync, test_restart_exactly_once]
         only = os.environ.get("MATRIX_CASES")

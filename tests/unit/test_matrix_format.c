@@ -420,7 +420,8 @@ static void test_config(void **state)
         "user_id = \"@parley:example.org\";\n"
         "password_env = \"MATRIX_PASSWORD\";\n"
         "allow_invites_from = [\"@admin:example.org\", \":example.org\"];\n"
-        "thread_context = true; greet_on_join = false; });\n",
+        "thread_context = true; greet_on_join = false;\n"
+        "greet_members_max = 5; leave_empty_rooms = true; });\n",
         &mc, err, sizeof(err)), PARLEY_OK);
     assert_string_equal(mc.homeserver, "https://m.example.org");
     assert_string_equal(mc.account, "@parley:example.org");
@@ -429,6 +430,9 @@ static void test_config(void **state)
     assert_int_equal(mc.thread_context, 1);
     assert_int_equal(mc.greet_on_join, 0);
     assert_int_equal(mc.sync_timeout_ms, 30000);
+    assert_int_equal(mc.greet_new_members, 1);
+    assert_int_equal(mc.greet_members_max, 5);
+    assert_int_equal(mc.leave_empty_rooms, 1);
     matrix_config_free(&mc);
 
     assert_int_equal(parse_cfg("adapters = ({ type = \"matrix\";\n"
