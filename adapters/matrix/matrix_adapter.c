@@ -62,8 +62,11 @@
 #define MX_REQUEST_TIMEOUT_MS 60000
 /* While Redis is down, look again this often. */
 #define MX_REDIS_POLL_MS 500
-/* Typing notifications last this long unless renewed or cleared. */
+/* Typing notifications last this long unless renewed or cleared; they
+ * are renewed this often while the model works (answers can take longer
+ * than one notification lasts). */
 #define MX_TYPING_TIMEOUT_MS 30000
+#define MX_TYPING_RENEW_MS 20000
 
 enum mx_state {
     MX_IDLE = 0,
@@ -100,6 +103,7 @@ struct mx_room {
     long members;                   /* joined members, -1 unknown */
     int direct;                     /* invited as a DM */
     int encrypted_logged;
+    int typing;                     /* typing on: renewed by a timer */
     struct mx_send *head, *tail;
     struct http_request *req;       /* send in flight */
     uint64_t retry_at;              /* uv_now when the head may go, 0 */
@@ -122,6 +126,7 @@ struct matrix {
     const struct config *cfg;
     uv_timer_t ctl_timer;           /* control machine backoff */
     uv_timer_t send_timer;          /* earliest room retry */
+    uv_timer_t typing_timer;        /* renews typing notifications */
     int timers_open;
 
     enum mx_state state;
@@ -1323,15 +1328,12 @@ static int matrix_send(struct adapter *ad, const char *room,
     return PARLEY_OK;
 }
 
-static void matrix_typing(struct adapter *ad, const char *room, int on)
+static void typing_send(struct matrix *m, const char *room_id, int on)
 {
-    struct matrix *m = ad->priv;
-    char room_id[MATRIX_ID_MAX + 1], rid[3 * MATRIX_ID_MAX + 1];
-    char uid[3 * MATRIX_ID_MAX + 1], path[MX_URL_MAX], body[64];
-    const char *thread;
+    char rid[3 * MATRIX_ID_MAX + 1], uid[3 * MATRIX_ID_MAX + 1];
+    char path[MX_URL_MAX], body[64];
 
     if (m->stopped || !m->token_ok ||
-        matrix_room_split(room, room_id, sizeof(room_id), &thread) ||
         matrix_url_escape(room_id, rid, sizeof(rid)) ||
         matrix_url_escape(m->mc.user_id, uid, sizeof(uid)))
         return;
@@ -1342,6 +1344,32 @@ static void matrix_typing(struct adapter *ad, const char *room, int on)
     else
         snprintf(body, sizeof(body), "{\"typing\":false}");
     misc_start(m, "typing", room_id, "PUT", path, body);
+}
+
+static void on_typing_timer(uv_timer_t *t)
+{
+    struct matrix *m = t->data;
+    struct mx_room *r;
+
+    for (r = m->rooms; r; r = r->next)
+        if (r->typing)
+            typing_send(m, r->room_id, 1);
+}
+
+static void matrix_typing(struct adapter *ad, const char *room, int on)
+{
+    struct matrix *m = ad->priv;
+    char room_id[MATRIX_ID_MAX + 1];
+    const char *thread;
+    struct mx_room *r;
+
+    if (m->stopped ||
+        matrix_room_split(room, room_id, sizeof(room_id), &thread))
+        return;
+    r = room_get(m, room_id, 1);
+    if (r)
+        r->typing = on;
+    typing_send(m, room_id, on);
 }
 
 /* ---- life cycle -------------------------------------------------------- */
@@ -1378,13 +1406,17 @@ static int matrix_start(struct adapter *ad)
                  m->mc.access_token_env ? m->mc.access_token_env : "-",
                  m->mc.password_env ? m->mc.password_env : "-");
     if (uv_timer_init(uv, &m->ctl_timer) != 0 ||
-        uv_timer_init(uv, &m->send_timer) != 0) {
+        uv_timer_init(uv, &m->send_timer) != 0 ||
+        uv_timer_init(uv, &m->typing_timer) != 0) {
         snprintf(ad->errstr, sizeof(ad->errstr), "uv_timer_init failed");
         return PARLEY_ERR_OTHER;
     }
     m->ctl_timer.data = m;
     m->send_timer.data = m;
+    m->typing_timer.data = m;
     m->timers_open = 1;
+    uv_timer_start(&m->typing_timer, on_typing_timer, MX_TYPING_RENEW_MS,
+                   MX_TYPING_RENEW_MS);
     m->state = MX_LOAD_SESSION;
     ctl_step(m);
     return PARLEY_OK;
@@ -1424,8 +1456,10 @@ static void matrix_stop(struct adapter *ad)
     if (m->timers_open) {
         uv_timer_stop(&m->ctl_timer);
         uv_timer_stop(&m->send_timer);
+        uv_timer_stop(&m->typing_timer);
         uv_close((uv_handle_t *)&m->ctl_timer, NULL);
         uv_close((uv_handle_t *)&m->send_timer, NULL);
+        uv_close((uv_handle_t *)&m->typing_timer, NULL);
     }
 }
 
