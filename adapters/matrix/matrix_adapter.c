@@ -149,6 +149,7 @@ struct matrix {
     struct http_request *ctl_req;   /* the control request in flight */
     struct matrix_batch batch;
     size_t walk_i;
+    int walk_rooms_done;            /* summaries of the batch applied */
     int walk_pending;               /* accepted() not yet called */
     int walk_async;                 /* the walk returned while pending */
     int walk_status;
@@ -642,6 +643,7 @@ static void sync_done(const struct http_response *resp, void *priv)
         log_warn("matrix %s: %zu events over MATRIX_SYNC_ITEMS_MAX dropped",
                  m->mc.account, m->batch.n_dropped);
     m->walk_i = 0;
+    m->walk_rooms_done = 0;
     m->state = MX_WALK;
     walk(m);
 }
@@ -1066,8 +1068,9 @@ static void walk(struct matrix *m)
         return;
     m->state = MX_WALK;
     /* Summaries first: they say which rooms are DMs, and which are empty
-     * but for the bot. */
-    if (m->walk_i == 0) {
+     * but for the bot.  Once per batch, however often the walk resumes. */
+    if (!m->walk_rooms_done) {
+        m->walk_rooms_done = 1;
         for (i = 0; i < m->batch.n_rooms; i++) {
             const struct matrix_room_info *ri = &m->batch.rooms[i];
             struct mx_room *r = room_get(m, ri->room_id, 1);
