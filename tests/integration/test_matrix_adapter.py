@@ -7,11 +7,18 @@ users and rooms, and its own parley, Redis and stand-in.
 Cases: a conversation (invite from an allowed user -> join + one
 greeting; mention via m.mentions, display name, reply, thread, DM; an
 unaddressed message not answered; hostile model output sanitized; an
-invite from outside the allowlist ignored), the access token logged out
-under parley's feet, parley killed and restarted while messages arrive
-(exactly once), a strict rate limit (every answer once, same txnId on
-retries), and 5xx / hangs / dropped connections / malformed JSON from a
-fault-injecting proxy (backoff, no tight loop, nothing lost).
+invite from outside the allowlist ignored; clean SIGTERM), member
+greetings off above greet_members_max and leaving an empty room, the
+first sync of an account not answering history, the access token logged
+out under parley's feet, a strict rate limit (every answer once, same
+txnId on retries), 5xx / hangs / dropped connections / malformed JSON
+from a fault-injecting proxy (backoff, no tight loop, nothing lost),
+Redis down (sync paused, nothing lost), and parley killed and restarted
+while messages arrive (exactly once).
+
+Run one case: MATRIX_CASES=test_conversation.  Outside the CI layout
+(../shared/synapse beside the source), PARLEY_SYNAPSE_SH names
+homeserver.sh.
 """
 
 import json
@@ -256,6 +263,24 @@ def test_member_greeting_and_leave():
                    20, "the bot to leave the empty room; " + s.err())
 
 
+def test_first_sync_is_history():
+    with Test() as t:
+        s = Setup(t)
+        alice = s.people["alice"]
+        # The account is in a room with addressed messages before parley
+        # ever ran: the first sync must not answer them.
+        room = alice.create_room(invite=[s.bot])
+        s.bot_client.join(room)
+        old = alice.say(room, "old question", mentions=[s.bot])
+        s.start()
+        ev = alice.say(room, "new question", mentions=[s.bot])
+        s.wait_answer_to("alice", room, ev)
+        time.sleep(1)
+        assert not any(reply_target(e) == old
+                       for e in s.answers("alice", room))
+        assert "first sync of this account" in s.parley.stderr()
+
+
 def test_token_logged_out():
     with Test() as t:
         s = Setup(t)
@@ -420,6 +445,7 @@ def main():
     with Test() as t:
         HS = t.add(Homeserver(t.tmp).start())
         cases = [test_conversation, test_member_greeting_and_leave,
+                 test_first_sync_is_history,
                  test_token_logged_out,
                  test_rate_limited_sends, test_faults_backoff,
                  test_redis_outage_pauses_sync, test_restart_exactly_once]
