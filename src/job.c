@@ -599,6 +599,19 @@ struct job *job_create(struct router *r, struct adapter *ad,
         free(job);
         return NULL;
     }
+    if (job->ev->text && strlen(job->ev->text) > ROUTER_TEXT_MAX) {
+        /* The copy owns its text: cut it on a UTF-8 boundary, so the
+         * model and the history see at most ROUTER_TEXT_MAX bytes. */
+        char *text = (char *)job->ev->text;
+        size_t n = ROUTER_TEXT_MAX;
+
+        while (n > 0 && ((unsigned char)text[n] & 0xc0) == 0x80)
+            n--;
+        text[n] = '\0';
+        log_info("%s: a message of over %d bytes from %s was cut",
+                 ev->platform, ROUTER_TEXT_MAX,
+                 ev->sender ? ev->sender : "-");
+    }
     job->r = r;
     job->ad = ad;
     job->kind = kind;
