@@ -103,16 +103,7 @@ void job_free(struct job *job)
     r->pending--;
 }
 
-
 /* ---- finishing: send, then mark done ----------------------------------- */
-
-static void job_mark_done_cb(struct store *st, struct redisReply *rep,
-                             void *privdata)
-{
-    (void)st;
-    (void)rep;
-    (void)privdata;
-}
 
 static void job_sent(int status, void *privdata)
 {
@@ -132,9 +123,9 @@ static void job_sent(int status, void *privdata)
             const char *argv[] = { "HSET", key, "state", "done" };
             const char *argv2[] = { "EXPIRE", key, ttl };
 
-            store_command_argv(r->store, job_mark_done_cb, NULL, 4, argv,
+            store_command_argv(r->store, ignore_reply, NULL, 4, argv,
                                NULL);
-            store_command_argv(r->store, job_mark_done_cb, NULL, 3, argv2,
+            store_command_argv(r->store, ignore_reply, NULL, 3, argv2,
                                NULL);
         }
     }
