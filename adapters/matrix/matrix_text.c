@@ -5,6 +5,7 @@
  * client-server API needs (percent-encoded path segments, txnIds).  All
  * pure, so that unit tests and fuzzers can drive them directly.
  */
+#include "context.h"
 #include "matrix.h"
 
 #include <openssl/evp.h>
@@ -136,62 +137,11 @@ int matrix_text_mentions(const char *text, const struct matrix_ident *me)
     return 0;
 }
 
-/* Length of the valid UTF-8 sequence at s (n bytes left), 0 if invalid.
- * Rejects overlongs, surrogates and code points above U+10FFFF. */
-static size_t utf8_seq(const unsigned char *s, size_t n)
-{
-    if (s[0] < 0x80)
-        return 1;
-    if (s[0] >= 0xc2 && s[0] <= 0xdf)
-        return n >= 2 && (s[1] & 0xc0) == 0x80 ? 2 : 0;
-    if (s[0] >= 0xe0 && s[0] <= 0xef) {
-        unsigned char lo = s[0] == 0xe0 ? 0xa0 : 0x80;
-        unsigned char hi = s[0] == 0xed ? 0x9f : 0xbf;
-
-        if (n < 3 || s[1] < lo || s[1] > hi || (s[2] & 0xc0) != 0x80)
-            return 0;
-        return 3;
-    }
-    if (s[0] >= 0xf0 && s[0] <= 0xf4) {
-        unsigned char lo = s[0] == 0xf0 ? 0x90 : 0x80;
-        unsigned char hi = s[0] == 0xf4 ? 0x8f : 0xbf;
-
-        if (n < 4 || s[1] < lo || s[1] > hi || (s[2] & 0xc0) != 0x80 ||
-            (s[3] & 0xc0) != 0x80)
-            return 0;
-        return 4;
-    }
-    return 0;
-}
-
+/* One cleaner for the whole program: the history's (context.c), fed
+ * only the bytes before the first NUL, as a C string ends there. */
 char *matrix_utf8_clean(const char *text, size_t len, size_t max)
 {
-    static const char repl[] = "\xef\xbf\xbd";
-    const unsigned char *s = (const unsigned char *)text;
-    size_t i = 0, o = 0;
-    char *out;
-
-    /* Each input byte yields at most 3 output bytes (U+FFFD). */
-    if (len > (((size_t)-1) - 1) / 3)
-        return NULL;
-    out = malloc(3 * len + 1);
-    if (!out)
-        return NULL;
-    while (i < len) {
-        size_t k = utf8_seq(s + i, len - i);
-        const char *src = k ? (const char *)s + i : repl;
-        size_t w = k ? k : 3;
-
-        if (k == 1 && s[i] == '\0')
-            break;              /* a C string ends here */
-        if (o + w > max)
-            break;
-        memcpy(out + o, src, w);
-        o += w;
-        i += k ? k : 1;
-    }
-    out[o] = '\0';
-    return out;
+    return context_text_clean(text, strnlen(text, len), max, NULL);
 }
 
 char *matrix_neutralise_room_ping(const char *text)
