@@ -24,6 +24,7 @@ BUILD_PKGS=(
     libconfig-dev           # bot.conf
     libuv1-dev              # the event loop
     libssl-dev              # TLS for the IRC transport
+    libmicrohttpd-dev       # /healthz and /metrics (metrics.listen)
     redis-server            # scripts/run.sh starts a private one if needed
     ca-certificates         # verify https://api.openai.com and friends
 )

@@ -23,12 +23,17 @@ state="$root/.parley"
 
 log() { printf 'run.sh: %s\n' "$*" >&2; }
 
-scripts/install-deps.sh
+scripts/install-deps.sh >&2
 
 log "building (build/, RelWithDebInfo)"
-cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPARLEY_TESTS=OFF \
-    >/dev/null
-cmake --build build -j"$(nproc)"
+# Build output goes to stderr: in console mode stdout is the chat.
+if ! out=$(cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+        -DPARLEY_TESTS=OFF 2>&1); then
+    printf '%s\n' "$out" >&2
+    log "cmake configure failed"
+    exit 1
+fi
+cmake --build build -j"$(nproc)" >&2
 if [ ! -x build/parley ]; then
     log "build/parley was not built (is src/main.c there?)"
     exit 70
@@ -125,8 +130,14 @@ start_private_redis() {
 
 trap 'stop_redis' EXIT
 
+# A configuration parley rejects (no model configured, a bad bot.conf)
+# needs no Redis: let parley explain, and exit with its status.
+if ! build/parley "${mode[@]}" "$@" --check-config >/dev/null 2>&1; then
+    exec build/parley "${mode[@]}" "$@"
+fi
+
 # Where parley will look for Redis: "tcp HOST PORT" or "unix PATH".
-if where=$(build/parley "${mode[@]}" --print-redis 2>/dev/null); then
+if where=$(build/parley "${mode[@]}" "$@" --print-redis 2>/dev/null); then
     :
 else
     log "parley --print-redis failed; assuming Redis on 127.0.0.1:6379"

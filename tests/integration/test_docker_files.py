@@ -96,8 +96,8 @@ def runtime_packages(stage):
 def run_sh_cmake_flags():
     with open(os.path.join(SRC, "scripts", "run.sh")) as f:
         text = f.read().replace("\\\n", " ")
-    m = re.search(r"cmake -S \. -B build ([^\n>]*)", text)
-    return set(m.group(1).split()) if m else set()
+    m = re.search(r"cmake -S \. -B build ([^\n>)]*)", text)
+    return set(re.findall(r"-D\S+", m.group(1))) if m else set()
 
 
 def check_dockerfile(path):
