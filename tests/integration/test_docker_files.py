@@ -188,14 +188,36 @@ def check_dockerfile(path):
             fail("Dockerfile: runtime stage lacks %s" % need)
     # Without package lists (apt-get update never ran, or they were
     # cleaned) apt-cache knows no candidates at all: nothing to compare.
-    if shutil.which("apt-cache") and "Candidate: (none)" not in \
-            run(["apt-cache", "policy", "libc6"]).stdout:
+    known = apt_candidates(pkgs + ["libc6"])
+    if known is not None and known.get("libc6"):
         for p in pkgs:
-            r = run(["apt-cache", "policy", p])
-            if "Candidate:" not in r.stdout or "Candidate: (none)" in r.stdout:
+            if not known.get(p):
                 fail("Dockerfile: runtime package %s is not in Debian's "
                      "package lists (apt-cache policy)" % p)
     return pkgs
+
+
+_candidates = {}
+
+
+def apt_candidates(pkgs):
+    """{package: has a candidate version}, from one apt-cache call for all
+    names not asked before (each call reads the package lists, which takes
+    most of a second); None without apt-cache."""
+    if not shutil.which("apt-cache"):
+        return None
+    ask = sorted(set(p for p in pkgs if p not in _candidates))
+    if ask:
+        out = run(["apt-cache", "policy"] + ask).stdout
+        for p in ask:
+            _candidates[p] = False
+        name = None
+        for line in out.splitlines():
+            if line and not line[0].isspace() and line.endswith(":"):
+                name = line[:-1].split(":")[0]
+            elif name and line.strip().startswith("Candidate:"):
+                _candidates[name] = "(none)" not in line
+    return {p: _candidates[p] for p in pkgs}
 
 
 def check_binary_libraries(pkgs):
