@@ -59,42 +59,52 @@ if [ "$want_test" = 1 ]; then
     pkgs+=("${TEST_PKGS[@]}")
 fi
 
-# A package counts as present only in state "install ok installed";
-# dpkg-query fails for names it has never seen, which also means missing.
-missing=()
-for p in "${pkgs[@]}"; do
-    status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
-    if [ "$status" != "install ok installed" ]; then
-        missing+=("$p")
+# Install those of the given packages that are missing.  A package counts
+# as present only in state "install ok installed"; dpkg-query fails for
+# names it has never seen, which also means missing.
+install_missing() {
+    local p status missing=() sudo=()
+    for p in "$@"; do
+        status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
+        if [ "$status" != "install ok installed" ]; then
+            missing+=("$p")
+        fi
+    done
+    if [ "${#missing[@]}" -eq 0 ]; then
+        return 0
     fi
-done
-
-if [ "${#missing[@]}" -gt 0 ]; then
     echo "install-deps: installing ${missing[*]}"
-    sudo=()
     if [ "$(id -u)" != 0 ]; then
         if command -v sudo >/dev/null 2>&1; then
             sudo=(sudo)
         else
             echo "install-deps: not root and no sudo; as root run:" >&2
             echo "  apt-get install ${missing[*]}" >&2
-            exit 1
+            return 1
         fi
     fi
-    export DEBIAN_FRONTEND=noninteractive
-    "${sudo[@]}" apt-get update -q
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q
     "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
         apt-get install -y -q --no-install-recommends "${missing[@]}"
-fi
+}
+
+install_missing "${pkgs[@]}"
 
 # The Matrix tests use a real Synapse that lives beside the project, not
 # in it (../shared/synapse, see its README).  Without it, or if its
 # install fails, only those tests are skipped.
+#
+# Its own "install" step stops under `set -o pipefail` when dpkg has never
+# heard of one of its packages (dpkg-query exits 1), which is the case on
+# a fresh machine; so its package list (PKGS="..." in homeserver.sh) is
+# installed here first, and its install step then finds nothing to do.
 if [ "$want_test" = 1 ]; then
     here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
     hs="$here/../shared/synapse/homeserver.sh"
     if [ -f "$hs" ]; then
-        if ! bash "$hs" install; then
+        read -r -a hs_pkgs <<<"$(sed -n '/^PKGS="/,/"/p' "$hs" |
+            sed 's/^PKGS=//; s/"//g' | tr '\n' ' ')"
+        if ! { install_missing "${hs_pkgs[@]}" && bash "$hs" install; }; then
             echo "install-deps: warning: $hs install failed;" \
                 "the Matrix integration tests will be skipped" >&2
         fi

@@ -168,21 +168,32 @@ if [ "${#cli[@]}" -gt 0 ] && ! redis_answers "${cli[@]}"; then
     fi
 fi
 
+# Whether this script is in its terminal's foreground process group: then
+# a Ctrl-C there has reached parley too (same process group).
+# shellcheck disable=SC2317  # called from a trap
+in_tty_foreground() {
+    local stat pgrp tpgid
+    stat=$(cat "/proc/$$/stat" 2>/dev/null) || return 1
+    # Fields after "pid (comm) ": state ppid pgrp session tty_nr tpgid.
+    read -r _ _ pgrp _ _ tpgid _ <<<"${stat##*) }"
+    [ "$pgrp" = "$tpgid" ]
+}
+
 # parley runs as a child so that the EXIT trap can stop Redis after it.
 # A background job would start with SIGINT ignored and stdin on /dev/null:
 # "trap -" and "<&0" undo both, so it behaves as in the foreground.  TERM
-# and HUP sent to this script are passed on; a Ctrl-C in the terminal
-# already reaches parley (same process group), so INT is passed on only
-# when stdin is not a terminal, to avoid a double signal.
+# and HUP sent to this script are passed on; INT too, unless it came from
+# the terminal, which already sent it to parley: a second one would cut
+# parley's drain short.
 (trap - INT QUIT; exec build/parley "${mode[@]}" "$@") <&0 &
 bot_pid=$!
+# shellcheck disable=SC2317  # called from the traps below
 forward() {
-    # shellcheck disable=SC2317  # called from the traps below
     kill -s "$1" "$bot_pid" 2>/dev/null || true
 }
 trap 'forward TERM' TERM
 trap 'forward HUP' HUP
-trap '[ -t 0 ] || forward INT' INT
+trap 'in_tty_foreground || forward INT' INT
 
 while :; do
     wait "$bot_pid" && rc=0 || rc=$?
