@@ -30,15 +30,12 @@ void irc_cap_fail(struct irc_cap *c, const char *why)
     snprintf(c->errstr, sizeof(c->errstr), "%s", why);
 }
 
-int irc_cap_start(struct irc_cap *c, const char *user, const char *password,
-                  irc_cap_send_fn *send, void *ctx)
+int irc_cap_init(struct irc_cap *c, const char *user, const char *password)
 {
     unsigned char raw[IRC_SASL_PLAIN_MAX + 1];
     size_t ul, pl;
 
     memset(c, 0, sizeof(*c));
-    c->send = send;
-    c->ctx = ctx;
     if (user && password) {
         ul = strlen(user);
         pl = strlen(password);
@@ -54,7 +51,25 @@ int irc_cap_start(struct irc_cap *c, const char *user, const char *password,
         c->sasl = 1;
     }
     c->state = IRC_CAP_LS;
+    return PARLEY_OK;
+}
+
+void irc_cap_begin(struct irc_cap *c, irc_cap_send_fn *send, void *ctx)
+{
+    c->send = send;
+    c->ctx = ctx;
+    c->state = IRC_CAP_LS;
     send(ctx, "CAP LS 302", 0);
+}
+
+int irc_cap_start(struct irc_cap *c, const char *user, const char *password,
+                  irc_cap_send_fn *send, void *ctx)
+{
+    int result = irc_cap_init(c, user, password);
+
+    if (result != PARLEY_OK)
+        return result;
+    irc_cap_begin(c, send, ctx);
     return PARLEY_OK;
 }
 

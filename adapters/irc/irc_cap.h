@@ -59,6 +59,11 @@ int irc_cap_start(struct irc_cap *c, const char *user, const char *password,
  */
 int irc_cap_feed(struct irc_cap *c, const struct irc_msg *m);
 
+/* The two halves of irc_cap_start: encode the credentials (no I/O), and
+ * later, once connected, send "CAP LS 302". */
+int irc_cap_init(struct irc_cap *c, const char *user, const char *password);
+void irc_cap_begin(struct irc_cap *c, irc_cap_send_fn *send, void *ctx);
+
 /* Give up (timeout): state FAILED with why, secrets wiped. */
 void irc_cap_fail(struct irc_cap *c, const char *why);
 
