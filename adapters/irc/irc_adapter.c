@@ -53,8 +53,6 @@
 #define IRC_MORE_SLOTS 32
 /* Incoming text after UTF-8 repair: Latin-1 doubles a 512-byte line. */
 #define IRC_TEXT_MAX 1100
-/* How often the bot tries to take back its configured nick. */
-#define IRC_NICK_REGAIN_MS 60000
 /* Housekeeping tick: rejoins and nick regain. */
 #define IRC_TICK_MS 500
 /* CTCP answers are skipped while this many lines wait, so a CTCP flood
@@ -756,7 +754,7 @@ static void on_tick(uv_timer_t *t)
     }
     if (irc_casecmp(a->casemap, a->nick, a->cfg.nick) && now >= a->regain_at) {
         irc_cmd_nick(a->sess, a->cfg.nick);
-        a->regain_at = now + IRC_NICK_REGAIN_MS;
+        a->regain_at = now + (uint64_t)a->cfg.nick_regain_s * 1000;
         touched = 1;
     }
     if (touched)
@@ -800,7 +798,7 @@ static void ev_connect(irc_session_t *s, const char *e, const char *origin,
     a->base.connected = 1;
     a->base.err = 0;
     a->base.errstr[0] = '\0';
-    a->regain_at = now_ms(a) + IRC_NICK_REGAIN_MS;
+    a->regain_at = now_ms(a) + (uint64_t)a->cfg.nick_regain_s * 1000;
     log_info("irc %s: registered as %s", a->cfg.name, a->nick);
     for (i = 0; i < a->n_chans; i++)
         if (a->chans[i].configured)

@@ -194,8 +194,9 @@ static const char *const known_keys[] = {
     "alt_nicks", "username", "realname", "sasl_user", "sasl_password_env",
     "channels", "admins", "bots", "ambient_context", "max_lines",
     "flood_burst", "flood_rate_ms", "rejoin_on_kick", "rejoin_delay_ms",
-    "ping_interval_s", "register_timeout_s", "reconnect_min_ms",
-    "reconnect_max_ms", "greet_on_join", "greet_users", "greet_max_users",
+    "ping_interval_s", "nick_regain_s", "register_timeout_s",
+    "reconnect_min_ms", "reconnect_max_ms", "greet_on_join", "greet_users",
+    "greet_max_users",
 };
 
 static void check_unknown(struct report *r, const config_setting_t *s)
@@ -349,6 +350,7 @@ int irc_config_parse(struct irc_config *c, const void *setting, char *err,
     get_bool(&r, s, "rejoin_on_kick", 1, &c->rejoin_on_kick);
     get_int(&r, s, "rejoin_delay_ms", 3000, 0, 3600000, &c->rejoin_delay_ms);
     get_int(&r, s, "ping_interval_s", 90, 1, 3600, &c->ping_interval_s);
+    get_int(&r, s, "nick_regain_s", 60, 1, 86400, &c->nick_regain_s);
     get_int(&r, s, "register_timeout_s", 60, 1, 3600,
             &c->register_timeout_s);
     get_int(&r, s, "reconnect_min_ms", 2000, 10, 3600000,

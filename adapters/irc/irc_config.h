@@ -52,6 +52,7 @@ struct irc_config {
     int rejoin_on_kick;
     int rejoin_delay_ms;
     int ping_interval_s;
+    int nick_regain_s;      /* retry the configured nick this often */
     int register_timeout_s;
     int reconnect_min_ms;
     int reconnect_max_ms;
