@@ -47,7 +47,7 @@ static const char *basic_conf =
     "\"127.0.0.1\"; port = %d; tls = false; nick = \"parley\"; "
     "alt_nicks = [\"parley_\"]; channels = ( { name = \"#test\"; }, "
     "\"#two\" ); max_lines = 4; flood_burst = 4; flood_rate_ms = %d; "
-    "rejoin_delay_ms = 200; ping_interval_s = 1; nick_regain_s = 1; "
+    "rejoin_delay_ms = 200; ping_interval_s = 2; nick_regain_s = 1; "
     "reconnect_min_ms = 100; reconnect_max_ms = 400; %s } );";
 
 static struct adapter *start_adapter(int port, int rate, const char *extra)
@@ -240,7 +240,7 @@ static void test_long_answer_and_more(void **state)
     char *text = malloc(4096), *joined = calloc(1, 65536), *want;
     const char *parts[] = {"Emoji \xf0\x9f\x98\x80\xf0\x9f\x8e\x89 and ",
                            "CJK \xe4\xb8\xad\xe6\x96\x87\xe5\xad\x97 text ",
-                           "plain words here ", "\n"};
+                           "plain words here "};
     size_t w = 0, k = 0, i, j;
     int n, st, got = 0, rounds = 0;
 
@@ -248,7 +248,7 @@ static void test_long_answer_and_more(void **state)
     assert_non_null(text);
     assert_non_null(joined);
     while (w < 3000) {
-        const char *p = parts[k++ % 4];
+        const char *p = parts[k++ % 3];
 
         if (k % 40 == 0)
             p = "\n";
@@ -266,7 +266,7 @@ static void test_long_answer_and_more(void **state)
     n = alice->n;
     assert_int_equal(send_text(ad, "#test", text, &st), PARLEY_OK);
     for (;;) {
-        int hint = h_wait_line(alice, n, "more lines: say !more", 4000);
+        int hint = h_wait_line(alice, n, "more lines: say !more", 2500);
         int last;
 
         h_pump(300);
@@ -361,8 +361,9 @@ static void test_flood_fairness(void **state)
         }
     }
     assert_int_equal(count, 14);
-    /* Fair: #two's answer was not stuck behind all twelve #test lines. */
-    assert_true(first_two >= 0 && first_two < 4);
+    /* Fair: after the burst of 4, #two waits for at most one more #test
+     * line, not for all twelve. */
+    assert_true(first_two >= 0 && first_two <= 5);
     assert_true(last_test == 13);
     /* Paced: 4 at once, then 1 per 250 ms: 10 more take >= 2.25 s. */
     fprintf(stderr, "14 lines in %llu ms\n", (unsigned long long)(t1 - t0));
@@ -408,12 +409,21 @@ static void test_nick_kick_restart(void **state)
     assert_int_equal(h_ngircd_start(&srv), 0);
     alice = h_client_connect(srv.port, "alice");
     h_client_send(alice, "JOIN #test");
-    assert_true(h_wait_line(alice, 0, ":parley!~parley@127.0.0.1 JOIN", 8000)
-                >= 0);
+    assert_true(h_wait_line(alice, 0, "366", 3000) >= 0);
+    /* The bot is back in #test: it joined before alice (NAMES) or after
+     * (JOIN). */
+    {
+        int names = h_wait_line(alice, 0, " 353 ", 100);
+
+        if (names < 0 || !strstr(alice->lines[names], "parley"))
+            assert_true(h_wait_line(alice, 0,
+                                    ":parley!~parley@127.0.0.1 JOIN",
+                                    8000) >= 0);
+    }
     assert_int_equal(ad->connected, 1);
     /* A dead link (server frozen) is found by the bot's own PING. */
     kill(srv.pid, SIGSTOP);
-    h_pump(3500);
+    h_pump(5000);
     kill(srv.pid, SIGCONT);
     assert_non_null(strstr(h_log, "ping timeout"));
     h_pump(200);
