@@ -1179,7 +1179,7 @@ static void handle_message(struct irc_ad *a, const char *origin,
     char nick[IRC_NICK_MAX], text[IRC_TEXT_MAX], room[IRC_CHANNEL_MAX + 1];
     char body[IRC_TEXT_MAX + IRC_NICK_MAX + 4];
     const char *rest = NULL;
-    int is_chan, addressed;
+    int is_chan, addressed, command;
     struct irc_chan *c = NULL;
     struct event ev;
     size_t len;
@@ -1213,10 +1213,12 @@ static void handle_message(struct irc_ad *a, const char *origin,
         rest = text;
         while (*rest == ' ')
             rest++;
-        /* Commands are for the bot even when not prefixed with its nick. */
-        addressed = !action && rest[0] == '!';
+        addressed = 0;
     }
-    if (!action && addressed && !strncasecmp(rest, "!more", 5) &&
+    /* A bare "!command" is passed on unaddressed: the router answers the
+     * commands it knows and leaves other bots' commands alone. */
+    command = !action && rest[0] == '!';
+    if (command && !strncasecmp(rest, "!more", 5) &&
         (rest[5] == '\0' || rest[5] == ' ')) {
         struct irc_more *m = more_slot(a, room, 0);
         const char *to = is_chan ? c->name : nick;
@@ -1232,7 +1234,7 @@ static void handle_message(struct irc_ad *a, const char *origin,
         flood_pump(a);
         return;
     }
-    if (!addressed && !a->cfg.ambient_context)
+    if (!addressed && !command && !a->cfg.ambient_context)
         return;
     if (action)
         snprintf(body, sizeof(body), "* %s %s", nick, rest);

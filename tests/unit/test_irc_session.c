@@ -172,11 +172,12 @@ static void test_messages(void **state)
     e = h_wait_event(EVENT_MESSAGE, "red caf", 2000);
     assert_non_null(e);
     assert_string_equal(e->text, "red caf\xc3\xa9");
-    /* A command without the nick prefix is still for the bot. */
+    /* A bare command is passed on, unaddressed (the router knows which
+     * commands are its own). */
     h_client_send(bob, "PRIVMSG #test :!help");
     e = h_wait_event(EVENT_MESSAGE, "!help", 2000);
     assert_non_null(e);
-    assert_int_equal(e->addressed, 1);
+    assert_int_equal(e->addressed, 0);
     /* ACTION in a query is a message. */
     h_client_send(bob, "PRIVMSG parley :\x01" "ACTION waves\x01");
     e = h_wait_event(EVENT_MESSAGE, "* bob waves", 2000);
