@@ -190,13 +190,16 @@ class Client:
 
 DEFAULTS = [("max_lines", "4"), ("flood_burst", "4"),
             ("flood_rate_ms", "200"), ("rejoin_delay_ms", "300"),
-            ("ping_interval_s", "5"), ("nick_regain_s", "2"),
+            ("ping_interval_s", "2"), ("nick_regain_s", "2"),
             ("reconnect_min_ms", "200"), ("reconnect_max_ms", "1000"),
             ("greet_on_join", "false")]
 
 
 def irc_block(port, channels=("#test",), nick="parley", extra=""):
-    """An irc adapter block; keys set in extra replace the defaults."""
+    """An irc adapter block; keys set in extra replace the defaults.  The
+    short ping interval also nudges ngircd, which sometimes leaves a
+    penalised client's queued command (a JOIN right after registration)
+    unprocessed until that client sends something else."""
     chans = ", ".join('{ name = "%s"; }' % c for c in channels)
     given = set(re.findall(r"(\w+)\s*=", extra))
     defaults = " ".join("%s = %s;" % kv for kv in DEFAULTS
