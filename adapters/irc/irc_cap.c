@@ -225,9 +225,11 @@ static int cap_numeric(struct irc_cap *c, int code, const struct irc_msg *m)
     case 906: {
         static const char *const what[] = {
             "the account is locked or the nick is not available (902)",
-            "", "SASL authentication failed (904): wrong user or password?",
-            "SASL message too long (905)", "SASL authentication aborted "
-            "(906)"};
+            "",
+            "SASL authentication failed (904): wrong user or password?",
+            "SASL message too long (905)",
+            "SASL authentication aborted (906)",
+        };
 
         snprintf(why, sizeof(why), "%s; server said: %.80s",
                  what[code - 902], text);
