@@ -431,6 +431,75 @@ static void test_nick_kick_restart(void **state)
     h_adapter_destroy(ad);
 }
 
+static void test_admin_and_invite(void **state)
+{
+    struct h_client *alice, *bob, *carol;
+    struct adapter *ad;
+    const struct h_event *e;
+    int n;
+
+    (void)state;
+    start_server(0);
+    alice = h_client_connect(srv.port, "alice");
+    h_client_send(alice, "JOIN #test");
+    assert_true(h_wait_line(alice, 0, "366", 3000) >= 0);
+    bob = h_client_connect(srv.port, "bob");
+    h_client_send(bob, "JOIN #test");
+    assert_true(h_wait_line(bob, 0, "366", 3000) >= 0);
+    carol = h_client_connect(srv.port, "carol");
+    h_client_send(carol, "JOIN #test");
+    assert_true(h_wait_line(carol, 0, "366", 3000) >= 0);
+    ad = start_adapter(srv.port, 100, "admins = [\"carol!*@*\"];");
+    assert_non_null(ad);
+    assert_true(h_wait_line(alice, 0, ":parley!", 5000) >= 0);
+    h_pump(300);
+    /* Operator (from NAMES), admin by hostmask, neither. */
+    h_client_send(alice, "PRIVMSG #test :parley: from the op");
+    e = h_wait_event(EVENT_MESSAGE, "from the op", 3000);
+    assert_non_null(e);
+    assert_int_equal(e->is_admin, 1);
+    h_client_send(carol, "PRIVMSG #test :parley: from the admin");
+    e = h_wait_event(EVENT_MESSAGE, "from the admin", 3000);
+    assert_non_null(e);
+    assert_int_equal(e->is_admin, 1);
+    h_client_send(bob, "PRIVMSG #test :parley: from bob 1");
+    e = h_wait_event(EVENT_MESSAGE, "from bob 1", 3000);
+    assert_non_null(e);
+    assert_int_equal(e->is_admin, 0);
+    /* MODE +o / -o (with other modes and arguments around it). */
+    h_client_send(alice, "MODE #test +lo-v 50 bob alice");
+    assert_true(h_wait_line(bob, 0, "MODE #test +lo", 3000) >= 0);
+    h_pump(200);
+    h_client_send(bob, "PRIVMSG #test :parley: from bob 2");
+    e = h_wait_event(EVENT_MESSAGE, "from bob 2", 3000);
+    assert_non_null(e);
+    assert_int_equal(e->is_admin, 1);
+    h_client_send(alice, "MODE #test -o bob");
+    assert_true(h_wait_line(bob, 0, "MODE #test -o bob", 3000) >= 0);
+    h_pump(200);
+    h_client_send(bob, "PRIVMSG #test :parley: from bob 3");
+    e = h_wait_event(EVENT_MESSAGE, "from bob 3", 3000);
+    assert_non_null(e);
+    assert_int_equal(e->is_admin, 0);
+    /* INVITE: ignored from bob to an unconfigured channel, followed from
+     * the admin. */
+    h_client_send(bob, "JOIN #bobs");
+    assert_true(h_wait_line(bob, 0, "366 bob #bobs", 3000) >= 0);
+    n = bob->n;
+    h_client_send(bob, "INVITE parley #bobs");
+    assert_true(h_wait_line(bob, n, " 341 ", 3000) >= 0);
+    h_pump(500);
+    assert_true(h_wait_line(bob, n, "JOIN :#bobs", 100) < 0);
+    assert_non_null(strstr(h_log, "ignored an invitation to #bobs"));
+    h_client_send(carol, "JOIN #carols");
+    assert_true(h_wait_line(carol, 0, "366 carol #carols", 3000) >= 0);
+    n = carol->n;
+    h_client_send(carol, "INVITE parley #carols");
+    assert_true(h_wait_line(carol, n, ":parley!~parley@127.0.0.1 JOIN",
+                            4000) >= 0);
+    h_adapter_destroy(ad);
+}
+
 static const char *tls_conf =
     "adapters = ( { type = \"irc\"; name = \"tlsnet\"; host = "
     "\"127.0.0.1\"; port = %d; tls = true; %s nick = \"tlsbot\"; "
@@ -696,6 +765,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_flood_fairness, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_nick_kick_restart, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_admin_and_invite, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_tls, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sasl, setup, teardown),
