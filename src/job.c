@@ -103,16 +103,7 @@ void job_free(struct job *job)
     r->pending--;
 }
 
-
 /* ---- finishing: send, then mark done ----------------------------------- */
-
-static void job_mark_done_cb(struct store *st, struct redisReply *rep,
-                             void *privdata)
-{
-    (void)st;
-    (void)rep;
-    (void)privdata;
-}
 
 static void job_sent(int status, void *privdata)
 {
@@ -132,9 +123,9 @@ static void job_sent(int status, void *privdata)
             const char *argv[] = { "HSET", key, "state", "done" };
             const char *argv2[] = { "EXPIRE", key, ttl };
 
-            store_command_argv(r->store, job_mark_done_cb, NULL, 4, argv,
+            store_command_argv(r->store, ignore_reply, NULL, 4, argv,
                                NULL);
-            store_command_argv(r->store, job_mark_done_cb, NULL, 3, argv2,
+            store_command_argv(r->store, ignore_reply, NULL, 3, argv2,
                                NULL);
         }
     }
@@ -154,7 +145,10 @@ static void job_send(struct job *job)
 
     memset(&reply, 0, sizeof(reply));
     reply.text = job->answer ? job->answer : ROUTER_FALLBACK_TEXT;
-    reply.in_reply_to = job->ev->event_id;
+    /* A greeting answers nobody's message: replying to a membership
+     * event would show as a reply to nothing in most clients. */
+    if (job->kind != JOB_GREET_ROOM && job->kind != JOB_GREET_USER)
+        reply.in_reply_to = job->ev->event_id;
     reply.thread_id = job->ev->thread_id;
     reply.mention = job->kind == JOB_GREET_ROOM ? NULL : job->ev->sender;
     reply.notice = job->notice;
@@ -598,6 +592,19 @@ struct job *job_create(struct router *r, struct adapter *ad,
     if (!job->ev) {
         free(job);
         return NULL;
+    }
+    if (job->ev->text && strlen(job->ev->text) > ROUTER_TEXT_MAX) {
+        /* The copy owns its text: cut it on a UTF-8 boundary, so the
+         * model and the history see at most ROUTER_TEXT_MAX bytes. */
+        char *text = (char *)job->ev->text;
+        size_t n = ROUTER_TEXT_MAX;
+
+        while (n > 0 && ((unsigned char)text[n] & 0xc0) == 0x80)
+            n--;
+        text[n] = '\0';
+        log_info("%s: a message of over %d bytes from %s was cut",
+                 ev->platform, ROUTER_TEXT_MAX,
+                 ev->sender ? ev->sender : "-");
     }
     job->r = r;
     job->ad = ad;

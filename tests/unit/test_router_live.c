@@ -497,6 +497,32 @@ static void rate_limit_answers_with_a_notice(void **state)
     assert_false(f->sent[3].notice);
 }
 
+static void long_text_is_cut_on_a_character(void **state)
+{
+    struct fixture *f = *state;
+    size_t len = 20000 * 2;
+    char *text = malloc(len + 1);
+    struct event ev;
+    redisReply *r;
+
+    assert_non_null(text);
+    for (size_t i = 0; i < len; i += 2)
+        memcpy(text + i, "\xc3\xa9", 2);      /* U+00E9, two bytes */
+    text[len] = '\0';
+    ev = message("#long", "lou", text);
+    router_submit(f->router, &ev);
+    free(text);     /* the router keeps its own copy */
+    assert_true(run_until(f, idle, 5000));
+    assert_int_equal(f->n_sent, 1);
+    r = redis_query(f, "LINDEX r:ctx:fake:acct:#long 0");
+    assert_int_equal(r->type, REDIS_REPLY_STRING);
+    /* ROUTER_TEXT_MAX bytes of whole characters, plus the JSON frame. */
+    assert_true(r->len > ROUTER_TEXT_MAX - 2);
+    assert_true(r->len < ROUTER_TEXT_MAX + 200);
+    assert_non_null(strstr(r->str, "\xc3\xa9\""));
+    freeReplyObject(r);
+}
+
 static int sent_two(struct fixture *f)
 {
     return f->n_sent >= 2 && router_pending(f->router) == 0;
@@ -585,6 +611,8 @@ int main(void)
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(resume_unfinished_jobs, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(long_text_is_cut_on_a_character,
+                                        setup, teardown),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
