@@ -272,3 +272,114 @@ class ScriptedServer:
 def sasl_plain(user, password):
     return base64.b64encode(b"\0" + user.encode() + b"\0" +
                             password.encode()).decode()
+
+
+INSPIRCD = "/usr/sbin/inspircd"
+ATHEME = "/usr/bin/atheme-services"
+
+
+def have_services():
+    return os.access(INSPIRCD, os.X_OK) and os.access(ATHEME, os.X_OK)
+
+
+class Services:
+    """inspircd with atheme linked as services (NickServ, SaslServ): a
+    real SASL PLAIN setup on ephemeral ports."""
+
+    def __init__(self, tmp):
+        self.dir = os.path.join(tmp, "services-%d" % id(self))
+        os.makedirs(os.path.join(self.dir, "data"))
+        self.port = free_port()
+        self.link_port = free_port()
+        self.ircd = self.atheme = None
+        d = self.dir
+        with open(os.path.join(d, "inspircd.conf"), "w") as f:
+            f.write("""<server name="irc.test" description="parley test"
+ network="TestNet">
+<admin name="test" nick="test" email="test@example.invalid">
+<bind address="127.0.0.1" port="%(port)d" type="clients">
+<bind address="127.0.0.1" port="%(link)d" type="servers">
+<connect name="main" allow="*" timeout="60" pingfreq="120"
+ sendq="262144" recvq="8192" localmax="100" globalmax="100"
+ threshold="1000" commandrate="100000" fakelag="no" useident="no">
+<module name="spanningtree">
+<module name="sasl">
+<module name="cap">
+<module name="services_account">
+<link name="services.int" ipaddr="127.0.0.1" port="%(link)d"
+ allowmask="127.0.0.1" sendpass="linkpw" recvpass="linkpw">
+<uline server="services.int" silent="yes">
+<sasl target="services.int">
+<pid file="%(d)s/inspircd.pid">
+<log method="file" type="* -USERINPUT -USEROUTPUT" level="default"
+ target="%(d)s/ircd.log">
+<performance clonesonconnect="no" nouserdns="yes">
+""" % {"port": self.port, "link": self.link_port, "d": d})
+        with open(os.path.join(d, "atheme.conf"), "w") as f:
+            f.write("""loadmodule "modules/protocol/inspircd";
+loadmodule "modules/backend/opensex";
+loadmodule "modules/crypto/pbkdf2v2";
+loadmodule "modules/nickserv/main";
+loadmodule "modules/nickserv/register";
+loadmodule "modules/nickserv/identify";
+loadmodule "modules/saslserv/main";
+loadmodule "modules/saslserv/plain";
+serverinfo { name = "services.int"; desc = "parley test services";
+  numeric = "00A"; recontime = 1; netname = "TestNet";
+  hidehostsuffix = "users.test"; adminname = "test";
+  adminemail = "test@example.invalid";
+  registeremail = "noreply@example.invalid"; mta = "/bin/true";
+  loglevel = { error; info; admin; network; }; maxlogins = 5;
+  maxusers = 5; mdlimit = 30; emaillimit = 10; emailtime = 300;
+  auth = none; casemapping = rfc1459; };
+uplink "irc.test" { host = "127.0.0.1"; send_password = "linkpw";
+  receive_password = "linkpw"; port = %(link)d; };
+nickserv { nick = "NickServ"; user = "NickServ"; host = "services.int";
+  real = "Nickname Services"; maxnicks = 5; expire = 30; };
+saslserv { nick = "SaslServ"; user = "SaslServ"; host = "services.int";
+  real = "SASL Authentication Agent"; };
+general { helpchan = "#help"; helpurl = "http://example.invalid";
+  flood_msgs = 7; flood_time = 10; ratelimit_uses = 50;
+  ratelimit_period = 60; commit_interval = 5;
+  operstring = "is an IRC Operator";
+  servicestring = "is a Network Service"; default_clone_allowed = 50;
+  default_clone_warn = 40; uplink_sendq_limit = 1048576;
+  language = "en"; immune_level = immune; };
+database { path = "%(d)s/data/services.db"; };
+""" % {"link": self.link_port, "d": d})
+
+    def start(self):
+        d = self.dir
+        self.ircd = spawn([INSPIRCD, "--config=%s/inspircd.conf" % d,
+                           "--nofork", "--runasroot"],
+                          stdout=open(os.path.join(d, "ircd.out"), "ab"),
+                          stderr=subprocess.STDOUT)
+        wait_port(self.port)
+        wait_port(self.link_port)
+        self.atheme = spawn([ATHEME, "-n", "-c", "%s/atheme.conf" % d,
+                             "-D", "%s/data" % d, "-l", "%s/atheme.log" % d,
+                             "-p", "%s/atheme.pid" % d],
+                            stdout=open(os.path.join(d, "atheme.out"), "ab"),
+                            stderr=subprocess.STDOUT)
+        return self
+
+    def register(self, account, password, timeout=20):
+        """Register account with NickServ once services have linked."""
+        deadline = time.time() + timeout
+        while True:
+            c = Client(self.port, account)
+            c.say("NickServ", "REGISTER %s %s@example.invalid"
+                  % (password, account))
+            try:
+                c.wait(r"NOTICE %s :.*(registered|already)" % account, 3)
+                c.stop()
+                return
+            except AssertionError:
+                c.stop()
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.5)
+
+    def stop(self):
+        stop(self.atheme)
+        stop(self.ircd)
