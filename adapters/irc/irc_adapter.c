@@ -839,8 +839,13 @@ static void isupport_token(struct irc_ad *a, const char *tok)
         if (cm != a->casemap) {
             a->casemap = cm;
             for (i = 0; i < a->n_chans; i++) {
-                snprintf(a->chans[i].folded, sizeof(a->chans[i].folded),
-                         "%s", a->chans[i].name);
+                /* memcpy, not snprintf: GCC's -Wrestrict (Debug builds)
+                 * cannot tell two members of one struct apart. */
+                size_t n = strnlen(a->chans[i].name,
+                                   sizeof(a->chans[i].folded) - 1);
+
+                memcpy(a->chans[i].folded, a->chans[i].name, n);
+                a->chans[i].folded[n] = '\0';
                 irc_casefold(cm, a->chans[i].folded);
             }
         }
