@@ -462,6 +462,24 @@ static int irc_send(struct adapter *ad, const char *room,
     plain = irc_markdown_to_plain(reply->text);
     if (!plain)
         return PARLEY_ERR_OOM;
+    /* In a channel, address the person answered ("alice: ..."), as IRC
+     * users do; only a plausible nick is used. */
+    if (reply->mention && irc_is_channel(room, a->chantypes) &&
+        irc_config_nick_valid(reply->mention) &&
+        irc_casecmp(a->casemap, reply->mention, a->nick)) {
+        size_t ml = strlen(reply->mention), pl = strlen(plain);
+        char *with = malloc(ml + 2 + pl + 1);
+
+        if (!with) {
+            free(plain);
+            return PARLEY_ERR_OOM;
+        }
+        memcpy(with, reply->mention, ml);
+        memcpy(with + ml, ": ", 2);
+        memcpy(with + ml + 2, plain, pl + 1);
+        free(plain);
+        plain = with;
+    }
     budget = irc_text_budget("PRIVMSG", a->nick[0] ? a->nick : a->cfg.nick,
                              bot_userlen(a), bot_hostlen(a), room);
     m = more_slot(a, folded, 1);

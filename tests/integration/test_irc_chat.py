@@ -60,11 +60,11 @@ def test_addressed_query_and_ignored():
         alice, other = c["alice"], c["otherbot"]
         n = alice.count()
         alice.say("#test", "parley: hello there")
-        alice.wait(r"^:parley!\S+ PRIVMSG #test :echo: alice: hello there",
+        alice.wait(r"^:parley!\S+ PRIVMSG #test :alice: echo: alice: hello there",
                    15, n)
         # ", " addressing, case-insensitive.
         alice.say("#test", "PARLEY, second question")
-        alice.wait(r"PRIVMSG #test :echo: alice: second question", 15, n)
+        alice.wait(r"PRIVMSG #test :alice: echo: alice: second question", 15, n)
         # A query is answered to the nick.
         m = alice.count()
         alice.say("parley", "in private")
@@ -81,7 +81,7 @@ def test_addressed_query_and_ignored():
                     if b"ourselves" in l[2] or b"bot too" in l[2]]
         # Formatting codes are stripped before the model sees the text.
         alice.say("#test", "\x02parley\x02: \x0304,01red\x03 text")
-        alice.wait(r"PRIVMSG #test :echo: alice: red text", 15, n)
+        alice.wait(r"PRIVMSG #test :alice: echo: alice: red text", 15, n)
         assert KEY not in p.stderr()
 
 
@@ -126,7 +126,8 @@ def test_long_answer_split_and_more():
             alice.say("#test", "!more")
         assert rounds >= 2
         joined = b"".join(got).decode().replace(" ", "")
-        want = answer.replace(" ", "").replace("\n", "")
+        # The first line addresses the asker.
+        want = "alice:" + answer.replace(" ", "").replace("\n", "")
         if joined != want:
             i = next((k for k in range(min(len(joined), len(want)))
                       if joined[k] != want[k]), min(len(joined), len(want)))
@@ -154,7 +155,7 @@ def test_injection_stays_text():
             alice.say("#test", "parley: " + word)
         alice.wait(r"PRIVMSG #test :PRIVMSG bob :psst", 20, n)
         alice.say("#test", "parley: still there?")
-        alice.wait(r"PRIVMSG #test :echo: alice: still there\?", 15, n)
+        alice.wait(r"PRIVMSG #test :alice: echo: alice: still there\?", 15, n)
         from_bot = [raw for _, raw in alice.snapshot(n)
                     if raw.startswith(b":parley!")]
         assert from_bot
@@ -163,7 +164,8 @@ def test_injection_stays_text():
             assert b"\x01" not in raw and b"\x00" not in raw, raw
             assert raw.count(b"\r") <= 1, raw
         texts = [l[2] for l in bot_lines(alice, "#test", n)]
-        assert b"QUIT :bye" in texts and b"ACTION x" in texts, texts
+        assert b"QUIT :bye" in texts, texts
+        assert b"alice: ACTION x" in texts, texts
         # Nothing reached bob privately, nobody joined #evil, and the bot
         # is still connected (it answered above).
         assert not [raw for _, raw in bob.snapshot(nb)
@@ -217,8 +219,8 @@ def test_two_channels_in_parallel():
         t0 = time.time()
         alice.say("#a", "parley: slow one")
         alice.say("#b", "parley: slow two")
-        alice.wait(r"PRIVMSG #a :slow answer", 10, n)
-        alice.wait(r"PRIVMSG #b :slow answer", 10, n)
+        alice.wait(r"PRIVMSG #a :alice: slow answer", 10, n)
+        alice.wait(r"PRIVMSG #b :alice: slow answer", 10, n)
         took = max(l[0] for l in bot_lines(alice, "#a", n) +
                    bot_lines(alice, "#b", n)) - t0
         print("two channels answered in %.2f s" % took)
@@ -258,7 +260,7 @@ def test_answer_survives_server_restart():
         irc.start()
         alice2 = t.add(Client(irc.port, "alice"))
         alice2.join("#test")
-        alice2.wait(r"PRIVMSG #test :answer after the restart", 20)
+        alice2.wait(r"PRIVMSG #test :alice: answer after the restart", 20)
         # Exactly once: the answer is not repeated.
         time.sleep(1.5)
         assert len([l for l in bot_lines(alice2, "#test")

@@ -48,7 +48,7 @@ def test_restart_reconnects_and_rejoins():
         assert alice2.find(r" 353 alice . #test :.*parley") >= 0
         n = alice2.count()
         alice2.say("#test", "parley: are you back?")
-        alice2.wait(r"PRIVMSG #test :echo: alice: are you back\?", 15, n)
+        alice2.wait(r"PRIVMSG #test :alice: echo: alice: are you back\?", 15, n)
         assert "reconnecting in" in p.stderr()
 
 
@@ -62,7 +62,7 @@ def test_nick_collision_and_regain():
         alice.wait(r"^:parley_!\S+ JOIN :#test", 15)
         n = alice.count()
         alice.say("#test", "parley_: hi")
-        alice.wait(r"^:parley_!\S+ PRIVMSG #test :echo: alice: hi", 15, n)
+        alice.wait(r"^:parley_!\S+ PRIVMSG #test :alice: echo: alice: hi", 15, n)
         squatter.stop()
         alice.wait(r"^:parley_!\S+ NICK :parley", 10, n)
 
@@ -109,7 +109,7 @@ def test_tls_verified_and_wrong_ca():
         alice.wait(r"^:parley!\S+ JOIN :#test", 15)
         n = alice.count()
         alice.say("#test", "parley: over TLS?")
-        alice.wait(r"PRIVMSG #test :echo: alice: over TLS\?", 15, n)
+        alice.wait(r"PRIVMSG #test :alice: echo: alice: over TLS\?", 15, n)
         assert "TLS" in p.stderr()
         p.kill()
     with Test() as t:

@@ -44,7 +44,7 @@ def test_sasl_with_atheme():
         alice.wait(r"^:parley!\S+ JOIN :?#test", 15)
         n = alice.count()
         alice.say("#test", "parley: logged in?")
-        alice.wait(r"PRIVMSG #test :echo: alice: logged in\?", 15, n)
+        alice.wait(r"PRIVMSG #test :alice: echo: alice: logged in\?", 15, n)
         assert "corr3ct-horse" not in p.stderr()
 
 

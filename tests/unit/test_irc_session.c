@@ -226,6 +226,24 @@ static void test_messages(void **state)
                                "[docs](http://x.y/)", &st), PARLEY_OK);
     assert_true(h_wait_line(alice, n, "PRIVMSG #test :bold and docs "
                             "(http://x.y/)", 3000) >= 0);
+    /* The person answered is addressed in a channel, if a real nick. */
+    {
+        struct reply r;
+
+        memset(&r, 0, sizeof(r));
+        r.text = "with mention";
+        r.mention = "bob";
+        assert_int_equal(ad->ops->send(ad, "#test", &r, done_cb, &st),
+                         PARLEY_OK);
+        assert_true(h_wait_line(alice, n, "PRIVMSG #test :bob: with "
+                                "mention", 3000) >= 0);
+        r.text = "odd mention";
+        r.mention = "bob\r\nQUIT";
+        assert_int_equal(ad->ops->send(ad, "#test", &r, done_cb, &st),
+                         PARLEY_OK);
+        assert_true(h_wait_line(alice, n, "PRIVMSG #test :odd mention",
+                                3000) >= 0);
+    }
     /* Queries are answered to the nick. */
     n = bob->n;
     assert_int_equal(send_text(ad, "bob", "private answer", &st), PARLEY_OK);
