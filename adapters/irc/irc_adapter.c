@@ -58,6 +58,15 @@
 /* CTCP answers are skipped while this many lines wait, so a CTCP flood
  * cannot crowd out answers. */
 #define IRC_CTCP_QUEUE_MAX 16
+/* On shutdown, how long to wait after QUIT for the server to close the
+ * connection.  Servers answer QUIT with ERROR and close at once, so this
+ * only bounds a stalled or lagged link; short, because main keeps the
+ * process alive until every handle is closed, and 2 s covers a loaded
+ * server's round trip on a slow link. */
+#define IRC_QUIT_TIMEOUT_MS 2000
+/* Retry interval while libircclient's output buffer is too full to take
+ * the QUIT line (it drains as the poll writes it out). */
+#define IRC_QUIT_RETRY_MS 20
 
 struct irc_member {
     char nick[IRC_NICK_MAX];    /* case-folded */
@@ -94,7 +103,9 @@ enum irc_conn_state {
     IRC_STOPPED = 0,
     IRC_WAITING,                /* reconnect timer running */
     IRC_CONNECTING,             /* transport + session, not registered */
-    IRC_REGISTERED
+    IRC_REGISTERED,
+    IRC_QUITTING                /* stop: QUIT sent, waiting for the server
+                                   to close or IRC_QUIT_TIMEOUT_MS */
 };
 
 struct irc_ad {
@@ -133,7 +144,10 @@ struct irc_ad {
     uv_timer_t flood_timer;
     uv_timer_t reconnect_timer;
     uv_timer_t tick_timer;
+    uv_timer_t quit_timer;      /* QUIT deadline and retries */
     int timers_open;
+    int quit_sent;              /* the library took the QUIT line */
+    uint64_t quit_deadline;     /* uv_now ms */
 };
 
 static struct irc_ad *ad_of(irc_session_t *s)
@@ -149,6 +163,7 @@ static uint64_t now_ms(struct irc_ad *a)
 static void session_rearm(struct irc_ad *a);
 static void flood_pump(struct irc_ad *a);
 static void connection_lost(struct irc_ad *a, int status, const char *why);
+static void quit_finish(struct irc_ad *a);
 
 /* ---- channels and members ------------------------------------------- */
 
@@ -639,6 +654,13 @@ static void session_teardown(struct irc_ad *a)
 
 static void connection_lost(struct irc_ad *a, int status, const char *why)
 {
+    if (a->state == IRC_QUITTING) {
+        /* The answer to QUIT: the server (ERROR, then EOF) or the
+         * library's loopback socket closing after it. */
+        log_info("irc %s: disconnected after QUIT (%s)", a->cfg.name, why);
+        quit_finish(a);
+        return;
+    }
     if (a->state != IRC_CONNECTING && a->state != IRC_REGISTERED)
         return;
     if (status == PARLEY_ERR_CONFIG)
@@ -811,6 +833,10 @@ static void ev_connect(irc_session_t *s, const char *e, const char *origin,
     (void)origin;
     (void)p;
     (void)n;
+    /* 376/422 after 001 fire this again; while quitting it must not
+     * bring the session back. */
+    if (a->stopping)
+        return;
     a->state = IRC_REGISTERED;
     a->attempt = 0;
     a->base.connected = 1;
@@ -953,8 +979,9 @@ static void ev_numeric(irc_session_t *s, unsigned code, const char *origin,
         break;
     case 432: case 433: case 436: case 437:
         /* Nick unusable.  Before registration pick the next one; after
-         * it (a regain attempt), keep the current nick. */
-        if (a->state == IRC_REGISTERED)
+         * it (a regain attempt) or while quitting, keep the current
+         * nick. */
+        if (a->state != IRC_CONNECTING)
             break;
         if (a->nick_try < a->cfg.n_alt_nicks) {
             snprintf(a->nick, sizeof(a->nick), "%s",
@@ -1012,6 +1039,9 @@ static void submit_join(struct irc_ad *a, struct irc_chan *c,
 {
     struct event ev;
 
+    /* While quitting the router is already closed. */
+    if (a->stopping)
+        return;
     memset(&ev, 0, sizeof(ev));
     ev.kind = EVENT_JOIN;
     ev.platform = "irc";
@@ -1174,7 +1204,7 @@ static void ev_invite(irc_session_t *s, const char *e, const char *origin,
     struct irc_chan *c;
 
     (void)e;
-    if (!origin || n < 2)
+    if (!origin || n < 2 || a->stopping)
         return;
     c = chan_find(a, p[1]);
     if (!(c && c->configured) &&
@@ -1207,7 +1237,9 @@ static void handle_message(struct irc_ad *a, const char *origin,
     struct event ev;
     size_t len;
 
-    if (!origin || !target || !raw ||
+    /* While quitting nothing new is taken (the router is closed and the
+     * send queue gone). */
+    if (a->stopping || !origin || !target || !raw ||
         irc_prefix_nick(origin, nick, sizeof(nick)) || !nick[0])
         return;
     if (from_self(a, origin))
@@ -1310,8 +1342,9 @@ static void ev_ctcp(irc_session_t *s, const char *e, const char *origin,
     const char *req;
 
     (void)e;
-    if (!origin || n < 1 || irc_prefix_nick(origin, nick, sizeof(nick)) ||
-        !nick[0] || irc_queue_len(a->queue) > IRC_CTCP_QUEUE_MAX)
+    if (a->stopping || !origin || n < 1 ||
+        irc_prefix_nick(origin, nick, sizeof(nick)) || !nick[0] ||
+        irc_queue_len(a->queue) > IRC_CTCP_QUEUE_MAX)
         return;
     req = p[0];
     if (!strncasecmp(req, "VERSION", 7) && (!req[7] || req[7] == ' ')) {
@@ -1366,6 +1399,82 @@ static void on_timer_closed(uv_handle_t *h)
     a->timers_open--;
 }
 
+static void on_quit_timer(uv_timer_t *t);
+
+/*
+ * The goodbye.  QUIT goes through libircclient, behind any answer lines
+ * still in its output buffer, so they leave first; the poll keeps
+ * flushing the buffer to the transport, which relays it upstream (through
+ * TLS when configured).  The server answers QUIT with ERROR and closes,
+ * which ends the session through connection_lost; IRC_QUIT_TIMEOUT_MS
+ * bounds the wait when it does not.
+ */
+static void quit_try(struct irc_ad *a)
+{
+    uint64_t now = now_ms(a), left;
+    const char *msg = a->cfg.quit_message ? a->cfg.quit_message
+                                          : "parley shutting down";
+    int rc;
+
+    if (!a->quit_sent) {
+        /* quit_message was checked at config time: one line, no control
+         * bytes; it is passed through "%s", never as the format. */
+        if (msg[0])
+            rc = irc_send_raw(a->sess, "QUIT :%s", msg);
+        else
+            rc = irc_send_raw(a->sess, "QUIT");
+        if (rc == 0) {
+            a->quit_sent = 1;
+            log_debug("irc %s: QUIT sent, waiting up to %d ms for the "
+                      "server to close", a->cfg.name, IRC_QUIT_TIMEOUT_MS);
+        } else if (irc_errno(a->sess) != LIBIRC_ERR_NOMEM) {
+            log_warn("irc %s: cannot send QUIT: %s", a->cfg.name,
+                     irc_strerror(irc_errno(a->sess)));
+            quit_finish(a);
+            return;
+        }
+        session_rearm(a);
+    }
+    left = now < a->quit_deadline ? a->quit_deadline - now : 0;
+    if (!a->quit_sent && left > IRC_QUIT_RETRY_MS)
+        left = IRC_QUIT_RETRY_MS;
+    uv_timer_start(&a->quit_timer, on_quit_timer, left, 0);
+}
+
+static void on_quit_timer(uv_timer_t *t)
+{
+    struct irc_ad *a = t->data;
+
+    if (a->state != IRC_QUITTING)
+        return;
+    if (now_ms(a) < a->quit_deadline) {
+        quit_try(a);
+        return;
+    }
+    log_warn("irc %s: %s did not close the connection within %d ms of "
+             "QUIT%s; closing it", a->cfg.name, a->cfg.host,
+             IRC_QUIT_TIMEOUT_MS, a->quit_sent ? "" : " (QUIT not sent: "
+             "the client's output buffer stayed full)");
+    quit_finish(a);
+}
+
+/* End of a quit (server closed, timeout or error): close everything
+ * that is left.  Runs once: it leaves IRC_QUITTING. */
+static void quit_finish(struct irc_ad *a)
+{
+    if (a->state != IRC_QUITTING)
+        return;
+    session_teardown(a);
+    a->state = IRC_STOPPED;
+    uv_timer_stop(&a->quit_timer);
+    uv_close((uv_handle_t *)&a->quit_timer, on_timer_closed);
+}
+
+/*
+ * adapter.h: stop may finish asynchronously.  Nothing is freed here: the
+ * timers, the poll and the transport's handles close through the loop,
+ * which main runs until none is left, and only then calls free.
+ */
 static void irc_stop(struct adapter *ad)
 {
     struct irc_ad *a = ad->priv;
@@ -1373,19 +1482,24 @@ static void irc_stop(struct adapter *ad)
     if (a->stopping)
         return;
     a->stopping = 1;
-    if (a->state == IRC_REGISTERED) {
-        /* Best effort: the transport closes right after, so QUIT may not
-         * reach the server; the server then sees a dropped connection. */
-        irc_cmd_quit(a->sess, "parley shutting down");
-    }
-    session_teardown(a);
-    a->state = IRC_STOPPED;
+    a->base.connected = 0;
     uv_close((uv_handle_t *)&a->flood_timer, on_timer_closed);
     uv_close((uv_handle_t *)&a->reconnect_timer, on_timer_closed);
     uv_close((uv_handle_t *)&a->tick_timer, on_timer_closed);
     /* Pending answers finish now, as failures, exactly once. */
     irc_queue_free(a->queue, job_drop);
     a->queue = NULL;
+    if (a->state == IRC_REGISTERED) {
+        a->state = IRC_QUITTING;
+        a->quit_deadline = now_ms(a) + IRC_QUIT_TIMEOUT_MS;
+        quit_try(a);
+        return;
+    }
+    /* Not registered (connecting, or waiting to reconnect): there is no
+     * one to say goodbye to. */
+    session_teardown(a);
+    a->state = IRC_STOPPED;
+    uv_close((uv_handle_t *)&a->quit_timer, on_timer_closed);
 }
 
 static void irc_free(struct adapter *ad)
@@ -1544,8 +1658,10 @@ int irc_adapter_create(struct adapter **out, const struct adapter_env *env,
     uv_timer_init(a->uv, &a->flood_timer);
     uv_timer_init(a->uv, &a->reconnect_timer);
     uv_timer_init(a->uv, &a->tick_timer);
+    uv_timer_init(a->uv, &a->quit_timer);
     a->flood_timer.data = a->reconnect_timer.data = a->tick_timer.data = a;
-    a->timers_open = 3;
+    a->quit_timer.data = a;
+    a->timers_open = 4;
     irc_bucket_init(&a->bucket, (unsigned)a->cfg.flood_burst,
                     (unsigned)a->cfg.flood_rate_ms, uv_now(a->uv));
     a->base.ops = &irc_ops;

@@ -189,6 +189,25 @@ int irc_config_channel_valid(const char *s)
     return 1;
 }
 
+int irc_config_quit_message_valid(const char *s)
+{
+    size_t n = strlen(s), i;
+
+    if (n > IRC_QUIT_MESSAGE_MAX)
+        return 0;
+    for (i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)s[i];
+
+        /* Bold, colour, hex colour, reset, monospace, reverse, italic,
+         * strike, underline are text to IRC; every other control byte
+         * (CR and LF above all) would end or corrupt the line. */
+        if ((ch < 0x20 && !strchr("\x02\x03\x04\x0f\x11\x16\x1d\x1e\x1f",
+                                  ch)) || ch == 0x7f)
+            return 0;
+    }
+    return 1;
+}
+
 static const char *const known_keys[] = {
     "type", "name", "host", "port", "tls", "tls_verify", "ca_file", "nick",
     "alt_nicks", "username", "realname", "sasl_user", "sasl_password_env",
@@ -196,7 +215,7 @@ static const char *const known_keys[] = {
     "flood_burst", "flood_rate_ms", "rejoin_on_kick", "rejoin_delay_ms",
     "ping_interval_s", "nick_regain_s", "register_timeout_s",
     "reconnect_min_ms", "reconnect_max_ms", "greet_on_join", "greet_users",
-    "greet_max_users",
+    "greet_max_users", "quit_message",
 };
 
 static void check_unknown(struct report *r, const config_setting_t *s)
@@ -363,6 +382,12 @@ int irc_config_parse(struct irc_config *c, const void *setting, char *err,
     get_bool(&r, s, "greet_on_join", 1, &c->greet_on_join);
     get_bool(&r, s, "greet_users", 0, &c->greet_users);
     get_int(&r, s, "greet_max_users", 50, 0, 1000000, &c->greet_max_users);
+    get_str(&r, s, "quit_message", "parley shutting down", &c->quit_message);
+    if (c->quit_message && !irc_config_quit_message_valid(c->quit_message))
+        report_add(&r, config_setting_get_member(s, "quit_message"),
+                   "quit_message", "must be one line of at most %d bytes "
+                   "without control characters (CR, LF, ...)",
+                   IRC_QUIT_MESSAGE_MAX);
     if (r.oom) {
         snprintf(err, errlen, "irc adapter: out of memory");
         return PARLEY_ERR_OOM;
@@ -399,5 +424,6 @@ void irc_config_free(struct irc_config *c)
     free(c->channels);
     free_list(c->admins, c->n_admins);
     free_list(c->bots, c->n_bots);
+    free(c->quit_message);
     memset(c, 0, sizeof(*c));
 }

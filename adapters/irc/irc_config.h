@@ -18,6 +18,11 @@
 #define IRC_NICK_MAX 64
 /* Longest channel name (RFC 2812 allows 50; some servers more). */
 #define IRC_CHANNEL_MAX 200
+/* Longest quit_message.  The server relays it to every channel as
+ * ":nick!user@host QUIT :text\r\n" within 512 bytes, and servers cut
+ * quit reasons at their QUITLEN (InspIRCd 255, Solanum 300); 300 leaves
+ * room for a 30-byte nick, a 10-byte user and a 63-byte host. */
+#define IRC_QUIT_MESSAGE_MAX 300
 
 struct irc_channel_conf {
     char *name;             /* "#parley" */
@@ -59,6 +64,8 @@ struct irc_config {
     int greet_on_join;      /* default for channels without greet */
     int greet_users;        /* greet others when they join */
     int greet_max_users;    /* ... only in channels up to this size */
+    char *quit_message;     /* QUIT reason on shutdown; one line, at
+                               most IRC_QUIT_MESSAGE_MAX bytes */
 };
 
 /*
@@ -72,6 +79,10 @@ void irc_config_free(struct irc_config *c);
 
 /* 1 when s is a plausible IRC nick (letters, digits, []\`_^{|}-). */
 int irc_config_nick_valid(const char *s);
+/* 1 when s can be a QUIT reason: at most IRC_QUIT_MESSAGE_MAX bytes and
+ * no CR, LF or other C0 control but the mIRC formatting codes (NUL
+ * cannot occur inside a C string). */
+int irc_config_quit_message_valid(const char *s);
 /* 1 when s is a plausible channel name: starts with # or &, no space,
  * comma, BELL, CR, LF or NUL, at most IRC_CHANNEL_MAX bytes. */
 int irc_config_channel_valid(const char *s);

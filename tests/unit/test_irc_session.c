@@ -19,6 +19,7 @@
 #include <signal.h>
 
 #include "irc_harness.h"
+#include "irc/irc_config.h"
 #include "irc/irc_text.h"
 
 static struct h_server srv;
@@ -604,6 +605,59 @@ static void test_tls(void **state)
     h_adapter_destroy(ad);
 }
 
+/* ---- shutdown: QUIT ------------------------------------------------------ */
+
+/* stop says goodbye: an answer handed over just before stop still
+ * arrives, then the configured QUIT reason (not a dropped connection);
+ * stop finishes when the server closes, well before the 2 s timeout; a
+ * second stop is harmless and send after stop is refused. */
+static void test_quit(void **state)
+{
+    struct h_client *alice;
+    struct adapter *ad;
+    int st, said, quit, i;
+    uint64_t t0, took;
+
+    (void)state;
+    start_server(0);
+    alice = h_client_connect(srv.port, "alice");
+    h_client_send(alice, "JOIN #test");
+    assert_true(h_wait_line(alice, 0, " 366 ", 3000) >= 0);
+    ad = start_adapter(srv.port, 100,
+                       "quit_message = \"gone \\x02fishing\\x02\";");
+    assert_non_null(ad);
+    assert_true(h_wait_line(alice, 0, ":parley!", 8000) >= 0);
+    h_pump(100);
+    assert_int_equal(ad->connected, 1);
+    /* The line leaves the send queue at once (burst 4), so done runs now
+     * with OK while the bytes may still sit in libircclient's buffer:
+     * stop must flush them before the goodbye. */
+    assert_int_equal(send_text(ad, "#test", "last words", &st), PARLEY_OK);
+    assert_int_equal(st, PARLEY_OK);
+    t0 = h_now();
+    ad->ops->stop(ad);
+    ad->ops->stop(ad);
+    assert_int_equal(ad->connected, 0);
+    assert_int_not_equal(send_text(ad, "#test", "too late", &st), PARLEY_OK);
+    quit = h_wait_line(alice, 0, " QUIT :", 3000);
+    assert_true(quit >= 0);
+    fprintf(stderr, "alice saw: %s", alice->lines[quit]);
+    assert_true(strncmp(alice->lines[quit], ":parley!", 8) == 0);
+    assert_non_null(strstr(alice->lines[quit], "gone \x02" "fishing\x02"));
+    said = h_wait_line(alice, 0, "PRIVMSG #test :last words", 0);
+    assert_true(said >= 0 && said < quit);
+    /* Stop ends with the server's close, not the timeout. */
+    uv_run(&h_uv, UV_RUN_DEFAULT);
+    took = h_now() - t0;
+    fprintf(stderr, "stop took %llu ms\n", (unsigned long long)took);
+    assert_true(took < 1500);
+    assert_non_null(strstr(h_log, "disconnected after QUIT"));
+    assert_null(strstr(h_log, "did not close the connection"));
+    h_adapter_destroy(ad);
+    for (i = quit + 1; i < alice->n; i++)
+        assert_null(strstr(alice->lines[i], "parley!"));
+}
+
 /* ---- SASL against a scripted server ----------------------------------- */
 
 struct script {
@@ -664,6 +718,7 @@ static void test_sasl(void **state)
     struct adapter *ad = NULL;
     char text[1024], err[512];
     int port, i, end_at, nick_at, user_at;
+    uint64_t t0, took;
 
     (void)state;
     setenv("PARLEY_TEST_SASL_PW", "pw", 1);
@@ -698,7 +753,18 @@ static void test_sasl(void **state)
     assert_non_null(strstr(h_log, "SASL authentication succeeded"));
     /* The password never reached the log. */
     assert_null(strstr(h_log, "AHNib3QAcHc="));
+    /* Shutdown: QUIT reaches the server; this one never answers it, so
+     * stop gives up after IRC_QUIT_TIMEOUT_MS (2 s), not later. */
+    t0 = h_now();
+    ad->ops->stop(ad);
+    assert_true(h_wait_line(s.c, 0, "QUIT :parley shutting down", 1500)
+                >= 0);
     h_adapter_destroy(ad);
+    took = h_now() - t0;
+    fprintf(stderr, "stop took %llu ms\n", (unsigned long long)took);
+    assert_true(took >= 1900 && took < 3500);
+    assert_non_null(strstr(h_log, "did not close the connection within "
+                                  "2000 ms of QUIT"));
     h_client_free(s.c);
     close(s.lfd);
 }
@@ -772,6 +838,52 @@ static void test_config_errors(void **state)
         err, sizeof(err)), PARLEY_ERR_CONFIG);
     config_destroy(&h_cfg);
     assert_non_null(strstr(err, "PARLEY_TEST_UNSET is not set"));
+    /* quit_message: one line (no CR/LF to smuggle a second command), no
+     * other control bytes, bounded; mIRC formatting is allowed. */
+    assert_int_equal(h_adapter_create(&ad,
+        "adapters = ( { type = \"irc\"; host = \"h\"; nick = \"n\"; "
+        "quit_message = \"bye\\r\\nJOIN #x\"; } );",
+        err, sizeof(err)), PARLEY_ERR_CONFIG);
+    config_destroy(&h_cfg);
+    assert_non_null(strstr(err, "adapters.[0].quit_message: must be one "
+                                "line"));
+    assert_int_equal(h_adapter_create(&ad,
+        "adapters = ( { type = \"irc\"; host = \"h\"; nick = \"n\"; "
+        "quit_message = \"a\\x01b\"; } );",
+        err, sizeof(err)), PARLEY_ERR_CONFIG);
+    config_destroy(&h_cfg);
+    assert_int_equal(h_adapter_create(&ad,
+        "adapters = ( { type = \"irc\"; host = \"h\"; nick = \"n\"; "
+        "quit_message = 42; } );",
+        err, sizeof(err)), PARLEY_ERR_CONFIG);
+    config_destroy(&h_cfg);
+    assert_non_null(strstr(err, "quit_message: must be a string"));
+    {
+        char text[1024], big[IRC_QUIT_MESSAGE_MAX + 2];
+
+        memset(big, 'x', sizeof(big) - 1);
+        big[sizeof(big) - 1] = '\0';
+        snprintf(text, sizeof(text), "adapters = ( { type = \"irc\"; "
+                 "host = \"h\"; nick = \"n\"; quit_message = \"%s\"; } );",
+                 big);
+        assert_int_equal(h_adapter_create(&ad, text, err, sizeof(err)),
+                         PARLEY_ERR_CONFIG);
+        config_destroy(&h_cfg);
+        /* One byte less fits, formatting codes included. */
+        big[sizeof(big) - 2] = '\0';
+        big[0] = '\x02';
+        snprintf(text, sizeof(text), "adapters = ( { type = \"irc\"; "
+                 "host = \"h\"; nick = \"n\"; quit_message = \"%s\"; } );",
+                 big);
+        assert_int_equal(h_adapter_create(&ad, text, err, sizeof(err)),
+                         PARLEY_OK);
+        h_adapter_destroy(ad);
+    }
+    assert_true(irc_config_quit_message_valid(""));
+    assert_true(irc_config_quit_message_valid("\x03" "4red\x0f plain"));
+    assert_false(irc_config_quit_message_valid("a\rb"));
+    assert_false(irc_config_quit_message_valid("a\nb"));
+    assert_false(irc_config_quit_message_valid("a\x7f"));
 }
 
 int main(void)
@@ -787,6 +899,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_admin_and_invite, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_tls, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_quit, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sasl, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sasl_failure, setup, teardown),
         cmocka_unit_test_setup_teardown(test_config_errors, setup, teardown),
