@@ -1,13 +1,15 @@
 """IRC pieces for parley's integration tests: a private ngircd (plain and
 TLS, with a test CA made by openssl), raw-socket IRC clients that play the
-people in a channel, a scripted server for SASL numerics, and a bot.conf
-with an irc adapter block.  Everything listens on 127.0.0.1 with ephemeral
-ports and is stopped by harness.Test, also when a test fails.
+people in a channel, a scripted server for SASL numerics, a bot.conf with
+an irc adapter block, and the SIGTERM-then-QUIT check.  Everything
+listens on 127.0.0.1 with ephemeral ports and is stopped by harness.Test,
+also when a test fails.
 """
 
 import base64
 import os
 import re
+import signal
 import socket
 import subprocess
 import threading
@@ -233,6 +235,34 @@ limits = { user_requests_per_minute = 0; };
 adapters = ( %s );
 """ % (redis_port, stub_url, block))
     return path
+
+
+def quit_lines(client, start=0):
+    """QUIT lines of the bot that client saw, as text."""
+    return [raw.decode("utf-8", "replace").rstrip("\r\n")
+            for _, raw in client.snapshot(start)
+            if re.match(rb"^:parley!\S+ QUIT", raw)]
+
+
+def sigterm_and_check_quit(p, client, message, start=0):
+    """SIGTERM parley; it exits 0 and client sees exactly one QUIT from
+    it, with message as the reason (ngircd quotes a client's own reason,
+    a dropped link would read "Connection closed"/"Ping timeout").
+    Returns the index of the QUIT line in client's lines."""
+    t0 = time.time()
+    p.proc.send_signal(signal.SIGTERM)
+    code = p.proc.wait(timeout=20)
+    took = time.time() - t0
+    assert code == 0, (code, p.stderr()[-2000:])
+    i = client.wait(r"^:parley!\S+ QUIT ", 5, start)
+    quits = quit_lines(client, start)
+    assert len(quits) == 1, quits
+    assert re.search(r' QUIT :"?%s"?$' % re.escape(message), quits[0]), \
+        quits[0]
+    err = p.stderr()
+    assert "disconnected after QUIT" in err, err[-2000:]
+    assert "did not close the connection" not in err, err[-2000:]
+    return i, took
 
 
 class ScriptedServer:

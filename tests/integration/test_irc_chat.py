@@ -7,7 +7,9 @@ UTF-8, reassembling to the answer, the rest with !more; model output that
 tries to inject commands or CTCP stays plain PRIVMSG text to the channel;
 20 addressed messages in a burst are all answered at the bucket's pace;
 two channels with a 1 s model are answered in about 1 s, not 2; the
-bot's greeting on join; an answer in flight survives a server restart.
+bot's greeting on join; an answer in flight survives a server restart;
+SIGTERM with an answer in flight -> the answer, then the bot's own QUIT
+with its quit message, and exit 0.
 """
 
 import os
@@ -18,7 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import (Parley, Redis, Stub, Test, require_parley, run_cases,
                      skip, wait_until)
 from irc_helpers import (Client, Ngircd, have_ngircd, irc_block,
-                         write_irc_config)
+                         sigterm_and_check_quit, write_irc_config)
 
 KEY = "sk-test-irc-0123456789abcdef"
 
@@ -267,6 +269,24 @@ def test_answer_survives_server_restart():
                     if b"answer after the restart" in l[2]]) == 1
 
 
+def test_sigterm_finishes_answer_then_quits():
+    with Test() as t:
+        redis, stub, irc, c, p = start_all(t)
+        alice = c["alice"]
+        stub.script([{"when_contains": "last", "delay": 1.0,
+                      "content": "the last answer"}])
+        n = alice.count()
+        alice.say("#test", "parley: the last question")
+        wait_until(lambda: len(stub.requests()) >= 1, 10, "the request")
+        q, took = sigterm_and_check_quit(p, alice, "parley shutting down", n)
+        # The answer in flight was delivered, before the goodbye.
+        a = alice.find(r"PRIVMSG #test :alice: the last answer", n)
+        assert 0 <= a < q, alice.snapshot(n)
+        # Drain (about 1 s for the answer) plus a prompt QUIT, far below
+        # the 2 s QUIT timeout on top.
+        assert took < 2.8, took
+
+
 if __name__ == "__main__":
     require_parley()
     if not have_ngircd():
@@ -277,6 +297,7 @@ if __name__ == "__main__":
              test_flood_burst_paced,
              test_two_channels_in_parallel,
              test_greeting_on_join,
-             test_answer_survives_server_restart]
+             test_answer_survives_server_restart,
+             test_sigterm_finishes_answer_then_quits]
     only = os.environ.get("PARLEY_TEST_ONLY")
     run_cases([f for f in cases if not only or f.__name__ == only])

@@ -1,11 +1,12 @@
 """parley's IRC connection handling with the real binary: server restart
 -> reconnect and rejoin; nick collision -> alternative nick, configured
 nick taken back once free; kick -> rejoin; TLS through ngircd's own TLS
-with a CA made by the test -> connects, a wrong CA -> refused with a clear
-error; SASL PLAIN against a scripted server that sends the exact IRCv3
-numerics (no SASL-capable daemon with services is installed here) ->
-903 and registration only after CAP END, wrong password (904) -> clear
-error and a retry only after the backoff.
+with a CA made by the test -> connects, SIGTERM -> the configured QUIT
+message reaches the channel through TLS and exit 0, a wrong CA -> refused
+with a clear error; SASL PLAIN against a scripted server that sends the
+exact IRCv3 numerics (no SASL-capable daemon with services is installed
+here) -> 903 and registration only after CAP END, wrong password (904) ->
+clear error and a retry only after the backoff.
 """
 
 import os
@@ -16,7 +17,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import (Parley, Redis, Stub, Test, require_parley, run_cases,
                      skip, wait_until)
 from irc_helpers import (Client, Ngircd, ScriptedServer, have_ngircd,
-                         irc_block, sasl_plain, write_irc_config)
+                         irc_block, sasl_plain, sigterm_and_check_quit,
+                         write_irc_config)
 
 KEY = "sk-test-irc-0123456789abcdef"
 
@@ -104,14 +106,17 @@ def test_tls_verified_and_wrong_ca():
         irc = t.add(Ngircd(t.tmp, tls=True).start())
         alice = t.add(Client(irc.port, "alice"))
         alice.join("#test")
-        p = start_parley(t, tls_block(irc, 'ca_file = "%s/ca.pem";'
+        p = start_parley(t, tls_block(irc, 'ca_file = "%s/ca.pem"; '
+                                      'quit_message = "off to bed (TLS)";'
                                       % irc.dir))
         alice.wait(r"^:parley!\S+ JOIN :#test", 15)
         n = alice.count()
         alice.say("#test", "parley: over TLS?")
         alice.wait(r"PRIVMSG #test :alice: echo: alice: over TLS\?", 15, n)
         assert "TLS" in p.stderr()
-        p.kill()
+        # The goodbye goes through the TLS transport too.
+        _, took = sigterm_and_check_quit(p, alice, "off to bed (TLS)", n)
+        assert took < 1.5, took
     with Test() as t:
         irc = t.add(Ngircd(t.tmp, tls=True).start())
         alice = t.add(Client(irc.port, "alice"))
