@@ -485,6 +485,35 @@ static void job_settings_loaded(struct store *st, struct redisReply *rep,
     job_check_usage(job);
 }
 
+static void job_ambient_stored(int status, void *privdata)
+{
+    struct job *job = privdata;
+
+    if (JOB_CLOSING(job))
+        return;
+    if (status != PARLEY_OK)
+        log_debug("context line for %s not stored: %s", job->room->key,
+                  parley_status_name(status));
+    job_drop(job);
+}
+
+/* A line nobody asked the bot about joins the history, in its place
+ * among the questions, so later answers know what was said. */
+static void job_store_ambient(struct job *job)
+{
+    struct turn t;
+
+    memset(&t, 0, sizeof(t));
+    t.role = "user";
+    t.name = (char *)event_speaker(job->ev);
+    t.content = (char *)job->ev->text;
+    t.ts = (long long)time(NULL);
+    if (context_append(job->r->store, job->room->key, &t, 1,
+                       &job->r->cfg->context, job_ambient_stored,
+                       job) != PARLEY_OK)
+        job_drop(job);
+}
+
 /* Load room:<room> (model, system, greeting), then go on by kind. */
 void job_run(struct job *job)
 {
@@ -494,6 +523,10 @@ void job_run(struct job *job)
     char key[STORE_KEY_MAX];
 
     job->greeting = over && over->greeting >= 0 ? over->greeting : 1;
+    if (job->kind == JOB_AMBIENT) {
+        job_store_ambient(job);
+        return;
+    }
     if (job->kind == JOB_NOTICE || job->kind == JOB_RESEND) {
         job_reply(job, job->answer, job->notice);
         return;
