@@ -25,6 +25,7 @@ BUILD_PKGS=(
     libuv1-dev              # the event loop
     libssl-dev              # TLS for the IRC transport
     libmicrohttpd-dev       # /healthz and /metrics (metrics.listen)
+    libcmark-dev            # Markdown -> HTML for Matrix formatted_body
     redis-server            # scripts/run.sh starts a private one if needed
     ca-certificates         # verify https://api.openai.com and friends
 )
@@ -36,6 +37,9 @@ TEST_PKGS=(
     ngircd                  # a real IRC server for the IRC tests
     python3                 # Debian's /usr/bin/python3 runs integration tests
     python3-irc             # real IRC clients in tests
+    inspircd                # IRC server with SASL (with atheme) for tests
+    atheme-services         # services (SaslServ) linked to inspircd
+    openssl                 # test CA and certificates for IRC TLS tests
     docker-compose          # `docker-compose config` validates docker/
     git                     # scripts/checksrc.sh lists tracked sources
 )

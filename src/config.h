@@ -25,6 +25,11 @@
 struct config_bot {
     char *name;             /* display name / nick the bot answers to */
     char *log_level;        /* "debug", "info", "warn", "error" */
+    char *log_format;       /* "text" (default) or "json" */
+};
+
+struct config_metrics {
+    char *listen;           /* "127.0.0.1:9464"; NULL = no endpoint */
 };
 
 struct config_redis {
@@ -101,6 +106,7 @@ struct config {
     struct config_context context;
     struct config_prompts prompts;
     struct config_limits limits;
+    struct config_metrics metrics;
     struct config_room *rooms;
     size_t n_rooms;
     struct config_adapter *adapters;

@@ -24,7 +24,8 @@ struct config_llm;
 #define LLM_BODY_MAX (4 * 1024 * 1024)
 
 struct llm_result {
-    int status;             /* PARLEY_OK, or _HTTP/_TIMEOUT/_IO/_PROTOCOL */
+    int status;             /* PARLEY_OK, or _HTTP/_TIMEOUT/_IO/_PROTOCOL,
+                               _TOO_LARGE (body over LLM_BODY_MAX) */
     long http_code;         /* last HTTP status, 0 if none */
     int retryable;          /* the last failure was worth retrying */
     int attempts;           /* requests sent */
@@ -52,6 +53,8 @@ int llm_complete(struct llm *llm, const char *model,
                  struct cJSON *messages, llm_done_fn *done, void *privdata,
                  struct llm_request **out);
 void llm_cancel(struct llm_request *req);
+/* Requests accepted and not yet called back: waiting for a slot, on the
+ * wire, or sleeping before a retry. */
 size_t llm_in_flight(const struct llm *llm);
 
 /* Pure helpers, exposed for tests. */
@@ -60,7 +63,8 @@ size_t llm_in_flight(const struct llm *llm);
 char *llm_request_body(const char *model, const struct cJSON *messages,
                        double temperature, int max_tokens);
 /* Parse a 200 body into res (content, finish_reason, usage).  Returns
- * PARLEY_OK or PARLEY_ERR_PROTOCOL with res->errstr set. */
+ * PARLEY_OK or PARLEY_ERR_PROTOCOL with res->errstr set.  res must be
+ * zeroed or cleared first; content from an earlier parse is freed. */
 int llm_parse_response(const char *body, size_t len, struct llm_result *res);
 /* Extract error.message / error.type of an error body into buf. */
 void llm_parse_error(const char *body, size_t len, char *buf, size_t buflen);
@@ -73,6 +77,9 @@ long llm_backoff_ms(int attempt, long base_ms, long max_ms,
                     long retry_after_ms, double rnd);
 void llm_result_clear(struct llm_result *res);
 
+/* Cancel every request (no callbacks) and free the client; allowed inside
+ * a done callback (deferred until it returns).  Call before loop_close,
+ * then run the loop so that retry timers finish closing. */
 void llm_free(struct llm *llm);
 
 #endif

@@ -23,6 +23,16 @@ enum log_level {
 void log_set_level(enum log_level level);
 enum log_level log_get_level(void);
 
+/* Text lines ("TIME LEVEL message") or JSON lines ({"ts","level","msg"})
+ * for log collectors; default text. */
+enum log_format {
+    LOG_FORMAT_TEXT = 0,
+    LOG_FORMAT_JSON
+};
+void log_set_format(enum log_format format);
+/* Parse "text" or "json".  Returns 0 or -1. */
+int log_format_parse(const char *name, enum log_format *out);
+
 /* Parse "debug", "info", "warn"/"warning", "error".  Returns 0 or -1. */
 int log_level_parse(const char *name, enum log_level *out);
 

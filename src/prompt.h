@@ -31,7 +31,14 @@ struct prompt_input {
  * Build the "messages" array.  User turns carry the speaker as a
  * "Name: " prefix in content (portable across OpenAI-compatible servers,
  * some of which reject the optional "name" field).  History that does not
- * fit the budget is dropped oldest first.  Returns a new cJSON array the
+ * fit the budget is dropped oldest first (context_keep_from, so never
+ * opening with an orphaned assistant turn).  With user_text NULL (a pure
+ * greeting) the list ends with a short user message describing the
+ * situation ("(You have just joined this room. Greet everyone.)", or
+ * "(Name has just joined the room. Greet them.)" when user_name is set),
+ * since some local servers reject a list without a user message.  The
+ * greeting instruction is appended to the system message, after a blank
+ * line, only when first_contact is set.  Returns a new cJSON array the
  * caller owns, or NULL on OOM.
  */
 struct cJSON *prompt_build(const struct prompt_input *in);

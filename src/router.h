@@ -48,8 +48,23 @@ void router_submit(struct router *r, const struct event *ev);
 typedef void router_accepted_fn(int status, void *privdata);
 void router_submit_durable(struct router *r, const struct event *ev,
                            router_accepted_fn *accepted, void *privdata);
+/*
+ * Take up the jobs a previous run left unfinished (job:<id> records not
+ * "done"): questions not yet answered are asked again; answers stored but
+ * maybe not sent are sent again with the same txn id, so the platform can
+ * drop a duplicate.  Call once, when the store is first up, after the
+ * adapters are registered.
+ */
+void router_resume(struct router *r);
 /* Use a new config (SIGHUP); borrowed like the first. */
 void router_reload(struct router *r, const struct config *cfg);
+/* Stop taking new events; jobs already accepted go on (SIGTERM). */
+void router_drain(struct router *r);
+/* Before closing the store and llm: callbacks that still arrive stop
+ * their job instead of going on; router_free then releases every job. */
+void router_close(struct router *r);
+/* Rooms with a job queued or running. */
+size_t router_rooms_active(const struct router *r);
 /* Events accepted and not yet fully answered. */
 size_t router_pending(const struct router *r);
 void router_free(struct router *r);

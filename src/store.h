@@ -37,7 +37,10 @@ int store_open(struct store **out, struct uv_loop_s *uv,
 void store_on_state(struct store *st, store_state_fn *fn, void *privdata);
 int store_is_up(const struct store *st);
 
-/* printf-like command, hiredis syntax (%s, %b with len). */
+/* printf-like command, hiredis syntax (%s, %b with len).  fn may be NULL
+ * (reply ignored).  PARLEY_ERR_STATE while not up (fn is not called) and
+ * for push-mode commands ((P)SUBSCRIBE, MONITOR), which would break the
+ * one-reply-per-callback contract; _OOM; _OTHER for a bad format. */
 int store_command(struct store *st, store_reply_fn *fn, void *privdata,
                   const char *fmt, ...);
 int store_command_argv(struct store *st, store_reply_fn *fn, void *privdata,
@@ -47,8 +50,15 @@ int store_command_argv(struct store *st, store_reply_fn *fn, void *privdata,
 int store_key(const struct store *st, char *buf, size_t len,
               const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 
-/* Stop reconnecting, disconnect after pending replies, free when done
- * (pending callbacks get NULL). */
+/* Why the store is not up: the last attempt's failure (connect error,
+ * AUTH/SELECT error text from the server, timeout), kept while the next
+ * attempt runs; "" while up.  Never contains the password. */
+const char *store_errstr(const struct store *st);
+
+/* Stop reconnecting and drop the connection now: callbacks of pending
+ * commands run with NULL before store_close returns (or, when called from
+ * inside a store callback, right after that callback returns).  Memory is
+ * released from libuv close callbacks, so keep running the loop. */
 void store_close(struct store *st);
 
 #endif

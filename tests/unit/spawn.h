@@ -23,7 +23,7 @@
 
 /* A port the kernel considers free right now on 127.0.0.1 (a small race
  * with other processes is accepted in tests). Returns -1 on failure. */
-static int spawn_free_port(void)
+static inline int spawn_free_port(void)
 {
     struct sockaddr_in sa;
     socklen_t len = sizeof(sa);
@@ -44,7 +44,7 @@ static int spawn_free_port(void)
 
 /* Start argv[0] (a path) with stdout/stderr appended to log_path (or
  * /dev/null).  Returns the pid or -1. */
-static pid_t spawn_process(char *const argv[], const char *log_path)
+static inline pid_t spawn_process(char *const argv[], const char *log_path)
 {
     pid_t pid = fork();
 
@@ -63,7 +63,7 @@ static pid_t spawn_process(char *const argv[], const char *log_path)
 }
 
 /* Wait until 127.0.0.1:port accepts a TCP connection. 0 or -1. */
-static int spawn_wait_port(int port, int timeout_ms)
+static inline int spawn_wait_port(int port, int timeout_ms)
 {
     struct timespec pause = { 0, 20 * 1000 * 1000 };
 
@@ -88,7 +88,7 @@ static int spawn_wait_port(int port, int timeout_ms)
 }
 
 /* SIGTERM, then SIGKILL after 2 s; reaps the child. */
-static void spawn_stop(pid_t pid)
+static inline void spawn_stop(pid_t pid)
 {
     struct timespec pause = { 0, 20 * 1000 * 1000 };
 
@@ -105,7 +105,7 @@ static void spawn_stop(pid_t pid)
 }
 
 /* redis-server on port with no persistence; dir for its files. */
-static pid_t spawn_redis(int port, const char *dir)
+static inline pid_t spawn_redis(int port, const char *dir)
 {
     char portbuf[16];
     char *argv[] = { "/usr/bin/redis-server", "--port", portbuf,

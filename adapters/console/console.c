@@ -1,0 +1,308 @@
+/*
+ * The console adapter: one person talking to the bot from a terminal, in
+ * room "console".  Lines are read from stdin (a terminal, a pipe or a
+ * file) on the loop and answered on stdout, so `parley --console` is the
+ * quickest way to try a configuration.  At end of input the adapter
+ * reports EOF; main waits for the answers still in flight and exits.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <uv.h>
+
+#include "adapter.h"
+#include "config.h"
+#include "console.h"
+#include "event.h"
+#include "log.h"
+#include "loop.h"
+#include "router.h"
+#include "status.h"
+
+/* Longest input line; the rest of a longer line is dropped with a note,
+ * since the router would cut it anyway (ROUTER_TEXT_MAX). */
+#define CONSOLE_LINE_MAX (16 * 1024)
+#define CONSOLE_READ_CHUNK 4096
+
+struct console {
+    struct adapter ad;
+    uv_loop_t *uv;
+    union {
+        uv_tty_t tty;
+        uv_pipe_t pipe;
+    } in;
+    int is_stream;              /* tty/pipe: uv stream; else uv_fs_read */
+    int reading;
+    int handle_open;
+    uv_fs_t fs_req;
+    char chunk[CONSOLE_READ_CHUNK];
+    int64_t file_offset;
+    char line[CONSOLE_LINE_MAX];
+    size_t len;
+    int overflow;               /* dropping the rest of a long line */
+    int eof;
+    char user[64];
+    unsigned long seq;
+    console_eof_fn *on_eof;
+    void *eof_privdata;
+};
+
+static void console_emit(struct console *c)
+{
+    struct event ev;
+
+    /* Strip a CR left by CRLF input. */
+    if (c->len > 0 && c->line[c->len - 1] == '\r')
+        c->len--;
+    c->line[c->len] = '\0';
+    if (c->len == 0)
+        return;
+    memset(&ev, 0, sizeof(ev));
+    ev.kind = EVENT_MESSAGE;
+    ev.platform = "console";
+    ev.account = c->ad.account;
+    ev.room = "console";
+    ev.sender = c->user;
+    ev.sender_name = c->user;
+    ev.text = c->line;
+    ev.addressed = 1;       /* everything typed here is for the bot */
+    ev.is_admin = 1;        /* whoever has the terminal runs the bot */
+    c->seq++;
+    router_submit(c->ad.router, &ev);
+}
+
+/* Split buf into lines; complete lines go to the router at once. */
+static void console_feed(struct console *c, const char *buf, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (buf[i] == '\n') {
+            if (c->overflow)
+                log_warn("console: line longer than %d bytes cut",
+                         CONSOLE_LINE_MAX - 1);
+            console_emit(c);
+            c->len = 0;
+            c->overflow = 0;
+        } else if (c->len + 1 < sizeof(c->line)) {
+            c->line[c->len++] = buf[i];
+        } else {
+            c->overflow = 1;
+        }
+    }
+}
+
+static void console_finish(struct console *c)
+{
+    if (c->eof)
+        return;
+    if (c->len > 0)
+        console_emit(c);
+    c->len = 0;
+    c->eof = 1;
+    c->ad.connected = 0;
+    if (c->on_eof)
+        c->on_eof(c->eof_privdata);
+}
+
+static void console_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    struct console *c = h->data;
+
+    (void)suggested;
+    buf->base = c->chunk;
+    buf->len = sizeof(c->chunk);
+}
+
+static void console_on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
+{
+    struct console *c = s->data;
+
+    if (n > 0) {
+        console_feed(c, buf->base, (size_t)n);
+        return;
+    }
+    if (n < 0) {
+        if (n != UV_EOF)
+            log_warn("console: read error: %s", uv_strerror((int)n));
+        uv_read_stop(s);
+        c->reading = 0;
+        console_finish(c);
+    }
+}
+
+static void console_fs_read(struct console *c);
+
+static void console_on_fs_read(uv_fs_t *req)
+{
+    struct console *c = req->data;
+    ssize_t n = req->result;
+
+    uv_fs_req_cleanup(req);
+    c->reading = 0;
+    if (n > 0) {
+        c->file_offset += n;
+        console_feed(c, c->chunk, (size_t)n);
+        if (c->ad.connected)
+            console_fs_read(c);
+        return;
+    }
+    if (n < 0)
+        log_warn("console: read error: %s", uv_strerror((int)n));
+    console_finish(c);
+}
+
+static void console_fs_read(struct console *c)
+{
+    uv_buf_t buf = uv_buf_init(c->chunk, sizeof(c->chunk));
+    int rc;
+
+    c->fs_req.data = c;
+    rc = uv_fs_read(c->uv, &c->fs_req, 0, &buf, 1, c->file_offset,
+                    console_on_fs_read);
+    if (rc < 0) {
+        log_warn("console: cannot read stdin: %s", uv_strerror(rc));
+        console_finish(c);
+        return;
+    }
+    c->reading = 1;
+}
+
+static int console_start(struct adapter *ad)
+{
+    struct console *c = (struct console *)ad;
+    uv_handle_type type = uv_guess_handle(0);
+    int rc = 0;
+
+    if (type == UV_TTY) {
+        rc = uv_tty_init(c->uv, &c->in.tty, 0, 1);
+        c->is_stream = 1;
+    } else if (type == UV_NAMED_PIPE || type == UV_TCP) {
+        rc = uv_pipe_init(c->uv, &c->in.pipe, 0);
+        if (rc == 0) {
+            rc = uv_pipe_open(&c->in.pipe, 0);
+            if (rc < 0)
+                uv_close((uv_handle_t *)&c->in.pipe, NULL);
+        }
+        c->is_stream = 1;
+    } else {
+        c->is_stream = 0;   /* a regular file, /dev/null, ... */
+    }
+    if (rc < 0) {
+        snprintf(ad->errstr, sizeof(ad->errstr), "cannot open stdin: %s",
+                 uv_strerror(rc));
+        return PARLEY_ERR_IO;
+    }
+    ad->connected = 1;
+    if (!c->is_stream) {
+        console_fs_read(c);
+        return PARLEY_OK;
+    }
+    c->handle_open = 1;
+    c->in.tty.data = c;
+    rc = uv_read_start((uv_stream_t *)&c->in, console_alloc,
+                       console_on_read);
+    if (rc < 0) {
+        snprintf(ad->errstr, sizeof(ad->errstr), "cannot read stdin: %s",
+                 uv_strerror(rc));
+        return PARLEY_ERR_IO;
+    }
+    c->reading = 1;
+    return PARLEY_OK;
+}
+
+/* Replies go to stdout with the bot's name in front, one write each, so a
+ * script reading our output sees whole answers. */
+static int console_send(struct adapter *ad, const char *room,
+                        const struct reply *reply,
+                        adapter_send_done_fn *done, void *privdata)
+{
+    struct console *c = (struct console *)ad;
+    const char *name = ad->account ? ad->account : "parley";
+
+    (void)room;
+    (void)c;
+    if (fprintf(stdout, "%s> %s\n", name, reply->text) < 0 ||
+        fflush(stdout) != 0) {
+        snprintf(ad->errstr, sizeof(ad->errstr), "cannot write stdout: %s",
+                 strerror(errno));
+        return PARLEY_ERR_IO;
+    }
+    done(PARLEY_OK, privdata);
+    return PARLEY_OK;
+}
+
+static void console_stop(struct adapter *ad)
+{
+    struct console *c = (struct console *)ad;
+
+    ad->connected = 0;
+    if (c->is_stream && c->handle_open) {
+        if (c->reading)
+            uv_read_stop((uv_stream_t *)&c->in);
+        c->reading = 0;
+        c->handle_open = 0;
+        uv_close((uv_handle_t *)&c->in, NULL);
+    }
+    /* A pending uv_fs_read on a regular file completes on its own; its
+     * callback sees connected == 0 and stops. */
+}
+
+static void console_free(struct adapter *ad)
+{
+    struct console *c = (struct console *)ad;
+
+    free(ad->account);
+    free(c);
+}
+
+static const struct adapter_ops console_ops = {
+    .type = "console",
+    .start = console_start,
+    .send = console_send,
+    .typing = NULL,
+    .stop = console_stop,
+    .free = console_free,
+};
+
+int console_adapter_create(struct adapter **out,
+                           const struct adapter_env *env, void *setting,
+                           char *err, size_t errlen)
+{
+    struct console *c = calloc(1, sizeof(*c));
+    const char *user = getenv("USER");
+
+    (void)setting;
+    *out = NULL;
+    if (!c) {
+        snprintf(err, errlen, "console: out of memory");
+        return PARLEY_ERR_OOM;
+    }
+    c->ad.ops = &console_ops;
+    c->ad.loop = env->loop;
+    c->ad.account = strdup(env->cfg->bot.name ? env->cfg->bot.name :
+                           "parley");
+    c->uv = loop_uv(env->loop);
+    snprintf(c->user, sizeof(c->user), "%s", user && *user ? user : "you");
+    if (!c->ad.account) {
+        free(c);
+        snprintf(err, errlen, "console: out of memory");
+        return PARLEY_ERR_OOM;
+    }
+    *out = &c->ad;
+    return PARLEY_OK;
+}
+
+void console_on_eof(struct adapter *ad, console_eof_fn *fn, void *privdata)
+{
+    struct console *c = (struct console *)ad;
+
+    c->on_eof = fn;
+    c->eof_privdata = privdata;
+}
+
+int console_at_eof(const struct adapter *ad)
+{
+    return ((const struct console *)ad)->eof;
+}

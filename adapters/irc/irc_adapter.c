@@ -1,0 +1,1562 @@
+/*
+ * The IRC adapter: one libircclient session per configured network,
+ * driven from the libuv loop, behind the TLS/CAP/SASL transport.  It turns
+ * channel and query messages into struct event (platform "irc", account =
+ * network name, room = case-folded channel, or the sender's folded nick
+ * for a query), keeps channel membership for operator checks and greeting
+ * limits, and sends answers as PRIVMSG lines split to fit 512 bytes and
+ * paced by a token bucket shared fairly between targets.
+ *
+ * libircclient glue (STYLE.md "What parley should absorb" 1): the library
+ * has no fd accessor, so the fd is found with irc_add_select_descriptors
+ * into zeroed fd_sets; a uv_poll_t watches it; on a poll event the sets
+ * are rebuilt and irc_process_select_descriptors runs; after every call
+ * into the library the mask is recomputed and uv_poll_start called again.
+ * The library's callbacks never tear the session down themselves: a lost
+ * connection is handled after irc_process_select_descriptors returns, or
+ * from the transport's callback, which never runs inside the library.
+ */
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/select.h>
+#include <sys/socket.h>
+#include <time.h>
+
+#include <libircclient.h>
+#include <libirc_rfcnumeric.h>
+#include <uv.h>
+
+#include "adapter.h"
+#include "config.h"
+#include "event.h"
+#include "irc_config.h"
+#include "irc_flood.h"
+#include "irc_format.h"
+#include "irc_line.h"
+#include "irc_text.h"
+#include "irc_transport.h"
+#include "log.h"
+#include "loop.h"
+#include "router.h"
+#include "status.h"
+
+/* Channels the bot may be in: configured ones plus invitations. */
+#define IRC_MAX_CHANNELS (IRC_CONFIG_MAX_CHANNELS * 2)
+/* Members tracked per channel; above this only the count is kept
+ * approximately and operator status of the rest is unknown. */
+#define IRC_MAX_MEMBERS 4096
+/* Targets with a "!more" remainder kept at once (oldest evicted). */
+#define IRC_MORE_SLOTS 32
+/* Incoming text after UTF-8 repair: Latin-1 doubles a 512-byte line. */
+#define IRC_TEXT_MAX 1100
+/* Housekeeping tick: rejoins and nick regain. */
+#define IRC_TICK_MS 500
+/* CTCP answers are skipped while this many lines wait, so a CTCP flood
+ * cannot crowd out answers. */
+#define IRC_CTCP_QUEUE_MAX 16
+
+struct irc_member {
+    char nick[IRC_NICK_MAX];    /* case-folded */
+    int op;
+};
+
+struct irc_chan {
+    char name[IRC_CHANNEL_MAX + 1];     /* as configured or invited */
+    char folded[IRC_CHANNEL_MAX + 1];
+    int configured;
+    int greet;                  /* greet on the bot's own join */
+    char *key;                  /* channel key (secret), or NULL */
+    int joined;
+    uint64_t join_at;           /* next JOIN attempt, uv_now ms */
+    int names_open;             /* inside a 353...366 burst */
+    struct irc_member *m;
+    size_t n_m, cap_m;
+};
+
+struct irc_more {
+    char target[IRC_CHANNEL_MAX + 1];  /* folded */
+    struct irc_lines lines;
+    size_t pos;
+    uint64_t stamp;
+};
+
+/* One send() waiting for its last line to leave the queue. */
+struct irc_job {
+    adapter_send_done_fn *done;
+    void *privdata;
+};
+
+enum irc_conn_state {
+    IRC_STOPPED = 0,
+    IRC_WAITING,                /* reconnect timer running */
+    IRC_CONNECTING,             /* transport + session, not registered */
+    IRC_REGISTERED
+};
+
+struct irc_ad {
+    struct adapter base;
+    struct irc_config cfg;
+    char *sasl_password;        /* wiped on free */
+    uv_loop_t *uv;
+
+    irc_session_t *sess;
+    struct irc_transport *tp;
+    uv_poll_t *poll;            /* per connection; freed in close cb */
+    int fd;
+    int poll_events;
+
+    enum irc_conn_state state;
+    int stopping;
+    unsigned attempt;           /* consecutive failed connects */
+    size_t nick_try;            /* index into alternatives */
+    char nick[IRC_NICK_MAX];    /* current nick */
+    uint64_t regain_at;
+
+    /* ISUPPORT and what the bot learnt about itself. */
+    enum irc_casemap casemap;
+    char chantypes[16];
+    char prefix_modes[16], prefix_syms[16];
+    char chanmodes[4][32];
+    size_t userlen, hostlen;    /* from the bot's own JOIN, else 0 */
+    size_t isupport_userlen, isupport_hostlen;
+
+    struct irc_chan chans[IRC_MAX_CHANNELS];
+    size_t n_chans;
+    struct irc_more more[IRC_MORE_SLOTS];
+
+    struct irc_queue *queue;
+    struct irc_bucket bucket;
+    uv_timer_t flood_timer;
+    uv_timer_t reconnect_timer;
+    uv_timer_t tick_timer;
+    int timers_open;
+};
+
+static struct irc_ad *ad_of(irc_session_t *s)
+{
+    return irc_get_ctx(s);
+}
+
+static uint64_t now_ms(struct irc_ad *a)
+{
+    return uv_now(a->uv);
+}
+
+static void session_rearm(struct irc_ad *a);
+static void flood_pump(struct irc_ad *a);
+static void connection_lost(struct irc_ad *a, int status, const char *why);
+
+/* ---- channels and members ------------------------------------------- */
+
+static struct irc_chan *chan_find(struct irc_ad *a, const char *name)
+{
+    size_t i;
+
+    for (i = 0; i < a->n_chans; i++)
+        if (!irc_casecmp(a->casemap, a->chans[i].name, name))
+            return &a->chans[i];
+    return NULL;
+}
+
+static struct irc_chan *chan_add(struct irc_ad *a, const char *name)
+{
+    struct irc_chan *c = chan_find(a, name);
+
+    if (c)
+        return c;
+    if (a->n_chans == IRC_MAX_CHANNELS ||
+        strlen(name) > IRC_CHANNEL_MAX)
+        return NULL;
+    c = &a->chans[a->n_chans++];
+    memset(c, 0, sizeof(*c));
+    snprintf(c->name, sizeof(c->name), "%s", name);
+    snprintf(c->folded, sizeof(c->folded), "%s", name);
+    irc_casefold(a->casemap, c->folded);
+    c->greet = a->cfg.greet_on_join;
+    return c;
+}
+
+static void chan_clear_members(struct irc_chan *c)
+{
+    free(c->m);
+    c->m = NULL;
+    c->n_m = c->cap_m = 0;
+}
+
+static struct irc_member *member_find(struct irc_ad *a, struct irc_chan *c,
+                                      const char *nick)
+{
+    size_t i;
+
+    for (i = 0; i < c->n_m; i++)
+        if (!irc_casecmp(a->casemap, c->m[i].nick, nick))
+            return &c->m[i];
+    return NULL;
+}
+
+static struct irc_member *member_add(struct irc_ad *a, struct irc_chan *c,
+                                     const char *nick)
+{
+    struct irc_member *m = member_find(a, c, nick);
+
+    if (m)
+        return m;
+    if (strlen(nick) >= IRC_NICK_MAX || c->n_m >= IRC_MAX_MEMBERS)
+        return NULL;
+    if (c->n_m == c->cap_m) {
+        size_t cap = c->cap_m ? c->cap_m * 2 : 16;
+        struct irc_member *grown = realloc(c->m, cap * sizeof(*grown));
+
+        if (!grown)
+            return NULL;
+        c->m = grown;
+        c->cap_m = cap;
+    }
+    m = &c->m[c->n_m++];
+    snprintf(m->nick, sizeof(m->nick), "%s", nick);
+    irc_casefold(a->casemap, m->nick);
+    m->op = 0;
+    return m;
+}
+
+static void member_remove(struct irc_ad *a, struct irc_chan *c,
+                          const char *nick)
+{
+    struct irc_member *m = member_find(a, c, nick);
+
+    if (!m)
+        return;
+    *m = c->m[--c->n_m];
+}
+
+/* 1 when a PREFIX symbol means channel operator or above. */
+static int sym_is_op(struct irc_ad *a, char sym)
+{
+    const char *at = strchr(a->prefix_syms, '@');
+    const char *p = strchr(a->prefix_syms, sym);
+
+    if (!p || sym == '\0')
+        return 0;
+    if (!at)
+        return sym == '@';
+    return p <= at;
+}
+
+static int mode_is_op(struct irc_ad *a, char mode)
+{
+    const char *o = strchr(a->prefix_modes, 'o');
+    const char *p = strchr(a->prefix_modes, mode);
+
+    if (!p || mode == '\0')
+        return 0;
+    if (!o)
+        return mode == 'o';
+    return p <= o;
+}
+
+/* ---- sending ---------------------------------------------------------- */
+
+static void job_finish(void *tag, int status)
+{
+    struct irc_job *j = tag;
+
+    if (j->done)
+        j->done(status, j->privdata);
+    free(j);
+}
+
+static void job_drop(void *tag)
+{
+    job_finish(tag, PARLEY_ERR_STATE);
+}
+
+static int target_ready(const char *target, void *ctx)
+{
+    struct irc_ad *a = ctx;
+    struct irc_chan *c;
+
+    if (!irc_is_channel(target, a->chantypes))
+        return 1;
+    c = chan_find(a, target);
+    /* A channel the bot is not in: let the line go (the server answers
+     * with an error) rather than block its queue forever. */
+    return !c || c->joined || !c->configured;
+}
+
+static void on_flood_timer(uv_timer_t *t)
+{
+    flood_pump(t->data);
+}
+
+/* Send queued lines while the bucket allows and the library has room. */
+static void flood_pump(struct irc_ad *a)
+{
+    const char *target, *line;
+    uint64_t wait;
+
+    if (a->state != IRC_REGISTERED || !a->queue)
+        return;
+    while (irc_queue_peek(a->queue, target_ready, a, &target, &line)) {
+        wait = irc_bucket_wait_ms(&a->bucket, now_ms(a));
+        if (wait > 0) {
+            uv_timer_start(&a->flood_timer, on_flood_timer, wait, 0);
+            break;
+        }
+        if (irc_send_raw(a->sess, "%s", line)) {
+            /* The library's 1024-byte output buffer is full: let the
+             * poll flush it and come back shortly. */
+            uv_timer_start(&a->flood_timer, on_flood_timer, 50, 0);
+            break;
+        }
+        irc_bucket_take(&a->bucket, now_ms(a));
+        {
+            void *tag = irc_queue_pop(a->queue);
+
+            if (tag)
+                job_finish(tag, PARLEY_OK);
+        }
+    }
+    session_rearm(a);
+}
+
+static size_t bot_userlen(struct irc_ad *a)
+{
+    if (a->userlen)
+        return a->userlen;
+    return a->isupport_userlen ? a->isupport_userlen + 1 : 0;
+}
+
+static size_t bot_hostlen(struct irc_ad *a)
+{
+    return a->hostlen ? a->hostlen : a->isupport_hostlen;
+}
+
+/* Queue lines[from..to) as "CMD target :line" for target.  tag rides on
+ * the last line.  Returns a parley status. */
+static int queue_lines(struct irc_ad *a, const char *cmd, const char *target,
+                       char *const *lines, size_t n, void *tag)
+{
+    char **raw;
+    size_t i;
+    int result = PARLEY_OK;
+
+    if (n == 0)
+        return PARLEY_OK;
+    raw = calloc(n, sizeof(*raw));
+    if (!raw)
+        return PARLEY_ERR_OOM;
+    for (i = 0; i < n && result == PARLEY_OK; i++) {
+        struct irc_msg m;
+        char buf[IRC_LINE_MAX];
+
+        memset(&m, 0, sizeof(m));
+        m.command = (char *)cmd;
+        m.params[0] = (char *)target;
+        m.params[1] = lines[i];
+        m.n_params = 2;
+        /* irc_line_format refuses CR/LF and a target with a space, so a
+         * bad line is an error here, never a second command. */
+        result = irc_line_format(buf, sizeof(buf), &m);
+        if (result == PARLEY_OK && strlen(buf) + 2 > IRC_LINE_MAX)
+            result = PARLEY_ERR_TOO_LARGE;
+        if (result == PARLEY_OK) {
+            raw[i] = strdup(buf);
+            if (!raw[i])
+                result = PARLEY_ERR_OOM;
+        }
+    }
+    if (result == PARLEY_OK)
+        result = irc_queue_push(a->queue, target, raw, n, tag);
+    for (i = 0; i < n; i++)
+        free(raw[i]);
+    free(raw);
+    return result;
+}
+
+static struct irc_more *more_slot(struct irc_ad *a, const char *folded,
+                                  int create)
+{
+    size_t i, oldest = 0;
+
+    for (i = 0; i < IRC_MORE_SLOTS; i++)
+        if (a->more[i].target[0] && !strcmp(a->more[i].target, folded))
+            return &a->more[i];
+    if (!create)
+        return NULL;
+    for (i = 0; i < IRC_MORE_SLOTS; i++) {
+        if (!a->more[i].target[0])
+            break;
+        if (a->more[i].stamp < a->more[oldest].stamp)
+            oldest = i;
+    }
+    if (i == IRC_MORE_SLOTS) {
+        i = oldest;
+        irc_lines_free(&a->more[i].lines);
+    }
+    memset(&a->more[i], 0, sizeof(a->more[i]));
+    snprintf(a->more[i].target, sizeof(a->more[i].target), "%s", folded);
+    return &a->more[i];
+}
+
+static void more_release(struct irc_more *m)
+{
+    irc_lines_free(&m->lines);
+    memset(m, 0, sizeof(*m));
+}
+
+/* Queue the next max_lines of a remainder (plus a hint when more is
+ * left).  tag rides on the last line. */
+static int more_send(struct irc_ad *a, struct irc_more *m,
+                     const char *target, void *tag)
+{
+    size_t left = m->lines.n - m->pos, n = left;
+    int result;
+    char hint[64];
+    char *hintv[1] = {hint};
+
+    if (n > (size_t)a->cfg.max_lines)
+        n = (size_t)a->cfg.max_lines;
+    if (n < left) {
+        snprintf(hint, sizeof(hint), "(%zu more lines: say !more)",
+                 left - n);
+        result = queue_lines(a, "PRIVMSG", target, m->lines.v + m->pos, n,
+                             NULL);
+        if (result == PARLEY_OK)
+            result = queue_lines(a, "PRIVMSG", target, hintv, 1, tag);
+    } else {
+        result = queue_lines(a, "PRIVMSG", target, m->lines.v + m->pos, n,
+                             tag);
+    }
+    if (result != PARLEY_OK)
+        return result;
+    m->pos += n;
+    m->stamp = now_ms(a);
+    if (m->pos >= m->lines.n)
+        more_release(m);
+    return PARLEY_OK;
+}
+
+static int irc_send(struct adapter *ad, const char *room,
+                    const struct reply *reply, adapter_send_done_fn *done,
+                    void *privdata)
+{
+    struct irc_ad *a = ad->priv;
+    struct irc_more *m;
+    struct irc_job *job;
+    char folded[IRC_CHANNEL_MAX + 1];
+    char *plain;
+    size_t budget;
+    int result;
+
+    if (a->stopping)
+        return PARLEY_ERR_STATE;
+    if (!room || !reply || !reply->text || strlen(room) > IRC_CHANNEL_MAX ||
+        !room[0] || strpbrk(room, " ,\r\n\a\x01"))
+        return PARLEY_ERR_OTHER;
+    snprintf(folded, sizeof(folded), "%s", room);
+    irc_casefold(a->casemap, folded);
+    plain = irc_markdown_to_plain(reply->text);
+    if (!plain)
+        return PARLEY_ERR_OOM;
+    /* In a channel, address the person answered ("alice: ..."), as IRC
+     * users do; only a plausible nick is used. */
+    if (reply->mention && irc_is_channel(room, a->chantypes) &&
+        irc_config_nick_valid(reply->mention) &&
+        irc_casecmp(a->casemap, reply->mention, a->nick)) {
+        size_t ml = strlen(reply->mention), pl = strlen(plain);
+        char *with = malloc(ml + 2 + pl + 1);
+
+        if (!with) {
+            free(plain);
+            return PARLEY_ERR_OOM;
+        }
+        memcpy(with, reply->mention, ml);
+        memcpy(with + ml, ": ", 2);
+        memcpy(with + ml + 2, plain, pl + 1);
+        free(plain);
+        plain = with;
+    }
+    budget = irc_text_budget("PRIVMSG", a->nick[0] ? a->nick : a->cfg.nick,
+                             bot_userlen(a), bot_hostlen(a), room);
+    m = more_slot(a, folded, 1);
+    irc_lines_free(&m->lines);
+    m->pos = 0;
+    m->stamp = now_ms(a);
+    result = irc_split_text(plain, budget, &m->lines);
+    free(plain);
+    if (result != PARLEY_OK) {
+        more_release(m);
+        return result;
+    }
+    if (m->lines.n == 0) {
+        more_release(m);
+        if (done)
+            done(PARLEY_OK, privdata);
+        return PARLEY_OK;
+    }
+    job = malloc(sizeof(*job));
+    if (!job) {
+        more_release(m);
+        return PARLEY_ERR_OOM;
+    }
+    job->done = done;
+    job->privdata = privdata;
+    result = more_send(a, m, room, job);
+    if (result != PARLEY_OK) {
+        free(job);
+        if (m->target[0])
+            more_release(m);
+        if (result == PARLEY_ERR_TOO_LARGE)
+            log_warn("irc %s: send queue full (%d lines), answer to %s "
+                     "dropped", a->cfg.name, IRC_QUEUE_CAP, room);
+        return result;
+    }
+    flood_pump(a);
+    return PARLEY_OK;
+}
+
+static void irc_typing(struct adapter *ad, const char *room, int on)
+{
+    /* IRC has no typing indicator that every client shows; nothing. */
+    (void)ad;
+    (void)room;
+    (void)on;
+}
+
+/* ---- the libircclient session from the uv loop ------------------------ */
+
+static void on_poll_closed(uv_handle_t *h)
+{
+    free(h);
+}
+
+static void on_poll(uv_poll_t *p, int status, int events)
+{
+    struct irc_ad *a = p->data;
+    fd_set in, out;
+
+    if (!a->sess || a->fd < 0)
+        return;
+    FD_ZERO(&in);
+    FD_ZERO(&out);
+    /* On a poll error let the library find out by trying both ways
+     * (hiredis adapters/libuv.h:17-27 does the same). */
+    if (status < 0)
+        events = a->poll_events;
+    if (events & UV_READABLE)
+        FD_SET(a->fd, &in);
+    if (events & UV_WRITABLE)
+        FD_SET(a->fd, &out);
+    if (irc_process_select_descriptors(a->sess, &in, &out)) {
+        char why[128];
+
+        snprintf(why, sizeof(why), "connection lost: %s",
+                 irc_strerror(irc_errno(a->sess)));
+        connection_lost(a, PARLEY_ERR_IO, why);
+        return;
+    }
+    session_rearm(a);
+}
+
+static void session_rearm(struct irc_ad *a)
+{
+    fd_set in, out;
+    int maxfd = 0, events = 0;
+
+    if (!a->poll || a->fd < 0)
+        return;
+    FD_ZERO(&in);
+    FD_ZERO(&out);
+    if (irc_add_select_descriptors(a->sess, &in, &out, &maxfd))
+        return;
+    if (FD_ISSET(a->fd, &in))
+        events |= UV_READABLE;
+    if (FD_ISSET(a->fd, &out))
+        events |= UV_WRITABLE;
+    if (events == a->poll_events)
+        return;
+    a->poll_events = events;
+    if (events)
+        uv_poll_start(a->poll, events, on_poll);
+    else
+        uv_poll_stop(a->poll);
+}
+
+static void on_reconnect_timer(uv_timer_t *t);
+
+static void schedule_reconnect(struct irc_ad *a, int status)
+{
+    uint64_t delay = (uint64_t)a->cfg.reconnect_min_ms;
+    unsigned i;
+
+    if (a->stopping)
+        return;
+    for (i = 0; i < a->attempt && delay < (uint64_t)a->cfg.reconnect_max_ms;
+         i++)
+        delay *= 2;
+    /* A refused login will not fix itself in seconds: wait the most. */
+    if (status == PARLEY_ERR_CONFIG)
+        delay = (uint64_t)a->cfg.reconnect_max_ms;
+    if (delay > (uint64_t)a->cfg.reconnect_max_ms)
+        delay = (uint64_t)a->cfg.reconnect_max_ms;
+    /* Jitter: between half and all of the delay, so many bots cut off
+     * together do not return together. */
+    delay = delay / 2 + uv_hrtime() % (delay / 2 + 1);
+    a->attempt++;
+    a->state = IRC_WAITING;
+    log_info("irc %s: reconnecting in %llu ms", a->cfg.name,
+             (unsigned long long)delay);
+    uv_timer_start(&a->reconnect_timer, on_reconnect_timer, delay, 0);
+}
+
+static void session_teardown(struct irc_ad *a)
+{
+    size_t i;
+
+    if (a->poll) {
+        uv_poll_stop(a->poll);
+        uv_close((uv_handle_t *)a->poll, on_poll_closed);
+        a->poll = NULL;
+    }
+    a->poll_events = 0;
+    a->fd = -1;
+    if (a->sess)
+        irc_disconnect(a->sess);
+    irc_transport_close(a->tp);
+    a->tp = NULL;
+    for (i = 0; i < a->n_chans; i++) {
+        a->chans[i].joined = 0;
+        a->chans[i].names_open = 0;
+        chan_clear_members(&a->chans[i]);
+    }
+    a->base.connected = 0;
+    uv_timer_stop(&a->flood_timer);
+}
+
+static void connection_lost(struct irc_ad *a, int status, const char *why)
+{
+    if (a->state != IRC_CONNECTING && a->state != IRC_REGISTERED)
+        return;
+    if (status == PARLEY_ERR_CONFIG)
+        log_error("irc %s: %s", a->cfg.name, why);
+    else
+        log_warn("irc %s: %s", a->cfg.name, why);
+    snprintf(a->base.errstr, sizeof(a->base.errstr), "%s", why);
+    a->base.err = status;
+    session_teardown(a);
+    a->state = IRC_STOPPED;
+    schedule_reconnect(a, status);
+}
+
+static void on_transport_closed(void *ctx, int status, const char *why)
+{
+    struct irc_ad *a = ctx;
+
+    connection_lost(a, status, why);
+}
+
+static void connect_attempt(struct irc_ad *a)
+{
+    struct irc_transport_opts o;
+    struct sockaddr_in local;
+    socklen_t len = sizeof(local);
+    char err[256];
+    fd_set in, out;
+    int port = 0, maxfd = 0, result;
+    const char *nick;
+
+    memset(&o, 0, sizeof(o));
+    o.network = a->cfg.name;
+    o.host = a->cfg.host;
+    o.port = a->cfg.port;
+    o.tls = a->cfg.tls;
+    o.tls_verify = a->cfg.tls_verify;
+    o.ca_file = a->cfg.ca_file;
+    o.sasl_user = a->sasl_password ? a->cfg.sasl_user : NULL;
+    o.sasl_password = a->sasl_password;
+    o.ping_interval_ms = (unsigned)a->cfg.ping_interval_s * 1000u;
+    o.register_timeout_ms = (unsigned)a->cfg.register_timeout_s * 1000u;
+    a->state = IRC_CONNECTING;
+    result = irc_transport_start(&a->tp, a->uv, &o, on_transport_closed, a,
+                                 &port, err, sizeof(err));
+    if (result != PARLEY_OK) {
+        log_error("irc %s: %s", a->cfg.name, err);
+        a->state = IRC_STOPPED;
+        schedule_reconnect(a, result);
+        return;
+    }
+    log_info("irc %s: connecting to %s port %d%s", a->cfg.name, a->cfg.host,
+             a->cfg.port, a->cfg.tls ? " (TLS)" : "");
+    a->nick_try = 0;
+    nick = a->cfg.nick;
+    snprintf(a->nick, sizeof(a->nick), "%s", nick);
+    a->userlen = a->hostlen = 0;
+    if (irc_connect(a->sess, "127.0.0.1", (unsigned short)port, NULL, nick,
+                    a->cfg.username, a->cfg.realname)) {
+        snprintf(err, sizeof(err), "libircclient connect failed: %s",
+                 irc_strerror(irc_errno(a->sess)));
+        goto fail;
+    }
+    FD_ZERO(&in);
+    FD_ZERO(&out);
+    if (irc_add_select_descriptors(a->sess, &in, &out, &maxfd) ||
+        maxfd <= 0 || maxfd >= FD_SETSIZE ||
+        (!FD_ISSET(maxfd, &in) && !FD_ISSET(maxfd, &out))) {
+        /* fd_set cannot hold descriptors from FD_SETSIZE on, and the
+         * library offers no other interface. */
+        snprintf(err, sizeof(err), "cannot watch the libircclient socket "
+                 "(fd %d; FD_SETSIZE is %d)", maxfd, FD_SETSIZE);
+        goto fail;
+    }
+    a->fd = maxfd;
+    if (getsockname(a->fd, (struct sockaddr *)&local, &len) < 0 ||
+        local.sin_family != AF_INET) {
+        snprintf(err, sizeof(err), "getsockname on the libircclient socket "
+                 "failed");
+        goto fail;
+    }
+    irc_transport_expect_peer(a->tp, &local);
+    a->poll = malloc(sizeof(*a->poll));
+    if (!a->poll || uv_poll_init_socket(a->uv, a->poll, a->fd) < 0) {
+        free(a->poll);
+        a->poll = NULL;
+        snprintf(err, sizeof(err), "cannot poll the libircclient socket");
+        goto fail;
+    }
+    a->poll->data = a;
+    a->poll_events = 0;
+    session_rearm(a);
+    return;
+fail:
+    log_error("irc %s: %s", a->cfg.name, err);
+    session_teardown(a);
+    a->state = IRC_STOPPED;
+    schedule_reconnect(a, PARLEY_ERR_IO);
+}
+
+static void on_reconnect_timer(uv_timer_t *t)
+{
+    struct irc_ad *a = t->data;
+
+    if (a->stopping || a->state != IRC_WAITING)
+        return;
+    connect_attempt(a);
+}
+
+static void join_channel(struct irc_ad *a, struct irc_chan *c)
+{
+    irc_cmd_join(a->sess, c->name, c->key);
+    c->join_at = now_ms(a) + 30000;
+}
+
+static void on_tick(uv_timer_t *t)
+{
+    struct irc_ad *a = t->data;
+    uint64_t now = now_ms(a);
+    size_t i;
+    int touched = 0;
+
+    if (a->state != IRC_REGISTERED)
+        return;
+    for (i = 0; i < a->n_chans; i++) {
+        struct irc_chan *c = &a->chans[i];
+
+        if (c->configured && !c->joined && now >= c->join_at) {
+            join_channel(a, c);
+            touched = 1;
+        }
+    }
+    if (irc_casecmp(a->casemap, a->nick, a->cfg.nick) && now >= a->regain_at) {
+        irc_cmd_nick(a->sess, a->cfg.nick);
+        a->regain_at = now + (uint64_t)a->cfg.nick_regain_s * 1000;
+        touched = 1;
+    }
+    if (touched)
+        session_rearm(a);
+}
+
+/* ---- events from libircclient ------------------------------------------ */
+
+static int from_self(struct irc_ad *a, const char *origin)
+{
+    char nick[IRC_NICK_MAX];
+
+    if (!origin || irc_prefix_nick(origin, nick, sizeof(nick)))
+        return 0;
+    return !irc_casecmp(a->casemap, nick, a->nick);
+}
+
+static int mask_list_match(struct irc_ad *a, char **masks, size_t n,
+                           const char *origin)
+{
+    size_t i;
+
+    for (i = 0; i < n; i++)
+        if (masks[i] && irc_mask_match(a->casemap, masks[i], origin))
+            return 1;
+    return 0;
+}
+
+static void ev_connect(irc_session_t *s, const char *e, const char *origin,
+                       const char **p, unsigned n)
+{
+    struct irc_ad *a = ad_of(s);
+    size_t i;
+
+    (void)e;
+    (void)origin;
+    (void)p;
+    (void)n;
+    a->state = IRC_REGISTERED;
+    a->attempt = 0;
+    a->base.connected = 1;
+    a->base.err = 0;
+    a->base.errstr[0] = '\0';
+    a->regain_at = now_ms(a) + (uint64_t)a->cfg.nick_regain_s * 1000;
+    log_info("irc %s: registered as %s", a->cfg.name, a->nick);
+    for (i = 0; i < a->n_chans; i++)
+        if (a->chans[i].configured)
+            join_channel(a, &a->chans[i]);
+    flood_pump(a);
+}
+
+static void isupport_token(struct irc_ad *a, const char *tok)
+{
+    const char *eq = strchr(tok, '=');
+    const char *val = eq ? eq + 1 : "";
+    size_t klen = eq ? (size_t)(eq - tok) : strlen(tok);
+
+#define KEY(k) (klen == sizeof(k) - 1 && !strncmp(tok, k, klen))
+    if (KEY("CASEMAPPING")) {
+        enum irc_casemap cm;
+        size_t i;
+
+        irc_casemap_parse(val, &cm);
+        if (cm != a->casemap) {
+            a->casemap = cm;
+            for (i = 0; i < a->n_chans; i++) {
+                /* memcpy, not snprintf: GCC's -Wrestrict (Debug builds)
+                 * cannot tell two members of one struct apart. */
+                size_t n = strnlen(a->chans[i].name,
+                                   sizeof(a->chans[i].folded) - 1);
+
+                memcpy(a->chans[i].folded, a->chans[i].name, n);
+                a->chans[i].folded[n] = '\0';
+                irc_casefold(cm, a->chans[i].folded);
+            }
+        }
+    } else if (KEY("CHANTYPES") && val[0]) {
+        snprintf(a->chantypes, sizeof(a->chantypes), "%s", val);
+    } else if (KEY("PREFIX") && val[0] == '(') {
+        const char *close = strchr(val, ')');
+
+        if (close && strlen(close + 1) == (size_t)(close - val - 1) &&
+            (size_t)(close - val) < sizeof(a->prefix_modes)) {
+            snprintf(a->prefix_modes, sizeof(a->prefix_modes), "%.*s",
+                     (int)(close - val - 1), val + 1);
+            snprintf(a->prefix_syms, sizeof(a->prefix_syms), "%s",
+                     close + 1);
+        }
+    } else if (KEY("CHANMODES")) {
+        size_t i;
+        const char *p = val;
+
+        for (i = 0; i < 4; i++) {
+            size_t l = strcspn(p, ",");
+
+            snprintf(a->chanmodes[i], sizeof(a->chanmodes[i]), "%.*s",
+                     (int)(l < 31 ? l : 31), p);
+            p += l;
+            if (*p == ',')
+                p++;
+        }
+    } else if (KEY("USERLEN")) {
+        long v = strtol(val, NULL, 10);
+
+        if (v > 0 && v < 256)
+            a->isupport_userlen = (size_t)v;
+    } else if (KEY("HOSTLEN")) {
+        long v = strtol(val, NULL, 10);
+
+        if (v > 0 && v < 256)
+            a->isupport_hostlen = (size_t)v;
+    }
+#undef KEY
+}
+
+static void names_reply(struct irc_ad *a, const char **p, unsigned n)
+{
+    /* 353 me = #chan :@op +voice nick */
+    struct irc_chan *c;
+    char buf[1024];
+    char *tok, *save = NULL;
+
+    if (n < 4)
+        return;
+    c = chan_find(a, p[2]);
+    if (!c)
+        return;
+    if (!c->names_open) {
+        chan_clear_members(c);
+        c->names_open = 1;
+    }
+    snprintf(buf, sizeof(buf), "%s", p[3]);
+    for (tok = strtok_r(buf, " ", &save); tok;
+         tok = strtok_r(NULL, " ", &save)) {
+        int op = 0;
+        struct irc_member *m;
+
+        while (*tok && strchr(a->prefix_syms, *tok)) {
+            op |= sym_is_op(a, *tok);
+            tok++;
+        }
+        /* userhost-in-names is not requested, but cut at '!' anyway. */
+        tok[strcspn(tok, "!")] = '\0';
+        if (!*tok)
+            continue;
+        m = member_add(a, c, tok);
+        if (m)
+            m->op = op;
+    }
+}
+
+static void ev_numeric(irc_session_t *s, unsigned code, const char *origin,
+                       const char **p, unsigned n)
+{
+    struct irc_ad *a = ad_of(s);
+    unsigned i;
+
+    (void)origin;
+    switch (code) {
+    case 1:
+        if (n >= 1 && strlen(p[0]) < sizeof(a->nick))
+            snprintf(a->nick, sizeof(a->nick), "%s", p[0]);
+        break;
+    case 5:
+        for (i = 1; i + 1 < n; i++)
+            isupport_token(a, p[i]);
+        break;
+    case 353:
+        names_reply(a, p, n);
+        break;
+    case 366:
+        if (n >= 2) {
+            struct irc_chan *c = chan_find(a, p[1]);
+
+            if (c)
+                c->names_open = 0;
+        }
+        break;
+    case 432: case 433: case 436: case 437:
+        /* Nick unusable.  Before registration pick the next one; after
+         * it (a regain attempt), keep the current nick. */
+        if (a->state == IRC_REGISTERED)
+            break;
+        if (a->nick_try < a->cfg.n_alt_nicks) {
+            snprintf(a->nick, sizeof(a->nick), "%s",
+                     a->cfg.alt_nicks[a->nick_try]);
+        } else {
+            snprintf(a->nick, sizeof(a->nick), "%.20s_%u", a->cfg.nick,
+                     (unsigned)(uv_hrtime() % 1000));
+        }
+        a->nick_try++;
+        log_warn("irc %s: nick in use, trying %s", a->cfg.name, a->nick);
+        irc_cmd_nick(s, a->nick);
+        break;
+    case 471: case 473: case 474: case 475:
+        if (n >= 2) {
+            struct irc_chan *c = chan_find(a, p[1]);
+
+            log_warn("irc %s: cannot join %s: %s", a->cfg.name, p[1],
+                     n >= 3 ? p[2] : "refused");
+            if (c)
+                c->join_at = now_ms(a) + 60000;
+        }
+        break;
+    default:
+        break;
+    }
+}
+
+static void ev_nick(irc_session_t *s, const char *e, const char *origin,
+                    const char **p, unsigned n)
+{
+    struct irc_ad *a = ad_of(s);
+    char old[IRC_NICK_MAX];
+    size_t i;
+
+    (void)e;
+    if (!origin || n < 1 || irc_prefix_nick(origin, old, sizeof(old)) ||
+        strlen(p[0]) >= IRC_NICK_MAX)
+        return;
+    if (!irc_casecmp(a->casemap, old, a->nick)) {
+        snprintf(a->nick, sizeof(a->nick), "%s", p[0]);
+        log_info("irc %s: now known as %s", a->cfg.name, a->nick);
+    }
+    for (i = 0; i < a->n_chans; i++) {
+        struct irc_member *m = member_find(a, &a->chans[i], old);
+
+        if (m) {
+            snprintf(m->nick, sizeof(m->nick), "%s", p[0]);
+            irc_casefold(a->casemap, m->nick);
+        }
+    }
+}
+
+static void submit_join(struct irc_ad *a, struct irc_chan *c,
+                        const char *nick, int self)
+{
+    struct event ev;
+
+    memset(&ev, 0, sizeof(ev));
+    ev.kind = EVENT_JOIN;
+    ev.platform = "irc";
+    ev.account = a->cfg.name;
+    ev.room = c->folded;
+    ev.sender = nick;
+    ev.sender_name = nick;
+    ev.self = self;
+    if (a->base.router)
+        router_submit(a->base.router, &ev);
+}
+
+static void ev_join(irc_session_t *s, const char *e, const char *origin,
+                    const char **p, unsigned n)
+{
+    struct irc_ad *a = ad_of(s);
+    struct irc_chan *c;
+    char nick[IRC_NICK_MAX];
+
+    (void)e;
+    if (!origin || n < 1 || irc_prefix_nick(origin, nick, sizeof(nick)))
+        return;
+    if (from_self(a, origin)) {
+        const char *bang = strchr(origin, '!'), *at = strchr(origin, '@');
+
+        c = chan_add(a, p[0]);
+        if (!c)
+            return;
+        c->joined = 1;
+        /* The real user and host lengths give the exact split budget. */
+        if (bang && at && at > bang) {
+            a->userlen = (size_t)(at - bang - 1);
+            a->hostlen = strlen(at + 1);
+        }
+        log_info("irc %s: joined %s", a->cfg.name, c->name);
+        member_add(a, c, nick);
+        if (c->greet)
+            submit_join(a, c, nick, 1);
+        flood_pump(a);
+        return;
+    }
+    c = chan_find(a, p[0]);
+    if (!c || !c->joined)
+        return;
+    member_add(a, c, nick);
+    if (mask_list_match(a, a->cfg.bots, a->cfg.n_bots, origin))
+        return;
+    if (a->cfg.greet_users &&
+        c->n_m <= (size_t)a->cfg.greet_max_users)
+        submit_join(a, c, nick, 0);
+}
+
+static void ev_part(irc_session_t *s, const char *e, const char *origin,
+                    const char **p, unsigned n)
+{
+    struct irc_ad *a = ad_of(s);
+    struct irc_chan *c;
+    char nick[IRC_NICK_MAX];
+
+    (void)e;
+    if (!origin || n < 1 || irc_prefix_nick(origin, nick, sizeof(nick)))
+        return;
+    c = chan_find(a, p[0]);
+    if (!c)
+        return;
+    if (from_self(a, origin)) {
+        c->joined = 0;
+        chan_clear_members(c);
+        c->join_at = now_ms(a) + 30000;
+        return;
+    }
+    member_remove(a, c, nick);
+}
+
+static void ev_quit(irc_session_t *s, const char *e, const char *origin,
+                    const char **p, unsigned n)
+{
+    struct irc_ad *a = ad_of(s);
+    char nick[IRC_NICK_MAX];
+    size_t i;
+
+    (void)e;
+    (void)p;
+    (void)n;
+    if (!origin || irc_prefix_nick(origin, nick, sizeof(nick)))
+        return;
+    for (i = 0; i < a->n_chans; i++)
+        member_remove(a, &a->chans[i], nick);
+}
+
+static void ev_kick(irc_session_t *s, const char *e, const char *origin,
+                    const char **p, unsigned n)
+{
+    struct irc_ad *a = ad_of(s);
+    struct irc_chan *c;
+
+    (void)e;
+    (void)origin;
+    if (n < 2)
+        return;
+    c = chan_find(a, p[0]);
+    if (!c)
+        return;
+    if (irc_casecmp(a->casemap, p[1], a->nick)) {
+        member_remove(a, c, p[1]);
+        return;
+    }
+    log_warn("irc %s: kicked from %s (%s)", a->cfg.name, c->name,
+             n >= 3 ? p[2] : "");
+    c->joined = 0;
+    chan_clear_members(c);
+    if (c->configured && a->cfg.rejoin_on_kick)
+        c->join_at = now_ms(a) + (uint64_t)a->cfg.rejoin_delay_ms;
+    else
+        c->configured = 0;
+}
+
+static void ev_mode(irc_session_t *s, const char *e, const char *origin,
+                    const char **p, unsigned n)
+{
+    /* MODE #chan +o-v nick1 nick2: walk the modes and their arguments. */
+    struct irc_ad *a = ad_of(s);
+    struct irc_chan *c;
+    unsigned arg = 2;
+    int plus = 1;
+    const char *m;
+
+    (void)e;
+    (void)origin;
+    if (n < 2 || !(c = chan_find(a, p[0])))
+        return;
+    for (m = p[1]; *m; m++) {
+        int takes;
+
+        if (*m == '+' || *m == '-') {
+            plus = (*m == '+');
+            continue;
+        }
+        if (strchr(a->prefix_modes, *m)) {
+            if (arg < n && mode_is_op(a, *m)) {
+                struct irc_member *mb = member_find(a, c, p[arg]);
+
+                if (mb)
+                    mb->op = plus;
+            }
+            arg++;
+            continue;
+        }
+        takes = strchr(a->chanmodes[0], *m) || strchr(a->chanmodes[1], *m) ||
+                (plus && strchr(a->chanmodes[2], *m));
+        if (takes)
+            arg++;
+    }
+}
+
+static void ev_invite(irc_session_t *s, const char *e, const char *origin,
+                      const char **p, unsigned n)
+{
+    struct irc_ad *a = ad_of(s);
+    struct irc_chan *c;
+
+    (void)e;
+    if (!origin || n < 2)
+        return;
+    c = chan_find(a, p[1]);
+    if (!(c && c->configured) &&
+        !mask_list_match(a, a->cfg.admins, a->cfg.n_admins, origin)) {
+        log_info("irc %s: ignored an invitation to %.64s from %.64s",
+                 a->cfg.name, p[1], origin);
+        return;
+    }
+    if (!c) {
+        char tmp[IRC_CHANNEL_MAX + 1];
+
+        snprintf(tmp, sizeof(tmp), "%s", p[1]);
+        if (!irc_config_channel_valid(tmp) || !(c = chan_add(a, tmp)))
+            return;
+    }
+    log_info("irc %s: invited to %s by %.64s", a->cfg.name, c->name,
+             origin);
+    join_channel(a, c);
+}
+
+/* The shared path of channel messages, queries and actions. */
+static void handle_message(struct irc_ad *a, const char *origin,
+                           const char *target, const char *raw, int action)
+{
+    char nick[IRC_NICK_MAX], text[IRC_TEXT_MAX], room[IRC_CHANNEL_MAX + 1];
+    char body[IRC_TEXT_MAX + IRC_NICK_MAX + 4];
+    const char *rest = NULL;
+    int is_chan, addressed, command;
+    struct irc_chan *c = NULL;
+    struct event ev;
+    size_t len;
+
+    if (!origin || !target || !raw ||
+        irc_prefix_nick(origin, nick, sizeof(nick)) || !nick[0])
+        return;
+    if (from_self(a, origin))
+        return;
+    is_chan = irc_is_channel(target, a->chantypes);
+    if (is_chan) {
+        c = chan_find(a, target);
+        if (!c)
+            return;
+        snprintf(room, sizeof(room), "%s", c->folded);
+    } else {
+        snprintf(room, sizeof(room), "%s", nick);
+        irc_casefold(a->casemap, room);
+    }
+    len = irc_utf8_from_irc(raw, strlen(raw), text, sizeof(text));
+    (void)len;
+    irc_strip_formatting(text);
+    if (!is_chan) {
+        addressed = 1;
+        rest = text;
+        while (*rest == ' ')
+            rest++;
+    } else if (irc_addressed(a->casemap, text, a->nick, &rest)) {
+        addressed = 1;
+    } else {
+        rest = text;
+        while (*rest == ' ')
+            rest++;
+        addressed = 0;
+    }
+    /* A bare "!command" is passed on unaddressed: the router answers the
+     * commands it knows and leaves other bots' commands alone. */
+    command = !action && rest[0] == '!';
+    if (command && !strncasecmp(rest, "!more", 5) &&
+        (rest[5] == '\0' || rest[5] == ' ')) {
+        struct irc_more *m = more_slot(a, room, 0);
+        const char *to = is_chan ? c->name : nick;
+
+        if (m) {
+            more_send(a, m, to, NULL);
+        } else {
+            char msg[] = "Nothing more.";
+            char *v[1] = {msg};
+
+            queue_lines(a, "PRIVMSG", to, v, 1, NULL);
+        }
+        flood_pump(a);
+        return;
+    }
+    if (!addressed && !command && !a->cfg.ambient_context)
+        return;
+    if (action)
+        snprintf(body, sizeof(body), "* %s %s", nick, rest);
+    else
+        snprintf(body, sizeof(body), "%s", rest);
+    if (!body[0])
+        return;
+    memset(&ev, 0, sizeof(ev));
+    ev.kind = EVENT_MESSAGE;
+    ev.platform = "irc";
+    ev.account = a->cfg.name;
+    ev.room = room;
+    ev.sender = nick;
+    ev.sender_name = nick;
+    ev.text = body;
+    ev.addressed = addressed;
+    ev.ambient = !addressed && !command && a->cfg.ambient_context;
+    ev.from_bot = mask_list_match(a, a->cfg.bots, a->cfg.n_bots, origin);
+    ev.is_admin = mask_list_match(a, a->cfg.admins, a->cfg.n_admins, origin);
+    if (!ev.is_admin && c) {
+        struct irc_member *m = member_find(a, c, nick);
+
+        ev.is_admin = m && m->op;
+    }
+    if (a->base.router)
+        router_submit(a->base.router, &ev);
+}
+
+static void ev_message(irc_session_t *s, const char *e, const char *origin,
+                       const char **p, unsigned n)
+{
+    (void)e;
+    if (n >= 2)
+        handle_message(ad_of(s), origin, p[0], p[1], 0);
+}
+
+static void ev_action(irc_session_t *s, const char *e, const char *origin,
+                      const char **p, unsigned n)
+{
+    (void)e;
+    if (n >= 2)
+        handle_message(ad_of(s), origin, p[0], p[1], 1);
+}
+
+static void ev_ctcp(irc_session_t *s, const char *e, const char *origin,
+                    const char **p, unsigned n)
+{
+    struct irc_ad *a = ad_of(s);
+    char nick[IRC_NICK_MAX], reply[160], arg[64];
+    char *v[1] = {reply};
+    const char *req;
+
+    (void)e;
+    if (!origin || n < 1 || irc_prefix_nick(origin, nick, sizeof(nick)) ||
+        !nick[0] || irc_queue_len(a->queue) > IRC_CTCP_QUEUE_MAX)
+        return;
+    req = p[0];
+    if (!strncasecmp(req, "VERSION", 7) && (!req[7] || req[7] == ' ')) {
+        snprintf(reply, sizeof(reply), "\x01VERSION parley %s\x01",
+                 PARLEY_VERSION);
+    } else if (!strncasecmp(req, "PING", 4) && (!req[4] || req[4] == ' ')) {
+        size_t i, w = 0;
+
+        /* Echo the token, cleaned: it goes back out in a NOTICE. */
+        for (i = 5; req[4] && req[i] && w + 1 < sizeof(arg) && i < 200; i++)
+            if ((unsigned char)req[i] >= 0x20 && req[i] != 0x7f)
+                arg[w++] = req[i];
+        arg[w] = '\0';
+        snprintf(reply, sizeof(reply), "\x01PING%s%s\x01", w ? " " : "",
+                 arg);
+    } else if (!strncasecmp(req, "TIME", 4) && (!req[4] || req[4] == ' ')) {
+        char ts[64];
+        time_t t = time(NULL);
+        struct tm tm;
+
+        gmtime_r(&t, &tm);
+        strftime(ts, sizeof(ts), "%a, %d %b %Y %H:%M:%S +0000", &tm);
+        snprintf(reply, sizeof(reply), "\x01TIME %s\x01", ts);
+    } else if (!strncasecmp(req, "CLIENTINFO", 10)) {
+        snprintf(reply, sizeof(reply),
+                 "\x01" "CLIENTINFO ACTION CLIENTINFO PING TIME VERSION\x01");
+    } else {
+        return;
+    }
+    /* The line is built by hand because irc_split_text would (rightly)
+     * remove the \x01 delimiters; everything inside was cleaned above. */
+    queue_lines(a, "NOTICE", nick, v, 1, NULL);
+    flood_pump(a);
+}
+
+/* ---- adapter ops ------------------------------------------------------- */
+
+static int irc_start(struct adapter *ad)
+{
+    struct irc_ad *a = ad->priv;
+
+    a->stopping = 0;
+    uv_timer_start(&a->tick_timer, on_tick, IRC_TICK_MS, IRC_TICK_MS);
+    connect_attempt(a);
+    return PARLEY_OK;
+}
+
+static void on_timer_closed(uv_handle_t *h)
+{
+    struct irc_ad *a = h->data;
+
+    a->timers_open--;
+}
+
+static void irc_stop(struct adapter *ad)
+{
+    struct irc_ad *a = ad->priv;
+
+    if (a->stopping)
+        return;
+    a->stopping = 1;
+    if (a->state == IRC_REGISTERED) {
+        /* Best effort: the transport closes right after, so QUIT may not
+         * reach the server; the server then sees a dropped connection. */
+        irc_cmd_quit(a->sess, "parley shutting down");
+    }
+    session_teardown(a);
+    a->state = IRC_STOPPED;
+    uv_close((uv_handle_t *)&a->flood_timer, on_timer_closed);
+    uv_close((uv_handle_t *)&a->reconnect_timer, on_timer_closed);
+    uv_close((uv_handle_t *)&a->tick_timer, on_timer_closed);
+    /* Pending answers finish now, as failures, exactly once. */
+    irc_queue_free(a->queue, job_drop);
+    a->queue = NULL;
+}
+
+static void irc_free(struct adapter *ad)
+{
+    struct irc_ad *a;
+    size_t i;
+
+    if (!ad)
+        return;
+    a = ad->priv;
+    if (a->queue)
+        irc_queue_free(a->queue, job_drop);
+    if (a->sess)
+        irc_destroy_session(a->sess);
+    for (i = 0; i < a->n_chans; i++) {
+        chan_clear_members(&a->chans[i]);
+        if (a->chans[i].key) {
+            explicit_bzero(a->chans[i].key, strlen(a->chans[i].key));
+            free(a->chans[i].key);
+        }
+    }
+    for (i = 0; i < IRC_MORE_SLOTS; i++)
+        irc_lines_free(&a->more[i].lines);
+    if (a->sasl_password) {
+        explicit_bzero(a->sasl_password, strlen(a->sasl_password));
+        free(a->sasl_password);
+    }
+    irc_config_free(&a->cfg);
+    free(a);
+}
+
+static const struct adapter_ops irc_ops = {
+    .type = "irc",
+    .start = irc_start,
+    .send = irc_send,
+    .typing = irc_typing,
+    .stop = irc_stop,
+    .free = irc_free,
+};
+
+/* Read secrets named by the config.  Returns a parley status. */
+static int read_secrets(struct irc_ad *a, char *err, size_t errlen)
+{
+    size_t i;
+    int result;
+
+    if (a->cfg.sasl_password_env) {
+        result = config_secret_read(a->cfg.sasl_password_env,
+                                    &a->sasl_password, err, errlen);
+        if (result != PARLEY_OK)
+            return result;
+        if (!a->sasl_password) {
+            snprintf(err, errlen, "irc %s: sasl_password_env: %s is not set",
+                     a->cfg.name, a->cfg.sasl_password_env);
+            return PARLEY_ERR_CONFIG;
+        }
+        log_add_secret(a->sasl_password);
+    }
+    for (i = 0; i < a->n_chans; i++) {
+        const struct irc_channel_conf *cc = &a->cfg.channels[i];
+
+        if (!cc->key_env)
+            continue;
+        result = config_secret_read(cc->key_env, &a->chans[i].key, err,
+                                    errlen);
+        if (result != PARLEY_OK)
+            return result;
+        if (!a->chans[i].key) {
+            snprintf(err, errlen, "irc %s: channel %s: key_env %s is not set",
+                     a->cfg.name, cc->name, cc->key_env);
+            return PARLEY_ERR_CONFIG;
+        }
+        if (strpbrk(a->chans[i].key, " ,\r\n")) {
+            snprintf(err, errlen, "irc %s: channel %s: the key in %s holds "
+                     "a space, comma or newline", a->cfg.name, cc->name,
+                     cc->key_env);
+            return PARLEY_ERR_CONFIG;
+        }
+        log_add_secret(a->chans[i].key);
+    }
+    return PARLEY_OK;
+}
+
+int irc_adapter_create(struct adapter **out, const struct adapter_env *env,
+                       void *setting, char *err, size_t errlen)
+{
+    struct irc_ad *a;
+    irc_callbacks_t cb;
+    size_t i;
+    int result;
+
+    *out = NULL;
+    a = calloc(1, sizeof(*a));
+    if (!a) {
+        snprintf(err, errlen, "irc adapter: out of memory");
+        return PARLEY_ERR_OOM;
+    }
+    a->fd = -1;
+    a->casemap = IRC_CASEMAP_RFC1459;
+    snprintf(a->chantypes, sizeof(a->chantypes), "#&");
+    snprintf(a->prefix_modes, sizeof(a->prefix_modes), "ov");
+    snprintf(a->prefix_syms, sizeof(a->prefix_syms), "@+");
+    snprintf(a->chanmodes[0], sizeof(a->chanmodes[0]), "beI");
+    snprintf(a->chanmodes[1], sizeof(a->chanmodes[1]), "k");
+    snprintf(a->chanmodes[2], sizeof(a->chanmodes[2]), "l");
+    snprintf(a->chanmodes[3], sizeof(a->chanmodes[3]), "imnpst");
+    result = irc_config_parse(&a->cfg, setting, err, errlen);
+    if (result != PARLEY_OK)
+        goto fail;
+    if (a->cfg.tls && !a->cfg.tls_verify)
+        log_warn("irc %s: tls_verify = false: the server's certificate is "
+                 "NOT checked", a->cfg.name);
+    for (i = 0; i < a->cfg.n_channels; i++) {
+        struct irc_chan *c = chan_add(a, a->cfg.channels[i].name);
+
+        if (!c) {
+            snprintf(err, errlen, "irc %s: too many channels", a->cfg.name);
+            result = PARLEY_ERR_CONFIG;
+            goto fail;
+        }
+        c->configured = 1;
+        if (a->cfg.channels[i].greet >= 0)
+            c->greet = a->cfg.channels[i].greet;
+    }
+    result = read_secrets(a, err, errlen);
+    if (result != PARLEY_OK)
+        goto fail;
+    result = irc_queue_create(&a->queue, IRC_QUEUE_CAP);
+    if (result != PARLEY_OK) {
+        snprintf(err, errlen, "irc adapter: out of memory");
+        goto fail;
+    }
+    memset(&cb, 0, sizeof(cb));
+    cb.event_connect = ev_connect;
+    cb.event_nick = ev_nick;
+    cb.event_quit = ev_quit;
+    cb.event_join = ev_join;
+    cb.event_part = ev_part;
+    cb.event_mode = ev_mode;
+    cb.event_kick = ev_kick;
+    cb.event_channel = ev_message;
+    cb.event_privmsg = ev_message;
+    cb.event_invite = ev_invite;
+    cb.event_ctcp_req = ev_ctcp;
+    cb.event_ctcp_action = ev_action;
+    cb.event_numeric = ev_numeric;
+    a->sess = irc_create_session(&cb);
+    if (!a->sess) {
+        snprintf(err, errlen, "irc adapter: cannot create a libircclient "
+                 "session");
+        result = PARLEY_ERR_OOM;
+        goto fail;
+    }
+    irc_set_ctx(a->sess, a);
+    a->uv = loop_uv(env->loop);
+    uv_timer_init(a->uv, &a->flood_timer);
+    uv_timer_init(a->uv, &a->reconnect_timer);
+    uv_timer_init(a->uv, &a->tick_timer);
+    a->flood_timer.data = a->reconnect_timer.data = a->tick_timer.data = a;
+    a->timers_open = 3;
+    irc_bucket_init(&a->bucket, (unsigned)a->cfg.flood_burst,
+                    (unsigned)a->cfg.flood_rate_ms, uv_now(a->uv));
+    a->base.ops = &irc_ops;
+    a->base.loop = env->loop;
+    a->base.priv = a;
+    a->base.account = a->cfg.name;
+    *out = &a->base;
+    return PARLEY_OK;
+fail:
+    a->base.priv = a;
+    irc_free(&a->base);
+    return result;
+}

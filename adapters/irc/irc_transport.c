@@ -1,0 +1,969 @@
+/*
+ * TLS/CAP/SASL transport under libircclient (see irc_transport.h).  One
+ * transport lives for one connection attempt; reconnecting makes a new
+ * one, so no state survives a drop by accident.  Every uv handle and
+ * request the transport owns is counted in t->pending; memory is freed
+ * when the count reaches zero after irc_transport_close (hiredis
+ * adapters/libuv.h:81-99 frees only in the last close callback too).
+ */
+#include "irc_transport.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+#include <uv.h>
+
+#include "irc_cap.h"
+#include "irc_line.h"
+#include "log.h"
+#include "status.h"
+
+/* libircclient's input buffer is 1024 bytes (params.h:22): a line it
+ * cannot hold whole would stall its session, so longer ones are dropped. */
+#define TRANSPORT_LIB_LINE_MAX 1000
+/* Bytes kept for the library before it has connected, and registration
+ * lines held until CAP END.  The server sends a few notices at most; the
+ * library sends PASS, NICK and USER. */
+#define TRANSPORT_PENDING_MAX (32 * 1024)
+#define TRANSPORT_HELD_MAX 4096
+/* Bytes read from libircclient before a newline: its output buffer is
+ * 1024 bytes, so a longer line cannot come from it. */
+#define TRANSPORT_LIB_IN_MAX 2048
+/* Plaintext read from OpenSSL at once. */
+#define TRANSPORT_TLS_CHUNK 16384
+
+struct irc_transport {
+    uv_loop_t *loop;
+    uv_tcp_t listener;
+    uv_tcp_t *lib;          /* accepted loopback stream, or NULL */
+    uv_tcp_t *up;           /* server stream of this attempt, or NULL */
+    uv_timer_t timer;
+    uv_getaddrinfo_t gai;
+    uv_connect_t conn;
+    struct addrinfo *ai_list, *ai_next;
+
+    int pending;            /* open handles + requests in flight */
+    int closing;            /* irc_transport_close was called */
+    int failed;             /* closed() was (or is being) reported */
+    int listener_open, timer_open;
+    int lib_connected, up_connected, released;
+    int gai_active;
+
+    struct sockaddr_in expect;
+    int expect_set;
+
+    char *network, *host;
+    int port, tls, tls_verify;
+    char *ca_file;
+    unsigned ping_ms, register_ms;
+    uint64_t started_ms, last_rx_ms, last_ping_ms;
+
+    SSL_CTX *ssl_ctx;
+    SSL *ssl;
+    BIO *rbio, *wbio;       /* owned by ssl */
+    int handshake_done;
+
+    struct irc_cap cap;
+
+    char up_in[IRC_LINE_IN_MAX + 2];
+    size_t up_len;
+    char lib_in[TRANSPORT_LIB_IN_MAX];
+    size_t lib_len;
+    char *to_lib;           /* lines for the library before it connects */
+    size_t to_lib_len;
+    char held[TRANSPORT_HELD_MAX];
+    size_t held_len;
+
+    irc_transport_closed_fn *closed;
+    void *ctx;
+};
+
+struct write_req {
+    uv_write_t req;
+    struct irc_transport *t;
+    size_t len;
+    char data[];
+};
+
+static void transport_maybe_free(struct irc_transport *t)
+{
+    if (!t->closing || t->pending > 0)
+        return;
+    if (t->ai_list)
+        uv_freeaddrinfo(t->ai_list);
+    if (t->ssl)
+        SSL_free(t->ssl);
+    if (t->ssl_ctx)
+        SSL_CTX_free(t->ssl_ctx);
+    irc_cap_clear(&t->cap);
+    free(t->to_lib);
+    free(t->network);
+    free(t->host);
+    free(t->ca_file);
+    explicit_bzero(t, sizeof(*t));
+    free(t);
+}
+
+static void on_handle_closed(uv_handle_t *h)
+{
+    struct irc_transport *t = h->data;
+
+    t->pending--;
+    transport_maybe_free(t);
+}
+
+static void close_handle(struct irc_transport *t, uv_handle_t *h, int *open)
+{
+    if (!*open)
+        return;
+    *open = 0;
+    uv_close(h, on_handle_closed);
+}
+
+static void on_heap_closed(uv_handle_t *h)
+{
+    struct irc_transport *t = h->data;
+
+    free(h);
+    t->pending--;
+    transport_maybe_free(t);
+}
+
+/* A TCP handle on the heap, counted in pending until its close. */
+static uv_tcp_t *tcp_new(struct irc_transport *t)
+{
+    uv_tcp_t *h = malloc(sizeof(*h));
+
+    if (!h)
+        return NULL;
+    if (uv_tcp_init(t->loop, h) < 0) {
+        free(h);
+        return NULL;
+    }
+    h->data = t;
+    t->pending++;
+    return h;
+}
+
+static void tcp_close(uv_tcp_t **h)
+{
+    if (!*h)
+        return;
+    uv_close((uv_handle_t *)*h, on_heap_closed);
+    *h = NULL;
+}
+
+/* Close both connections and stop; the library sees EOF on its socket. */
+static void transport_shutdown(struct irc_transport *t)
+{
+    close_handle(t, (uv_handle_t *)&t->listener, &t->listener_open);
+    tcp_close(&t->lib);
+    tcp_close(&t->up);
+    close_handle(t, (uv_handle_t *)&t->timer, &t->timer_open);
+    if (t->gai_active)
+        uv_cancel((uv_req_t *)&t->gai);
+    t->lib_connected = 0;
+    t->up_connected = 0;
+}
+
+/* Report a failure once, then shut down. */
+static void transport_fail(struct irc_transport *t, int status,
+                           const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void transport_fail(struct irc_transport *t, int status,
+                           const char *fmt, ...)
+{
+    char why[256];
+    va_list ap;
+
+    if (t->failed || t->closing)
+        return;
+    t->failed = 1;
+    va_start(ap, fmt);
+    vsnprintf(why, sizeof(why), fmt, ap);
+    va_end(ap);
+    irc_cap_clear(&t->cap);
+    transport_shutdown(t);
+    if (t->closed)
+        t->closed(t->ctx, status, why);
+}
+
+static void on_write(uv_write_t *req, int status)
+{
+    struct write_req *w = (struct write_req *)req;
+    struct irc_transport *t = w->t;
+
+    /* Some lines carry SASL credentials: wipe every buffer. */
+    explicit_bzero(w->data, w->len);
+    free(w);
+    t->pending--;
+    if (status < 0 && status != UV_ECANCELED)
+        transport_fail(t, PARLEY_ERR_IO, "write failed: %s",
+                       uv_strerror(status));
+    transport_maybe_free(t);
+}
+
+/* Queue raw bytes on a stream (copied; wiped when written). */
+static void stream_write(struct irc_transport *t, uv_tcp_t *s,
+                         const char *data, size_t len)
+{
+    struct write_req *w;
+    uv_buf_t buf;
+    int rc;
+
+    if (len == 0)
+        return;
+    w = malloc(sizeof(*w) + len);
+    if (!w) {
+        transport_fail(t, PARLEY_ERR_OOM, "out of memory");
+        return;
+    }
+    w->t = t;
+    w->len = len;
+    memcpy(w->data, data, len);
+    buf = uv_buf_init(w->data, (unsigned)len);
+    rc = uv_write(&w->req, (uv_stream_t *)s, &buf, 1, on_write);
+    if (rc < 0) {
+        explicit_bzero(w->data, len);
+        free(w);
+        transport_fail(t, PARLEY_ERR_IO, "write failed: %s",
+                       uv_strerror(rc));
+        return;
+    }
+    t->pending++;
+}
+
+/* Move what OpenSSL produced to the socket. */
+static void tls_flush(struct irc_transport *t)
+{
+    char buf[TRANSPORT_TLS_CHUNK];
+    int n;
+
+    while (t->up_connected && BIO_ctrl_pending(t->wbio) > 0) {
+        n = BIO_read(t->wbio, buf, sizeof(buf));
+        if (n <= 0)
+            break;
+        stream_write(t, t->up, buf, (size_t)n);
+    }
+}
+
+/* Send bytes to the server, through TLS when configured. */
+static void up_write(struct irc_transport *t, const char *data, size_t len)
+{
+    if (!t->up_connected || t->failed)
+        return;
+    if (!t->tls) {
+        stream_write(t, t->up, data, len);
+        return;
+    }
+    if (SSL_write(t->ssl, data, (int)len) <= 0) {
+        transport_fail(t, PARLEY_ERR_IO, "TLS write to %s failed", t->host);
+        return;
+    }
+    tls_flush(t);
+}
+
+/* Send one line (no CRLF) to the server.  Secret lines are wiped from the
+ * stack copy and never logged. */
+static void up_line(struct irc_transport *t, const char *line, int secret)
+{
+    char buf[IRC_LINE_MAX + 1];
+    size_t n = strlen(line);
+
+    if (n + 2 > IRC_LINE_MAX) {
+        log_warn("irc %s: dropped an outgoing line of %zu bytes", t->network,
+                 n);
+        return;
+    }
+    memcpy(buf, line, n);
+    memcpy(buf + n, "\r\n", 2);
+    up_write(t, buf, n + 2);
+    if (secret)
+        explicit_bzero(buf, sizeof(buf));
+}
+
+static void cap_send(void *ctx, const char *line, int secret)
+{
+    up_line(ctx, line, secret);
+}
+
+/* Deliver one canonical line to libircclient. */
+static void lib_line(struct irc_transport *t, const char *line)
+{
+    size_t n = strlen(line);
+    char *grown;
+
+    if (n > TRANSPORT_LIB_LINE_MAX) {
+        log_warn("irc %s: dropped a %zu-byte line from the server",
+                 t->network, n);
+        return;
+    }
+    if (t->lib_connected) {
+        char buf[TRANSPORT_LIB_LINE_MAX + 3];
+
+        memcpy(buf, line, n);
+        memcpy(buf + n, "\r\n", 2);
+        stream_write(t, t->lib, buf, n + 2);
+        return;
+    }
+    if (t->to_lib_len + n + 2 > TRANSPORT_PENDING_MAX) {
+        transport_fail(t, PARLEY_ERR_TOO_LARGE,
+                       "the IRC client did not connect to the transport");
+        return;
+    }
+    grown = realloc(t->to_lib, t->to_lib_len + n + 2);
+    if (!grown) {
+        transport_fail(t, PARLEY_ERR_OOM, "out of memory");
+        return;
+    }
+    t->to_lib = grown;
+    memcpy(t->to_lib + t->to_lib_len, line, n);
+    memcpy(t->to_lib + t->to_lib_len + n, "\r\n", 2);
+    t->to_lib_len += n + 2;
+}
+
+/* Lines libircclient 1.9 would mishandle: NOTICE and PRIVMSG without a
+ * text (it calls strlen on a missing parameter), an empty text (it reads
+ * the byte before it), and DCC offers (sscanf into fixed buffers, and an
+ * abort() on unknown kinds in debug builds); parley has no use for DCC. */
+static int lib_would_crash(const struct irc_msg *m)
+{
+    if (!strcmp(m->command, "PRIVMSG") || !strcmp(m->command, "NOTICE"))
+        return m->n_params < 2 || m->params[1][0] == '\0' ||
+               !strncmp(m->params[1], "\001DCC", 4);
+    return 0;
+}
+
+static void release_registration(struct irc_transport *t)
+{
+    if (t->released)
+        return;
+    t->released = 1;
+    irc_cap_clear(&t->cap);
+    if (t->cap.sasl_ok)
+        log_info("irc %s: SASL authentication succeeded%s%s", t->network,
+                 t->cap.account[0] ? " as " : "", t->cap.account);
+    up_write(t, t->held, t->held_len);
+    explicit_bzero(t->held, sizeof(t->held));
+    t->held_len = 0;
+}
+
+/* One line from the server, NUL-terminated, CR/LF removed. */
+static void up_handle_line(struct irc_transport *t, char *line)
+{
+    char canon[IRC_LINE_IN_MAX + 1];
+    struct irc_msg m;
+    int consumed = 0;
+
+    if (line[0] == '\0')
+        return;
+    if (irc_line_parse(line, &m) != PARLEY_OK) {
+        log_debug("irc %s: dropped a malformed line from the server",
+                  t->network);
+        return;
+    }
+    if (!strcmp(m.command, "PONG") && m.n_params >= 1 &&
+        !strcmp(m.params[m.n_params - 1], "parley-ping"))
+        return;
+    if (!t->released) {
+        if (!strcmp(m.command, "PING")) {
+            char pong[IRC_LINE_MAX];
+            struct irc_msg p;
+
+            memset(&p, 0, sizeof(p));
+            p.command = "PONG";
+            p.params[0] = m.n_params ? m.params[m.n_params - 1] : "parley";
+            p.n_params = 1;
+            if (irc_line_format(pong, sizeof(pong), &p) == PARLEY_OK)
+                up_line(t, pong, 0);
+            return;
+        }
+        consumed = irc_cap_feed(&t->cap, &m);
+        if (t->cap.state == IRC_CAP_FAILED) {
+            transport_fail(t, PARLEY_ERR_CONFIG, "%s", t->cap.errstr);
+            return;
+        }
+        if (t->cap.state == IRC_CAP_DONE)
+            release_registration(t);
+        if (consumed)
+            return;
+    }
+    if (lib_would_crash(&m))
+        return;
+    m.tags = NULL;
+    if (irc_line_format(canon, sizeof(canon), &m) != PARLEY_OK)
+        return;
+    lib_line(t, canon);
+}
+
+/* Append plaintext from the server and handle every complete line. */
+static void up_feed(struct irc_transport *t, const char *data, size_t len)
+{
+    while (len > 0 && !t->failed) {
+        size_t room = sizeof(t->up_in) - 1 - t->up_len;
+        size_t n = len < room ? len : room;
+        char *start, *nl;
+
+        memcpy(t->up_in + t->up_len, data, n);
+        t->up_len += n;
+        data += n;
+        len -= n;
+        t->up_in[t->up_len] = '\0';
+        start = t->up_in;
+        while (!t->failed &&
+               (nl = memchr(start, '\n', t->up_len - (size_t)(start -
+                                                       t->up_in)))) {
+            *nl = '\0';
+            if (nl > start && nl[-1] == '\r')
+                nl[-1] = '\0';
+            /* A NUL inside a line cuts it; the rest is dropped. */
+            up_handle_line(t, start);
+            start = nl + 1;
+        }
+        if (t->failed)
+            return;
+        t->up_len -= (size_t)(start - t->up_in);
+        memmove(t->up_in, start, t->up_len);
+        if (t->up_len == sizeof(t->up_in) - 1) {
+            transport_fail(t, PARLEY_ERR_PROTOCOL,
+                           "the server sent a line over %d bytes",
+                           IRC_LINE_IN_MAX);
+            return;
+        }
+    }
+}
+
+static void tls_fail(struct irc_transport *t)
+{
+    long v = SSL_get_verify_result(t->ssl);
+    char buf[160];
+    unsigned long e;
+
+    if (v != X509_V_OK) {
+        transport_fail(t, PARLEY_ERR_IO,
+                       "TLS certificate verification failed for %s: %s",
+                       t->host, X509_verify_cert_error_string(v));
+        return;
+    }
+    e = ERR_get_error();
+    ERR_error_string_n(e, buf, sizeof(buf));
+    transport_fail(t, PARLEY_ERR_IO, "TLS handshake with %s failed: %s",
+                   t->host, e ? buf : "connection closed");
+}
+
+static void start_negotiation(struct irc_transport *t);
+
+static void tls_read(struct irc_transport *t, const char *data, size_t len)
+{
+    char buf[TRANSPORT_TLS_CHUNK];
+    int n, e;
+
+    if (BIO_write(t->rbio, data, (int)len) != (int)len) {
+        transport_fail(t, PARLEY_ERR_OOM, "TLS buffer write failed");
+        return;
+    }
+    if (!t->handshake_done) {
+        n = SSL_do_handshake(t->ssl);
+        tls_flush(t);
+        if (n != 1) {
+            e = SSL_get_error(t->ssl, n);
+            if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE)
+                tls_fail(t);
+            return;
+        }
+        t->handshake_done = 1;
+        log_info("irc %s: TLS %s with %s established%s", t->network,
+                 SSL_get_version(t->ssl), t->host,
+                 t->tls_verify ? "" : " (certificate NOT verified)");
+        start_negotiation(t);
+    }
+    for (;;) {
+        n = SSL_read(t->ssl, buf, sizeof(buf));
+        if (n <= 0) {
+            e = SSL_get_error(t->ssl, n);
+            tls_flush(t);
+            if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
+                return;
+            if (e == SSL_ERROR_ZERO_RETURN)
+                transport_fail(t, PARLEY_ERR_EOF, "the server closed the "
+                               "TLS connection");
+            else
+                transport_fail(t, PARLEY_ERR_IO, "TLS read from %s failed",
+                               t->host);
+            return;
+        }
+        up_feed(t, buf, (size_t)n);
+        if (t->failed)
+            return;
+    }
+}
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    static char slab[65536];
+
+    /* libuv reads into this and the callback consumes it before the next
+     * read: one loop thread, so one static buffer suffices. */
+    (void)h;
+    (void)suggested;
+    *buf = uv_buf_init(slab, sizeof(slab));
+}
+
+static void on_up_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    struct irc_transport *t = s->data;
+
+    if (nread == 0 || t->failed)
+        return;
+    if (nread < 0) {
+        if (nread == UV_EOF)
+            transport_fail(t, PARLEY_ERR_EOF, "%s closed the connection",
+                           t->host);
+        else
+            transport_fail(t, PARLEY_ERR_IO, "reading from %s: %s", t->host,
+                           uv_strerror((int)nread));
+        return;
+    }
+    t->last_rx_ms = uv_now(t->loop);
+    if (t->tls)
+        tls_read(t, buf->base, (size_t)nread);
+    else
+        up_feed(t, buf->base, (size_t)nread);
+}
+
+/* The credentials were encoded by irc_cap_init in irc_transport_start,
+ * so the password itself is not kept. */
+static void start_negotiation(struct irc_transport *t)
+{
+    irc_cap_begin(&t->cap, cap_send, t);
+}
+
+static void try_connect(struct irc_transport *t);
+
+static void on_up_connect(uv_connect_t *req, int status)
+{
+    struct irc_transport *t = req->data;
+    char addr[64] = "?";
+    int rc;
+
+    t->pending--;
+    if (t->closing || t->failed) {
+        transport_maybe_free(t);
+        return;
+    }
+    if (status < 0) {
+        const struct addrinfo *ai = t->ai_next;
+
+        if (ai->ai_family == AF_INET)
+            uv_ip4_name((const struct sockaddr_in *)ai->ai_addr, addr,
+                        sizeof(addr));
+        else if (ai->ai_family == AF_INET6)
+            uv_ip6_name((const struct sockaddr_in6 *)ai->ai_addr, addr,
+                        sizeof(addr));
+        log_warn("irc %s: connect to %s (%s) port %d failed: %s",
+                 t->network, t->host, addr, t->port, uv_strerror(status));
+        t->ai_next = t->ai_next->ai_next;
+        /* The failed handle cannot be reused: close it, open another. */
+        tcp_close(&t->up);
+        if (!t->ai_next) {
+            transport_fail(t, PARLEY_ERR_IO, "cannot connect to %s port %d: "
+                           "%s", t->host, t->port, uv_strerror(status));
+            return;
+        }
+        try_connect(t);
+        return;
+    }
+    t->up_connected = 1;
+    t->last_rx_ms = uv_now(t->loop);
+    rc = uv_read_start((uv_stream_t *)t->up, on_alloc, on_up_read);
+    if (rc < 0) {
+        transport_fail(t, PARLEY_ERR_IO, "read start: %s", uv_strerror(rc));
+        return;
+    }
+    if (t->tls) {
+        int n = SSL_do_handshake(t->ssl);
+
+        if (n != 1 && SSL_get_error(t->ssl, n) != SSL_ERROR_WANT_READ) {
+            tls_fail(t);
+            return;
+        }
+        tls_flush(t);
+        return;
+    }
+    start_negotiation(t);
+}
+
+static void try_connect(struct irc_transport *t)
+{
+    int rc;
+
+    t->up = tcp_new(t);
+    if (!t->up) {
+        transport_fail(t, PARLEY_ERR_IO, "cannot create a socket");
+        return;
+    }
+    t->conn.data = t;
+    rc = uv_tcp_connect(&t->conn, t->up, t->ai_next->ai_addr, on_up_connect);
+    if (rc < 0) {
+        transport_fail(t, PARLEY_ERR_IO, "connect to %s: %s", t->host,
+                       uv_strerror(rc));
+        return;
+    }
+    t->pending++;
+}
+
+static void on_resolved(uv_getaddrinfo_t *req, int status,
+                        struct addrinfo *res)
+{
+    struct irc_transport *t = req->data;
+
+    t->pending--;
+    t->gai_active = 0;
+    if (t->closing || t->failed || status == UV_ECANCELED) {
+        if (res)
+            uv_freeaddrinfo(res);
+        transport_maybe_free(t);
+        return;
+    }
+    if (status < 0 || !res) {
+        transport_fail(t, PARLEY_ERR_IO, "cannot resolve %s: %s", t->host,
+                       uv_strerror(status));
+        return;
+    }
+    t->ai_list = res;
+    t->ai_next = res;
+    try_connect(t);
+}
+
+/* Lines from libircclient: held until registration is released. */
+static void lib_handle_line(struct irc_transport *t, const char *line)
+{
+    size_t n = strlen(line);
+
+    if (n == 0)
+        return;
+    if (!t->released) {
+        if (t->held_len + n + 2 > sizeof(t->held)) {
+            transport_fail(t, PARLEY_ERR_TOO_LARGE,
+                           "too much output before registration");
+            return;
+        }
+        memcpy(t->held + t->held_len, line, n);
+        memcpy(t->held + t->held_len + n, "\r\n", 2);
+        t->held_len += n + 2;
+        return;
+    }
+    up_line(t, line, 0);
+}
+
+static void on_lib_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    struct irc_transport *t = s->data;
+    const char *p = buf->base;
+    size_t len;
+
+    if (nread == 0 || t->failed)
+        return;
+    if (nread < 0) {
+        transport_fail(t, PARLEY_ERR_EOF, "the IRC client closed the "
+                       "loopback connection");
+        return;
+    }
+    len = (size_t)nread;
+    while (len > 0 && !t->failed) {
+        char *nl;
+        size_t room = sizeof(t->lib_in) - 1 - t->lib_len;
+        size_t n = len < room ? len : room;
+        char *start;
+
+        memcpy(t->lib_in + t->lib_len, p, n);
+        t->lib_len += n;
+        p += n;
+        len -= n;
+        start = t->lib_in;
+        while (!t->failed && (nl = memchr(start, '\n', t->lib_len -
+                                          (size_t)(start - t->lib_in)))) {
+            *nl = '\0';
+            if (nl > start && nl[-1] == '\r')
+                nl[-1] = '\0';
+            lib_handle_line(t, start);
+            start = nl + 1;
+        }
+        if (t->failed)
+            return;
+        t->lib_len -= (size_t)(start - t->lib_in);
+        memmove(t->lib_in, start, t->lib_len);
+        if (t->lib_len == sizeof(t->lib_in) - 1) {
+            transport_fail(t, PARLEY_ERR_PROTOCOL,
+                           "the IRC client sent an overlong line");
+            return;
+        }
+    }
+}
+
+static void on_connection(uv_stream_t *server, int status)
+{
+    struct irc_transport *t = server->data;
+    struct sockaddr_storage peer;
+    const struct sockaddr_in *in = (const struct sockaddr_in *)&peer;
+    int len = sizeof(peer), rc;
+    uv_tcp_t *c;
+
+    if (status < 0 || t->failed || t->lib_connected)
+        return;
+    c = tcp_new(t);
+    if (!c) {
+        transport_fail(t, PARLEY_ERR_OOM, "cannot accept the IRC client");
+        return;
+    }
+    if (uv_accept(server, (uv_stream_t *)c) < 0 ||
+        uv_tcp_getpeername(c, (struct sockaddr *)&peer, &len) < 0 ||
+        peer.ss_family != AF_INET || !t->expect_set ||
+        in->sin_port != t->expect.sin_port ||
+        in->sin_addr.s_addr != t->expect.sin_addr.s_addr) {
+        /* Not our libircclient socket: another local process raced for
+         * the port.  Refuse it and keep waiting for ours. */
+        log_warn("irc %s: refused an unexpected loopback connection",
+                 t->network);
+        tcp_close(&c);
+        return;
+    }
+    t->lib = c;
+    close_handle(t, (uv_handle_t *)&t->listener, &t->listener_open);
+    t->lib_connected = 1;
+    rc = uv_read_start((uv_stream_t *)t->lib, on_alloc, on_lib_read);
+    if (rc < 0) {
+        transport_fail(t, PARLEY_ERR_IO, "loopback read: %s",
+                       uv_strerror(rc));
+        return;
+    }
+    if (t->to_lib_len) {
+        stream_write(t, t->lib, t->to_lib, t->to_lib_len);
+        free(t->to_lib);
+        t->to_lib = NULL;
+        t->to_lib_len = 0;
+    }
+}
+
+static void on_tick(uv_timer_t *timer)
+{
+    struct irc_transport *t = timer->data;
+    uint64_t now = uv_now(t->loop);
+
+    if (t->failed)
+        return;
+    if (!t->released) {
+        if (now - t->started_ms > t->register_ms) {
+            irc_cap_fail(&t->cap, "timed out");
+            transport_fail(t, PARLEY_ERR_TIMEOUT, "no registration with %s "
+                           "within %u s (connect, TLS or CAP/SASL stalled)",
+                           t->host, t->register_ms / 1000);
+        }
+        return;
+    }
+    if (now - t->last_rx_ms >= 2 * (uint64_t)t->ping_ms) {
+        transport_fail(t, PARLEY_ERR_TIMEOUT, "ping timeout: nothing from "
+                       "%s for %u s", t->host,
+                       (unsigned)((now - t->last_rx_ms) / 1000));
+        return;
+    }
+    if (now - t->last_rx_ms >= t->ping_ms &&
+        now - t->last_ping_ms >= t->ping_ms) {
+        t->last_ping_ms = now;
+        up_line(t, "PING :parley-ping", 0);
+    }
+}
+
+static int is_ip_literal(const char *host)
+{
+    unsigned char buf[sizeof(struct in6_addr)];
+
+    return inet_pton(AF_INET, host, buf) == 1 ||
+           inet_pton(AF_INET6, host, buf) == 1;
+}
+
+static int tls_setup(struct irc_transport *t, char *err, size_t errlen)
+{
+    char buf[160];
+
+    t->ssl_ctx = SSL_CTX_new(TLS_client_method());
+    if (!t->ssl_ctx)
+        goto fail;
+    SSL_CTX_set_min_proto_version(t->ssl_ctx, TLS1_2_VERSION);
+    if (t->tls_verify) {
+        SSL_CTX_set_verify(t->ssl_ctx, SSL_VERIFY_PEER, NULL);
+        if (t->ca_file) {
+            if (SSL_CTX_load_verify_locations(t->ssl_ctx, t->ca_file,
+                                              NULL) != 1) {
+                snprintf(err, errlen, "cannot load ca_file %s", t->ca_file);
+                ERR_clear_error();
+                return PARLEY_ERR_CONFIG;
+            }
+        } else if (SSL_CTX_set_default_verify_paths(t->ssl_ctx) != 1) {
+            goto fail;
+        }
+    } else {
+        SSL_CTX_set_verify(t->ssl_ctx, SSL_VERIFY_NONE, NULL);
+    }
+    t->ssl = SSL_new(t->ssl_ctx);
+    t->rbio = BIO_new(BIO_s_mem());
+    t->wbio = BIO_new(BIO_s_mem());
+    if (!t->ssl || !t->rbio || !t->wbio) {
+        BIO_free(t->rbio);
+        BIO_free(t->wbio);
+        t->rbio = t->wbio = NULL;
+        goto fail;
+    }
+    SSL_set_bio(t->ssl, t->rbio, t->wbio);
+    SSL_set_connect_state(t->ssl);
+    if (is_ip_literal(t->host)) {
+        if (t->tls_verify &&
+            X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(t->ssl),
+                                          t->host) != 1)
+            goto fail;
+    } else {
+        if (SSL_set_tlsext_host_name(t->ssl, t->host) != 1)
+            goto fail;
+        if (t->tls_verify && SSL_set1_host(t->ssl, t->host) != 1)
+            goto fail;
+    }
+    return PARLEY_OK;
+fail:
+    ERR_error_string_n(ERR_get_error(), buf, sizeof(buf));
+    snprintf(err, errlen, "TLS setup failed: %s", buf);
+    return PARLEY_ERR_OTHER;
+}
+
+int irc_transport_start(struct irc_transport **out, uv_loop_t *loop,
+                        const struct irc_transport_opts *o,
+                        irc_transport_closed_fn *closed, void *ctx,
+                        int *port_out, char *err, size_t errlen)
+{
+    struct irc_transport *t;
+    struct sockaddr_in addr;
+    struct sockaddr_storage bound;
+    struct addrinfo hints;
+    char portstr[16];
+    int len = sizeof(bound), rc, result;
+
+    *out = NULL;
+    t = calloc(1, sizeof(*t));
+    if (!t) {
+        snprintf(err, errlen, "out of memory");
+        return PARLEY_ERR_OOM;
+    }
+    t->loop = loop;
+    t->closed = closed;
+    t->ctx = ctx;
+    t->port = o->port;
+    t->tls = o->tls;
+    t->tls_verify = o->tls_verify;
+    t->ping_ms = o->ping_interval_ms ? o->ping_interval_ms : 90000;
+    t->register_ms = o->register_timeout_ms ? o->register_timeout_ms : 60000;
+    t->network = strdup(o->network ? o->network : "irc");
+    t->host = strdup(o->host);
+    t->ca_file = o->ca_file ? strdup(o->ca_file) : NULL;
+    if (!t->network || !t->host || (o->ca_file && !t->ca_file)) {
+        snprintf(err, errlen, "out of memory");
+        result = PARLEY_ERR_OOM;
+        goto fail_nohandles;
+    }
+    /* Encode the SASL credentials now so the password need not be kept;
+     * cap_send is attached later, and CAP LS is sent once connected. */
+    result = irc_cap_init(&t->cap, o->sasl_user, o->sasl_password);
+    if (result != PARLEY_OK) {
+        snprintf(err, errlen, "sasl_user and password are longer than %d "
+                 "bytes", IRC_SASL_PLAIN_MAX);
+        goto fail_nohandles;
+    }
+    if (t->tls) {
+        result = tls_setup(t, err, errlen);
+        if (result != PARLEY_OK)
+            goto fail_nohandles;
+    }
+    rc = uv_tcp_init(loop, &t->listener);
+    if (rc < 0)
+        goto uv_fail_nohandles;
+    t->listener.data = t;
+    t->listener_open = 1;
+    t->pending++;
+    rc = uv_timer_init(loop, &t->timer);
+    if (rc < 0)
+        goto uv_fail;
+    t->timer.data = t;
+    t->timer_open = 1;
+    t->pending++;
+    uv_ip4_addr("127.0.0.1", 0, &addr);
+    rc = uv_tcp_bind(&t->listener, (const struct sockaddr *)&addr, 0);
+    if (rc == 0)
+        rc = uv_listen((uv_stream_t *)&t->listener, 1, on_connection);
+    if (rc == 0)
+        rc = uv_tcp_getsockname(&t->listener, (struct sockaddr *)&bound,
+                                &len);
+    if (rc < 0)
+        goto uv_fail;
+    *port_out = ntohs(((struct sockaddr_in *)&bound)->sin_port);
+    t->started_ms = uv_now(loop);
+    rc = uv_timer_start(&t->timer, on_tick,
+                        t->ping_ms < 4000 ? t->ping_ms / 4 : 1000,
+                        t->ping_ms < 4000 ? t->ping_ms / 4 : 1000);
+    if (rc < 0)
+        goto uv_fail;
+    memset(&hints, 0, sizeof(hints));
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    snprintf(portstr, sizeof(portstr), "%d", o->port);
+    t->gai.data = t;
+    rc = uv_getaddrinfo(loop, &t->gai, on_resolved, t->host, portstr, &hints);
+    if (rc < 0)
+        goto uv_fail;
+    t->gai_active = 1;
+    t->pending++;
+    *out = t;
+    return PARLEY_OK;
+
+uv_fail:
+    snprintf(err, errlen, "transport setup: %s", uv_strerror(rc));
+    t->failed = 1;
+    irc_transport_close(t);
+    return PARLEY_ERR_IO;
+uv_fail_nohandles:
+    snprintf(err, errlen, "transport setup: %s", uv_strerror(rc));
+    result = PARLEY_ERR_IO;
+fail_nohandles:
+    t->closing = 1;
+    transport_maybe_free(t);
+    return result;
+}
+
+void irc_transport_expect_peer(struct irc_transport *t,
+                               const struct sockaddr_in *addr)
+{
+    t->expect = *addr;
+    t->expect_set = 1;
+}
+
+int irc_transport_registered(const struct irc_transport *t)
+{
+    return t->released;
+}
+
+void irc_transport_close(struct irc_transport *t)
+{
+    if (!t || t->closing)
+        return;
+    t->closing = 1;
+    t->failed = 1;
+    irc_cap_clear(&t->cap);
+    transport_shutdown(t);
+    transport_maybe_free(t);
+}

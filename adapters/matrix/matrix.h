@@ -1,0 +1,254 @@
+/*
+ * Internal interface of the Matrix adapter, shared by its files and by the
+ * unit tests.  Everything here except the adapter itself (matrix_adapter.c)
+ * is pure: it turns bytes into structs and structs into bytes with no
+ * network, loop or Redis, so the tests and fuzzers can feed it hostile
+ * input directly (hiredis test.c style).
+ *
+ *   matrix_sync.c     /sync response -> struct matrix_batch
+ *   matrix_text.c     reply fallbacks, mentions, @room, UTF-8, URL, txnId
+ *   matrix_html.c     Markdown -> sanitized HTML, outgoing event content,
+ *                     login and filter request bodies
+ *   matrix_config.c   the adapter's block of bot.conf
+ *   matrix_adapter.c  the client on the loop: login, sync, send, typing
+ */
+#ifndef PARLEY_MATRIX_H
+#define PARLEY_MATRIX_H
+
+#include <stddef.h>
+
+/* The spec limits user, room and event ids to 255 bytes. */
+#define MATRIX_ID_MAX 255
+/* Largest /sync response accepted: a busy account after a long outage can
+ * be big, but anything past this is a broken or hostile server. */
+#define MATRIX_SYNC_BODY_MAX (8 * 1024 * 1024)
+/* Items kept from one /sync batch; the rest of a hostile batch is dropped
+ * with a warning rather than allocating without bound. */
+#define MATRIX_SYNC_ITEMS_MAX 4096
+/* Longest message body taken from a /sync event (the router cuts the text
+ * it gives the model further). */
+#define MATRIX_BODY_MAX (64 * 1024)
+/* Room ids remembered per batch with their joined member count. */
+#define MATRIX_SYNC_ROOMS_MAX 4096
+/* Our txnIds: "parley-" + 32 hex digits + NUL. */
+#define MATRIX_TXN_MAX 48
+
+/* Who the bot is, for deciding whether a message addresses it. */
+struct matrix_ident {
+    const char *user_id;        /* "@parley:example.org" */
+    const char *localpart;      /* "parley" */
+    const char *display_name;   /* may be NULL */
+};
+
+enum matrix_item_kind {
+    MATRIX_ITEM_MESSAGE = 0,    /* m.room.message m.text / m.emote */
+    MATRIX_ITEM_JOIN,           /* someone else joined a joined room */
+    MATRIX_ITEM_INVITE,         /* the bot was invited (rooms.invite) */
+    MATRIX_ITEM_ENCRYPTED       /* m.room.encrypted: not supported yet */
+};
+
+/*
+ * One thing from a /sync batch the adapter may act on.  All strings are
+ * owned by the batch (freed by matrix_batch_free); optional ones are NULL.
+ */
+struct matrix_item {
+    enum matrix_item_kind kind;
+    char *room_id;
+    char *event_id;             /* NULL for invites */
+    char *sender;               /* author; inviter; member who joined */
+    char *sender_name;          /* display name when the batch had it */
+    char *text;                 /* messages: body, reply fallback removed,
+                                   valid UTF-8 */
+    char *thread_id;            /* m.thread root */
+    char *reply_to;             /* m.in_reply_to, not a thread fallback */
+    int mentioned;              /* m.mentions has the bot, or (without
+                                   m.mentions) body/pill names it */
+    int reply_names_bot;        /* the reply fallback quotes the bot */
+    int is_direct;              /* invites: the inviter marked it a DM */
+    int emote;                  /* msgtype m.emote */
+};
+
+/* A joined room's member count from its summary (-1 = not sent). */
+struct matrix_room_info {
+    char *room_id;
+    long joined_members;
+};
+
+struct matrix_batch {
+    char *next_batch;           /* never NULL after a successful parse */
+    struct matrix_item *items;
+    size_t n_items;
+    size_t cap_items;
+    struct matrix_room_info *rooms;
+    size_t n_rooms;
+    size_t cap_rooms;
+    size_t n_limited;           /* rooms whose timeline had a gap */
+    size_t n_dropped;           /* items over MATRIX_SYNC_ITEMS_MAX */
+    size_t n_skipped;           /* events ignored (edits, notices, ...) */
+};
+
+/*
+ * Parse a /sync response.  me says who the bot is (its own messages are
+ * skipped, mentions are resolved).  Returns PARLEY_OK, PARLEY_ERR_PROTOCOL
+ * (not JSON, no next_batch: err says what), PARLEY_ERR_TOO_LARGE or
+ * PARLEY_ERR_OOM.  Malformed single events are skipped, never fatal.
+ * out is zeroed first; free it with matrix_batch_free in every case.
+ */
+int matrix_sync_parse(const char *json, size_t len,
+                      const struct matrix_ident *me,
+                      struct matrix_batch *out, char *err, size_t errlen);
+void matrix_batch_free(struct matrix_batch *b);
+
+/* --- matrix_text.c --------------------------------------------------- */
+
+/*
+ * Remove a rich-reply fallback from a plain body: leading lines starting
+ * with '>' followed by one empty line.  Returns a pointer into body where
+ * the real text starts (body itself when there is no well-formed
+ * fallback).  If quoted is not NULL, the user id quoted on the first line
+ * ("> <@u:s> ...") is copied there ("" when none).
+ */
+const char *matrix_strip_body_fallback(const char *body, char *quoted,
+                                       size_t quotedlen);
+
+/* Remove every <mx-reply>...</mx-reply> block from formatted_body, in
+ * place (case-insensitive tags).  An unterminated block is cut to the
+ * end. */
+void matrix_strip_html_fallback(char *html);
+
+/* Whether text (plain or HTML) names the bot: its user id, its localpart
+ * or display name as a whole word (ASCII case-insensitive), or a
+ * matrix.to pill link to it.  NULL text is 0. */
+int matrix_text_mentions(const char *text, const struct matrix_ident *me);
+
+/*
+ * Copy text into a new string that is valid UTF-8 (invalid bytes become
+ * U+FFFD), at most max bytes (cut on a character boundary).  Returns NULL
+ * on allocation failure.  Caller frees.
+ */
+char *matrix_utf8_clean(const char *text, size_t len, size_t max);
+
+/*
+ * New string with every "@room" (ASCII case-insensitive) turned into
+ * "@" U+2060 "room".  Why: servers without intentional mentions (Synapse
+ * 1.66 among them) still apply the legacy .m.rule.roomnotif push rule,
+ * which matches the word "@room" in the body and pings the whole room if
+ * the bot has the power level; WORD JOINER is invisible, does not change
+ * how the text reads, and breaks the match.  Caller frees; NULL on OOM.
+ */
+char *matrix_neutralise_room_ping(const char *text);
+
+/* Percent-encode everything but RFC 3986 unreserved characters, for a
+ * path segment or query value.  PARLEY_ERR_TOO_LARGE when cut. */
+int matrix_url_escape(const char *in, char *out, size_t outlen);
+
+/* Stable, URL-safe txnId from a seed (the triggering event id or the
+ * router's txn id): "parley-" + 32 hex digits of SHA-256(seed). */
+int matrix_txn_id(const char *seed, char *out, size_t outlen);
+
+/*
+ * Split a router room ("!r:s" or, with thread_context, "!r:s/$root") into
+ * the room id (copied into room_id) and *thread (pointer into room, or
+ * NULL).  PARLEY_ERR_PROTOCOL for a room not starting with '!',
+ * PARLEY_ERR_TOO_LARGE when it does not fit.
+ */
+int matrix_room_split(const char *room, char *room_id, size_t len,
+                      const char **thread);
+
+/* Whether user (an "@u:server" id) matches an allowlist entry: the exact
+ * user id, or ":server" for everyone on that server. */
+int matrix_allow_match(const char *user, const char *const *allow,
+                       size_t n_allow);
+
+/* --- matrix_html.c --------------------------------------------------- */
+
+/*
+ * Filter HTML to the tags and attributes the Matrix spec allows in
+ * org.matrix.custom.html: unknown tags and comments are dropped (their
+ * text kept), attributes outside the per-tag list are dropped, links only
+ * keep http, https, ftp, mailto and magnet hrefs, images only mxc:// ones,
+ * and a stray '<' becomes "&lt;".  Returns a new string or NULL on OOM.
+ */
+char *matrix_html_sanitize(const char *html, size_t len);
+
+/* Markdown (the model's text) -> sanitized HTML via cmark in safe mode
+ * (unsafe links removed); raw HTML in the text is shown as escaped text,
+ * not dropped.  NULL on OOM. */
+char *matrix_markdown_to_html(const char *markdown, size_t len);
+
+/* What one outgoing answer holds; all borrowed. */
+struct matrix_out {
+    const char *text;           /* model text, Markdown */
+    const char *mention;        /* asker's user id or NULL */
+    const char *in_reply_to;    /* event answered or NULL */
+    const char *thread_id;      /* thread root or NULL */
+    int notice;                 /* m.notice instead of m.text */
+};
+
+/*
+ * The JSON content of an m.room.message: body (plain, @room neutralised,
+ * valid UTF-8), format + formatted_body (sanitized HTML), m.mentions with
+ * the asker only (never "room"), and m.relates_to (m.in_reply_to, or an
+ * m.thread relation with is_falling_back and m.in_reply_to).  *out is
+ * malloc'd (caller frees).  PARLEY_OK or PARLEY_ERR_OOM.
+ */
+int matrix_content_build(const struct matrix_out *o, char **out);
+
+/* {"type":"m.login.password","identifier":{"type":"m.id.user",...}}.
+ * device_id may be NULL (the server picks one).  *out must be wiped
+ * (explicit_bzero) and freed by the caller: it holds the password. */
+int matrix_login_body(const char *user, const char *password,
+                      const char *device_id, const char *device_name,
+                      char **out);
+
+/* The sync filter: lazy-loaded members, only the event types used. */
+int matrix_filter_body(int timeline_limit, char **out);
+
+/*
+ * Parse a login or whoami answer: user_id, device_id and (login only)
+ * access_token, each copied into its buffer when the buffer is not NULL.
+ * PARLEY_ERR_PROTOCOL if a requested field is missing or too long.
+ */
+int matrix_parse_session(const char *json, size_t len, char *user_id,
+                         size_t ulen, char *device_id, size_t dlen,
+                         char *token, size_t tlen);
+
+/* errcode and retry_after_ms from a Matrix error body; errcode "" and
+ * -1 when absent.  Never fails. */
+void matrix_parse_error(const char *json, size_t len, char *errcode,
+                        size_t elen, long *retry_after_ms);
+
+/* --- matrix_config.c ------------------------------------------------- */
+
+struct matrix_config {
+    char *homeserver;           /* base URL without trailing slash */
+    char *user_id;              /* "@parley:example.org" */
+    char *account;              /* room-key account name, default user_id */
+    char *password_env;         /* NULL when unset */
+    char *access_token_env;     /* NULL when unset */
+    char *device_name;          /* default "parley" */
+    char **allow;               /* allow_invites_from */
+    size_t n_allow;
+    int reject_other_invites;   /* default 0: ignore */
+    int thread_context;         /* default 0: context per room */
+    int greet_on_join;          /* default 1 */
+    int greet_new_members;      /* pass other members' joins, default 1 */
+    int greet_members_max;      /* ... only in rooms up to this size, 50 */
+    int leave_empty_rooms;      /* leave when the bot is alone, default 0 */
+    int sync_timeout_ms;        /* long-poll timeout, default 30000 */
+    int backoff_base_ms;        /* first retry delay, default 1000 */
+    int backoff_max_ms;         /* retry delay cap, default 60000 */
+    int timeline_limit;         /* filter timeline limit, default 100 */
+};
+
+/*
+ * Parse and validate the adapter's libconfig setting (config_setting_t *).
+ * Every problem is written to err as "FILE:LINE: adapters.[i].key:
+ * message", one per line.  Returns PARLEY_OK, PARLEY_ERR_CONFIG or
+ * PARLEY_ERR_OOM; free with matrix_config_free in every case.
+ */
+int matrix_config_parse(struct matrix_config *mc, void *setting, char *err,
+                        size_t errlen);
+void matrix_config_free(struct matrix_config *mc);
+
+#endif

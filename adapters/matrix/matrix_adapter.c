@@ -1,0 +1,1558 @@
+/*
+ * The Matrix adapter: a client-server API client on parley's one loop.
+ * Every request goes through loop_http_start (the shared curl multi
+ * handle), timers are uv timers, and Redis holds what must survive a
+ * restart: session:<account> (access token, device id) and sync:<account>
+ * (next_batch).
+ *
+ * One control machine runs the account: load session -> whoami (or login)
+ * -> display name -> upload filter -> load since -> /sync -> hand the
+ * batch to the router -> store next_batch -> /sync ...  Exactly once
+ * (DESIGN.md): each event of a batch goes through router_submit_durable
+ * one after the other, and next_batch is written only after every one was
+ * accepted with PARLEY_OK; if Redis fails, the walk waits and resumes at
+ * the same event, and a crash replays the batch from the old token (the
+ * router's seen:<id> drops what it already has).  Answers are sent with a
+ * txnId derived from the router's txn id (itself from the event id) and
+ * the same access token and device as before a restart, so the homeserver
+ * drops a resend of an answer that already went out.
+ *
+ * Sends are a FIFO per room with one request in flight; 429 waits
+ * retry_after_ms or Retry-After, 5xx and network errors back off with
+ * jitter, other 4xx give up (logged, done gets an error).  Every failure
+ * path of the control machine backs off too: there is no tight loop.
+ */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cjson/cJSON.h>
+#include <hiredis/hiredis.h>
+#include <uv.h>
+
+#include "adapter.h"
+#include "config.h"
+#include "event.h"
+#include "log.h"
+#include "loop.h"
+#include "matrix.h"
+#include "router.h"
+#include "status.h"
+#include "store.h"
+
+/* Sends retried for 5xx and network errors before giving up (429s do
+ * not count: the server told us exactly when to come back). */
+#define MX_SEND_MAX_ATTEMPTS 12
+/* Our recent event ids, to recognise replies to the bot. */
+#define MX_RING 256
+/* Rooms tracked (member counts, send queues). */
+#define MX_ROOMS_MAX 10000
+/* URLs: base + path + escaped ids (3 x 255) + since token. */
+#define MX_URL_MAX 8192
+/* Token and ids from the server. */
+#define MX_TOKEN_MAX 1024
+/* Extra time over the long-poll timeout before curl gives up. */
+#define MX_SYNC_SLACK_MS 30000
+/* Ordinary requests (login, send, ...). */
+#define MX_REQUEST_TIMEOUT_MS 60000
+/* While Redis is down, look again this often. */
+#define MX_REDIS_POLL_MS 500
+/* Typing notifications last this long unless renewed or cleared; they
+ * are renewed this often while the model works (answers can take longer
+ * than one notification lasts). */
+#define MX_TYPING_TIMEOUT_MS 30000
+#define MX_TYPING_RENEW_MS 20000
+
+enum mx_state {
+    MX_IDLE = 0,
+    MX_LOAD_SESSION,
+    MX_WHOAMI,
+    MX_LOGIN,
+    MX_SAVE_SESSION,
+    MX_PROFILE,
+    MX_FILTER,
+    MX_LOAD_SINCE,
+    MX_SYNC,
+    MX_WALK,
+    MX_MEMBERS,
+    MX_SAVE_SINCE,
+    MX_FATAL,
+    MX_STOPPED
+};
+
+struct matrix;
+
+struct mx_send {
+    struct mx_send *next;
+    char *content;                  /* JSON body */
+    char txn[MATRIX_TXN_MAX];
+    adapter_send_done_fn *done;
+    void *privdata;
+    int attempts;
+};
+
+struct mx_room {
+    struct mx_room *next;
+    struct matrix *m;
+    char *room_id;
+    long members;                   /* joined members, -1 unknown */
+    int direct;                     /* invited as a DM */
+    int encrypted_logged;
+    int typing;                     /* typing on: renewed by a timer */
+    struct mx_send *head, *tail;
+    struct http_request *req;       /* send in flight */
+    uint64_t retry_at;              /* uv_now when the head may go, 0 */
+};
+
+/* A fire-and-forget request (typing, join, leave). */
+struct mx_misc {
+    struct mx_misc *next, *prev;
+    struct matrix *m;
+    struct http_request *req;
+    char what[16];
+    char room_id[MATRIX_ID_MAX + 1];
+};
+
+struct matrix {
+    struct adapter ad;
+    struct matrix_config mc;
+    struct loop *loop;
+    struct store *store;
+    const struct config *cfg;
+    uv_timer_t ctl_timer;           /* control machine backoff */
+    uv_timer_t send_timer;          /* earliest room retry */
+    uv_timer_t typing_timer;        /* renews typing notifications */
+    int timers_open;
+
+    enum mx_state state;
+    int stopped;
+    int attempt;                    /* control backoff exponent */
+    uint64_t rng;
+
+    char *password;                 /* wiped on free */
+    char *env_token;
+    char token[MX_TOKEN_MAX];
+    char device_id[MX_TOKEN_MAX];
+    int token_ok;                   /* whoami/login succeeded */
+    int token_bad;                  /* a request saw M_UNKNOWN_TOKEN */
+    char display_name[256];
+    char localpart[MATRIX_ID_MAX + 1];
+    char filter_id[256];
+    char *since;                    /* NULL before the first sync */
+    int initial;                    /* this sync is the account's first */
+
+    struct http_request *ctl_req;   /* the control request in flight */
+    struct matrix_batch batch;
+    size_t walk_i;
+    int walk_rooms_done;            /* summaries of the batch applied */
+    int walk_pending;               /* accepted() not yet called */
+    int walk_async;                 /* the walk returned while pending */
+    int walk_status;
+
+    struct mx_room *rooms;
+    size_t n_rooms;
+    struct mx_misc *misc;
+
+    char *mine[MX_RING];            /* event ids we sent */
+    size_t mine_pos;
+    char *joins[MX_RING];           /* member events given to the router */
+    size_t joins_pos;
+};
+
+static void ctl_step(struct matrix *m);
+static void walk(struct matrix *m);
+static void room_kick(struct mx_room *r);
+
+/* ---- small helpers ----------------------------------------------------- */
+
+static void mx_error(struct matrix *m, int fatal, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void mx_error(struct matrix *m, int fatal, const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(m->ad.errstr, sizeof(m->ad.errstr), fmt, ap);
+    va_end(ap);
+    log_redact(m->ad.errstr, sizeof(m->ad.errstr));
+    m->ad.err = PARLEY_ERR_OTHER;
+    if (fatal) {
+        m->state = MX_FATAL;
+        m->ad.connected = 0;
+        log_error("matrix %s: %s", m->mc.account, m->ad.errstr);
+    } else {
+        log_warn("matrix %s: %s", m->mc.account, m->ad.errstr);
+    }
+}
+
+static uint64_t mx_rand(struct matrix *m)
+{
+    /* xorshift64: jitter only, not security. */
+    m->rng ^= m->rng << 13;
+    m->rng ^= m->rng >> 7;
+    m->rng ^= m->rng << 17;
+    return m->rng;
+}
+
+/* Exponential backoff with jitter: half to all of base * 2^attempt. */
+static uint64_t mx_backoff(struct matrix *m, int attempt)
+{
+    uint64_t d = (uint64_t)m->mc.backoff_base_ms;
+    int i;
+
+    for (i = 0; i < attempt && d < (uint64_t)m->mc.backoff_max_ms; i++)
+        d *= 2;
+    if (d > (uint64_t)m->mc.backoff_max_ms)
+        d = (uint64_t)m->mc.backoff_max_ms;
+    return d / 2 + mx_rand(m) % (d / 2 + 1);
+}
+
+static void ring_add(char **ring, size_t *pos, const char *id)
+{
+    char *d = strdup(id);
+
+    if (!d)
+        return;                 /* only a hint: losing one is harmless */
+    free(ring[*pos]);
+    ring[*pos] = d;
+    *pos = (*pos + 1) % MX_RING;
+}
+
+static int ring_has(char *const *ring, const char *id)
+{
+    size_t i;
+
+    if (!id)
+        return 0;
+    for (i = 0; i < MX_RING; i++)
+        if (ring[i] && strcmp(ring[i], id) == 0)
+            return 1;
+    return 0;
+}
+
+static struct mx_room *room_get(struct matrix *m, const char *room_id,
+                                int create)
+{
+    struct mx_room *r;
+
+    for (r = m->rooms; r; r = r->next)
+        if (strcmp(r->room_id, room_id) == 0)
+            return r;
+    if (!create || m->n_rooms >= MX_ROOMS_MAX)
+        return NULL;
+    r = calloc(1, sizeof(*r));
+    if (!r)
+        return NULL;
+    r->room_id = strdup(room_id);
+    if (!r->room_id) {
+        free(r);
+        return NULL;
+    }
+    r->m = m;
+    r->members = -1;
+    r->next = m->rooms;
+    m->rooms = r;
+    m->n_rooms++;
+    return r;
+}
+
+/* Authorization header for the current token, into buf. */
+static const char *auth_header(struct matrix *m, char *buf, size_t len)
+{
+    int n = snprintf(buf, len, "Authorization: Bearer %s", m->token);
+
+    return n > 0 && (size_t)n < len ? buf : NULL;
+}
+
+/*
+ * Start a request to path (already escaped) on the homeserver.  With
+ * auth, the access token goes in a header.  Returns a loop status.
+ */
+static int mx_http(struct matrix *m, const char *method, const char *path,
+                   const char *body, int auth, long timeout_ms,
+                   size_t max_body, http_done_fn *done, void *priv,
+                   struct http_request **out)
+{
+    char url[MX_URL_MAX];
+    char hdr[MX_TOKEN_MAX + 64];
+    const char *headers[2];
+    struct http_options opt;
+    size_t nh = 0;
+    int n, result;
+
+    n = snprintf(url, sizeof(url), "%s/_matrix/client/v3%s",
+                 m->mc.homeserver, path);
+    if (n < 0 || (size_t)n >= sizeof(url))
+        return PARLEY_ERR_TOO_LARGE;
+    headers[nh++] = "Content-Type: application/json";
+    if (auth) {
+        headers[nh] = auth_header(m, hdr, sizeof(hdr));
+        if (!headers[nh])
+            return PARLEY_ERR_TOO_LARGE;
+        nh++;
+    }
+    memset(&opt, 0, sizeof(opt));
+    opt.method = method;
+    opt.url = url;
+    opt.headers = headers;
+    opt.n_headers = nh;
+    opt.body = body;
+    opt.body_len = body ? strlen(body) : 0;
+    opt.connect_timeout_ms = 10000;
+    opt.timeout_ms = timeout_ms;
+    opt.max_body = max_body;
+    result = loop_http_start(m->loop, &opt, done, priv, out);
+    explicit_bzero(hdr, sizeof(hdr));
+    return result;
+}
+
+/* Whether resp is a 401 M_UNKNOWN_TOKEN (or any 401: the token is bad). */
+static int is_bad_token(const struct http_response *resp)
+{
+    return resp->status == PARLEY_OK && resp->code == 401;
+}
+
+/* ---- control machine: timers ------------------------------------------- */
+
+static void on_ctl_timer(uv_timer_t *t)
+{
+    struct matrix *m = t->data;
+
+    if (!m->stopped)
+        ctl_step(m);
+}
+
+/* Run ctl_step after delay_ms (0: on the next loop turn). */
+static void ctl_later(struct matrix *m, uint64_t delay_ms)
+{
+    if (m->stopped || !m->timers_open)
+        return;
+    uv_timer_start(&m->ctl_timer, on_ctl_timer, delay_ms, 0);
+}
+
+/* A control step failed: try the same state again after a backoff. */
+static void ctl_retry(struct matrix *m, const char *what,
+                      const struct http_response *resp)
+{
+    uint64_t delay = mx_backoff(m, m->attempt);
+    char code[64];
+    long ra = -1;
+
+    if (resp && resp->status == PARLEY_OK) {
+        matrix_parse_error(resp->body, resp->body_len, code, sizeof(code),
+                           &ra);
+        if (ra < 0)
+            ra = resp->retry_after_ms;
+        if (resp->code == 429 && ra >= 0)
+            delay = (uint64_t)ra;
+        log_warn("matrix %s: %s: HTTP %ld %s, retrying in %llu ms",
+                 m->mc.account, what, resp->code, code,
+                 (unsigned long long)delay);
+    } else {
+        log_warn("matrix %s: %s: %s%s%s, retrying in %llu ms",
+                 m->mc.account, what,
+                 resp ? parley_status_name(resp->status) : "failed",
+                 resp && resp->errstr ? ": " : "",
+                 resp && resp->errstr ? resp->errstr : "",
+                 (unsigned long long)delay);
+    }
+    if (m->attempt < 30)
+        m->attempt++;
+    m->ad.connected = 0;
+    ctl_later(m, delay);
+}
+
+/* The token was refused: log in again with the password, or stop. */
+static void ctl_token_refused(struct matrix *m)
+{
+    m->token_ok = 0;
+    m->token_bad = 0;
+    m->ad.connected = 0;
+    if (!m->password) {
+        mx_error(m, 1, "the access token was refused (M_UNKNOWN_TOKEN) and "
+                 "no password_env is configured: set a new token in %s",
+                 m->mc.access_token_env ? m->mc.access_token_env
+                                        : "the environment");
+        return;
+    }
+    log_warn("matrix %s: access token refused, logging in again",
+             m->mc.account);
+    m->state = MX_LOGIN;
+    ctl_later(m, 0);
+}
+
+/* ---- control machine: steps ------------------------------------------- */
+
+static void session_loaded(struct store *st, redisReply *rep, void *priv)
+{
+    struct matrix *m = priv;
+    size_t i;
+
+    (void)st;
+    if (m->stopped)
+        return;
+    if (!rep || rep->type != REDIS_REPLY_ARRAY) {
+        ctl_retry(m, "loading session from Redis", NULL);
+        return;
+    }
+    for (i = 0; i + 1 < rep->elements; i += 2) {
+        redisReply *k = rep->element[i], *v = rep->element[i + 1];
+
+        if (k->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING)
+            continue;
+        if (strcmp(k->str, "access_token") == 0 && !m->env_token &&
+            v->len < sizeof(m->token)) {
+            memcpy(m->token, v->str, v->len + 1);
+            log_add_secret(m->token);
+        } else if (strcmp(k->str, "device_id") == 0 &&
+                   v->len < sizeof(m->device_id)) {
+            memcpy(m->device_id, v->str, v->len + 1);
+        }
+    }
+    m->attempt = 0;
+    m->state = m->token[0] ? MX_WHOAMI : MX_LOGIN;
+    if (!m->token[0] && !m->password) {
+        mx_error(m, 1, "no access token (%s unset, none in Redis) and no "
+                 "password_env", m->mc.access_token_env
+                                 ? m->mc.access_token_env : "-");
+        return;
+    }
+    ctl_step(m);
+}
+
+static void whoami_done(const struct http_response *resp, void *priv)
+{
+    struct matrix *m = priv;
+    char user[MATRIX_ID_MAX + 1], dev[MX_TOKEN_MAX];
+
+    m->ctl_req = NULL;
+    if (is_bad_token(resp)) {
+        ctl_token_refused(m);
+        return;
+    }
+    if (resp->status != PARLEY_OK || resp->code != 200) {
+        ctl_retry(m, "whoami", resp);
+        return;
+    }
+    if (matrix_parse_session(resp->body, resp->body_len, user, sizeof(user),
+                             NULL, 0, NULL, 0) != PARLEY_OK) {
+        ctl_retry(m, "whoami (bad answer)", NULL);
+        return;
+    }
+    if (strcmp(user, m->mc.user_id) != 0) {
+        mx_error(m, 1, "the access token belongs to %s, not to the "
+                 "configured user_id %s", user, m->mc.user_id);
+        return;
+    }
+    /* Application-service tokens have no device. */
+    if (matrix_parse_session(resp->body, resp->body_len, NULL, 0, dev,
+                             sizeof(dev), NULL, 0) == PARLEY_OK)
+        memcpy(m->device_id, dev, strlen(dev) + 1);
+    m->token_ok = 1;
+    m->attempt = 0;
+    m->state = m->display_name[0] ? MX_FILTER : MX_PROFILE;
+    log_info("matrix %s: signed in (device %s)", m->mc.account,
+             m->device_id[0] ? m->device_id : "-");
+    ctl_step(m);
+}
+
+static void login_done(const struct http_response *resp, void *priv)
+{
+    struct matrix *m = priv;
+    char user[MATRIX_ID_MAX + 1];
+
+    m->ctl_req = NULL;
+    if (resp->status == PARLEY_OK && resp->code == 403) {
+        mx_error(m, 1, "login refused (HTTP 403): check the password in %s",
+                 m->mc.password_env ? m->mc.password_env : "-");
+        return;
+    }
+    if (resp->status != PARLEY_OK || resp->code != 200) {
+        ctl_retry(m, "login", resp);
+        return;
+    }
+    if (matrix_parse_session(resp->body, resp->body_len, user, sizeof(user),
+                             m->device_id, sizeof(m->device_id), m->token,
+                             sizeof(m->token)) != PARLEY_OK) {
+        ctl_retry(m, "login (bad answer)", NULL);
+        return;
+    }
+    log_add_secret(m->token);
+    if (strcmp(user, m->mc.user_id) != 0)
+        log_warn("matrix %s: logged in as %s", m->mc.account, user);
+    log_info("matrix %s: logged in (device %s)", m->mc.account,
+             m->device_id);
+    m->token_ok = 1;
+    m->attempt = 0;
+    m->state = MX_SAVE_SESSION;
+    ctl_step(m);
+}
+
+static void session_saved(struct store *st, redisReply *rep, void *priv)
+{
+    struct matrix *m = priv;
+
+    (void)st;
+    if (m->stopped)
+        return;
+    if (!rep || rep->type == REDIS_REPLY_ERROR) {
+        ctl_retry(m, "saving session to Redis", NULL);
+        return;
+    }
+    m->attempt = 0;
+    m->state = m->display_name[0] ? MX_FILTER : MX_PROFILE;
+    ctl_step(m);
+}
+
+static void profile_done(const struct http_response *resp, void *priv)
+{
+    struct matrix *m = priv;
+    cJSON *c;
+
+    m->ctl_req = NULL;
+    if (is_bad_token(resp)) {
+        ctl_token_refused(m);
+        return;
+    }
+    /* Optional: without a display name, the bot.name from the config. */
+    if (resp->status == PARLEY_OK && resp->code == 200 &&
+        (c = cJSON_ParseWithLength(resp->body, resp->body_len)) != NULL) {
+        const cJSON *dn = cJSON_GetObjectItemCaseSensitive(c, "displayname");
+
+        if (cJSON_IsString(dn) && dn->valuestring &&
+            strlen(dn->valuestring) < sizeof(m->display_name))
+            snprintf(m->display_name, sizeof(m->display_name), "%s",
+                     dn->valuestring);
+        cJSON_Delete(c);
+    }
+    if (!m->display_name[0] && m->cfg && m->cfg->bot.name)
+        snprintf(m->display_name, sizeof(m->display_name), "%s",
+                 m->cfg->bot.name);
+    if (!m->display_name[0])
+        snprintf(m->display_name, sizeof(m->display_name), "%s",
+                 m->localpart);
+    m->state = MX_FILTER;
+    ctl_step(m);
+}
+
+static void filter_done(const struct http_response *resp, void *priv)
+{
+    struct matrix *m = priv;
+    cJSON *c;
+    const cJSON *id;
+
+    m->ctl_req = NULL;
+    if (is_bad_token(resp)) {
+        ctl_token_refused(m);
+        return;
+    }
+    if (resp->status != PARLEY_OK || resp->code != 200) {
+        ctl_retry(m, "filter upload", resp);
+        return;
+    }
+    c = cJSON_ParseWithLength(resp->body, resp->body_len);
+    id = c ? cJSON_GetObjectItemCaseSensitive(c, "filter_id") : NULL;
+    if (!cJSON_IsString(id) || !id->valuestring || !id->valuestring[0] ||
+        strlen(id->valuestring) >= sizeof(m->filter_id)) {
+        cJSON_Delete(c);
+        ctl_retry(m, "filter upload (bad answer)", NULL);
+        return;
+    }
+    snprintf(m->filter_id, sizeof(m->filter_id), "%s", id->valuestring);
+    cJSON_Delete(c);
+    m->attempt = 0;
+    m->state = m->since ? MX_SYNC : MX_LOAD_SINCE;
+    ctl_step(m);
+}
+
+static void since_loaded(struct store *st, redisReply *rep, void *priv)
+{
+    struct matrix *m = priv;
+
+    (void)st;
+    if (m->stopped)
+        return;
+    if (!rep || (rep->type != REDIS_REPLY_STRING &&
+                 rep->type != REDIS_REPLY_NIL)) {
+        ctl_retry(m, "loading the sync token from Redis", NULL);
+        return;
+    }
+    free(m->since);
+    m->since = NULL;
+    if (rep->type == REDIS_REPLY_STRING && rep->len > 0) {
+        m->since = strdup(rep->str);
+        if (!m->since) {
+            ctl_retry(m, "loading the sync token (out of memory)", NULL);
+            return;
+        }
+    }
+    m->initial = m->since == NULL;
+    if (m->initial)
+        log_info("matrix %s: first sync of this account: earlier messages "
+                 "are not answered", m->mc.account);
+    m->attempt = 0;
+    m->state = MX_SYNC;
+    ctl_step(m);
+}
+
+static void sync_done(const struct http_response *resp, void *priv)
+{
+    struct matrix *m = priv;
+    struct matrix_ident me;
+    char err[128];
+    int result;
+
+    m->ctl_req = NULL;
+    if (is_bad_token(resp)) {
+        ctl_token_refused(m);
+        return;
+    }
+    if (resp->status != PARLEY_OK || resp->code != 200) {
+        ctl_retry(m, "sync", resp);
+        return;
+    }
+    me.user_id = m->mc.user_id;
+    me.localpart = m->localpart;
+    me.display_name = m->display_name[0] ? m->display_name : NULL;
+    matrix_batch_free(&m->batch);
+    result = matrix_sync_parse(resp->body, resp->body_len, &me, &m->batch,
+                               err, sizeof(err));
+    if (result != PARLEY_OK) {
+        matrix_batch_free(&m->batch);
+        log_warn("matrix %s: %s", m->mc.account, err);
+        ctl_retry(m, "sync (unusable answer)", NULL);
+        return;
+    }
+    if (!m->ad.connected)
+        log_info("matrix %s: syncing", m->mc.account);
+    m->ad.connected = 1;
+    m->ad.err = 0;
+    m->ad.errstr[0] = '\0';
+    m->attempt = 0;
+    if (m->batch.n_limited && !m->initial)
+        log_warn("matrix %s: %zu room(s) had more new events than "
+                 "timeline_limit; the older ones are not answered",
+                 m->mc.account, m->batch.n_limited);
+    if (m->batch.n_dropped)
+        log_warn("matrix %s: %zu events over MATRIX_SYNC_ITEMS_MAX dropped",
+                 m->mc.account, m->batch.n_dropped);
+    m->walk_i = 0;
+    m->walk_rooms_done = 0;
+    m->state = MX_WALK;
+    walk(m);
+}
+
+static void since_saved(struct store *st, redisReply *rep, void *priv)
+{
+    struct matrix *m = priv;
+
+    (void)st;
+    if (m->stopped)
+        return;
+    if (!rep || rep->type == REDIS_REPLY_ERROR) {
+        ctl_retry(m, "saving the sync token to Redis", NULL);
+        return;
+    }
+    free(m->since);
+    m->since = m->batch.next_batch;
+    m->batch.next_batch = NULL;
+    matrix_batch_free(&m->batch);
+    m->initial = 0;
+    m->attempt = 0;
+    m->state = MX_SYNC;
+    ctl_step(m);
+}
+
+/* Path for the sync request into buf. */
+static int sync_path(struct matrix *m, char *buf, size_t len)
+{
+    char f[3 * sizeof(m->filter_id)], s[3 * 4096 + 1];
+    int timeout = m->initial ? 0 : m->mc.sync_timeout_ms;
+    int n;
+
+    if (matrix_url_escape(m->filter_id, f, sizeof(f)) != PARLEY_OK)
+        return PARLEY_ERR_TOO_LARGE;
+    s[0] = '\0';
+    if (m->since &&
+        matrix_url_escape(m->since, s, sizeof(s)) != PARLEY_OK)
+        return PARLEY_ERR_TOO_LARGE;
+    n = snprintf(buf, len, "/sync?filter=%s&timeout=%d%s%s", f, timeout,
+                 m->since ? "&since=" : "", s);
+    return n > 0 && (size_t)n < len ? PARLEY_OK : PARLEY_ERR_TOO_LARGE;
+}
+
+static void ctl_step(struct matrix *m)
+{
+    char key[STORE_KEY_MAX], path[MX_URL_MAX], id[3 * MATRIX_ID_MAX + 1];
+    char *body = NULL;
+    const char *argv[8];
+    int result = PARLEY_OK;
+
+    if (m->stopped || m->state == MX_FATAL)
+        return;
+    /* Redis first: without it nothing can be made durable, so wait (the
+     * messages wait on the homeserver meanwhile). */
+    if (!m->store || !store_is_up(m->store)) {
+        if (m->state != MX_LOGIN && m->state != MX_WHOAMI) {
+            ctl_later(m, MX_REDIS_POLL_MS);
+            return;
+        }
+    }
+    if (m->token_bad && m->state == MX_SYNC) {
+        ctl_token_refused(m);
+        return;
+    }
+    switch (m->state) {
+    case MX_IDLE:
+    case MX_LOAD_SESSION:
+        m->state = MX_LOAD_SESSION;
+        if (m->env_token) {
+            snprintf(m->token, sizeof(m->token), "%s", m->env_token);
+        }
+        if (store_key(m->store, key, sizeof(key), "session:%s",
+                      m->mc.account) != PARLEY_OK ||
+            store_command(m->store, session_loaded, m, "HGETALL %s",
+                          key) != PARLEY_OK)
+            ctl_retry(m, "loading session from Redis", NULL);
+        return;
+    case MX_WHOAMI:
+        result = mx_http(m, "GET", "/account/whoami", NULL, 1,
+                         MX_REQUEST_TIMEOUT_MS, 64 * 1024, whoami_done, m,
+                         &m->ctl_req);
+        break;
+    case MX_LOGIN:
+        m->token[0] = '\0';
+        if (matrix_login_body(m->mc.user_id, m->password,
+                              m->device_id[0] ? m->device_id : NULL,
+                              m->mc.device_name, &body) != PARLEY_OK) {
+            ctl_retry(m, "login (out of memory)", NULL);
+            return;
+        }
+        result = mx_http(m, "POST", "/login", body, 0,
+                         MX_REQUEST_TIMEOUT_MS, 64 * 1024, login_done, m,
+                         &m->ctl_req);
+        explicit_bzero(body, strlen(body));
+        free(body);
+        break;
+    case MX_SAVE_SESSION:
+        if (store_key(m->store, key, sizeof(key), "session:%s",
+                      m->mc.account) != PARLEY_OK) {
+            ctl_retry(m, "saving session", NULL);
+            return;
+        }
+        argv[0] = "HSET";
+        argv[1] = key;
+        argv[2] = "access_token";
+        argv[3] = m->token;
+        argv[4] = "device_id";
+        argv[5] = m->device_id;
+        argv[6] = "user_id";
+        argv[7] = m->mc.user_id;
+        if (store_command_argv(m->store, session_saved, m, 8, argv,
+                               NULL) != PARLEY_OK)
+            ctl_retry(m, "saving session to Redis", NULL);
+        return;
+    case MX_PROFILE:
+        if (matrix_url_escape(m->mc.user_id, id, sizeof(id)) != PARLEY_OK)
+            return;
+        snprintf(path, sizeof(path), "/profile/%s/displayname", id);
+        result = mx_http(m, "GET", path, NULL, 1, MX_REQUEST_TIMEOUT_MS,
+                         64 * 1024, profile_done, m, &m->ctl_req);
+        break;
+    case MX_FILTER:
+        if (matrix_url_escape(m->mc.user_id, id, sizeof(id)) != PARLEY_OK ||
+            matrix_filter_body(m->mc.timeline_limit, &body) != PARLEY_OK) {
+            ctl_retry(m, "filter", NULL);
+            return;
+        }
+        snprintf(path, sizeof(path), "/user/%s/filter", id);
+        result = mx_http(m, "POST", path, body, 1, MX_REQUEST_TIMEOUT_MS,
+                         64 * 1024, filter_done, m, &m->ctl_req);
+        free(body);
+        break;
+    case MX_LOAD_SINCE:
+        if (store_key(m->store, key, sizeof(key), "sync:%s",
+                      m->mc.account) != PARLEY_OK ||
+            store_command(m->store, since_loaded, m, "GET %s", key) !=
+            PARLEY_OK)
+            ctl_retry(m, "loading the sync token from Redis", NULL);
+        return;
+    case MX_SYNC:
+        if (sync_path(m, path, sizeof(path)) != PARLEY_OK) {
+            mx_error(m, 1, "sync token too long");
+            return;
+        }
+        result = mx_http(m, "GET", path, NULL, 1,
+                         (long)m->mc.sync_timeout_ms + MX_SYNC_SLACK_MS,
+                         MATRIX_SYNC_BODY_MAX, sync_done, m, &m->ctl_req);
+        break;
+    case MX_WALK:
+    case MX_MEMBERS:
+        walk(m);
+        return;
+    case MX_SAVE_SINCE:
+        if (store_key(m->store, key, sizeof(key), "sync:%s",
+                      m->mc.account) != PARLEY_OK) {
+            ctl_retry(m, "saving the sync token", NULL);
+            return;
+        }
+        argv[0] = "SET";
+        argv[1] = key;
+        argv[2] = m->batch.next_batch;
+        if (store_command_argv(m->store, since_saved, m, 3, argv,
+                               NULL) != PARLEY_OK)
+            ctl_retry(m, "saving the sync token to Redis", NULL);
+        return;
+    case MX_FATAL:
+    case MX_STOPPED:
+        return;
+    }
+    if (result != PARLEY_OK)
+        ctl_retry(m, "starting a request", NULL);
+}
+
+/* ---- the batch walk: one event at a time into the router --------------- */
+
+static void members_done(const struct http_response *resp, void *priv)
+{
+    struct matrix *m = priv;
+    const struct matrix_item *it = &m->batch.items[m->walk_i];
+    struct mx_room *r = room_get(m, it->room_id, 1);
+    cJSON *c;
+    const cJSON *joined;
+
+    m->ctl_req = NULL;
+    if (is_bad_token(resp)) {
+        /* After the login the batch is fetched again from the same
+         * since token; the router drops what it already accepted. */
+        ctl_token_refused(m);
+        return;
+    }
+    if (resp->status != PARLEY_OK || resp->code >= 500) {
+        ctl_retry(m, "joined_members", resp);
+        return;
+    }
+    /* A 403 (we left) counts as "not a DM": the walk must go on. */
+    if (r)
+        r->members = 0;
+    c = resp->code == 200 ? cJSON_ParseWithLength(resp->body, resp->body_len)
+                          : NULL;
+    joined = c ? cJSON_GetObjectItemCaseSensitive(c, "joined") : NULL;
+    if (r && cJSON_IsObject(joined))
+        r->members = cJSON_GetArraySize(joined);
+    cJSON_Delete(c);
+    m->state = MX_WALK;
+    walk(m);
+}
+
+static void walk_accepted(int status, void *priv)
+{
+    struct matrix *m = priv;
+
+    m->walk_pending = 0;
+    m->walk_status = status;
+    if (!m->walk_async)
+        return;                 /* walk() is still on the stack */
+    m->walk_async = 0;
+    if (m->stopped)
+        return;
+    if (status != PARLEY_OK) {
+        log_warn("matrix %s: event not recorded (%s); pausing the sync",
+                 m->mc.account, parley_status_name(status));
+        ctl_later(m, mx_backoff(m, m->attempt < 30 ? m->attempt++ : 30));
+        return;
+    }
+    m->walk_i++;
+    walk(m);
+}
+
+static void misc_done(const struct http_response *resp, void *priv);
+
+/* Start a fire-and-forget request; failures are logged by misc_done. */
+static void misc_start(struct matrix *m, const char *what,
+                       const char *room_id, const char *method,
+                       const char *path, const char *body)
+{
+    struct mx_misc *x = calloc(1, sizeof(*x));
+
+    if (!x)
+        return;
+    x->m = m;
+    snprintf(x->what, sizeof(x->what), "%s", what);
+    snprintf(x->room_id, sizeof(x->room_id), "%s", room_id);
+    if (mx_http(m, method, path, body, 1, MX_REQUEST_TIMEOUT_MS, 64 * 1024,
+                misc_done, x, &x->req) != PARLEY_OK) {
+        log_warn("matrix %s: %s %s: cannot start the request",
+                 m->mc.account, what, room_id);
+        free(x);
+        return;
+    }
+    x->next = m->misc;
+    if (m->misc)
+        m->misc->prev = x;
+    m->misc = x;
+}
+
+static void misc_unlink(struct matrix *m, struct mx_misc *x)
+{
+    if (x->prev)
+        x->prev->next = x->next;
+    else
+        m->misc = x->next;
+    if (x->next)
+        x->next->prev = x->prev;
+}
+
+static void misc_done(const struct http_response *resp, void *priv)
+{
+    struct mx_misc *x = priv;
+    struct matrix *m = x->m;
+
+    misc_unlink(m, x);
+    if (resp->status != PARLEY_OK || resp->code != 200) {
+        log_warn("matrix %s: %s %s failed: %s (HTTP %ld)", m->mc.account,
+                 x->what, x->room_id, parley_status_name(resp->status),
+                 resp->code);
+        if (is_bad_token(resp))
+            m->token_bad = 1;
+    } else if (strcmp(x->what, "join") == 0) {
+        log_info("matrix %s: joined %s", m->mc.account, x->room_id);
+    }
+    free(x);
+}
+
+static void handle_invite(struct matrix *m, const struct matrix_item *it)
+{
+    char id[3 * MATRIX_ID_MAX + 1], path[MX_URL_MAX];
+
+    if (matrix_url_escape(it->room_id, id, sizeof(id)) != PARLEY_OK)
+        return;
+    if (matrix_allow_match(it->sender, (const char *const *)m->mc.allow,
+                           m->mc.n_allow)) {
+        struct mx_room *r = room_get(m, it->room_id, 1);
+
+        if (r && it->is_direct)
+            r->direct = 1;
+        log_info("matrix %s: invited to %s by %s: joining", m->mc.account,
+                 it->room_id, it->sender);
+        snprintf(path, sizeof(path), "/rooms/%s/join", id);
+        misc_start(m, "join", it->room_id, "POST", path, "{}");
+    } else if (m->mc.reject_other_invites) {
+        log_info("matrix %s: invite to %s from %s (not allowed): rejecting",
+                 m->mc.account, it->room_id, it->sender);
+        snprintf(path, sizeof(path), "/rooms/%s/leave", id);
+        misc_start(m, "reject", it->room_id, "POST", path, "{}");
+    } else {
+        log_info("matrix %s: invite to %s from %s (not allowed): ignored",
+                 m->mc.account, it->room_id, it->sender);
+    }
+}
+
+/* Whether the batch carried a summary (member count) for room_id. */
+static int batch_has_summary(const struct matrix_batch *b,
+                             const char *room_id)
+{
+    size_t i;
+
+    for (i = 0; i < b->n_rooms; i++)
+        if (strcmp(b->rooms[i].room_id, room_id) == 0)
+            return 1;
+    return 0;
+}
+
+/*
+ * Turn the item at walk_i into an event for the router, or handle it
+ * here.  Returns 1 when it was submitted (the walk waits for accepted),
+ * 0 when the walk may go on at once, -1 when the walk waits for a
+ * joined_members request.
+ */
+static int walk_item(struct matrix *m, const struct matrix_item *it)
+{
+    struct mx_room *r;
+    struct event ev;
+    char room[2 * MATRIX_ID_MAX + 2];
+    size_t i;
+
+    r = it->room_id ? room_get(m, it->room_id, 1) : NULL;
+    switch (it->kind) {
+    case MATRIX_ITEM_INVITE:
+        handle_invite(m, it);
+        return 0;
+    case MATRIX_ITEM_ENCRYPTED:
+        if (r && !r->encrypted_logged) {
+            r->encrypted_logged = 1;
+            log_warn("matrix %s: %s is encrypted; encrypted rooms are not "
+                     "supported yet", m->mc.account, it->room_id);
+        }
+        return 0;
+    case MATRIX_ITEM_JOIN:
+        if (strcmp(it->sender, m->mc.user_id) != 0 &&
+            (!m->mc.greet_new_members ||
+             (r && r->members > m->mc.greet_members_max))) {
+            /* No greeting for arrivals in big rooms (or at all). */
+            if (r && !batch_has_summary(&m->batch, it->room_id))
+                r->members = -1;
+            return 0;
+        }
+        if (r && !batch_has_summary(&m->batch, it->room_id))
+            r->members = -1;
+        break;
+    case MATRIX_ITEM_MESSAGE:
+        break;
+    }
+    /* The account's first sync is history: not answered, not greeted. */
+    if (m->initial)
+        return 0;
+    memset(&ev, 0, sizeof(ev));
+    ev.platform = "matrix";
+    ev.account = m->mc.account;
+    ev.sender = it->sender;
+    ev.sender_name = it->sender_name;
+    ev.event_id = it->event_id;
+    ev.thread_id = it->thread_id;
+    ev.reply_to = it->reply_to;
+    if (it->kind == MATRIX_ITEM_JOIN) {
+        ev.kind = EVENT_JOIN;
+        ev.self = strcmp(it->sender, m->mc.user_id) == 0;
+        if (ev.self && !m->mc.greet_on_join)
+            return 0;
+        ring_add(m->joins, &m->joins_pos, it->event_id);
+    } else {
+        ev.kind = EVENT_MESSAGE;
+        ev.text = it->text;
+        ev.addressed = it->mentioned || it->reply_names_bot ||
+                       ring_has(m->mine, it->reply_to) ||
+                       (r && (r->direct || r->members == 2));
+        if (!ev.addressed && r && r->members < 0) {
+            /* Maybe a DM: ask the server how many are in the room. */
+            char id[3 * MATRIX_ID_MAX + 1], path[MX_URL_MAX];
+
+            if (matrix_url_escape(it->room_id, id, sizeof(id)) == PARLEY_OK) {
+                snprintf(path, sizeof(path), "/rooms/%s/joined_members", id);
+                m->state = MX_MEMBERS;
+                if (mx_http(m, "GET", path, NULL, 1, MX_REQUEST_TIMEOUT_MS,
+                            MATRIX_SYNC_BODY_MAX, members_done, m,
+                            &m->ctl_req) == PARLEY_OK)
+                    return -1;
+                m->state = MX_WALK;
+            }
+            r->members = 0;
+        }
+    }
+    for (i = 0; m->mc.allow && i < m->mc.n_allow; i++)
+        if (m->mc.allow[i][0] == '@' && strcmp(m->mc.allow[i],
+                                               it->sender) == 0)
+            ev.is_admin = 1;
+    if (m->mc.thread_context && it->thread_id)
+        snprintf(room, sizeof(room), "%s/%s", it->room_id, it->thread_id);
+    else
+        snprintf(room, sizeof(room), "%s", it->room_id);
+    ev.room = room;
+    m->walk_pending = 1;
+    m->walk_async = 0;
+    router_submit_durable(m->ad.router, &ev, walk_accepted, m);
+    return 1;
+}
+
+static void walk(struct matrix *m)
+{
+    size_t i;
+
+    if (m->stopped)
+        return;
+    m->state = MX_WALK;
+    /* Summaries first: they say which rooms are DMs, and which are empty
+     * but for the bot.  Once per batch, however often the walk resumes. */
+    if (!m->walk_rooms_done) {
+        m->walk_rooms_done = 1;
+        for (i = 0; i < m->batch.n_rooms; i++) {
+            const struct matrix_room_info *ri = &m->batch.rooms[i];
+            struct mx_room *r = room_get(m, ri->room_id, 1);
+            char id[3 * MATRIX_ID_MAX + 1], path[MX_URL_MAX];
+
+            if (r)
+                r->members = ri->joined_members;
+            if (ri->joined_members <= 1 && m->mc.leave_empty_rooms &&
+                !m->initial &&
+                matrix_url_escape(ri->room_id, id, sizeof(id)) == PARLEY_OK) {
+                log_info("matrix %s: %s is empty but for the bot: leaving",
+                         m->mc.account, ri->room_id);
+                snprintf(path, sizeof(path), "/rooms/%s/leave", id);
+                misc_start(m, "leave", ri->room_id, "POST", path, "{}");
+            }
+        }
+    }
+    while (m->walk_i < m->batch.n_items) {
+        int w = walk_item(m, &m->batch.items[m->walk_i]);
+
+        if (w < 0)
+            return;             /* joined_members in flight */
+        if (w > 0) {
+            if (m->walk_pending) {
+                m->walk_async = 1;
+                return;         /* walk_accepted goes on */
+            }
+            if (m->walk_status != PARLEY_OK) {
+                log_warn("matrix %s: event not recorded (%s); pausing the "
+                         "sync", m->mc.account,
+                         parley_status_name(m->walk_status));
+                ctl_later(m, mx_backoff(m, m->attempt < 30 ? m->attempt++
+                                                           : 30));
+                return;
+            }
+        }
+        m->walk_i++;
+    }
+    m->state = MX_SAVE_SINCE;
+    ctl_step(m);
+}
+
+/* ---- sending ----------------------------------------------------------- */
+
+static void send_free(struct mx_send *s)
+{
+    free(s->content);
+    free(s);
+}
+
+static void on_send_timer(uv_timer_t *t)
+{
+    struct matrix *m = t->data;
+    uint64_t now = uv_now(loop_uv(m->loop)), next = 0;
+    struct mx_room *r;
+
+    for (r = m->rooms; r; r = r->next) {
+        if (!r->retry_at || r->req)
+            continue;
+        if (r->retry_at <= now) {
+            r->retry_at = 0;
+            room_kick(r);
+        }
+    }
+    for (r = m->rooms; r; r = r->next)
+        if (r->retry_at && (!next || r->retry_at < next))
+            next = r->retry_at;
+    if (next && m->timers_open && !m->stopped)
+        uv_timer_start(&m->send_timer, on_send_timer,
+                       next > now ? next - now : 1, 0);
+}
+
+static void room_retry(struct mx_room *r, uint64_t delay)
+{
+    struct matrix *m = r->m;
+    uint64_t now = uv_now(loop_uv(m->loop));
+    uint64_t due = uv_timer_get_due_in(&m->send_timer);
+
+    r->retry_at = now + delay;
+    if (!m->timers_open || m->stopped)
+        return;
+    if (!uv_is_active((uv_handle_t *)&m->send_timer) || delay < due)
+        uv_timer_start(&m->send_timer, on_send_timer, delay, 0);
+}
+
+static void send_finish(struct mx_room *r, int status)
+{
+    struct mx_send *s = r->head;
+
+    r->head = s->next;
+    if (!r->head)
+        r->tail = NULL;
+    s->done(status, s->privdata);
+    send_free(s);
+}
+
+static void send_done(const struct http_response *resp, void *priv)
+{
+    struct mx_room *r = priv;
+    struct matrix *m = r->m;
+    struct mx_send *s = r->head;
+    char code[64];
+    long ra = -1;
+
+    r->req = NULL;
+    if (resp->status == PARLEY_OK && resp->code == 200) {
+        cJSON *c = cJSON_ParseWithLength(resp->body, resp->body_len);
+        const cJSON *id = c ? cJSON_GetObjectItemCaseSensitive(c, "event_id")
+                            : NULL;
+
+        if (cJSON_IsString(id) && id->valuestring)
+            ring_add(m->mine, &m->mine_pos, id->valuestring);
+        cJSON_Delete(c);
+        send_finish(r, PARLEY_OK);
+        room_kick(r);
+        return;
+    }
+    if (resp->status == PARLEY_OK)
+        matrix_parse_error(resp->body, resp->body_len, code, sizeof(code),
+                           &ra);
+    else
+        code[0] = '\0';
+    if (is_bad_token(resp)) {
+        m->token_bad = 1;
+        if (m->state == MX_SYNC && m->ctl_req) {
+            /* The long poll would only find out in 30 s. */
+            loop_http_cancel(m->ctl_req);
+            m->ctl_req = NULL;
+            ctl_token_refused(m);
+        }
+        room_retry(r, mx_backoff(m, 0));
+        return;
+    }
+    if (resp->status == PARLEY_OK && resp->code == 429) {
+        if (ra < 0)
+            ra = resp->retry_after_ms;
+        if (ra < 0)
+            ra = (long)mx_backoff(m, s->attempts);
+        log_info("matrix %s: rate limited in %s, retrying txn %s in %ld ms",
+                 m->mc.account, r->room_id, s->txn, ra);
+        room_retry(r, (uint64_t)ra);
+        return;
+    }
+    if (resp->status != PARLEY_OK || resp->code >= 500) {
+        if (++s->attempts < MX_SEND_MAX_ATTEMPTS) {
+            uint64_t d = mx_backoff(m, s->attempts - 1);
+
+            log_warn("matrix %s: send to %s failed (%s, HTTP %ld), retrying "
+                     "txn %s in %llu ms", m->mc.account, r->room_id,
+                     parley_status_name(resp->status), resp->code, s->txn,
+                     (unsigned long long)d);
+            room_retry(r, d);
+            return;
+        }
+    }
+    log_error("matrix %s: giving up on an answer in %s (txn %s): %s, "
+              "HTTP %ld %s", m->mc.account, r->room_id, s->txn,
+              parley_status_name(resp->status), resp->code, code);
+    send_finish(r, PARLEY_ERR_HTTP);
+    room_kick(r);
+}
+
+/* Start the head of the room's queue when nothing is in flight. */
+static void room_kick(struct mx_room *r)
+{
+    struct matrix *m = r->m;
+    struct mx_send *s = r->head;
+    char rid[3 * MATRIX_ID_MAX + 1], path[MX_URL_MAX];
+
+    if (!s || r->req || r->retry_at || m->stopped)
+        return;
+    if (m->state == MX_FATAL) {
+        /* No way to send any more (see the fatal log line): the router
+         * learns it now rather than waiting forever. */
+        while (r->head)
+            send_finish(r, PARLEY_ERR_STATE);
+        return;
+    }
+    if (!m->token_ok) {
+        room_retry(r, 500);     /* logging in: look again soon */
+        return;
+    }
+    if (matrix_url_escape(r->room_id, rid, sizeof(rid)) != PARLEY_OK ||
+        snprintf(path, sizeof(path), "/rooms/%s/send/m.room.message/%s",
+                 rid, s->txn) >= (int)sizeof(path)) {
+        send_finish(r, PARLEY_ERR_TOO_LARGE);
+        room_kick(r);
+        return;
+    }
+    if (mx_http(m, "PUT", path, s->content, 1, MX_REQUEST_TIMEOUT_MS,
+                64 * 1024, send_done, r, &r->req) != PARLEY_OK) {
+        r->req = NULL;
+        room_retry(r, mx_backoff(m, s->attempts++));
+    }
+}
+
+static int matrix_send(struct adapter *ad, const char *room,
+                       const struct reply *reply, adapter_send_done_fn *done,
+                       void *privdata)
+{
+    struct matrix *m = ad->priv;
+    char room_id[MATRIX_ID_MAX + 1], seed[1024];
+    const char *thread = NULL;
+    struct matrix_out o;
+    struct mx_send *s;
+    struct mx_room *r;
+    int result;
+
+    if (m->stopped || m->state == MX_FATAL) {
+        snprintf(ad->errstr, sizeof(ad->errstr), "matrix adapter stopped");
+        return PARLEY_ERR_STATE;
+    }
+    result = matrix_room_split(room, room_id, sizeof(room_id), &thread);
+    if (result != PARLEY_OK) {
+        snprintf(ad->errstr, sizeof(ad->errstr), "not a Matrix room id");
+        return result;
+    }
+    r = room_get(m, room_id, 1);
+    s = calloc(1, sizeof(*s));
+    if (!r || !s) {
+        free(s);
+        return PARLEY_ERR_OOM;
+    }
+    memset(&o, 0, sizeof(o));
+    o.text = reply->text;
+    o.mention = reply->mention;
+    o.notice = reply->notice;
+    o.thread_id = reply->thread_id ? reply->thread_id : thread;
+    /* Greetings answer a member event: no reply relation to that. */
+    o.in_reply_to = ring_has(m->joins, reply->in_reply_to)
+                    ? NULL : reply->in_reply_to;
+    if (o.thread_id && !o.in_reply_to)
+        o.in_reply_to = o.thread_id;
+    if (matrix_content_build(&o, &s->content) != PARLEY_OK) {
+        free(s);
+        return PARLEY_ERR_OOM;
+    }
+    if (reply->txn_id)
+        snprintf(seed, sizeof(seed), "%s", reply->txn_id);
+    else if (reply->in_reply_to)
+        snprintf(seed, sizeof(seed), "reply.%s", reply->in_reply_to);
+    else
+        snprintf(seed, sizeof(seed), "once.%llu.%ld.%d",
+                 (unsigned long long)mx_rand(m), (long)time(NULL),
+                 (int)getpid());
+    if (matrix_txn_id(seed, s->txn, sizeof(s->txn)) != PARLEY_OK) {
+        send_free(s);
+        return PARLEY_ERR_OTHER;
+    }
+    s->done = done;
+    s->privdata = privdata;
+    if (r->tail)
+        r->tail->next = s;
+    else
+        r->head = s;
+    r->tail = s;
+    room_kick(r);
+    return PARLEY_OK;
+}
+
+static void typing_send(struct matrix *m, const char *room_id, int on)
+{
+    char rid[3 * MATRIX_ID_MAX + 1], uid[3 * MATRIX_ID_MAX + 1];
+    char path[MX_URL_MAX], body[64];
+
+    if (m->stopped || !m->token_ok ||
+        matrix_url_escape(room_id, rid, sizeof(rid)) ||
+        matrix_url_escape(m->mc.user_id, uid, sizeof(uid)))
+        return;
+    snprintf(path, sizeof(path), "/rooms/%s/typing/%s", rid, uid);
+    if (on)
+        snprintf(body, sizeof(body), "{\"typing\":true,\"timeout\":%d}",
+                 MX_TYPING_TIMEOUT_MS);
+    else
+        snprintf(body, sizeof(body), "{\"typing\":false}");
+    misc_start(m, "typing", room_id, "PUT", path, body);
+}
+
+static void on_typing_timer(uv_timer_t *t)
+{
+    struct matrix *m = t->data;
+    struct mx_room *r;
+
+    for (r = m->rooms; r; r = r->next)
+        if (r->typing)
+            typing_send(m, r->room_id, 1);
+}
+
+static void matrix_typing(struct adapter *ad, const char *room, int on)
+{
+    struct matrix *m = ad->priv;
+    char room_id[MATRIX_ID_MAX + 1];
+    const char *thread;
+    struct mx_room *r;
+
+    if (m->stopped ||
+        matrix_room_split(room, room_id, sizeof(room_id), &thread))
+        return;
+    r = room_get(m, room_id, 1);
+    if (r)
+        r->typing = on;
+    typing_send(m, room_id, on);
+}
+
+/* ---- life cycle -------------------------------------------------------- */
+
+static int matrix_start(struct adapter *ad)
+{
+    struct matrix *m = ad->priv;
+    uv_loop_t *uv = loop_uv(m->loop);
+    char err[PARLEY_ERRSTR_LEN];
+
+    if (m->mc.access_token_env &&
+        config_secret_read(m->mc.access_token_env, &m->env_token, err,
+                           sizeof(err)) != PARLEY_OK)
+        log_warn("matrix %s: %s", m->mc.account, err);
+    if (m->mc.password_env &&
+        config_secret_read(m->mc.password_env, &m->password, err,
+                           sizeof(err)) != PARLEY_OK)
+        log_warn("matrix %s: %s", m->mc.account, err);
+    if (m->env_token && !m->env_token[0]) {
+        free(m->env_token);
+        m->env_token = NULL;
+    }
+    if (m->password && !m->password[0]) {
+        free(m->password);
+        m->password = NULL;
+    }
+    if (m->env_token)
+        log_add_secret(m->env_token);
+    if (m->password)
+        log_add_secret(m->password);
+    if (!m->env_token && !m->password)
+        log_info("matrix %s: neither %s nor %s is set; using the session "
+                 "stored in Redis", m->mc.account,
+                 m->mc.access_token_env ? m->mc.access_token_env : "-",
+                 m->mc.password_env ? m->mc.password_env : "-");
+    if (uv_timer_init(uv, &m->ctl_timer) != 0 ||
+        uv_timer_init(uv, &m->send_timer) != 0 ||
+        uv_timer_init(uv, &m->typing_timer) != 0) {
+        snprintf(ad->errstr, sizeof(ad->errstr), "uv_timer_init failed");
+        return PARLEY_ERR_OTHER;
+    }
+    m->ctl_timer.data = m;
+    m->send_timer.data = m;
+    m->typing_timer.data = m;
+    m->timers_open = 1;
+    uv_timer_start(&m->typing_timer, on_typing_timer, MX_TYPING_RENEW_MS,
+                   MX_TYPING_RENEW_MS);
+    m->state = MX_LOAD_SESSION;
+    ctl_step(m);
+    return PARLEY_OK;
+}
+
+static void matrix_stop(struct adapter *ad)
+{
+    struct matrix *m = ad->priv;
+    struct mx_room *r;
+
+    if (m->stopped)
+        return;
+    m->stopped = 1;
+    m->state = MX_STOPPED;
+    ad->connected = 0;
+    if (m->ctl_req) {
+        loop_http_cancel(m->ctl_req);
+        m->ctl_req = NULL;
+    }
+    while (m->misc) {
+        struct mx_misc *x = m->misc;
+
+        misc_unlink(m, x);
+        loop_http_cancel(x->req);
+        free(x);
+    }
+    /* Unsent answers: done gets an error; their jobs stay in Redis and
+     * are resumed on the next start. */
+    for (r = m->rooms; r; r = r->next) {
+        if (r->req) {
+            loop_http_cancel(r->req);
+            r->req = NULL;
+        }
+        while (r->head)
+            send_finish(r, PARLEY_ERR_STATE);
+    }
+    if (m->timers_open) {
+        uv_timer_stop(&m->ctl_timer);
+        uv_timer_stop(&m->send_timer);
+        uv_timer_stop(&m->typing_timer);
+        uv_close((uv_handle_t *)&m->ctl_timer, NULL);
+        uv_close((uv_handle_t *)&m->send_timer, NULL);
+        uv_close((uv_handle_t *)&m->typing_timer, NULL);
+    }
+}
+
+static void matrix_free(struct adapter *ad)
+{
+    struct matrix *m;
+    size_t i;
+
+    if (!ad)
+        return;
+    m = ad->priv;
+    while (m->rooms) {
+        struct mx_room *r = m->rooms;
+
+        m->rooms = r->next;
+        while (r->head) {
+            struct mx_send *s = r->head;
+
+            r->head = s->next;
+            send_free(s);
+        }
+        free(r->room_id);
+        free(r);
+    }
+    for (i = 0; i < MX_RING; i++) {
+        free(m->mine[i]);
+        free(m->joins[i]);
+    }
+    matrix_batch_free(&m->batch);
+    free(m->since);
+    if (m->password) {
+        explicit_bzero(m->password, strlen(m->password));
+        free(m->password);
+    }
+    if (m->env_token) {
+        explicit_bzero(m->env_token, strlen(m->env_token));
+        free(m->env_token);
+    }
+    explicit_bzero(m->token, sizeof(m->token));
+    matrix_config_free(&m->mc);
+    free(m);
+}
+
+static const struct adapter_ops matrix_ops = {
+    .type = "matrix",
+    .start = matrix_start,
+    .send = matrix_send,
+    .typing = matrix_typing,
+    .stop = matrix_stop,
+    .free = matrix_free,
+};
+
+int matrix_adapter_create(struct adapter **out,
+                          const struct adapter_env *env, void *setting,
+                          char *err, size_t errlen)
+{
+    struct matrix *m;
+    const char *colon;
+    size_t n;
+    int result;
+
+    *out = NULL;
+    m = calloc(1, sizeof(*m));
+    if (!m) {
+        snprintf(err, errlen, "matrix adapter: out of memory");
+        return PARLEY_ERR_OOM;
+    }
+    result = matrix_config_parse(&m->mc, setting, err, errlen);
+    if (result != PARLEY_OK) {
+        if (result == PARLEY_ERR_OOM)
+            snprintf(err, errlen, "matrix adapter: out of memory");
+        matrix_config_free(&m->mc);
+        free(m);
+        return result;
+    }
+    colon = strchr(m->mc.user_id, ':');
+    n = (size_t)(colon - m->mc.user_id - 1);
+    memcpy(m->localpart, m->mc.user_id + 1, n);
+    m->localpart[n] = '\0';
+    m->loop = env->loop;
+    m->store = env->store;
+    m->cfg = env->cfg;
+    m->rng = ((uint64_t)time(NULL) << 20) ^ (uint64_t)getpid() ^
+             (uint64_t)(uintptr_t)m;
+    if (!m->rng)
+        m->rng = 88172645463325252ULL;
+    m->ad.ops = &matrix_ops;
+    m->ad.loop = env->loop;
+    m->ad.account = m->mc.account;
+    m->ad.priv = m;
+    *out = &m->ad;
+    return PARLEY_OK;
+}

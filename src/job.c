@@ -1,0 +1,686 @@
+/*
+ * One job and the room queues it waits in.  A room runs one job at a
+ * time, so answers in a room keep the order of the questions, while jobs
+ * of different rooms run concurrently on the one loop.  A chat job walks
+ * these steps, each an async Redis or LLM call whose callback starts the
+ * next one:
+ *
+ *   settings (room:<room>) -> usage (usage:<day>:<user>) -> history
+ *   (ctx:<room>) -> completion (llm) -> record (ctx append, usage,
+ *   job answer) -> send (adapter) -> done
+ *
+ * When Redis is down each Redis step is skipped (no history, no limits
+ * from Redis), so IRC and the console keep answering; errors from the
+ * model never enter the history.  The room is released for its next job
+ * as soon as the answer is handed to the adapter, which keeps per-room
+ * order itself (adapter.h).
+ */
+#include <ctype.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <cJSON.h>
+#include <hiredis/hiredis.h>
+
+#include "adapter.h"
+#include "config.h"
+#include "context.h"
+#include "dict.h"
+#include "event.h"
+#include "llm.h"
+#include "log.h"
+#include "metrics.h"
+#include "prompt.h"
+#include "router.h"
+#include "router_job.h"
+#include "status.h"
+#include "store.h"
+
+static void room_release(struct router *r, struct room *room);
+
+static double monotonic_seconds(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* ---- helpers ------------------------------------------------------------ */
+
+const char *event_speaker(const struct event *ev)
+{
+    if (ev->sender_name && *ev->sender_name)
+        return ev->sender_name;
+    return ev->sender ? ev->sender : "someone";
+}
+
+void utc_day(char *buf, size_t len)
+{
+    time_t now = time(NULL);
+    struct tm tm;
+
+    gmtime_r(&now, &tm);
+    strftime(buf, len, "%Y-%m-%d", &tm);
+}
+
+int key_or_log(struct router *r, char *buf, size_t len, const char *kind,
+               const char *name)
+{
+    if (store_key(r->store, buf, len, "%s:%s", kind, name) != PARLEY_OK) {
+        log_warn("redis key %s:<...> too long, skipped", kind);
+        return -1;
+    }
+    return 0;
+}
+
+char *dup_reply_str(const struct redisReply *rep)
+{
+    if (!rep || (rep->type != REDIS_REPLY_STRING &&
+                 rep->type != REDIS_REPLY_STATUS))
+        return NULL;
+    return strndup(rep->str, rep->len);
+}
+
+void job_free(struct job *job)
+{
+    struct router *r = job->r;
+
+    event_free(job->ev);
+    free(job->model);
+    free(job->system);
+    context_history_free(job->history);
+    free(job->answer);
+    if (job->all_prev)
+        job->all_prev->all_next = job->all_next;
+    else
+        r->jobs = job->all_next;
+    if (job->all_next)
+        job->all_next->all_prev = job->all_prev;
+    free(job);
+    r->pending--;
+}
+
+/* ---- finishing: send, then mark done ----------------------------------- */
+
+static void job_sent(int status, void *privdata)
+{
+    struct job *job = privdata;
+    struct router *r = job->r;
+
+    if (status != PARLEY_OK)
+        log_warn("%s: answer to %s in %s not delivered: %s",
+                 job->ev->platform, job->ev->sender ? job->ev->sender : "-",
+                 job->ev->room, parley_status_name(status));
+    if (job->durable && status == PARLEY_OK) {
+        char key[STORE_KEY_MAX];
+        char ttl[24];
+
+        snprintf(ttl, sizeof(ttl), "%d", r->cfg->redis.dedupe_ttl_s);
+        if (key_or_log(r, key, sizeof(key), "job", job->ev->event_id) == 0) {
+            const char *argv[] = { "HSET", key, "state", "done" };
+            const char *argv2[] = { "EXPIRE", key, ttl };
+
+            store_command_argv(r->store, ignore_reply, NULL, 4, argv,
+                               NULL);
+            store_command_argv(r->store, ignore_reply, NULL, 3, argv2,
+                               NULL);
+        }
+    }
+    job_free(job);
+}
+
+/* Hand the answer to the adapter and let the room move on.  The job is
+ * not touched after ops->send: done may already have freed it. */
+static void job_send(struct job *job)
+{
+    struct router *r = job->r;
+    struct room *room = job->room;
+    struct adapter *ad = job->ad;
+    char txn[EVENT_ROOM_KEY_MAX];
+    struct reply reply;
+    int result;
+
+    memset(&reply, 0, sizeof(reply));
+    reply.text = job->answer ? job->answer : ROUTER_FALLBACK_TEXT;
+    /* A greeting answers nobody's message: replying to a membership
+     * event would show as a reply to nothing in most clients. */
+    if (job->kind != JOB_GREET_ROOM && job->kind != JOB_GREET_USER)
+        reply.in_reply_to = job->ev->event_id;
+    reply.thread_id = job->ev->thread_id;
+    reply.mention = job->kind == JOB_GREET_ROOM ? NULL : job->ev->sender;
+    reply.notice = job->notice;
+    if (job->ev->event_id) {
+        snprintf(txn, sizeof(txn), "parley.%s", job->ev->event_id);
+        reply.txn_id = txn;
+    }
+    if (ad->ops->typing && job->kind == JOB_CHAT)
+        ad->ops->typing(ad, job->ev->room, 0);
+
+    if (room)
+        room->current = NULL;
+    if (job->kind == JOB_GREET_ROOM || job->kind == JOB_GREET_USER)
+        metrics_greeting();
+    else
+        metrics_message_answered(job->ev->platform);
+    result = ad->ops->send(ad, job->ev->room, &reply, job_sent, job);
+    if (result != PARLEY_OK) {
+        log_warn("%s: cannot send to %s: %s", ad->ops->type,
+                 job->ev->room, ad->errstr[0] ? ad->errstr :
+                 parley_status_name(result));
+        job_free(job);
+    }
+    if (room)
+        room_release(r, room);
+}
+
+static void job_answer_stored(struct store *st, struct redisReply *rep,
+                              void *privdata)
+{
+    (void)st;
+    (void)rep;
+
+    if (JOB_CLOSING((struct job *)privdata))
+        return;
+    job_send(privdata);
+}
+
+/* For durable jobs the answer goes into job:<id> before it is sent, so a
+ * restart resends the same text instead of asking the model again. */
+static void job_store_answer_then_send(struct job *job)
+{
+    struct router *r = job->r;
+    char key[STORE_KEY_MAX];
+
+    if (job->durable &&
+        key_or_log(r, key, sizeof(key), "job", job->ev->event_id) == 0) {
+        const char *argv[] = { "HSET", key, "state", "answered",
+                               "answer", job->answer ? job->answer : "",
+                               "notice", job->notice ? "1" : "0" };
+
+        if (store_command_argv(r->store, job_answer_stored, job, 8, argv,
+                               NULL) == PARLEY_OK)
+            return;
+    }
+    job_send(job);
+}
+
+/* Finish a job that sends nothing and let its room move on. */
+void job_drop(struct job *job)
+{
+    struct router *r = job->r;
+    struct room *room = job->room;
+
+    room->current = NULL;
+    job_free(job);
+    room_release(r, room);
+}
+
+/* text may be job->answer itself. */
+void job_reply(struct job *job, const char *text, int notice)
+{
+    char *copy = text ? strdup(text) : NULL;
+
+    free(job->answer);
+    job->answer = copy;
+    job->notice = notice;
+    job_store_answer_then_send(job);
+}
+
+/* ---- chat: record, complete, history, usage, settings ------------------ */
+
+void ignore_reply(struct store *st, struct redisReply *rep,
+                  void *privdata)
+{
+    (void)st;
+    (void)rep;
+    (void)privdata;
+}
+
+static void job_history_appended(int status, void *privdata)
+{
+    struct job *job = privdata;
+
+    if (JOB_CLOSING((struct job *)privdata))
+        return;
+
+    if (status != PARLEY_OK)
+        log_warn("history of %s not saved: %s", job->room->key,
+                 parley_status_name(status));
+    job_store_answer_then_send(job);
+}
+
+static void job_record_usage(struct job *job)
+{
+    struct router *r = job->r;
+    char day[16], name[EVENT_ROOM_KEY_MAX + 32], key[STORE_KEY_MAX];
+    char in[24], out[24], total[24], ttl[24];
+
+    utc_day(day, sizeof(day));
+    snprintf(name, sizeof(name), "%s:%s", day, job->user_key);
+    if (key_or_log(r, key, sizeof(key), "usage", name) != 0)
+        return;
+    snprintf(in, sizeof(in), "%ld", job->tokens_in > 0 ? job->tokens_in : 0);
+    snprintf(out, sizeof(out), "%ld",
+             job->tokens_out > 0 ? job->tokens_out : 0);
+    snprintf(total, sizeof(total), "%ld",
+             (job->tokens_in > 0 ? job->tokens_in : 0) +
+             (job->tokens_out > 0 ? job->tokens_out : 0));
+    snprintf(ttl, sizeof(ttl), "%d", ROUTER_USAGE_TTL_S);
+    {
+        const char *a1[] = { "HINCRBY", key, "requests", "1" };
+        const char *a2[] = { "HINCRBY", key, "tokens_in", in };
+        const char *a3[] = { "HINCRBY", key, "tokens_out", out };
+        const char *a4[] = { "HINCRBY", key, "tokens", total };
+        const char *a5[] = { "EXPIRE", key, ttl };
+
+        store_command_argv(r->store, ignore_reply, NULL, 4, a1, NULL);
+        store_command_argv(r->store, ignore_reply, NULL, 4, a2, NULL);
+        store_command_argv(r->store, ignore_reply, NULL, 4, a3, NULL);
+        store_command_argv(r->store, ignore_reply, NULL, 4, a4, NULL);
+        store_command_argv(r->store, ignore_reply, NULL, 3, a5, NULL);
+    }
+}
+
+static void job_llm_done(const struct llm_result *res, void *privdata)
+{
+    struct job *job = privdata;
+    struct router *r = job->r;
+    struct turn turns[2];
+    size_t n = 0;
+    long long now = (long long)time(NULL);
+
+    metrics_llm_done(res->status == PARLEY_OK, res->http_code,
+                     res->attempts, monotonic_seconds() - job->llm_started,
+                     res->prompt_tokens, res->completion_tokens);
+    if (res->status != PARLEY_OK) {
+        log_error("llm: no answer for %s after %d attempt(s): %s",
+                  job->room->key, res->attempts, res->errstr);
+        if (!res->retryable && res->http_code >= 400 &&
+            res->http_code < 500)
+            job_reply(job, "Sorry, I can't answer that right now: the "
+                      "language model service refused the request. The "
+                      "operator has been told.", 1);
+        else
+            job_reply(job, ROUTER_FALLBACK_TEXT, 1);
+        return;
+    }
+    job->answer = strdup(res->content ? res->content : "");
+    job->tokens_in = res->prompt_tokens;
+    job->tokens_out = res->completion_tokens;
+    job->notice = 0;
+    if (!job->answer) {
+        job_reply(job, ROUTER_FALLBACK_TEXT, 1);
+        return;
+    }
+    job_record_usage(job);
+
+    memset(turns, 0, sizeof(turns));
+    if (job->kind == JOB_CHAT) {
+        turns[n].role = "user";
+        turns[n].name = (char *)event_speaker(job->ev);
+        turns[n].content = (char *)job->ev->text;
+        turns[n].ts = now;
+        n++;
+    }
+    turns[n].role = "assistant";
+    turns[n].name = NULL;
+    turns[n].content = job->answer;
+    turns[n].ts = now;
+    n++;
+    if (context_append(r->store, job->room->key, turns, n,
+                       &r->cfg->context, job_history_appended,
+                       job) != PARLEY_OK)
+        job_store_answer_then_send(job);
+}
+
+static void job_complete(struct job *job)
+{
+    struct router *r = job->r;
+    const struct config *cfg = r->cfg;
+    const struct config_room *over = config_room_find(cfg, job->room->key);
+    struct prompt_input in;
+    struct cJSON *messages;
+    const char *model = job->model;
+    int empty = !job->history || job->history->n == 0;
+
+    memset(&in, 0, sizeof(in));
+    in.bot_name = cfg->bot.name;
+    in.system = job->system ? job->system :
+                (over && over->system ? over->system : cfg->prompts.system);
+    in.greeting = cfg->prompts.greeting;
+    in.fewshot = cfg->prompts.fewshot;
+    in.n_fewshot = cfg->prompts.n_fewshot;
+    in.history = job->history;
+    in.max_history_tokens = (size_t)cfg->context.max_tokens;
+    in.user_name = event_speaker(job->ev);
+    in.user_text = job->kind == JOB_CHAT ? job->ev->text : NULL;
+    /* The first words in a room greet and invite a topic, unless the room
+     * turned greetings off. */
+    in.first_contact = empty && job->greeting;
+    if (job->kind == JOB_GREET_ROOM)
+        in.user_name = NULL;
+    if (!model && over && over->model)
+        model = over->model;
+
+    messages = prompt_build(&in);
+    if (!messages) {
+        job_reply(job, ROUTER_FALLBACK_TEXT, 1);
+        return;
+    }
+    if (job->kind == JOB_CHAT && job->ad->ops->typing)
+        job->ad->ops->typing(job->ad, job->ev->room, 1);
+    job->llm_started = monotonic_seconds();
+    if (llm_complete(r->llm, model, messages, job_llm_done, job,
+                     NULL) != PARLEY_OK) {
+        log_error("llm: cannot start a request for %s", job->room->key);
+        job_reply(job, ROUTER_FALLBACK_TEXT, 1);
+    }
+}
+
+static void job_history_loaded(int status, struct history *h, void *privdata)
+{
+    struct job *job = privdata;
+
+    if (JOB_CLOSING(job)) {
+        context_history_free(h);
+        return;
+    }
+    if (status != PARLEY_OK)
+        log_debug("history of %s unavailable (%s), answering without",
+                  job->room->key, parley_status_name(status));
+    job->history = h;
+    /* A room greeting only makes sense in a room with no conversation. */
+    if (job->kind == JOB_GREET_ROOM && h && h->n > 0) {
+        job_drop(job);
+        return;
+    }
+    job_complete(job);
+}
+
+static void job_load_history(struct job *job)
+{
+    if (context_load(job->r->store, job->room->key, &job->r->cfg->context,
+                     job_history_loaded, job) != PARLEY_OK)
+        job_history_loaded(PARLEY_ERR_STATE, NULL, job);
+}
+
+static void job_usage_loaded(struct store *st, struct redisReply *rep,
+                             void *privdata)
+{
+    struct job *job = privdata;
+    int limit = job->r->cfg->limits.user_daily_tokens;
+
+    if (JOB_CLOSING((struct job *)privdata))
+        return;
+
+    (void)st;
+    if (limit > 0 && rep && rep->type == REDIS_REPLY_STRING) {
+        long long used = strtoll(rep->str, NULL, 10);
+
+        if (used >= limit) {
+            job_reply(job, "You have used today's token budget. It resets "
+                      "at midnight UTC.", 1);
+            return;
+        }
+    }
+    job_load_history(job);
+}
+
+static void job_check_usage(struct job *job)
+{
+    struct router *r = job->r;
+    char day[16], name[EVENT_ROOM_KEY_MAX + 32], key[STORE_KEY_MAX];
+
+    if (job->kind != JOB_CHAT || r->cfg->limits.user_daily_tokens <= 0) {
+        job_load_history(job);
+        return;
+    }
+    utc_day(day, sizeof(day));
+    snprintf(name, sizeof(name), "%s:%s", day, job->user_key);
+    if (key_or_log(r, key, sizeof(key), "usage", name) == 0) {
+        const char *argv[] = { "HGET", key, "tokens" };
+
+        if (store_command_argv(r->store, job_usage_loaded, job, 3, argv,
+                               NULL) == PARLEY_OK)
+            return;
+    }
+    job_load_history(job);
+}
+
+static void job_settings_loaded(struct store *st, struct redisReply *rep,
+                                void *privdata)
+{
+    struct job *job = privdata;
+
+    if (JOB_CLOSING((struct job *)privdata))
+        return;
+
+    (void)st;
+    if (rep && rep->type == REDIS_REPLY_ARRAY) {
+        for (size_t i = 0; i + 1 < rep->elements; i += 2) {
+            const redisReply *k = rep->element[i];
+            const redisReply *v = rep->element[i + 1];
+
+            if (k->type != REDIS_REPLY_STRING)
+                continue;
+            if (strcmp(k->str, "model") == 0) {
+                free(job->model);
+                job->model = dup_reply_str(v);
+            } else if (strcmp(k->str, "system") == 0) {
+                free(job->system);
+                job->system = dup_reply_str(v);
+            } else if (strcmp(k->str, "greeting") == 0 &&
+                       v->type == REDIS_REPLY_STRING) {
+                job->greeting = strcmp(v->str, "off") != 0;
+            }
+        }
+    }
+    if (job->kind == JOB_COMMAND) {
+        command_run(job);
+        return;
+    }
+    job_check_usage(job);
+}
+
+static void job_ambient_stored(int status, void *privdata)
+{
+    struct job *job = privdata;
+
+    if (JOB_CLOSING(job))
+        return;
+    if (status != PARLEY_OK)
+        log_debug("context line for %s not stored: %s", job->room->key,
+                  parley_status_name(status));
+    job_drop(job);
+}
+
+/* A line nobody asked the bot about joins the history, in its place
+ * among the questions, so later answers know what was said. */
+static void job_store_ambient(struct job *job)
+{
+    struct turn t;
+
+    memset(&t, 0, sizeof(t));
+    t.role = "user";
+    t.name = (char *)event_speaker(job->ev);
+    t.content = (char *)job->ev->text;
+    t.ts = (long long)time(NULL);
+    if (context_append(job->r->store, job->room->key, &t, 1,
+                       &job->r->cfg->context, job_ambient_stored,
+                       job) != PARLEY_OK)
+        job_drop(job);
+}
+
+/* Load room:<room> (model, system, greeting), then go on by kind. */
+void job_run(struct job *job)
+{
+    struct router *r = job->r;
+    const struct config_room *over = config_room_find(r->cfg,
+                                                      job->room->key);
+    char key[STORE_KEY_MAX];
+
+    job->greeting = over && over->greeting >= 0 ? over->greeting : 1;
+    if (job->kind == JOB_AMBIENT) {
+        job_store_ambient(job);
+        return;
+    }
+    if (job->kind == JOB_NOTICE || job->kind == JOB_RESEND) {
+        job_reply(job, job->answer, job->notice);
+        return;
+    }
+    if (key_or_log(r, key, sizeof(key), "room", job->room->key) == 0) {
+        const char *argv[] = { "HGETALL", key };
+
+        if (store_command_argv(r->store, job_settings_loaded, job, 2, argv,
+                               NULL) == PARLEY_OK)
+            return;
+    }
+    job_settings_loaded(r->store, NULL, job);
+}
+
+/* ---- rooms and queues ---------------------------------------------------- */
+
+static struct room *room_get(struct router *r, const char *key)
+{
+    struct room *room = dict_get(r->rooms, key);
+
+    if (room)
+        return room;
+    room = calloc(1, sizeof(*room));
+    if (!room)
+        return NULL;
+    snprintf(room->key, sizeof(room->key), "%s", key);
+    if (dict_set(r->rooms, key, room) != PARLEY_OK) {
+        free(room);
+        return NULL;
+    }
+    return room;
+}
+
+/* Start the next job of an idle room, or forget the room when it has
+ * nothing left, so idle rooms cost no memory. */
+static void room_release(struct router *r, struct room *room)
+{
+    if (room->current)
+        return;
+    if (room->head) {
+        struct job *job = room->head;
+
+        room->head = job->next;
+        if (!room->head)
+            room->tail = NULL;
+        room->queued--;
+        job->next = NULL;
+        room->current = job;
+        /* job_run may finish synchronously (Redis down, a command); the
+         * room then comes back here through job_send or job_drop. */
+        job_run(job);
+        return;
+    }
+    {
+        dict_delete(r->rooms, room->key);
+        free(room);
+    }
+}
+
+/* Per-user requests per minute, counted in memory: a restart forgets the
+ * window, which errs on the side of answering. */
+int rate_allow(struct router *r, const char *user_key)
+{
+    int limit = r->cfg->limits.user_requests_per_minute;
+    long minute = (long)(time(NULL) / 60);
+    struct rate *rate;
+
+    if (limit <= 0)
+        return 1;
+    rate = dict_get(r->rates, user_key);
+    if (!rate) {
+        rate = calloc(1, sizeof(*rate));
+        if (!rate || dict_set(r->rates, user_key, rate) != PARLEY_OK) {
+            free(rate);
+            return 1;
+        }
+    }
+    if (rate->minute != minute) {
+        rate->minute = minute;
+        rate->count = 0;
+    }
+    if (rate->count >= limit)
+        return 0;
+    rate->count++;
+    return 1;
+}
+
+struct job *job_create(struct router *r, struct adapter *ad,
+                       const struct event *ev, enum job_kind kind)
+{
+    struct job *job = calloc(1, sizeof(*job));
+
+    if (!job)
+        return NULL;
+    job->ev = event_dup(ev);
+    if (!job->ev) {
+        free(job);
+        return NULL;
+    }
+    if (job->ev->text && strlen(job->ev->text) > ROUTER_TEXT_MAX) {
+        /* The copy owns its text: cut it on a UTF-8 boundary, so the
+         * model and the history see at most ROUTER_TEXT_MAX bytes. */
+        char *text = (char *)job->ev->text;
+        size_t n = ROUTER_TEXT_MAX;
+
+        while (n > 0 && ((unsigned char)text[n] & 0xc0) == 0x80)
+            n--;
+        text[n] = '\0';
+        log_info("%s: a message of over %d bytes from %s was cut",
+                 ev->platform, ROUTER_TEXT_MAX,
+                 ev->sender ? ev->sender : "-");
+    }
+    job->r = r;
+    job->ad = ad;
+    job->kind = kind;
+    job->greeting = 1;
+    snprintf(job->user_key, sizeof(job->user_key), "%s:%s:%s",
+             ev->platform, ev->account ? ev->account : "",
+             ev->sender ? ev->sender : "");
+    job->all_next = r->jobs;
+    if (r->jobs)
+        r->jobs->all_prev = job;
+    r->jobs = job;
+    r->pending++;
+    return job;
+}
+
+/* Put job on its room's queue and start it if the room is idle. */
+void job_enqueue(struct router *r, struct job *job, const char *room_key)
+{
+    struct room *room = room_get(r, room_key);
+
+    if (!room) {
+        log_error("out of memory queueing an event for %s", room_key);
+        job_free(job);
+        return;
+    }
+    if (room->queued >= ROUTER_ROOM_QUEUE_MAX) {
+        /* Answered at once, outside the queue: the asker learns the
+         * question was not taken, instead of waiting for nothing. */
+        log_warn("%s: queue full (%d), turning away a message from %s",
+                 room_key, ROUTER_ROOM_QUEUE_MAX,
+                 job->ev->sender ? job->ev->sender : "-");
+        job->room = NULL;
+        job_reply(job, "I'm still answering earlier messages here; please "
+                  "ask again in a moment.", 1);
+        return;
+    }
+    job->room = room;
+    if (room->tail)
+        room->tail->next = job;
+    else
+        room->head = job;
+    room->tail = job;
+    room->queued++;
+    room_release(r, room);
+}

@@ -1,0 +1,999 @@
+/*
+ * OpenAI-compatible chat-completions client.  Each llm_complete becomes a
+ * request that waits in a FIFO until one of max_concurrent slots is free,
+ * is sent through loop_http_start, and on a retryable failure (connection
+ * error, timeout, 408, 409, 429, 5xx) sleeps on its own uv timer for a
+ * full-jitter exponential backoff that never undercuts Retry-After, then
+ * queues again.  Other 4xx end the request at once: retrying a bad key or
+ * an unknown model only burns quota.  Error texts come from the API's
+ * error body, with the key cut out of that body before it is read, since
+ * some servers echo the presented key.  Settings are copied into each
+ * request when it is submitted, so a SIGHUP reload leaves running requests
+ * alone.  A done callback may submit, cancel or even free the client;
+ * the free is then deferred until the callback returns (hiredis's
+ * IN_CALLBACK rule).
+ */
+#include <float.h>
+#include <limits.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cjson/cJSON.h>
+#include <uv.h>
+
+#include "config.h"
+#include "llm.h"
+#include "log.h"
+#include "loop.h"
+#include "status.h"
+
+/* Longest URL we build from base_url; real endpoints are far shorter. */
+#define LLM_URL_MAX 2048
+
+/* Longest Authorization header: the longest secret config accepts plus
+ * "Authorization: Bearer ". */
+#define LLM_AUTH_MAX (CONFIG_SECRET_MAX + 32)
+
+/* Bytes of a non-JSON error body quoted in an error message, enough to
+ * recognise a proxy's HTML error page without flooding the log. */
+#define LLM_ERROR_SNIPPET 120
+
+/* Working buffer for an error text before it is cut to errstr, so that
+ * redaction sees whole secrets rather than a truncated prefix. */
+#define LLM_ERRTEXT_MAX 1024
+
+/* Redaction ignores secrets shorter than this (as log.c does): they would
+ * match ordinary text. */
+#define LLM_SECRET_MIN 4
+
+enum llm_state {
+    LLM_WAITING,        /* in the FIFO, no slot yet */
+    LLM_ACTIVE,         /* an HTTP attempt is on the wire */
+    LLM_BACKOFF,        /* timer running before the next attempt */
+    LLM_DELIVERING      /* done callback running; cancel is a no-op */
+};
+
+struct llm_request {
+    struct llm *llm;
+    enum llm_state state;
+    int linked;                 /* in llm->reqs */
+    int final;                  /* timer delivers the result, no retry */
+
+    /* Snapshot of the settings at submission (see llm_configure). */
+    char *url;
+    char *body;
+    size_t body_len;
+    long connect_timeout_ms;
+    long timeout_ms;
+    int max_retries;
+    long backoff_base_ms;
+    long backoff_max_ms;
+
+    struct http_request *http;  /* while ACTIVE */
+    uv_timer_t timer;           /* owned; memory freed in its close cb */
+    int timer_ready;            /* uv_timer_init done */
+    llm_done_fn *done;
+    void *privdata;
+    struct llm_result res;      /* outcome of the latest attempt */
+
+    struct llm_request *prev, *next;    /* llm->reqs */
+    struct llm_request *wprev, *wnext;  /* llm->wait FIFO */
+};
+
+struct llm {
+    struct loop *loop;          /* not owned */
+    char *base_url;
+    char *model;
+    double temperature;
+    int max_tokens;
+    long connect_timeout_ms;
+    long timeout_ms;
+    int max_retries;
+    long backoff_base_ms;
+    long backoff_max_ms;
+    size_t max_concurrent;
+    char *api_key;              /* wiped before free; NULL = none */
+    char *auth_header;          /* "Authorization: Bearer ...", wiped */
+
+    struct llm_request *reqs;   /* every request not yet delivered */
+    struct llm_request *wait_head, *wait_tail;
+    size_t n_reqs;
+    size_t n_active;            /* requests on the wire */
+    int in_callback;            /* depth of done callbacks running */
+    int free_requested;         /* llm_free called from a callback */
+    uint64_t rng;               /* xorshift state for jitter */
+};
+
+/* Wipe a string that held a secret, then free it. */
+static void free_secret(char *s)
+{
+    if (s) {
+        explicit_bzero(s, strlen(s));
+        free(s);
+    }
+}
+
+/* Copy s with every occurrence of key replaced by "[redacted]".  Returns
+ * NULL on OOM; *outlen is the new length.  The copy is NUL-terminated. */
+static char *redact_copy(const char *s, size_t len, const char *key,
+                         size_t *outlen)
+{
+    static const char mark[] = "[redacted]";
+    size_t klen = key ? strlen(key) : 0;
+    size_t hits = 0, i, o;
+    char *out;
+
+    if (klen >= LLM_SECRET_MIN) {
+        for (i = 0; i + klen <= len; i++) {
+            if (memcmp(s + i, key, klen) == 0) {
+                hits++;
+                i += klen - 1;
+            }
+        }
+    }
+    /* Each hit replaces at least LLM_SECRET_MIN bytes with the mark,
+     * so hits * sizeof(mark) extra bytes always suffice; len is capped
+     * by LLM_BODY_MAX, so the sum cannot overflow. */
+    out = malloc(len + hits * sizeof(mark) + 1);
+    if (!out)
+        return NULL;
+    for (i = 0, o = 0; i < len;) {
+        if (hits && i + klen <= len && memcmp(s + i, key, klen) == 0) {
+            memcpy(out + o, mark, sizeof(mark) - 1);
+            o += sizeof(mark) - 1;
+            i += klen;
+        } else {
+            out[o++] = s[i++];
+        }
+    }
+    out[o] = '\0';
+    *outlen = o;
+    return out;
+}
+
+/* Replace the key (and every secret the logger knows) in buf, in place. */
+static void redact_text(char *buf, size_t buflen, const char *key)
+{
+    size_t n;
+    char *copy = redact_copy(buf, strlen(buf), key, &n);
+
+    if (copy) {
+        snprintf(buf, buflen, "%s", copy);
+        free(copy);
+    } else if (key && strlen(key) >= LLM_SECRET_MIN && strstr(buf, key)) {
+        /* No memory to redact: say nothing rather than leak. */
+        snprintf(buf, buflen, "(error text withheld)");
+    }
+    log_redact(buf, buflen);
+}
+
+/* Copy src into dst, cut to fit: error texts are allowed to be
+ * shortened, and the cut happens after redaction. */
+static void text_copy(char *dst, size_t dstlen, const char *src)
+{
+    size_t n = strlen(src);
+
+    if (dstlen == 0)
+        return;
+    if (n >= dstlen)
+        n = dstlen - 1;
+    memcpy(dst, src, n);
+    dst[n] = '\0';
+}
+
+/* Make text safe for one log line: control bytes become spaces. */
+static void strip_controls(char *s)
+{
+    for (; *s; s++)
+        if ((unsigned char)*s < 0x20 || *s == 0x7f)
+            *s = ' ';
+}
+
+void llm_result_clear(struct llm_result *res)
+{
+    free(res->content);
+    free(res->finish_reason);
+    memset(res, 0, sizeof(*res));
+    res->prompt_tokens = -1;
+    res->completion_tokens = -1;
+}
+
+char *llm_request_body(const char *model, const struct cJSON *messages,
+                       double temperature, int max_tokens)
+{
+    cJSON *root = cJSON_CreateObject();
+    cJSON *msgs;
+    char *out = NULL;
+
+    if (!root)
+        return NULL;
+    if (!cJSON_AddStringToObject(root, "model", model ? model : ""))
+        goto done;
+    msgs = cJSON_Duplicate(messages, 1);
+    if (!msgs)
+        goto done;
+    if (!cJSON_AddItemToObject(root, "messages", msgs)) {
+        cJSON_Delete(msgs);
+        goto done;
+    }
+    if (temperature >= 0 && isfinite(temperature) &&
+        !cJSON_AddNumberToObject(root, "temperature", temperature))
+        goto done;
+    if (max_tokens > 0 &&
+        !cJSON_AddNumberToObject(root, "max_tokens", max_tokens))
+        goto done;
+    out = cJSON_PrintUnformatted(root);
+done:
+    cJSON_Delete(root);
+    return out;
+}
+
+/* A usage count, or -1 when absent or not a sane non-negative integer. */
+static long token_count(const cJSON *usage, const char *name)
+{
+    const cJSON *n = cJSON_GetObjectItemCaseSensitive(usage, name);
+
+    if (!cJSON_IsNumber(n) || !(n->valuedouble >= 0) ||
+        n->valuedouble > (double)INT32_MAX)
+        return -1;
+    return (long)n->valuedouble;
+}
+
+/* Fill buf from a parsed error body; 1 if anything was found. */
+static int error_from_json(const cJSON *root, char *buf, size_t buflen)
+{
+    const cJSON *err, *code, *type, *msg;
+    const char *prefix = NULL;
+    char num[32];
+
+    if (!cJSON_IsObject(root))
+        return 0;
+    err = cJSON_GetObjectItemCaseSensitive(root, "error");
+    if (cJSON_IsString(err) && err->valuestring[0]) {
+        snprintf(buf, buflen, "%s", err->valuestring);
+        return 1;
+    }
+    if (cJSON_IsObject(err)) {
+        code = cJSON_GetObjectItemCaseSensitive(err, "code");
+        type = cJSON_GetObjectItemCaseSensitive(err, "type");
+        msg = cJSON_GetObjectItemCaseSensitive(err, "message");
+        if (cJSON_IsString(code) && code->valuestring[0]) {
+            prefix = code->valuestring;
+        } else if (cJSON_IsNumber(code) && fabs(code->valuedouble) < 1e9) {
+            snprintf(num, sizeof(num), "%ld", (long)code->valuedouble);
+            prefix = num;
+        } else if (cJSON_IsString(type) && type->valuestring[0]) {
+            prefix = type->valuestring;
+        }
+        if (cJSON_IsString(msg) && msg->valuestring[0]) {
+            if (prefix)
+                snprintf(buf, buflen, "%s: %s", prefix, msg->valuestring);
+            else
+                snprintf(buf, buflen, "%s", msg->valuestring);
+            return 1;
+        }
+        if (prefix) {
+            snprintf(buf, buflen, "%s", prefix);
+            return 1;
+        }
+    }
+    /* FastAPI-based servers (vLLM) say {"detail": ...}, others
+     * {"message": ...}. */
+    msg = cJSON_GetObjectItemCaseSensitive(root, "detail");
+    if (!cJSON_IsString(msg))
+        msg = cJSON_GetObjectItemCaseSensitive(root, "message");
+    if (cJSON_IsString(msg) && msg->valuestring[0]) {
+        snprintf(buf, buflen, "%s", msg->valuestring);
+        return 1;
+    }
+    return 0;
+}
+
+void llm_parse_error(const char *body, size_t len, char *buf, size_t buflen)
+{
+    cJSON *root;
+    size_t i, o;
+
+    if (!buf || buflen == 0)
+        return;
+    buf[0] = '\0';
+    root = body && len ? cJSON_ParseWithLength(body, len) : NULL;
+    if (root && error_from_json(root, buf, buflen)) {
+        cJSON_Delete(root);
+        strip_controls(buf);
+        return;
+    }
+    cJSON_Delete(root);
+    if (!body || len == 0) {
+        snprintf(buf, buflen, "(empty body)");
+        return;
+    }
+    /* Not an API error body (a proxy's page, say): quote its start,
+     * ASCII only, so the log line stays one valid line. */
+    for (i = 0, o = 0; i < len && i < LLM_ERROR_SNIPPET && o + 1 < buflen;
+         i++) {
+        unsigned char c = (unsigned char)body[i];
+
+        buf[o++] = c < 0x20 || c >= 0x7f ? (c >= 0x80 ? '?' : ' ') :
+            (char)c;
+    }
+    buf[o] = '\0';
+}
+
+/* Set res->errstr and return PARLEY_ERR_PROTOCOL. */
+static int protocol_error(struct llm_result *res, const char *what)
+{
+    snprintf(res->errstr, sizeof(res->errstr), "%s", what);
+    res->status = PARLEY_ERR_PROTOCOL;
+    return PARLEY_ERR_PROTOCOL;
+}
+
+int llm_parse_response(const char *body, size_t len, struct llm_result *res)
+{
+    const cJSON *choices, *first, *message, *content, *finish, *usage;
+    const cJSON *refusal;
+    cJSON *root;
+    int result = PARLEY_OK;
+    char why[LLM_ERRTEXT_MAX];
+
+    free(res->content);
+    free(res->finish_reason);
+    res->content = NULL;
+    res->finish_reason = NULL;
+    res->prompt_tokens = -1;
+    res->completion_tokens = -1;
+    res->errstr[0] = '\0';
+
+    root = body && len ? cJSON_ParseWithLength(body, len) : NULL;
+    if (!root) {
+        snprintf(res->errstr, sizeof(res->errstr),
+                 "the LLM API answer is not valid JSON (%zu bytes)", len);
+        res->status = PARLEY_ERR_PROTOCOL;
+        return PARLEY_ERR_PROTOCOL;
+    }
+    if (!cJSON_IsObject(root)) {
+        result = protocol_error(res, "the LLM API answer is not an object");
+        goto done;
+    }
+    choices = cJSON_GetObjectItemCaseSensitive(root, "choices");
+    first = cJSON_IsArray(choices) ? cJSON_GetArrayItem(choices, 0) : NULL;
+    if (!cJSON_IsObject(first)) {
+        /* Some gateways answer 200 with an error object. */
+        if (error_from_json(root, why, sizeof(why))) {
+            strip_controls(why);
+            snprintf(res->errstr, sizeof(res->errstr),
+                     "the LLM API answer holds an error: %.200s", why);
+            res->status = PARLEY_ERR_PROTOCOL;
+            result = PARLEY_ERR_PROTOCOL;
+        } else {
+            result = protocol_error(res, "the LLM API answer has no choices");
+        }
+        goto done;
+    }
+    message = cJSON_GetObjectItemCaseSensitive(first, "message");
+    content = cJSON_GetObjectItemCaseSensitive(message, "content");
+    if (!cJSON_IsString(content) || content->valuestring[0] == '\0') {
+        refusal = cJSON_GetObjectItemCaseSensitive(message, "refusal");
+        if (cJSON_IsString(refusal) && refusal->valuestring[0]) {
+            snprintf(why, sizeof(why), "%s", refusal->valuestring);
+            strip_controls(why);
+            snprintf(res->errstr, sizeof(res->errstr),
+                     "the model refused: %.200s", why);
+            res->status = PARLEY_ERR_PROTOCOL;
+            result = PARLEY_ERR_PROTOCOL;
+        } else {
+            result = protocol_error(res,
+                "the LLM API answer has no message content");
+        }
+        goto done;
+    }
+    res->content = strdup(content->valuestring);
+    if (!res->content) {
+        result = PARLEY_ERR_OOM;
+        res->status = result;
+        snprintf(res->errstr, sizeof(res->errstr), "out of memory");
+        goto done;
+    }
+    finish = cJSON_GetObjectItemCaseSensitive(first, "finish_reason");
+    if (cJSON_IsString(finish)) {
+        res->finish_reason = strdup(finish->valuestring);
+        if (!res->finish_reason) {
+            free(res->content);
+            res->content = NULL;
+            result = PARLEY_ERR_OOM;
+            res->status = result;
+            snprintf(res->errstr, sizeof(res->errstr), "out of memory");
+            goto done;
+        }
+    }
+    usage = cJSON_GetObjectItemCaseSensitive(root, "usage");
+    if (cJSON_IsObject(usage)) {
+        res->prompt_tokens = token_count(usage, "prompt_tokens");
+        res->completion_tokens = token_count(usage, "completion_tokens");
+    }
+    res->status = PARLEY_OK;
+done:
+    cJSON_Delete(root);
+    return result;
+}
+
+int llm_is_retryable(int status, long http_code)
+{
+    switch (status) {
+    case PARLEY_ERR_IO:
+    case PARLEY_ERR_EOF:
+    case PARLEY_ERR_TIMEOUT:
+        return 1;
+    case PARLEY_ERR_HTTP:
+        /* 408 Request Timeout, 409 Conflict (OpenAI: "try again"), 429
+         * rate limit or quota, and any 5xx: the request itself was fine. */
+        return http_code == 408 || http_code == 409 || http_code == 429 ||
+            (http_code >= 500 && http_code <= 599);
+    default:
+        return 0;
+    }
+}
+
+long llm_backoff_ms(int attempt, long base_ms, long max_ms,
+                    long retry_after_ms, double rnd)
+{
+    long cap, delay;
+
+    if (attempt < 1)
+        attempt = 1;
+    if (base_ms < 0)
+        base_ms = 0;
+    if (max_ms < 0)
+        max_ms = 0;
+    if (!(rnd >= 0.0))          /* also NaN */
+        rnd = 0.0;
+    if (rnd >= 1.0)
+        rnd = 1.0 - DBL_EPSILON;
+    cap = base_ms < max_ms ? base_ms : max_ms;
+    for (int i = 1; i < attempt && cap > 0 && cap < max_ms; i++)
+        cap = cap > max_ms / 2 ? max_ms : cap * 2;
+    delay = (long)(rnd * (double)cap);
+    if (retry_after_ms >= 0) {
+        long ceiling = max_ms > LONG_MAX / 4 ? LONG_MAX : max_ms * 4;
+        long floor = retry_after_ms < ceiling ? retry_after_ms : ceiling;
+
+        if (delay < floor)
+            delay = floor;
+    }
+    return delay;
+}
+
+/* A uniform double in [0, 1) from the client's xorshift64 state. */
+static double llm_random(struct llm *llm)
+{
+    uint64_t x = llm->rng;
+
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    llm->rng = x;
+    return (double)(x >> 11) / (double)(UINT64_C(1) << 53);
+}
+
+/* Copy the settings of cfg into llm (all or nothing). */
+static int llm_apply(struct llm *llm, const struct config_llm *cfg)
+{
+    char *base_url, *model;
+    size_t n;
+
+    if (!cfg->base_url || !cfg->model || !cfg->model[0] ||
+        (strncmp(cfg->base_url, "http://", 7) != 0 &&
+         strncmp(cfg->base_url, "https://", 8) != 0) ||
+        strlen(cfg->base_url) + sizeof("/chat/completions") > LLM_URL_MAX) {
+        log_error("llm: base_url must be an http(s) URL under %d bytes and "
+                  "model must be set", LLM_URL_MAX);
+        return PARLEY_ERR_CONFIG;
+    }
+    base_url = strdup(cfg->base_url);
+    model = strdup(cfg->model);
+    if (!base_url || !model) {
+        free(base_url);
+        free(model);
+        return PARLEY_ERR_OOM;
+    }
+    n = strlen(base_url);
+    while (n > 0 && base_url[n - 1] == '/')
+        base_url[--n] = '\0';
+    free(llm->base_url);
+    free(llm->model);
+    llm->base_url = base_url;
+    llm->model = model;
+    llm->temperature = cfg->temperature;
+    llm->max_tokens = cfg->max_tokens;
+    llm->connect_timeout_ms = cfg->connect_timeout_ms > 0 ?
+        cfg->connect_timeout_ms : 0;
+    llm->timeout_ms = cfg->timeout_ms > 0 ? cfg->timeout_ms : 0;
+    llm->max_retries = cfg->max_retries > 0 ? cfg->max_retries : 0;
+    llm->backoff_base_ms = cfg->backoff_base_ms > 0 ?
+        cfg->backoff_base_ms : 0;
+    llm->backoff_max_ms = cfg->backoff_max_ms > 0 ? cfg->backoff_max_ms : 0;
+    llm->max_concurrent = cfg->max_concurrent > 0 ?
+        (size_t)cfg->max_concurrent : 1;
+    return PARLEY_OK;
+}
+
+int llm_create(struct llm **out, struct loop *loop,
+               const struct config_llm *cfg, const char *api_key)
+{
+    struct llm *llm;
+    int result;
+
+    *out = NULL;
+    llm = calloc(1, sizeof(*llm));
+    if (!llm)
+        return PARLEY_ERR_OOM;
+    llm->loop = loop;
+    llm->rng = uv_hrtime() ^ ((uint64_t)getpid() << 32) ^
+        (uint64_t)(uintptr_t)llm;
+    if (llm->rng == 0)
+        llm->rng = 0x9e3779b97f4a7c15ULL;
+    result = llm_apply(llm, cfg);
+    if (result) {
+        llm_free(llm);
+        return result;
+    }
+    if (api_key && api_key[0]) {
+        char hdr[LLM_AUTH_MAX];
+        int n;
+
+        if (strpbrk(api_key, "\r\n") != NULL) {
+            log_error("llm: the API key holds a line break");
+            llm_free(llm);
+            return PARLEY_ERR_CONFIG;
+        }
+        n = snprintf(hdr, sizeof(hdr), "Authorization: Bearer %s", api_key);
+        if (n < 0 || (size_t)n >= sizeof(hdr)) {
+            explicit_bzero(hdr, sizeof(hdr));
+            log_error("llm: the API key is too long");
+            llm_free(llm);
+            return PARLEY_ERR_CONFIG;
+        }
+        llm->api_key = strdup(api_key);
+        llm->auth_header = strdup(hdr);
+        explicit_bzero(hdr, sizeof(hdr));
+        if (!llm->api_key || !llm->auth_header) {
+            llm_free(llm);
+            return PARLEY_ERR_OOM;
+        }
+    }
+    *out = llm;
+    return PARLEY_OK;
+}
+
+int llm_configure(struct llm *llm, const struct config_llm *cfg)
+{
+    return llm_apply(llm, cfg);
+}
+
+size_t llm_in_flight(const struct llm *llm)
+{
+    return llm->n_reqs;
+}
+
+static void wait_push_tail(struct llm *llm, struct llm_request *req)
+{
+    req->state = LLM_WAITING;
+    req->wnext = NULL;
+    req->wprev = llm->wait_tail;
+    if (llm->wait_tail)
+        llm->wait_tail->wnext = req;
+    else
+        llm->wait_head = req;
+    llm->wait_tail = req;
+}
+
+/* A request back from backoff is older than everything waiting. */
+static void wait_push_head(struct llm *llm, struct llm_request *req)
+{
+    req->state = LLM_WAITING;
+    req->wprev = NULL;
+    req->wnext = llm->wait_head;
+    if (llm->wait_head)
+        llm->wait_head->wprev = req;
+    else
+        llm->wait_tail = req;
+    llm->wait_head = req;
+}
+
+static void wait_remove(struct llm *llm, struct llm_request *req)
+{
+    if (req->wprev)
+        req->wprev->wnext = req->wnext;
+    else
+        llm->wait_head = req->wnext;
+    if (req->wnext)
+        req->wnext->wprev = req->wprev;
+    else
+        llm->wait_tail = req->wprev;
+    req->wprev = req->wnext = NULL;
+}
+
+static void request_unlink(struct llm_request *req)
+{
+    struct llm *llm = req->llm;
+
+    if (!req->linked)
+        return;
+    if (req->prev)
+        req->prev->next = req->next;
+    else
+        llm->reqs = req->next;
+    if (req->next)
+        req->next->prev = req->prev;
+    req->prev = req->next = NULL;
+    req->linked = 0;
+    llm->n_reqs--;
+}
+
+static void on_request_timer_closed(uv_handle_t *handle)
+{
+    free(handle->data);
+}
+
+/* Free a request that is off every list and has no HTTP transfer. */
+static void request_destroy(struct llm_request *req)
+{
+    llm_result_clear(&req->res);
+    free(req->url);
+    free(req->body);
+    req->url = req->body = NULL;
+    if (req->timer_ready) {
+        uv_timer_stop(&req->timer);
+        uv_close((uv_handle_t *)&req->timer, on_request_timer_closed);
+    } else {
+        free(req);
+    }
+}
+
+/* Stop whatever req is doing, without a callback, and free it. */
+static void request_abort(struct llm_request *req)
+{
+    struct llm *llm = req->llm;
+
+    switch (req->state) {
+    case LLM_WAITING:
+        wait_remove(llm, req);
+        break;
+    case LLM_ACTIVE:
+        loop_http_cancel(req->http);
+        req->http = NULL;
+        llm->n_active--;
+        break;
+    case LLM_BACKOFF:
+    case LLM_DELIVERING:
+        break;
+    }
+    request_unlink(req);
+    request_destroy(req);
+}
+
+static void llm_free_now(struct llm *llm)
+{
+    while (llm->reqs)
+        request_abort(llm->reqs);
+    free_secret(llm->api_key);
+    free_secret(llm->auth_header);
+    free(llm->base_url);
+    free(llm->model);
+    free(llm);
+}
+
+/* Run req's done callback and free it. */
+static void deliver(struct llm_request *req)
+{
+    struct llm *llm = req->llm;
+
+    request_unlink(req);
+    req->state = LLM_DELIVERING;
+    llm->in_callback++;
+    req->done(&req->res, req->privdata);
+    llm->in_callback--;
+    request_destroy(req);
+}
+
+/* Leaving a loop callback: carry out an llm_free asked for inside it. */
+static void llm_leave(struct llm *llm)
+{
+    if (llm->in_callback == 0 && llm->free_requested)
+        llm_free_now(llm);
+}
+
+static void on_http_done(const struct http_response *resp, void *privdata);
+static void on_request_timer(uv_timer_t *timer);
+
+/* Arm req's timer for delay_ms; state becomes BACKOFF. */
+static int request_sleep(struct llm_request *req, long delay_ms)
+{
+    int rc;
+
+    if (!req->timer_ready) {
+        rc = uv_timer_init(loop_uv(req->llm->loop), &req->timer);
+        if (rc < 0)
+            return PARLEY_ERR_OTHER;
+        req->timer.data = req;
+        req->timer_ready = 1;
+    }
+    rc = uv_timer_start(&req->timer, on_request_timer,
+                        (uint64_t)(delay_ms > 0 ? delay_ms : 0), 0);
+    if (rc < 0)
+        return PARLEY_ERR_OTHER;
+    req->state = LLM_BACKOFF;
+    return PARLEY_OK;
+}
+
+/* Send one attempt of req.  On failure nothing changed but res. */
+static int request_send(struct llm_request *req)
+{
+    struct llm *llm = req->llm;
+    const char *headers[2];
+    struct http_options opt;
+    int result;
+
+    headers[0] = "Content-Type: application/json";
+    headers[1] = llm->auth_header;
+    memset(&opt, 0, sizeof(opt));
+    opt.method = "POST";
+    opt.url = req->url;
+    opt.headers = headers;
+    opt.n_headers = llm->auth_header ? 2 : 1;
+    opt.body = req->body;
+    opt.body_len = req->body_len;
+    opt.connect_timeout_ms = req->connect_timeout_ms;
+    opt.timeout_ms = req->timeout_ms;
+    opt.max_body = LLM_BODY_MAX;
+    result = loop_http_start(llm->loop, &opt, on_http_done, req, &req->http);
+    if (result) {
+        int attempts = req->res.attempts;
+
+        llm_result_clear(&req->res);
+        req->res.attempts = attempts;
+        snprintf(req->res.errstr, sizeof(req->res.errstr),
+                 "could not start a request to the LLM API (error %d)",
+                 result);
+        req->res.status = result;
+        return result;
+    }
+    req->state = LLM_ACTIVE;
+    req->res.attempts++;
+    llm->n_active++;
+    return PARLEY_OK;
+}
+
+/*
+ * Fill free slots from the FIFO.  Safe from any context: a request that
+ * cannot be started gets its failure delivered by a 0 ms timer, never
+ * from inside the caller's stack.
+ */
+static void llm_pump(struct llm *llm)
+{
+    while (!llm->free_requested && llm->wait_head &&
+           llm->n_active < llm->max_concurrent) {
+        struct llm_request *req = llm->wait_head;
+
+        wait_remove(llm, req);
+        if (request_send(req) == PARLEY_OK)
+            continue;
+        req->final = 1;
+        if (request_sleep(req, 0) != PARLEY_OK) {
+            /* Cannot even arm a timer: the loop is gone.  Drop it
+             * silently rather than call back from an unknown stack. */
+            log_error("llm: dropping a request: %s", req->res.errstr);
+            request_unlink(req);
+            request_destroy(req);
+        }
+    }
+}
+
+static void on_request_timer(uv_timer_t *timer)
+{
+    struct llm_request *req = timer->data;
+    struct llm *llm = req->llm;
+
+    if (req->final)
+        deliver(req);
+    else
+        wait_push_head(llm, req);
+    llm_pump(llm);
+    llm_leave(llm);
+}
+
+/* Turn one HTTP outcome into req->res. */
+static void request_judge(struct llm_request *req,
+                          const struct http_response *resp)
+{
+    struct llm *llm = req->llm;
+    struct llm_result *res = &req->res;
+    char text[LLM_ERRTEXT_MAX];
+    char detail[LLM_ERRTEXT_MAX];
+
+    res->http_code = resp->code;
+    res->retryable = 0;
+    text[0] = '\0';
+    if (resp->status != PARLEY_OK) {
+        res->status = resp->status;
+        if (resp->status == PARLEY_ERR_TOO_LARGE)
+            snprintf(text, sizeof(text), "the LLM API answer is over the "
+                     "%d-byte cap", LLM_BODY_MAX);
+        else if (resp->status == PARLEY_ERR_TIMEOUT)
+            snprintf(text, sizeof(text), "the LLM API did not answer in "
+                     "time: %s", resp->errstr ? resp->errstr : "timeout");
+        else
+            snprintf(text, sizeof(text), "the LLM API request failed: %s",
+                     resp->errstr ? resp->errstr : "transfer failed");
+        res->retryable = llm_is_retryable(res->status, resp->code);
+    } else {
+        /* Cut the key out of the body before anything reads it: servers
+         * may echo it in an error, and a model may repeat it in an
+         * answer that would otherwise be posted to a chat room. */
+        size_t n = 0;
+        char *clean = redact_copy(resp->body, resp->body_len, llm->api_key,
+                                  &n);
+
+        if (!clean) {
+            res->status = PARLEY_ERR_OOM;
+            snprintf(text, sizeof(text), "out of memory reading the LLM "
+                     "API answer");
+        } else if (resp->code >= 200 && resp->code <= 299) {
+            int attempts = res->attempts;
+
+            llm_parse_response(clean, n, res);
+            res->attempts = attempts;
+            res->http_code = resp->code;
+            text_copy(text, sizeof(text), res->errstr);
+        } else {
+            res->status = PARLEY_ERR_HTTP;
+            llm_parse_error(clean, n, detail, sizeof(detail));
+            snprintf(text, sizeof(text),
+                     "HTTP %ld from the LLM API: %.960s", resp->code,
+                     detail);
+            res->retryable = llm_is_retryable(res->status, resp->code);
+        }
+        free(clean);
+    }
+    redact_text(text, sizeof(text), llm->api_key);
+    strip_controls(text);
+    text_copy(res->errstr, sizeof(res->errstr), text);
+}
+
+static void on_http_done(const struct http_response *resp, void *privdata)
+{
+    struct llm_request *req = privdata;
+    struct llm *llm = req->llm;
+    int total = req->max_retries + 1;
+
+    req->http = NULL;
+    llm->n_active--;
+    request_judge(req, resp);
+    if (req->res.status != PARLEY_OK && req->res.retryable &&
+        req->res.attempts <= req->max_retries) {
+        long delay = llm_backoff_ms(req->res.attempts, req->backoff_base_ms,
+                                    req->backoff_max_ms, resp->retry_after_ms,
+                                    llm_random(llm));
+
+        log_warn("llm: attempt %d/%d failed: %s; retrying in %ld ms",
+                 req->res.attempts, total, req->res.errstr, delay);
+        if (request_sleep(req, delay) == PARLEY_OK) {
+            llm_pump(llm);
+            llm_leave(llm);
+            return;
+        }
+        log_error("llm: cannot arm the retry timer; giving up");
+    }
+    deliver(req);
+    llm_pump(llm);
+    llm_leave(llm);
+}
+
+int llm_complete(struct llm *llm, const char *model,
+                 struct cJSON *messages, llm_done_fn *done, void *privdata,
+                 struct llm_request **out)
+{
+    struct llm_request *req;
+    char url[LLM_URL_MAX];
+    int n, result;
+
+    if (out)
+        *out = NULL;
+    if (llm->free_requested) {
+        cJSON_Delete(messages);
+        return PARLEY_ERR_STATE;
+    }
+    if (!done || !cJSON_IsArray(messages) ||
+        cJSON_GetArraySize(messages) == 0) {
+        cJSON_Delete(messages);
+        return PARLEY_ERR_OTHER;
+    }
+    n = snprintf(url, sizeof(url), "%s/chat/completions", llm->base_url);
+    if (n < 0 || (size_t)n >= sizeof(url)) {
+        cJSON_Delete(messages);
+        return PARLEY_ERR_CONFIG;
+    }
+    req = calloc(1, sizeof(*req));
+    if (!req) {
+        cJSON_Delete(messages);
+        return PARLEY_ERR_OOM;
+    }
+    req->llm = llm;
+    req->done = done;
+    req->privdata = privdata;
+    llm_result_clear(&req->res);
+    req->url = strdup(url);
+    req->body = llm_request_body(model && model[0] ? model : llm->model,
+                                 messages, llm->temperature,
+                                 llm->max_tokens);
+    cJSON_Delete(messages);
+    if (!req->url || !req->body) {
+        free(req->url);
+        free(req->body);
+        free(req);
+        return PARLEY_ERR_OOM;
+    }
+    req->body_len = strlen(req->body);
+    req->connect_timeout_ms = llm->connect_timeout_ms;
+    req->timeout_ms = llm->timeout_ms;
+    req->max_retries = llm->max_retries;
+    req->backoff_base_ms = llm->backoff_base_ms;
+    req->backoff_max_ms = llm->backoff_max_ms;
+
+    /* Start now if a slot is free, so that a failure to start is this
+     * call's error rather than a callback from inside it. */
+    if (!llm->wait_head && llm->n_active < llm->max_concurrent) {
+        result = request_send(req);
+        if (result) {
+            request_destroy(req);
+            return result;
+        }
+    } else {
+        wait_push_tail(llm, req);
+    }
+    req->linked = 1;
+    req->next = llm->reqs;
+    if (llm->reqs)
+        llm->reqs->prev = req;
+    llm->reqs = req;
+    llm->n_reqs++;
+    if (out)
+        *out = req;
+    return PARLEY_OK;
+}
+
+void llm_cancel(struct llm_request *req)
+{
+    struct llm *llm;
+
+    if (!req || req->state == LLM_DELIVERING)
+        return;
+    llm = req->llm;
+    request_abort(req);
+    llm_pump(llm);
+}
+
+void llm_free(struct llm *llm)
+{
+    if (!llm)
+        return;
+    if (llm->in_callback) {
+        struct llm_request *req = llm->reqs;
+
+        /* Requests other than the one being delivered go now; the rest
+         * of the client when the callback returns. */
+        while (req) {
+            struct llm_request *next = req->next;
+
+            request_abort(req);
+            req = next;
+        }
+        llm->free_requested = 1;
+        return;
+    }
+    llm_free_now(llm);
+}

@@ -1,0 +1,752 @@
+/*
+ * The libuv loop and the curl multi handle it drives, after curl's
+ * docs/examples/multi-uv.c.  curl tells us which sockets to watch
+ * (cb_socket) and when to wake it (cb_timeout); libuv tells curl when a
+ * socket is ready (on_uv_socket) or the timer fired (on_uv_timeout), and
+ * after every curl_multi_socket_action we collect finished transfers
+ * (check_multi_info), also when no transfer is left running, which the
+ * example skips.  Each request gets a response buffer capped at
+ * max_body (overflow is TOO_LARGE, never a silent realloc), an error
+ * buffer, http/https only, and the Retry-After header parsed.  Memory that
+ * owns a uv handle is freed only in its close callback; the loop struct
+ * itself waits for the last of those before it is freed.
+ */
+#include <ctype.h>
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#include <curl/curl.h>
+#include <uv.h>
+
+#include "log.h"
+#include "loop.h"
+#include "status.h"
+
+#ifndef PARLEY_VERSION
+#define PARLEY_VERSION "dev"
+#endif
+
+/* Longest method name we pass to CURLOPT_CUSTOMREQUEST; real ones are
+ * short, and anything longer is a caller bug. */
+#define LOOP_METHOD_MAX 16
+
+/* Longest wait a Retry-After header may ask for (one day).  A server can
+ * send any number; this keeps the arithmetic in range, and llm caps the
+ * wait far lower anyway. */
+#define LOOP_RETRY_AFTER_MAX_MS (24L * 3600 * 1000)
+
+/* First allocation for a response body; doubled as data arrives. */
+#define LOOP_BODY_INITIAL 4096
+
+struct loop_socket;
+
+struct loop {
+    uv_loop_t *uv;              /* not owned */
+    CURLM *multi;
+    uv_timer_t timeout;         /* curl's single timer */
+    struct http_request *reqs;  /* in flight, doubly linked */
+    struct loop_socket *socks;  /* watched sockets, doubly linked */
+    size_t pending;             /* requests in reqs */
+    size_t open_handles;        /* uv handles not yet closed */
+    int closing;                /* loop_close called */
+    int free_requested;         /* loop_free called before handles closed */
+};
+
+/* One socket curl asked us to watch (multi-uv.c's curl_context). */
+struct loop_socket {
+    uv_poll_t poll;             /* poll.data = this */
+    curl_socket_t fd;
+    struct loop *loop;
+    struct loop_socket *prev, *next;
+};
+
+struct http_request {
+    struct loop *loop;
+    CURL *easy;
+    struct curl_slist *headers;
+    char *buf;                  /* response body, NUL-terminated */
+    size_t len;
+    size_t cap;                 /* allocated bytes of buf */
+    size_t max;                 /* cap on len */
+    int too_large;              /* write callback refused the body */
+    int oom;                    /* write callback could not grow buf */
+    long retry_after_ms;        /* from Retry-After, -1 when absent */
+    long retry_after_ms_hdr;    /* from retry-after-ms, -1 when absent */
+    char errbuf[CURL_ERROR_SIZE];
+    http_done_fn *done;
+    void *privdata;
+    struct http_request *prev, *next;
+};
+
+static void loop_handle_closed(struct loop *loop)
+{
+    loop->open_handles--;
+    if (loop->open_handles == 0 && loop->free_requested)
+        free(loop);
+}
+
+static void on_timer_closed(uv_handle_t *handle)
+{
+    loop_handle_closed(handle->data);
+}
+
+static void on_socket_closed(uv_handle_t *handle)
+{
+    struct loop_socket *ls = handle->data;
+    struct loop *loop = ls->loop;
+
+    free(ls);
+    loop_handle_closed(loop);
+}
+
+/* Stop watching a socket; the struct is freed in the close callback. */
+static void loop_socket_destroy(struct loop_socket *ls)
+{
+    struct loop *loop = ls->loop;
+
+    if (ls->prev)
+        ls->prev->next = ls->next;
+    else
+        loop->socks = ls->next;
+    if (ls->next)
+        ls->next->prev = ls->prev;
+    ls->prev = ls->next = NULL;
+    uv_poll_stop(&ls->poll);
+    uv_close((uv_handle_t *)&ls->poll, on_socket_closed);
+}
+
+static void request_unlink(struct http_request *req)
+{
+    struct loop *loop = req->loop;
+
+    if (req->prev)
+        req->prev->next = req->next;
+    else
+        loop->reqs = req->next;
+    if (req->next)
+        req->next->prev = req->prev;
+    req->prev = req->next = NULL;
+    loop->pending--;
+}
+
+/* Free a request that is no longer attached to the multi handle. */
+static void request_free(struct http_request *req)
+{
+    if (req->easy)
+        curl_easy_cleanup(req->easy);
+    curl_slist_free_all(req->headers);
+    free(req->buf);
+    free(req);
+}
+
+/* Map a finished transfer's CURLcode to a parley status. */
+static int status_from_curl(const struct http_request *req, CURLcode result)
+{
+    switch (result) {
+    case CURLE_OK:
+        return PARLEY_OK;
+    case CURLE_OPERATION_TIMEDOUT:
+        return PARLEY_ERR_TIMEOUT;
+    case CURLE_FILESIZE_EXCEEDED:
+        return PARLEY_ERR_TOO_LARGE;
+    case CURLE_WRITE_ERROR:
+        if (req->too_large)
+            return PARLEY_ERR_TOO_LARGE;
+        return req->oom ? PARLEY_ERR_OOM : PARLEY_ERR_IO;
+    case CURLE_OUT_OF_MEMORY:
+        return PARLEY_ERR_OOM;
+    case CURLE_URL_MALFORMAT:
+    case CURLE_UNSUPPORTED_PROTOCOL:
+        return PARLEY_ERR_CONFIG;
+    case CURLE_WEIRD_SERVER_REPLY:
+        return PARLEY_ERR_PROTOCOL;
+    default:
+        return PARLEY_ERR_IO;
+    }
+}
+
+/*
+ * Hand every finished transfer to its owner.  A done callback may start or
+ * cancel other requests or close the loop, so the multi handle is checked
+ * again after each one; cancelled handles take their queued message with
+ * them (curl_multi_remove_handle drops it).
+ */
+static void check_multi_info(struct loop *loop)
+{
+    CURLMsg *msg;
+    int left;
+
+    while (!loop->closing) {
+        struct http_request *req;
+        struct http_response resp;
+        CURLcode result;
+        char *priv = NULL;
+        long code = 0;
+
+        msg = curl_multi_info_read(loop->multi, &left);
+        if (!msg)
+            break;
+        if (msg->msg != CURLMSG_DONE)
+            continue;
+        result = msg->data.result;
+        /* msg is dead after remove_handle, so read everything first. */
+        if (curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE,
+                              &priv) != CURLE_OK || !priv)
+            continue;
+        req = (struct http_request *)priv;
+        if (curl_easy_getinfo(req->easy, CURLINFO_RESPONSE_CODE,
+                              &code) != CURLE_OK)
+            code = 0;
+        curl_multi_remove_handle(loop->multi, req->easy);
+        request_unlink(req);
+
+        memset(&resp, 0, sizeof(resp));
+        resp.status = status_from_curl(req, result);
+        resp.code = code;
+        resp.body = req->buf ? req->buf : "";
+        resp.body_len = req->buf ? req->len : 0;
+        resp.retry_after_ms = req->retry_after_ms_hdr >= 0 ?
+            req->retry_after_ms_hdr : req->retry_after_ms;
+        if (resp.status == PARLEY_ERR_TOO_LARGE)
+            snprintf(req->errbuf, sizeof(req->errbuf),
+                     "response body over the %zu-byte cap", req->max);
+        else if (result != CURLE_OK && req->errbuf[0] == '\0')
+            snprintf(req->errbuf, sizeof(req->errbuf), "%s",
+                     curl_easy_strerror(result));
+        resp.errstr = result != CURLE_OK ? req->errbuf : NULL;
+        req->done(&resp, req->privdata);
+        request_free(req);
+    }
+}
+
+static void on_uv_timeout(uv_timer_t *timer)
+{
+    struct loop *loop = timer->data;
+    int running = 0;
+    CURLMcode mc;
+
+    if (loop->closing)
+        return;
+    mc = curl_multi_socket_action(loop->multi, CURL_SOCKET_TIMEOUT, 0,
+                                  &running);
+    if (mc != CURLM_OK)
+        log_error("curl_multi_socket_action (timeout): %s",
+                  curl_multi_strerror(mc));
+    check_multi_info(loop);
+}
+
+static void on_uv_socket(uv_poll_t *poll, int status, int events)
+{
+    struct loop_socket *ls = poll->data;
+    struct loop *loop = ls->loop;
+    int flags = 0;
+    int running = 0;
+    CURLMcode mc;
+
+    if (loop->closing)
+        return;
+    if (status < 0)
+        flags = CURL_CSELECT_ERR;
+    if (events & UV_READABLE)
+        flags |= CURL_CSELECT_IN;
+    if (events & UV_WRITABLE)
+        flags |= CURL_CSELECT_OUT;
+    /* ls may be destroyed inside socket_action; do not touch it after. */
+    mc = curl_multi_socket_action(loop->multi, ls->fd, flags, &running);
+    if (mc != CURLM_OK)
+        log_error("curl_multi_socket_action (socket): %s",
+                  curl_multi_strerror(mc));
+    check_multi_info(loop);
+}
+
+/* CURLMOPT_TIMERFUNCTION: one timer for the whole multi handle. */
+static int cb_timeout(CURLM *multi, long timeout_ms, void *userp)
+{
+    struct loop *loop = userp;
+    int rc;
+
+    (void)multi;
+    if (loop->closing)
+        return 0;
+    if (timeout_ms < 0) {
+        uv_timer_stop(&loop->timeout);
+        return 0;
+    }
+    /* 0 means "as soon as possible", but never from inside this
+     * callback, and a 0 ms uv timer started from a timer callback would
+     * run in the same pass; 1 ms is what multi-uv.c uses. */
+    if (timeout_ms == 0)
+        timeout_ms = 1;
+    rc = uv_timer_start(&loop->timeout, on_uv_timeout,
+                        (uint64_t)timeout_ms, 0);
+    if (rc < 0) {
+        log_error("uv_timer_start: %s", uv_strerror(rc));
+        return -1;
+    }
+    return 0;
+}
+
+/* CURLMOPT_SOCKETFUNCTION: watch, re-watch or forget a socket. */
+static int cb_socket(CURL *easy, curl_socket_t s, int action, void *userp,
+                     void *socketp)
+{
+    struct loop *loop = userp;
+    struct loop_socket *ls = socketp;
+    int events = 0;
+    int rc;
+
+    (void)easy;
+    switch (action) {
+    case CURL_POLL_IN:
+    case CURL_POLL_OUT:
+    case CURL_POLL_INOUT:
+        if (loop->closing)
+            return 0;
+        if (!ls) {
+            ls = calloc(1, sizeof(*ls));
+            if (!ls) {
+                log_error("out of memory watching a socket");
+                return -1;
+            }
+            rc = uv_poll_init_socket(loop->uv, &ls->poll, s);
+            if (rc < 0) {
+                log_error("uv_poll_init_socket: %s", uv_strerror(rc));
+                free(ls);
+                return -1;
+            }
+            ls->poll.data = ls;
+            ls->fd = s;
+            ls->loop = loop;
+            ls->next = loop->socks;
+            if (loop->socks)
+                loop->socks->prev = ls;
+            loop->socks = ls;
+            loop->open_handles++;
+            if (curl_multi_assign(loop->multi, s, ls) != CURLM_OK) {
+                loop_socket_destroy(ls);
+                return -1;
+            }
+        }
+        if (action != CURL_POLL_IN)
+            events |= UV_WRITABLE;
+        if (action != CURL_POLL_OUT)
+            events |= UV_READABLE;
+        rc = uv_poll_start(&ls->poll, events, on_uv_socket);
+        if (rc < 0) {
+            log_error("uv_poll_start: %s", uv_strerror(rc));
+            return -1;
+        }
+        break;
+    case CURL_POLL_REMOVE:
+        if (ls) {
+            loop_socket_destroy(ls);
+            /* During curl_multi_cleanup the socket hash is going away. */
+            if (!loop->closing)
+                curl_multi_assign(loop->multi, s, NULL);
+        }
+        break;
+    default:
+        break;
+    }
+    return 0;
+}
+
+/* CURLOPT_WRITEFUNCTION: append to the capped body buffer. */
+static size_t cb_write(char *data, size_t size, size_t nmemb, void *userp)
+{
+    struct http_request *req = userp;
+    size_t n = size * nmemb;
+
+    if (n > req->max - req->len) {
+        req->too_large = 1;
+        return 0;   /* CURLE_WRITE_ERROR, reported as TOO_LARGE */
+    }
+    if (req->len + n + 1 > req->cap) {
+        size_t cap = req->cap ? req->cap : LOOP_BODY_INITIAL;
+        char *p;
+
+        while (cap < req->len + n + 1)
+            cap *= 2;
+        if (cap > req->max + 1)
+            cap = req->max + 1;
+        p = realloc(req->buf, cap);
+        if (!p) {
+            req->oom = 1;
+            return 0;
+        }
+        req->buf = p;
+        req->cap = cap;
+    }
+    memcpy(req->buf + req->len, data, n);
+    req->len += n;
+    req->buf[req->len] = '\0';
+    return n;
+}
+
+/* Whether header line h (length n) is "name:", case-insensitively; on
+ * success *value points past the colon and blanks. */
+static int header_is(const char *h, size_t n, const char *name,
+                     const char **value)
+{
+    size_t nl = strlen(name);
+
+    if (n <= nl || h[nl] != ':' || strncasecmp(h, name, nl) != 0)
+        return 0;
+    h += nl + 1;
+    while (*h == ' ' || *h == '\t')
+        h++;
+    *value = h;
+    return 1;
+}
+
+static long parse_decimal_ms(const char *s, long scale);
+
+/* CURLOPT_HEADERFUNCTION: keep Retry-After and retry-after-ms. */
+static size_t cb_header(char *data, size_t size, size_t nmemb, void *userp)
+{
+    struct http_request *req = userp;
+    size_t n = size * nmemb;
+    const char *value;
+    char line[256];
+    size_t end;
+
+    /* A new status line (after 100 Continue, say) starts fresh. */
+    if (n >= 5 && memcmp(data, "HTTP/", 5) == 0) {
+        req->retry_after_ms = -1;
+        req->retry_after_ms_hdr = -1;
+        return n;
+    }
+    /* The values we want are short; longer lines are not them. */
+    if (n >= sizeof(line))
+        return n;
+    memcpy(line, data, n);
+    end = n;
+    while (end > 0 && (line[end - 1] == '\r' || line[end - 1] == '\n' ||
+                       line[end - 1] == ' ' || line[end - 1] == '\t'))
+        end--;
+    line[end] = '\0';
+    if (header_is(line, end, "retry-after-ms", &value)) {
+        /* Sent by OpenAI and Azure; more precise than Retry-After. */
+        req->retry_after_ms_hdr = parse_decimal_ms(value, 1);
+    } else if (header_is(line, end, "retry-after", &value)) {
+        req->retry_after_ms = loop_parse_retry_after(value,
+                                                     (long)time(NULL));
+    }
+    return n;
+}
+
+/* Parse a non-negative decimal ("123", "1.5") times scale (1000 for
+ * seconds, 1 for milliseconds) into ms, clamped to
+ * LOOP_RETRY_AFTER_MAX_MS; -1 if it is not such a number. */
+static long parse_decimal_ms(const char *s, long scale)
+{
+    long ms = 0;
+    long frac_scale = scale / 10;
+    int digits = 0;
+
+    for (; isdigit((unsigned char)*s); s++, digits++) {
+        if (ms <= LOOP_RETRY_AFTER_MAX_MS)
+            ms = ms * 10 + (*s - '0') * scale;
+    }
+    if (*s == '.') {
+        s++;
+        for (; isdigit((unsigned char)*s); s++, digits++) {
+            ms += (*s - '0') * frac_scale;
+            frac_scale /= 10;
+        }
+    }
+    while (*s == ' ' || *s == '\t')
+        s++;
+    if (digits == 0 || *s != '\0')
+        return -1;
+    return ms > LOOP_RETRY_AFTER_MAX_MS ? LOOP_RETRY_AFTER_MAX_MS : ms;
+}
+
+long loop_parse_retry_after(const char *value, long now_unix)
+{
+    const char *p;
+    time_t when;
+    int has_alpha = 0;
+
+    if (!value)
+        return -1;
+    while (*value == ' ' || *value == '\t')
+        value++;
+    if (*value == '\0')
+        return -1;
+    if (isdigit((unsigned char)*value) || *value == '.')
+        return parse_decimal_ms(value, 1000);
+    /* An HTTP-date (IMF-fixdate, RFC 850 or asctime) starts with a day
+     * name; curl_getdate parses all three without the locale. */
+    for (p = value; *p; p++) {
+        if (isalpha((unsigned char)*p))
+            has_alpha = 1;
+        else if ((unsigned char)*p < 0x20 || (unsigned char)*p >= 0x7f)
+            return -1;
+    }
+    if (!has_alpha || !isalpha((unsigned char)*value))
+        return -1;
+    when = curl_getdate(value, NULL);
+    if (when == (time_t)-1)
+        return -1;
+    if ((long)when <= now_unix)
+        return 0;
+    if ((long)when - now_unix > LOOP_RETRY_AFTER_MAX_MS / 1000)
+        return LOOP_RETRY_AFTER_MAX_MS;
+    return ((long)when - now_unix) * 1000;
+}
+
+int loop_create(struct loop **out, struct uv_loop_s *uv)
+{
+    static int curl_ready;
+    struct loop *loop;
+    int rc;
+
+    *out = NULL;
+    /* Not thread-safe, like curl_global_init itself; parley creates its
+     * loop once, from main, before any other thread exists. */
+    if (!curl_ready) {
+        if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+            log_error("curl_global_init failed");
+            return PARLEY_ERR_OTHER;
+        }
+        curl_ready = 1;
+    }
+    loop = calloc(1, sizeof(*loop));
+    if (!loop)
+        return PARLEY_ERR_OOM;
+    loop->uv = uv;
+    loop->multi = curl_multi_init();
+    if (!loop->multi) {
+        free(loop);
+        return PARLEY_ERR_OOM;
+    }
+    if (curl_multi_setopt(loop->multi, CURLMOPT_SOCKETFUNCTION,
+                          cb_socket) != CURLM_OK ||
+        curl_multi_setopt(loop->multi, CURLMOPT_SOCKETDATA,
+                          loop) != CURLM_OK ||
+        curl_multi_setopt(loop->multi, CURLMOPT_TIMERFUNCTION,
+                          cb_timeout) != CURLM_OK ||
+        curl_multi_setopt(loop->multi, CURLMOPT_TIMERDATA,
+                          loop) != CURLM_OK) {
+        log_error("curl_multi_setopt failed");
+        curl_multi_cleanup(loop->multi);
+        free(loop);
+        return PARLEY_ERR_OTHER;
+    }
+    rc = uv_timer_init(uv, &loop->timeout);
+    if (rc < 0) {
+        log_error("uv_timer_init: %s", uv_strerror(rc));
+        curl_multi_cleanup(loop->multi);
+        free(loop);
+        return PARLEY_ERR_OTHER;
+    }
+    loop->timeout.data = loop;
+    loop->open_handles = 1;
+    *out = loop;
+    return PARLEY_OK;
+}
+
+struct uv_loop_s *loop_uv(struct loop *loop)
+{
+    return loop->uv;
+}
+
+size_t loop_http_pending(const struct loop *loop)
+{
+    return loop->pending;
+}
+
+/* Whether s holds a CR, LF or NUL before its end (header injection). */
+static int has_line_break(const char *s)
+{
+    return strpbrk(s, "\r\n") != NULL;
+}
+
+static int method_valid(const char *m)
+{
+    size_t n = strlen(m);
+
+    if (n == 0 || n > LOOP_METHOD_MAX)
+        return 0;
+    for (; *m; m++)
+        if (*m < 'A' || *m > 'Z')
+            return 0;
+    return 1;
+}
+
+/* All easy options; CURLE_OK or the first failure. */
+static CURLcode request_setopts(struct http_request *req,
+                                const struct http_options *opt)
+{
+    CURL *e = req->easy;
+    const char *method = opt->method ? opt->method : "GET";
+    CURLcode result;
+
+#define SETOPT(o, v) do { \
+        result = curl_easy_setopt(e, o, v); \
+        if (result) \
+            return result; \
+    } while (0)
+
+    SETOPT(CURLOPT_URL, opt->url);
+    SETOPT(CURLOPT_PRIVATE, req);
+    SETOPT(CURLOPT_ERRORBUFFER, req->errbuf);
+    SETOPT(CURLOPT_NOSIGNAL, 1L);
+    SETOPT(CURLOPT_PROTOCOLS_STR, "http,https");
+    SETOPT(CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
+    SETOPT(CURLOPT_FAILONERROR, 0L);
+    SETOPT(CURLOPT_FOLLOWLOCATION, 0L);
+    /* Never CURLOPT_VERBOSE: the headers hold the API key and tokens. */
+    SETOPT(CURLOPT_VERBOSE, 0L);
+    SETOPT(CURLOPT_WRITEFUNCTION, cb_write);
+    SETOPT(CURLOPT_WRITEDATA, req);
+    SETOPT(CURLOPT_HEADERFUNCTION, cb_header);
+    SETOPT(CURLOPT_HEADERDATA, req);
+    SETOPT(CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)req->max);
+    SETOPT(CURLOPT_ACCEPT_ENCODING, "");
+    SETOPT(CURLOPT_TCP_KEEPALIVE, 1L);
+    SETOPT(CURLOPT_USERAGENT, "parley/" PARLEY_VERSION);
+    if (opt->connect_timeout_ms > 0)
+        SETOPT(CURLOPT_CONNECTTIMEOUT_MS, opt->connect_timeout_ms);
+    if (opt->timeout_ms > 0)
+        SETOPT(CURLOPT_TIMEOUT_MS, opt->timeout_ms);
+    if (req->headers)
+        SETOPT(CURLOPT_HTTPHEADER, req->headers);
+    if (strcmp(method, "GET") != 0 || opt->body) {
+        SETOPT(CURLOPT_POSTFIELDSIZE_LARGE,
+               (curl_off_t)(opt->body ? opt->body_len : 0));
+        SETOPT(CURLOPT_COPYPOSTFIELDS, opt->body ? opt->body : "");
+        if (strcmp(method, "POST") != 0)
+            SETOPT(CURLOPT_CUSTOMREQUEST, method);
+    }
+#undef SETOPT
+    return CURLE_OK;
+}
+
+int loop_http_start(struct loop *loop, const struct http_options *opt,
+                    http_done_fn *done, void *privdata,
+                    struct http_request **out)
+{
+    struct http_request *req;
+    int have_expect = 0;
+    CURLcode result;
+    CURLMcode mc;
+
+    if (out)
+        *out = NULL;
+    if (loop->closing)
+        return PARLEY_ERR_STATE;
+    if (!opt || !opt->url || !done ||
+        (opt->method && !method_valid(opt->method)))
+        return PARLEY_ERR_OTHER;
+    req = calloc(1, sizeof(*req));
+    if (!req)
+        return PARLEY_ERR_OOM;
+    req->loop = loop;
+    req->done = done;
+    req->privdata = privdata;
+    req->retry_after_ms = -1;
+    req->retry_after_ms_hdr = -1;
+    req->max = opt->max_body ? opt->max_body : HTTP_BODY_MAX;
+
+    for (size_t i = 0; i < opt->n_headers; i++) {
+        struct curl_slist *l;
+
+        if (has_line_break(opt->headers[i])) {
+            request_free(req);
+            return PARLEY_ERR_PROTOCOL;
+        }
+        if (strncasecmp(opt->headers[i], "Expect:", 7) == 0)
+            have_expect = 1;
+        l = curl_slist_append(req->headers, opt->headers[i]);
+        if (!l) {
+            request_free(req);
+            return PARLEY_ERR_OOM;
+        }
+        req->headers = l;
+    }
+    /* curl sends "Expect: 100-continue" for bodies over 1 KiB and then
+     * waits up to a second for the go-ahead; our JSON bodies are small
+     * enough to send at once. */
+    if (!have_expect) {
+        struct curl_slist *l = curl_slist_append(req->headers, "Expect:");
+
+        if (!l) {
+            request_free(req);
+            return PARLEY_ERR_OOM;
+        }
+        req->headers = l;
+    }
+
+    req->easy = curl_easy_init();
+    if (!req->easy) {
+        request_free(req);
+        return PARLEY_ERR_OOM;
+    }
+    result = request_setopts(req, opt);
+    if (result) {
+        log_error("curl_easy_setopt: %s", curl_easy_strerror(result));
+        request_free(req);
+        return result == CURLE_OUT_OF_MEMORY ? PARLEY_ERR_OOM :
+            PARLEY_ERR_CONFIG;
+    }
+    /* Adding only arms the timer (cb_timeout); the transfer, and with it
+     * the done callback, runs later from the loop. */
+    mc = curl_multi_add_handle(loop->multi, req->easy);
+    if (mc != CURLM_OK) {
+        log_error("curl_multi_add_handle: %s", curl_multi_strerror(mc));
+        request_free(req);
+        return mc == CURLM_OUT_OF_MEMORY ? PARLEY_ERR_OOM : PARLEY_ERR_OTHER;
+    }
+    req->next = loop->reqs;
+    if (loop->reqs)
+        loop->reqs->prev = req;
+    loop->reqs = req;
+    loop->pending++;
+    if (out)
+        *out = req;
+    return PARLEY_OK;
+}
+
+void loop_http_cancel(struct http_request *req)
+{
+    if (!req)
+        return;
+    if (req->loop->multi)
+        curl_multi_remove_handle(req->loop->multi, req->easy);
+    request_unlink(req);
+    request_free(req);
+}
+
+void loop_close(struct loop *loop)
+{
+    if (!loop || loop->closing)
+        return;
+    while (loop->reqs)
+        loop_http_cancel(loop->reqs);
+    /* From here on cb_socket only forgets sockets, and cb_timeout does
+     * nothing: curl_multi_cleanup may still call them. */
+    loop->closing = 1;
+    curl_multi_cleanup(loop->multi);
+    loop->multi = NULL;
+    while (loop->socks)
+        loop_socket_destroy(loop->socks);
+    uv_timer_stop(&loop->timeout);
+    uv_close((uv_handle_t *)&loop->timeout, on_timer_closed);
+}
+
+void loop_free(struct loop *loop)
+{
+    if (!loop)
+        return;
+    if (!loop->closing)
+        loop_close(loop);
+    if (loop->open_handles == 0)
+        free(loop);
+    else
+        loop->free_requested = 1;
+}

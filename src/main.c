@@ -1,0 +1,652 @@
+/*
+ * parley: command line, start-up and shutdown.  Loads and checks the
+ * configuration, reads secrets from the environment, builds the loop, the
+ * Redis store, the LLM client, the router and the adapters, runs the loop,
+ * and on SIGINT/SIGTERM (or end of console input) lets answers in flight
+ * finish before closing everything in the reverse order.  This is the only
+ * file that decides the process exit code.
+ */
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <curl/curl.h>
+#include <uv.h>
+
+#include "adapter.h"
+#include "config.h"
+#include "console/console.h"
+#include "llm.h"
+#include "log.h"
+#include "loop.h"
+#include "metrics.h"
+#include "monitor.h"
+#include "router.h"
+#include "status.h"
+#include "store.h"
+
+/* Exit codes, from sysexits.h, documented in README.md. */
+#define EXIT_USAGE       64
+#define EXIT_UNAVAILABLE 69
+#define EXIT_SOFTWARE    70
+#define EXIT_CONFIG      78
+
+/* Adapters start once Redis is connected, so the first messages already
+ * see their history; if Redis does not answer within this time they start
+ * anyway and the bot runs without history until it comes back. */
+#define MAIN_REDIS_WAIT_MS 3000
+#define MAIN_REDIS_POLL_MS 10
+/* Gauges for /metrics and /healthz are sampled this often. */
+#define MAIN_METRICS_SAMPLE_MS 250
+
+/* How long answers in flight may take after SIGTERM before we give up. */
+#define MAIN_DRAIN_TIMEOUT_MS 15000
+#define MAIN_DRAIN_POLL_MS 50
+#define MAIN_ERR_MAX 8192
+
+struct adapter_type {
+    const char *name;
+    adapter_create_fn *create;
+};
+
+/* Adapters known to this build; adding a platform adds a line here. */
+static const struct adapter_type adapter_types[] = {
+    { "console", console_adapter_create },
+#ifdef PARLEY_HAVE_IRC
+    { "irc", irc_adapter_create },
+#endif
+#ifdef PARLEY_HAVE_MATRIX
+    { "matrix", matrix_adapter_create },
+#endif
+};
+
+struct app {
+    struct config cfg;
+    uv_loop_t uv;
+    struct loop *loop;
+    struct store *store;
+    struct llm *llm;
+    struct router *router;
+    struct adapter *adapters[CONFIG_MAX_ADAPTERS + 1];
+    size_t n_adapters;
+    uv_signal_t sig_int, sig_term, sig_hup;
+    uv_timer_t drain_timer;
+    uv_timer_t start_timer;
+    uint64_t start_deadline;
+    uv_timer_t sample_timer;
+    struct monitor *monitor;
+    uint64_t drain_deadline;
+    const char *cfg_file;       /* -c FILE, NULL for the built-in */
+    int draining;
+    int closed;
+    int exit_code;
+};
+
+static const char usage_text[] =
+    "usage: parley [-c FILE] [--console] [--check-config] [--print-redis]\n"
+    "              [--version] [--help]\n"
+    "\n"
+    "  -c, --config FILE  load FILE (libconfig syntax, see bot.conf.example);\n"
+    "                     without it parley runs a built-in local setup:\n"
+    "                     the console adapter and Redis on 127.0.0.1:6379\n"
+    "      --console      also chat on stdin/stdout (room \"console\")\n"
+    "      --check-config validate the configuration and the secrets it\n"
+    "                     names, without connecting anywhere\n"
+    "      --print-redis  print the Redis address as \"tcp HOST PORT\" or\n"
+    "                     \"unix PATH\" and exit\n"
+    "  -V, --version      print the version\n"
+    "  -h, --help         this text\n"
+    "\n"
+    "environment: OPENAI_API_KEY (or the variable llm.api_key_env names;\n"
+    "  NAME_FILE reads it from a file), PARLEY_REDIS=HOST:PORT|unix:PATH\n"
+    "  overrides redis.*; without -c also OPENAI_BASE_URL, OPENAI_MODEL.\n"
+    "exit codes: 0 ok, 64 usage, 69 service unavailable at start,\n"
+    "  70 internal error, 78 configuration error.\n";
+
+static const char setup_text[] =
+    "parley: no language model is configured.\n"
+    "\n"
+    "To chat with OpenAI, set your API key and run again:\n"
+    "    export OPENAI_API_KEY=sk-...        (or OPENAI_API_KEY_FILE=path)\n"
+    "To use a local OpenAI-compatible server (Ollama, llama.cpp, vLLM):\n"
+    "    export OPENAI_BASE_URL=http://127.0.0.1:11434/v1\n"
+    "    export OPENAI_MODEL=llama3.2\n"
+    "For Matrix or IRC, copy bot.conf.example to bot.conf and edit it.\n";
+
+static int replace_str(char **field, const char *value)
+{
+    char *copy = strdup(value);
+
+    if (!copy)
+        return PARLEY_ERR_OOM;
+    free(*field);
+    *field = copy;
+    return PARLEY_OK;
+}
+
+/* PARLEY_REDIS=HOST:PORT or unix:PATH overrides the file, so run.sh and
+ * docker-compose can point parley at the Redis they started. */
+static int apply_redis_env(struct config *cfg, char *err, size_t errlen)
+{
+    const char *v = getenv("PARLEY_REDIS");
+    const char *colon;
+    char *end;
+    long port;
+
+    if (!v || !*v)
+        return PARLEY_OK;
+    if (strncmp(v, "unix:", 5) == 0 && v[5]) {
+        return replace_str(&cfg->redis.unix_socket, v + 5);
+    }
+    colon = strrchr(v, ':');
+    if (!colon || colon == v)
+        goto bad;
+    port = strtol(colon + 1, &end, 10);
+    if (*end || port < 1 || port > 65535)
+        goto bad;
+    {
+        char host[256];
+
+        if ((size_t)(colon - v) >= sizeof(host))
+            goto bad;
+        memcpy(host, v, (size_t)(colon - v));
+        host[colon - v] = '\0';
+        if (replace_str(&cfg->redis.host, host) != PARLEY_OK)
+            return PARLEY_ERR_OOM;
+    }
+    cfg->redis.port = (int)port;
+    free(cfg->redis.unix_socket);
+    cfg->redis.unix_socket = NULL;
+    return PARLEY_OK;
+bad:
+    snprintf(err, errlen, "PARLEY_REDIS: expected HOST:PORT or unix:PATH, "
+             "got \"%s\"", v);
+    return PARLEY_ERR_CONFIG;
+}
+
+/* The built-in setup takes its model server from the environment. */
+static int apply_builtin_env(struct config *cfg)
+{
+    const char *url = getenv("OPENAI_BASE_URL");
+    const char *model = getenv("OPENAI_MODEL");
+    int result = PARLEY_OK;
+
+    if (url && *url) {
+        size_t n = strlen(url);
+
+        result = replace_str(&cfg->llm.base_url, url);
+        /* Accept ".../v1/" as well as ".../v1". */
+        while (result == PARLEY_OK && n > 0 && cfg->llm.base_url[n - 1] == '/')
+            cfg->llm.base_url[--n] = '\0';
+    }
+    if (result == PARLEY_OK && model && *model)
+        result = replace_str(&cfg->llm.model, model);
+    return result;
+}
+
+static int uses_openai(const struct config *cfg)
+{
+    return strstr(cfg->llm.base_url, "api.openai.com") != NULL;
+}
+
+static void app_begin_shutdown(struct app *app, const char *why);
+
+static void on_drain_timer(uv_timer_t *t)
+{
+    struct app *app = t->data;
+    size_t pending = router_pending(app->router);
+
+    if (pending > 0 && uv_now(&app->uv) < app->drain_deadline)
+        return;
+    if (pending > 0)
+        log_warn("shutdown: %zu answer(s) still in flight after %d ms, "
+                 "giving up on them", pending, MAIN_DRAIN_TIMEOUT_MS);
+    uv_timer_stop(t);
+    app->closed = 1;
+    router_close(app->router);
+    for (size_t i = 0; i < app->n_adapters; i++)
+        app->adapters[i]->ops->stop(app->adapters[i]);
+    uv_close((uv_handle_t *)&app->sig_int, NULL);
+    uv_close((uv_handle_t *)&app->sig_term, NULL);
+    uv_close((uv_handle_t *)&app->sig_hup, NULL);
+    uv_close((uv_handle_t *)&app->drain_timer, NULL);
+    uv_close((uv_handle_t *)&app->start_timer, NULL);
+    uv_close((uv_handle_t *)&app->sample_timer, NULL);
+    /* The monitor thread reads only metrics.c; stop it before the
+     * state it reports goes away, so /healthz never shows a half-closed
+     * bot as healthy. */
+    metrics_set_redis(0);
+    monitor_stop(app->monitor);
+    app->monitor = NULL;
+    store_close(app->store);
+    app->store = NULL;
+    llm_free(app->llm);
+    app->llm = NULL;
+    loop_close(app->loop);
+}
+
+/* Stop taking messages, let answers in flight finish, then close. */
+static void app_begin_shutdown(struct app *app, const char *why)
+{
+    if (app->draining)
+        return;
+    app->draining = 1;
+    log_info("shutting down (%s); %zu answer(s) in flight", why,
+             router_pending(app->router));
+    router_drain(app->router);
+    app->drain_deadline = uv_now(&app->uv) + MAIN_DRAIN_TIMEOUT_MS;
+    uv_timer_start(&app->drain_timer, on_drain_timer, 0, MAIN_DRAIN_POLL_MS);
+}
+
+#define SWAP(a, b) do { __typeof__(a) swap_tmp_ = (a); (a) = (b); \
+                         (b) = swap_tmp_; } while (0)
+
+/*
+ * SIGHUP: read the file again and take over what can change without
+ * touching connections: prompts, few-shot examples, limits, per-room
+ * overrides, context budget, the LLM settings and the log level.  The
+ * parts are swapped into the running config (not the whole struct) because
+ * adapters keep pointers into it; the new file's other parts (Redis,
+ * adapters) need a restart, which the log line says.  A file that does
+ * not load leaves everything as it was.
+ */
+static void app_reload(struct app *app)
+{
+    struct config fresh;
+    char err[MAIN_ERR_MAX] = "";
+    enum log_level level;
+    enum log_format format = LOG_FORMAT_TEXT;
+
+    if (!app->cfg_file) {
+        log_info("SIGHUP: running the built-in setup, nothing to reload");
+        return;
+    }
+    memset(&fresh, 0, sizeof(fresh));
+    if (config_load(&fresh, app->cfg_file, err, sizeof(err)) != PARLEY_OK) {
+        log_error("SIGHUP: %s not reloaded, the running configuration "
+                  "stays: %s", app->cfg_file, err);
+        config_free(&fresh);
+        return;
+    }
+    SWAP(app->cfg.prompts, fresh.prompts);
+    SWAP(app->cfg.limits, fresh.limits);
+    SWAP(app->cfg.context, fresh.context);
+    SWAP(app->cfg.rooms, fresh.rooms);
+    SWAP(app->cfg.n_rooms, fresh.n_rooms);
+    SWAP(app->cfg.llm, fresh.llm);
+    SWAP(app->cfg.bot.log_level, fresh.bot.log_level);
+    SWAP(app->cfg.bot.log_format, fresh.bot.log_format);
+    if (llm_configure(app->llm, &app->cfg.llm) != PARLEY_OK) {
+        /* Keep the old LLM settings rather than run half-configured. */
+        SWAP(app->cfg.llm, fresh.llm);
+        log_warn("SIGHUP: new llm settings not applied (out of memory)");
+    }
+    router_reload(app->router, &app->cfg);
+    if (app->cfg.bot.log_level &&
+        log_level_parse(app->cfg.bot.log_level, &level) == 0)
+        log_set_level(level);
+    log_set_format(app->cfg.bot.log_format &&
+                   log_format_parse(app->cfg.bot.log_format, &format) == 0 ?
+                   format : LOG_FORMAT_TEXT);
+    config_free(&fresh);
+    log_info("SIGHUP: reloaded prompts, limits, rooms and llm settings "
+             "from %s (Redis and adapter changes need a restart)",
+             app->cfg_file);
+}
+
+static void on_signal(uv_signal_t *h, int signum)
+{
+    struct app *app = h->data;
+
+    if (signum == SIGHUP) {
+        app_reload(app);
+        return;
+    }
+    if (app->draining) {
+        /* A second signal: do not wait any longer. */
+        app->drain_deadline = 0;
+        return;
+    }
+    app_begin_shutdown(app, signum == SIGINT ? "SIGINT" : "SIGTERM");
+}
+
+static void on_console_eof(void *privdata)
+{
+    struct app *app = privdata;
+
+    /* With only the console, end of input is the end of the session;
+     * beside Matrix or IRC it just means nobody types here any more. */
+    if (app->n_adapters == 1)
+        app_begin_shutdown(app, "end of console input");
+}
+
+/* Copy what the loop knows into the gauges the monitor thread reads. */
+static void on_sample_timer(uv_timer_t *t)
+{
+    struct app *app = t->data;
+
+    metrics_set_redis(store_is_up(app->store));
+    metrics_set_adapter_count(app->n_adapters);
+    for (size_t i = 0; i < app->n_adapters; i++)
+        metrics_set_adapter(i, app->adapters[i]->ops->type,
+                            app->adapters[i]->account,
+                            app->adapters[i]->connected);
+    metrics_set_queue(router_pending(app->router),
+                      router_rooms_active(app->router));
+}
+
+static void app_start_adapters(struct app *app)
+{
+    for (size_t i = 0; i < app->n_adapters; i++) {
+        struct adapter *ad = app->adapters[i];
+
+        if (ad->ops->start(ad) != PARLEY_OK) {
+            log_error("%s adapter failed to start: %s", ad->ops->type,
+                      ad->errstr);
+            app->exit_code = EXIT_UNAVAILABLE;
+            app_begin_shutdown(app, "an adapter failed to start");
+            return;
+        }
+    }
+}
+
+static void on_start_timer(uv_timer_t *t)
+{
+    struct app *app = t->data;
+
+    if (app->draining) {
+        uv_timer_stop(t);
+        return;
+    }
+    if (!store_is_up(app->store)) {
+        if (uv_now(&app->uv) < app->start_deadline)
+            return;
+        log_warn("starting without Redis: no history until it is back");
+    }
+    uv_timer_stop(t);
+    /* Jobs left by a previous run go first in their rooms' queues. */
+    if (store_is_up(app->store))
+        router_resume(app->router);
+    app_start_adapters(app);
+}
+
+static adapter_create_fn *adapter_lookup(const char *type)
+{
+    for (size_t i = 0; i < sizeof(adapter_types) / sizeof(adapter_types[0]);
+         i++)
+        if (strcmp(adapter_types[i].name, type) == 0)
+            return adapter_types[i].create;
+    return NULL;
+}
+
+/* Create (not start) the configured adapters, plus the console when asked
+ * for and not configured.  Used by --check-config as well: constructors
+ * validate their settings without connecting. */
+static int app_create_adapters(struct app *app, int console, char *err,
+                               size_t errlen)
+{
+    struct adapter_env env = { app->loop, app->store, &app->cfg };
+    int have_console = 0;
+
+    for (size_t i = 0; i < app->cfg.n_adapters; i++) {
+        const struct config_adapter *ca = &app->cfg.adapters[i];
+        adapter_create_fn *create = adapter_lookup(ca->type);
+        int result;
+
+        if (!create) {
+            snprintf(err, errlen, "%s:%d: adapters.[%zu].type: \"%s\" is "
+                     "not built into this parley", app->cfg.path, ca->line,
+                     i, ca->type);
+            return PARLEY_ERR_CONFIG;
+        }
+        if (strcmp(ca->type, "console") == 0) {
+            if (have_console)
+                continue;
+            have_console = 1;
+        }
+        result = create(&app->adapters[app->n_adapters], &env, ca->setting,
+                        err, errlen);
+        if (result != PARLEY_OK)
+            return result;
+        app->n_adapters++;
+    }
+    if (console && !have_console) {
+        int result = console_adapter_create(&app->adapters[app->n_adapters],
+                                            &env, NULL, err, errlen);
+
+        if (result != PARLEY_OK)
+            return result;
+        app->n_adapters++;
+    }
+    if (app->n_adapters == 0) {
+        snprintf(err, errlen, "%s: no adapters configured (add an "
+                 "\"adapters\" list or use --console)", app->cfg.path);
+        return PARLEY_ERR_CONFIG;
+    }
+    return PARLEY_OK;
+}
+
+static void app_free_adapters(struct app *app)
+{
+    for (size_t i = 0; i < app->n_adapters; i++)
+        app->adapters[i]->ops->free(app->adapters[i]);
+    app->n_adapters = 0;
+}
+
+/* Release what app_run built when it fails before the loop runs. */
+static void app_teardown(struct app *app)
+{
+    if (app->router)
+        router_close(app->router);
+    if (app->store)
+        store_close(app->store);
+    if (app->llm)
+        llm_free(app->llm);
+    if (app->loop)
+        loop_close(app->loop);
+    uv_run(&app->uv, UV_RUN_DEFAULT);
+    router_free(app->router);
+    if (app->loop)
+        loop_free(app->loop);
+    uv_loop_close(&app->uv);
+}
+
+static int app_run(struct app *app, int console)
+{
+    char err[MAIN_ERR_MAX] = "";
+    int result;
+
+    if (uv_loop_init(&app->uv) != 0 ||
+        loop_create(&app->loop, &app->uv) != PARLEY_OK) {
+        log_error("cannot create the event loop");
+        return EXIT_SOFTWARE;
+    }
+    if (store_open(&app->store, &app->uv, &app->cfg.redis,
+                   app->cfg.redis_password) != PARLEY_OK ||
+        llm_create(&app->llm, app->loop, &app->cfg.llm,
+                   app->cfg.api_key) != PARLEY_OK ||
+        router_create(&app->router, &app->cfg, app->store, app->llm,
+                      app->loop) != PARLEY_OK) {
+        log_error("cannot start: out of memory");
+        app_teardown(app);
+        return EXIT_SOFTWARE;
+    }
+    result = app_create_adapters(app, console, err, sizeof(err));
+    if (result != PARLEY_OK) {
+        fprintf(stderr, "parley: %s\n", err);
+        app_free_adapters(app);
+        app_teardown(app);
+        return result == PARLEY_ERR_CONFIG ? EXIT_CONFIG : EXIT_SOFTWARE;
+    }
+    uv_signal_init(&app->uv, &app->sig_int);
+    uv_signal_init(&app->uv, &app->sig_term);
+    uv_signal_init(&app->uv, &app->sig_hup);
+    uv_timer_init(&app->uv, &app->drain_timer);
+    uv_timer_init(&app->uv, &app->start_timer);
+    uv_timer_init(&app->uv, &app->sample_timer);
+    app->sample_timer.data = app;
+    app->sig_int.data = app->sig_term.data = app->sig_hup.data = app;
+    app->drain_timer.data = app;
+    app->start_timer.data = app;
+    uv_signal_start(&app->sig_int, on_signal, SIGINT);
+    uv_signal_start(&app->sig_term, on_signal, SIGTERM);
+    uv_signal_start(&app->sig_hup, on_signal, SIGHUP);
+
+    for (size_t i = 0; i < app->n_adapters; i++) {
+        struct adapter *ad = app->adapters[i];
+
+        router_add_adapter(app->router, ad);
+        if (strcmp(ad->ops->type, "console") == 0)
+            console_on_eof(ad, on_console_eof, app);
+    }
+    metrics_reset();
+    uv_timer_start(&app->sample_timer, on_sample_timer, 0,
+                   MAIN_METRICS_SAMPLE_MS);
+    if (app->cfg.metrics.listen) {
+        result = monitor_start(&app->monitor, app->cfg.metrics.listen, err,
+                               sizeof(err));
+        if (result != PARLEY_OK) {
+            log_error("%s", err);
+            app->exit_code = EXIT_UNAVAILABLE;
+            app_begin_shutdown(app, "the metrics endpoint cannot start");
+        } else {
+            log_info("metrics: /healthz and /metrics on %s (port %d)",
+                     app->cfg.metrics.listen, monitor_port(app->monitor));
+        }
+    }
+    app->start_deadline = uv_now(&app->uv) + MAIN_REDIS_WAIT_MS;
+    uv_timer_start(&app->start_timer, on_start_timer, 0, MAIN_REDIS_POLL_MS);
+    if (app->cfg.redis.unix_socket)
+        log_info("parley %s running: model %s at %s, redis unix:%s",
+                 PARLEY_VERSION, app->cfg.llm.model, app->cfg.llm.base_url,
+                 app->cfg.redis.unix_socket);
+    else
+        log_info("parley %s running: model %s at %s, redis %s:%d",
+                 PARLEY_VERSION, app->cfg.llm.model, app->cfg.llm.base_url,
+                 app->cfg.redis.host, app->cfg.redis.port);
+    uv_run(&app->uv, UV_RUN_DEFAULT);
+    /* Close callbacks of adapters and the loop ran above; now memory. */
+    app_free_adapters(app);
+    router_free(app->router);
+    loop_free(app->loop);
+    if (uv_loop_close(&app->uv) != 0)
+        log_warn("event loop closed with handles still open");
+    return app->exit_code;
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option options[] = {
+        { "config", required_argument, NULL, 'c' },
+        { "console", no_argument, NULL, 'C' },
+        { "check-config", no_argument, NULL, 'k' },
+        { "print-redis", no_argument, NULL, 'r' },
+        { "version", no_argument, NULL, 'V' },
+        { "help", no_argument, NULL, 'h' },
+        { NULL, 0, NULL, 0 },
+    };
+    static struct app app;
+    const char *path = NULL;
+    int console = 0, check = 0, print_redis = 0;
+    char err[MAIN_ERR_MAX] = "";
+    enum log_level level;
+    enum log_format format;
+    int opt, result;
+
+    while ((opt = getopt_long(argc, argv, "c:Vh", options, NULL)) != -1) {
+        switch (opt) {
+        case 'c': path = optarg; break;
+        case 'C': console = 1; break;
+        case 'k': check = 1; break;
+        case 'r': print_redis = 1; break;
+        case 'V': printf("parley %s\n", PARLEY_VERSION); return 0;
+        case 'h': fputs(usage_text, stdout); return 0;
+        default: fputs(usage_text, stderr); return EXIT_USAGE;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "parley: unexpected argument \"%s\"\n%s",
+                argv[optind], usage_text);
+        return EXIT_USAGE;
+    }
+    signal(SIGPIPE, SIG_IGN);
+
+    app.cfg_file = path;
+    result = path ? config_load(&app.cfg, path, err, sizeof(err))
+                  : config_defaults(&app.cfg);
+    if (result == PARLEY_OK && !path)
+        result = apply_builtin_env(&app.cfg);
+    if (result == PARLEY_OK)
+        result = apply_redis_env(&app.cfg, err, sizeof(err));
+    if (result != PARLEY_OK) {
+        fprintf(stderr, "parley: configuration errors:\n%s\n",
+                err[0] ? err : parley_status_name(result));
+        config_free(&app.cfg);
+        return EXIT_CONFIG;
+    }
+    if (print_redis) {
+        if (app.cfg.redis.unix_socket)
+            printf("unix %s\n", app.cfg.redis.unix_socket);
+        else
+            printf("tcp %s %d\n", app.cfg.redis.host, app.cfg.redis.port);
+        config_free(&app.cfg);
+        return 0;
+    }
+    if (config_secrets(&app.cfg, err, sizeof(err)) != PARLEY_OK) {
+        fprintf(stderr, "parley: %s\n", err);
+        config_free(&app.cfg);
+        return EXIT_CONFIG;
+    }
+    if (!app.cfg.api_key && uses_openai(&app.cfg)) {
+        if (!path)
+            fputs(setup_text, stderr);
+        else
+            fprintf(stderr, "parley: %s: llm.api_key_env: the environment "
+                    "variable %s (or %s_FILE) is not set; "
+                    "api.openai.com needs a key\n", path,
+                    app.cfg.llm.api_key_env, app.cfg.llm.api_key_env);
+        config_free(&app.cfg);
+        return EXIT_CONFIG;
+    }
+    if (app.cfg.bot.log_level &&
+        log_level_parse(app.cfg.bot.log_level, &level) == 0)
+        log_set_level(level);
+    if (app.cfg.bot.log_format &&
+        log_format_parse(app.cfg.bot.log_format, &format) == 0)
+        log_set_format(format);
+
+    if (check) {
+        /* Adapters validate their blocks in their constructors; they
+         * connect only in start, which is never called here. */
+        if (uv_loop_init(&app.uv) != 0 ||
+            loop_create(&app.loop, &app.uv) != PARLEY_OK) {
+            config_free(&app.cfg);
+            return EXIT_SOFTWARE;
+        }
+        result = app_create_adapters(&app, console || !path, err,
+                                     sizeof(err));
+        app_free_adapters(&app);
+        loop_close(app.loop);
+        uv_run(&app.uv, UV_RUN_DEFAULT);
+        loop_free(app.loop);
+        uv_loop_close(&app.uv);
+        if (result != PARLEY_OK) {
+            fprintf(stderr, "parley: %s\n", err);
+            config_free(&app.cfg);
+            return EXIT_CONFIG;
+        }
+        printf("%s: configuration OK (model %s at %s, %zu adapter(s))\n",
+               app.cfg.path, app.cfg.llm.model, app.cfg.llm.base_url,
+               app.cfg.n_adapters + ((console || !path) ? 1 : 0));
+        config_free(&app.cfg);
+        return 0;
+    }
+
+    result = app_run(&app, console || !path);
+    config_free(&app.cfg);
+    log_forget_secrets();
+    curl_global_cleanup();
+    return result;
+}

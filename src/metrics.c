@@ -1,0 +1,329 @@
+/*
+ * The numbers behind /metrics and /healthz (see metrics.h).  Names follow
+ * Prometheus conventions: parley_ prefix, _total for counters, base units
+ * (seconds), labels for platform, command, outcome and status code.
+ */
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "metrics.h"
+
+/* Platforms get fixed slots so labels never allocate. */
+static const char *const platforms[] = { "console", "irc", "matrix",
+                                         "other" };
+#define N_PLATFORMS (sizeof(platforms) / sizeof(platforms[0]))
+
+static const char *const commands[] = { "help", "model", "reset", "stats",
+                                        "system", "more", "other" };
+#define N_COMMANDS (sizeof(commands) / sizeof(commands[0]))
+
+/* LLM latency buckets in seconds: chat answers take from a fraction of a
+ * second (small local models) to a minute (long answers, retries). */
+static const double buckets[] = { 0.25, 0.5, 1, 2, 5, 10, 30, 60 };
+#define N_BUCKETS (sizeof(buckets) / sizeof(buckets[0]))
+
+/* HTTP statuses 0..599 counted one by one; 0 = no answer at all. */
+#define N_STATUS 600
+
+struct adapter_gauge {
+    char type[16];
+    char account[64];
+    int connected;
+};
+
+static struct {
+    pthread_mutex_t lock;
+    unsigned long long received[N_PLATFORMS];
+    unsigned long long answered[N_PLATFORMS];
+    unsigned long long commands[N_COMMANDS];
+    unsigned long long greetings;
+    unsigned long long llm_ok[N_STATUS], llm_err[N_STATUS];
+    unsigned long long retries;
+    unsigned long long tokens_in, tokens_out;
+    unsigned long long latency_bucket[N_BUCKETS];
+    unsigned long long latency_count;
+    double latency_sum;
+    int redis_up;
+    struct adapter_gauge adapters[METRICS_ADAPTERS_MAX];
+    size_t n_adapters;
+    size_t pending, rooms;
+} m = { .lock = PTHREAD_MUTEX_INITIALIZER };
+
+static size_t platform_index(const char *platform)
+{
+    for (size_t i = 0; i + 1 < N_PLATFORMS; i++)
+        if (platform && strcmp(platform, platforms[i]) == 0)
+            return i;
+    return N_PLATFORMS - 1;
+}
+
+void metrics_reset(void)
+{
+    pthread_mutex_lock(&m.lock);
+    memset((char *)&m + sizeof(m.lock), 0, sizeof(m) - sizeof(m.lock));
+    pthread_mutex_unlock(&m.lock);
+}
+
+void metrics_message_received(const char *platform)
+{
+    pthread_mutex_lock(&m.lock);
+    m.received[platform_index(platform)]++;
+    pthread_mutex_unlock(&m.lock);
+}
+
+void metrics_message_answered(const char *platform)
+{
+    pthread_mutex_lock(&m.lock);
+    m.answered[platform_index(platform)]++;
+    pthread_mutex_unlock(&m.lock);
+}
+
+void metrics_command(const char *name)
+{
+    size_t i = 0;
+
+    while (i + 1 < N_COMMANDS && (!name || strcmp(name, commands[i]) != 0))
+        i++;
+    pthread_mutex_lock(&m.lock);
+    m.commands[i]++;
+    pthread_mutex_unlock(&m.lock);
+}
+
+void metrics_greeting(void)
+{
+    pthread_mutex_lock(&m.lock);
+    m.greetings++;
+    pthread_mutex_unlock(&m.lock);
+}
+
+void metrics_llm_done(int ok, long http_code, int attempts, double seconds,
+                      long tokens_in, long tokens_out)
+{
+    size_t code = http_code > 0 && http_code < N_STATUS ?
+                  (size_t)http_code : 0;
+
+    pthread_mutex_lock(&m.lock);
+    if (ok)
+        m.llm_ok[code]++;
+    else
+        m.llm_err[code]++;
+    if (attempts > 1)
+        m.retries += (unsigned long long)(attempts - 1);
+    if (tokens_in > 0)
+        m.tokens_in += (unsigned long long)tokens_in;
+    if (tokens_out > 0)
+        m.tokens_out += (unsigned long long)tokens_out;
+    for (size_t i = 0; i < N_BUCKETS; i++)
+        if (seconds <= buckets[i])
+            m.latency_bucket[i]++;
+    m.latency_count++;
+    m.latency_sum += seconds;
+    pthread_mutex_unlock(&m.lock);
+}
+
+void metrics_set_redis(int up)
+{
+    pthread_mutex_lock(&m.lock);
+    m.redis_up = up;
+    pthread_mutex_unlock(&m.lock);
+}
+
+void metrics_set_adapter(size_t index, const char *type, const char *account,
+                         int connected)
+{
+    if (index >= METRICS_ADAPTERS_MAX)
+        return;
+    pthread_mutex_lock(&m.lock);
+    snprintf(m.adapters[index].type, sizeof(m.adapters[index].type), "%s",
+             type ? type : "");
+    snprintf(m.adapters[index].account, sizeof(m.adapters[index].account),
+             "%s", account ? account : "");
+    m.adapters[index].connected = connected;
+    pthread_mutex_unlock(&m.lock);
+}
+
+void metrics_set_adapter_count(size_t n)
+{
+    pthread_mutex_lock(&m.lock);
+    m.n_adapters = n < METRICS_ADAPTERS_MAX ? n : METRICS_ADAPTERS_MAX;
+    pthread_mutex_unlock(&m.lock);
+}
+
+void metrics_set_queue(size_t pending, size_t rooms)
+{
+    pthread_mutex_lock(&m.lock);
+    m.pending = pending;
+    m.rooms = rooms;
+    pthread_mutex_unlock(&m.lock);
+}
+
+/* Appends to a bounded buffer; once full, later lines are dropped whole
+ * so the output never ends inside a line. */
+struct out {
+    char *buf;
+    size_t len, used;
+    int full;
+};
+
+static void emit(struct out *o, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static void emit(struct out *o, const char *fmt, ...)
+{
+    va_list ap;
+    int n;
+
+    if (o->full || o->len == 0)
+        return;
+    va_start(ap, fmt);
+    n = vsnprintf(o->buf + o->used, o->len - o->used, fmt, ap);
+    va_end(ap);
+    if (n < 0 || (size_t)n >= o->len - o->used) {
+        o->buf[o->used] = '\0';
+        o->full = 1;
+        return;
+    }
+    o->used += (size_t)n;
+}
+
+/* Label values are ours or platform ids: escape what the format needs. */
+static void label_value(char *dst, size_t len, const char *src)
+{
+    size_t j = 0;
+
+    for (size_t i = 0; src[i] && j + 2 < len; i++) {
+        char c = src[i];
+
+        if (c == '\\' || c == '"') {
+            dst[j++] = '\\';
+            dst[j++] = c;
+        } else if (c == '\n') {
+            dst[j++] = '\\';
+            dst[j++] = 'n';
+        } else {
+            dst[j++] = c;
+        }
+    }
+    dst[j] = '\0';
+}
+
+size_t metrics_render(char *buf, size_t len)
+{
+    struct out o = { buf, len, 0, 0 };
+
+    if (len > 0)
+        buf[0] = '\0';
+    pthread_mutex_lock(&m.lock);
+    emit(&o, "# HELP parley_messages_received_total Messages seen by "
+         "adapters and handed to the router.\n"
+         "# TYPE parley_messages_received_total counter\n");
+    for (size_t i = 0; i < N_PLATFORMS; i++)
+        emit(&o, "parley_messages_received_total{platform=\"%s\"} %llu\n",
+             platforms[i], m.received[i]);
+    emit(&o, "# HELP parley_messages_answered_total Answers handed to "
+         "adapters.\n# TYPE parley_messages_answered_total counter\n");
+    for (size_t i = 0; i < N_PLATFORMS; i++)
+        emit(&o, "parley_messages_answered_total{platform=\"%s\"} %llu\n",
+             platforms[i], m.answered[i]);
+    emit(&o, "# HELP parley_commands_total Chat commands run.\n"
+         "# TYPE parley_commands_total counter\n");
+    for (size_t i = 0; i < N_COMMANDS; i++)
+        emit(&o, "parley_commands_total{command=\"%s\"} %llu\n",
+             commands[i], m.commands[i]);
+    emit(&o, "# HELP parley_greetings_total Greetings sent.\n"
+         "# TYPE parley_greetings_total counter\n"
+         "parley_greetings_total %llu\n", m.greetings);
+    emit(&o, "# HELP parley_llm_requests_total Completions by outcome and "
+         "last HTTP status (0: no answer).\n"
+         "# TYPE parley_llm_requests_total counter\n");
+    for (size_t c = 0; c < N_STATUS; c++) {
+        if (m.llm_ok[c])
+            emit(&o, "parley_llm_requests_total{outcome=\"ok\",status=\"%zu\"}"
+                 " %llu\n", c, m.llm_ok[c]);
+        if (m.llm_err[c])
+            emit(&o, "parley_llm_requests_total{outcome=\"error\","
+                 "status=\"%zu\"} %llu\n", c, m.llm_err[c]);
+    }
+    emit(&o, "# HELP parley_llm_retries_total Requests repeated after a "
+         "rate limit, server error or timeout.\n"
+         "# TYPE parley_llm_retries_total counter\n"
+         "parley_llm_retries_total %llu\n", m.retries);
+    emit(&o, "# HELP parley_llm_tokens_total Tokens reported by the API.\n"
+         "# TYPE parley_llm_tokens_total counter\n"
+         "parley_llm_tokens_total{direction=\"in\"} %llu\n"
+         "parley_llm_tokens_total{direction=\"out\"} %llu\n",
+         m.tokens_in, m.tokens_out);
+    emit(&o, "# HELP parley_llm_latency_seconds Time from the first try to "
+         "the result of a completion.\n"
+         "# TYPE parley_llm_latency_seconds histogram\n");
+    for (size_t i = 0; i < N_BUCKETS; i++)
+        emit(&o, "parley_llm_latency_seconds_bucket{le=\"%g\"} %llu\n",
+             buckets[i], m.latency_bucket[i]);
+    emit(&o, "parley_llm_latency_seconds_bucket{le=\"+Inf\"} %llu\n"
+         "parley_llm_latency_seconds_sum %.6f\n"
+         "parley_llm_latency_seconds_count %llu\n",
+         m.latency_count, m.latency_sum, m.latency_count);
+    emit(&o, "# HELP parley_redis_up Whether the Redis connection is up.\n"
+         "# TYPE parley_redis_up gauge\nparley_redis_up %d\n", m.redis_up);
+    emit(&o, "# HELP parley_adapter_connected Whether each adapter is "
+         "connected.\n# TYPE parley_adapter_connected gauge\n");
+    for (size_t i = 0; i < m.n_adapters; i++) {
+        char type[40], account[136];
+
+        label_value(type, sizeof(type), m.adapters[i].type);
+        label_value(account, sizeof(account), m.adapters[i].account);
+        emit(&o, "parley_adapter_connected{platform=\"%s\",account=\"%s\"}"
+             " %d\n", type, account, m.adapters[i].connected);
+    }
+    emit(&o, "# HELP parley_queue_depth Events accepted and not yet "
+         "answered.\n# TYPE parley_queue_depth gauge\n"
+         "parley_queue_depth %zu\n"
+         "# HELP parley_rooms_active Rooms with work queued or running.\n"
+         "# TYPE parley_rooms_active gauge\nparley_rooms_active %zu\n",
+         m.pending, m.rooms);
+    pthread_mutex_unlock(&m.lock);
+    return o.used;
+}
+
+int metrics_health(char *buf, size_t len)
+{
+    struct out o = { buf, len, 0, 0 };
+    int healthy;
+
+    if (len > 0)
+        buf[0] = '\0';
+    pthread_mutex_lock(&m.lock);
+    healthy = m.redis_up;
+    for (size_t i = 0; i < m.n_adapters; i++)
+        healthy = healthy && m.adapters[i].connected;
+    emit(&o, "{\"status\":\"%s\",\"redis\":%s,\"adapters\":[",
+         healthy ? "ok" : "unavailable", m.redis_up ? "true" : "false");
+    for (size_t i = 0; i < m.n_adapters; i++) {
+        char type[40], account[136];
+
+        /* The escaping rules of JSON strings match those above for the
+         * characters that can occur in adapter names. */
+        label_value(type, sizeof(type), m.adapters[i].type);
+        label_value(account, sizeof(account), m.adapters[i].account);
+        emit(&o, "%s{\"platform\":\"%s\",\"account\":\"%s\","
+             "\"connected\":%s}", i ? "," : "", type, account,
+             m.adapters[i].connected ? "true" : "false");
+    }
+    emit(&o, "],\"queue_depth\":%zu,\"rooms_active\":%zu", m.pending,
+         m.rooms);
+    if (!healthy) {
+        emit(&o, ",\"reason\":\"");
+        if (!m.redis_up)
+            emit(&o, "redis is down; ");
+        for (size_t i = 0; i < m.n_adapters; i++)
+            if (!m.adapters[i].connected)
+                emit(&o, "%s adapter %s is not connected; ",
+                     m.adapters[i].type, m.adapters[i].account);
+        emit(&o, "\"");
+    }
+    emit(&o, "}\n");
+    pthread_mutex_unlock(&m.lock);
+    return healthy;
+}

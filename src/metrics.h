@@ -1,0 +1,50 @@
+/*
+ * Counters and gauges for /metrics and /healthz.  The loop thread records
+ * events (messages, commands, LLM outcomes) and samples gauges (Redis up,
+ * adapters connected, queue depth) from a timer; the HTTP thread of
+ * monitor.c only renders.  One mutex guards everything: updates happen a
+ * few times per message, far below any contention that would matter.
+ * Rendering is a pure function into a caller's buffer, so tests check the
+ * Prometheus text without a server.
+ */
+#ifndef PARLEY_METRICS_H
+#define PARLEY_METRICS_H
+
+#include <stddef.h>
+
+/* Adapters tracked for health; more than this are summed as "other". */
+#define METRICS_ADAPTERS_MAX 64
+/* Rendered /metrics text is at most this long. */
+#define METRICS_TEXT_MAX (64 * 1024)
+
+/* Forget everything (start-up and tests). */
+void metrics_reset(void);
+
+void metrics_message_received(const char *platform);
+void metrics_message_answered(const char *platform);
+/* name without '!'; unknown names count as "other". */
+void metrics_command(const char *name);
+void metrics_greeting(void);
+/*
+ * One finished completion: ok or not, the last HTTP status (0 = none),
+ * requests sent (attempts - 1 are retries), seconds from the first try to
+ * the result, and tokens (negative = unknown).
+ */
+void metrics_llm_done(int ok, long http_code, int attempts, double seconds,
+                      long tokens_in, long tokens_out);
+
+/* Gauges, sampled by main. */
+void metrics_set_redis(int up);
+void metrics_set_adapter(size_t index, const char *type, const char *account,
+                         int connected);
+void metrics_set_adapter_count(size_t n);
+void metrics_set_queue(size_t pending, size_t rooms);
+
+/* Prometheus text exposition format into buf; returns the length written
+ * (truncated output is cut at a line end and still valid). */
+size_t metrics_render(char *buf, size_t len);
+/* JSON summary into buf; returns 1 when healthy (Redis up and every
+ * adapter connected), 0 otherwise, with the reasons in the JSON. */
+int metrics_health(char *buf, size_t len);
+
+#endif

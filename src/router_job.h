@@ -1,0 +1,132 @@
+/*
+ * Router internals shared by router.c (submission, life cycle), job.c (the
+ * per-room queues and the steps of one job) and command.c (the !commands).
+ * Not part of the API: adapters and main use router.h only.
+ */
+#ifndef PARLEY_ROUTER_JOB_H
+#define PARLEY_ROUTER_JOB_H
+
+#include <stddef.h>
+
+#include "config.h"
+#include "event.h"
+
+struct redisReply;
+struct store;
+struct llm;
+struct loop;
+struct adapter;
+struct history;
+struct dict;
+
+/* Longest command name we look up ("!system" and friends). */
+#define ROUTER_COMMAND_NAME_MAX 16
+/* Greeting cooldown per user and room: one day. */
+#define ROUTER_GREET_COOLDOWN_S 86400
+/* usage:<day>:<user> lives a little over a week, for !stats. */
+#define ROUTER_USAGE_TTL_S (8 * 86400)
+/* Model names and per-room system prompts set from chat are capped. */
+#define ROUTER_MODEL_NAME_MAX 128
+#define ROUTER_SYSTEM_MAX (8 * 1024)
+
+enum job_kind {
+    JOB_CHAT,               /* answer a message */
+    JOB_COMMAND,            /* run a !command */
+    JOB_GREET_ROOM,         /* the bot joined: greet the room */
+    JOB_GREET_USER,         /* someone joined: greet them */
+    JOB_NOTICE,             /* answer with a fixed text (rate limit) */
+    JOB_RESEND,             /* a stored answer a previous run never sent */
+    JOB_AMBIENT             /* store an unaddressed line as context only */
+};
+
+struct room;
+
+struct job {
+    struct router *r;
+    struct room *room;
+    struct adapter *ad;
+    struct event *ev;           /* owned copy */
+    enum job_kind kind;
+    char user_key[EVENT_ROOM_KEY_MAX];   /* platform:account:sender */
+    int durable;                /* has a job:<event id> record */
+
+    /* Gathered along the way. */
+    char *model;                /* room override, or NULL */
+    char *system;               /* room override, or NULL */
+    int greeting;               /* room greeting on (1) / off (0) */
+    struct history *history;
+    char *answer;
+    long tokens_in, tokens_out;
+    double llm_started;         /* monotonic seconds, for the latency */
+    int notice;                 /* answer is service text, not the model */
+
+    struct job *next;           /* room queue */
+    struct job *all_prev, *all_next;    /* every live job, for close */
+};
+
+struct room {
+    char key[EVENT_ROOM_KEY_MAX];
+    struct job *head, *tail;    /* waiting jobs */
+    size_t queued;
+    struct job *current;        /* the job being worked on */
+};
+
+/* Per-user request window for user_requests_per_minute. */
+struct rate {
+    long minute;
+    int count;
+};
+
+#define ROUTER_MAX_ADAPTERS CONFIG_MAX_ADAPTERS
+
+struct router {
+    const struct config *cfg;
+    struct store *store;
+    struct llm *llm;
+    struct loop *loop;
+    struct adapter *adapters[ROUTER_MAX_ADAPTERS];
+    size_t n_adapters;
+    struct dict *rooms;         /* key -> struct room * */
+    struct dict *rates;         /* user key -> struct rate * */
+    size_t pending;             /* jobs not yet finished */
+    struct job *jobs;           /* every live job */
+    int draining;               /* refuse new events */
+    int closing;                /* callbacks stop; router_free cleans */
+};
+
+/* After router_close, callbacks leave their job where it is: the store
+ * and llm are going away and router_free releases every job. */
+#define JOB_CLOSING(job) ((job)->r->closing)
+
+/* job.c */
+/* A new job for ev (copied), counted in r->pending; NULL on OOM. */
+struct job *job_create(struct router *r, struct adapter *ad,
+                       const struct event *ev, enum job_kind kind);
+/* Queue job on room_key and start it if the room is idle; on failure the
+ * job is freed. */
+void job_enqueue(struct router *r, struct job *job, const char *room_key);
+void job_free(struct job *job);
+/* Answer with text (may be job->answer itself); notice = service text. */
+void job_reply(struct job *job, const char *text, int notice);
+/* Finish a job that sends nothing and let its room move on. */
+void job_drop(struct job *job);
+/* Start the job's steps (room settings first). */
+void job_run(struct job *job);
+/* Whether a user may make one more request this minute (counts it). */
+int rate_allow(struct router *r, const char *user_key);
+const char *event_speaker(const struct event *ev);
+/* "<prefix><kind>:<name>" into buf; logs and returns -1 when too long. */
+int key_or_log(struct router *r, char *buf, size_t len, const char *kind,
+               const char *name);
+void utc_day(char *buf, size_t len);
+/* A copy of a string reply, or NULL (not a string, OOM). */
+char *dup_reply_str(const struct redisReply *rep);
+void ignore_reply(struct store *st, struct redisReply *rep, void *privdata);
+
+/* command.c */
+/* Whether name is one of our !commands. */
+int command_known(const char *name);
+/* Run the command in job->ev->text (job->model/system are loaded). */
+void command_run(struct job *job);
+
+#endif

@@ -1,0 +1,427 @@
+#!/usr/bin/python3
+"""OpenAI chat-completions stand-in for parley's tests.
+
+Speaks the published API (POST /v1/chat/completions, GET /v1/models) with
+OpenAI-shaped bodies and headers, answers "echo: <last user message>" by
+default, and plays faults on demand from a script: status codes with the
+real error bodies and Retry-After / retry-after-ms headers, hangs, dropped
+connections, truncated JSON, slow or custom answers.  Standard library
+only; run with Debian's /usr/bin/python3.
+
+Usage:
+  openai_stub.py [--port N] --port-file PATH [--api-key KEY]
+                 [--delay SECONDS] [--log PATH]
+
+Control API (no auth, JSON):
+  POST /_control/script    body: list of actions; replaces the pending
+                           script (?append=1 appends).  -> {"queued": n}
+  GET  /_control/requests  every chat request seen, oldest first
+  POST /_control/reset     clear script and records
+Actions (all keys optional; each chat request takes the first action
+whose "when_contains" is absent or is a substring of the last user
+message, and removes it unless "repeat" is true):
+  {"status": 429, "retry_after": "1"}     rate_limit_exceeded body and
+                                          Retry-After header
+  {"status": 429, "retry_after_ms": 300}  retry-after-ms header instead
+  {"status": 429, "code": "insufficient_quota"}
+  {"status": 500|502|503}                 OpenAI server-error bodies
+  {"status": 400|401|404|..., "message": m, "type": t, "code": c,
+   "param": p}                            OpenAI error body
+  {"hang": S}                             read the request, answer
+                                          nothing, close after S seconds
+  {"malformed": true}                     200 with truncated JSON
+  {"drop": true}                          headers + half the body, close
+  {"content": "text", "finish_reason": "length", "no_usage": true}
+  {"body_bytes": N}                       200 whose content is N x's
+  {"raw": "string", "status": 200}        this body verbatim
+  {"headers": {"name": "value"}}          extra response headers
+  "delay": S applies before any answer; "when_contains", "repeat" as
+  above.
+"""
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit, parse_qs
+
+MODELS = ["gpt-4o-mini", "gpt-4o", "gpt-3.5-turbo"]
+
+LOCK = threading.Lock()
+SCRIPT = []
+RECORDS = []
+OPTS = None
+LOGF = None
+
+
+def log(line):
+    if LOGF is None:
+        return
+    with LOCK:
+        LOGF.write("%.3f %s\n" % (time.time(), line))
+        LOGF.flush()
+
+
+def error_body(message, etype, param=None, code=None):
+    return {"error": {"message": message, "type": etype, "param": param,
+                      "code": code}}
+
+
+def default_error(status, action, model):
+    """The body OpenAI sends for status, overridable from the action."""
+    if status == 429:
+        code = action.get("code", "rate_limit_exceeded")
+        if code == "insufficient_quota":
+            body = error_body(
+                "You exceeded your current quota, please check your plan "
+                "and billing details.", "insufficient_quota", None,
+                "insufficient_quota")
+        else:
+            body = error_body(
+                "Rate limit reached for %s in organization org-stub on "
+                "requests per min (RPM): Limit 3, Used 3, Requested 1. "
+                "Please try again in 20s." % model, "requests", None, code)
+    elif status == 500:
+        body = error_body(
+            "The server had an error while processing your request. Sorry "
+            "about that!", "server_error")
+    elif status == 502:
+        body = {"error": {"code": 502, "message": "Bad gateway.",
+                          "param": None, "type": "cf_bad_gateway"}}
+    elif status == 503:
+        body = error_body(
+            "The engine is currently overloaded, please try again later.",
+            "server_error")
+    elif status == 401:
+        body = error_body("Incorrect API key provided.",
+                          "invalid_request_error", None, "invalid_api_key")
+    elif status == 404:
+        body = error_body(
+            "The model `%s` does not exist or you do not have access to "
+            "it." % model, "invalid_request_error", None, "model_not_found")
+    elif status == 400:
+        body = error_body("Invalid request.", "invalid_request_error")
+    else:
+        body = error_body("Error %d." % status, "server_error"
+                          if status >= 500 else "invalid_request_error")
+    err = body["error"]
+    for key in ("message", "type", "code", "param"):
+        if key in action:
+            err[key] = action[key]
+    return body
+
+
+def last_user_content(body):
+    msgs = body.get("messages") if isinstance(body, dict) else None
+    if not isinstance(msgs, list):
+        return ""
+    for m in reversed(msgs):
+        if isinstance(m, dict) and m.get("role") == "user":
+            c = m.get("content")
+            if isinstance(c, str):
+                return c
+            if isinstance(c, list):  # content parts
+                return "".join(p.get("text", "") for p in c
+                               if isinstance(p, dict))
+    return ""
+
+
+def take_action(text):
+    with LOCK:
+        for i, a in enumerate(SCRIPT):
+            cond = a.get("when_contains")
+            if cond is not None and cond not in text:
+                continue
+            if not a.get("repeat"):
+                del SCRIPT[i]
+            return a
+    return None
+
+
+def estimate_tokens(s):
+    return max(1, len(s) // 4)
+
+
+def completion(model, content, body, finish_reason="stop", usage=True):
+    msgs = body.get("messages", [])
+    prompt = 0
+    for m in msgs:
+        if isinstance(m, dict) and isinstance(m.get("content"), str):
+            prompt += estimate_tokens(m["content"]) + 4
+    done = estimate_tokens(content)
+    out = {
+        "id": "chatcmpl-" + uuid.uuid4().hex[:24],
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "system_fingerprint": "fp_stub",
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": content,
+                        "refusal": None},
+            "logprobs": None,
+            "finish_reason": finish_reason,
+        }],
+    }
+    if usage:
+        out["usage"] = {"prompt_tokens": prompt, "completion_tokens": done,
+                        "total_tokens": prompt + done}
+    return out
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "openai-stub/1.0"
+
+    def log_message(self, fmt, *args):
+        log("%s %s" % (self.address_string(), fmt % args))
+
+    # -- plumbing ---------------------------------------------------------
+
+    def read_body(self):
+        n = self.headers.get("Content-Length")
+        try:
+            n = int(n) if n is not None else 0
+        except ValueError:
+            n = 0
+        return self.rfile.read(n) if n > 0 else b""
+
+    def send_json(self, status, obj, extra=None, raw=None):
+        data = raw if raw is not None else json.dumps(obj).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("x-request-id", "req_" + uuid.uuid4().hex[:16])
+        self.send_header("openai-processing-ms", "1")
+        for k, v in (extra or {}).items():
+            self.send_header(k, str(v))
+        self.end_headers()
+        self.wfile.write(data)
+        self.wfile.flush()
+
+    def authorised(self):
+        if not OPTS.api_key:
+            return True
+        auth = self.headers.get("Authorization", "")
+        if not auth.startswith("Bearer ") or not auth[7:].strip():
+            self.send_json(401, error_body(
+                "You didn't provide an API key. You need to provide your "
+                "API key in an Authorization header using Bearer auth "
+                "(i.e. Authorization: Bearer YOUR_KEY).",
+                "invalid_request_error"))
+            return False
+        key = auth[7:].strip()
+        if key != OPTS.api_key:
+            # OpenAI masks the middle of the key; this echoes all of it on
+            # purpose, so tests prove that parley redacts it.
+            self.send_json(401, error_body(
+                "Incorrect API key provided: %s. You can find your API key "
+                "at https://platform.openai.com/account/api-keys." % key,
+                "invalid_request_error", None, "invalid_api_key"))
+            return False
+        return True
+
+    # -- routes -----------------------------------------------------------
+
+    def do_GET(self):
+        path = urlsplit(self.path).path
+        if path == "/_control/requests":
+            with LOCK:
+                data = json.dumps(RECORDS).encode()
+            self.send_json(200, None, raw=data)
+        elif path.endswith("/models"):
+            if not self.authorised():
+                return
+            self.send_json(200, {"object": "list", "data": [
+                {"id": m, "object": "model", "created": 1700000000,
+                 "owned_by": "openai"} for m in MODELS]})
+        else:
+            self.not_found()
+
+    def do_POST(self):
+        url = urlsplit(self.path)
+        path = url.path
+        raw = self.read_body()
+        if path == "/_control/script":
+            self.control_script(raw, parse_qs(url.query))
+        elif path == "/_control/reset":
+            with LOCK:
+                del SCRIPT[:]
+                del RECORDS[:]
+            self.send_json(200, {"ok": True})
+        elif path.endswith("/chat/completions"):
+            self.chat(raw)
+        else:
+            self.not_found()
+
+    def not_found(self):
+        self.send_json(404, error_body(
+            "Invalid URL (%s %s)" % (self.command, urlsplit(self.path).path),
+            "invalid_request_error"))
+
+    def control_script(self, raw, query):
+        try:
+            actions = json.loads(raw or b"[]")
+            if isinstance(actions, dict):
+                actions = [actions]
+            if not isinstance(actions, list) or not all(
+                    isinstance(a, dict) for a in actions):
+                raise ValueError("want a list of objects")
+        except ValueError as e:
+            self.send_json(400, {"error": str(e)})
+            return
+        with LOCK:
+            if not query.get("append"):
+                del SCRIPT[:]
+            SCRIPT.extend(actions)
+            n = len(SCRIPT)
+        self.send_json(200, {"queued": n})
+
+    def chat(self, raw):
+        start = time.time()
+        rec = {"path": self.path, "headers": dict(self.headers.items()),
+               "body": None, "timestamp": start, "finished": None,
+               "action": None}
+        with LOCK:
+            RECORDS.append(rec)
+        try:
+            self.chat_inner(raw, rec)
+        finally:
+            rec["finished"] = time.time()
+
+    def chat_inner(self, raw, rec):
+        try:
+            body = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            body = None
+            rec["body"] = raw.decode("utf-8", "replace")
+        else:
+            rec["body"] = body
+        if not self.authorised():
+            rec["action"] = "auth"
+            return
+        if body is None or not isinstance(body, dict):
+            rec["action"] = "invalid"
+            self.send_json(400, error_body(
+                "We could not parse the JSON body of your request. (HINT: "
+                "This likely means you aren't using your HTTP library "
+                "correctly. The OpenAI API expects a JSON payload, but what "
+                "was sent was not valid JSON.)", "invalid_request_error"))
+            return
+        if not isinstance(body.get("model"), str) or not body["model"]:
+            rec["action"] = "invalid"
+            self.send_json(400, error_body(
+                "you must provide a model parameter",
+                "invalid_request_error"))
+            return
+        msgs = body.get("messages")
+        if not isinstance(msgs, list) or not msgs:
+            rec["action"] = "invalid"
+            self.send_json(400, error_body(
+                "Missing required parameter: 'messages'.",
+                "invalid_request_error", "messages",
+                "missing_required_parameter"))
+            return
+        model = body["model"]
+        text = last_user_content(body)
+        action = take_action(text) or {}
+        rec["action"] = action or "default"
+
+        delay = action.get("delay", OPTS.delay)
+        if delay:
+            time.sleep(float(delay))
+        extra = {"x-ratelimit-limit-requests": "10000",
+                 "x-ratelimit-remaining-requests": "9999",
+                 "x-ratelimit-reset-requests": "6ms"}
+        extra.update(action.get("headers", {}))
+
+        if "hang" in action:
+            # Say nothing; the client must give up on its own.
+            time.sleep(float(action["hang"]))
+            self.close_connection = True
+            return
+        status = int(action.get("status", 200))
+        if "raw" in action:
+            self.send_json(status, None, extra, raw=action["raw"].encode())
+            return
+        if status != 200:
+            if "retry_after" in action:
+                extra["Retry-After"] = str(action["retry_after"])
+            if "retry_after_ms" in action:
+                extra["retry-after-ms"] = str(action["retry_after_ms"])
+            if status == 429:
+                extra["x-ratelimit-remaining-requests"] = "0"
+            self.send_json(status, default_error(status, action, model),
+                           extra)
+            return
+        if "body_bytes" in action:
+            content = "x" * int(action["body_bytes"])
+        else:
+            content = action.get("content", "echo: " + text)
+        resp = completion(model, content, body,
+                          action.get("finish_reason", "stop"),
+                          not action.get("no_usage"))
+        data = json.dumps(resp).encode()
+        if action.get("malformed"):
+            self.send_json(200, None, extra, raw=data[:len(data) // 2])
+            return
+        if action.get("drop"):
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data[:len(data) // 2])
+            self.wfile.flush()
+            self.close_connection = True
+            return
+        self.send_json(200, resp, extra, raw=data)
+
+
+class Server(ThreadingHTTPServer):
+    # Python's default backlog of 5 resets bursts of connections.
+    request_queue_size = 128
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+def main():
+    global OPTS, LOGF
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--port-file", required=True)
+    ap.add_argument("--api-key")
+    ap.add_argument("--delay", type=float, default=0.0)
+    ap.add_argument("--log")
+    OPTS = ap.parse_args()
+    if OPTS.log:
+        LOGF = open(OPTS.log, "a")
+
+    srv = Server(("127.0.0.1", OPTS.port), Handler)
+    port = srv.server_address[1]
+    tmp = OPTS.port_file + ".tmp"
+    with open(tmp, "w") as f:
+        f.write("%d\n" % port)
+    os.replace(tmp, OPTS.port_file)
+    log("listening on 127.0.0.1:%d" % port)
+
+    def on_term(signum, frame):
+        # shutdown() waits for serve_forever, so not from this thread.
+        threading.Thread(target=srv.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+    try:
+        srv.serve_forever(poll_interval=0.1)
+    finally:
+        srv.server_close()
+        log("stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,836 @@
+/*
+ * store.c and the Redis half of context.c against a real redis-server on a
+ * free loopback port, driven by a real libuv loop: command round trip and
+ * SELECT, append/load/clear with trimming, TTL and hostile room keys, keys
+ * over the cap, Redis killed and restarted on the same port (down reported
+ * once, no callback lost or doubled, outage logged once), AUTH right and
+ * wrong, a unix socket, and store_close with commands in flight.  Every
+ * test starts its own server in setup and stops it in teardown, so a
+ * failed assertion does not leave a redis-server behind; ASan checks that
+ * the store frees everything once the loop has run its close callbacks.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+#include <hiredis/hiredis.h>
+#include <sys/stat.h>
+#include <uv.h>
+
+#include "spawn.h"
+
+#include "config.h"
+#include "context.h"
+#include "log.h"
+#include "status.h"
+#include "store.h"
+
+#define PASSWORD "s3cret-pw-4711"
+#define WRONG_PASSWORD "wrong-pw-0815"
+
+struct live {
+    uv_loop_t loop;
+    uv_timer_t tick;            /* keeps UV_RUN_ONCE from blocking */
+    char dir[64];
+    char path[128];             /* scratch for file names */
+    int port;
+    pid_t redis;
+    struct store *st;
+    struct store *extra[2];     /* closed by teardown if a test fails */
+    int ups;
+    int downs;
+    int saved_stderr;           /* while stderr goes to the log file */
+};
+
+/* One command's callback, recorded. */
+struct cap {
+    int calls;
+    int null;
+    int type;
+    long long integer;
+    size_t elements;
+    char str[512];
+    size_t len;
+};
+
+struct load_cap {
+    int calls;
+    int status;
+    struct history *h;
+};
+
+struct done_cap {
+    int calls;
+    int status;
+};
+
+static void cap_fn(struct store *st, struct redisReply *r, void *privdata)
+{
+    struct cap *c = privdata;
+
+    (void)st;
+    c->calls++;
+    if (!r) {
+        c->null = 1;
+        return;
+    }
+    c->type = r->type;
+    c->integer = r->integer;
+    c->elements = r->elements;
+    if (r->str) {
+        c->len = r->len < sizeof(c->str) - 1 ? r->len : sizeof(c->str) - 1;
+        memcpy(c->str, r->str, c->len);
+        c->str[c->len] = '\0';
+    }
+}
+
+static void load_fn(int status, struct history *h, void *privdata)
+{
+    struct load_cap *c = privdata;
+
+    c->calls++;
+    c->status = status;
+    context_history_free(c->h);
+    c->h = h;
+}
+
+static void done_fn(int status, void *privdata)
+{
+    struct done_cap *c = privdata;
+
+    c->calls++;
+    c->status = status;
+}
+
+static void state_fn(struct store *st, int up, void *privdata)
+{
+    struct live *L = privdata;
+
+    (void)st;
+    if (up)
+        L->ups++;
+    else
+        L->downs++;
+}
+
+static void tick_fn(uv_timer_t *t)
+{
+    (void)t;
+}
+
+/* Run the loop until *counter >= target or ms pass; returns whether the
+ * target was reached. */
+static int wait_count(struct live *L, const int *counter, int target, int ms)
+{
+    uint64_t end = uv_now(&L->loop) + (uint64_t)ms;
+
+    uv_timer_start(&L->tick, tick_fn, 5, 5);
+    while (*counter < target && uv_now(&L->loop) < end)
+        uv_run(&L->loop, UV_RUN_ONCE);
+    uv_timer_stop(&L->tick);
+    return *counter >= target;
+}
+
+static void run_for(struct live *L, int ms)
+{
+    int never = 0;
+
+    wait_count(L, &never, 1, ms);
+}
+
+/* Start redis-server on L->port with extra arguments (NULL-terminated). */
+static pid_t start_redis_args(struct live *L, ...)
+{
+    char portbuf[16];
+    char logpath[128];
+    char *argv[24] = { "/usr/bin/redis-server", "--port", portbuf,
+                       "--bind", "127.0.0.1", "--save", "",
+                       "--appendonly", "no", "--dir", L->dir };
+    int argc = 11;
+    va_list ap;
+    pid_t pid;
+
+    snprintf(portbuf, sizeof(portbuf), "%d", L->port);
+    snprintf(logpath, sizeof(logpath), "%s/redis.log", L->dir);
+    va_start(ap, L);
+    for (char *a = va_arg(ap, char *); a && argc < 23;
+         a = va_arg(ap, char *))
+        argv[argc++] = a;
+    va_end(ap);
+    argv[argc] = NULL;
+    pid = spawn_process(argv, logpath);
+    if (pid > 0 && spawn_wait_port(L->port, 5000) != 0) {
+        spawn_stop(pid);
+        return -1;
+    }
+    return pid;
+}
+
+static void kill_redis(struct live *L)
+{
+    if (L->redis > 0) {
+        kill(L->redis, SIGKILL);
+        waitpid(L->redis, NULL, 0);
+        L->redis = -1;
+    }
+}
+
+static void open_store(struct live *L, struct store **out, int db,
+                       const char *unix_socket, const char *password)
+{
+    struct config_redis cfg = { .host = "127.0.0.1", .port = L->port,
+                                .unix_socket = (char *)unix_socket,
+                                .db = db, .prefix = "ptest:" };
+
+    assert_int_equal(store_open(out, &L->loop, &cfg, password), PARLEY_OK);
+    assert_non_null(*out);
+}
+
+static int setup(void **state)
+{
+    struct live *L = calloc(1, sizeof(*L));
+
+    if (!L)
+        return -1;
+    snprintf(L->dir, sizeof(L->dir), "/tmp/parley-store-XXXXXX");
+    if (!mkdtemp(L->dir) || uv_loop_init(&L->loop) != 0 ||
+        uv_timer_init(&L->loop, &L->tick) != 0) {
+        free(L);
+        return -1;
+    }
+    L->port = spawn_free_port();
+    L->redis = -1;
+    L->saved_stderr = -1;
+    log_set_level(LOG_LEVEL_INFO);
+    *state = L;
+    return L->port > 0 ? 0 : -1;
+}
+
+/* Send stderr (the log) to dir/log until log_restore. */
+static void log_capture(struct live *L)
+{
+    int fd;
+
+    snprintf(L->path, sizeof(L->path), "%s/parley.log", L->dir);
+    fflush(stderr);
+    L->saved_stderr = dup(2);
+    fd = open(L->path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    assert_true(fd >= 0 && L->saved_stderr >= 0);
+    dup2(fd, 2);
+    close(fd);
+}
+
+static void log_restore(struct live *L)
+{
+    if (L->saved_stderr < 0)
+        return;
+    fflush(stderr);
+    dup2(L->saved_stderr, 2);
+    close(L->saved_stderr);
+    L->saved_stderr = -1;
+}
+
+/* Occurrences of needle in the captured log. */
+static int log_count(struct live *L, const char *needle)
+{
+    char buf[65536];
+    size_t n;
+    int count = 0;
+    FILE *f;
+
+    snprintf(L->path, sizeof(L->path), "%s/parley.log", L->dir);
+    f = fopen(L->path, "r");
+    if (!f)
+        return -1;
+    n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    for (const char *p = strstr(buf, needle); p; p = strstr(p + 1, needle))
+        count++;
+    return count;
+}
+
+static int teardown(void **state)
+{
+    struct live *L = *state;
+    static const char *files[] = { "redis.log", "parley.log", "redis.sock",
+                                   "dump.rdb" };
+    uint64_t end;
+    int closed;
+
+    log_restore(L);
+    if (L->st)
+        store_close(L->st);
+    L->st = NULL;
+    for (int i = 0; i < 2; i++)
+        if (L->extra[i])
+            store_close(L->extra[i]);
+    uv_close((uv_handle_t *)&L->tick, NULL);
+    /* Bounded drain: a store that never closes its handles fails here
+     * instead of hanging the suite. */
+    end = uv_now(&L->loop) + 3000;
+    while (uv_loop_alive(&L->loop) && uv_now(&L->loop) < end)
+        uv_run(&L->loop, UV_RUN_NOWAIT);
+    closed = uv_loop_close(&L->loop);
+    /* Stop the server before judging, so a failure leaves nothing. */
+    spawn_stop(L->redis);
+    for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
+        snprintf(L->path, sizeof(L->path), "%s/%s", L->dir, files[i]);
+        unlink(L->path);
+    }
+    rmdir(L->dir);
+    free(L);
+    assert_int_equal(closed, 0);
+    return 0;
+}
+
+/* Open L->st (db 2) on a fresh redis and wait for it to come up. */
+static void start_up(struct live *L)
+{
+    L->redis = spawn_redis(L->port, L->dir);
+    assert_true(L->redis > 0);
+    open_store(L, &L->st, 2, NULL, NULL);
+    store_on_state(L->st, state_fn, L);
+    assert_true(wait_count(L, &L->ups, 1, 3000));
+    assert_true(store_is_up(L->st));
+    assert_string_equal(store_errstr(L->st), "");
+}
+
+static void test_round_trip(void **state)
+{
+    struct live *L = *state;
+    struct cap set = { 0 }, get = { 0 }, other = { 0 }, sub = { 0 };
+    const char value[] = "bin\0ary\r\nvalue";
+    struct store *db0;
+    int up0;
+
+    L->redis = spawn_redis(L->port, L->dir);
+    assert_true(L->redis > 0);
+    open_store(L, &L->st, 2, NULL, NULL);
+    store_on_state(L->st, state_fn, L);
+    /* Not up yet: refused at once, callback never runs. */
+    assert_false(store_is_up(L->st));
+    assert_int_equal(store_command(L->st, cap_fn, &set, "PING"),
+                     PARLEY_ERR_STATE);
+    assert_true(wait_count(L, &L->ups, 1, 3000));
+    assert_int_equal(set.calls, 0);
+
+    assert_int_equal(store_command(L->st, cap_fn, &set, "SET %s %b", "k",
+                                   value, sizeof(value) - 1), PARLEY_OK);
+    assert_int_equal(store_command(L->st, cap_fn, &get, "GET %s", "k"),
+                     PARLEY_OK);
+    assert_true(wait_count(L, &get.calls, 1, 2000));
+    assert_int_equal(set.calls, 1);
+    assert_int_equal(set.type, REDIS_REPLY_STATUS);
+    assert_int_equal(get.type, REDIS_REPLY_STRING);
+    assert_int_equal(get.len, sizeof(value) - 1);
+    assert_memory_equal(get.str, value, sizeof(value) - 1);
+
+    /* Push-mode commands would break one-reply-per-callback. */
+    assert_int_equal(store_command(L->st, cap_fn, &sub, "SUBSCRIBE %s", "c"),
+                     PARLEY_ERR_STATE);
+    assert_int_equal(store_command_argv(L->st, cap_fn, &sub, 1,
+                                        (const char *[]){ "monitor" },
+                                        (size_t[]){ 7 }), PARLEY_ERR_STATE);
+    assert_int_equal(sub.calls, 0);
+
+    /* SELECT happened: db 0 does not see the key. */
+    open_store(L, &L->extra[0], 0, NULL, NULL);
+    db0 = L->extra[0];
+    store_on_state(db0, state_fn, L);
+    up0 = L->ups;
+    assert_true(wait_count(L, &L->ups, up0 + 1, 3000));
+    assert_int_equal(store_command(db0, cap_fn, &other, "GET k"), PARLEY_OK);
+    assert_true(wait_count(L, &other.calls, 1, 2000));
+    assert_int_equal(other.type, REDIS_REPLY_NIL);
+    store_close(db0);
+    L->extra[0] = NULL;
+    assert_int_equal(L->downs, 0);
+}
+
+static void test_append_load_trim_ttl(void **state)
+{
+    struct live *L = *state;
+    struct config_context cfg = { .max_turns = 4, .max_tokens = 0,
+                                  .ttl_s = 100 };
+    struct config_context cfg_long = { .max_turns = 4, .ttl_s = 100000 };
+    struct turn first[] = {
+        { "user", "alice", "h\xc3\xa9llo \"quoted\" \\", 1 },
+        { "assistant", NULL, "hi alice", 2 },
+        { "user", "bob", "line1\nline2", 3 },
+    };
+    struct turn second[] = {
+        { "assistant", NULL, "hi bob", 4 },
+        { "user", "alice", "\xf0\x9f\x99\x82", 5 },
+        { "assistant", NULL, "smile", 6 },
+    };
+    struct done_cap d1 = { 0 }, d2 = { 0 };
+    struct load_cap lc = { 0 };
+    struct cap ttl = { 0 }, ex = { 0 };
+
+    start_up(L);
+    assert_int_equal(context_append(L->st, "matrix:!room", first, 3, &cfg,
+                                    done_fn, &d1), PARLEY_OK);
+    assert_int_equal(context_append(L->st, "matrix:!room", second, 3, &cfg,
+                                    done_fn, &d2), PARLEY_OK);
+    assert_true(wait_count(L, &d2.calls, 1, 2000));
+    assert_int_equal(d1.calls, 1);
+    assert_int_equal(d1.status, PARLEY_OK);
+    assert_int_equal(d2.status, PARLEY_OK);
+
+    assert_int_equal(context_load(L->st, "matrix:!room", &cfg, load_fn, &lc),
+                     PARLEY_OK);
+    assert_true(wait_count(L, &lc.calls, 1, 2000));
+    assert_int_equal(lc.status, PARLEY_OK);
+    assert_non_null(lc.h);
+    /* LTRIM kept the newest four, oldest first. */
+    assert_int_equal(lc.h->n, 4);
+    assert_string_equal(lc.h->turns[0].content, "line1\nline2");
+    assert_string_equal(lc.h->turns[0].name, "bob");
+    assert_string_equal(lc.h->turns[1].content, "hi bob");
+    assert_null(lc.h->turns[1].name);
+    assert_string_equal(lc.h->turns[2].content, "\xf0\x9f\x99\x82");
+    assert_string_equal(lc.h->turns[3].role, "assistant");
+    assert_true(lc.h->turns[3].ts == 6);
+
+    assert_int_equal(store_command(L->st, cap_fn, &ttl, "TTL %s",
+                                   "ptest:ctx:matrix:!room"), PARLEY_OK);
+    assert_true(wait_count(L, &ttl.calls, 1, 2000));
+    assert_int_equal(ttl.type, REDIS_REPLY_INTEGER);
+    assert_true(ttl.integer > 90 && ttl.integer <= 100);
+
+    /* A load refreshes the TTL (EXPIRE is pipelined after LRANGE, so a
+     * TTL sent after the load callback sees it). */
+    assert_int_equal(store_command(L->st, cap_fn, &ex, "EXPIRE %s 5",
+                                   "ptest:ctx:matrix:!room"), PARLEY_OK);
+    lc.calls = 0;
+    assert_int_equal(context_load(L->st, "matrix:!room", &cfg_long, load_fn,
+                                  &lc), PARLEY_OK);
+    assert_true(wait_count(L, &lc.calls, 1, 2000));
+    memset(&ttl, 0, sizeof(ttl));
+    assert_int_equal(store_command(L->st, cap_fn, &ttl, "TTL %s",
+                                   "ptest:ctx:matrix:!room"), PARLEY_OK);
+    assert_true(wait_count(L, &ttl.calls, 1, 2000));
+    assert_true(ttl.integer > 99000);
+    context_history_free(lc.h);
+    lc.h = NULL;
+
+    /* n == 0 and an invalid role are refused without a callback. */
+    assert_int_equal(context_append(L->st, "r", first, 0, &cfg, done_fn,
+                                    &d1), PARLEY_ERR_OTHER);
+    {
+        struct turn bad = { "system", NULL, "x", 0 };
+
+        assert_int_equal(context_append(L->st, "r", &bad, 1, &cfg, done_fn,
+                                        &d1), PARLEY_ERR_OTHER);
+    }
+    assert_int_equal(d1.calls, 1);
+}
+
+static void test_malformed_and_wrongtype(void **state)
+{
+    struct live *L = *state;
+    struct config_context cfg = { .max_turns = 10, .ttl_s = 60 };
+    struct cap push = { 0 }, set = { 0 };
+    struct load_cap lc = { 0 };
+    struct done_cap d = { 0 };
+    const char *good = "{\"role\":\"user\",\"name\":\"x\",\"content\":\"ok\","
+                       "\"ts\":1}";
+    const char *asst = "{\"role\":\"assistant\",\"content\":\"b\"}";
+    char big[CONTEXT_TURN_MAX + 64];
+
+    start_up(L);
+    memset(big, 'a', sizeof(big) - 1);
+    big[sizeof(big) - 1] = '\0';
+    memcpy(big, "{\"role\":\"user\",\"content\":\"", 26);
+    assert_int_equal(store_command(L->st, cap_fn, &push,
+                                   "RPUSH %s %s %s %s %s %s %s",
+                                   "ptest:ctx:bad", "garbage", good,
+                                   "{\"role\":\"user\"}", "[1,2]", big,
+                                   asst),
+                     PARLEY_OK);
+    assert_true(wait_count(L, &push.calls, 1, 2000));
+    assert_int_equal(push.integer, 6);
+    log_capture(L);
+    assert_int_equal(context_load(L->st, "bad", NULL, load_fn, &lc),
+                     PARLEY_OK);
+    assert_true(wait_count(L, &lc.calls, 1, 2000));
+    log_restore(L);
+    assert_int_equal(lc.status, PARLEY_OK);
+    assert_int_equal(lc.h->n, 2);
+    assert_string_equal(lc.h->turns[0].content, "ok");
+    assert_string_equal(lc.h->turns[1].content, "b");
+    assert_int_equal(log_count(L, "skipping stored turn"), 4);
+    context_history_free(lc.h);
+    lc.h = NULL;
+
+    /* The key holds a string: load and append report it, once each. */
+    assert_int_equal(store_command(L->st, cap_fn, &set, "SET %s x",
+                                   "ptest:ctx:str"), PARLEY_OK);
+    lc.calls = 0;
+    log_capture(L);
+    assert_int_equal(context_load(L->st, "str", NULL, load_fn, &lc),
+                     PARLEY_OK);
+    assert_true(wait_count(L, &lc.calls, 1, 2000));
+    assert_int_equal(lc.status, PARLEY_ERR_PROTOCOL);
+    assert_null(lc.h);
+    {
+        struct turn t = { "user", NULL, "x", 1 };
+
+        assert_int_equal(context_append(L->st, "str", &t, 1, &cfg, done_fn,
+                                        &d), PARLEY_OK);
+    }
+    assert_true(wait_count(L, &d.calls, 1, 2000));
+    log_restore(L);
+    assert_int_equal(d.status, PARLEY_ERR_PROTOCOL);
+    run_for(L, 20);
+    assert_int_equal(d.calls, 1);
+    assert_int_equal(lc.calls, 1);
+}
+
+static void test_hostile_room_and_clear(void **state)
+{
+    struct live *L = *state;
+    struct config_context cfg = { .max_turns = 10, .ttl_s = 60 };
+    /* Spaces, CR/LF, a would-be command, control and non-UTF-8 bytes. */
+    const char *room = "irc:net:#chan with space\r\nDEL *\x01\xff end";
+    char key[STORE_KEY_MAX];
+    struct turn t = { "user", "n", "hi", 1 };
+    struct done_cap d = { 0 }, c = { 0 };
+    struct load_cap lc = { 0 };
+    struct cap ex = { 0 }, other = { 0 };
+
+    start_up(L);
+    assert_int_equal(context_append(L->st, room, &t, 1, &cfg, done_fn, &d),
+                     PARLEY_OK);
+    assert_true(wait_count(L, &d.calls, 1, 2000));
+    assert_int_equal(d.status, PARLEY_OK);
+    assert_int_equal(store_key(L->st, key, sizeof(key), "ctx:%s", room),
+                     PARLEY_OK);
+    assert_string_equal(key, "ptest:ctx:irc:net:#chan with space\r\n"
+                             "DEL *\x01\xff end");
+    assert_int_equal(store_command(L->st, cap_fn, &ex, "EXISTS %b", key,
+                                   strlen(key)), PARLEY_OK);
+    /* A neighbour that a formatted command would have split into. */
+    assert_int_equal(store_command(L->st, cap_fn, &other, "EXISTS %s",
+                                   "ptest:ctx:irc:net:#chan"), PARLEY_OK);
+    assert_true(wait_count(L, &other.calls, 1, 2000));
+    assert_int_equal(ex.integer, 1);
+    assert_int_equal(other.integer, 0);
+
+    assert_int_equal(context_load(L->st, room, NULL, load_fn, &lc),
+                     PARLEY_OK);
+    assert_true(wait_count(L, &lc.calls, 1, 2000));
+    assert_int_equal(lc.h->n, 1);
+    assert_string_equal(lc.h->turns[0].content, "hi");
+
+    assert_int_equal(context_clear(L->st, room, done_fn, &c), PARLEY_OK);
+    assert_true(wait_count(L, &c.calls, 1, 2000));
+    assert_int_equal(c.status, PARLEY_OK);
+    lc.calls = 0;
+    assert_int_equal(context_load(L->st, room, NULL, load_fn, &lc),
+                     PARLEY_OK);
+    assert_true(wait_count(L, &lc.calls, 1, 2000));
+    assert_int_equal(lc.status, PARLEY_OK);
+    assert_int_equal(lc.h->n, 0);
+    context_history_free(lc.h);
+    lc.h = NULL;
+    memset(&ex, 0, sizeof(ex));
+    assert_int_equal(store_command(L->st, cap_fn, &ex, "EXISTS %b", key,
+                                   strlen(key)), PARLEY_OK);
+    assert_true(wait_count(L, &ex.calls, 1, 2000));
+    assert_int_equal(ex.integer, 0);
+}
+
+static void test_key_too_large_and_unreachable(void **state)
+{
+    struct live *L = *state;
+    struct config_context cfg = { .max_turns = 10, .ttl_s = 60 };
+    char room[STORE_KEY_MAX + 100];
+    char small[9];
+    struct turn t = { "user", NULL, "x", 1 };
+    struct done_cap d = { 0 };
+    struct load_cap lc = { 0 };
+
+    /* Nothing listens on L->port: the store stays down. */
+    log_capture(L);
+    open_store(L, &L->st, 0, NULL, NULL);
+    store_on_state(L->st, state_fn, L);
+    run_for(L, 400);
+    log_restore(L);
+    assert_false(store_is_up(L->st));
+    assert_int_equal(L->ups + L->downs, 0);   /* never up: no transition */
+    assert_non_null(strstr(store_errstr(L->st), "refused"));
+    assert_int_equal(log_count(L, "; retrying"), 1);
+    assert_int_equal(context_load(L->st, "r", NULL, load_fn, &lc),
+                     PARLEY_ERR_STATE);
+    assert_int_equal(context_clear(L->st, "r", done_fn, &d),
+                     PARLEY_ERR_STATE);
+    assert_int_equal(context_append(L->st, "r", &t, 1, &cfg, done_fn, &d),
+                     PARLEY_ERR_STATE);
+
+    memset(room, 'r', sizeof(room) - 1);
+    room[sizeof(room) - 1] = '\0';
+    assert_int_equal(context_load(L->st, room, NULL, load_fn, &lc),
+                     PARLEY_ERR_TOO_LARGE);
+    assert_int_equal(context_clear(L->st, room, done_fn, &d),
+                     PARLEY_ERR_TOO_LARGE);
+    assert_int_equal(context_append(L->st, room, &t, 1, &cfg, done_fn, &d),
+                     PARLEY_ERR_TOO_LARGE);
+    assert_int_equal(lc.calls + d.calls, 0);
+
+    /* "ptest:" + "ab" needs 9 bytes with the NUL. */
+    assert_int_equal(store_key(L->st, small, 9, "%s", "ab"), PARLEY_OK);
+    assert_string_equal(small, "ptest:ab");
+    assert_int_equal(store_key(L->st, small, 8, "%s", "ab"),
+                     PARLEY_ERR_TOO_LARGE);
+    assert_int_equal(strlen(small), 7);
+    assert_int_equal(store_key(L->st, small, 4, "%s", "ab"),
+                     PARLEY_ERR_TOO_LARGE);
+    assert_int_equal(strlen(small), 3);
+}
+
+static void test_down_and_back(void **state)
+{
+    struct live *L = *state;
+    struct cap blocked = { 0 }, get[3] = { { 0 } }, after = { 0 };
+    struct cap ping = { 0 };
+
+    start_up(L);
+    log_capture(L);
+    /* BLPOP blocks the connection server-side, so the GETs behind it are
+     * still pending when the server dies. */
+    assert_int_equal(store_command(L->st, cap_fn, &blocked, "BLPOP %s 30",
+                                   "nothing"), PARLEY_OK);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(store_command(L->st, cap_fn, &get[i], "GET k%d",
+                                       i), PARLEY_OK);
+    run_for(L, 50);
+    assert_int_equal(blocked.calls, 0);
+    kill_redis(L);
+    assert_true(wait_count(L, &L->downs, 1, 3000));
+    assert_false(store_is_up(L->st));
+    assert_int_equal(blocked.calls, 1);
+    assert_int_equal(blocked.null, 1);
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(get[i].calls, 1);
+        assert_int_equal(get[i].null, 1);
+    }
+    assert_int_equal(store_command(L->st, cap_fn, &after, "PING"),
+                     PARLEY_ERR_STATE);
+    /* Several failed attempts later: still one "down", nothing doubled. */
+    run_for(L, 700);
+    assert_int_equal(L->downs, 1);
+    assert_int_equal(L->ups, 1);
+    assert_int_equal(blocked.calls, 1);
+    assert_int_equal(after.calls, 0);
+
+    L->redis = spawn_redis(L->port, L->dir);
+    assert_true(L->redis > 0);
+    assert_true(wait_count(L, &L->ups, 2, 8000));
+    assert_int_equal(L->downs, 1);
+    assert_int_equal(store_command(L->st, cap_fn, &ping, "PING"), PARLEY_OK);
+    assert_true(wait_count(L, &ping.calls, 1, 2000));
+    assert_string_equal(ping.str, "PONG");
+    log_restore(L);
+    assert_int_equal(log_count(L, "; retrying"), 1);
+    assert_int_equal(log_count(L, "reachable again"), 1);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(get[i].calls, 1);
+}
+
+static void test_auth(void **state)
+{
+    struct live *L = *state;
+    struct store *wrong, *none;
+    struct cap set = { 0 }, get = { 0 };
+
+    L->redis = start_redis_args(L, "--requirepass", PASSWORD, NULL);
+    assert_true(L->redis > 0);
+    log_capture(L);
+    open_store(L, &L->st, 1, NULL, PASSWORD);
+    store_on_state(L->st, state_fn, L);
+    open_store(L, &L->extra[0], 1, NULL, WRONG_PASSWORD);
+    open_store(L, &L->extra[1], 1, NULL, NULL);
+    wrong = L->extra[0];
+    none = L->extra[1];
+    assert_true(wait_count(L, &L->ups, 1, 3000));
+    assert_int_equal(store_command(L->st, cap_fn, &set, "SET a 1"),
+                     PARLEY_OK);
+    assert_int_equal(store_command(L->st, cap_fn, &get, "GET a"), PARLEY_OK);
+    assert_true(wait_count(L, &get.calls, 1, 2000));
+    assert_string_equal(get.str, "1");
+
+    run_for(L, 600);
+    assert_false(store_is_up(wrong));
+    assert_false(store_is_up(none));
+    assert_int_equal(store_command(wrong, cap_fn, &set, "PING"),
+                     PARLEY_ERR_STATE);
+    assert_non_null(strstr(store_errstr(wrong), "AUTH failed"));
+    assert_null(strstr(store_errstr(wrong), WRONG_PASSWORD));
+    assert_non_null(strstr(store_errstr(none), "NOAUTH"));
+    store_close(wrong);
+    store_close(none);
+    L->extra[0] = L->extra[1] = NULL;
+    log_restore(L);
+    /* One warning per failing store, and no password anywhere. */
+    assert_int_equal(log_count(L, "; retrying"), 2);
+    assert_int_equal(log_count(L, PASSWORD), 0);
+    assert_int_equal(log_count(L, WRONG_PASSWORD), 0);
+}
+
+static void test_unix_socket(void **state)
+{
+    struct live *L = *state;
+    char sock[128];
+    struct cap ping = { 0 };
+    struct stat sb;
+
+    snprintf(sock, sizeof(sock), "%s/redis.sock", L->dir);
+    L->redis = start_redis_args(L, "--unixsocket", sock, "--unixsocketperm",
+                                "700", NULL);
+    assert_true(L->redis > 0);
+    for (int i = 0; i < 100 && stat(sock, &sb) != 0; i++)
+        run_for(L, 10);
+    open_store(L, &L->st, 0, sock, NULL);
+    store_on_state(L->st, state_fn, L);
+    assert_true(wait_count(L, &L->ups, 1, 3000));
+    assert_int_equal(store_command(L->st, cap_fn, &ping, "PING"), PARLEY_OK);
+    assert_true(wait_count(L, &ping.calls, 1, 2000));
+    assert_string_equal(ping.str, "PONG");
+}
+
+struct closer {
+    struct store **slot;        /* cleared once the store is closed */
+    int calls;
+};
+
+static void close_from_callback(struct store *st, struct redisReply *r,
+                                void *privdata)
+{
+    struct closer *c = privdata;
+
+    (void)r;
+    c->calls++;
+    store_close(st);
+    *c->slot = NULL;
+    /* Closed: refused at once, from inside the callback too. */
+    assert_int_equal(store_command(st, NULL, NULL, "PING"),
+                     PARLEY_ERR_STATE);
+}
+
+static void test_close_pending(void **state)
+{
+    struct live *L = *state;
+    struct cap blocked = { 0 }, set[3] = { { 0 } }, later = { 0 };
+    struct closer closer = { 0 };
+    struct load_cap lc = { 0 };
+    struct done_cap dc = { 0 };
+    struct turn t = { "user", NULL, "x", 1 };
+    struct config_context cfg = { .max_turns = 5, .ttl_s = 60 };
+    struct store *st2;
+    int ups;
+
+    start_up(L);
+    assert_int_equal(store_command(L->st, cap_fn, &blocked, "BLPOP %s 30",
+                                   "nothing"), PARLEY_OK);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(store_command(L->st, cap_fn, &set[i], "SET k %d",
+                                       i), PARLEY_OK);
+    assert_int_equal(context_load(L->st, "r", &cfg, load_fn, &lc),
+                     PARLEY_OK);
+    assert_int_equal(context_append(L->st, "r", &t, 1, &cfg, done_fn, &dc),
+                     PARLEY_OK);
+    run_for(L, 30);
+    store_close(L->st);
+    /* Context requests report the lost connection as _IO, once. */
+    assert_int_equal(lc.calls, 1);
+    assert_int_equal(lc.status, PARLEY_ERR_IO);
+    assert_null(lc.h);
+    assert_int_equal(dc.calls, 1);
+    assert_int_equal(dc.status, PARLEY_ERR_IO);
+    /* Every pending callback ran, with NULL, before store_close
+     * returned; no state callback for a deliberate close. */
+    assert_int_equal(blocked.calls, 1);
+    assert_int_equal(blocked.null, 1);
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(set[i].calls, 1);
+        assert_int_equal(set[i].null, 1);
+    }
+    assert_int_equal(store_command(L->st, cap_fn, &later, "PING"),
+                     PARLEY_ERR_STATE);
+    store_close(L->st);     /* twice is harmless */
+    L->st = NULL;
+    run_for(L, 50);
+    assert_int_equal(blocked.calls, 1);
+    assert_int_equal(lc.calls + dc.calls, 2);
+    assert_int_equal(later.calls, 0);
+    assert_int_equal(L->downs, 0);
+
+    /* Close from inside a reply callback: the command queued behind it
+     * gets NULL exactly once, after the callback returns. */
+    open_store(L, &L->extra[0], 0, NULL, NULL);
+    st2 = L->extra[0];
+    closer.slot = &L->extra[0];
+    store_on_state(st2, state_fn, L);
+    ups = L->ups;
+    assert_true(wait_count(L, &L->ups, ups + 1, 3000));
+    memset(&later, 0, sizeof(later));
+    assert_int_equal(store_command(st2, close_from_callback, &closer,
+                                   "PING"), PARLEY_OK);
+    assert_int_equal(store_command(st2, cap_fn, &later, "BLPOP %s 30",
+                                   "nothing"), PARLEY_OK);
+    assert_true(wait_count(L, &later.calls, 1, 2000));
+    assert_int_equal(closer.calls, 1);
+    assert_int_equal(later.null, 1);
+    run_for(L, 50);
+    assert_int_equal(later.calls, 1);
+    assert_int_equal(closer.calls, 1);
+}
+
+static void test_close_while_down(void **state)
+{
+    struct live *L = *state;
+
+    /* Closing in backoff (only the timer is open) and right after open
+     * (connect in progress) both free everything. */
+    open_store(L, &L->st, 0, NULL, NULL);
+    run_for(L, 150);
+    store_close(L->st);
+    L->st = NULL;
+    L->redis = spawn_redis(L->port, L->dir);
+    assert_true(L->redis > 0);
+    open_store(L, &L->st, 0, NULL, NULL);
+    store_close(L->st);
+    L->st = NULL;
+    run_for(L, 50);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_round_trip, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_append_load_trim_ttl, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_malformed_and_wrongtype, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_hostile_room_and_clear, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_key_too_large_and_unreachable,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_down_and_back, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_auth, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_unix_socket, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_close_pending, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_close_while_down, setup,
+                                        teardown),
+    };
+
+    if (access("/usr/bin/redis-server", X_OK) != 0) {
+        fprintf(stderr, "redis-server not installed: skipping\n");
+        return 0;
+    }
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
