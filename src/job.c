@@ -284,6 +284,22 @@ static void job_record_usage(struct job *job)
     }
 }
 
+/* The fixed greeting used when the model cannot be reached; not stored
+ * in the history, so the model greets properly next time. */
+static void job_greeting_fallback(struct job *job)
+{
+    char text[256];
+
+    if (job->kind == JOB_GREET_USER)
+        snprintf(text, sizeof(text), "Welcome, %s! I'm %s. What topic "
+                 "would you like to explore today?", event_speaker(job->ev),
+                 job->r->cfg->bot.name);
+    else
+        snprintf(text, sizeof(text), "Hello everyone! I'm %s. What topic "
+                 "would you like to explore today?", job->r->cfg->bot.name);
+    job_reply(job, text, 0);
+}
+
 static void job_llm_done(const struct llm_result *res, void *privdata)
 {
     struct job *job = privdata;
@@ -298,6 +314,12 @@ static void job_llm_done(const struct llm_result *res, void *privdata)
     if (res->status != PARLEY_OK) {
         log_error("llm: no answer for %s after %d attempt(s): %s",
                   job->room->key, res->attempts, res->errstr);
+        if (job->kind == JOB_GREET_ROOM || job->kind == JOB_GREET_USER) {
+            /* Nobody asked anything: an apology would puzzle people, a
+             * plain greeting still makes the bot welcome them. */
+            job_greeting_fallback(job);
+            return;
+        }
         if (!res->retryable && res->http_code >= 400 &&
             res->http_code < 500)
             job_reply(job, "Sorry, I can't answer that right now: the "

@@ -437,6 +437,23 @@ static void greetings_once_and_only_in_quiet_rooms(void **state)
     assert_int_equal(f->n_sent, 2);
 }
 
+static void greeting_falls_back_to_a_fixed_text(void **state)
+{
+    struct fixture *f = *state;
+    struct event ev = message("#down", "parley", NULL);
+
+    stub_script(f, "[{\"status\": 503, \"repeat\": true}]");
+    ev.kind = EVENT_JOIN;
+    ev.self = 1;
+    ev.addressed = 0;
+    router_submit(f->router, &ev);
+    assert_true(run_until(f, idle, 5000));
+    assert_int_equal(f->n_sent, 1);
+    assert_string_equal(f->sent[0].text, "Hello everyone! I'm parley. What "
+                        "topic would you like to explore today?");
+    assert_false(f->sent[0].notice);
+}
+
 static void ignored_events(void **state)
 {
     struct fixture *f = *state;
@@ -629,6 +646,8 @@ int main(void)
             durable_submit_records_job_and_dedupes, setup, teardown),
         cmocka_unit_test_setup_teardown(
             greetings_once_and_only_in_quiet_rooms, setup, teardown),
+        cmocka_unit_test_setup_teardown(greeting_falls_back_to_a_fixed_text,
+                                        setup, teardown),
         cmocka_unit_test_setup_teardown(ignored_events, setup, teardown),
         cmocka_unit_test_setup_teardown(rate_limit_answers_with_a_notice,
                                         setup, teardown),
