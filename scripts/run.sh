@@ -132,12 +132,13 @@ trap 'stop_redis' EXIT
 
 # A configuration parley rejects (no model configured, a bad bot.conf)
 # needs no Redis: let parley explain, and exit with its status.
-if ! build/parley "${mode[@]}" "$@" --check-config >/dev/null 2>&1; then
+if ! build/parley "${mode[@]}" "$@" --check-config </dev/null &>/dev/null; then
     exec build/parley "${mode[@]}" "$@"
 fi
 
 # Where parley will look for Redis: "tcp HOST PORT" or "unix PATH".
-if where=$(build/parley "${mode[@]}" "$@" --print-redis 2>/dev/null); then
+if where=$(build/parley "${mode[@]}" "$@" --print-redis </dev/null 2>/dev/null)
+then
     :
 else
     log "parley --print-redis failed; assuming Redis on 127.0.0.1:6379"

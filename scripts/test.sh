@@ -25,11 +25,13 @@ export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 
 rc=0
 ctest --test-dir build-test --output-on-failure -j"$jobs" --timeout 300 \
-    "$@" || rc=$?
+    "$@" 2>&1 | tee build-test/ctest.log || rc=$?
 
 secs=$(($(date +%s) - start))
+skipped=$(grep -c '\*\*\*Skipped' build-test/ctest.log || true)
 if [ "$rc" = 0 ]; then
-    echo "test.sh: all tests passed in ${secs}s (skipped ones say why above)"
+    echo "test.sh: all tests passed in ${secs}s; $skipped skipped" \
+        "(each says why in build-test/Testing/Temporary/LastTest.log)"
 else
     echo "test.sh: FAILED (ctest exit $rc) after ${secs}s;" \
         "log: build-test/Testing/Temporary/LastTest.log" >&2

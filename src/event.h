@@ -32,6 +32,8 @@ struct event {
     const char *thread_id;  /* thread root, or NULL */
     const char *reply_to;   /* event replied to, or NULL */
     int addressed;          /* the message is meant for the bot */
+    int ambient;            /* not addressed, but keep it in the room's
+                               history as context (IRC ambient_context) */
     int self;               /* sender is the bot itself */
     int from_bot;           /* sender is known to be a bot */
     int is_admin;           /* adapter says sender may use !system */

@@ -284,6 +284,22 @@ static void job_record_usage(struct job *job)
     }
 }
 
+/* The fixed greeting used when the model cannot be reached; not stored
+ * in the history, so the model greets properly next time. */
+static void job_greeting_fallback(struct job *job)
+{
+    char text[256];
+
+    if (job->kind == JOB_GREET_USER)
+        snprintf(text, sizeof(text), "Welcome, %s! I'm %s. What topic "
+                 "would you like to explore today?", event_speaker(job->ev),
+                 job->r->cfg->bot.name);
+    else
+        snprintf(text, sizeof(text), "Hello everyone! I'm %s. What topic "
+                 "would you like to explore today?", job->r->cfg->bot.name);
+    job_reply(job, text, 0);
+}
+
 static void job_llm_done(const struct llm_result *res, void *privdata)
 {
     struct job *job = privdata;
@@ -298,6 +314,12 @@ static void job_llm_done(const struct llm_result *res, void *privdata)
     if (res->status != PARLEY_OK) {
         log_error("llm: no answer for %s after %d attempt(s): %s",
                   job->room->key, res->attempts, res->errstr);
+        if (job->kind == JOB_GREET_ROOM || job->kind == JOB_GREET_USER) {
+            /* Nobody asked anything: an apology would puzzle people, a
+             * plain greeting still makes the bot welcome them. */
+            job_greeting_fallback(job);
+            return;
+        }
         if (!res->retryable && res->http_code >= 400 &&
             res->http_code < 500)
             job_reply(job, "Sorry, I can't answer that right now: the "
@@ -485,6 +507,35 @@ static void job_settings_loaded(struct store *st, struct redisReply *rep,
     job_check_usage(job);
 }
 
+static void job_ambient_stored(int status, void *privdata)
+{
+    struct job *job = privdata;
+
+    if (JOB_CLOSING(job))
+        return;
+    if (status != PARLEY_OK)
+        log_debug("context line for %s not stored: %s", job->room->key,
+                  parley_status_name(status));
+    job_drop(job);
+}
+
+/* A line nobody asked the bot about joins the history, in its place
+ * among the questions, so later answers know what was said. */
+static void job_store_ambient(struct job *job)
+{
+    struct turn t;
+
+    memset(&t, 0, sizeof(t));
+    t.role = "user";
+    t.name = (char *)event_speaker(job->ev);
+    t.content = (char *)job->ev->text;
+    t.ts = (long long)time(NULL);
+    if (context_append(job->r->store, job->room->key, &t, 1,
+                       &job->r->cfg->context, job_ambient_stored,
+                       job) != PARLEY_OK)
+        job_drop(job);
+}
+
 /* Load room:<room> (model, system, greeting), then go on by kind. */
 void job_run(struct job *job)
 {
@@ -494,6 +545,10 @@ void job_run(struct job *job)
     char key[STORE_KEY_MAX];
 
     job->greeting = over && over->greeting >= 0 ? over->greeting : 1;
+    if (job->kind == JOB_AMBIENT) {
+        job_store_ambient(job);
+        return;
+    }
     if (job->kind == JOB_NOTICE || job->kind == JOB_RESEND) {
         job_reply(job, job->answer, job->notice);
         return;

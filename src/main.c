@@ -80,7 +80,6 @@ struct app {
     uint64_t drain_deadline;
     const char *cfg_file;       /* -c FILE, NULL for the built-in */
     int draining;
-    int closed;
     int exit_code;
 };
 
@@ -204,7 +203,6 @@ static void on_drain_timer(uv_timer_t *t)
         log_warn("shutdown: %zu answer(s) still in flight after %d ms, "
                  "giving up on them", pending, MAIN_DRAIN_TIMEOUT_MS);
     uv_timer_stop(t);
-    app->closed = 1;
     router_close(app->router);
     for (size_t i = 0; i < app->n_adapters; i++)
         app->adapters[i]->ops->stop(app->adapters[i]);

@@ -66,7 +66,9 @@ static int router_classify(struct router *r, const struct event *ev)
                 return JOB_COMMAND;
             return -1;
         }
-        return ev->addressed ? JOB_CHAT : -1;
+        if (ev->addressed)
+            return JOB_CHAT;
+        return ev->ambient ? JOB_AMBIENT : -1;
     case EVENT_JOIN:
         return JOB_GREET_USER;
     default:

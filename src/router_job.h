@@ -35,7 +35,8 @@ enum job_kind {
     JOB_GREET_ROOM,         /* the bot joined: greet the room */
     JOB_GREET_USER,         /* someone joined: greet them */
     JOB_NOTICE,             /* answer with a fixed text (rate limit) */
-    JOB_RESEND              /* a stored answer a previous run never sent */
+    JOB_RESEND,             /* a stored answer a previous run never sent */
+    JOB_AMBIENT             /* store an unaddressed line as context only */
 };
 
 struct room;

@@ -1306,6 +1306,7 @@ static void handle_message(struct irc_ad *a, const char *origin,
     ev.sender_name = nick;
     ev.text = body;
     ev.addressed = addressed;
+    ev.ambient = !addressed && !command && a->cfg.ambient_context;
     ev.from_bot = mask_list_match(a, a->cfg.bots, a->cfg.n_bots, origin);
     ev.is_admin = mask_list_match(a, a->cfg.admins, a->cfg.n_admins, origin);
     if (!ev.is_admin && c) {

@@ -95,6 +95,39 @@ def test_api_key_file_and_missing_key():
         assert code == 78 and "TEST_OPENAI_KEY_FILE" in err, err
 
 
+def test_example_config_with_every_adapter_checks():
+    """bot.conf.example as shipped, and with its IRC and Matrix blocks
+    uncommented, passes --check-config (adapters validate their blocks)."""
+    from harness import SOURCE_DIR
+    example = os.path.join(SOURCE_DIR, "bot.conf.example")
+    env = {"OPENAI_API_KEY": "sk-example-0123456789",
+           "IRC_SASL_PASSWORD": "x", "MATRIX_PASSWORD": "y"}
+    code, out, err = run(["-c", example, "--check-config"], env=env)
+    assert code == 0, err
+    with Test() as t:
+        lines = []
+        for line in open(example):
+            if line.startswith("    # , {"):
+                line = "    , {\n"
+            elif line.startswith("    #     "):
+                line = "        " + line[len("    #     "):]
+            elif line.startswith("    #   }"):
+                line = "      }\n"
+            lines.append(line)
+        full = os.path.join(t.tmp, "full.conf")
+        with open(full, "w") as f:
+            f.writelines(lines)
+        code, out, err = run(["-c", full, "--check-config"], env=env)
+        assert code == 0, err
+        assert "3 adapter(s)" in out, out
+        # A typo inside an adapter block is reported with file and line.
+        bad = os.path.join(t.tmp, "bad.conf")
+        with open(bad, "w") as f:
+            f.write("".join(lines).replace("flood_burst", "flod_burst"))
+        code, out, err = run(["-c", bad, "--check-config"], env=env)
+        assert code == 78 and "flod_burst" in err and "bad.conf:" in err, err
+
+
 def test_print_redis_and_override():
     with Test() as t:
         conf = write_config(t.tmp, "http://127.0.0.1:9/v1", 6391)
@@ -117,4 +150,5 @@ if __name__ == "__main__":
                test_secret_in_file_is_rejected,
                test_builtin_setup_explains_what_to_set,
                test_api_key_file_and_missing_key,
+               test_example_config_with_every_adapter_checks,
                test_print_redis_and_override])

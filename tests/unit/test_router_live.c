@@ -437,6 +437,23 @@ static void greetings_once_and_only_in_quiet_rooms(void **state)
     assert_int_equal(f->n_sent, 2);
 }
 
+static void greeting_falls_back_to_a_fixed_text(void **state)
+{
+    struct fixture *f = *state;
+    struct event ev = message("#down", "parley", NULL);
+
+    stub_script(f, "[{\"status\": 503, \"repeat\": true}]");
+    ev.kind = EVENT_JOIN;
+    ev.self = 1;
+    ev.addressed = 0;
+    router_submit(f->router, &ev);
+    assert_true(run_until(f, idle, 5000));
+    assert_int_equal(f->n_sent, 1);
+    assert_string_equal(f->sent[0].text, "Hello everyone! I'm parley. What "
+                        "topic would you like to explore today?");
+    assert_false(f->sent[0].notice);
+}
+
 static void ignored_events(void **state)
 {
     struct fixture *f = *state;
@@ -523,6 +540,29 @@ static void long_text_is_cut_on_a_character(void **state)
     freeReplyObject(r);
 }
 
+static void ambient_lines_become_context(void **state)
+{
+    struct fixture *f = *state;
+    struct event ev = message("#amb", "ann", "the meeting moved to 3pm");
+    redisReply *r;
+
+    ev.addressed = 0;
+    ev.ambient = 1;
+    router_submit(f->router, &ev);
+    ev = message("#amb", "bob", "when is the meeting?");
+    router_submit(f->router, &ev);
+    assert_true(run_until(f, idle, 5000));
+    /* Only the question is answered... */
+    assert_int_equal(f->n_sent, 1);
+    /* ...and the line said before it is in the history, in its place. */
+    r = redis_query(f, "LRANGE r:ctx:fake:acct:#amb 0 -1");
+    assert_int_equal(r->type, REDIS_REPLY_ARRAY);
+    assert_int_equal(r->elements, 3);
+    assert_non_null(strstr(r->element[0]->str, "the meeting moved"));
+    assert_non_null(strstr(r->element[1]->str, "when is the meeting"));
+    freeReplyObject(r);
+}
+
 static int sent_two(struct fixture *f)
 {
     return f->n_sent >= 2 && router_pending(f->router) == 0;
@@ -606,12 +646,16 @@ int main(void)
             durable_submit_records_job_and_dedupes, setup, teardown),
         cmocka_unit_test_setup_teardown(
             greetings_once_and_only_in_quiet_rooms, setup, teardown),
+        cmocka_unit_test_setup_teardown(greeting_falls_back_to_a_fixed_text,
+                                        setup, teardown),
         cmocka_unit_test_setup_teardown(ignored_events, setup, teardown),
         cmocka_unit_test_setup_teardown(rate_limit_answers_with_a_notice,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(resume_unfinished_jobs, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(long_text_is_cut_on_a_character,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(ambient_lines_become_context,
                                         setup, teardown),
     };
 
