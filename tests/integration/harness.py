@@ -228,7 +228,10 @@ class Stub:
 # ---- parley ------------------------------------------------------------------
 
 def write_config(tmp, stub_url, redis_port, extra="", llm_extra="",
-                 name="bot.conf"):
+                 name="bot.conf", adapters='{ type = "console"; }',
+                 timeout_ms=3000, max_retries=2, backoff_max_ms=400):
+    """A bot.conf for tests: Redis and the stand-in on loopback, short
+    timeouts and backoffs, the given adapters (the console by default)."""
     path = os.path.join(tmp, name)
     with open(path, "w") as f:
         f.write("""
@@ -240,17 +243,18 @@ llm = {
     allowed_models = [ "test-model", "other-model" ];
     api_key_env = "TEST_OPENAI_KEY";
     connect_timeout_ms = 2000;
-    timeout_ms = 3000;
-    max_retries = 2;
+    timeout_ms = %d;
+    max_retries = %d;
     backoff_base_ms = 50;
-    backoff_max_ms = 400;
+    backoff_max_ms = %d;
     %s
 };
 context = { max_turns = 20; max_tokens = 2000; ttl = 3600; };
 limits = { user_requests_per_minute = 0; };
-adapters = ( { type = "console"; } );
+adapters = ( %s );
 %s
-""" % (redis_port, stub_url, llm_extra, extra))
+""" % (redis_port, stub_url, timeout_ms, max_retries, backoff_max_ms,
+       llm_extra, adapters, extra))
     return path
 
 

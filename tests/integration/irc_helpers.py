@@ -15,7 +15,8 @@ import subprocess
 import threading
 import time
 
-from harness import free_port, spawn, stop, wait_port, wait_until
+from harness import (free_port, spawn, stop, wait_port, wait_until,
+                     write_config)
 
 NGIRCD = "/usr/sbin/ngircd"
 
@@ -213,28 +214,10 @@ def irc_block(port, channels=("#test",), nick="parley", extra=""):
 
 
 def write_irc_config(tmp, stub_url, redis_port, block, name="bot.conf"):
-    """bot.conf with the given irc adapter block (harness.write_config
-    always adds a console adapter, which would read the test's stdin)."""
-    path = os.path.join(tmp, name)
-    with open(path, "w") as f:
-        f.write("""
-bot = { name = "parley"; log_level = "debug"; };
-redis = { host = "127.0.0.1"; port = %d; prefix = "t:"; };
-llm = {
-    base_url = "%s";
-    model = "test-model";
-    api_key_env = "TEST_OPENAI_KEY";
-    connect_timeout_ms = 2000;
-    timeout_ms = 5000;
-    max_retries = 1;
-    backoff_base_ms = 50;
-    backoff_max_ms = 200;
-};
-context = { max_turns = 20; max_tokens = 2000; ttl = 3600; };
-limits = { user_requests_per_minute = 0; };
-adapters = ( %s );
-""" % (redis_port, stub_url, block))
-    return path
+    """bot.conf with the given irc adapter block and no console (which
+    would read the test's stdin)."""
+    return write_config(tmp, stub_url, redis_port, name=name, adapters=block,
+                        timeout_ms=5000, max_retries=1, backoff_max_ms=200)
 
 
 def quit_lines(client, start=0):
