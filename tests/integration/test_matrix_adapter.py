@@ -30,7 +30,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import (Parley, Redis, Stub, Test, require_parley, run_cases,
-                     stop, wait_until)
+                     stop, wait_until, write_config)
 from matrix_hs import (FaultProxy, Homeserver, q, relates, reply_target,
                        require_homeserver)
 
@@ -46,19 +46,7 @@ def uniq(prefix):
 
 
 def write_conf(tmp, stub, redis, hs_url, bot, allow, extra=""):
-    path = os.path.join(tmp, "bot.conf")
-    with open(path, "w") as f:
-        f.write("""
-bot = { name = "parley"; log_level = "debug"; };
-redis = { host = "127.0.0.1"; port = %d; prefix = "t:"; };
-llm = {
-    base_url = "%s"; model = "test-model"; api_key_env = "TEST_OPENAI_KEY";
-    connect_timeout_ms = 2000; timeout_ms = 5000; max_retries = 1;
-    backoff_base_ms = 50; backoff_max_ms = 200;
-};
-context = { max_turns = 20; max_tokens = 2000; };
-limits = { user_requests_per_minute = 0; };
-adapters = ( {
+    block = """{
     type = "matrix";
     homeserver = "%s";
     user_id = "%s";
@@ -70,10 +58,9 @@ adapters = ( {
     backoff_base_ms = 100;
     backoff_max_ms = 800;
     %s
-} );
-""" % (redis.port, stub.base_url, hs_url, bot,
-       ", ".join('"%s"' % a for a in allow), extra))
-    return path
+}""" % (hs_url, bot, ", ".join('"%s"' % a for a in allow), extra)
+    return write_config(tmp, stub.base_url, redis.port, adapters=block,
+                        timeout_ms=5000, max_retries=1, backoff_max_ms=200)
 
 
 class Setup:
