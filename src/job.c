@@ -111,9 +111,10 @@ static void job_sent(int status, void *privdata)
     struct router *r = job->r;
 
     if (status != PARLEY_OK)
-        log_warn("%s: answer to %s in %s not delivered: %s",
-                 job->ev->platform, job->ev->sender ? job->ev->sender : "-",
-                 job->ev->room, parley_status_name(status));
+        log_room(LOG_LEVEL_WARN, job->ev->platform, job->ev->room,
+                 "answer to %s not delivered: %s",
+                 job->ev->sender ? job->ev->sender : "-",
+                 parley_status_name(status));
     if (job->durable && status == PARLEY_OK) {
         char key[STORE_KEY_MAX];
         char ttl[24];
@@ -167,8 +168,8 @@ static void job_send(struct job *job)
         metrics_message_answered(job->ev->platform);
     result = ad->ops->send(ad, job->ev->room, &reply, job_sent, job);
     if (result != PARLEY_OK) {
-        log_warn("%s: cannot send to %s: %s", ad->ops->type,
-                 job->ev->room, ad->errstr[0] ? ad->errstr :
+        log_room(LOG_LEVEL_WARN, job->ev->platform, job->ev->room,
+                 "cannot send: %s", ad->errstr[0] ? ad->errstr :
                  parley_status_name(result));
         job_free(job);
     }
@@ -247,8 +248,8 @@ static void job_history_appended(int status, void *privdata)
         return;
 
     if (status != PARLEY_OK)
-        log_warn("history of %s not saved: %s", job->room->key,
-                 parley_status_name(status));
+        log_room(LOG_LEVEL_WARN, job->ev->platform, job->ev->room,
+                 "history not saved: %s", parley_status_name(status));
     job_store_answer_then_send(job);
 }
 
@@ -312,8 +313,9 @@ static void job_llm_done(const struct llm_result *res, void *privdata)
                      res->attempts, monotonic_seconds() - job->llm_started,
                      res->prompt_tokens, res->completion_tokens);
     if (res->status != PARLEY_OK) {
-        log_error("llm: no answer for %s after %d attempt(s): %s",
-                  job->room->key, res->attempts, res->errstr);
+        log_room(LOG_LEVEL_ERROR, job->ev->platform, job->ev->room,
+                 "llm: no answer after %d attempt(s): %s", res->attempts,
+                 res->errstr);
         if (job->kind == JOB_GREET_ROOM || job->kind == JOB_GREET_USER) {
             /* Nobody asked anything: an apology would puzzle people, a
              * plain greeting still makes the bot welcome them. */
@@ -397,7 +399,8 @@ static void job_complete(struct job *job)
     job->llm_started = monotonic_seconds();
     if (llm_complete(r->llm, model, messages, job_llm_done, job,
                      NULL) != PARLEY_OK) {
-        log_error("llm: cannot start a request for %s", job->room->key);
+        log_room(LOG_LEVEL_ERROR, job->ev->platform, job->ev->room,
+                 "llm: cannot start a request");
         job_reply(job, ROUTER_FALLBACK_TEXT, 1);
     }
 }
@@ -657,9 +660,9 @@ struct job *job_create(struct router *r, struct adapter *ad,
         while (n > 0 && ((unsigned char)text[n] & 0xc0) == 0x80)
             n--;
         text[n] = '\0';
-        log_info("%s: a message of over %d bytes from %s was cut",
-                 ev->platform, ROUTER_TEXT_MAX,
-                 ev->sender ? ev->sender : "-");
+        log_room(LOG_LEVEL_INFO, ev->platform, ev->room,
+                 "a message of over %d bytes from %s was cut",
+                 ROUTER_TEXT_MAX, ev->sender ? ev->sender : "-");
     }
     job->r = r;
     job->ad = ad;
@@ -689,8 +692,9 @@ void job_enqueue(struct router *r, struct job *job, const char *room_key)
     if (room->queued >= ROUTER_ROOM_QUEUE_MAX) {
         /* Answered at once, outside the queue: the asker learns the
          * question was not taken, instead of waiting for nothing. */
-        log_warn("%s: queue full (%d), turning away a message from %s",
-                 room_key, ROUTER_ROOM_QUEUE_MAX,
+        log_room(LOG_LEVEL_WARN, job->ev->platform, job->ev->room,
+                 "queue full (%d), turning away a message from %s",
+                 ROUTER_ROOM_QUEUE_MAX,
                  job->ev->sender ? job->ev->sender : "-");
         job->room = NULL;
         job_reply(job, "I'm still answering earlier messages here; please "

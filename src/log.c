@@ -365,8 +365,39 @@ log_write(const char *buf, size_t len)
     }
 }
 
-void
-log_msg(enum log_level level, const char *fmt, ...)
+/*
+ * Append the room fields: ,"platform":"..","room":".." for JSON, or
+ * "[platform room] " for text.  Both are capped at LOG_FIELD_MAX so the
+ * message keeps most of the line.
+ */
+#define LOG_FIELD_MAX 256
+
+static void
+log_room_fields(char *line, size_t *pos, const char *platform,
+                const char *room, int json)
+{
+    if (json) {
+        memcpy(line + *pos, "\"platform\":\"", 12);
+        *pos += 12;
+        log_escape(line, pos, *pos + LOG_FIELD_MAX, platform, 1);
+        memcpy(line + *pos, "\",\"room\":\"", 10);
+        *pos += 10;
+        log_escape(line, pos, *pos + LOG_FIELD_MAX, room, 1);
+        memcpy(line + *pos, "\",", 2);
+        *pos += 2;
+    } else {
+        line[(*pos)++] = '[';
+        log_escape(line, pos, *pos + LOG_FIELD_MAX, platform, 0);
+        line[(*pos)++] = ' ';
+        log_escape(line, pos, *pos + LOG_FIELD_MAX, room, 0);
+        line[(*pos)++] = ']';
+        line[(*pos)++] = ' ';
+    }
+}
+
+static void
+log_vemit(enum log_level level, const char *platform, const char *room,
+          const char *fmt, va_list ap)
 {
     char raw[LOG_LINE_MAX];
     char clean[LOG_LINE_MAX];
@@ -374,7 +405,6 @@ log_msg(enum log_level level, const char *fmt, ...)
     struct timespec ts;
     struct tm tm;
     size_t pos, cap;
-    va_list ap;
     int saved_errno = errno;   /* callers log and then test errno */
     int n, cut, json;
 
@@ -383,9 +413,7 @@ log_msg(enum log_level level, const char *fmt, ...)
     if (level < log_get_level())
         return;
 
-    va_start(ap, fmt);
     n = vsnprintf(raw, sizeof(raw), fmt, ap);
-    va_end(ap);
     if (n < 0) {
         snprintf(raw, sizeof(raw), "(unformattable log message)");
         n = 0;
@@ -409,12 +437,18 @@ log_msg(enum log_level level, const char *fmt, ...)
     pos += strftime(line + pos, sizeof(line) - pos, "%Y-%m-%dT%H:%M:%S",
                     &tm);
     n = snprintf(line + pos, sizeof(line) - pos,
-                 json ? ".%03ldZ\",\"level\":\"%s\",\"msg\":\"" :
-                        ".%03ldZ %s ",
+                 json ? ".%03ldZ\",\"level\":\"%s\"," : ".%03ldZ %s ",
                  (long)(ts.tv_nsec / 1000000), json ?
                  log_json_levels[level] : log_level_names[level]);
     if (n > 0 && (size_t)n < sizeof(line) - pos)
         pos += (size_t)n;
+    if (platform || room)
+        log_room_fields(line, &pos, platform ? platform : "",
+                        room ? room : "", json);
+    if (json) {
+        memcpy(line + pos, "\"msg\":\"", 7);
+        pos += 7;
+    }
 
     /* Keep room for the marker, the JSON closing and the newline: a whole
      * line, newline included, is at most LOG_LINE_MAX bytes. */
@@ -433,4 +467,25 @@ log_msg(enum log_level level, const char *fmt, ...)
     line[pos++] = '\n';
     log_write(line, pos);
     errno = saved_errno;
+}
+
+void
+log_msg(enum log_level level, const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    log_vemit(level, NULL, NULL, fmt, ap);
+    va_end(ap);
+}
+
+void
+log_room(enum log_level level, const char *platform, const char *room,
+         const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    log_vemit(level, platform, room, fmt, ap);
+    va_end(ap);
 }

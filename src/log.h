@@ -56,6 +56,14 @@ void log_redact(char *buf, size_t len);
 void log_msg(enum log_level level, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
+/*
+ * One event about a room: platform and room become fields of a JSON line
+ * ({"ts","level","platform","room","msg"}) and a "[platform room] "
+ * prefix of a text line, so logs can be filtered per room.
+ */
+void log_room(enum log_level level, const char *platform, const char *room,
+              const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+
 #define log_debug(...) log_msg(LOG_LEVEL_DEBUG, __VA_ARGS__)
 #define log_info(...)  log_msg(LOG_LEVEL_INFO, __VA_ARGS__)
 #define log_warn(...)  log_msg(LOG_LEVEL_WARN, __VA_ARGS__)

@@ -201,8 +201,8 @@ static void router_submit_common(struct router *r, const struct event *ev,
     int kind;
 
     if (r->draining || r->closing) {
-        log_info("%s: shutting down, event in %s not taken", ev->platform,
-                 ev->room ? ev->room : "-");
+        log_room(LOG_LEVEL_INFO, ev->platform, ev->room,
+                 "shutting down, event not taken");
         if (accepted)
             accepted(PARLEY_ERR_STATE, privdata);
         return;
@@ -224,8 +224,9 @@ static void router_submit_common(struct router *r, const struct event *ev,
         snprintf(user, sizeof(user), "%s:%s:%s", ev->platform,
                  ev->account ? ev->account : "", ev->sender);
         if (!rate_allow(r, user)) {
-            log_info("%s: %s over %d requests/minute", ev->platform,
-                     ev->sender, r->cfg->limits.user_requests_per_minute);
+            log_room(LOG_LEVEL_INFO, ev->platform, ev->room,
+                     "%s over %d requests/minute", ev->sender,
+                     r->cfg->limits.user_requests_per_minute);
             kind = JOB_NOTICE;
         }
     }
@@ -389,8 +390,9 @@ static void resume_job_loaded(struct store *st, struct redisReply *rep,
             goto out;
         }
     }
-    log_info("resume: %s %s in %s", job->kind == JOB_RESEND ?
-             "resending the answer to" : "answering", ev.event_id, ev.room);
+    log_room(LOG_LEVEL_INFO, ev.platform, ev.room, "resume: %s %s",
+             job->kind == JOB_RESEND ? "resending the answer to" :
+             "answering", ev.event_id);
     job_enqueue(r, job, room_key);
 out:
     free(res);

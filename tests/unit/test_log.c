@@ -60,6 +60,7 @@ reset(void **state)
 {
     log_forget_secrets();
     log_set_level(LOG_LEVEL_INFO);
+    log_set_format(LOG_FORMAT_TEXT);
     return 0;
 }
 
@@ -367,6 +368,41 @@ test_errno_preserved(void **state)
     assert_int_equal(errno, ENOENT);
 }
 
+/* JSON lines are one object with ts, level, msg (and room fields from
+ * log_room), with quotes, backslashes and controls escaped. */
+static void
+test_json_and_room_fields(void **state)
+{
+    (void)state;
+    log_set_format(LOG_FORMAT_JSON);
+    assert_int_equal(log_add_secret("hunter2-secret"), 0);
+    capture_start();
+    log_info("say \"hi\"\\ tab\there\x01 key hunter2-secret");
+    capture_end();
+    assert_non_null(strstr(captured, "\"level\":\"info\",\"msg\":\"say "
+                           "\\\"hi\\\"\\\\ tab\\there\\u0001 key "
+                           "[redacted]\"}\n"));
+    assert_true(strncmp(captured, "{\"ts\":\"", 7) == 0);
+    capture_start();
+    log_room(LOG_LEVEL_WARN, "irc", "#chan\"x", "queue %s", "full");
+    capture_end();
+    assert_non_null(strstr(captured, "\"level\":\"warn\",\"platform\":"
+                           "\"irc\",\"room\":\"#chan\\\"x\",\"msg\":"
+                           "\"queue full\"}\n"));
+    log_set_format(LOG_FORMAT_TEXT);
+    capture_start();
+    log_room(LOG_LEVEL_ERROR, "matrix", "!r:hs", "no answer");
+    capture_end();
+    assert_non_null(strstr(captured, " ERROR [matrix !r:hs] no answer\n"));
+    {
+        enum log_format f;
+
+        assert_int_equal(log_format_parse("json", &f), 0);
+        assert_int_equal(f, LOG_FORMAT_JSON);
+        assert_int_equal(log_format_parse("xml", &f), -1);
+    }
+}
+
 int
 main(void)
 {
@@ -380,6 +416,7 @@ main(void)
         cmocka_unit_test_setup(test_truncation, reset),
         cmocka_unit_test_setup(test_truncation_inside_secret, reset),
         cmocka_unit_test_setup(test_errno_preserved, reset),
+        cmocka_unit_test_setup(test_json_and_room_fields, reset),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
