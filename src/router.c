@@ -178,7 +178,8 @@ static int submit_record(struct submit *s)
     argv[argc++] = ttl;
     argc = field(argv, argc, "state", "pending");
     argc = field(argv, argc, "kind",
-                 s->job->kind == JOB_COMMAND ? "command" : "chat");
+                 s->job->kind == JOB_COMMAND ? "command" :
+                 s->job->kind == JOB_GREET_ROOM ? "greet" : "chat");
     argc = field(argv, argc, "platform", ev->platform);
     argc = field(argv, argc, "account", ev->account);
     argc = field(argv, argc, "room", ev->room);
@@ -326,6 +327,7 @@ static void resume_job_loaded(struct store *st, struct redisReply *rep,
     struct resume *res = privdata;
     struct router *r = res->r;
     const char *state, *answer, *kind;
+    int greet;
     size_t prefix_len = strlen(r->cfg->redis.prefix) + strlen("job:");
     char room_key[EVENT_ROOM_KEY_MAX];
     struct adapter *ad;
@@ -355,7 +357,14 @@ static void resume_job_loaded(struct store *st, struct redisReply *rep,
                   strcmp(hash_field(rep, "is_admin"), "1") == 0;
     kind = hash_field(rep, "kind");
     answer = hash_field(rep, "answer");
-    if (!ev.platform || !ev.room || !ev.text) {
+    greet = kind && strcmp(kind, "greet") == 0;
+    if (greet) {
+        /* The bot's own join: a greeting has no text of its own. */
+        ev.kind = EVENT_JOIN;
+        ev.self = 1;
+        ev.addressed = 0;
+    }
+    if (!ev.platform || !ev.room || (!ev.text && !greet)) {
         log_warn("resume: %s is incomplete, dropped", res->key);
         goto out;
     }
@@ -375,7 +384,8 @@ static void resume_job_loaded(struct store *st, struct redisReply *rep,
     }
     if (event_room_key(&ev, room_key, sizeof(room_key)) != PARLEY_OK)
         goto out;
-    job = job_create(r, ad, &ev, kind && strcmp(kind, "command") == 0 ?
+    job = job_create(r, ad, &ev, greet ? JOB_GREET_ROOM :
+                     kind && strcmp(kind, "command") == 0 ?
                      JOB_COMMAND : JOB_CHAT);
     if (!job)
         goto out;

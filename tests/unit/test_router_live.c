@@ -585,6 +585,9 @@ static void resume_unfinished_jobs(void **state)
                     "account acct room !q:hs sender @a:hs text %s",
                     "answered long ago");
     freeReplyObject(r);
+    r = redis_query(f, "HSET r:job:$g state pending kind greet platform "
+                    "fake account acct room !new:hs sender parley");
+    freeReplyObject(r);
     r = redis_query(f, "HSET r:job:$x state pending kind chat platform "
                     "gone account acct room !q:hs sender @a:hs text %s",
                     "for an adapter no longer configured");
@@ -593,7 +596,10 @@ static void resume_unfinished_jobs(void **state)
     assert_true(run_until(f, sent_two, 5000));
     /* Let anything extra arrive before counting. */
     assert_true(run_until(f, idle, 2000));
-    assert_int_equal(f->n_sent, 2);
+    assert_int_equal(f->n_sent, 3);
+    /* The greeting a previous run accepted but never sent. */
+    assert_non_null(find_sent(f, "echo: (You have just joined this room. "
+                              "Greet everyone.)"));
     assert_non_null(find_sent(f, "echo: @a:hs: still waiting"));
     assert_non_null(find_sent(f, "the stored answer"));
     assert_string_equal(find_sent(f, "the stored answer")->in_reply_to,
