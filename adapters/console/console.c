@@ -169,6 +169,23 @@ static void console_fs_read(struct console *c)
     c->reading = 1;
 }
 
+/* Someone at a terminal has just "entered the room": the router greets
+ * them if the room has no conversation yet.  Piped input (scripts,
+ * tests) gets no greeting, only answers. */
+static void console_greet(struct console *c)
+{
+    struct event ev;
+
+    memset(&ev, 0, sizeof(ev));
+    ev.kind = EVENT_JOIN;
+    ev.platform = "console";
+    ev.account = c->ad.account;
+    ev.room = "console";
+    ev.sender = c->ad.account;
+    ev.self = 1;
+    router_submit(c->ad.router, &ev);
+}
+
 static int console_start(struct adapter *ad)
 {
     struct console *c = (struct console *)ad;
@@ -201,6 +218,8 @@ static int console_start(struct adapter *ad)
     }
     c->handle_open = 1;
     c->in.tty.data = c;
+    if (type == UV_TTY)
+        console_greet(c);
     rc = uv_read_start((uv_stream_t *)&c->in, console_alloc,
                        console_on_read);
     if (rc < 0) {
