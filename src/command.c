@@ -38,10 +38,13 @@ struct command {
     command_fn *fn;
 };
 
-static command_fn cmd_help, cmd_model, cmd_reset, cmd_stats, cmd_system;
+static command_fn cmd_greeting, cmd_help, cmd_model, cmd_reset, cmd_stats,
+                  cmd_system;
 
 /* Sorted by name for bsearch. */
 static const struct command commands[] = {
+    { "greeting", "!greeting [on|off] - greet newcomers in this room",
+                                                          cmd_greeting },
     { "help",   "!help - what I can do",                  cmd_help },
     { "model",  "!model [name] - show or set the model",  cmd_model },
     { "reset",  "!reset - forget this room's history",    cmd_reset },
@@ -102,6 +105,10 @@ static void cmd_help(struct job *job, const char *arg)
         off += (size_t)snprintf(text + off, sizeof(text) - off, "\n%s",
                                 commands[i].usage);
     }
+    /* The IRC adapter answers !more itself (the rest of a long answer). */
+    if (off < sizeof(text) && strcmp(job->ev->platform, "irc") == 0)
+        snprintf(text + off, sizeof(text) - off,
+                 "\n!more - the rest of my last long answer");
     job_reply(job, text, 1);
 }
 
@@ -228,6 +235,28 @@ static void cmd_system(struct job *job, const char *arg)
         return;
     }
     cmd_room_set(job, "system", arg, "New instructions for this room saved.");
+}
+
+/* room:<room> greeting = on/off: whether the bot greets in this room
+ * (its own arrival, newcomers, first contact).  Operators only, like
+ * !system, since it changes the bot for everyone there. */
+static void cmd_greeting(struct job *job, const char *arg)
+{
+    if (!*arg) {
+        job_reply(job, job->greeting ? "Greetings are on in this room." :
+                  "Greetings are off in this room.", 1);
+        return;
+    }
+    if (!job->ev->is_admin) {
+        job_reply(job, "Only room operators can change that.", 1);
+        return;
+    }
+    if (strcmp(arg, "on") == 0)
+        cmd_room_set(job, "greeting", "on", "Greetings are on.");
+    else if (strcmp(arg, "off") == 0)
+        cmd_room_set(job, "greeting", "off", "Greetings are off.");
+    else
+        job_reply(job, "Usage: !greeting on|off", 1);
 }
 
 static void cmd_stats_loaded(struct store *st, struct redisReply *rep,

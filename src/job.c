@@ -507,6 +507,11 @@ static void job_settings_loaded(struct store *st, struct redisReply *rep,
         command_run(job);
         return;
     }
+    if ((job->kind == JOB_GREET_ROOM || job->kind == JOB_GREET_USER) &&
+        !job->greeting) {
+        job_drop(job);          /* greetings are off in this room */
+        return;
+    }
     job_check_usage(job);
 }
 

@@ -15,8 +15,9 @@ static const char *const platforms[] = { "console", "irc", "matrix",
                                          "other" };
 #define N_PLATFORMS (sizeof(platforms) / sizeof(platforms[0]))
 
-static const char *const commands[] = { "help", "model", "reset", "stats",
-                                        "system", "more", "other" };
+static const char *const commands[] = { "greeting", "help", "model",
+                                        "reset", "stats", "system", "more",
+                                        "other" };
 #define N_COMMANDS (sizeof(commands) / sizeof(commands[0]))
 
 /* LLM latency buckets in seconds: chat answers take from a fraction of a

@@ -454,6 +454,37 @@ static void greeting_falls_back_to_a_fixed_text(void **state)
     assert_false(f->sent[0].notice);
 }
 
+static void greeting_command_turns_greetings_off(void **state)
+{
+    struct fixture *f = *state;
+    struct event ev = message("#quiet", "op", "!greeting off");
+    redisReply *r;
+
+    ev.is_admin = 1;
+    router_submit(f->router, &ev);
+    assert_true(run_until(f, idle, 5000));
+    assert_string_equal(f->sent[0].text, "Greetings are off.");
+    r = redis_query(f, "HGET r:room:fake:acct:#quiet greeting");
+    assert_string_equal(r->str, "off");
+    freeReplyObject(r);
+    ev = message("#quiet", "newbie", NULL);
+    ev.kind = EVENT_JOIN;
+    ev.addressed = 0;
+    router_submit(f->router, &ev);
+    ev = message("#quiet", "parley", NULL);
+    ev.kind = EVENT_JOIN;
+    ev.self = 1;
+    ev.addressed = 0;
+    router_submit(f->router, &ev);
+    assert_true(run_until(f, idle, 5000));
+    assert_int_equal(f->n_sent, 1);     /* nobody greeted */
+    ev = message("#quiet", "someone", "!greeting on");
+    router_submit(f->router, &ev);
+    assert_true(run_until(f, idle, 5000));
+    assert_string_equal(f->sent[1].text, "Only room operators can change "
+                        "that.");
+}
+
 static void ignored_events(void **state)
 {
     struct fixture *f = *state;
@@ -654,6 +685,8 @@ int main(void)
             greetings_once_and_only_in_quiet_rooms, setup, teardown),
         cmocka_unit_test_setup_teardown(greeting_falls_back_to_a_fixed_text,
                                         setup, teardown),
+        cmocka_unit_test_setup_teardown(
+            greeting_command_turns_greetings_off, setup, teardown),
         cmocka_unit_test_setup_teardown(ignored_events, setup, teardown),
         cmocka_unit_test_setup_teardown(rate_limit_answers_with_a_notice,
                                         setup, teardown),
