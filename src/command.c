@@ -303,12 +303,10 @@ static void cmd_stats_loaded(struct store *st, struct redisReply *rep,
 static void cmd_stats(struct job *job, const char *arg)
 {
     struct router *r = job->r;
-    char day[16], name[EVENT_ROOM_KEY_MAX + 32], key[STORE_KEY_MAX];
+    char key[STORE_KEY_MAX];
 
     (void)arg;
-    utc_day(day, sizeof(day));
-    snprintf(name, sizeof(name), "%s:%s", day, job->user_key);
-    if (key_or_log(r, key, sizeof(key), "usage", name) == 0) {
+    if (usage_key(job, key, sizeof(key)) == 0) {
         const char *argv[] = { "HGETALL", key };
 
         if (store_command_argv(r->store, cmd_stats_loaded, job, 2, argv,

@@ -57,13 +57,16 @@ const char *event_speaker(const struct event *ev)
     return ev->sender ? ev->sender : "someone";
 }
 
-void utc_day(char *buf, size_t len)
+int usage_key(struct job *job, char *buf, size_t len)
 {
+    char day[16], name[EVENT_ROOM_KEY_MAX + 32];
     time_t now = time(NULL);
     struct tm tm;
 
     gmtime_r(&now, &tm);
-    strftime(buf, len, "%Y-%m-%d", &tm);
+    strftime(day, sizeof(day), "%Y-%m-%d", &tm);
+    snprintf(name, sizeof(name), "%s:%s", day, job->user_key);
+    return key_or_log(job->r, buf, len, "usage", name);
 }
 
 int key_or_log(struct router *r, char *buf, size_t len, const char *kind,
@@ -256,12 +259,10 @@ static void job_history_appended(int status, void *privdata)
 static void job_record_usage(struct job *job)
 {
     struct router *r = job->r;
-    char day[16], name[EVENT_ROOM_KEY_MAX + 32], key[STORE_KEY_MAX];
+    char key[STORE_KEY_MAX];
     char in[24], out[24], total[24], ttl[24];
 
-    utc_day(day, sizeof(day));
-    snprintf(name, sizeof(name), "%s:%s", day, job->user_key);
-    if (key_or_log(r, key, sizeof(key), "usage", name) != 0)
+    if (usage_key(job, key, sizeof(key)) != 0)
         return;
     snprintf(in, sizeof(in), "%ld", job->tokens_in > 0 ? job->tokens_in : 0);
     snprintf(out, sizeof(out), "%ld",
@@ -457,15 +458,13 @@ static void job_usage_loaded(struct store *st, struct redisReply *rep,
 static void job_check_usage(struct job *job)
 {
     struct router *r = job->r;
-    char day[16], name[EVENT_ROOM_KEY_MAX + 32], key[STORE_KEY_MAX];
+    char key[STORE_KEY_MAX];
 
     if (job->kind != JOB_CHAT || r->cfg->limits.user_daily_tokens <= 0) {
         job_load_history(job);
         return;
     }
-    utc_day(day, sizeof(day));
-    snprintf(name, sizeof(name), "%s:%s", day, job->user_key);
-    if (key_or_log(r, key, sizeof(key), "usage", name) == 0) {
+    if (usage_key(job, key, sizeof(key)) == 0) {
         const char *argv[] = { "HGET", key, "tokens" };
 
         if (store_command_argv(r->store, job_usage_loaded, job, 3, argv,

@@ -118,7 +118,9 @@ const char *event_speaker(const struct event *ev);
 /* "<prefix><kind>:<name>" into buf; logs and returns -1 when too long. */
 int key_or_log(struct router *r, char *buf, size_t len, const char *kind,
                const char *name);
-void utc_day(char *buf, size_t len);
+/* usage:<UTC day>:<platform:account:sender> for the job's sender, as
+ * key_or_log writes it (0, or -1 when too long). */
+int usage_key(struct job *job, char *buf, size_t len);
 /* A copy of a string reply, or NULL (not a string, OOM). */
 char *dup_reply_str(const struct redisReply *rep);
 void ignore_reply(struct store *st, struct redisReply *rep, void *privdata);

@@ -248,29 +248,30 @@ static void member_remove(struct irc_ad *a, struct irc_chan *c,
     *m = c->m[--c->n_m];
 }
 
-/* 1 when a PREFIX symbol means channel operator or above. */
-static int sym_is_op(struct irc_ad *a, char sym)
+/* 1 when c ranks at or above op in a PREFIX list (ISUPPORT lists ranks
+ * highest first); without op in the list, only op itself counts. */
+static int ranks_as_op(const char *list, char c, char op)
 {
-    const char *at = strchr(a->prefix_syms, '@');
-    const char *p = strchr(a->prefix_syms, sym);
+    const char *at = strchr(list, op);
+    const char *p = strchr(list, c);
 
-    if (!p || sym == '\0')
+    if (!p || c == '\0')
         return 0;
     if (!at)
-        return sym == '@';
+        return c == op;
     return p <= at;
 }
 
+/* 1 when a PREFIX symbol means channel operator or above. */
+static int sym_is_op(struct irc_ad *a, char sym)
+{
+    return ranks_as_op(a->prefix_syms, sym, '@');
+}
+
+/* 1 when a PREFIX mode letter means channel operator or above. */
 static int mode_is_op(struct irc_ad *a, char mode)
 {
-    const char *o = strchr(a->prefix_modes, 'o');
-    const char *p = strchr(a->prefix_modes, mode);
-
-    if (!p || mode == '\0')
-        return 0;
-    if (!o)
-        return mode == 'o';
-    return p <= o;
+    return ranks_as_op(a->prefix_modes, mode, 'o');
 }
 
 /* ---- sending ---------------------------------------------------------- */
