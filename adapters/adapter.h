@@ -16,6 +16,8 @@
 
 #include <stddef.h>
 
+#include "config.h"
+
 struct adapter;
 struct router;
 struct config;
@@ -43,6 +45,11 @@ struct adapter_ops {
                 void *privdata);
     /* Optional: typing indicator on (1) or off (0). */
     void (*typing)(struct adapter *ad, const char *room, int on);
+    /* Optional capability "!more": send the rest of the last long answer
+     * to sender in room.  Returns PARLEY_OK when something was sent,
+     * PARLEY_ERR_STATE when there is nothing more.  The router runs the
+     * command (rate limits, help text) and calls this. */
+    int (*more)(struct adapter *ad, const char *room, const char *sender);
     /* Stop taking input and close connections; frees nothing. */
     void (*stop)(struct adapter *ad);
     /* Release everything; called after stop, once the loop has closed
@@ -56,6 +63,7 @@ struct adapter {
     struct loop *loop;
     char *account;          /* instance name used in room keys */
     int connected;          /* for health: 1 when usable */
+    struct config_greet greet;  /* from its config block; set by main */
     int err;
     char errstr[128];
     void *priv;             /* adapter-private state */

@@ -63,6 +63,7 @@
 #define CONFIG_MS_MAX        (3600 * 1000)  /* one hour */
 #define CONFIG_RETRIES_MAX   100
 #define CONFIG_CONCURRENT_MAX 1024
+#define CONFIG_PARALLEL_MAX 256
 #define CONFIG_TURNS_MAX     10000
 
 #define CONFIG_MORE_ERRORS   "\n(more problems not shown)"
@@ -187,6 +188,8 @@ static const struct key_spec context_keys[] = {
     KEY_NUM(config_context, "max_turns", max_turns, 1, CONFIG_TURNS_MAX),
     KEY_NUM(config_context, "max_tokens", max_tokens, 1, CONFIG_TOKENS_MAX),
     KEY_NUM(config_context, "ttl", ttl_s, 1, INT_MAX),
+    KEY_NUM(config_context, "max_parallel_per_room", max_parallel_per_room,
+            1, CONFIG_PARALLEL_MAX),
 };
 
 static const struct key_spec prompts_keys[] = {
@@ -1509,6 +1512,7 @@ config_defaults(struct config *cfg)
     cfg->context.max_turns = 40;
     cfg->context.max_tokens = 3000;
     cfg->context.ttl_s = 30 * 24 * 3600;
+    cfg->context.max_parallel_per_room = 8;
 
     cfg->prompts.system = strdup(CONFIG_DEFAULT_SYSTEM);
     cfg->prompts.greeting = strdup(CONFIG_DEFAULT_GREETING);

@@ -62,6 +62,7 @@ struct config_context {
     int max_turns;          /* turns kept per room, default 40 */
     int max_tokens;         /* estimated tokens of history sent, 3000 */
     int ttl_s;              /* ctx:<room> expiry, default 30 days */
+    int max_parallel_per_room;  /* answers in flight per room, default 8 */
 };
 
 struct config_fewshot {
@@ -92,8 +93,18 @@ struct config_room {
 
 /* One entry of the "adapters" list: its type and the libconfig setting
  * (a config_setting_t *) the adapter parses itself. */
+/* Greeting policy: the same keys in every adapter block; the router
+ * decides, adapters only report joins and member counts. */
+struct config_greet {
+    int on_join;            /* greet a room when the bot joins, default 1 */
+    int new_members;        /* greet people who join, default 0 */
+    int members_max;        /* ...in rooms of at most this many members,
+                               default 50 (0 = no limit) */
+};
+
 struct config_adapter {
     char *type;             /* "console", "irc", "matrix" */
+    struct config_greet greet;
     void *setting;          /* config_setting_t *, owned by config */
     int line;               /* line of the block, for messages */
 };

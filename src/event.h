@@ -37,6 +37,7 @@ struct event {
     int self;               /* sender is the bot itself */
     int from_bot;           /* sender is known to be a bot */
     int is_admin;           /* adapter says sender may use !system */
+    int members;            /* room members when known (joins), else 0 */
 };
 
 /* Room keys are at most this long (prefix excluded). */

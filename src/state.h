@@ -1,0 +1,238 @@
+/*
+ * The typed state layer: every data shape parley keeps in Redis, with
+ * typed callbacks.  Together with store.c it is the only code that reads
+ * hiredis replies; the router, the commands and the adapters see structs
+ * and status codes.  Keys are named here (see DESIGN.md "Redis keys"), each
+ * under the configured prefix through store_key:
+ *
+ *   seen:<event id>          string   dedupe (SET NX EX)
+ *   job:<event id>           hash     struct state_job
+ *   room:<room>              hash     struct room_settings
+ *   ctx:<room>               list     history (JSON turns, see context.h)
+ *   greeted:<room>:<user>    string   greeting cooldown (SET NX EX)
+ *   usage:<day>:<user>       hash     struct usage
+ *   session:<account>        hash     struct state_session (Matrix)
+ *   sync:<account>           string   Matrix next_batch
+ *
+ * Files: state_job.c (seen, job records, greeting marks), state_room.c
+ * (room settings, usage), state_history.c (ctx), state_session.c (Matrix
+ * session and sync position).
+ *
+ * Callback contract, as store.h: when a state_* call returns PARLEY_OK its
+ * callback runs exactly once, later (never before the call returns), with
+ * PARLEY_OK and the data, or with an error status (PARLEY_ERR_IO when the
+ * connection dropped or store_close ran, PARLEY_ERR_OTHER for an error
+ * reply, PARLEY_ERR_PROTOCOL for a key of the wrong type).  Any other
+ * return means Redis is down (PARLEY_ERR_STATE), a key would be too long
+ * (PARLEY_ERR_TOO_LARGE) or memory ran out, and the callback never runs.
+ * Structs passed to callbacks are valid only during the call.  A callback
+ * may be NULL where noted ("fire and forget"): failures are then logged at
+ * debug level only.
+ */
+#ifndef PARLEY_STATE_H
+#define PARLEY_STATE_H
+
+#include <stddef.h>
+#include <time.h>
+
+struct store;
+struct turn;
+struct history;
+struct config_context;
+
+typedef void state_done_fn(int status, void *privdata);
+
+/* ---- claims: seen:, greeted:, and the job record ------------------------ */
+
+/*
+ * A claim is a write that succeeds once: SET NX EX.  fresh is 1 when this
+ * call made the mark, 0 when it existed (a duplicate, a greeting still in
+ * its cooldown).  When status is not PARLEY_OK, fresh is 0.
+ */
+typedef void state_claim_fn(int status, int fresh, void *privdata);
+
+/* seen:<event_id> for ttl_s seconds. */
+int state_seen_claim(struct store *st, const char *event_id, int ttl_s,
+                     state_claim_fn *fn, void *privdata);
+/* greeted:<room_key>:<user> for ttl_s seconds. */
+int state_greet_claim(struct store *st, const char *room_key,
+                      const char *user, int ttl_s, state_claim_fn *fn,
+                      void *privdata);
+
+/* ---- job records --------------------------------------------------------- */
+
+enum state_job_state {
+    STATE_JOB_PENDING = 0,  /* accepted, not answered yet */
+    STATE_JOB_ANSWERED,     /* answer stored, maybe not sent */
+    STATE_JOB_DONE          /* sent */
+};
+
+enum state_job_kind {
+    STATE_JOB_CHAT = 0,
+    STATE_JOB_COMMAND,
+    STATE_JOB_GREET         /* the bot's own join: greet the room */
+};
+
+/* job:<event id>.  Strings may be NULL (absent field); all borrowed. */
+struct state_job {
+    const char *event_id;
+    enum state_job_state state;
+    enum state_job_kind kind;
+    const char *platform;
+    const char *account;
+    const char *room;
+    const char *sender;
+    const char *sender_name;
+    const char *text;
+    const char *thread_id;
+    const char *reply_to;
+    int is_admin;
+    long long ts;           /* unix seconds when accepted */
+    const char *answer;     /* set once state is ANSWERED */
+    int notice;             /* the answer is service text */
+};
+
+/*
+ * Write seen:<id> and job:<id> (state pending) in one Lua EVAL, both with
+ * ttl_s: a crash between two separate writes would leave an event marked
+ * seen with no job, and a replay would then be dropped as a duplicate.
+ * fresh = 0 when seen:<id> already existed (nothing written).
+ */
+int state_job_record(struct store *st, const struct state_job *job,
+                     int ttl_s, state_claim_fn *fn, void *privdata);
+/* state = answered, answer, notice: a restart resends this text. */
+int state_job_answered(struct store *st, const char *event_id,
+                       const char *answer, int notice, state_done_fn *fn,
+                       void *privdata);
+/* state = done, and the record expires after ttl_s.  fn may be NULL. */
+int state_job_done(struct store *st, const char *event_id, int ttl_s,
+                   state_done_fn *fn, void *privdata);
+
+/*
+ * Walk every job:* record not done (SCAN + HGETALL).  each runs once per
+ * record found; records that are incomplete (no platform or room, or no
+ * text for a non-greeting) are logged and skipped.  Then finished runs
+ * once, with PARLEY_OK when the walk completed or an error status when it
+ * stopped early.  finished may be NULL.
+ */
+typedef void state_job_each_fn(const struct state_job *job, void *privdata);
+int state_job_scan(struct store *st, state_job_each_fn *each,
+                   state_done_fn *finished, void *privdata);
+
+/* ---- room settings ------------------------------------------------------- */
+
+/* room:<room>.  Strings NULL when unset. */
+struct room_settings {
+    const char *model;      /* !model */
+    const char *system;     /* !system */
+    int greeting;           /* 1 on, 0 off, -1 unset */
+    long long epoch;        /* bumped by state_history_reset; 0 unset */
+};
+
+typedef void state_room_fn(int status, const struct room_settings *rs,
+                           void *privdata);
+
+/* rs is all unset (greeting -1, epoch 0) for a room with no hash; NULL
+ * when status is not PARLEY_OK. */
+int state_room_load(struct store *st, const char *room_key,
+                    state_room_fn *fn, void *privdata);
+
+enum room_field {
+    ROOM_FIELD_MODEL,
+    ROOM_FIELD_SYSTEM,
+    ROOM_FIELD_GREETING     /* value "on" or "off" */
+};
+
+/* Set one field, or delete it when value is NULL. */
+int state_room_set(struct store *st, const char *room_key,
+                   enum room_field field, const char *value,
+                   state_done_fn *fn, void *privdata);
+
+/* ---- usage --------------------------------------------------------------- */
+
+/* usage:<UTC day of when>:<user>, user = "platform:account:sender". */
+struct usage {
+    long long requests;
+    long long tokens_in;
+    long long tokens_out;
+    long long tokens;       /* in + out */
+};
+
+typedef void state_usage_fn(int status, const struct usage *u,
+                            void *privdata);
+
+/* Zeros for a user with no record. */
+int state_usage_load(struct store *st, const char *user, time_t when,
+                     state_usage_fn *fn, void *privdata);
+/* One request and its tokens (negative counts as 0); the hash lives
+ * ttl_s from now.  Fire and forget: no callback. */
+int state_usage_add(struct store *st, const char *user, time_t when,
+                    long tokens_in, long tokens_out, int ttl_s);
+
+/* ---- history ------------------------------------------------------------- */
+
+/*
+ * ctx:<room>, oldest first.  The JSON of one turn and the trimming are in
+ * context.h (pure); these are its Redis calls.
+ *
+ * load: the history untrimmed (malformed entries skipped and logged at
+ * WARN), and its TTL refreshed to cfg->ttl_s (cfg may be NULL: no
+ * refresh).  The history passed to fn is owned by the callee (free with
+ * context_history_free); NULL unless status is PARLEY_OK.
+ */
+typedef void state_history_fn(int status, struct history *h,
+                              void *privdata);
+int state_history_load(struct store *st, const char *room_key,
+                       const struct config_context *cfg,
+                       state_history_fn *fn, void *privdata);
+
+/*
+ * Append turns as one unit (RPUSH, LTRIM to cfg->max_turns, EXPIRE
+ * cfg->ttl_s; <= 0 skips that step), so a (question, answer) pair never
+ * interleaves with another.  With epoch >= 0 the append happens only while
+ * room:<room> epoch still equals it (a !reset since then bumped it): fn
+ * then gets PARLEY_ERR_STATE and nothing was written.  epoch < 0 appends
+ * unconditionally.  n must be > 0 and every role user/assistant, else
+ * PARLEY_ERR_OTHER without fn.
+ */
+int state_history_append(struct store *st, const char *room_key,
+                         const struct turn *turns, size_t n,
+                         const struct config_context *cfg, long long epoch,
+                         state_done_fn *fn, void *privdata);
+
+/* !reset: delete ctx:<room> and bump room:<room> epoch in one MULTI, so
+ * answers in flight from before the reset are not appended. */
+int state_history_reset(struct store *st, const char *room_key,
+                        state_done_fn *fn, void *privdata);
+
+/* ---- Matrix session and sync position ------------------------------------ */
+
+/* session:<account>.  Strings NULL when absent. */
+struct state_session {
+    const char *access_token;
+    const char *device_id;
+    const char *user_id;    /* as the homeserver returned it at login */
+};
+
+/* s is NULL when nothing is stored (status PARLEY_OK). */
+typedef void state_session_fn(int status, const struct state_session *s,
+                              void *privdata);
+int state_session_load(struct store *st, const char *account,
+                       state_session_fn *fn, void *privdata);
+int state_session_save(struct store *st, const char *account,
+                       const struct state_session *s, state_done_fn *fn,
+                       void *privdata);
+/* Forget a session the homeserver refused (M_UNKNOWN_TOKEN). */
+int state_session_delete(struct store *st, const char *account,
+                         state_done_fn *fn, void *privdata);
+
+/* sync:<account>; next_batch NULL when none is stored. */
+typedef void state_sync_fn(int status, const char *next_batch,
+                           void *privdata);
+int state_sync_load(struct store *st, const char *account,
+                    state_sync_fn *fn, void *privdata);
+int state_sync_save(struct store *st, const char *account,
+                    const char *next_batch, state_done_fn *fn,
+                    void *privdata);
+
+#endif
