@@ -38,8 +38,8 @@ struct command {
     command_fn *fn;
 };
 
-static command_fn cmd_greeting, cmd_help, cmd_model, cmd_reset, cmd_stats,
-                  cmd_system;
+static command_fn cmd_greeting, cmd_help, cmd_model, cmd_more, cmd_reset,
+                  cmd_stats, cmd_system;
 
 /* Sorted by name for bsearch. */
 static const struct command commands[] = {
@@ -47,11 +47,19 @@ static const struct command commands[] = {
                                                           cmd_greeting },
     { "help",   "!help - what I can do",                  cmd_help },
     { "model",  "!model [name] - show or set the model",  cmd_model },
+    { "more",   "!more - the rest of my last long answer", cmd_more },
     { "reset",  "!reset - forget this room's history",    cmd_reset },
     { "stats",  "!stats - your requests and tokens today", cmd_stats },
     { "system", "!system [text|reset] - show or set this room's "
                 "instructions",                          cmd_system },
 };
+
+/* !more exists where the adapter keeps the rest of long answers. */
+static int command_available(const struct adapter *ad,
+                             const struct command *c)
+{
+    return c->fn != cmd_more || (ad && ad->ops->more);
+}
 
 static int command_cmp(const void *key, const void *elem)
 {
@@ -102,13 +110,11 @@ static void cmd_help(struct job *job, const char *arg)
     for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++) {
         if (off >= sizeof(text))
             break;
+        if (!command_available(job->ad, &commands[i]))
+            continue;
         off += (size_t)snprintf(text + off, sizeof(text) - off, "\n%s",
                                 commands[i].usage);
     }
-    /* The IRC adapter answers !more itself (the rest of a long answer). */
-    if (off < sizeof(text) && strcmp(job->ev->platform, "irc") == 0)
-        snprintf(text + off, sizeof(text) - off,
-                 "\n!more - the rest of my last long answer");
     job_reply(job, text, 1);
 }
 
@@ -119,8 +125,13 @@ static void cmd_reset_done(int status, void *privdata)
     if (JOB_CLOSING((struct job *)privdata))
         return;
 
-    if (status == PARLEY_OK)
+    if (status == PARLEY_OK) {
+        /* Answers in flight from before the reset are still delivered
+         * but not stored (job_history_current). */
+        if (job->room)
+            job->room->resets++;
         job_reply(job, "Done: I've forgotten this room's conversation.", 1);
+    }
     else
         job_reply(job, "I couldn't clear the history just now (storage is "
                   "unavailable); please try again shortly.", 1);
@@ -316,9 +327,23 @@ static void cmd_stats(struct job *job, const char *arg)
     cmd_stats_loaded(r->store, NULL, job);
 }
 
-int command_known(const char *name)
+static void cmd_more(struct job *job, const char *arg)
 {
-    return command_find(name) != NULL;
+    struct adapter *ad = job->ad;
+
+    (void)arg;
+    if (ad->ops->more(ad, job->ev->room, job->ev->sender) == PARLEY_OK) {
+        job_drop(job);      /* the adapter sent it */
+        return;
+    }
+    job_reply(job, "There is nothing more to show.", 1);
+}
+
+int command_known(const struct adapter *ad, const char *name)
+{
+    const struct command *c = command_find(name);
+
+    return c && command_available(ad, c);
 }
 
 void command_run(struct job *job)
@@ -329,6 +354,8 @@ void command_run(struct job *job)
 
     if (router_parse_command(job->ev->text, name, sizeof(name), &arg))
         c = command_find(name);
+    if (c && !command_available(job->ad, c))
+        c = NULL;
     metrics_command(c ? c->name : NULL);
     if (c)
         c->fn(job, arg);

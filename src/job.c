@@ -1,7 +1,5 @@
 /*
- * One job and the room queues it waits in.  A room runs one job at a
- * time, so answers in a room keep the order of the questions, while jobs
- * of different rooms run concurrently on the one loop.  A chat job walks
+ * The steps of one job (room.c decides when it starts).  A chat job walks
  * these steps, each an async Redis or LLM call whose callback starts the
  * next one:
  *
@@ -11,9 +9,10 @@
  *
  * When Redis is down each Redis step is skipped (no history, no limits
  * from Redis), so IRC and the console keep answering; errors from the
- * model never enter the history.  The room is released for its next job
- * as soon as the answer is handed to the adapter, which keeps per-room
- * order itself (adapter.h).
+ * model never enter the history.  The job leaves its room as soon as the
+ * answer is handed to the adapter, which keeps per-room order itself
+ * (adapter.h).  Each job sees the history committed when it loads it,
+ * and appends its (question, answer) pair as one unit.
  */
 #include <ctype.h>
 #include <stdio.h>
@@ -37,8 +36,6 @@
 #include "router_job.h"
 #include "status.h"
 #include "store.h"
-
-static void room_release(struct router *r, struct room *room);
 
 static double monotonic_seconds(void)
 {
@@ -108,32 +105,49 @@ void job_free(struct job *job)
 
 /* ---- finishing: send, then mark done ----------------------------------- */
 
+/* job:<id> state done, expiring with the dedupe marks. */
+static void job_mark_done(struct job *job)
+{
+    struct router *r = job->r;
+    char key[STORE_KEY_MAX];
+    char ttl[24];
+
+    snprintf(ttl, sizeof(ttl), "%d", r->cfg->redis.dedupe_ttl_s);
+    if (key_or_log(r, key, sizeof(key), "job", job->ev->event_id) == 0) {
+        const char *argv[] = { "HSET", key, "state", "done" };
+        const char *argv2[] = { "EXPIRE", key, ttl };
+
+        store_command_argv(r->store, ignore_reply, NULL, 4, argv, NULL);
+        store_command_argv(r->store, ignore_reply, NULL, 3, argv2, NULL);
+    }
+}
+
 static void job_sent(int status, void *privdata)
 {
     struct job *job = privdata;
-    struct router *r = job->r;
 
     if (status != PARLEY_OK)
         log_room(LOG_LEVEL_WARN, job->ev->platform, job->ev->room,
                  "answer to %s not delivered: %s",
                  job->ev->sender ? job->ev->sender : "-",
                  parley_status_name(status));
-    if (job->durable && status == PARLEY_OK) {
-        char key[STORE_KEY_MAX];
-        char ttl[24];
-
-        snprintf(ttl, sizeof(ttl), "%d", r->cfg->redis.dedupe_ttl_s);
-        if (key_or_log(r, key, sizeof(key), "job", job->ev->event_id) == 0) {
-            const char *argv[] = { "HSET", key, "state", "done" };
-            const char *argv2[] = { "EXPIRE", key, ttl };
-
-            store_command_argv(r->store, ignore_reply, NULL, 4, argv,
-                               NULL);
-            store_command_argv(r->store, ignore_reply, NULL, 3, argv2,
-                               NULL);
-        }
-    }
+    if (job->durable && status == PARLEY_OK)
+        job_mark_done(job);
     job_free(job);
+}
+
+/* The room's typing indicator is on while any chat job there waits on
+ * the model: the first one turns it on, the last one off. */
+static void job_typing(struct job *job, int on)
+{
+    struct adapter *ad = job->ad;
+    struct room *room = job->room;
+
+    if (!ad->ops->typing || !room || job->typing == on)
+        return;
+    job->typing = on;
+    if (on ? room->typing++ == 0 : --room->typing == 0)
+        ad->ops->typing(ad, job->ev->room, on);
 }
 
 /* Hand the answer to the adapter and let the room move on.  The job is
@@ -141,11 +155,10 @@ static void job_sent(int status, void *privdata)
 static void job_send(struct job *job)
 {
     struct router *r = job->r;
-    struct room *room = job->room;
     struct adapter *ad = job->ad;
-    char txn[EVENT_ROOM_KEY_MAX];
+    char txn[EVENT_ROOM_KEY_MAX], room_key[EVENT_ROOM_KEY_MAX];
     struct reply reply;
-    int result;
+    int result, had_room;
 
     memset(&reply, 0, sizeof(reply));
     reply.text = job->answer ? job->answer : ROUTER_FALLBACK_TEXT;
@@ -160,15 +173,15 @@ static void job_send(struct job *job)
         snprintf(txn, sizeof(txn), "parley.%s", job->ev->event_id);
         reply.txn_id = txn;
     }
-    if (ad->ops->typing && job->kind == JOB_CHAT)
-        ad->ops->typing(ad, job->ev->room, 0);
-
-    if (room)
-        room->current = NULL;
+    job_typing(job, 0);
     if (job->kind == JOB_GREET_ROOM || job->kind == JOB_GREET_USER)
         metrics_greeting();
     else
         metrics_message_answered(job->ev->platform);
+    /* Out of the room before sending (done may free the job), but what
+     * waits starts only after: the adapter keeps per-room send order,
+     * and a job that finishes at once must not overtake this answer. */
+    had_room = room_detach(job, room_key, sizeof(room_key));
     result = ad->ops->send(ad, job->ev->room, &reply, job_sent, job);
     if (result != PARLEY_OK) {
         log_room(LOG_LEVEL_WARN, job->ev->platform, job->ev->room,
@@ -176,8 +189,15 @@ static void job_send(struct job *job)
                  parley_status_name(result));
         job_free(job);
     }
-    if (room)
-        room_release(r, room);
+    if (had_room)
+        room_wake(r, room_key);
+}
+
+/* Whether the room's history is still the one this job was queued
+ * against, i.e. no !reset ran since. */
+static int job_history_current(const struct job *job)
+{
+    return job->room && job->room->resets == job->resets;
 }
 
 static void job_answer_stored(struct store *st, struct redisReply *rep,
@@ -211,15 +231,14 @@ static void job_store_answer_then_send(struct job *job)
     job_send(job);
 }
 
-/* Finish a job that sends nothing and let its room move on. */
+/* Finish a job that sends nothing and let its room move on.  A durable
+ * one is marked done, or the next start would take it up again. */
 void job_drop(struct job *job)
 {
-    struct router *r = job->r;
-    struct room *room = job->room;
-
-    room->current = NULL;
+    if (job->durable)
+        job_mark_done(job);
+    room_leave(job);
     job_free(job);
-    room_release(r, room);
 }
 
 /* text may be job->answer itself. */
@@ -355,6 +374,12 @@ static void job_llm_done(const struct llm_result *res, void *privdata)
     turns[n].content = job->answer;
     turns[n].ts = now;
     n++;
+    if (!job_history_current(job)) {
+        /* A !reset ran since this question came: answer, but nothing
+         * from before the reset returns to the history. */
+        job_store_answer_then_send(job);
+        return;
+    }
     if (context_append(r->store, job->room->key, turns, n,
                        &r->cfg->context, job_history_appended,
                        job) != PARLEY_OK)
@@ -395,8 +420,8 @@ static void job_complete(struct job *job)
         job_reply(job, ROUTER_FALLBACK_TEXT, 1);
         return;
     }
-    if (job->kind == JOB_CHAT && job->ad->ops->typing)
-        job->ad->ops->typing(job->ad, job->ev->room, 1);
+    if (job->kind == JOB_CHAT)
+        job_typing(job, 1);
     job->llm_started = monotonic_seconds();
     if (llm_complete(r->llm, model, messages, job_llm_done, job,
                      NULL) != PARLEY_OK) {
@@ -537,6 +562,10 @@ static void job_store_ambient(struct job *job)
     t.name = (char *)event_speaker(job->ev);
     t.content = (char *)job->ev->text;
     t.ts = (long long)time(NULL);
+    if (!job_history_current(job)) {
+        job_drop(job);
+        return;
+    }
     if (context_append(job->r->store, job->room->key, &t, 1,
                        &job->r->cfg->context, job_ambient_stored,
                        job) != PARLEY_OK)
@@ -570,78 +599,7 @@ void job_run(struct job *job)
     job_settings_loaded(r->store, NULL, job);
 }
 
-/* ---- rooms and queues ---------------------------------------------------- */
-
-static struct room *room_get(struct router *r, const char *key)
-{
-    struct room *room = dict_get(r->rooms, key);
-
-    if (room)
-        return room;
-    room = calloc(1, sizeof(*room));
-    if (!room)
-        return NULL;
-    snprintf(room->key, sizeof(room->key), "%s", key);
-    if (dict_set(r->rooms, key, room) != PARLEY_OK) {
-        free(room);
-        return NULL;
-    }
-    return room;
-}
-
-/* Start the next job of an idle room, or forget the room when it has
- * nothing left, so idle rooms cost no memory. */
-static void room_release(struct router *r, struct room *room)
-{
-    if (room->current)
-        return;
-    if (room->head) {
-        struct job *job = room->head;
-
-        room->head = job->next;
-        if (!room->head)
-            room->tail = NULL;
-        room->queued--;
-        job->next = NULL;
-        room->current = job;
-        /* job_run may finish synchronously (Redis down, a command); the
-         * room then comes back here through job_send or job_drop. */
-        job_run(job);
-        return;
-    }
-    {
-        dict_delete(r->rooms, room->key);
-        free(room);
-    }
-}
-
-/* Per-user requests per minute, counted in memory: a restart forgets the
- * window, which errs on the side of answering. */
-int rate_allow(struct router *r, const char *user_key)
-{
-    int limit = r->cfg->limits.user_requests_per_minute;
-    long minute = (long)(time(NULL) / 60);
-    struct rate *rate;
-
-    if (limit <= 0)
-        return 1;
-    rate = dict_get(r->rates, user_key);
-    if (!rate) {
-        rate = calloc(1, sizeof(*rate));
-        if (!rate || dict_set(r->rates, user_key, rate) != PARLEY_OK) {
-            free(rate);
-            return 1;
-        }
-    }
-    if (rate->minute != minute) {
-        rate->minute = minute;
-        rate->count = 0;
-    }
-    if (rate->count >= limit)
-        return 0;
-    rate->count++;
-    return 1;
-}
+/* ---- creation ------------------------------------------------------------ */
 
 struct job *job_create(struct router *r, struct adapter *ad,
                        const struct event *ev, enum job_kind kind)
@@ -681,36 +639,4 @@ struct job *job_create(struct router *r, struct adapter *ad,
     r->jobs = job;
     r->pending++;
     return job;
-}
-
-/* Put job on its room's queue and start it if the room is idle. */
-void job_enqueue(struct router *r, struct job *job, const char *room_key)
-{
-    struct room *room = room_get(r, room_key);
-
-    if (!room) {
-        log_error("out of memory queueing an event for %s", room_key);
-        job_free(job);
-        return;
-    }
-    if (room->queued >= ROUTER_ROOM_QUEUE_MAX) {
-        /* Answered at once, outside the queue: the asker learns the
-         * question was not taken, instead of waiting for nothing. */
-        log_room(LOG_LEVEL_WARN, job->ev->platform, job->ev->room,
-                 "queue full (%d), turning away a message from %s",
-                 ROUTER_ROOM_QUEUE_MAX,
-                 job->ev->sender ? job->ev->sender : "-");
-        job->room = NULL;
-        job_reply(job, "I'm still answering earlier messages here; please "
-                  "ask again in a moment.", 1);
-        return;
-    }
-    job->room = room;
-    if (room->tail)
-        room->tail->next = job;
-    else
-        room->head = job;
-    room->tail = job;
-    room->queued++;
-    room_release(r, room);
 }

@@ -45,12 +45,11 @@ static struct adapter *router_adapter_for(struct router *r,
 /* ---- submission ---------------------------------------------------------- */
 
 /* What to do with an event: a job kind, or -1 to ignore it. */
-static int router_classify(struct router *r, const struct event *ev)
+static int router_classify(const struct adapter *ad, const struct event *ev)
 {
     char name[ROUTER_COMMAND_NAME_MAX];
     const char *arg;
 
-    (void)r;
     if (ev->self && ev->kind == EVENT_JOIN)
         return JOB_GREET_ROOM;
     if (ev->self || ev->from_bot)
@@ -62,7 +61,7 @@ static int router_classify(struct router *r, const struct event *ev)
         if (router_parse_command(ev->text, name, sizeof(name), &arg)) {
             /* Bare !commands in a busy channel may belong to another bot:
              * only known ones are ours unless we were addressed. */
-            if (command_known(name) || ev->addressed)
+            if (command_known(ad, name) || ev->addressed)
                 return JOB_COMMAND;
             return -1;
         }
@@ -210,26 +209,35 @@ static void router_submit_common(struct router *r, const struct event *ev,
     }
     if (ev->kind == EVENT_MESSAGE && !ev->self)
         metrics_message_received(ev->platform);
-    kind = router_classify(r, ev);
-    if (kind < 0 || !(ad = router_adapter_for(r, ev))) {
-        if (kind >= 0)
-            log_warn("event from unknown adapter %s/%s dropped",
-                     ev->platform, ev->account ? ev->account : "");
-        if (accepted)
-            accepted(PARLEY_OK, privdata);
-        return;
-    }
-    if (kind == JOB_CHAT && ev->sender) {
+    ad = router_adapter_for(r, ev);
+    kind = ad ? router_classify(ad, ev) : -1;
+    if (!ad)
+        log_warn("event from unknown adapter %s/%s dropped", ev->platform,
+                 ev->account ? ev->account : "");
+    if (kind >= 0 && (kind == JOB_CHAT || kind == JOB_COMMAND) &&
+        ev->sender) {
+        /* Everything a person makes the bot send counts, commands and
+         * !more included; past the limit they hear it once a window. */
         char user[EVENT_ROOM_KEY_MAX];
+        enum rate_verdict verdict;
 
         snprintf(user, sizeof(user), "%s:%s:%s", ev->platform,
                  ev->account ? ev->account : "", ev->sender);
-        if (!rate_allow(r, user)) {
+        verdict = rate_check(r, user);
+        if (verdict != RATE_ALLOW)
             log_room(LOG_LEVEL_INFO, ev->platform, ev->room,
-                     "%s over %d requests/minute", ev->sender,
-                     r->cfg->limits.user_requests_per_minute);
+                     "%s over %d requests/minute%s", ev->sender,
+                     r->cfg->limits.user_requests_per_minute,
+                     verdict == RATE_QUIET ? " (already told)" : "");
+        if (verdict == RATE_NOTIFY)
             kind = JOB_NOTICE;
-        }
+        else if (verdict == RATE_QUIET)
+            kind = -1;
+    }
+    if (kind < 0) {
+        if (accepted)
+            accepted(PARLEY_OK, privdata);
+        return;
     }
     s = calloc(1, sizeof(*s));
     if (!s || event_room_key(ev, s->room_key,
@@ -390,6 +398,7 @@ static void resume_job_loaded(struct store *st, struct redisReply *rep,
     if (!job)
         goto out;
     job->durable = 1;
+    job->resumed = 1;
     if (strcmp(state, "answered") == 0 && answer) {
         job->kind = JOB_RESEND;
         job->answer = strdup(answer);

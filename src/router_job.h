@@ -43,12 +43,14 @@ struct room;
 
 struct job {
     struct router *r;
-    struct room *room;
+    struct room *room;          /* while queued or running in it */
     struct adapter *ad;
     struct event *ev;           /* owned copy */
     enum job_kind kind;
     char user_key[EVENT_ROOM_KEY_MAX];   /* platform:account:sender */
     int durable;                /* has a job:<event id> record */
+    int resumed;                /* taken up from a previous run */
+    unsigned resets;            /* room->resets when queued */
 
     /* Gathered along the way. */
     char *model;                /* room override, or NULL */
@@ -59,22 +61,43 @@ struct job {
     long tokens_in, tokens_out;
     double llm_started;         /* monotonic seconds, for the latency */
     int notice;                 /* answer is service text, not the model */
+    int typing;                 /* counted in room->typing */
 
-    struct job *next;           /* room queue */
+    struct job *next;           /* room's waiting or running list */
     struct job *all_prev, *all_next;    /* every live job, for close */
 };
 
+/*
+ * A room's jobs (room.c).  Waiting jobs start in order, as many at once
+ * as context.max_parallel_per_room allows, except that a person's job
+ * waits while an earlier one of theirs is waiting or running (a
+ * follow-up needs the answer before it), and a greeting runs alone
+ * before anything queued behind it.  A job leaves the room when its
+ * answer is handed to the adapter, which keeps per-room send order.
+ */
 struct room {
     char key[EVENT_ROOM_KEY_MAX];
-    struct job *head, *tail;    /* waiting jobs */
-    size_t queued;
-    struct job *current;        /* the job being worked on */
+    struct job *head, *tail;    /* waiting, in arrival order */
+    size_t queued;              /* waiting jobs */
+    struct job *running;        /* started, answer not yet handed over */
+    size_t n_running;
+    int exclusive;              /* a greeting is running alone */
+    unsigned resets;            /* !reset count, see job->resets */
+    int typing;                 /* chat jobs waiting on the model */
+    int scheduling, again;      /* room_schedule re-entry guard */
 };
 
 /* Per-user request window for user_requests_per_minute. */
 struct rate {
     long minute;
     int count;
+    int notified;               /* the over-limit notice went out */
+};
+
+enum rate_verdict {
+    RATE_ALLOW = 0,
+    RATE_NOTIFY,                /* over the limit: tell them, once */
+    RATE_QUIET                  /* over the limit and already told */
 };
 
 #define ROUTER_MAX_ADAPTERS CONFIG_MAX_ADAPTERS
@@ -98,13 +121,28 @@ struct router {
  * and llm are going away and router_free releases every job. */
 #define JOB_CLOSING(job) ((job)->r->closing)
 
+/* room.c */
+/* Queue job in room_key's room and start what may start; a job the room
+ * cannot take (queue full) is answered with a busy note when a person
+ * asked something, else dropped; on failure the job is freed. */
+void job_enqueue(struct router *r, struct job *job, const char *room_key);
+/* The job is done with its room (nothing to send): start what was
+ * waiting for it.  Idempotent. */
+void room_leave(struct job *job);
+/* room_leave in two halves, for a job whose answer is being sent: take
+ * it out of its room (copying the room key into key) without starting
+ * anything, send, then room_wake, so nothing started meanwhile can send
+ * before it.  room_detach returns 0 when the job had no room. */
+int room_detach(struct job *job, char *key, size_t keylen);
+void room_wake(struct router *r, const char *key);
+/* Per-user requests per minute, counted in memory (a restart forgets the
+ * window, which errs on the side of answering). */
+enum rate_verdict rate_check(struct router *r, const char *user_key);
+
 /* job.c */
 /* A new job for ev (copied), counted in r->pending; NULL on OOM. */
 struct job *job_create(struct router *r, struct adapter *ad,
                        const struct event *ev, enum job_kind kind);
-/* Queue job on room_key and start it if the room is idle; on failure the
- * job is freed. */
-void job_enqueue(struct router *r, struct job *job, const char *room_key);
 void job_free(struct job *job);
 /* Answer with text (may be job->answer itself); notice = service text. */
 void job_reply(struct job *job, const char *text, int notice);
@@ -112,8 +150,6 @@ void job_reply(struct job *job, const char *text, int notice);
 void job_drop(struct job *job);
 /* Start the job's steps (room settings first). */
 void job_run(struct job *job);
-/* Whether a user may make one more request this minute (counts it). */
-int rate_allow(struct router *r, const char *user_key);
 const char *event_speaker(const struct event *ev);
 /* "<prefix><kind>:<name>" into buf; logs and returns -1 when too long. */
 int key_or_log(struct router *r, char *buf, size_t len, const char *kind,
@@ -126,8 +162,9 @@ char *dup_reply_str(const struct redisReply *rep);
 void ignore_reply(struct store *st, struct redisReply *rep, void *privdata);
 
 /* command.c */
-/* Whether name is one of our !commands. */
-int command_known(const char *name);
+/* Whether name is one of our !commands on ad's platform (!more needs
+ * the adapter's more op). */
+int command_known(const struct adapter *ad, const char *name);
 /* Run the command in job->ev->text (job->model/system are loaded). */
 void command_run(struct job *job);
 
