@@ -1,0 +1,60 @@
+/*
+ * Helpers shared by the state_*.c files (not part of the API: callers use
+ * state.h).  They turn hiredis replies into parley status codes in one
+ * place, so every state call maps a dropped connection, an error reply and
+ * a key of the wrong type the same way.
+ */
+#ifndef PARLEY_STATE_PRIVATE_H
+#define PARLEY_STATE_PRIVATE_H
+
+#include <stddef.h>
+
+#include "store.h"
+
+/* Room keys and event ids in log lines are escaped (\xNN) and cut to this
+ * many bytes: they come from chat platforms and may hold control bytes. */
+#define STATE_LABEL_MAX 160
+
+/*
+ * Status for a reply: PARLEY_ERR_IO for NULL (connection dropped or
+ * store_close ran), PARLEY_ERR_PROTOCOL for a WRONGTYPE error (also when a
+ * Lua script passes it on), PARLEY_ERR_OTHER for any other error reply,
+ * PARLEY_OK otherwise (the caller checks the type it expects).  Errors are
+ * logged at WARN with what (the command) and label (the key's name).
+ */
+int state_reply_status(const struct redisReply *rep, const char *what,
+                       const char *label);
+
+/* The string value of field name in an HGETALL reply, or NULL. */
+const char *state_hash_field(const struct redisReply *rep,
+                             const char *name);
+
+/* A decimal integer field; 0 when absent or not a number (a hand-edited
+ * or foreign value must not stop the bot). */
+long long state_parse_ll(const char *s);
+
+/* Printable form of s for log lines, cut at STATE_LABEL_MAX bytes. */
+void state_label(char *buf, size_t len, const char *s);
+
+/*
+ * store_command_argv with NUL-terminated argv and a reply callback that
+ * only logs failures at debug level: for fire-and-forget writes, whose
+ * callers asked for no callback.  what names the write in the log line.
+ * Returns as store_command_argv.
+ */
+int state_send_forget(struct store *st, const char *what, int argc,
+                      const char **argv);
+
+/* Send MULTI, the n commands, then EXEC with fn/privdata as its callback,
+ * without yielding to the loop; nothing else can interleave on the one
+ * connection.  When a send fails half-way, DISCARD is sent so the shared
+ * connection never stays inside a transaction, and the error returned (fn
+ * is then never called). */
+struct state_cmd {
+    int argc;
+    const char **argv;      /* NUL-terminated strings */
+};
+int state_send_multi(struct store *st, const struct state_cmd *cmds,
+                     size_t n, store_reply_fn *fn, void *privdata);
+
+#endif
