@@ -91,9 +91,13 @@ void context_turn_free(struct turn *t);
 void context_history_free(struct history *h);
 
 /*
- * Redis calls.  room_key is any NUL-terminated bytes (CR/LF, spaces and
- * non-UTF-8 included): the key is prefix + "ctx:" + room_key, sent as one
- * binary-safe argument; PARLEY_ERR_TOO_LARGE if it exceeds STORE_KEY_MAX.
+ * Redis calls, superseded by state_history_load/append/reset (state.h,
+ * state_history.c, which also keep the room's epoch); kept only until
+ * job.c and command.c are switched over, then deleted with the hiredis
+ * include in context.c.  room_key is any NUL-terminated bytes (CR/LF,
+ * spaces and non-UTF-8 included): the key is prefix + "ctx:" + room_key,
+ * sent as one binary-safe argument; PARLEY_ERR_TOO_LARGE if it exceeds
+ * STORE_KEY_MAX.
  * Each returns PARLEY_ERR_STATE at once while Redis is down and then does
  * not call fn; after PARLEY_OK, fn runs exactly once, with _IO when the
  * connection dropped (or store_close ran) before the reply.

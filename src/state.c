@@ -15,21 +15,29 @@
 #include "status.h"
 #include "store.h"
 
-int state_reply_status(const redisReply *rep, const char *what,
-                       const char *label)
+int state_reply_code(const redisReply *rep)
 {
     if (!rep)
         return PARLEY_ERR_IO;
     if (rep->type != REDIS_REPLY_ERROR)
         return PARLEY_OK;
-    log_warn("redis %s %s failed: %.*s", what, label, (int)rep->len,
-             rep->str);
     /* Redis 7 keeps the code at the front of an error a script passes
      * on; older servers wrap it ("ERR Error running script ...:
      * WRONGTYPE ..."), so look anywhere. */
-    if (strstr(rep->str, "WRONGTYPE"))
+    if (rep->str && strstr(rep->str, "WRONGTYPE"))
         return PARLEY_ERR_PROTOCOL;
     return PARLEY_ERR_OTHER;
+}
+
+int state_reply_status(const redisReply *rep, const char *what,
+                       const char *label)
+{
+    int result = state_reply_code(rep);
+
+    if (rep && result)
+        log_warn("redis %s %s failed: %.*s", what, label, (int)rep->len,
+                 rep->str);
+    return result;
 }
 
 const char *state_hash_field(const redisReply *rep, const char *name)
@@ -94,7 +102,7 @@ static void state_forgotten(struct store *st, redisReply *rep,
     (void)st;
     if (!rep)
         log_debug("redis %s: connection lost before the reply", what);
-    else if (rep->type == REDIS_REPLY_ERROR)
+    else if (state_reply_code(rep))
         log_debug("redis %s failed: %.*s", what, (int)rep->len, rep->str);
 }
 

@@ -22,6 +22,11 @@
 #include "status.h"
 #include "store.h"
 
+/* Turns per append: a (question, answer) pair is two; the cap only keeps
+ * the argument count (an int, eight fixed arguments first) far from
+ * overflow. */
+#define STATE_HISTORY_APPEND_MAX 4096
+
 struct history_request {
     state_history_fn *load_fn;
     state_done_fn *done_fn;
@@ -166,7 +171,9 @@ static void history_appended(struct store *st, redisReply *reply,
                              void *privdata)
 {
     struct history_request *req = privdata;
-    int result = state_reply_status(reply, "append ctx", req->label);
+    int result = req->done_fn ?
+                 state_reply_status(reply, "append ctx", req->label) :
+                 state_reply_code(reply);
 
     (void)st;
     if (!result && reply->type != REDIS_REPLY_INTEGER)
@@ -197,8 +204,8 @@ int state_history_append(struct store *st, const char *room_key,
     size_t built = 0;
     int result;
 
-    /* argc is an int, and every turn is one argument after 8 fixed ones. */
-    if (!turns || n == 0 || n > 4096 || !cfg || !room_key)
+    if (!turns || n == 0 || n > STATE_HISTORY_APPEND_MAX || !cfg ||
+        !room_key)
         return PARLEY_ERR_OTHER;
     for (size_t i = 0; i < n; i++)
         if (!history_role_valid(turns[i].role))
@@ -255,7 +262,9 @@ static void history_reset_done(struct store *st, redisReply *reply,
                                void *privdata)
 {
     struct history_request *req = privdata;
-    int result = state_reply_status(reply, "reset (EXEC)", req->label);
+    int result = req->done_fn ?
+                 state_reply_status(reply, "reset (EXEC)", req->label) :
+                 state_reply_code(reply);
 
     (void)st;
     if (!result && reply->type != REDIS_REPLY_ARRAY) {
@@ -263,10 +272,15 @@ static void history_reset_done(struct store *st, redisReply *reply,
         result = PARLEY_ERR_OTHER;
     }
     for (size_t i = 0; !result && i < reply->elements; i++)
-        result = state_reply_status(reply->element[i], "reset",
-                                    req->label);
+        result = req->done_fn ?
+                 state_reply_status(reply->element[i], "reset",
+                                    req->label) :
+                 state_reply_code(reply->element[i]);
     if (req->done_fn)
         req->done_fn(result, req->privdata);
+    else if (result)
+        log_debug("context %s: reset failed: %s", req->label,
+                  parley_status_name(result));
     free(req);
 }
 

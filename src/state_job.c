@@ -223,7 +223,8 @@ struct done_request {
 static void job_updated(struct store *st, redisReply *rep, void *privdata)
 {
     struct done_request *req = privdata;
-    int result = state_reply_status(rep, "job update", req->label);
+    int result = req->fn ? state_reply_status(rep, "job update", req->label)
+                         : state_reply_code(rep);
 
     (void)st;
     if (!result && rep->type != REDIS_REPLY_INTEGER)

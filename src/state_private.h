@@ -24,6 +24,9 @@
  */
 int state_reply_status(const struct redisReply *rep, const char *what,
                        const char *label);
+/* The same status without the log line, for fire-and-forget writes, whose
+ * failures are logged at debug level only (state.h). */
+int state_reply_code(const struct redisReply *rep);
 
 /* The string value of field name in an HGETALL reply, or NULL. */
 const char *state_hash_field(const struct redisReply *rep,

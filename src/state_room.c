@@ -95,11 +95,16 @@ int state_room_load(struct store *st, const char *room_key,
 static void room_saved(struct store *st, redisReply *rep, void *privdata)
 {
     struct room_request *req = privdata;
-    int result = state_reply_status(rep, "room write", req->label);
+    int result = req->done_fn ?
+                 state_reply_status(rep, "room write", req->label) :
+                 state_reply_code(rep);
 
     (void)st;
     if (req->done_fn)
         req->done_fn(result, req->privdata);
+    else if (result)
+        log_debug("room %s: write failed: %s", req->label,
+                  parley_status_name(result));
     free(req);
 }
 

@@ -2,7 +2,8 @@
  * Pure parts of context.c: the JSON form of a turn (round trip, hostile
  * and malformed input, the size cap), UTF-8 cleaning and cutting, the
  * token estimate, and trimming by turns and by tokens with the orphaned
- * assistant rule.  No Redis here; test_store_live.c covers the commands.
+ * assistant rule.  No Redis here; test_state_live.c covers the commands
+ * (state_history.c).
  */
 #include <setjmp.h>
 #include <stdarg.h>
