@@ -47,7 +47,8 @@ typedef void state_done_fn(int status, void *privdata);
 /*
  * A claim is a write that succeeds once: SET NX EX.  fresh is 1 when this
  * call made the mark, 0 when it existed (a duplicate, a greeting still in
- * its cooldown).  When status is not PARLEY_OK, fresh is 0.
+ * its cooldown).  When status is not PARLEY_OK, fresh is 0.  ttl_s must
+ * be > 0 (also for state_job_record), else PARLEY_ERR_OTHER without fn.
  */
 typedef void state_claim_fn(int status, int fresh, void *privdata);
 
@@ -96,24 +97,31 @@ struct state_job {
  * Write seen:<id> and job:<id> (state pending) in one Lua EVAL, both with
  * ttl_s: a crash between two separate writes would leave an event marked
  * seen with no job, and a replay would then be dropped as a duplicate.
- * fresh = 0 when seen:<id> already existed (nothing written).
+ * fresh = 0 when seen:<id> already existed (nothing written).  job->state
+ * and job->answer are ignored; ts 0 means now.
  */
 int state_job_record(struct store *st, const struct state_job *job,
                      int ttl_s, state_claim_fn *fn, void *privdata);
-/* state = answered, answer, notice: a restart resends this text. */
+/* state = answered, answer, notice: a restart resends this text.  This
+ * and state_job_done only change an existing record (an expired one is
+ * not recreated without its TTL): with no record, fn gets PARLEY_OK. */
 int state_job_answered(struct store *st, const char *event_id,
                        const char *answer, int notice, state_done_fn *fn,
                        void *privdata);
-/* state = done, and the record expires after ttl_s.  fn may be NULL. */
+/* state = done, and the record expires after ttl_s.  fn may be NULL
+ * (also for state_job_answered). */
 int state_job_done(struct store *st, const char *event_id, int ttl_s,
                    state_done_fn *fn, void *privdata);
 
 /*
  * Walk every job:* record not done (SCAN + HGETALL).  each runs once per
- * record found; records that are incomplete (no platform or room, or no
- * text for a non-greeting) are logged and skipped.  Then finished runs
- * once, with PARLEY_OK when the walk completed or an error status when it
- * stopped early.  finished may be NULL.
+ * record found; records that are incomplete (no state, no platform or
+ * room, or no text for a non-greeting) and keys under job:* that are not
+ * hashes are logged and skipped.  An unknown state counts as pending (an
+ * answer twice beats a question lost), so does answered without an
+ * answer; an unknown kind is a chat.  Then finished runs once, after the
+ * last each, with PARLEY_OK when the walk completed or an error status
+ * when it stopped early.  each and finished may be NULL.
  */
 typedef void state_job_each_fn(const struct state_job *job, void *privdata);
 int state_job_scan(struct store *st, state_job_each_fn *each,
@@ -143,7 +151,9 @@ enum room_field {
     ROOM_FIELD_GREETING     /* value "on" or "off" */
 };
 
-/* Set one field, or delete it when value is NULL. */
+/* Set one field, or delete it when value is NULL.  Any greeting value
+ * other than "on"/"off" is PARLEY_ERR_OTHER without fn; fn may be NULL.
+ * Stored greetings read back as on unless "off". */
 int state_room_set(struct store *st, const char *room_key,
                    enum room_field field, const char *value,
                    state_done_fn *fn, void *privdata);
@@ -192,8 +202,8 @@ int state_history_load(struct store *st, const char *room_key,
  * interleaves with another.  With epoch >= 0 the append happens only while
  * room:<room> epoch still equals it (a !reset since then bumped it): fn
  * then gets PARLEY_ERR_STATE and nothing was written.  epoch < 0 appends
- * unconditionally.  n must be > 0 and every role user/assistant, else
- * PARLEY_ERR_OTHER without fn.
+ * unconditionally.  n must be > 0 (and at most 4096) and every role
+ * user/assistant, else PARLEY_ERR_OTHER without fn.  fn may be NULL.
  */
 int state_history_append(struct store *st, const char *room_key,
                          const struct turn *turns, size_t n,
