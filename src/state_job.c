@@ -250,7 +250,7 @@ static int job_update(struct store *st, const char *event_id, int ttl_s,
     int argc = 0;
     int result;
 
-    if (!event_id)
+    if (!event_id || n_fields > (int)(sizeof(argv) / sizeof(argv[0])) - 5)
         return PARLEY_ERR_OTHER;
     result = store_key(st, key, sizeof(key), "job:%s", event_id);
     if (result)
@@ -263,8 +263,7 @@ static int job_update(struct store *st, const char *event_id, int ttl_s,
     argv[argc++] = "1";
     argv[argc++] = key;
     argv[argc++] = ttl;
-    for (int i = 0; i < n_fields && argc < (int)(sizeof(argv) /
-                                                 sizeof(argv[0])); i++)
+    for (int i = 0; i < n_fields; i++)
         argv[argc++] = fields[i];
     req = calloc(1, sizeof(*req));
     if (!req)
