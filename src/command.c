@@ -1,9 +1,7 @@
 /*
- * The chat commands (!help, !model, !reset, !stats, !system), one
- * function each, found by bsearch in a table sorted by name.  Each runs
- * as a job in its room's queue, so a command keeps its place among the
- * questions around it, and answers with a notice through job_reply.
- * Commands never reach the model or the history.
+ * The chat commands, one function each, found by bsearch in a table
+ * sorted by name (command.h).  Each answers through call_done exactly
+ * once; the ones that touch Redis do it from the state layer's callback.
  */
 #include <ctype.h>
 #include <stdio.h>
@@ -11,26 +9,47 @@
 #include <string.h>
 #include <time.h>
 
-#include <cJSON.h>
-#include <hiredis/hiredis.h>
-
 #include "adapter.h"
+#include "command.h"
 #include "config.h"
-#include "context.h"
-#include "dict.h"
 #include "event.h"
-#include "llm.h"
 #include "log.h"
 #include "metrics.h"
-#include "prompt.h"
 #include "router.h"
-#include "router_job.h"
+#include "state.h"
 #include "status.h"
-#include "store.h"
+
+/* Model names and per-room system prompts set from chat are capped. */
+#define COMMAND_MODEL_NAME_MAX 128
+#define COMMAND_SYSTEM_MAX (8 * 1024)
+
+#define STORAGE_DOWN "I couldn't save that just now (storage is " \
+                     "unavailable); please try again shortly."
+
+/* One command in progress. */
+struct call {
+    struct command_ctx ctx;
+    command_done_fn *done;
+    void *privdata;
+    char *ok_text;              /* confirmation once a write lands */
+};
+
+static void call_done(struct call *call, enum command_outcome outcome,
+                      const char *text)
+{
+    command_done_fn *done = call->done;
+    void *privdata = call->privdata;
+    char *owned = call->ok_text;
+
+    call->ok_text = NULL;
+    free(call);
+    done(outcome, text, privdata);
+    free(owned);                /* text may point into it */
+}
 
 /* ---- commands table ---------------------------------------------------- */
 
-typedef void command_fn(struct job *job, const char *arg);
+typedef void command_fn(struct call *call, const char *arg);
 
 struct command {
     const char *name;
@@ -98,7 +117,7 @@ int router_parse_command(const char *text, char *name, size_t namelen,
 
 /* ---- commands ------------------------------------------------------------ */
 
-static void cmd_help(struct job *job, const char *arg)
+static void cmd_help(struct call *call, const char *arg)
 {
     char text[1024];
     size_t off;
@@ -106,94 +125,64 @@ static void cmd_help(struct job *job, const char *arg)
     (void)arg;
     off = (size_t)snprintf(text, sizeof(text),
                            "I'm %s. Talk to me by addressing me. Commands:",
-                           job->r->cfg->bot.name);
+                           call->ctx.cfg->bot.name);
     for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++) {
         if (off >= sizeof(text))
             break;
-        if (!command_available(job->ad, &commands[i]))
+        if (!command_available(call->ctx.ad, &commands[i]))
             continue;
         off += (size_t)snprintf(text + off, sizeof(text) - off, "\n%s",
                                 commands[i].usage);
     }
-    job_reply(job, text, 1);
+    call_done(call, COMMAND_REPLY, text);
 }
 
 static void cmd_reset_done(int status, void *privdata)
 {
-    struct job *job = privdata;
-
-    if (JOB_CLOSING((struct job *)privdata))
-        return;
-
-    if (status == PARLEY_OK) {
-        /* Answers in flight from before the reset are still delivered
-         * but not stored (job_history_current). */
-        if (job->room)
-            job->room->resets++;
-        job_reply(job, "Done: I've forgotten this room's conversation.", 1);
-    }
+    if (status == PARLEY_OK)
+        call_done(privdata, COMMAND_RESET,
+                  "Done: I've forgotten this room's conversation.");
     else
-        job_reply(job, "I couldn't clear the history just now (storage is "
-                  "unavailable); please try again shortly.", 1);
+        call_done(privdata, COMMAND_REPLY, "I couldn't clear the history "
+                  "just now (storage is unavailable); please try again "
+                  "shortly.");
 }
 
-static void cmd_reset(struct job *job, const char *arg)
+static void cmd_reset(struct call *call, const char *arg)
 {
     (void)arg;
-    if (context_clear(job->r->store, job->room->key, cmd_reset_done,
-                      job) != PARLEY_OK)
-        cmd_reset_done(PARLEY_ERR_STATE, job);
+    if (state_history_reset(call->ctx.store, call->ctx.room_key,
+                            cmd_reset_done, call) != PARLEY_OK)
+        cmd_reset_done(PARLEY_ERR_STATE, call);
 }
 
-static void cmd_setting_saved(struct store *st, struct redisReply *rep,
-                              void *privdata)
+static void cmd_setting_saved(int status, void *privdata)
 {
-    struct job *job = privdata;
-    const char *text = job->answer;
+    struct call *call = privdata;
 
-    if (JOB_CLOSING((struct job *)privdata))
-        return;
-
-    (void)st;
-    if (!rep || rep->type == REDIS_REPLY_ERROR || !text)
-        text = "I couldn't save that just now (storage is unavailable); "
-               "please try again shortly.";
-    job_reply(job, text, 1);
+    call_done(call, COMMAND_REPLY, status == PARLEY_OK && call->ok_text ?
+              call->ok_text : STORAGE_DOWN);
 }
 
-/* HSET or HDEL one field of room:<room>, then confirm with ok_text. */
-static void cmd_room_set(struct job *job, const char *field,
+/* Set (or, value NULL, delete) one room setting, then confirm. */
+static void cmd_room_set(struct call *call, enum room_field field,
                          const char *value, const char *ok_text)
 {
-    struct router *r = job->r;
-    char key[STORE_KEY_MAX];
-
-    free(job->answer);
-    job->answer = strdup(ok_text);
-    if (job->answer &&
-        key_or_log(r, key, sizeof(key), "room", job->room->key) == 0) {
-        const char *set[] = { "HSET", key, field, value ? value : "" };
-        const char *del[] = { "HDEL", key, field };
-        int result = value ?
-            store_command_argv(r->store, cmd_setting_saved, job, 4, set,
-                               NULL) :
-            store_command_argv(r->store, cmd_setting_saved, job, 3, del,
-                               NULL);
-
-        if (result == PARLEY_OK)
-            return;
-    }
-    cmd_setting_saved(r->store, NULL, job);
+    call->ok_text = strdup(ok_text);
+    if (!call->ok_text ||
+        state_room_set(call->ctx.store, call->ctx.room_key, field, value,
+                       cmd_setting_saved, call) != PARLEY_OK)
+        cmd_setting_saved(PARLEY_ERR_STATE, call);
 }
 
-static void cmd_model(struct job *job, const char *arg)
+static void cmd_model(struct call *call, const char *arg)
 {
-    const struct config *cfg = job->r->cfg;
+    const struct config *cfg = call->ctx.cfg;
     char text[2048];
     size_t off;
 
     if (*arg) {
-        char name[ROUTER_MODEL_NAME_MAX];
+        char name[COMMAND_MODEL_NAME_MAX];
         size_t n = strcspn(arg, " \t\r\n");
 
         if (n < sizeof(name)) {
@@ -202,7 +191,7 @@ static void cmd_model(struct job *job, const char *arg)
             if (config_model_allowed(cfg, name)) {
                 snprintf(text, sizeof(text), "Model for this room: %s.",
                          name);
-                cmd_room_set(job, "model", name, text);
+                cmd_room_set(call, ROOM_FIELD_MODEL, name, text);
                 return;
             }
         }
@@ -210,133 +199,114 @@ static void cmd_model(struct job *job, const char *arg)
     off = (size_t)snprintf(text, sizeof(text), "%s%s. Available:",
                            *arg ? "Unknown model. Current model: " :
                            "Current model: ",
-                           job->model ? job->model : cfg->llm.model);
+                           call->ctx.model ? call->ctx.model :
+                           cfg->llm.model);
     for (size_t i = 0; i < cfg->llm.n_allowed_models; i++) {
         if (off >= sizeof(text))
             break;
         off += (size_t)snprintf(text + off, sizeof(text) - off, " %s",
                                 cfg->llm.allowed_models[i]);
     }
-    job_reply(job, text, 1);
+    call_done(call, COMMAND_REPLY, text);
 }
 
-static void cmd_system(struct job *job, const char *arg)
+static void cmd_system(struct call *call, const char *arg)
 {
-    const struct config *cfg = job->r->cfg;
-    char text[ROUTER_SYSTEM_MAX + 128];
+    const struct command_ctx *ctx = &call->ctx;
+    char text[COMMAND_SYSTEM_MAX + 128];
 
     if (!*arg) {
         snprintf(text, sizeof(text), "Instructions for this room%s: %s",
-                 job->system ? "" : " (default)",
-                 job->system ? job->system : cfg->prompts.system);
-        job_reply(job, text, 1);
+                 ctx->system ? "" : " (default)",
+                 ctx->system ? ctx->system : ctx->cfg->prompts.system);
+        call_done(call, COMMAND_REPLY, text);
         return;
     }
-    if (!job->ev->is_admin) {
-        job_reply(job, "Only room operators can change my instructions.", 1);
+    if (!ctx->ev->is_admin) {
+        call_done(call, COMMAND_REPLY,
+                  "Only room operators can change my instructions.");
         return;
     }
     if (strcmp(arg, "reset") == 0) {
-        cmd_room_set(job, "system", NULL,
+        cmd_room_set(call, ROOM_FIELD_SYSTEM, NULL,
                      "Instructions for this room reset to the default.");
         return;
     }
-    if (strlen(arg) > ROUTER_SYSTEM_MAX) {
-        job_reply(job, "Those instructions are too long.", 1);
+    if (strlen(arg) > COMMAND_SYSTEM_MAX) {
+        call_done(call, COMMAND_REPLY, "Those instructions are too long.");
         return;
     }
-    cmd_room_set(job, "system", arg, "New instructions for this room saved.");
+    cmd_room_set(call, ROOM_FIELD_SYSTEM, arg,
+                 "New instructions for this room saved.");
 }
 
 /* room:<room> greeting = on/off: whether the bot greets in this room
  * (its own arrival, newcomers, first contact).  Operators only, like
  * !system, since it changes the bot for everyone there. */
-static void cmd_greeting(struct job *job, const char *arg)
+static void cmd_greeting(struct call *call, const char *arg)
 {
     if (!*arg) {
-        job_reply(job, job->greeting ? "Greetings are on in this room." :
-                  "Greetings are off in this room.", 1);
+        call_done(call, COMMAND_REPLY, call->ctx.greeting ?
+                  "Greetings are on in this room." :
+                  "Greetings are off in this room.");
         return;
     }
-    if (!job->ev->is_admin) {
-        job_reply(job, "Only room operators can change that.", 1);
+    if (!call->ctx.ev->is_admin) {
+        call_done(call, COMMAND_REPLY,
+                  "Only room operators can change that.");
         return;
     }
     if (strcmp(arg, "on") == 0)
-        cmd_room_set(job, "greeting", "on", "Greetings are on.");
+        cmd_room_set(call, ROOM_FIELD_GREETING, "on", "Greetings are on.");
     else if (strcmp(arg, "off") == 0)
-        cmd_room_set(job, "greeting", "off", "Greetings are off.");
+        cmd_room_set(call, ROOM_FIELD_GREETING, "off", "Greetings are off.");
     else
-        job_reply(job, "Usage: !greeting on|off", 1);
+        call_done(call, COMMAND_REPLY, "Usage: !greeting on|off");
 }
 
-static void cmd_stats_loaded(struct store *st, struct redisReply *rep,
+static void cmd_stats_loaded(int status, const struct usage *u,
                              void *privdata)
 {
-    struct job *job = privdata;
-    long long v[4] = { 0, 0, 0, 0 };
-    static const char *const fields[] = { "requests", "tokens_in",
-                                          "tokens_out", "tokens" };
+    struct call *call = privdata;
+    int budget = call->ctx.cfg->limits.user_daily_tokens;
     char text[256];
 
-    if (JOB_CLOSING(job))
+    if (status != PARLEY_OK || !u) {
+        call_done(call, COMMAND_REPLY,
+                  "Statistics are unavailable just now.");
         return;
-    (void)st;
-    if (!rep) {
-        job_reply(job, "Statistics are unavailable just now.", 1);
-        return;
-    }
-    if (rep->type == REDIS_REPLY_ARRAY) {
-        for (size_t i = 0; i + 1 < rep->elements; i += 2) {
-            const redisReply *k = rep->element[i];
-            const redisReply *val = rep->element[i + 1];
-
-            if (k->type != REDIS_REPLY_STRING ||
-                val->type != REDIS_REPLY_STRING)
-                continue;
-            for (size_t f = 0; f < 4; f++)
-                if (strcmp(k->str, fields[f]) == 0)
-                    v[f] = strtoll(val->str, NULL, 10);
-        }
     }
     snprintf(text, sizeof(text), "Today (UTC) you made %lld request%s: "
-             "%lld tokens (%lld in, %lld out).", v[0], v[0] == 1 ? "" : "s",
-             v[3], v[1], v[2]);
-    if (job->r->cfg->limits.user_daily_tokens > 0) {
+             "%lld tokens (%lld in, %lld out).", u->requests,
+             u->requests == 1 ? "" : "s", u->tokens, u->tokens_in,
+             u->tokens_out);
+    if (budget > 0) {
         size_t off = strlen(text);
 
         snprintf(text + off, sizeof(text) - off, " Daily budget: %d.",
-                 job->r->cfg->limits.user_daily_tokens);
+                 budget);
     }
-    job_reply(job, text, 1);
+    call_done(call, COMMAND_REPLY, text);
 }
 
-static void cmd_stats(struct job *job, const char *arg)
+static void cmd_stats(struct call *call, const char *arg)
 {
-    struct router *r = job->r;
-    char key[STORE_KEY_MAX];
-
     (void)arg;
-    if (usage_key(job, key, sizeof(key)) == 0) {
-        const char *argv[] = { "HGETALL", key };
-
-        if (store_command_argv(r->store, cmd_stats_loaded, job, 2, argv,
-                               NULL) == PARLEY_OK)
-            return;
-    }
-    cmd_stats_loaded(r->store, NULL, job);
+    if (state_usage_load(call->ctx.store, call->ctx.user_key, time(NULL),
+                         cmd_stats_loaded, call) != PARLEY_OK)
+        cmd_stats_loaded(PARLEY_ERR_STATE, NULL, call);
 }
 
-static void cmd_more(struct job *job, const char *arg)
+static void cmd_more(struct call *call, const char *arg)
 {
-    struct adapter *ad = job->ad;
+    struct adapter *ad = call->ctx.ad;
+    const struct event *ev = call->ctx.ev;
 
     (void)arg;
-    if (ad->ops->more(ad, job->ev->room, job->ev->sender) == PARLEY_OK) {
-        job_drop(job);      /* the adapter sent it */
-        return;
-    }
-    job_reply(job, "There is nothing more to show.", 1);
+    if (ad->ops->more(ad, ev->room, ev->sender) == PARLEY_OK)
+        call_done(call, COMMAND_SENT, NULL);
+    else
+        call_done(call, COMMAND_REPLY, "There is nothing more to show.");
 }
 
 int command_known(const struct adapter *ad, const char *name)
@@ -346,19 +316,30 @@ int command_known(const struct adapter *ad, const char *name)
     return c && command_available(ad, c);
 }
 
-void command_run(struct job *job)
+void command_run(const struct command_ctx *ctx, command_done_fn *done,
+                 void *privdata)
 {
-    char name[ROUTER_COMMAND_NAME_MAX];
+    char name[COMMAND_NAME_MAX];
     const char *arg = "";
     const struct command *c = NULL;
+    struct call *call;
 
-    if (router_parse_command(job->ev->text, name, sizeof(name), &arg))
+    if (router_parse_command(ctx->ev->text, name, sizeof(name), &arg))
         c = command_find(name);
-    if (c && !command_available(job->ad, c))
+    if (c && !command_available(ctx->ad, c))
         c = NULL;
     metrics_command(c ? c->name : NULL);
-    if (c)
-        c->fn(job, arg);
-    else
-        job_reply(job, "Unknown command. Try !help.", 1);
+    if (!c) {
+        done(COMMAND_REPLY, "Unknown command. Try !help.", privdata);
+        return;
+    }
+    call = calloc(1, sizeof(*call));
+    if (!call) {
+        done(COMMAND_REPLY, "Sorry, I'm out of memory just now.", privdata);
+        return;
+    }
+    call->ctx = *ctx;
+    call->done = done;
+    call->privdata = privdata;
+    c->fn(call, arg);
 }

@@ -1,9 +1,7 @@
 /*
- * Conversation history per room, kept in Redis as a list of JSON turns
- * (ctx:<room>, oldest first), trimmed to max_turns on every append and
- * given a TTL refreshed on use.  The pure parts (JSON encoding, token
- * estimate, trimming) are separate from the Redis calls so unit tests can
- * feed them bytes.
+ * Conversation history per room, the pure part: a turn and its JSON form
+ * (one entry of the Redis list ctx:<room>, oldest first), the token
+ * estimate and trimming.  The Redis calls are state_history_* (state.h).
  */
 #ifndef PARLEY_CONTEXT_H
 #define PARLEY_CONTEXT_H
@@ -89,40 +87,5 @@ void context_trim(struct history *h, size_t max_turns, size_t max_tokens);
 
 void context_turn_free(struct turn *t);
 void context_history_free(struct history *h);
-
-/*
- * Redis calls, superseded by state_history_load/append/reset (state.h,
- * state_history.c, which also keep the room's epoch); kept only until
- * job.c and command.c are switched over, then deleted with the hiredis
- * include in context.c.  room_key is any NUL-terminated bytes (CR/LF,
- * spaces and non-UTF-8 included): the key is prefix + "ctx:" + room_key,
- * sent as one binary-safe argument; PARLEY_ERR_TOO_LARGE if it exceeds
- * STORE_KEY_MAX.
- * Each returns PARLEY_ERR_STATE at once while Redis is down and then does
- * not call fn; after PARLEY_OK, fn runs exactly once, with _IO when the
- * connection dropped (or store_close ran) before the reply.
- * The history passed to context_load_fn (NULL unless status is OK) is
- * owned by the callee: free it with context_history_free.
- */
-typedef void context_load_fn(int status, struct history *h, void *privdata);
-typedef void context_done_fn(int status, void *privdata);
-
-/* Load the room's history, oldest first and untrimmed (malformed entries
- * are skipped and logged at WARN), and refresh its TTL to cfg->ttl_s (cfg
- * may be NULL: no refresh).  fn gets _OTHER for a Redis error reply,
- * _PROTOCOL for a key that is not a list. */
-int context_load(struct store *st, const char *room_key,
-                 const struct config_context *cfg,
-                 context_load_fn *fn, void *privdata);
-/* Append turns atomically (MULTI: RPUSH, LTRIM -max_turns -1, EXPIRE
- * ttl_s; max_turns or ttl_s <= 0 skips that step; EXEC).  n must be > 0
- * and every role user/assistant, else PARLEY_ERR_OTHER without fn. */
-int context_append(struct store *st, const char *room_key,
-                   const struct turn *turns, size_t n,
-                   const struct config_context *cfg,
-                   context_done_fn *fn, void *privdata);
-/* Delete the room's history (!reset). */
-int context_clear(struct store *st, const char *room_key,
-                  context_done_fn *fn, void *privdata);
 
 #endif

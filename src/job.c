@@ -7,6 +7,8 @@
  *   (ctx:<room>) -> completion (llm) -> record (ctx append, usage,
  *   job answer) -> send (adapter) -> done
  *
+ * Redis is reached only through the state layer (state.h).
+ *
  * When Redis is down each Redis step is skipped (no history, no limits
  * from Redis), so IRC and the console keep answering; errors from the
  * model never enter the history.  The job leaves its room as soon as the
@@ -21,9 +23,9 @@
 #include <time.h>
 
 #include <cJSON.h>
-#include <hiredis/hiredis.h>
 
 #include "adapter.h"
+#include "command.h"
 #include "config.h"
 #include "context.h"
 #include "dict.h"
@@ -34,8 +36,8 @@
 #include "prompt.h"
 #include "router.h"
 #include "router_job.h"
+#include "state.h"
 #include "status.h"
-#include "store.h"
 
 static double monotonic_seconds(void)
 {
@@ -52,36 +54,6 @@ const char *event_speaker(const struct event *ev)
     if (ev->sender_name && *ev->sender_name)
         return ev->sender_name;
     return ev->sender ? ev->sender : "someone";
-}
-
-int usage_key(struct job *job, char *buf, size_t len)
-{
-    char day[16], name[EVENT_ROOM_KEY_MAX + 32];
-    time_t now = time(NULL);
-    struct tm tm;
-
-    gmtime_r(&now, &tm);
-    strftime(day, sizeof(day), "%Y-%m-%d", &tm);
-    snprintf(name, sizeof(name), "%s:%s", day, job->user_key);
-    return key_or_log(job->r, buf, len, "usage", name);
-}
-
-int key_or_log(struct router *r, char *buf, size_t len, const char *kind,
-               const char *name)
-{
-    if (store_key(r->store, buf, len, "%s:%s", kind, name) != PARLEY_OK) {
-        log_warn("redis key %s:<...> too long, skipped", kind);
-        return -1;
-    }
-    return 0;
-}
-
-char *dup_reply_str(const struct redisReply *rep)
-{
-    if (!rep || (rep->type != REDIS_REPLY_STRING &&
-                 rep->type != REDIS_REPLY_STATUS))
-        return NULL;
-    return strndup(rep->str, rep->len);
 }
 
 void job_free(struct job *job)
@@ -105,21 +77,15 @@ void job_free(struct job *job)
 
 /* ---- finishing: send, then mark done ----------------------------------- */
 
-/* job:<id> state done, expiring with the dedupe marks. */
+/* job:<id> state done, expiring with the dedupe marks.  A failed write
+ * only means a restart resends the answer with the same txn id, which
+ * the platform drops as a duplicate. */
 static void job_mark_done(struct job *job)
 {
     struct router *r = job->r;
-    char key[STORE_KEY_MAX];
-    char ttl[24];
 
-    snprintf(ttl, sizeof(ttl), "%d", r->cfg->redis.dedupe_ttl_s);
-    if (key_or_log(r, key, sizeof(key), "job", job->ev->event_id) == 0) {
-        const char *argv[] = { "HSET", key, "state", "done" };
-        const char *argv2[] = { "EXPIRE", key, ttl };
-
-        store_command_argv(r->store, ignore_reply, NULL, 4, argv, NULL);
-        store_command_argv(r->store, ignore_reply, NULL, 3, argv2, NULL);
-    }
+    state_job_done(r->store, job->ev->event_id, r->cfg->redis.dedupe_ttl_s,
+                   NULL, NULL);
 }
 
 static void job_sent(int status, void *privdata)
@@ -200,34 +166,28 @@ static int job_history_current(const struct job *job)
     return job->room && job->room->resets == job->resets;
 }
 
-static void job_answer_stored(struct store *st, struct redisReply *rep,
-                              void *privdata)
+static void job_answer_stored(int status, void *privdata)
 {
-    (void)st;
-    (void)rep;
+    struct job *job = privdata;
 
-    if (JOB_CLOSING((struct job *)privdata))
+    if (JOB_CLOSING(job))
         return;
-    job_send(privdata);
+    if (status != PARLEY_OK)
+        log_room(LOG_LEVEL_WARN, job->ev->platform, job->ev->room,
+                 "answer not recorded before sending (%s): a restart now "
+                 "would ask again", parley_status_name(status));
+    job_send(job);
 }
 
 /* For durable jobs the answer goes into job:<id> before it is sent, so a
  * restart resends the same text instead of asking the model again. */
 static void job_store_answer_then_send(struct job *job)
 {
-    struct router *r = job->r;
-    char key[STORE_KEY_MAX];
-
     if (job->durable &&
-        key_or_log(r, key, sizeof(key), "job", job->ev->event_id) == 0) {
-        const char *argv[] = { "HSET", key, "state", "answered",
-                               "answer", job->answer ? job->answer : "",
-                               "notice", job->notice ? "1" : "0" };
-
-        if (store_command_argv(r->store, job_answer_stored, job, 8, argv,
-                               NULL) == PARLEY_OK)
-            return;
-    }
+        state_job_answered(job->r->store, job->ev->event_id,
+                           job->answer ? job->answer : "", job->notice,
+                           job_answer_stored, job) == PARLEY_OK)
+        return;
     job_send(job);
 }
 
@@ -254,14 +214,6 @@ void job_reply(struct job *job, const char *text, int notice)
 
 /* ---- chat: record, complete, history, usage, settings ------------------ */
 
-void ignore_reply(struct store *st, struct redisReply *rep,
-                  void *privdata)
-{
-    (void)st;
-    (void)rep;
-    (void)privdata;
-}
-
 static void job_history_appended(int status, void *privdata)
 {
     struct job *job = privdata;
@@ -269,7 +221,10 @@ static void job_history_appended(int status, void *privdata)
     if (JOB_CLOSING((struct job *)privdata))
         return;
 
-    if (status != PARLEY_OK)
+    if (status == PARLEY_ERR_STATE)
+        log_room(LOG_LEVEL_DEBUG, job->ev->platform, job->ev->room,
+                 "history reset while answering: exchange not stored");
+    else if (status != PARLEY_OK)
         log_room(LOG_LEVEL_WARN, job->ev->platform, job->ev->room,
                  "history not saved: %s", parley_status_name(status));
     job_store_answer_then_send(job);
@@ -277,32 +232,8 @@ static void job_history_appended(int status, void *privdata)
 
 static void job_record_usage(struct job *job)
 {
-    struct router *r = job->r;
-    char key[STORE_KEY_MAX];
-    char in[24], out[24], total[24], ttl[24];
-
-    if (usage_key(job, key, sizeof(key)) != 0)
-        return;
-    snprintf(in, sizeof(in), "%ld", job->tokens_in > 0 ? job->tokens_in : 0);
-    snprintf(out, sizeof(out), "%ld",
-             job->tokens_out > 0 ? job->tokens_out : 0);
-    snprintf(total, sizeof(total), "%ld",
-             (job->tokens_in > 0 ? job->tokens_in : 0) +
-             (job->tokens_out > 0 ? job->tokens_out : 0));
-    snprintf(ttl, sizeof(ttl), "%d", ROUTER_USAGE_TTL_S);
-    {
-        const char *a1[] = { "HINCRBY", key, "requests", "1" };
-        const char *a2[] = { "HINCRBY", key, "tokens_in", in };
-        const char *a3[] = { "HINCRBY", key, "tokens_out", out };
-        const char *a4[] = { "HINCRBY", key, "tokens", total };
-        const char *a5[] = { "EXPIRE", key, ttl };
-
-        store_command_argv(r->store, ignore_reply, NULL, 4, a1, NULL);
-        store_command_argv(r->store, ignore_reply, NULL, 4, a2, NULL);
-        store_command_argv(r->store, ignore_reply, NULL, 4, a3, NULL);
-        store_command_argv(r->store, ignore_reply, NULL, 4, a4, NULL);
-        store_command_argv(r->store, ignore_reply, NULL, 3, a5, NULL);
-    }
+    state_usage_add(job->r->store, job->user_key, time(NULL),
+                    job->tokens_in, job->tokens_out, ROUTER_USAGE_TTL_S);
 }
 
 /* The fixed greeting used when the model cannot be reached; not stored
@@ -380,9 +311,9 @@ static void job_llm_done(const struct llm_result *res, void *privdata)
         job_store_answer_then_send(job);
         return;
     }
-    if (context_append(r->store, job->room->key, turns, n,
-                       &r->cfg->context, job_history_appended,
-                       job) != PARLEY_OK)
+    if (state_history_append(r->store, job->room->key, turns, n,
+                             &r->cfg->context, job->epoch,
+                             job_history_appended, job) != PARLEY_OK)
         job_store_answer_then_send(job);
 }
 
@@ -453,29 +384,25 @@ static void job_history_loaded(int status, struct history *h, void *privdata)
 
 static void job_load_history(struct job *job)
 {
-    if (context_load(job->r->store, job->room->key, &job->r->cfg->context,
-                     job_history_loaded, job) != PARLEY_OK)
+    if (state_history_load(job->r->store, job->room->key,
+                           &job->r->cfg->context, job_history_loaded,
+                           job) != PARLEY_OK)
         job_history_loaded(PARLEY_ERR_STATE, NULL, job);
 }
 
-static void job_usage_loaded(struct store *st, struct redisReply *rep,
+static void job_usage_loaded(int status, const struct usage *u,
                              void *privdata)
 {
     struct job *job = privdata;
     int limit = job->r->cfg->limits.user_daily_tokens;
 
-    if (JOB_CLOSING((struct job *)privdata))
+    if (JOB_CLOSING(job))
         return;
-
-    (void)st;
-    if (limit > 0 && rep && rep->type == REDIS_REPLY_STRING) {
-        long long used = strtoll(rep->str, NULL, 10);
-
-        if (used >= limit) {
-            job_reply(job, "You have used today's token budget. It resets "
-                      "at midnight UTC.", 1);
-            return;
-        }
+    /* Without the record (Redis trouble) the budget errs on answering. */
+    if (status == PARLEY_OK && u && limit > 0 && u->tokens >= limit) {
+        job_reply(job, "You have used today's token budget. It resets "
+                  "at midnight UTC.", 1);
+        return;
     }
     job_load_history(job);
 }
@@ -483,52 +410,71 @@ static void job_usage_loaded(struct store *st, struct redisReply *rep,
 static void job_check_usage(struct job *job)
 {
     struct router *r = job->r;
-    char key[STORE_KEY_MAX];
 
-    if (job->kind != JOB_CHAT || r->cfg->limits.user_daily_tokens <= 0) {
+    if (job->kind != JOB_CHAT || r->cfg->limits.user_daily_tokens <= 0 ||
+        state_usage_load(r->store, job->user_key, time(NULL),
+                         job_usage_loaded, job) != PARLEY_OK)
         job_load_history(job);
-        return;
-    }
-    if (usage_key(job, key, sizeof(key)) == 0) {
-        const char *argv[] = { "HGET", key, "tokens" };
-
-        if (store_command_argv(r->store, job_usage_loaded, job, 3, argv,
-                               NULL) == PARLEY_OK)
-            return;
-    }
-    job_load_history(job);
 }
 
-static void job_settings_loaded(struct store *st, struct redisReply *rep,
+static void job_command_done(enum command_outcome outcome, const char *text,
+                             void *privdata)
+{
+    struct job *job = privdata;
+
+    if (JOB_CLOSING(job))
+        return;
+    switch (outcome) {
+    case COMMAND_SENT:
+        job_drop(job);
+        return;
+    case COMMAND_RESET:
+        /* Answers in flight from before the reset are still delivered
+         * but not stored (job_history_current). */
+        if (job->room)
+            job->room->resets++;
+        break;
+    case COMMAND_REPLY:
+        break;
+    }
+    job_reply(job, text, 1);
+}
+
+static void job_run_command(struct job *job)
+{
+    struct command_ctx ctx;
+
+    memset(&ctx, 0, sizeof(ctx));
+    ctx.store = job->r->store;
+    ctx.cfg = job->r->cfg;
+    ctx.ad = job->ad;
+    ctx.ev = job->ev;
+    ctx.room_key = job->room->key;
+    ctx.user_key = job->user_key;
+    ctx.model = job->model;
+    ctx.system = job->system;
+    ctx.greeting = job->greeting;
+    command_run(&ctx, job_command_done, job);
+}
+
+static void job_settings_loaded(int status, const struct room_settings *rs,
                                 void *privdata)
 {
     struct job *job = privdata;
 
-    if (JOB_CLOSING((struct job *)privdata))
+    if (JOB_CLOSING(job))
         return;
-
-    (void)st;
-    if (rep && rep->type == REDIS_REPLY_ARRAY) {
-        for (size_t i = 0; i + 1 < rep->elements; i += 2) {
-            const redisReply *k = rep->element[i];
-            const redisReply *v = rep->element[i + 1];
-
-            if (k->type != REDIS_REPLY_STRING)
-                continue;
-            if (strcmp(k->str, "model") == 0) {
-                free(job->model);
-                job->model = dup_reply_str(v);
-            } else if (strcmp(k->str, "system") == 0) {
-                free(job->system);
-                job->system = dup_reply_str(v);
-            } else if (strcmp(k->str, "greeting") == 0 &&
-                       v->type == REDIS_REPLY_STRING) {
-                job->greeting = strcmp(v->str, "off") != 0;
-            }
-        }
+    if (status == PARLEY_OK && rs) {
+        if (rs->model && !(job->model = strdup(rs->model)))
+            log_warn("out of memory reading room settings");
+        if (rs->system && !(job->system = strdup(rs->system)))
+            log_warn("out of memory reading room settings");
+        if (rs->greeting >= 0)
+            job->greeting = rs->greeting;
+        job->epoch = rs->epoch;
     }
     if (job->kind == JOB_COMMAND) {
-        command_run(job);
+        job_run_command(job);
         return;
     }
     if ((job->kind == JOB_GREET_ROOM || job->kind == JOB_GREET_USER) &&
@@ -566,19 +512,19 @@ static void job_store_ambient(struct job *job)
         job_drop(job);
         return;
     }
-    if (context_append(job->r->store, job->room->key, &t, 1,
-                       &job->r->cfg->context, job_ambient_stored,
-                       job) != PARLEY_OK)
+    if (state_history_append(job->r->store, job->room->key, &t, 1,
+                             &job->r->cfg->context, -1, job_ambient_stored,
+                             job) != PARLEY_OK)
         job_drop(job);
 }
 
-/* Load room:<room> (model, system, greeting), then go on by kind. */
+/* Load room:<room> (model, system, greeting, epoch), then go on by
+ * kind. */
 void job_run(struct job *job)
 {
     struct router *r = job->r;
     const struct config_room *over = config_room_find(r->cfg,
                                                       job->room->key);
-    char key[STORE_KEY_MAX];
 
     job->greeting = over && over->greeting >= 0 ? over->greeting : 1;
     if (job->kind == JOB_AMBIENT) {
@@ -589,14 +535,10 @@ void job_run(struct job *job)
         job_reply(job, job->answer, job->notice);
         return;
     }
-    if (key_or_log(r, key, sizeof(key), "room", job->room->key) == 0) {
-        const char *argv[] = { "HGETALL", key };
-
-        if (store_command_argv(r->store, job_settings_loaded, job, 2, argv,
-                               NULL) == PARLEY_OK)
-            return;
-    }
-    job_settings_loaded(r->store, NULL, job);
+    /* Without Redis: the configured defaults, no stored overrides. */
+    if (state_room_load(r->store, job->room->key, job_settings_loaded,
+                        job) != PARLEY_OK)
+        job_settings_loaded(PARLEY_ERR_STATE, NULL, job);
 }
 
 /* ---- creation ------------------------------------------------------------ */

@@ -11,22 +11,17 @@
 #include <string.h>
 #include <time.h>
 
-#include <cJSON.h>
-#include <hiredis/hiredis.h>
-
 #include "adapter.h"
+#include "command.h"
 #include "config.h"
-#include "context.h"
 #include "dict.h"
 #include "event.h"
-#include "llm.h"
 #include "log.h"
 #include "metrics.h"
-#include "prompt.h"
 #include "router.h"
 #include "router_job.h"
+#include "state.h"
 #include "status.h"
-#include "store.h"
 
 static struct adapter *router_adapter_for(struct router *r,
                                           const struct event *ev)
@@ -47,7 +42,7 @@ static struct adapter *router_adapter_for(struct router *r,
 /* What to do with an event: a job kind, or -1 to ignore it. */
 static int router_classify(const struct adapter *ad, const struct event *ev)
 {
-    char name[ROUTER_COMMAND_NAME_MAX];
+    char name[COMMAND_NAME_MAX];
     const char *arg;
 
     if (ev->self && ev->kind == EVENT_JOIN)
@@ -98,98 +93,58 @@ static void submit_finish(struct submit *s, int status, int fresh)
         accepted(status, privdata);
 }
 
-static void submit_checked(struct store *st, struct redisReply *rep,
-                           void *privdata)
+/* The claim (seen:, greeted:, or the job record) answered: fresh means
+ * this event is new to us. */
+static void submit_checked(int status, int fresh, void *privdata)
 {
     struct submit *s = privdata;
 
-    (void)st;
     if (s->r->closing) {
         free(s);            /* its job is on r->jobs */
         return;
     }
-    if (!rep || rep->type == REDIS_REPLY_ERROR) {
-        if (rep)
-            log_warn("dedupe failed: %.*s", (int)rep->len, rep->str);
+    if (status != PARLEY_OK) {
         if (s->accepted) {
             /* The caller will offer the event again. */
-            submit_finish(s, PARLEY_ERR_STATE, 0);
+            submit_finish(s, status, 0);
             return;
         }
+        /* Without the mark, answering twice beats not answering. */
         submit_finish(s, PARLEY_OK, 1);
         return;
     }
-    /* SET NX answers OK or nil; the script answers 1 or 0. */
-    if (rep->type == REDIS_REPLY_NIL ||
-        (rep->type == REDIS_REPLY_INTEGER && rep->integer == 0)) {
+    if (!fresh)
         log_debug("duplicate event %s dropped", s->job->ev->event_id);
-        submit_finish(s, PARLEY_OK, 0);
-        return;
-    }
-    submit_finish(s, PARLEY_OK, 1);
-}
-
-/*
- * Records seen:<id> and job:<id> in one step: a crash between two separate
- * writes would leave an event marked seen with no job, and a replay would
- * then be dropped as a duplicate.  Lua runs atomically in Redis.
- */
-static const char job_record_script[] =
-    "if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then "
-    "redis.call('HSET', KEYS[2], unpack(ARGV, 2)) "
-    "redis.call('EXPIRE', KEYS[2], ARGV[1]) return 1 end return 0";
-
-/* Append name and value to argv when value is set. */
-static int field(const char **argv, int argc, const char *name,
-                 const char *value)
-{
-    if (!value)
-        return argc;
-    argv[argc++] = name;
-    argv[argc++] = value;
-    return argc;
+    submit_finish(s, PARLEY_OK, fresh);
 }
 
 static int submit_record(struct submit *s)
 {
     struct router *r = s->r;
     const struct event *ev = s->job->ev;
-    char seen[STORE_KEY_MAX], job[STORE_KEY_MAX], ttl[24], ts[24];
-    const char *argv[32];
-    int argc = 0;
+    int ttl = r->cfg->redis.dedupe_ttl_s;
+    struct state_job rec;
 
-    if (key_or_log(r, seen, sizeof(seen), "seen", ev->event_id) != 0 ||
-        key_or_log(r, job, sizeof(job), "job", ev->event_id) != 0)
-        return PARLEY_ERR_TOO_LARGE;
-    snprintf(ttl, sizeof(ttl), "%d", r->cfg->redis.dedupe_ttl_s);
-    snprintf(ts, sizeof(ts), "%lld", (long long)time(NULL));
-    if (!s->accepted) {
-        const char *set[] = { "SET", seen, "1", "NX", "EX", ttl };
-
-        return store_command_argv(r->store, submit_checked, s, 6, set,
-                                  NULL);
-    }
-    argv[argc++] = "EVAL";
-    argv[argc++] = job_record_script;
-    argv[argc++] = "2";
-    argv[argc++] = seen;
-    argv[argc++] = job;
-    argv[argc++] = ttl;
-    argc = field(argv, argc, "state", "pending");
-    argc = field(argv, argc, "kind",
-                 s->job->kind == JOB_COMMAND ? "command" :
-                 s->job->kind == JOB_GREET_ROOM ? "greet" : "chat");
-    argc = field(argv, argc, "platform", ev->platform);
-    argc = field(argv, argc, "account", ev->account);
-    argc = field(argv, argc, "room", ev->room);
-    argc = field(argv, argc, "sender", ev->sender);
-    argc = field(argv, argc, "sender_name", ev->sender_name);
-    argc = field(argv, argc, "text", ev->text);
-    argc = field(argv, argc, "thread_id", ev->thread_id);
-    argc = field(argv, argc, "reply_to", ev->reply_to);
-    argc = field(argv, argc, "is_admin", ev->is_admin ? "1" : "0");
-    argc = field(argv, argc, "ts", ts);
-    return store_command_argv(r->store, submit_checked, s, argc, argv, NULL);
+    if (!s->accepted)
+        return state_seen_claim(r->store, ev->event_id, ttl, submit_checked,
+                                s);
+    memset(&rec, 0, sizeof(rec));
+    rec.event_id = ev->event_id;
+    rec.state = STATE_JOB_PENDING;
+    rec.kind = s->job->kind == JOB_COMMAND ? STATE_JOB_COMMAND :
+               s->job->kind == JOB_GREET_ROOM ? STATE_JOB_GREET :
+               STATE_JOB_CHAT;
+    rec.platform = ev->platform;
+    rec.account = ev->account;
+    rec.room = ev->room;
+    rec.sender = ev->sender;
+    rec.sender_name = ev->sender_name;
+    rec.text = ev->text;
+    rec.thread_id = ev->thread_id;
+    rec.reply_to = ev->reply_to;
+    rec.is_admin = ev->is_admin;
+    rec.ts = (long long)time(NULL);
+    return state_job_record(r->store, &rec, ttl, submit_checked, s);
 }
 
 static void router_submit_common(struct router *r, const struct event *ev,
@@ -262,22 +217,14 @@ static void router_submit_common(struct router *r, const struct event *ev,
     if (kind == JOB_NOTICE)
         s->job->notice = 1;
     if (kind == JOB_GREET_USER) {
-        /* greeted:<room>:<user> is the cooldown; SET NX decides. */
-        char name[EVENT_ROOM_KEY_MAX * 2], key[STORE_KEY_MAX], ttl[24];
-
-        snprintf(name, sizeof(name), "%s:%s", s->room_key,
-                 ev->sender ? ev->sender : "");
-        snprintf(ttl, sizeof(ttl), "%d", ROUTER_GREET_COOLDOWN_S);
-        if (key_or_log(r, key, sizeof(key), "greeted", name) == 0) {
-            const char *set[] = { "SET", key, "1", "NX", "EX", ttl };
-
-            if (store_command_argv(r->store, submit_checked, s, 6, set,
-                                   NULL) == PARLEY_OK)
-                return;
-        }
-        /* Without Redis there is no cooldown: stay quiet rather than
+        /* greeted:<room>:<user> is the cooldown; the claim decides.
+         * Without Redis there is no cooldown: stay quiet rather than
          * greet the same person on every rejoin. */
-        submit_finish(s, PARLEY_OK, 0);
+        if (state_greet_claim(r->store, s->room_key,
+                              ev->sender ? ev->sender : "",
+                              ROUTER_GREET_COOLDOWN_S, submit_checked,
+                              s) != PARLEY_OK)
+            submit_finish(s, PARLEY_OK, 0);
         return;
     }
     if (ev->event_id && *ev->event_id) {
@@ -309,72 +256,35 @@ void router_submit_durable(struct router *r, const struct event *ev,
 
 /* ---- resuming jobs of a previous run ------------------------------------- */
 
-#define RESUME_SCAN_COUNT "100"
-
-struct resume {
-    struct router *r;
-    char key[STORE_KEY_MAX];        /* the job:<id> key being read */
-};
-
-static const char *hash_field(const redisReply *rep, const char *name)
+static void resume_one(const struct state_job *rec, void *privdata)
 {
-    for (size_t i = 0; i + 1 < rep->elements; i += 2) {
-        const redisReply *k = rep->element[i];
-        const redisReply *v = rep->element[i + 1];
-
-        if (k->type == REDIS_REPLY_STRING && v->type == REDIS_REPLY_STRING &&
-            strcmp(k->str, name) == 0)
-            return v->str;
-    }
-    return NULL;
-}
-
-static void resume_job_loaded(struct store *st, struct redisReply *rep,
-                              void *privdata)
-{
-    struct resume *res = privdata;
-    struct router *r = res->r;
-    const char *state, *answer, *kind;
-    int greet;
-    size_t prefix_len = strlen(r->cfg->redis.prefix) + strlen("job:");
+    struct router *r = privdata;
+    int greet = rec->kind == STATE_JOB_GREET;
     char room_key[EVENT_ROOM_KEY_MAX];
     struct adapter *ad;
     struct event ev;
     struct job *job;
 
-    (void)st;
-    if (r->closing || !rep || rep->type != REDIS_REPLY_ARRAY ||
-        rep->elements == 0)
-        goto out;
-    state = hash_field(rep, "state");
-    if (!state || strcmp(state, "done") == 0)
-        goto out;
+    if (r->closing || rec->state == STATE_JOB_DONE)
+        return;
     memset(&ev, 0, sizeof(ev));
     ev.kind = EVENT_MESSAGE;
-    ev.platform = hash_field(rep, "platform");
-    ev.account = hash_field(rep, "account");
-    ev.room = hash_field(rep, "room");
-    ev.sender = hash_field(rep, "sender");
-    ev.sender_name = hash_field(rep, "sender_name");
-    ev.text = hash_field(rep, "text");
-    ev.thread_id = hash_field(rep, "thread_id");
-    ev.reply_to = hash_field(rep, "reply_to");
-    ev.event_id = res->key + prefix_len;
+    ev.platform = rec->platform;
+    ev.account = rec->account;
+    ev.room = rec->room;
+    ev.sender = rec->sender;
+    ev.sender_name = rec->sender_name;
+    ev.text = rec->text;
+    ev.thread_id = rec->thread_id;
+    ev.reply_to = rec->reply_to;
+    ev.event_id = rec->event_id;
     ev.addressed = 1;
-    ev.is_admin = hash_field(rep, "is_admin") &&
-                  strcmp(hash_field(rep, "is_admin"), "1") == 0;
-    kind = hash_field(rep, "kind");
-    answer = hash_field(rep, "answer");
-    greet = kind && strcmp(kind, "greet") == 0;
+    ev.is_admin = rec->is_admin;
     if (greet) {
         /* The bot's own join: a greeting has no text of its own. */
         ev.kind = EVENT_JOIN;
         ev.self = 1;
         ev.addressed = 0;
-    }
-    if (!ev.platform || !ev.room || (!ev.text && !greet)) {
-        log_warn("resume: %s is incomplete, dropped", res->key);
-        goto out;
     }
     /* An event this run already took (the platform delivered it again
      * before the scan got here) must not be answered twice.  Linear in
@@ -382,101 +292,51 @@ static void resume_job_loaded(struct store *st, struct redisReply *rep,
     for (struct job *live = r->jobs; live; live = live->all_next)
         if (live->ev->event_id && strcmp(live->ev->event_id,
                                          ev.event_id) == 0)
-            goto out;
+            return;
     ad = router_adapter_for(r, &ev);
     if (!ad) {
-        log_warn("resume: %s belongs to %s/%s, which is not configured "
-                 "any more", res->key, ev.platform,
+        log_warn("resume: job %s belongs to %s/%s, which is not "
+                 "configured any more", ev.event_id, ev.platform,
                  ev.account ? ev.account : "");
-        goto out;
+        return;
     }
     if (event_room_key(&ev, room_key, sizeof(room_key)) != PARLEY_OK)
-        goto out;
+        return;
     job = job_create(r, ad, &ev, greet ? JOB_GREET_ROOM :
-                     kind && strcmp(kind, "command") == 0 ?
-                     JOB_COMMAND : JOB_CHAT);
+                     rec->kind == STATE_JOB_COMMAND ? JOB_COMMAND :
+                     JOB_CHAT);
     if (!job)
-        goto out;
+        return;
     job->durable = 1;
     job->resumed = 1;
-    if (strcmp(state, "answered") == 0 && answer) {
+    if (rec->state == STATE_JOB_ANSWERED && rec->answer) {
         job->kind = JOB_RESEND;
-        job->answer = strdup(answer);
-        job->notice = hash_field(rep, "notice") &&
-                      strcmp(hash_field(rep, "notice"), "1") == 0;
+        job->answer = strdup(rec->answer);
+        job->notice = rec->notice;
         if (!job->answer) {
             job_free(job);
-            goto out;
+            return;
         }
     }
     log_room(LOG_LEVEL_INFO, ev.platform, ev.room, "resume: %s %s",
              job->kind == JOB_RESEND ? "resending the answer to" :
              "answering", ev.event_id);
     job_enqueue(r, job, room_key);
-out:
-    free(res);
 }
 
-static int resume_scan(struct router *r, const char *cursor);
-
-static void resume_scanned(struct store *st, struct redisReply *rep,
-                           void *privdata)
+static void resume_finished(int status, void *privdata)
 {
     struct router *r = privdata;
-    const redisReply *keys;
 
-    (void)st;
-    if (r->closing)
-        return;
-    if (!rep || rep->type != REDIS_REPLY_ARRAY || rep->elements != 2 ||
-        rep->element[0]->type != REDIS_REPLY_STRING ||
-        rep->element[1]->type != REDIS_REPLY_ARRAY) {
-        log_warn("resume: cannot list unfinished jobs; they wait for the "
-                 "next start");
-        return;
-    }
-    keys = rep->element[1];
-    for (size_t i = 0; i < keys->elements; i++) {
-        const redisReply *k = keys->element[i];
-        struct resume *res;
-        const char *argv[2];
-
-        if (k->type != REDIS_REPLY_STRING || k->len >= STORE_KEY_MAX)
-            continue;
-        res = calloc(1, sizeof(*res));
-        if (!res)
-            break;
-        res->r = r;
-        memcpy(res->key, k->str, k->len);
-        argv[0] = "HGETALL";
-        argv[1] = res->key;
-        if (store_command_argv(r->store, resume_job_loaded, res, 2, argv,
-                               NULL) != PARLEY_OK)
-            free(res);
-    }
-    if (strcmp(rep->element[0]->str, "0") != 0)
-        resume_scan(r, rep->element[0]->str);
-}
-
-static int resume_scan(struct router *r, const char *cursor)
-{
-    char pattern[STORE_KEY_MAX];
-    const char *argv[6];
-
-    if (store_key(r->store, pattern, sizeof(pattern), "job:*") != PARLEY_OK)
-        return PARLEY_ERR_TOO_LARGE;
-    argv[0] = "SCAN";
-    argv[1] = cursor;
-    argv[2] = "MATCH";
-    argv[3] = pattern;
-    argv[4] = "COUNT";
-    argv[5] = RESUME_SCAN_COUNT;
-    return store_command_argv(r->store, resume_scanned, r, 6, argv, NULL);
+    if (status != PARLEY_OK && !r->closing)
+        log_warn("resume: cannot list every unfinished job (%s); the rest "
+                 "wait for the next start", parley_status_name(status));
 }
 
 void router_resume(struct router *r)
 {
-    if (resume_scan(r, "0") != PARLEY_OK)
+    if (state_job_scan(r->store, resume_one, resume_finished,
+                       r) != PARLEY_OK)
         log_warn("resume: Redis is not available; unfinished jobs wait "
                  "for the next start");
 }

@@ -1,6 +1,7 @@
 /*
- * Router internals shared by router.c (submission, life cycle), job.c (the
- * per-room queues and the steps of one job) and command.c (the !commands).
+ * Router internals shared by router.c (submission, life cycle), room.c
+ * (where a job waits and when it starts) and job.c (the steps of one job).
+ * The commands (command.h) do not see these: they get a command_ctx.
  * Not part of the API: adapters and main use router.h only.
  */
 #ifndef PARLEY_ROUTER_JOB_H
@@ -11,7 +12,6 @@
 #include "config.h"
 #include "event.h"
 
-struct redisReply;
 struct store;
 struct llm;
 struct loop;
@@ -19,15 +19,10 @@ struct adapter;
 struct history;
 struct dict;
 
-/* Longest command name we look up ("!system" and friends). */
-#define ROUTER_COMMAND_NAME_MAX 16
 /* Greeting cooldown per user and room: one day. */
 #define ROUTER_GREET_COOLDOWN_S 86400
 /* usage:<day>:<user> lives a little over a week, for !stats. */
 #define ROUTER_USAGE_TTL_S (8 * 86400)
-/* Model names and per-room system prompts set from chat are capped. */
-#define ROUTER_MODEL_NAME_MAX 128
-#define ROUTER_SYSTEM_MAX (8 * 1024)
 
 enum job_kind {
     JOB_CHAT,               /* answer a message */
@@ -51,6 +46,7 @@ struct job {
     int durable;                /* has a job:<event id> record */
     int resumed;                /* taken up from a previous run */
     unsigned resets;            /* room->resets when queued */
+    long long epoch;            /* room:<room> epoch when it started */
 
     /* Gathered along the way. */
     char *model;                /* room override, or NULL */
@@ -151,21 +147,5 @@ void job_drop(struct job *job);
 /* Start the job's steps (room settings first). */
 void job_run(struct job *job);
 const char *event_speaker(const struct event *ev);
-/* "<prefix><kind>:<name>" into buf; logs and returns -1 when too long. */
-int key_or_log(struct router *r, char *buf, size_t len, const char *kind,
-               const char *name);
-/* usage:<UTC day>:<platform:account:sender> for the job's sender, as
- * key_or_log writes it (0, or -1 when too long). */
-int usage_key(struct job *job, char *buf, size_t len);
-/* A copy of a string reply, or NULL (not a string, OOM). */
-char *dup_reply_str(const struct redisReply *rep);
-void ignore_reply(struct store *st, struct redisReply *rep, void *privdata);
-
-/* command.c */
-/* Whether name is one of our !commands on ad's platform (!more needs
- * the adapter's more op). */
-int command_known(const struct adapter *ad, const char *name);
-/* Run the command in job->ev->text (job->model/system are loaded). */
-void command_run(struct job *job);
 
 #endif

@@ -55,17 +55,6 @@ struct cap {
     size_t len;
 };
 
-struct load_cap {
-    int calls;
-    int status;
-    struct history *h;
-};
-
-struct done_cap {
-    int calls;
-    int status;
-};
-
 static void cap_fn(struct store *st, struct redisReply *r, void *privdata)
 {
     struct cap *c = privdata;
@@ -84,24 +73,6 @@ static void cap_fn(struct store *st, struct redisReply *r, void *privdata)
         memcpy(c->str, r->str, c->len);
         c->str[c->len] = '\0';
     }
-}
-
-static void load_fn(int status, struct history *h, void *privdata)
-{
-    struct load_cap *c = privdata;
-
-    c->calls++;
-    c->status = status;
-    context_history_free(c->h);
-    c->h = h;
-}
-
-static void done_fn(int status, void *privdata)
-{
-    struct done_cap *c = privdata;
-
-    c->calls++;
-    c->status = status;
 }
 
 static void state_fn(struct store *st, int up, void *privdata)
@@ -350,248 +321,6 @@ static void test_round_trip(void **state)
     assert_int_equal(L->downs, 0);
 }
 
-static void test_append_load_trim_ttl(void **state)
-{
-    struct live *L = *state;
-    struct config_context cfg = { .max_turns = 4, .max_tokens = 0,
-                                  .ttl_s = 100 };
-    struct config_context cfg_long = { .max_turns = 4, .ttl_s = 100000 };
-    struct turn first[] = {
-        { "user", "alice", "h\xc3\xa9llo \"quoted\" \\", 1 },
-        { "assistant", NULL, "hi alice", 2 },
-        { "user", "bob", "line1\nline2", 3 },
-    };
-    struct turn second[] = {
-        { "assistant", NULL, "hi bob", 4 },
-        { "user", "alice", "\xf0\x9f\x99\x82", 5 },
-        { "assistant", NULL, "smile", 6 },
-    };
-    struct done_cap d1 = { 0 }, d2 = { 0 };
-    struct load_cap lc = { 0 };
-    struct cap ttl = { 0 }, ex = { 0 };
-
-    start_up(L);
-    assert_int_equal(context_append(L->st, "matrix:!room", first, 3, &cfg,
-                                    done_fn, &d1), PARLEY_OK);
-    assert_int_equal(context_append(L->st, "matrix:!room", second, 3, &cfg,
-                                    done_fn, &d2), PARLEY_OK);
-    assert_true(wait_count(L, &d2.calls, 1, 2000));
-    assert_int_equal(d1.calls, 1);
-    assert_int_equal(d1.status, PARLEY_OK);
-    assert_int_equal(d2.status, PARLEY_OK);
-
-    assert_int_equal(context_load(L->st, "matrix:!room", &cfg, load_fn, &lc),
-                     PARLEY_OK);
-    assert_true(wait_count(L, &lc.calls, 1, 2000));
-    assert_int_equal(lc.status, PARLEY_OK);
-    assert_non_null(lc.h);
-    /* LTRIM kept the newest four, oldest first. */
-    assert_int_equal(lc.h->n, 4);
-    assert_string_equal(lc.h->turns[0].content, "line1\nline2");
-    assert_string_equal(lc.h->turns[0].name, "bob");
-    assert_string_equal(lc.h->turns[1].content, "hi bob");
-    assert_null(lc.h->turns[1].name);
-    assert_string_equal(lc.h->turns[2].content, "\xf0\x9f\x99\x82");
-    assert_string_equal(lc.h->turns[3].role, "assistant");
-    assert_true(lc.h->turns[3].ts == 6);
-
-    assert_int_equal(store_command(L->st, cap_fn, &ttl, "TTL %s",
-                                   "ptest:ctx:matrix:!room"), PARLEY_OK);
-    assert_true(wait_count(L, &ttl.calls, 1, 2000));
-    assert_int_equal(ttl.type, REDIS_REPLY_INTEGER);
-    assert_true(ttl.integer > 90 && ttl.integer <= 100);
-
-    /* A load refreshes the TTL (EXPIRE is pipelined after LRANGE, so a
-     * TTL sent after the load callback sees it). */
-    assert_int_equal(store_command(L->st, cap_fn, &ex, "EXPIRE %s 5",
-                                   "ptest:ctx:matrix:!room"), PARLEY_OK);
-    lc.calls = 0;
-    assert_int_equal(context_load(L->st, "matrix:!room", &cfg_long, load_fn,
-                                  &lc), PARLEY_OK);
-    assert_true(wait_count(L, &lc.calls, 1, 2000));
-    memset(&ttl, 0, sizeof(ttl));
-    assert_int_equal(store_command(L->st, cap_fn, &ttl, "TTL %s",
-                                   "ptest:ctx:matrix:!room"), PARLEY_OK);
-    assert_true(wait_count(L, &ttl.calls, 1, 2000));
-    assert_true(ttl.integer > 99000);
-    context_history_free(lc.h);
-    lc.h = NULL;
-
-    /* n == 0 and an invalid role are refused without a callback. */
-    assert_int_equal(context_append(L->st, "r", first, 0, &cfg, done_fn,
-                                    &d1), PARLEY_ERR_OTHER);
-    {
-        struct turn bad = { "system", NULL, "x", 0 };
-
-        assert_int_equal(context_append(L->st, "r", &bad, 1, &cfg, done_fn,
-                                        &d1), PARLEY_ERR_OTHER);
-    }
-    assert_int_equal(d1.calls, 1);
-}
-
-static void test_malformed_and_wrongtype(void **state)
-{
-    struct live *L = *state;
-    struct config_context cfg = { .max_turns = 10, .ttl_s = 60 };
-    struct cap push = { 0 }, set = { 0 };
-    struct load_cap lc = { 0 };
-    struct done_cap d = { 0 };
-    const char *good = "{\"role\":\"user\",\"name\":\"x\",\"content\":\"ok\","
-                       "\"ts\":1}";
-    const char *asst = "{\"role\":\"assistant\",\"content\":\"b\"}";
-    char big[CONTEXT_TURN_MAX + 64];
-
-    start_up(L);
-    memset(big, 'a', sizeof(big) - 1);
-    big[sizeof(big) - 1] = '\0';
-    memcpy(big, "{\"role\":\"user\",\"content\":\"", 26);
-    assert_int_equal(store_command(L->st, cap_fn, &push,
-                                   "RPUSH %s %s %s %s %s %s %s",
-                                   "ptest:ctx:bad", "garbage", good,
-                                   "{\"role\":\"user\"}", "[1,2]", big,
-                                   asst),
-                     PARLEY_OK);
-    assert_true(wait_count(L, &push.calls, 1, 2000));
-    assert_int_equal(push.integer, 6);
-    log_capture(L);
-    assert_int_equal(context_load(L->st, "bad", NULL, load_fn, &lc),
-                     PARLEY_OK);
-    assert_true(wait_count(L, &lc.calls, 1, 2000));
-    log_restore(L);
-    assert_int_equal(lc.status, PARLEY_OK);
-    assert_int_equal(lc.h->n, 2);
-    assert_string_equal(lc.h->turns[0].content, "ok");
-    assert_string_equal(lc.h->turns[1].content, "b");
-    assert_int_equal(log_count(L, "skipping stored turn"), 4);
-    context_history_free(lc.h);
-    lc.h = NULL;
-
-    /* The key holds a string: load and append report it, once each. */
-    assert_int_equal(store_command(L->st, cap_fn, &set, "SET %s x",
-                                   "ptest:ctx:str"), PARLEY_OK);
-    lc.calls = 0;
-    log_capture(L);
-    assert_int_equal(context_load(L->st, "str", NULL, load_fn, &lc),
-                     PARLEY_OK);
-    assert_true(wait_count(L, &lc.calls, 1, 2000));
-    assert_int_equal(lc.status, PARLEY_ERR_PROTOCOL);
-    assert_null(lc.h);
-    {
-        struct turn t = { "user", NULL, "x", 1 };
-
-        assert_int_equal(context_append(L->st, "str", &t, 1, &cfg, done_fn,
-                                        &d), PARLEY_OK);
-    }
-    assert_true(wait_count(L, &d.calls, 1, 2000));
-    log_restore(L);
-    assert_int_equal(d.status, PARLEY_ERR_PROTOCOL);
-    run_for(L, 20);
-    assert_int_equal(d.calls, 1);
-    assert_int_equal(lc.calls, 1);
-}
-
-static void test_hostile_room_and_clear(void **state)
-{
-    struct live *L = *state;
-    struct config_context cfg = { .max_turns = 10, .ttl_s = 60 };
-    /* Spaces, CR/LF, a would-be command, control and non-UTF-8 bytes. */
-    const char *room = "irc:net:#chan with space\r\nDEL *\x01\xff end";
-    char key[STORE_KEY_MAX];
-    struct turn t = { "user", "n", "hi", 1 };
-    struct done_cap d = { 0 }, c = { 0 };
-    struct load_cap lc = { 0 };
-    struct cap ex = { 0 }, other = { 0 };
-
-    start_up(L);
-    assert_int_equal(context_append(L->st, room, &t, 1, &cfg, done_fn, &d),
-                     PARLEY_OK);
-    assert_true(wait_count(L, &d.calls, 1, 2000));
-    assert_int_equal(d.status, PARLEY_OK);
-    assert_int_equal(store_key(L->st, key, sizeof(key), "ctx:%s", room),
-                     PARLEY_OK);
-    assert_string_equal(key, "ptest:ctx:irc:net:#chan with space\r\n"
-                             "DEL *\x01\xff end");
-    assert_int_equal(store_command(L->st, cap_fn, &ex, "EXISTS %b", key,
-                                   strlen(key)), PARLEY_OK);
-    /* A neighbour that a formatted command would have split into. */
-    assert_int_equal(store_command(L->st, cap_fn, &other, "EXISTS %s",
-                                   "ptest:ctx:irc:net:#chan"), PARLEY_OK);
-    assert_true(wait_count(L, &other.calls, 1, 2000));
-    assert_int_equal(ex.integer, 1);
-    assert_int_equal(other.integer, 0);
-
-    assert_int_equal(context_load(L->st, room, NULL, load_fn, &lc),
-                     PARLEY_OK);
-    assert_true(wait_count(L, &lc.calls, 1, 2000));
-    assert_int_equal(lc.h->n, 1);
-    assert_string_equal(lc.h->turns[0].content, "hi");
-
-    assert_int_equal(context_clear(L->st, room, done_fn, &c), PARLEY_OK);
-    assert_true(wait_count(L, &c.calls, 1, 2000));
-    assert_int_equal(c.status, PARLEY_OK);
-    lc.calls = 0;
-    assert_int_equal(context_load(L->st, room, NULL, load_fn, &lc),
-                     PARLEY_OK);
-    assert_true(wait_count(L, &lc.calls, 1, 2000));
-    assert_int_equal(lc.status, PARLEY_OK);
-    assert_int_equal(lc.h->n, 0);
-    context_history_free(lc.h);
-    lc.h = NULL;
-    memset(&ex, 0, sizeof(ex));
-    assert_int_equal(store_command(L->st, cap_fn, &ex, "EXISTS %b", key,
-                                   strlen(key)), PARLEY_OK);
-    assert_true(wait_count(L, &ex.calls, 1, 2000));
-    assert_int_equal(ex.integer, 0);
-}
-
-static void test_key_too_large_and_unreachable(void **state)
-{
-    struct live *L = *state;
-    struct config_context cfg = { .max_turns = 10, .ttl_s = 60 };
-    char room[STORE_KEY_MAX + 100];
-    char small[9];
-    struct turn t = { "user", NULL, "x", 1 };
-    struct done_cap d = { 0 };
-    struct load_cap lc = { 0 };
-
-    /* Nothing listens on L->port: the store stays down. */
-    log_capture(L);
-    open_store(L, &L->st, 0, NULL, NULL);
-    store_on_state(L->st, state_fn, L);
-    run_for(L, 400);
-    log_restore(L);
-    assert_false(store_is_up(L->st));
-    assert_int_equal(L->ups + L->downs, 0);   /* never up: no transition */
-    assert_non_null(strstr(store_errstr(L->st), "refused"));
-    assert_int_equal(log_count(L, "; retrying"), 1);
-    assert_int_equal(context_load(L->st, "r", NULL, load_fn, &lc),
-                     PARLEY_ERR_STATE);
-    assert_int_equal(context_clear(L->st, "r", done_fn, &d),
-                     PARLEY_ERR_STATE);
-    assert_int_equal(context_append(L->st, "r", &t, 1, &cfg, done_fn, &d),
-                     PARLEY_ERR_STATE);
-
-    memset(room, 'r', sizeof(room) - 1);
-    room[sizeof(room) - 1] = '\0';
-    assert_int_equal(context_load(L->st, room, NULL, load_fn, &lc),
-                     PARLEY_ERR_TOO_LARGE);
-    assert_int_equal(context_clear(L->st, room, done_fn, &d),
-                     PARLEY_ERR_TOO_LARGE);
-    assert_int_equal(context_append(L->st, room, &t, 1, &cfg, done_fn, &d),
-                     PARLEY_ERR_TOO_LARGE);
-    assert_int_equal(lc.calls + d.calls, 0);
-
-    /* "ptest:" + "ab" needs 9 bytes with the NUL. */
-    assert_int_equal(store_key(L->st, small, 9, "%s", "ab"), PARLEY_OK);
-    assert_string_equal(small, "ptest:ab");
-    assert_int_equal(store_key(L->st, small, 8, "%s", "ab"),
-                     PARLEY_ERR_TOO_LARGE);
-    assert_int_equal(strlen(small), 7);
-    assert_int_equal(store_key(L->st, small, 4, "%s", "ab"),
-                     PARLEY_ERR_TOO_LARGE);
-    assert_int_equal(strlen(small), 3);
-}
-
 static void test_down_and_back(void **state)
 {
     struct live *L = *state;
@@ -726,10 +455,6 @@ static void test_close_pending(void **state)
     struct live *L = *state;
     struct cap blocked = { 0 }, set[3] = { { 0 } }, later = { 0 };
     struct closer closer = { 0 };
-    struct load_cap lc = { 0 };
-    struct done_cap dc = { 0 };
-    struct turn t = { "user", NULL, "x", 1 };
-    struct config_context cfg = { .max_turns = 5, .ttl_s = 60 };
     struct store *st2;
     int ups;
 
@@ -739,18 +464,8 @@ static void test_close_pending(void **state)
     for (int i = 0; i < 3; i++)
         assert_int_equal(store_command(L->st, cap_fn, &set[i], "SET k %d",
                                        i), PARLEY_OK);
-    assert_int_equal(context_load(L->st, "r", &cfg, load_fn, &lc),
-                     PARLEY_OK);
-    assert_int_equal(context_append(L->st, "r", &t, 1, &cfg, done_fn, &dc),
-                     PARLEY_OK);
     run_for(L, 30);
     store_close(L->st);
-    /* Context requests report the lost connection as _IO, once. */
-    assert_int_equal(lc.calls, 1);
-    assert_int_equal(lc.status, PARLEY_ERR_IO);
-    assert_null(lc.h);
-    assert_int_equal(dc.calls, 1);
-    assert_int_equal(dc.status, PARLEY_ERR_IO);
     /* Every pending callback ran, with NULL, before store_close
      * returned; no state callback for a deliberate close. */
     assert_int_equal(blocked.calls, 1);
@@ -765,7 +480,6 @@ static void test_close_pending(void **state)
     L->st = NULL;
     run_for(L, 50);
     assert_int_equal(blocked.calls, 1);
-    assert_int_equal(lc.calls + dc.calls, 2);
     assert_int_equal(later.calls, 0);
     assert_int_equal(L->downs, 0);
 
@@ -812,14 +526,6 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_round_trip, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_append_load_trim_ttl, setup,
-                                        teardown),
-        cmocka_unit_test_setup_teardown(test_malformed_and_wrongtype, setup,
-                                        teardown),
-        cmocka_unit_test_setup_teardown(test_hostile_room_and_clear, setup,
-                                        teardown),
-        cmocka_unit_test_setup_teardown(test_key_too_large_and_unreachable,
-                                        setup, teardown),
         cmocka_unit_test_setup_teardown(test_down_and_back, setup, teardown),
         cmocka_unit_test_setup_teardown(test_auth, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unix_socket, setup, teardown),
