@@ -377,9 +377,18 @@ def test_faults_backoff():
         ev = alice.say(room, "through the storm", mentions=[s.bot])
         a = s.wait_answer_to("alice", room, ev, timeout=40)
         assert a
-        syncs = [r for r in proxy.requests("/sync") if r[0] >= t0]
-        faulty = [r for r in syncs if r[3] in
-                  ("500", "502", "hang", "drop", "badjson")]
+        # The message can arrive through a sync between the faults (the
+        # one held by "hang" answers late), so the answer may come before
+        # every fault was played: wait for the sync loop to go through
+        # them all.
+        deadline = time.time() + 30
+        while True:
+            syncs = [r for r in proxy.requests("/sync") if r[0] >= t0]
+            faulty = [r for r in syncs if r[3] in
+                      ("500", "502", "hang", "drop", "badjson")]
+            if len(faulty) >= 6 or time.time() > deadline:
+                break
+            time.sleep(0.2)
         assert len(faulty) == 6, syncs
         # Backoff: no two retries after a failure closer than 40 ms
         # (backoff_base_ms 100, jitter down to half).
