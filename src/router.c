@@ -45,8 +45,12 @@ static int router_classify(const struct adapter *ad, const struct event *ev)
     char name[COMMAND_NAME_MAX];
     const char *arg;
 
+    /* Greeting policy, the same for every platform (adapters only report
+     * joins and room sizes): the bot's own arrival, and newcomers in
+     * rooms small enough that a greeting is not noise.  The room's own
+     * setting (!greeting, rooms list) and the cooldown come later. */
     if (ev->self && ev->kind == EVENT_JOIN)
-        return JOB_GREET_ROOM;
+        return ad->greet.on_join ? JOB_GREET_ROOM : -1;
     if (ev->self || ev->from_bot)
         return -1;
     switch (ev->kind) {
@@ -64,6 +68,11 @@ static int router_classify(const struct adapter *ad, const struct event *ev)
             return JOB_CHAT;
         return ev->ambient ? JOB_AMBIENT : -1;
     case EVENT_JOIN:
+        if (!ad->greet.new_members)
+            return -1;
+        if (ad->greet.members_max > 0 && ev->members > 0 &&
+            ev->members > ad->greet.members_max)
+            return -1;
         return JOB_GREET_USER;
     default:
         return -1;

@@ -140,6 +140,51 @@ static void greetings_once_and_only_in_quiet_rooms(void **state)
     assert_int_equal(f->n_sent, 2);
 }
 
+/* The router decides from the adapter's greet settings and the facts
+ * the adapter reports (who joined, how many are in the room). */
+static void greeting_policy_from_adapter_settings(void **state)
+{
+    struct fixture *f = *state;
+    struct event ev = message("#pol", "parley", NULL);
+
+    ev.kind = EVENT_JOIN;
+    ev.self = 1;
+    ev.addressed = 0;
+    f->ad.greet.on_join = 0;
+    router_submit(f->router, &ev);
+    assert_true(run_until(f, idle, 5000));
+    assert_int_equal(f->n_sent, 0);
+
+    ev = message("#pol", "ann", NULL);
+    ev.kind = EVENT_JOIN;
+    ev.addressed = 0;
+    ev.members = 5;
+    f->ad.greet.new_members = 0;
+    router_submit(f->router, &ev);
+    assert_true(run_until(f, idle, 5000));
+    assert_int_equal(f->n_sent, 0);
+    /* Too big a room for greeting arrivals... */
+    f->ad.greet.new_members = 1;
+    f->ad.greet.members_max = 4;
+    router_submit(f->router, &ev);
+    assert_true(run_until(f, idle, 5000));
+    assert_int_equal(f->n_sent, 0);
+    /* ...small enough, or no limit. */
+    ev.members = 4;
+    router_submit(f->router, &ev);
+    assert_true(run_until(f, idle, 5000));
+    assert_int_equal(f->n_sent, 1);
+    assert_string_equal(f->sent[0].mention, "ann");
+    ev = message("#pol", "bea", NULL);
+    ev.kind = EVENT_JOIN;
+    ev.addressed = 0;
+    ev.members = 500;
+    f->ad.greet.members_max = 0;
+    router_submit(f->router, &ev);
+    assert_true(run_until(f, idle, 5000));
+    assert_int_equal(f->n_sent, 2);
+}
+
 static void greeting_falls_back_to_a_fixed_text(void **state)
 {
     struct fixture *f = *state;
@@ -386,6 +431,8 @@ int main(void)
             durable_submit_records_job_and_dedupes, setup, teardown),
         cmocka_unit_test_setup_teardown(
             greetings_once_and_only_in_quiet_rooms, setup, teardown),
+        cmocka_unit_test_setup_teardown(
+            greeting_policy_from_adapter_settings, setup, teardown),
         cmocka_unit_test_setup_teardown(greeting_falls_back_to_a_fixed_text,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(
