@@ -229,6 +229,13 @@ void job_enqueue(struct router *r, struct job *job, const char *room_key)
     room_schedule(r, room);
 }
 
+static void rate_free(const char *key, void *value, void *arg)
+{
+    (void)key;
+    (void)arg;
+    free(value);
+}
+
 enum rate_verdict rate_check(struct router *r, const char *user_key)
 {
     int limit = r->cfg->limits.user_requests_per_minute;
@@ -237,6 +244,19 @@ enum rate_verdict rate_check(struct router *r, const char *user_key)
 
     if (limit <= 0)
         return RATE_ALLOW;
+    if (minute != r->rates_minute) {
+        /* Windows are whole minutes: last minute's counts are spent, so
+         * drop them all at once rather than keep one entry per person
+         * ever seen. */
+        struct dict *fresh = dict_create();
+
+        if (fresh) {
+            dict_foreach(r->rates, rate_free, NULL);
+            dict_free(r->rates);
+            r->rates = fresh;
+            r->rates_minute = minute;
+        }
+    }
     rate = dict_get(r->rates, user_key);
     if (!rate) {
         rate = calloc(1, sizeof(*rate));

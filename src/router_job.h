@@ -107,6 +107,7 @@ struct router {
     size_t n_adapters;
     struct dict *rooms;         /* key -> struct room * */
     struct dict *rates;         /* user key -> struct rate * */
+    long rates_minute;          /* the minute r->rates counts */
     size_t pending;             /* jobs not yet finished */
     struct job *jobs;           /* every live job */
     int draining;               /* refuse new events */
