@@ -79,13 +79,56 @@ struct adapter_env {
 /*
  * Constructors, one per adapter folder, all of this type.  setting is the
  * adapter's config_setting_t * from the "adapters" list (NULL for the
- * built-in console).  On failure they return an error status and write a
- * message naming the config key into err.  main.c maps config type names
- * to these.
+ * console that --console adds).  On failure they return an error status
+ * and write a message naming the config key into err.
  */
 typedef int adapter_create_fn(struct adapter **out,
                               const struct adapter_env *env, void *setting,
                               char *err, size_t errlen);
+
+/*
+ * Check an adapter's block (a config_setting_t *) without building
+ * anything: write every problem into err, one per line, as
+ * "FILE:LINE: key: message".  Returns PARLEY_OK, PARLEY_ERR_CONFIG or
+ * PARLEY_ERR_OOM.  config_load calls it in the same pass as the rest of
+ * the file, so --check-config reports everything at once.  The common
+ * keys ("type" and the greet_* keys, see config_adapter_key_common) are
+ * checked by config_load and must not be called unknown here.
+ */
+typedef int adapter_validate_fn(const void *setting, char *err,
+                                size_t errlen);
+
+/* Capabilities, for the router and main. */
+#define ADAPTER_CAP_MORE   (1u << 0)  /* ops->more: "!more" continues a
+                                         long answer */
+#define ADAPTER_CAP_SINGLE (1u << 1)  /* one per process (it owns stdin);
+                                         repeated blocks are ignored */
+
+/*
+ * What an adapter folder exports: one descriptor, listed once in
+ * adapters/registry.c.  Adding a platform is its folder plus one line
+ * there; main (creation), config (validation, the list of types in
+ * messages) and metrics (platform labels) read the list.
+ */
+struct adapter_desc {
+    const char *name;           /* "type" in bot.conf, also ops->type */
+    /* Keys of its block besides the common ones, NULL-terminated; NULL
+     * when validate checks the keys itself. */
+    const char *const *keys;
+    adapter_validate_fn *validate;  /* NULL: keys alone are checked */
+    adapter_create_fn *create;
+    unsigned caps;              /* ADAPTER_CAP_* */
+};
+
+/* Every adapter built into parley, NULL-terminated, in the order
+ * messages list them. */
+extern const struct adapter_desc *const adapter_registry[];
+
+/* The descriptor whose name is type, or NULL. */
+const struct adapter_desc *adapter_find(const char *type);
+
+/* "console, irc, loopback or matrix" into buf (truncated to len). */
+void adapter_registry_names(char *buf, size_t len);
 
 adapter_create_fn console_adapter_create;
 adapter_create_fn irc_adapter_create;

@@ -4,9 +4,13 @@
  * them at once, so an operator fixes a file in one pass.  Secrets are never
  * read from the file: it names environment variables, and config_secrets()
  * reads NAME or, when NAME is unset, the file named by NAME_FILE (Docker
- * secrets).  Adapter blocks (matrix, irc, ...) are parsed by their adapters
- * from the libconfig setting kept here, so adding a platform does not touch
- * this file.
+ * secrets).  Each entry of the "adapters" list is checked in the same
+ * pass: its type against the adapter registry (adapters/registry.c), the
+ * greeting keys every platform shares here, and the rest by the adapter's
+ * own validate hook; the adapter parses its block again from the libconfig
+ * setting kept here when it is created, so adding a platform does not
+ * touch these files.  The code is split by job over config_*.c (see
+ * config_loader.h).
  */
 #ifndef PARLEY_CONFIG_H
 #define PARLEY_CONFIG_H
@@ -91,10 +95,12 @@ struct config_room {
     int greeting;           /* 1 on, 0 off, -1 inherit */
 };
 
-/* One entry of the "adapters" list: its type and the libconfig setting
- * (a config_setting_t *) the adapter parses itself. */
-/* Greeting policy: the same keys in every adapter block; the router
- * decides, adapters only report joins and member counts. */
+/* Greeting policy: the same keys in every adapter block (greet_on_join,
+ * greet_new_members, greet_members_max); the router decides, adapters
+ * only report joins and member counts. */
+#define CONFIG_GREET_MEMBERS_MAX 50     /* default greet_members_max */
+#define CONFIG_GREET_MEMBERS_LIMIT 1000000
+
 struct config_greet {
     int on_join;            /* greet a room when the bot joins, default 1 */
     int new_members;        /* greet people who join, default 0 */
@@ -102,8 +108,11 @@ struct config_greet {
                                default 50 (0 = no limit) */
 };
 
+/* One entry of the "adapters" list: its type, the common greeting keys,
+ * and the libconfig setting (a config_setting_t *) the adapter parses
+ * itself. */
 struct config_adapter {
-    char *type;             /* "console", "irc", "matrix" */
+    char *type;             /* a name in adapter_registry */
     struct config_greet greet;
     void *setting;          /* config_setting_t *, owned by config */
     int line;               /* line of the block, for messages */
@@ -128,6 +137,9 @@ struct config {
     char *redis_password;   /* NULL if not configured */
 
     void *lc;               /* config_t *, kept for adapter settings */
+    /* Lines "FILE:LINE: key: note" about deprecated keys, NULL if none;
+     * main logs them as warnings.  Owned, freed by config_free(). */
+    char *warnings;
 };
 
 /* Fill cfg with the built-in defaults (console adapter only, local Redis).
@@ -165,6 +177,20 @@ const struct config_room *config_room_find(const struct config *cfg,
 
 /* Whether model is in llm.allowed_models (or is llm.model). */
 int config_model_allowed(const struct config *cfg, const char *model);
+
+/* 1 when name is a key every adapter block may hold, checked by
+ * config_load: "type" and the greeting keys (with their old IRC names
+ * greet_users and greet_max_users).  Adapter parsers skip these when
+ * they look for unknown keys. */
+int config_adapter_key_common(const char *name);
+
+/*
+ * The greeting settings of an adapter block (a config_setting_t *), with
+ * the defaults for absent keys and the old names as aliases.  Quiet: a
+ * mistyped value keeps its default, as config_load has already reported
+ * it.  For adapters that still keep their own copy of these settings.
+ */
+void config_greet_read(const void *setting, struct config_greet *out);
 
 /* Release everything cfg owns (secrets are wiped first); cfg is zeroed. */
 void config_free(struct config *cfg);

@@ -46,21 +46,8 @@
 #define MAIN_DRAIN_POLL_MS 50
 #define MAIN_ERR_MAX 8192
 
-struct adapter_type {
-    const char *name;
-    adapter_create_fn *create;
-};
-
-/* Adapters known to this build; adding a platform adds a line here. */
-static const struct adapter_type adapter_types[] = {
-    { "console", console_adapter_create },
-#ifdef PARLEY_HAVE_IRC
-    { "irc", irc_adapter_create },
-#endif
-#ifdef PARLEY_HAVE_MATRIX
-    { "matrix", matrix_adapter_create },
-#endif
-};
+/* The file's adapters plus the console that --console adds. */
+#define MAIN_ADAPTERS_MAX (CONFIG_MAX_ADAPTERS + 1)
 
 struct app {
     struct config cfg;
@@ -69,7 +56,7 @@ struct app {
     struct store *store;
     struct llm *llm;
     struct router *router;
-    struct adapter *adapters[CONFIG_MAX_ADAPTERS + 1];
+    struct adapter *adapters[MAIN_ADAPTERS_MAX];
     size_t n_adapters;
     uv_signal_t sig_int, sig_term, sig_hup;
     uv_timer_t drain_timer;
@@ -238,6 +225,19 @@ static void app_begin_shutdown(struct app *app, const char *why)
     uv_timer_start(&app->drain_timer, on_drain_timer, 0, MAIN_DRAIN_POLL_MS);
 }
 
+/* config_load's notes (deprecated keys), one log line each. */
+static void app_log_warnings(const char *text)
+{
+    while (*text) {
+        size_t n = strcspn(text, "\n");
+
+        log_warn("%.*s", (int)n, text);
+        text += n;
+        if (*text == '\n')
+            text++;
+    }
+}
+
 #define SWAP(a, b) do { __typeof__(a) swap_tmp_ = (a); (a) = (b); \
                          (b) = swap_tmp_; } while (0)
 
@@ -268,6 +268,8 @@ static void app_reload(struct app *app)
         config_free(&fresh);
         return;
     }
+    if (fresh.warnings)
+        app_log_warnings(fresh.warnings);
     SWAP(app->cfg.prompts, fresh.prompts);
     SWAP(app->cfg.limits, fresh.limits);
     SWAP(app->cfg.context, fresh.context);
@@ -370,53 +372,79 @@ static void on_start_timer(uv_timer_t *t)
     app_start_adapters(app);
 }
 
-static adapter_create_fn *adapter_lookup(const char *type)
+static int app_has_adapter(const struct app *app,
+                           const struct adapter_desc *d)
 {
-    for (size_t i = 0; i < sizeof(adapter_types) / sizeof(adapter_types[0]);
-         i++)
-        if (strcmp(adapter_types[i].name, type) == 0)
-            return adapter_types[i].create;
-    return NULL;
+    for (size_t i = 0; i < app->n_adapters; i++)
+        if (strcmp(app->adapters[i]->ops->type, d->name) == 0)
+            return 1;
+    return 0;
+}
+
+/* Create one adapter into the next slot; greet is its block's greeting
+ * policy, which the router reads from the adapter. */
+static int app_add_adapter(struct app *app, const struct adapter_desc *d,
+                           const struct adapter_env *env, void *setting,
+                           const struct config_greet *greet, char *err,
+                           size_t errlen)
+{
+    struct adapter *ad = NULL;
+    int result;
+
+    if (app->n_adapters >= MAIN_ADAPTERS_MAX) {
+        snprintf(err, errlen, "%s: more than %d adapters", app->cfg.path,
+                 MAIN_ADAPTERS_MAX);
+        return PARLEY_ERR_CONFIG;
+    }
+    result = d->create(&ad, env, setting, err, errlen);
+    if (result != PARLEY_OK)
+        return result;
+    ad->greet = *greet;
+    app->adapters[app->n_adapters++] = ad;
+    return PARLEY_OK;
 }
 
 /* Create (not start) the configured adapters, plus the console when asked
  * for and not configured.  Used by --check-config as well: constructors
- * validate their settings without connecting. */
+ * check what config_load could not (secrets they read) without
+ * connecting.  Types come from the registry (adapters/registry.c). */
 static int app_create_adapters(struct app *app, int console, char *err,
                                size_t errlen)
 {
     struct adapter_env env = { app->loop, app->store, &app->cfg };
+    const struct adapter_desc *console_desc = adapter_find("console");
     int have_console = 0;
 
     for (size_t i = 0; i < app->cfg.n_adapters; i++) {
         const struct config_adapter *ca = &app->cfg.adapters[i];
-        adapter_create_fn *create = adapter_lookup(ca->type);
+        const struct adapter_desc *d = adapter_find(ca->type);
         int result;
 
-        if (!create) {
-            snprintf(err, errlen, "%s:%d: adapters.[%zu].type: \"%s\" is "
+        if (!d) {
+            snprintf(err, errlen, "%s:%d: adapters[%zu].type: \"%s\" is "
                      "not built into this parley", app->cfg.path, ca->line,
                      i, ca->type);
             return PARLEY_ERR_CONFIG;
         }
-        if (strcmp(ca->type, "console") == 0) {
-            if (have_console)
-                continue;
+        /* One stdin: a repeated console block adds nothing. */
+        if ((d->caps & ADAPTER_CAP_SINGLE) && app_has_adapter(app, d))
+            continue;
+        if (d == console_desc)
             have_console = 1;
-        }
-        result = create(&app->adapters[app->n_adapters], &env, ca->setting,
-                        err, errlen);
+        result = app_add_adapter(app, d, &env, ca->setting, &ca->greet, err,
+                                 errlen);
         if (result != PARLEY_OK)
             return result;
-        app->n_adapters++;
     }
-    if (console && !have_console) {
-        int result = console_adapter_create(&app->adapters[app->n_adapters],
-                                            &env, NULL, err, errlen);
+    if (console && !have_console && console_desc) {
+        struct config_greet greet;
+        int result;
 
+        config_greet_read(NULL, &greet);
+        result = app_add_adapter(app, console_desc, &env, NULL, &greet, err,
+                                 errlen);
         if (result != PARLEY_OK)
             return result;
-        app->n_adapters++;
     }
     if (app->n_adapters == 0) {
         snprintf(err, errlen, "%s: no adapters configured (add an "
@@ -495,7 +523,15 @@ static int app_run(struct app *app, int console)
     for (size_t i = 0; i < app->n_adapters; i++) {
         struct adapter *ad = app->adapters[i];
 
-        router_add_adapter(app->router, ad);
+        /* An adapter without a router would crash on its first event;
+         * the limits match (MAIN_ADAPTERS_MAX), so this is a bug. */
+        if (router_add_adapter(app->router, ad) != PARLEY_OK) {
+            log_error("internal error: the router takes no more than "
+                      "%zu adapters", i);
+            app->exit_code = EXIT_SOFTWARE;
+            app_begin_shutdown(app, "too many adapters");
+            break;
+        }
         if (strcmp(ad->ops->type, "console") == 0)
             console_on_eof(ad, on_console_eof, app);
     }
@@ -584,6 +620,8 @@ int main(int argc, char **argv)
         config_free(&app.cfg);
         return EXIT_CONFIG;
     }
+    if (app.cfg.warnings)
+        app_log_warnings(app.cfg.warnings);
     if (print_redis) {
         if (app.cfg.redis.unix_socket)
             printf("unix %s\n", app.cfg.redis.unix_socket);

@@ -8,12 +8,25 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "adapter.h"
 #include "metrics.h"
 
-/* Platforms get fixed slots so labels never allocate. */
-static const char *const platforms[] = { "console", "irc", "matrix",
-                                         "other" };
-#define N_PLATFORMS (sizeof(platforms) / sizeof(platforms[0]))
+/* Platforms get fixed slots so labels never allocate: one per adapter in
+ * the registry (adapters/registry.c), then "other".  More registered
+ * adapters than slots would count as "other". */
+#define METRICS_PLATFORMS_MAX 16
+#define N_PLATFORMS (METRICS_PLATFORMS_MAX + 1)
+
+/* The label of slot i, or NULL past the registered platforms. */
+static const char *platform_name(size_t i)
+{
+    size_t n;
+
+    for (n = 0; n < METRICS_PLATFORMS_MAX && adapter_registry[n]; n++)
+        if (n == i)
+            return adapter_registry[n]->name;
+    return i == n ? "other" : NULL;
+}
 
 static const char *const commands[] = { "greeting", "help", "model",
                                         "reset", "stats", "system", "more",
@@ -54,10 +67,12 @@ static struct {
 
 static size_t platform_index(const char *platform)
 {
-    for (size_t i = 0; i + 1 < N_PLATFORMS; i++)
-        if (platform && strcmp(platform, platforms[i]) == 0)
+    size_t i;
+
+    for (i = 0; i < METRICS_PLATFORMS_MAX && adapter_registry[i]; i++)
+        if (platform && strcmp(platform, adapter_registry[i]->name) == 0)
             return i;
-    return N_PLATFORMS - 1;
+    return i;   /* "other" */
 }
 
 void metrics_reset(void)
@@ -220,14 +235,14 @@ size_t metrics_render(char *buf, size_t len)
     emit(&o, "# HELP parley_messages_received_total Messages seen by "
          "adapters and handed to the router.\n"
          "# TYPE parley_messages_received_total counter\n");
-    for (size_t i = 0; i < N_PLATFORMS; i++)
+    for (size_t i = 0; platform_name(i); i++)
         emit(&o, "parley_messages_received_total{platform=\"%s\"} %llu\n",
-             platforms[i], m.received[i]);
+             platform_name(i), m.received[i]);
     emit(&o, "# HELP parley_messages_answered_total Answers handed to "
          "adapters.\n# TYPE parley_messages_answered_total counter\n");
-    for (size_t i = 0; i < N_PLATFORMS; i++)
+    for (size_t i = 0; platform_name(i); i++)
         emit(&o, "parley_messages_answered_total{platform=\"%s\"} %llu\n",
-             platforms[i], m.answered[i]);
+             platform_name(i), m.answered[i]);
     emit(&o, "# HELP parley_commands_total Chat commands run.\n"
          "# TYPE parley_commands_total counter\n");
     for (size_t i = 0; i < N_COMMANDS; i++)

@@ -12,8 +12,9 @@
 
 #include <stddef.h>
 
-/* Adapters tracked for health; more than this are summed as "other". */
-#define METRICS_ADAPTERS_MAX 64
+/* Adapters tracked for health: the file's CONFIG_MAX_ADAPTERS (64) plus
+ * the console of --console; more are not tracked. */
+#define METRICS_ADAPTERS_MAX 65
 /* Rendered /metrics text is at most this long. */
 #define METRICS_TEXT_MAX (64 * 1024)
 

@@ -96,7 +96,8 @@ enum rate_verdict {
     RATE_QUIET                  /* over the limit and already told */
 };
 
-#define ROUTER_MAX_ADAPTERS CONFIG_MAX_ADAPTERS
+/* The file's adapters plus the console that --console adds. */
+#define ROUTER_MAX_ADAPTERS (CONFIG_MAX_ADAPTERS + 1)
 
 struct router {
     const struct config *cfg;

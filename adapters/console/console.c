@@ -313,6 +313,17 @@ int console_adapter_create(struct adapter **out,
     return PARLEY_OK;
 }
 
+/* Only the common keys ("type", greet_*): the console has no settings of
+ * its own. */
+static const char *const console_keys[] = { NULL };
+
+const struct adapter_desc console_adapter_desc = {
+    .name = "console",
+    .keys = console_keys,
+    .create = console_adapter_create,
+    .caps = ADAPTER_CAP_SINGLE,
+};
+
 void console_on_eof(struct adapter *ad, console_eof_fn *fn, void *privdata)
 {
     struct console *c = (struct console *)ad;

@@ -13,6 +13,8 @@
 
 #include <libconfig.h>
 
+#include "adapter.h"
+#include "config.h"
 #include "status.h"
 
 struct report {
@@ -214,8 +216,7 @@ static const char *const known_keys[] = {
     "channels", "admins", "bots", "ambient_context", "max_lines",
     "flood_burst", "flood_rate_ms", "rejoin_on_kick", "rejoin_delay_ms",
     "ping_interval_s", "nick_regain_s", "register_timeout_s",
-    "reconnect_min_ms", "reconnect_max_ms", "greet_on_join", "greet_users",
-    "greet_max_users", "quit_message",
+    "reconnect_min_ms", "reconnect_max_ms", "quit_message",
 };
 
 static void check_unknown(struct report *r, const config_setting_t *s)
@@ -227,7 +228,8 @@ static void check_unknown(struct report *r, const config_setting_t *s)
         const config_setting_t *e = config_setting_get_elem(s, (unsigned)i);
         const char *name = config_setting_name(e);
 
-        if (!name)
+        /* type and the greet_* keys: checked by config_load. */
+        if (!name || config_adapter_key_common(name))
             continue;
         for (k = 0; k < sizeof(known_keys) / sizeof(known_keys[0]); k++)
             if (!strcmp(name, known_keys[k]))
@@ -379,9 +381,16 @@ int irc_config_parse(struct irc_config *c, const void *setting, char *err,
     if (c->reconnect_max_ms < c->reconnect_min_ms)
         report_add(&r, s, "reconnect_max_ms", "must not be below "
                    "reconnect_min_ms");
-    get_bool(&r, s, "greet_on_join", 1, &c->greet_on_join);
-    get_bool(&r, s, "greet_users", 0, &c->greet_users);
-    get_int(&r, s, "greet_max_users", 50, 0, 1000000, &c->greet_max_users);
+    {
+        /* Common keys (config.h); the copy stays until the adapter reads
+         * ad->greet instead. */
+        struct config_greet g;
+
+        config_greet_read(s, &g);
+        c->greet_on_join = g.on_join;
+        c->greet_users = g.new_members;
+        c->greet_max_users = g.members_max;
+    }
     get_str(&r, s, "quit_message", "parley shutting down", &c->quit_message);
     if (c->quit_message && !irc_config_quit_message_valid(c->quit_message))
         report_add(&r, config_setting_get_member(s, "quit_message"),
@@ -394,6 +403,24 @@ int irc_config_parse(struct irc_config *c, const void *setting, char *err,
     }
     return r.errors ? PARLEY_ERR_CONFIG : PARLEY_OK;
 }
+
+/* The validate hook: parse into a scratch config and drop it. */
+static int irc_config_validate(const void *setting, char *err,
+                               size_t errlen)
+{
+    struct irc_config c;
+    int result = irc_config_parse(&c, setting, err, errlen);
+
+    irc_config_free(&c);
+    return result;
+}
+
+const struct adapter_desc irc_adapter_desc = {
+    .name = "irc",
+    .validate = irc_config_validate,
+    .create = irc_adapter_create,
+    .caps = ADAPTER_CAP_MORE,
+};
 
 static void free_list(char **v, size_t n)
 {

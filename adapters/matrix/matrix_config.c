@@ -13,6 +13,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "adapter.h"
+#include "config.h"
 #include "status.h"
 
 /* Allowlist entries accepted; more is surely a mistake. */
@@ -21,10 +23,9 @@
 static const char *const known_keys[] = {
     "type", "homeserver", "user_id", "account", "password_env",
     "access_token_env", "device_name", "allow_invites_from",
-    "reject_other_invites", "thread_context", "greet_on_join",
+    "reject_other_invites", "thread_context",
     "sync_timeout_ms", "backoff_base_ms", "backoff_max_ms",
-    "timeline_limit", "greet_new_members", "greet_members_max",
-    "leave_empty_rooms"
+    "timeline_limit", "leave_empty_rooms"
 };
 
 struct cfg_ctx {
@@ -164,7 +165,8 @@ static void check_unknown(struct cfg_ctx *c)
         size_t k;
         int known = 0;
 
-        if (!name)
+        /* type and the greet_* keys: checked by config_load. */
+        if (!name || config_adapter_key_common(name))
             continue;
         for (k = 0; k < sizeof(known_keys) / sizeof(known_keys[0]); k++)
             if (strcmp(known_keys[k], name) == 0)
@@ -223,9 +225,6 @@ int matrix_config_parse(struct matrix_config *mc, void *setting, char *err,
     int ok = 1;
 
     memset(mc, 0, sizeof(*mc));
-    mc->greet_on_join = 1;
-    mc->greet_new_members = 1;
-    mc->greet_members_max = 50;
     mc->sync_timeout_ms = 30000;
     mc->backoff_base_ms = 1000;
     mc->backoff_max_ms = 60000;
@@ -258,10 +257,17 @@ int matrix_config_parse(struct matrix_config *mc, void *setting, char *err,
         return PARLEY_ERR_OOM;
     get_bool(&c, "reject_other_invites", &mc->reject_other_invites);
     get_bool(&c, "thread_context", &mc->thread_context);
-    get_bool(&c, "greet_on_join", &mc->greet_on_join);
-    get_bool(&c, "greet_new_members", &mc->greet_new_members);
     get_bool(&c, "leave_empty_rooms", &mc->leave_empty_rooms);
-    get_int(&c, "greet_members_max", &mc->greet_members_max, 0, 1000000);
+    {
+        /* Common keys (config.h); the copy stays until the adapter reads
+         * ad->greet instead. */
+        struct config_greet g;
+
+        config_greet_read(c.block, &g);
+        mc->greet_on_join = g.on_join;
+        mc->greet_new_members = g.new_members;
+        mc->greet_members_max = g.members_max;
+    }
     get_int(&c, "sync_timeout_ms", &mc->sync_timeout_ms, 0, 300000);
     get_int(&c, "backoff_base_ms", &mc->backoff_base_ms, 1, 600000);
     get_int(&c, "backoff_max_ms", &mc->backoff_max_ms, 1, 3600000);
@@ -311,6 +317,24 @@ int matrix_config_parse(struct matrix_config *mc, void *setting, char *err,
         return PARLEY_ERR_OOM;
     return c.bad ? PARLEY_ERR_CONFIG : PARLEY_OK;
 }
+
+/* The validate hook: parse into a scratch config and drop it. */
+static int matrix_config_validate(const void *setting, char *err,
+                                  size_t errlen)
+{
+    struct matrix_config mc;
+    int result = matrix_config_parse(&mc, (void *)setting, err, errlen);
+
+    matrix_config_free(&mc);
+    return result;
+}
+
+const struct adapter_desc matrix_adapter_desc = {
+    .name = "matrix",
+    .validate = matrix_config_validate,
+    .create = matrix_adapter_create,
+    .caps = 0,
+};
 
 void matrix_config_free(struct matrix_config *mc)
 {

@@ -213,9 +213,11 @@ static const char full_conf[] =
     "  user_daily_tokens = 50000; };\n"                            /* 21 */
     "adapters = (\n"                                               /* 22 */
     "  { type = \"console\"; },\n"                                 /* 23 */
-    "  { type = \"irc\"; server = \"127.0.0.1\"; port = 6667;\n"   /* 24 */
-    "    channels = [ \"#a\" ]; anything = { nested = true; }; },\n"
-    "  { type = \"matrix\"; homeserver = \"http://127.0.0.1\"; }\n"/* 26 */
+    "  { type = \"irc\"; host = \"127.0.0.1\"; port = 6667;\n"     /* 24 */
+    "    nick = \"helper\"; channels = [ \"#a\" ]; greet_users = true; },\n"
+    "  { type = \"matrix\"; homeserver = \"http://127.0.0.1\";"     /* 26 */
+    " user_id = \"@helper:example.org\"; password_env = \"MX_PW\";"
+    " greet_members_max = 0; greet_on_join = false; }\n"
     ");\n"                                                         /* 27 */
     "rooms = (\n"                                                  /* 28 */
     "  { room = \"irc:libera:#parley\"; model = \"mistral\";\n"    /* 29 */
@@ -277,20 +279,33 @@ test_full_file(void **state)
     assert_int_equal(cfg.limits.user_requests_per_minute, 0);
     assert_int_equal(cfg.limits.user_daily_tokens, 50000);
 
-    /* Adapters keep their own settings, unvalidated, for the adapter. */
+    /* Adapters keep their settings for the adapter, which parses them
+     * again when it is created; the greeting keys are common. */
     assert_int_equal(cfg.n_adapters, 3);
     assert_string_equal(cfg.adapters[0].type, "console");
     assert_int_equal(cfg.adapters[0].line, 23);
+    assert_int_equal(cfg.adapters[0].greet.on_join, 1);
+    assert_int_equal(cfg.adapters[0].greet.new_members, 0);
+    assert_int_equal(cfg.adapters[0].greet.members_max, 50);
     assert_string_equal(cfg.adapters[1].type, "irc");
     assert_int_equal(cfg.adapters[1].line, 24);
     s = cfg.adapters[1].setting;
     assert_non_null(s);
-    assert_true(config_setting_lookup_string(s, "server", &v));
+    assert_true(config_setting_lookup_string(s, "host", &v));
     assert_string_equal(v, "127.0.0.1");
     assert_true(config_setting_lookup_int(s, "port", &port));
     assert_int_equal(port, 6667);
+    /* greet_users is IRC's old name of greet_new_members. */
+    assert_int_equal(cfg.adapters[1].greet.new_members, 1);
+    assert_int_equal(cfg.adapters[1].greet.on_join, 1);
     assert_string_equal(cfg.adapters[2].type, "matrix");
     assert_int_equal(cfg.adapters[2].line, 26);
+    assert_int_equal(cfg.adapters[2].greet.on_join, 0);
+    assert_int_equal(cfg.adapters[2].greet.new_members, 0);
+    assert_int_equal(cfg.adapters[2].greet.members_max, 0);
+    assert_non_null(cfg.warnings);
+    expect_line(cfg.warnings, "25: adapters[1].greet_users: deprecated, "
+                              "use greet_new_members (same meaning)");
 
     assert_int_equal(cfg.n_rooms, 3);
     room = config_room_find(&cfg, "irc:libera:#parley");
@@ -588,9 +603,13 @@ test_fewshot_rooms_adapters(void **state)
     expect_line(err, "15: irc: unknown key (adapters are entries of the "
                      "adapters list: { type = \"irc\"; ... })");
     expect_line(err, "17: adapters[0].type: unknown adapter type "
-                     "(expected console, irc or matrix)");
+                     "(expected console, irc, loopback or matrix)");
     expect_line(err, "18: adapters[1]: missing key \"type\"");
-    assert_int_equal(count_lines(err), 11);
+    /* The irc block is checked by the IRC adapter in the same pass. */
+    expect_line(err, "19: adapters.[2].token: unknown key");
+    expect_line(err, "19: adapters.[2].host: is required");
+    expect_line(err, "19: adapters.[2].nick: is required");
+    assert_int_equal(count_lines(err), 14);
     config_free(&cfg);
 
     assert_int_equal(load_text(&cfg, "adapters = ( );\n", err, sizeof(err)),
