@@ -23,6 +23,7 @@
 
 #include <libconfig.h>
 
+#include "adapter.h"
 #include "config.h"
 #include "log.h"
 #include "status.h"
@@ -1001,6 +1002,144 @@ test_secret_file_errors(void **state)
                                         sizeof(err)), PARLEY_ERR_CONFIG);
 }
 
+/* ---- adapter blocks, validated in the same pass --------------------- */
+
+/* One core error, one IRC error and one Matrix error: all three come
+ * back from one load, in file order, in the one report. */
+static void
+test_adapter_errors_with_core_errors(void **state)
+{
+    struct config cfg;
+    char err[ERR_LEN];
+
+    assert_int_equal(load_text(&cfg,
+        "llm = { temperature = 9.0; };\n"                          /* 1 */
+        "adapters = (\n"                                           /* 2 */
+        "  { type = \"irc\"; host = \"irc.example.org\";\n"      /* 3 */
+        "    nick = \"1bad\"; },\n"                                /* 4 */
+        "  { type = \"matrix\"; homeserver = \"ftp://x\";\n"      /* 5 */
+        "    user_id = \"@p:example.org\"; password_env = \"PW\"; }\n"
+        ");\n",
+        err, sizeof(err)), PARLEY_ERR_CONFIG);
+    expect_line(err, "1: llm.temperature: must be between 0 and 2, or -1 "
+                     "to let the server choose (not 9)");
+    expect_line(err, "4: adapters.[0].nick: \"1bad\" is not a valid nick");
+    expect_line(err, "5: adapters.[1].homeserver: must start with "
+                     "https:// or http://");
+    assert_int_equal(count_lines(err), 3);
+    /* Sorted by line, whoever found them. */
+    assert_true(strstr(err, ":1: llm") < strstr(err, ":4: adapters"));
+    assert_true(strstr(err, ":4: adapters") < strstr(err, ":5: adapters"));
+    config_free(&cfg);
+}
+
+static void
+test_greeting_keys(void **state)
+{
+    struct config cfg;
+    char err[ERR_LEN];
+
+    /* Every platform takes the same three keys; the old IRC names are
+     * aliases with a warning naming the new key. */
+    assert_int_equal(load_text(&cfg,
+        "adapters = (\n"
+        "  { type = \"console\"; greet_new_members = true;\n"      /* 2 */
+        "    greet_members_max = 7; },\n"                           /* 3 */
+        "  { type = \"loopback\"; greet_on_join = false;\n"        /* 4 */
+        "    greet_max_users = 3; }\n"                              /* 5 */
+        ");\n",
+        err, sizeof(err)), PARLEY_OK);
+    assert_int_equal(cfg.adapters[0].greet.on_join, 1);
+    assert_int_equal(cfg.adapters[0].greet.new_members, 1);
+    assert_int_equal(cfg.adapters[0].greet.members_max, 7);
+    assert_int_equal(cfg.adapters[1].greet.on_join, 0);
+    assert_int_equal(cfg.adapters[1].greet.new_members, 0);
+    assert_int_equal(cfg.adapters[1].greet.members_max, 3);
+    expect_line(cfg.warnings, "5: adapters[1].greet_max_users: deprecated, "
+                              "use greet_members_max (same meaning)");
+    assert_int_equal(count_lines(cfg.warnings), 1);
+    config_free(&cfg);
+
+    /* Wrong types, a range, and an old name beside its new one. */
+    assert_int_equal(load_text(&cfg,
+        "adapters = (\n"
+        "  { type = \"console\"; greet_on_join = 1; },\n"          /* 2 */
+        "  { type = \"loopback\"; greet_members_max = -1; },\n"    /* 3 */
+        "  { type = \"irc\"; host = \"h\"; nick = \"n\";\n"       /* 4 */
+        "    greet_users = true; greet_new_members = false; }\n"    /* 5 */
+        ");\n",
+        err, sizeof(err)), PARLEY_ERR_CONFIG);
+    expect_line(err, "2: adapters[0].greet_on_join: expected true or false");
+    expect_line(err, "3: adapters[1].greet_members_max: must be between 0 "
+                     "and 1000000 (not -1); 0 means no limit");
+    expect_line(err, "5: adapters[2].greet_users: is the old name of "
+                     "greet_new_members, which this block also sets; "
+                     "remove it");
+    assert_int_equal(count_lines(err), 3);
+    config_free(&cfg);
+}
+
+static void
+test_adapter_keys(void **state)
+{
+    struct config cfg;
+    char err[ERR_LEN];
+
+    /* The console has no keys of its own; loopback checks its block. */
+    assert_int_equal(load_text(&cfg,
+        "adapters = (\n"
+        "  { type = \"console\"; colour = \"red\"; password = \"x\"; },\n"
+        "  { type = \"loopback\"; name = \"a b\"; latency_ms = -5;\n"
+        "    speed = 1; }\n"
+        ");\n",
+        err, sizeof(err)), PARLEY_ERR_CONFIG);
+    expect_line(err, "2: adapters[0].colour: unknown key for a console "
+                     "adapter");
+    expect_line(err, "2: adapters[0].password: secrets never live in the "
+                     "file: pass them in environment variables");
+    expect_line(err, "3: adapters[1].name: expected a non-empty word of at "
+                     "most 255 bytes");
+    expect_line(err, "3: adapters[1].latency_ms: expected an integer "
+                     "between 0 and 60000");
+    expect_line(err, "4: adapters[1].speed: unknown key for a loopback "
+                     "adapter");
+    assert_int_equal(count_lines(err), 5);
+    assert_null(strstr(err, "\"x\""));
+    config_free(&cfg);
+
+    assert_int_equal(load_text(&cfg,
+        "adapters = ( { type = \"loopback\"; name = \"bench\";"
+        " latency_ms = 20; } );\n", err, sizeof(err)), PARLEY_OK);
+    assert_string_equal(cfg.adapters[0].type, "loopback");
+    assert_null(cfg.warnings);
+    config_free(&cfg);
+}
+
+/* The registry is the one list of platforms. */
+static void
+test_registry(void **state)
+{
+    char names[128];
+    size_t i;
+
+    adapter_registry_names(names, sizeof(names));
+    assert_string_equal(names, "console, irc, loopback or matrix");
+    for (i = 0; adapter_registry[i]; i++) {
+        const struct adapter_desc *d = adapter_registry[i];
+
+        assert_ptr_equal(adapter_find(d->name), d);
+        assert_non_null(d->create);
+        assert_true(d->keys || d->validate);
+    }
+    assert_int_equal(i, 4);
+    assert_null(adapter_find("slack"));
+    assert_true(adapter_find("irc")->caps & ADAPTER_CAP_MORE);
+    assert_true(adapter_find("console")->caps & ADAPTER_CAP_SINGLE);
+    assert_true(config_adapter_key_common("greet_users"));
+    assert_true(config_adapter_key_common("type"));
+    assert_false(config_adapter_key_common("host"));
+}
+
 /* ---- the shipped example ------------------------------------------ */
 
 static void
@@ -1060,6 +1199,11 @@ main(void)
                                clear_env),
         cmocka_unit_test_setup(test_secret_from_file, clear_env),
         cmocka_unit_test_setup(test_secret_file_errors, clear_env),
+        cmocka_unit_test_setup(test_adapter_errors_with_core_errors,
+                               clear_env),
+        cmocka_unit_test_setup(test_greeting_keys, clear_env),
+        cmocka_unit_test_setup(test_adapter_keys, clear_env),
+        cmocka_unit_test_setup(test_registry, clear_env),
         cmocka_unit_test_setup(test_example_loads, clear_env),
     };
 
