@@ -3,6 +3,7 @@ OpenAI stand-in: roles and history in every request, history kept across
 a restart, and the chat commands (!reset, !model, !system, !stats)."""
 
 import os
+import signal
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -124,9 +125,29 @@ def test_eof_waits_for_answers_in_flight():
         assert p.replies() == ["echo: alice: first", "echo: alice: second"]
 
 
+def test_console_beside_a_full_adapters_list():
+    """64 adapters in the file (the most it may hold) plus --console: the
+    console still gets a router and answers (it used to crash on the
+    first line).  The loopback adapter needs no server."""
+    with Test() as t:
+        redis, stub, _ = setup(t)
+        blocks = ",\n".join('{ type = "loopback"; name = "lb%d"; }' % i
+                            for i in range(64))
+        conf = write_config(t.tmp, stub.base_url, redis.port,
+                            adapters=blocks)
+        p = t.add(Parley(["-c", conf, "--console"],
+                         env={"TEST_OPENAI_KEY": KEY,
+                              "USER": "alice"}).start())
+        assert p.ask("hello") == "echo: alice: hello"
+        # Beside other adapters, end of input does not end the process.
+        p.proc.send_signal(signal.SIGTERM)
+        assert p.proc.wait(timeout=20) == 0, p.stderr()[-2000:]
+
+
 if __name__ == "__main__":
     run_cases([test_three_turns_carry_roles_and_history,
                test_history_survives_restart,
                test_reset_clears_history,
                test_model_system_and_stats_commands,
-               test_eof_waits_for_answers_in_flight])
+               test_eof_waits_for_answers_in_flight,
+               test_console_beside_a_full_adapters_list])
