@@ -60,6 +60,33 @@ def test_check_config_ok_and_errors():
         assert code == 78 and "missing.conf" in err, err
 
 
+def test_check_config_reports_adapter_errors_with_the_rest():
+    """Adapter blocks are checked in the same pass as the core: one run
+    shows the core, IRC and Matrix problems together, and an old greeting
+    name is a warning that names the new one."""
+    with Test() as t:
+        bad = os.path.join(t.tmp, "mixed.conf")
+        with open(bad, "w") as f:
+            f.write('llm = { temperature = 9.0; };\n'
+                    'adapters = (\n'
+                    '  { type = "irc"; host = "h"; nick = "1bad"; },\n'
+                    '  { type = "matrix"; homeserver = "ftp://x";\n'
+                    '    user_id = "@p:x.org"; password_env = "PW"; }\n'
+                    ');\n')
+        code, _, err = run(["-c", bad, "--check-config"])
+        assert code == 78, (code, err)
+        assert "mixed.conf:1: llm.temperature" in err, err
+        assert "mixed.conf:3: adapters.[0].nick" in err, err
+        assert "mixed.conf:4: adapters.[1].homeserver" in err, err
+        old = os.path.join(t.tmp, "old.conf")
+        with open(old, "w") as f:
+            f.write('adapters = ( { type = "console";\n'
+                    '  greet_users = true; } );\n')
+        code, out, err = run(["-c", old, "--check-config"])
+        assert "old.conf:2: adapters[0].greet_users: deprecated, use " \
+            "greet_new_members" in err, (code, out, err)
+
+
 def test_secret_in_file_is_rejected():
     with Test() as t:
         conf = os.path.join(t.tmp, "secret.conf")
@@ -147,6 +174,7 @@ def test_print_redis_and_override():
 if __name__ == "__main__":
     require_parley()
     run_cases([test_help_version_usage, test_check_config_ok_and_errors,
+               test_check_config_reports_adapter_errors_with_the_rest,
                test_secret_in_file_is_rejected,
                test_builtin_setup_explains_what_to_set,
                test_api_key_file_and_missing_key,
