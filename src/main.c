@@ -654,8 +654,9 @@ int main(int argc, char **argv)
         log_set_format(format);
 
     if (check) {
-        /* Adapters validate their blocks in their constructors; they
-         * connect only in start, which is never called here. */
+        /* config_load has checked every adapter block; the
+         * constructors add what needs the environment (secrets they
+         * read) and connect only in start, never called here. */
         if (uv_loop_init(&app.uv) != 0 ||
             loop_create(&app.loop, &app.uv) != PARLEY_OK) {
             config_free(&app.cfg);
