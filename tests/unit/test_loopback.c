@@ -13,6 +13,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 
 #include <cmocka.h>
 #include <uv.h>
@@ -292,6 +297,68 @@ static void stop_with_send_in_flight(void **state)
                      PARLEY_ERR_STATE);
 }
 
+/* Script the stand-in: every answer waits delay seconds. */
+static void stub_delay_all(struct fixture *f, double delay)
+{
+    char req[512], buf[512], json[128];
+    struct sockaddr_in sa;
+    int fd, n;
+
+    snprintf(json, sizeof(json), "[{\"delay\": %.2f, \"repeat\": true}]",
+             delay);
+    memset(&sa, 0, sizeof(sa));
+    sa.sin_family = AF_INET;
+    sa.sin_port = htons((unsigned short)f->stub_port);
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    fd = socket(AF_INET, SOCK_STREAM, 0);
+    assert_true(fd >= 0);
+    assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    n = snprintf(req, sizeof(req), "POST /_control/script HTTP/1.0\r\n"
+                 "Content-Type: application/json\r\n"
+                 "Content-Length: %zu\r\n\r\n%s", strlen(json), json);
+    assert_true(n > 0 && (size_t)n < sizeof(req));
+    assert_int_equal(write(fd, req, (size_t)n), n);
+    n = (int)read(fd, buf, sizeof(buf) - 1);
+    assert_true(n > 12);
+    close(fd);
+}
+
+/*
+ * Benchmark, run only with PARLEY_BENCH=1 (it takes about 25 s): 20
+ * senders address the bot at once in one room, then in 20 rooms, with a
+ * model that takes 1 s per answer; prints when the last answer arrived.
+ */
+static void bench_burst(void **state)
+{
+    struct fixture *f = *state;
+    char sender[16], room[16];
+    uint64_t t0;
+    int one_room;
+
+    if (!getenv("PARLEY_BENCH"))
+        skip();
+    stub_delay_all(f, 1.0);
+    for (one_room = 1; one_room >= 0; one_room--) {
+        loopback_clear(f->ad);
+        uv_update_time(&f->uv);
+        t0 = uv_now(&f->uv);
+        for (int i = 0; i < 20; i++) {
+            snprintf(sender, sizeof(sender), "u%d", i);
+            snprintf(room, sizeof(room), one_room ? "#one" : "#r%d", i);
+            assert_int_equal(loopback_inject(f->ad, room, sender,
+                                             "question", 1), PARLEY_OK);
+        }
+        assert_true(run_until(f, idle, 60000));
+        assert_int_equal(loopback_reply_count(f->ad), 20);
+        printf("bench loopback: 20 senders in %s, model 1 s, "
+               "llm.max_concurrent %d: last answer after %llu ms\n",
+               one_room ? "one room" : "20 rooms",
+               f->cfg.llm.max_concurrent,
+               (unsigned long long)(loopback_reply_at(f->ad, 19)->at_ms -
+                                    t0));
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -301,6 +368,7 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(stop_with_send_in_flight, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(bench_burst, setup, teardown),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
