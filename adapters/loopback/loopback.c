@@ -36,7 +36,8 @@ struct loopback {
     uv_loop_t *uv;
     unsigned latency_ms;
     int stopped;
-    struct loopback_reply *replies;     /* ring of LOOPBACK_REPLIES_MAX */
+    struct loopback_reply *replies;     /* ring of LOOPBACK_REPLIES_MAX,
+                                           NULL until the first reply */
     size_t first, n;
     unsigned long long dropped;
     struct loopback_pending *pending;
@@ -205,6 +206,16 @@ static void deliver(struct loopback *lb, struct loopback_reply *r)
 {
     struct loopback_reply *slot;
 
+    /* The ring is allocated on first use: a config with many idle
+     * loopback adapters costs nothing. */
+    if (!lb->replies) {
+        lb->replies = calloc(LOOPBACK_REPLIES_MAX, sizeof(*lb->replies));
+        if (!lb->replies) {
+            reply_clear(r);
+            lb->dropped++;
+            return;
+        }
+    }
     if (lb->n == LOOPBACK_REPLIES_MAX) {
         reply_clear(&lb->replies[lb->first]);
         lb->first = (lb->first + 1) % LOOPBACK_REPLIES_MAX;
@@ -356,15 +367,9 @@ static int loopback_adapter_create(struct adapter **out,
     if (result != PARLEY_OK)
         return result;
     lb = calloc(1, sizeof(*lb));
-    if (lb) {
-        lb->replies = calloc(LOOPBACK_REPLIES_MAX, sizeof(*lb->replies));
+    if (lb)
         lb->ad.account = strdup(name);
-    }
-    if (!lb || !lb->replies || !lb->ad.account) {
-        if (lb) {
-            free(lb->replies);
-            free(lb->ad.account);
-        }
+    if (!lb || !lb->ad.account) {
         free(lb);
         snprintf(err, errlen, "loopback: out of memory");
         return PARLEY_ERR_OOM;
@@ -442,11 +447,16 @@ const struct loopback_reply *loopback_reply_at(const struct adapter *ad,
     return &lb->replies[(lb->first + i) % LOOPBACK_REPLIES_MAX];
 }
 
+unsigned long long loopback_dropped(const struct adapter *ad)
+{
+    return ((const struct loopback *)ad)->dropped;
+}
+
 void loopback_clear(struct adapter *ad)
 {
     struct loopback *lb = (struct loopback *)ad;
 
-    while (lb->n > 0) {
+    while (lb->replies && lb->n > 0) {
         reply_clear(&lb->replies[lb->first]);
         lb->first = (lb->first + 1) % LOOPBACK_REPLIES_MAX;
         lb->n--;

@@ -57,6 +57,9 @@ size_t loopback_reply_count(const struct adapter *ad);
 /* The i-th kept reply, oldest first, or NULL. */
 const struct loopback_reply *loopback_reply_at(const struct adapter *ad,
                                                size_t i);
+/* Replies delivered but not kept (the oldest beyond
+ * LOOPBACK_REPLIES_MAX, or out of memory). */
+unsigned long long loopback_dropped(const struct adapter *ad);
 /* Forget the kept replies. */
 void loopback_clear(struct adapter *ad);
 /* Replies waiting out the simulated latency. */

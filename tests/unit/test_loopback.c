@@ -236,6 +236,7 @@ static void message_in_answer_out(void **state)
     assert_int_equal(f->callbacks, 1);
     assert_string_equal(f->last_text, "echo: alice: hello");
     assert_null(loopback_reply_at(f->ad, 1));
+    assert_int_equal(loopback_dropped(f->ad), 0);
 
     /* Unaddressed chatter is not answered. */
     assert_int_equal(loopback_inject(f->ad, "#room", "bob", "hi all", 0),
