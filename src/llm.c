@@ -12,10 +12,20 @@
  * alone.  A done callback may submit, cancel or even free the client;
  * the free is then deferred until the callback returns (hiredis's
  * IN_CALLBACK rule).
+ *
+ * Streaming requests share all of that.  The loop hands a 2xx
+ * text/event-stream body over piece by piece (from outside curl), the SSE
+ * parser cuts it into events, each event's JSON chunk adds to the answer,
+ * and the part of the answer that is safe to show (whole UTF-8
+ * characters, nothing that could be the start of the key) goes to
+ * on_delta, under the same IN_CALLBACK rule as done.  Any other answer
+ * (an error status, or JSON from a server that ignores "stream") is
+ * collected and judged exactly as for llm_complete.
  */
 #include <float.h>
 #include <limits.h>
 #include <math.h>
+#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,6 +39,7 @@
 #include "llm.h"
 #include "log.h"
 #include "loop.h"
+#include "sse.h"
 #include "status.h"
 
 /* Longest URL we build from base_url; real endpoints are far shorter. */
@@ -50,11 +61,33 @@
  * match ordinary text. */
 #define LLM_SECRET_MIN 4
 
+/* Media type of a streamed answer (the loop streams only this). */
+#define LLM_STREAM_TYPE "text/event-stream"
+
+/* Bytes of a streamed refusal kept for the error message. */
+#define LLM_REFUSAL_MAX 256
+
 enum llm_state {
     LLM_WAITING,        /* in the FIFO, no slot yet */
     LLM_ACTIVE,         /* an HTTP attempt is on the wire */
     LLM_BACKOFF,        /* timer running before the next attempt */
     LLM_DELIVERING      /* done callback running; cancel is a no-op */
+};
+
+/* What a streaming request has read in its current attempt. */
+struct llm_stream {
+    llm_delta_fn *on_delta;
+    struct sse_parser sse;      /* events of the body */
+    char *text;                 /* answer so far, key cut out, NUL-ended */
+    size_t len;
+    size_t cap;
+    size_t safe;                /* text before this cannot start the key */
+    size_t delivered;           /* bytes of text given to on_delta */
+    char *finish_reason;        /* or NULL */
+    char refusal[LLM_REFUSAL_MAX];
+    long prompt_tokens;         /* -1 until a usage chunk */
+    long completion_tokens;
+    int done_seen;              /* "data: [DONE]" arrived */
 };
 
 struct llm_request {
@@ -79,6 +112,9 @@ struct llm_request {
     llm_done_fn *done;
     void *privdata;
     struct llm_result res;      /* outcome of the latest attempt */
+    struct llm_stream *stream;  /* streaming requests only; owned */
+    int in_delta;               /* on_delta of this request is running */
+    int cancelled;              /* llm_cancel/llm_free asked in on_delta */
 
     struct llm_request *prev, *next;    /* llm->reqs */
     struct llm_request *wprev, *wnext;  /* llm->wait FIFO */
@@ -202,11 +238,13 @@ void llm_result_clear(struct llm_result *res)
     res->completion_tokens = -1;
 }
 
-char *llm_request_body(const char *model, const struct cJSON *messages,
-                       double temperature, int max_tokens)
+/* The request body; stream adds "stream" and asks for usage in the last
+ * chunk (without stream_options, OpenAI sends no usage when streaming). */
+static char *request_body(const char *model, const struct cJSON *messages,
+                          double temperature, int max_tokens, int stream)
 {
     cJSON *root = cJSON_CreateObject();
-    cJSON *msgs;
+    cJSON *msgs, *opts;
     char *out = NULL;
 
     if (!root)
@@ -226,10 +264,23 @@ char *llm_request_body(const char *model, const struct cJSON *messages,
     if (max_tokens > 0 &&
         !cJSON_AddNumberToObject(root, "max_tokens", max_tokens))
         goto done;
+    if (stream) {
+        if (!cJSON_AddTrueToObject(root, "stream"))
+            goto done;
+        opts = cJSON_AddObjectToObject(root, "stream_options");
+        if (!opts || !cJSON_AddTrueToObject(opts, "include_usage"))
+            goto done;
+    }
     out = cJSON_PrintUnformatted(root);
 done:
     cJSON_Delete(root);
     return out;
+}
+
+char *llm_request_body(const char *model, const struct cJSON *messages,
+                       double temperature, int max_tokens)
+{
+    return request_body(model, messages, temperature, max_tokens, 0);
 }
 
 /* A usage count, or -1 when absent or not a sane non-negative integer. */
@@ -639,9 +690,35 @@ static void on_request_timer_closed(uv_handle_t *handle)
     free(handle->data);
 }
 
+/* Forget what an attempt streamed, before the next one. */
+static void stream_reset(struct llm_stream *st)
+{
+    sse_reset(&st->sse);
+    st->len = st->safe = st->delivered = 0;
+    if (st->text)
+        st->text[0] = '\0';
+    free(st->finish_reason);
+    st->finish_reason = NULL;
+    st->refusal[0] = '\0';
+    st->prompt_tokens = st->completion_tokens = -1;
+    st->done_seen = 0;
+}
+
+static void stream_free(struct llm_stream *st)
+{
+    if (!st)
+        return;
+    sse_free(&st->sse);
+    free(st->text);
+    free(st->finish_reason);
+    free(st);
+}
+
 /* Free a request that is off every list and has no HTTP transfer. */
 static void request_destroy(struct llm_request *req)
 {
+    stream_free(req->stream);
+    req->stream = NULL;
     llm_result_clear(&req->res);
     free(req->url);
     free(req->body);
@@ -687,7 +764,15 @@ static void llm_free_now(struct llm *llm)
     free(llm);
 }
 
-/* Run req's done callback and free it. */
+static void on_http_done(const struct http_response *resp, void *privdata);
+static void on_http_data(const char *data, size_t len, void *privdata);
+static void on_request_timer(uv_timer_t *timer);
+static void stream_emit(struct llm_request *req, char *text, size_t end);
+static void request_settle(struct llm_request *req, long retry_after_ms);
+
+/* Run req's done callback and free it.  A streamed answer first gets
+ * the rest of its text to on_delta: the tail held back while streaming,
+ * or all of it when the server answered with one JSON body. */
 static void deliver(struct llm_request *req)
 {
     struct llm *llm = req->llm;
@@ -695,6 +780,8 @@ static void deliver(struct llm_request *req)
     request_unlink(req);
     req->state = LLM_DELIVERING;
     llm->in_callback++;
+    if (req->stream && req->res.status == PARLEY_OK && req->res.content)
+        stream_emit(req, req->res.content, strlen(req->res.content));
     req->done(&req->res, req->privdata);
     llm->in_callback--;
     request_destroy(req);
@@ -707,8 +794,6 @@ static void llm_leave(struct llm *llm)
         llm_free_now(llm);
 }
 
-static void on_http_done(const struct http_response *resp, void *privdata);
-static void on_request_timer(uv_timer_t *timer);
 
 /* Arm req's timer for delay_ms; state becomes BACKOFF. */
 static int request_sleep(struct llm_request *req, long delay_ms)
@@ -734,17 +819,23 @@ static int request_sleep(struct llm_request *req, long delay_ms)
 static int request_send(struct llm_request *req)
 {
     struct llm *llm = req->llm;
-    const char *headers[2];
+    const char *headers[3];
     struct http_options opt;
     int result;
 
-    headers[0] = "Content-Type: application/json";
-    headers[1] = llm->auth_header;
     memset(&opt, 0, sizeof(opt));
+    headers[opt.n_headers++] = "Content-Type: application/json";
+    if (req->stream) {
+        headers[opt.n_headers++] = "Accept: " LLM_STREAM_TYPE;
+        opt.on_data = on_http_data;
+        opt.stream_type = LLM_STREAM_TYPE;
+        stream_reset(req->stream);
+    }
+    if (llm->auth_header)
+        headers[opt.n_headers++] = llm->auth_header;
     opt.method = "POST";
     opt.url = req->url;
     opt.headers = headers;
-    opt.n_headers = llm->auth_header ? 2 : 1;
     opt.body = req->body;
     opt.body_len = req->body_len;
     opt.connect_timeout_ms = req->connect_timeout_ms;
@@ -864,19 +955,390 @@ static void request_judge(struct llm_request *req,
     text_copy(res->errstr, sizeof(res->errstr), text);
 }
 
-static void on_http_done(const struct http_response *resp, void *privdata)
+/* ------------------------------------------------------------------ */
+/* streaming                                                          */
+
+/* Set req's outcome to a failure while streaming; the text is redacted
+ * and cut like every error text.  Returns status, so that an SSE event
+ * callback can stop the parser with it. */
+static int stream_fail(struct llm_request *req, int status, int retryable,
+                       const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static int stream_fail(struct llm_request *req, int status, int retryable,
+                       const char *fmt, ...)
+{
+    char text[LLM_ERRTEXT_MAX];
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(text, sizeof(text), fmt, ap);
+    va_end(ap);
+    redact_text(text, sizeof(text), req->llm->api_key);
+    strip_controls(text);
+    text_copy(req->res.errstr, sizeof(req->res.errstr), text);
+    req->res.status = status;
+    req->res.retryable = retryable;
+    return status;
+}
+
+/* Room for n more bytes of text (and a NUL). */
+static int stream_reserve(struct llm_stream *st, size_t n)
+{
+    size_t need = st->len + n + 1;
+    size_t cap;
+    char *p;
+
+    if (need <= st->cap)
+        return PARLEY_OK;
+    cap = st->cap ? st->cap : 256;
+    while (cap < need)
+        cap *= 2;
+    p = realloc(st->text, cap);
+    if (!p)
+        return PARLEY_ERR_OOM;
+    st->text = p;
+    st->cap = cap;
+    return PARLEY_OK;
+}
+
+/*
+ * Cut the key out of the text that is not yet known to be clean, and move
+ * st->safe to the start of the longest tail that could still be the
+ * beginning of the key.  A model (or a server) may spell the key across
+ * several chunks, so one event at a time is not enough, and text already
+ * shown cannot be taken back: it is held until it is known to be clean.
+ */
+static int stream_redact(struct llm_stream *st, const char *key)
+{
+    static const char mark[] = "[redacted]";
+    size_t mlen = sizeof(mark) - 1;
+    size_t klen = key ? strlen(key) : 0;
+    size_t i, p;
+
+    if (klen < LLM_SECRET_MIN) {
+        st->safe = st->len;
+        return PARLEY_OK;
+    }
+    for (i = st->safe; i + klen <= st->len;) {
+        if (memcmp(st->text + i, key, klen) != 0) {
+            i++;
+            continue;
+        }
+        if (mlen > klen && stream_reserve(st, mlen - klen) != PARLEY_OK)
+            return PARLEY_ERR_OOM;
+        memmove(st->text + i + mlen, st->text + i + klen,
+                st->len - i - klen + 1);
+        memcpy(st->text + i, mark, mlen);
+        st->len = st->len - klen + mlen;
+        i += mlen;
+    }
+    /* [i, len) is shorter than the key: find where it may start. */
+    p = i;
+    while (p < st->len && memcmp(st->text + p, key, st->len - p) != 0)
+        p++;
+    st->safe = p;
+    return PARLEY_OK;
+}
+
+/* The largest end <= n that does not cut a UTF-8 character. */
+static size_t utf8_cut(const char *s, size_t n)
+{
+    size_t i = n, want;
+    unsigned char c;
+
+    while (i > 0 && n - i < 4 && ((unsigned char)s[i - 1] & 0xc0) == 0x80)
+        i--;
+    if (i == 0)
+        return n;
+    c = (unsigned char)s[i - 1];
+    if (c < 0xc0)
+        return n;               /* ASCII, or not UTF-8 at all */
+    want = c >= 0xf0 ? 4 : c >= 0xe0 ? 3 : 2;
+    return n - (i - 1) < want ? i - 1 : n;
+}
+
+/*
+ * Give on_delta the text from what it has already seen up to end.  text
+ * is NUL-terminated at end for the call and restored afterwards.  The
+ * IN_CALLBACK rule applies: llm_cancel of this request or llm_free only
+ * set flags that the caller looks at once this returns.
+ */
+static void stream_emit(struct llm_request *req, char *text, size_t end)
+{
+    struct llm_stream *st = req->stream;
+    struct llm *llm = req->llm;
+    struct llm_delta d;
+    char saved;
+
+    if (end <= st->delivered)
+        return;
+    saved = text[end];
+    text[end] = '\0';
+    d.text = text + st->delivered;
+    d.len = end - st->delivered;
+    d.content = text;
+    d.content_len = end;
+    st->delivered = end;
+    req->res.delivered = end;
+    req->in_delta = 1;
+    llm->in_callback++;
+    st->on_delta(&d, req->privdata);
+    llm->in_callback--;
+    req->in_delta = 0;
+    text[end] = saved;
+}
+
+/* Whether an error event is a passing server condition worth asking
+ * again for (OpenAI streams "server_error" when a model overloads). */
+static int stream_error_retryable(const cJSON *root)
+{
+    const cJSON *err = cJSON_GetObjectItemCaseSensitive(root, "error");
+    const cJSON *f;
+
+    if (!cJSON_IsObject(err))
+        return 0;
+    f = cJSON_GetObjectItemCaseSensitive(err, "code");
+    if (cJSON_IsNumber(f))
+        return llm_is_retryable(PARLEY_ERR_HTTP, (long)f->valuedouble);
+    for (int i = 0; i < 2; i++) {
+        f = cJSON_GetObjectItemCaseSensitive(err, i ? "code" : "type");
+        if (cJSON_IsString(f) &&
+            (strcmp(f->valuestring, "server_error") == 0 ||
+             strcmp(f->valuestring, "rate_limit_exceeded") == 0 ||
+             strcmp(f->valuestring, "overloaded_error") == 0))
+            return 1;
+    }
+    return 0;
+}
+
+/* Add one chunk's content to the answer, within the cap. */
+static int stream_append(struct llm_request *req, const char *piece,
+                         size_t n)
+{
+    struct llm_stream *st = req->stream;
+
+    if (n > LLM_BODY_MAX || st->len > LLM_BODY_MAX - n)
+        return stream_fail(req, PARLEY_ERR_TOO_LARGE, 0,
+                           "the LLM API answer is over the %d-byte cap",
+                           LLM_BODY_MAX);
+    if (stream_reserve(st, n) != PARLEY_OK)
+        return stream_fail(req, PARLEY_ERR_OOM, 0, "out of memory "
+                           "reading the LLM API stream");
+    memcpy(st->text + st->len, piece, n);
+    st->len += n;
+    st->text[st->len] = '\0';
+    if (stream_redact(st, req->llm->api_key) != PARLEY_OK)
+        return stream_fail(req, PARLEY_ERR_OOM, 0, "out of memory "
+                           "reading the LLM API stream");
+    return PARLEY_OK;
+}
+
+/* The fields of one chat.completion.chunk, or its error. */
+static int stream_chunk(struct llm_request *req, const char *type,
+                        const cJSON *root)
+{
+    struct llm_stream *st = req->stream;
+    const cJSON *choices, *first, *delta, *f, *usage;
+    char why[LLM_ERRTEXT_MAX];
+
+    if (!cJSON_IsObject(root))
+        return stream_fail(req, PARLEY_ERR_PROTOCOL, 0, "the LLM API "
+                           "stream holds an event that is not a JSON "
+                           "object");
+    if (strcmp(type, "error") == 0 ||
+        cJSON_GetObjectItemCaseSensitive(root, "error")) {
+        if (!error_from_json(root, why, sizeof(why)))
+            snprintf(why, sizeof(why), "(no details)");
+        return stream_fail(req, PARLEY_ERR_PROTOCOL,
+                           stream_error_retryable(root), "the LLM API "
+                           "stream reported an error: %.900s", why);
+    }
+    usage = cJSON_GetObjectItemCaseSensitive(root, "usage");
+    if (cJSON_IsObject(usage)) {
+        st->prompt_tokens = token_count(usage, "prompt_tokens");
+        st->completion_tokens = token_count(usage, "completion_tokens");
+    }
+    /* The usage chunk has "choices": []; n > 1 is never asked for. */
+    choices = cJSON_GetObjectItemCaseSensitive(root, "choices");
+    first = cJSON_IsArray(choices) ? cJSON_GetArrayItem(choices, 0) : NULL;
+    if (!cJSON_IsObject(first))
+        return PARLEY_OK;
+    f = cJSON_GetObjectItemCaseSensitive(first, "finish_reason");
+    if (cJSON_IsString(f) && !st->finish_reason) {
+        st->finish_reason = strdup(f->valuestring);
+        if (!st->finish_reason)
+            return stream_fail(req, PARLEY_ERR_OOM, 0, "out of memory");
+    }
+    delta = cJSON_GetObjectItemCaseSensitive(first, "delta");
+    f = cJSON_GetObjectItemCaseSensitive(delta, "refusal");
+    if (cJSON_IsString(f)) {
+        size_t have = strlen(st->refusal);
+
+        snprintf(st->refusal + have, sizeof(st->refusal) - have, "%s",
+                 f->valuestring);
+    }
+    f = cJSON_GetObjectItemCaseSensitive(delta, "content");
+    if (cJSON_IsString(f) && f->valuestring[0])
+        return stream_append(req, f->valuestring, strlen(f->valuestring));
+    return PARLEY_OK;
+}
+
+/* sse_event_fn: one event of a streamed answer. */
+static int on_sse_event(const struct sse_event *ev, void *privdata)
+{
+    struct llm_request *req = privdata;
+    struct llm_stream *st = req->stream;
+    cJSON *root;
+    char *clean;
+    size_t n;
+    int result;
+
+    if (st->done_seen)
+        return PARLEY_OK;       /* nothing counts after [DONE] */
+    if (ev->data_len == 6 && memcmp(ev->data, "[DONE]", 6) == 0) {
+        st->done_seen = 1;
+        return PARLEY_OK;
+    }
+    /* As for whole bodies: the key goes before anything reads it. */
+    clean = redact_copy(ev->data, ev->data_len, req->llm->api_key, &n);
+    if (!clean)
+        return stream_fail(req, PARLEY_ERR_OOM, 0, "out of memory "
+                           "reading the LLM API stream");
+    root = cJSON_ParseWithLength(clean, n);
+    free(clean);
+    if (!root)
+        return stream_fail(req, PARLEY_ERR_PROTOCOL, 0, "the LLM API "
+                           "stream holds an event that is not valid JSON");
+    result = stream_chunk(req, ev->type, root);
+    cJSON_Delete(root);
+    if (result)
+        return result;
+    stream_emit(req, st->text, utf8_cut(st->text, st->safe));
+    if (req->cancelled || req->llm->free_requested)
+        return PARLEY_ERR_STATE;    /* on_delta cancelled: stop reading */
+    return PARLEY_OK;
+}
+
+/*
+ * The end of an attempt that streamed: a failure after text was shown is
+ * final and says so; success hands the text over as res->content.
+ */
+static void stream_conclude(struct llm_request *req)
+{
+    struct llm_stream *st = req->stream;
+    struct llm_result *res = &req->res;
+    char why[sizeof(res->errstr)];
+
+    if (res->status != PARLEY_OK) {
+        if (st->delivered > 0) {
+            char text[LLM_ERRTEXT_MAX];
+
+            text_copy(why, sizeof(why), res->errstr);
+            snprintf(text, sizeof(text), "the answer broke off after %zu "
+                     "bytes were shown: %s", st->delivered, why);
+            text_copy(res->errstr, sizeof(res->errstr), text);
+            res->retryable = 0;
+        }
+        return;
+    }
+    if (st->len == 0) {
+        if (st->refusal[0]) {
+            text_copy(why, sizeof(why), st->refusal);
+            stream_fail(req, PARLEY_ERR_PROTOCOL, 0, "the model refused: "
+                        "%.200s", why);
+        } else {
+            stream_fail(req, PARLEY_ERR_PROTOCOL, 0, "the LLM API stream "
+                        "has no message content");
+        }
+        return;
+    }
+    free(res->content);
+    free(res->finish_reason);
+    res->content = st->text;    /* the tail goes out in deliver */
+    st->text = NULL;
+    st->cap = 0;
+    res->finish_reason = st->finish_reason;
+    st->finish_reason = NULL;
+    res->prompt_tokens = st->prompt_tokens;
+    res->completion_tokens = st->completion_tokens;
+}
+
+/* A streamed transfer ended (on_http_done). */
+static void stream_judge(struct llm_request *req,
+                         const struct http_response *resp)
+{
+    struct llm_stream *st = req->stream;
+    struct llm_result *res = &req->res;
+    int result;
+
+    res->http_code = resp->code;
+    res->retryable = 0;
+    result = sse_finish(&st->sse);
+    if (st->done_seen || (resp->status == PARLEY_OK && st->finish_reason &&
+                          result == PARLEY_OK)) {
+        /* The answer is whole, even if the connection then failed. */
+        res->status = PARLEY_OK;
+        res->errstr[0] = '\0';
+    } else if (resp->status == PARLEY_ERR_TIMEOUT) {
+        stream_fail(req, resp->status, 1, "the LLM API stream did not "
+                    "finish in time: %s", resp->errstr ? resp->errstr :
+                    "timeout");
+    } else if (resp->status != PARLEY_OK) {
+        stream_fail(req, resp->status,
+                    llm_is_retryable(resp->status, resp->code),
+                    "the LLM API stream broke: %s", resp->errstr ?
+                    resp->errstr : "transfer failed");
+    } else {
+        /* A clean end without [DONE] or a finish_reason: cut short. */
+        stream_fail(req, PARLEY_ERR_EOF, 1, "the LLM API stream ended "
+                    "before the answer was complete");
+    }
+    stream_conclude(req);
+}
+
+/*
+ * http_data_fn: body bytes of a streamed answer, from the loop.  A
+ * failure stops the transfer at once and is judged like any other.
+ */
+static void on_http_data(const char *data, size_t len, void *privdata)
 {
     struct llm_request *req = privdata;
     struct llm *llm = req->llm;
-    int total = req->max_retries + 1;
+    int result = sse_feed(&req->stream->sse, data, len);
 
+    if (result == PARLEY_OK)
+        return;
+    if (llm->free_requested) {
+        llm_leave(llm);         /* llm_free from on_delta: do it now */
+        return;
+    }
+    if (req->cancelled) {
+        request_abort(req);     /* llm_cancel from on_delta */
+        llm_pump(llm);
+        return;
+    }
+    if (req->res.status == PARLEY_OK)      /* the parser's own error */
+        stream_fail(req, result, 0, "the LLM API stream is unreadable: "
+                    "%s", req->stream->sse.errstr);
+    loop_http_cancel(req->http);
     req->http = NULL;
     llm->n_active--;
-    request_judge(req, resp);
+    stream_conclude(req);
+    request_settle(req, -1);
+}
+
+/* An attempt is over and judged: sleep before the next one, or deliver.
+ * retry_after_ms is the server's Retry-After, -1 when none. */
+static void request_settle(struct llm_request *req, long retry_after_ms)
+{
+    struct llm *llm = req->llm;
+    int total = req->max_retries + 1;
+
     if (req->res.status != PARLEY_OK && req->res.retryable &&
         req->res.attempts <= req->max_retries) {
         long delay = llm_backoff_ms(req->res.attempts, req->backoff_base_ms,
-                                    req->backoff_max_ms, resp->retry_after_ms,
+                                    req->backoff_max_ms, retry_after_ms,
                                     llm_random(llm));
 
         log_warn("llm: attempt %d/%d failed: %s; retrying in %ld ms",
@@ -893,9 +1355,27 @@ static void on_http_done(const struct http_response *resp, void *privdata)
     llm_leave(llm);
 }
 
-int llm_complete(struct llm *llm, const char *model,
-                 struct cJSON *messages, llm_done_fn *done, void *privdata,
-                 struct llm_request **out)
+static void stream_judge(struct llm_request *req,
+                         const struct http_response *resp);
+
+static void on_http_done(const struct http_response *resp, void *privdata)
+{
+    struct llm_request *req = privdata;
+
+    req->http = NULL;
+    req->llm->n_active--;
+    if (resp->streamed)
+        stream_judge(req, resp);
+    else
+        request_judge(req, resp);
+    request_settle(req, resp->retry_after_ms);
+}
+
+/* llm_complete and llm_complete_stream (on_delta != NULL). */
+static int request_submit(struct llm *llm, const char *model,
+                          struct cJSON *messages, llm_delta_fn *on_delta,
+                          llm_done_fn *done, void *privdata,
+                          struct llm_request **out)
 {
     struct llm_request *req;
     char url[LLM_URL_MAX];
@@ -927,14 +1407,19 @@ int llm_complete(struct llm *llm, const char *model,
     req->privdata = privdata;
     llm_result_clear(&req->res);
     req->url = strdup(url);
-    req->body = llm_request_body(model && model[0] ? model : llm->model,
-                                 messages, llm->temperature,
-                                 llm->max_tokens);
+    req->body = request_body(model && model[0] ? model : llm->model,
+                             messages, llm->temperature, llm->max_tokens,
+                             on_delta != NULL);
     cJSON_Delete(messages);
-    if (!req->url || !req->body) {
-        free(req->url);
-        free(req->body);
-        free(req);
+    if (on_delta) {
+        req->stream = calloc(1, sizeof(*req->stream));
+        if (req->stream) {
+            req->stream->on_delta = on_delta;
+            sse_init(&req->stream->sse, SSE_EVENT_MAX, on_sse_event, req);
+        }
+    }
+    if (!req->url || !req->body || (on_delta && !req->stream)) {
+        request_destroy(req);
         return PARLEY_ERR_OOM;
     }
     req->body_len = strlen(req->body);
@@ -966,12 +1451,39 @@ int llm_complete(struct llm *llm, const char *model,
     return PARLEY_OK;
 }
 
+int llm_complete(struct llm *llm, const char *model,
+                 struct cJSON *messages, llm_done_fn *done, void *privdata,
+                 struct llm_request **out)
+{
+    return request_submit(llm, model, messages, NULL, done, privdata, out);
+}
+
+int llm_complete_stream(struct llm *llm, const char *model,
+                        struct cJSON *messages, llm_delta_fn *on_delta,
+                        llm_done_fn *done, void *privdata,
+                        struct llm_request **out)
+{
+    if (!on_delta) {
+        if (out)
+            *out = NULL;
+        cJSON_Delete(messages);
+        return PARLEY_ERR_OTHER;
+    }
+    return request_submit(llm, model, messages, on_delta, done, privdata,
+                          out);
+}
+
 void llm_cancel(struct llm_request *req)
 {
     struct llm *llm;
 
     if (!req || req->state == LLM_DELIVERING)
         return;
+    if (req->in_delta) {
+        /* Its transfer is mid-read: stop once on_delta returns. */
+        req->cancelled = 1;
+        return;
+    }
     llm = req->llm;
     request_abort(req);
     llm_pump(llm);
@@ -989,7 +1501,10 @@ void llm_free(struct llm *llm)
         while (req) {
             struct llm_request *next = req->next;
 
-            request_abort(req);
+            if (req->in_delta)
+                req->cancelled = 1;     /* freed when on_delta returns */
+            else
+                request_abort(req);
             req = next;
         }
         llm->free_requested = 1;

@@ -8,6 +8,9 @@
  * Callback contract: if llm_complete returns PARLEY_OK, done runs exactly
  * once from the loop with a result valid only during the call, unless the
  * request is cancelled first.
+ *
+ * Streaming (llm_complete_stream) asks for "stream": true and reads the
+ * server-sent events as they arrive; see the contract at its declaration.
  */
 #ifndef PARLEY_LLM_H
 #define PARLEY_LLM_H
@@ -33,10 +36,26 @@ struct llm_result {
     char *finish_reason;    /* or NULL */
     long prompt_tokens;     /* -1 when usage was absent */
     long completion_tokens;
+    size_t delivered;       /* streaming: bytes of the answer already
+                               passed to on_delta.  A failure with
+                               delivered > 0 means the stream broke after
+                               people may have seen part of the answer;
+                               it was not retried, and content is NULL */
     char errstr[256];       /* operator-facing reason; never the key */
 };
 
 typedef void llm_done_fn(const struct llm_result *res, void *privdata);
+
+/* One new piece of a streamed answer, valid only during the call. */
+struct llm_delta {
+    const char *text;       /* the new piece, NUL-terminated, never empty */
+    size_t len;
+    const char *content;    /* the answer so far, this piece included,
+                               NUL-terminated */
+    size_t content_len;
+};
+
+typedef void llm_delta_fn(const struct llm_delta *delta, void *privdata);
 
 /* api_key may be NULL (local servers); it is copied. */
 int llm_create(struct llm **out, struct loop *loop,
@@ -52,6 +71,38 @@ int llm_configure(struct llm *llm, const struct config_llm *cfg);
 int llm_complete(struct llm *llm, const char *model,
                  struct cJSON *messages, llm_done_fn *done, void *privdata,
                  struct llm_request **out);
+
+/*
+ * Ask for a completion and receive it as it is written.  Arguments,
+ * ownership and errors as llm_complete; on_delta and done are required.
+ *
+ * Contract:
+ * - on_delta runs zero or more times, from the loop (never inside this
+ *   call, never inside a curl callback), with consecutive pieces of the
+ *   answer; then done runs exactly once, unless the request is cancelled
+ *   first.  A piece never ends inside a UTF-8 character, and never holds
+ *   the API key, even split across server events (the text that could be
+ *   its start is held back until it is known not to be).
+ * - On success done gets the whole answer in res->content, exactly the
+ *   concatenation of the pieces, with finish_reason and usage as
+ *   llm_complete gives them.  A server that ignores "stream" and answers
+ *   with one JSON body is read as llm_complete reads it, and its answer
+ *   arrives as a single piece before done.
+ * - Failures before the first piece are retried as llm_complete retries
+ *   them (connection errors, timeouts, 408/409/429/5xx, Retry-After, and
+ *   also a stream that breaks or reports a server error mid-way).  Once a
+ *   piece was delivered nothing is retried: a stream that breaks ends
+ *   with an error status, res->delivered > 0 and res->content NULL, and
+ *   errstr says so, so that the caller can replace the partial text with
+ *   its fallback.  Nothing of a broken stream is meant for history.
+ * - The answer is capped at LLM_BODY_MAX bytes (TOO_LARGE beyond).
+ * - on_delta may call llm_cancel (this request or another; for this one
+ *   done then never runs), llm_free (as from done), and submit requests.
+ */
+int llm_complete_stream(struct llm *llm, const char *model,
+                        struct cJSON *messages, llm_delta_fn *on_delta,
+                        llm_done_fn *done, void *privdata,
+                        struct llm_request **out);
 void llm_cancel(struct llm_request *req);
 /* Requests accepted and not yet called back: waiting for a slot, on the
  * wire, or sleeping before a retry. */

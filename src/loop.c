@@ -63,11 +63,20 @@ struct loop_socket {
     struct loop_socket *prev, *next;
 };
 
+/* Where a response body goes (see http_options.stream_type). */
+enum loop_body_mode {
+    LOOP_BODY_UNDECIDED,        /* no body byte yet */
+    LOOP_BODY_COLLECT,          /* into buf, for done */
+    LOOP_BODY_STREAM            /* into buf until the next flush_streams */
+};
+
 struct http_request {
     struct loop *loop;
     CURL *easy;
     struct curl_slist *headers;
-    char *buf;                  /* response body, NUL-terminated */
+    char *buf;                  /* response body, NUL-terminated; when
+                                   streaming, the bytes not yet handed to
+                                   on_data */
     size_t len;
     size_t cap;                 /* allocated bytes of buf */
     size_t max;                 /* cap on len */
@@ -77,6 +86,9 @@ struct http_request {
     long retry_after_ms_hdr;    /* from retry-after-ms, -1 when absent */
     char errbuf[CURL_ERROR_SIZE];
     http_done_fn *done;
+    http_data_fn *on_data;      /* NULL: never stream */
+    char *stream_type;          /* owned copy of http_options.stream_type */
+    enum loop_body_mode mode;
     void *privdata;
     struct http_request *prev, *next;
 };
@@ -139,6 +151,7 @@ static void request_free(struct http_request *req)
         curl_easy_cleanup(req->easy);
     curl_slist_free_all(req->headers);
     free(req->buf);
+    free(req->stream_type);
     free(req);
 }
 
@@ -217,8 +230,38 @@ static void check_multi_info(struct loop *loop)
             snprintf(req->errbuf, sizeof(req->errbuf), "%s",
                      curl_easy_strerror(result));
         resp.errstr = result != CURLE_OK ? req->errbuf : NULL;
+        resp.streamed = req->mode == LOOP_BODY_STREAM;
         req->done(&resp, req->privdata);
         request_free(req);
+    }
+}
+
+/*
+ * Hand streamed bytes to their owners, outside every curl callback (curl
+ * refuses add/remove_handle from inside one, and an owner may well want
+ * to start a request when text arrives).  Any callback may cancel any
+ * request, so the scan starts over after each; each call empties one
+ * buffer, so this ends.  Runs before check_multi_info, so the last bytes
+ * of a transfer arrive before its done callback.
+ */
+static void flush_streams(struct loop *loop)
+{
+    struct http_request *req = loop->reqs;
+
+    while (req && !loop->closing) {
+        if (req->mode == LOOP_BODY_STREAM && req->len > 0) {
+            /* Detach first: the callback may free req. */
+            char *data = req->buf;
+            size_t len = req->len;
+
+            req->buf = NULL;
+            req->len = req->cap = 0;
+            req->on_data(data, len, req->privdata);
+            free(data);
+            req = loop->reqs;
+        } else {
+            req = req->next;
+        }
     }
 }
 
@@ -235,6 +278,7 @@ static void on_uv_timeout(uv_timer_t *timer)
     if (mc != CURLM_OK)
         log_error("curl_multi_socket_action (timeout): %s",
                   curl_multi_strerror(mc));
+    flush_streams(loop);
     check_multi_info(loop);
 }
 
@@ -259,6 +303,7 @@ static void on_uv_socket(uv_poll_t *poll, int status, int events)
     if (mc != CURLM_OK)
         log_error("curl_multi_socket_action (socket): %s",
                   curl_multi_strerror(mc));
+    flush_streams(loop);
     check_multi_info(loop);
 }
 
@@ -354,11 +399,46 @@ static int cb_socket(CURL *easy, curl_socket_t s, int action, void *userp,
     return 0;
 }
 
-/* CURLOPT_WRITEFUNCTION: append to the capped body buffer. */
+/* Whether a Content-Type value names the media type want (parameters
+ * such as "; charset=utf-8" ignored). */
+static int media_type_is(const char *value, const char *want)
+{
+    size_t n = strlen(want);
+
+    if (!value || strncasecmp(value, want, n) != 0)
+        return 0;
+    value += n;
+    return *value == '\0' || *value == ';' || *value == ' ' ||
+        *value == '\t';
+}
+
+/* At the first body byte: stream it or collect it. */
+static void body_mode_decide(struct http_request *req)
+{
+    long code = 0;
+    char *type = NULL;
+
+    req->mode = LOOP_BODY_COLLECT;
+    if (!req->on_data ||
+        curl_easy_getinfo(req->easy, CURLINFO_RESPONSE_CODE,
+                          &code) != CURLE_OK ||
+        code < 200 || code > 299 ||
+        curl_easy_getinfo(req->easy, CURLINFO_CONTENT_TYPE,
+                          &type) != CURLE_OK)
+        return;
+    if (media_type_is(type, req->stream_type))
+        req->mode = LOOP_BODY_STREAM;
+}
+
+/* CURLOPT_WRITEFUNCTION: append to the capped body buffer (which a
+ * streamed response empties at every flush_streams). */
 static size_t cb_write(char *data, size_t size, size_t nmemb, void *userp)
 {
     struct http_request *req = userp;
     size_t n = size * nmemb;
+
+    if (req->mode == LOOP_BODY_UNDECIDED)
+        body_mode_decide(req);
 
     if (n > req->max - req->len) {
         req->too_large = 1;
@@ -652,6 +732,14 @@ int loop_http_start(struct loop *loop, const struct http_options *opt,
     req->retry_after_ms = -1;
     req->retry_after_ms_hdr = -1;
     req->max = opt->max_body ? opt->max_body : HTTP_BODY_MAX;
+    if (opt->on_data && opt->stream_type) {
+        req->on_data = opt->on_data;
+        req->stream_type = strdup(opt->stream_type);
+        if (!req->stream_type) {
+            request_free(req);
+            return PARLEY_ERR_OOM;
+        }
+    }
 
     for (size_t i = 0; i < opt->n_headers; i++) {
         struct curl_slist *l;

@@ -19,6 +19,15 @@ struct http_request;
 /* Largest response body accepted unless the caller sets a smaller cap. */
 #define HTTP_BODY_MAX (8 * 1024 * 1024)
 
+/*
+ * Body bytes of a streamed response as they arrive (see stream_type).
+ * Runs from the loop after curl has returned, never inside a curl
+ * callback, so it may start or cancel requests, this one included (then
+ * neither on_data nor done runs again for it).  data is valid only during
+ * the call.  privdata is the one given to loop_http_start.
+ */
+typedef void http_data_fn(const char *data, size_t len, void *privdata);
+
 struct http_options {
     const char *method;         /* "GET", "POST", "PUT"; NULL = GET */
     const char *url;
@@ -30,6 +39,11 @@ struct http_options {
     long connect_timeout_ms;    /* 0 = curl default */
     long timeout_ms;            /* whole transfer; 0 = none */
     size_t max_body;            /* response cap; 0 = HTTP_BODY_MAX */
+    http_data_fn *on_data;      /* NULL: collect the whole body for done */
+    const char *stream_type;    /* with on_data: a 2xx answer of this media
+                                   type ("text/event-stream") goes to on_data
+                                   piece by piece; any other answer is
+                                   collected for done as usual */
 };
 
 /* Valid only during the done callback. */
@@ -41,6 +55,7 @@ struct http_response {
     size_t body_len;
     long retry_after_ms;        /* Retry-After header, -1 when absent */
     const char *errstr;         /* curl's message when status != OK */
+    int streamed;               /* the body went to on_data; body is "" */
 };
 
 typedef void http_done_fn(const struct http_response *resp, void *privdata);
