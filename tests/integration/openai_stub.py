@@ -37,6 +37,29 @@ message, and removes it unless "repeat" is true):
   {"headers": {"name": "value"}}          extra response headers
   "delay": S applies before any answer; "when_contains", "repeat" as
   above.
+
+Streaming: a request with "stream": true is answered as OpenAI does, as
+text/event-stream in HTTP chunks: "data: {chat.completion.chunk}" events
+(the first delta carries the role, then content pieces, then an empty
+delta with finish_reason), a usage chunk with "choices": [] when
+stream_options.include_usage is set (and "usage": null in every other
+chunk), then "data: [DONE]".  Actions add:
+  {"pieces": ["He", "llo"]}               these content deltas
+  {"piece_chars": N}                      cut content every N characters
+                                          (default 4)
+  {"chunk_delay": S}                      sleep S before each write
+  {"split_bytes": N}                      write the event bytes N at a time
+                                          (events cut at awkward places),
+                                          each write its own HTTP chunk
+  {"line_ending": "\r\n"}                 CRLF (or "\r") instead of LF
+  {"comments": true}                      ": keep-alive" between events
+  {"break_after": N}                      close the connection after N
+                                          content deltas, mid-chunk
+  {"error_after": N, "error_type": t,     after N content deltas send
+   "error_message": m, "error_code": c}   data: {"error": {...}}, then end
+  {"ignore_stream": true}                 answer with one JSON body
+  {"no_done": true}, {"no_finish": true}  leave out [DONE] / finish chunk
+  {"refusal": "text"}                     stream a refusal, no content
 """
 
 import argparse
@@ -148,13 +171,18 @@ def estimate_tokens(s):
     return max(1, len(s) // 4)
 
 
-def completion(model, content, body, finish_reason="stop", usage=True):
+def usage_of(content, body):
     msgs = body.get("messages", [])
     prompt = 0
     for m in msgs:
         if isinstance(m, dict) and isinstance(m.get("content"), str):
             prompt += estimate_tokens(m["content"]) + 4
     done = estimate_tokens(content)
+    return {"prompt_tokens": prompt, "completion_tokens": done,
+            "total_tokens": prompt + done}
+
+
+def completion(model, content, body, finish_reason="stop", usage=True):
     out = {
         "id": "chatcmpl-" + uuid.uuid4().hex[:24],
         "object": "chat.completion",
@@ -170,8 +198,52 @@ def completion(model, content, body, finish_reason="stop", usage=True):
         }],
     }
     if usage:
-        out["usage"] = {"prompt_tokens": prompt, "completion_tokens": done,
-                        "total_tokens": prompt + done}
+        out["usage"] = usage_of(content, body)
+    return out
+
+
+def stream_events(model, content, body, action):
+    """The data payloads of a streamed answer, as OpenAI sends them.
+
+    Returns a list of (kind, payload) with kind "piece" for a content
+    delta, "event" for any other chunk."""
+    cid = "chatcmpl-" + uuid.uuid4().hex[:24]
+    created = int(time.time())
+    opts = body.get("stream_options")
+    with_usage = isinstance(opts, dict) and opts.get("include_usage") is True
+
+    def chunk(delta, finish=None):
+        c = {"id": cid, "object": "chat.completion.chunk",
+             "created": created, "model": model,
+             "system_fingerprint": "fp_stub",
+             "choices": [{"index": 0, "delta": delta, "logprobs": None,
+                          "finish_reason": finish}]}
+        if with_usage:
+            c["usage"] = None
+        return c
+
+    out = [("event", chunk({"role": "assistant", "content": "",
+                            "refusal": None}))]
+    if "refusal" in action:
+        text = action["refusal"]
+        out += [("event", chunk({"refusal": text[i:i + 8]}))
+                for i in range(0, len(text), 8)]
+        content = ""
+    elif "pieces" in action:
+        out += [("piece", chunk({"content": p})) for p in action["pieces"]]
+        content = "".join(action["pieces"])
+    else:
+        n = max(1, int(action.get("piece_chars", 4)))
+        out += [("piece", chunk({"content": content[i:i + n]}))
+                for i in range(0, len(content), n)]
+    if not action.get("no_finish"):
+        out.append(("event", chunk({}, action.get("finish_reason", "stop"))))
+    if with_usage:
+        out.append(("event", {"id": cid, "object": "chat.completion.chunk",
+                              "created": created, "model": model,
+                              "system_fingerprint": "fp_stub",
+                              "choices": [],
+                              "usage": usage_of(content, body)}))
     return out
 
 
@@ -378,6 +450,9 @@ class Handler(BaseHTTPRequestHandler):
         if action.get("malformed"):
             self.send_json(200, None, extra, raw=data[:len(data) // 2])
             return
+        if body.get("stream") is True and not action.get("ignore_stream"):
+            self.send_stream(model, content, body, action, extra)
+            return
         if action.get("drop"):
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
@@ -388,6 +463,71 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return
         self.send_json(200, resp, extra, raw=data)
+
+
+    def send_stream(self, model, content, body, action, extra):
+        """Answer as text/event-stream, with the faults of action."""
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream; charset=utf-8")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("x-request-id", "req_" + uuid.uuid4().hex[:16])
+        for k, v in extra.items():
+            self.send_header(k, str(v))
+        self.end_headers()
+        eol = action.get("line_ending", "\n").encode()
+        delay = float(action.get("chunk_delay", 0))
+        split = int(action.get("split_bytes", 0))
+        break_after = action.get("break_after")
+        error_after = action.get("error_after")
+
+        def encode(payload):
+            # compact, as OpenAI sends it
+            data = payload if isinstance(payload, str) else \
+                json.dumps(payload, separators=(",", ":"))
+            out = b"data: " + data.encode() + eol + eol
+            if action.get("comments"):
+                out = b": keep-alive" + eol + out
+            return out
+
+        def write(data):
+            # each write is one HTTP chunk; split cuts events anywhere
+            step = split if split > 0 else len(data)
+            for i in range(0, len(data), step):
+                if delay:
+                    time.sleep(delay)
+                part = data[i:i + step]
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
+                self.wfile.flush()
+
+        pieces = 0
+        for kind, payload in stream_events(model, content, body, action):
+            if kind == "piece":
+                if break_after is not None and pieces >= int(break_after):
+                    # mid-chunk: a chunk header promising more than follows
+                    self.wfile.write(b"40\r\ndata: {\"choi")
+                    self.wfile.flush()
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return
+                if error_after is not None and pieces >= int(error_after):
+                    err = error_body(
+                        action.get("error_message",
+                                   "The server had an error while "
+                                   "processing your request. Sorry about "
+                                   "that!"),
+                        action.get("error_type", "server_error"), None,
+                        action.get("error_code"))
+                    write(encode(err))
+                    self.wfile.write(b"0\r\n\r\n")
+                    self.wfile.flush()
+                    return
+                pieces += 1
+            write(encode(payload))
+        if not action.get("no_done"):
+            write(encode("[DONE]"))
+        self.wfile.write(b"0\r\n\r\n")
+        self.wfile.flush()
 
 
 class Server(ThreadingHTTPServer):

@@ -3,7 +3,11 @@
  * (tests/integration/openai_stub.py) on a loopback port: success, each
  * retry rule (Retry-After, retry-after-ms, 5xx, timeouts, dropped bodies,
  * refused connections), what is not retried (401, 404, malformed JSON,
- * oversize bodies), the concurrency cap, and cancellation in every state.
+ * oversize bodies), the concurrency cap, and cancellation in every state;
+ * then streaming: deltas, awkward event boundaries, slow streams, breaks
+ * and error events before and after the first delta, a server that
+ * ignores "stream", the key split across events, the cap, and callbacks
+ * that cancel, free or submit from on_delta.
  * Every test ends by closing the loop and checking that uv_loop_close
  * finds no handle left; ASan checks the memory.  Timeouts and backoffs
  * are tens of milliseconds so that the file runs in a few seconds.
@@ -27,6 +31,9 @@
 
 #define KEY "sk-live-test-SECRET-0123456789abcdef"
 #define WRONG_KEY "sk-wrong-SECRET-fedcba9876543210"
+
+/* Bytes of streamed text a test keeps for comparison. */
+#define LLM_DELTA_LOG 512
 
 /* Longest a single test may run the loop before it counts as hung. */
 #define TEST_LOOP_MAX_MS 8000
@@ -1067,6 +1074,416 @@ static void test_loop_close_in_flight(void **state)
         PARLEY_ERR_STATE);
 }
 
+/* ------------------------------------------------------------------ */
+/* streaming                                                          */
+
+/* What a streamed request produced: its deltas and its outcome. */
+struct stream_outcome {
+    struct outcome o;
+    int deltas;
+    char text[LLM_DELTA_LOG];   /* the pieces, concatenated */
+    size_t text_len;            /* may exceed sizeof(text) */
+    size_t content_len;         /* of the last delta */
+    int content_matches;        /* every delta's content = text so far */
+    uint64_t t_first;           /* uv_hrtime of the first delta */
+    struct fixture *f;          /* for the callbacks that act */
+    struct llm_request *req;
+    int cancel_at;              /* llm_cancel(req) at this delta */
+    int free_at;                /* llm_free(f->llm) at this delta */
+    int submit_at;              /* llm_complete a follow-up here */
+    struct outcome follow;
+};
+
+static void on_delta(const struct llm_delta *d, void *privdata)
+{
+    struct stream_outcome *s = privdata;
+
+    assert_false(inside_complete);
+    assert_true(d->len > 0);
+    assert_int_equal(strlen(d->text), d->len);
+    assert_int_equal(strlen(d->content), d->content_len);
+    assert_int_equal(d->content_len, s->text_len + d->len);
+    assert_ptr_equal(d->text, d->content + s->text_len);
+    if (s->text_len + d->len < sizeof(s->text)) {
+        memcpy(s->text + s->text_len, d->text, d->len + 1);
+        if (memcmp(d->content, s->text, d->content_len) != 0)
+            s->content_matches = 0;
+    }
+    if (!s->deltas)
+        s->t_first = uv_hrtime();
+    s->deltas++;
+    s->text_len += d->len;
+    s->content_len = d->content_len;
+    if (s->cancel_at && s->deltas == s->cancel_at)
+        llm_cancel(s->req);
+    if (s->free_at && s->deltas == s->free_at) {
+        llm_free(s->f->llm);
+        s->f->llm = NULL;
+    }
+    if (s->submit_at && s->deltas == s->submit_at)
+        assert_int_equal(llm_complete(s->f->llm, NULL, user_messages("more"),
+                                      on_done, &s->follow, NULL),
+                         PARLEY_OK);
+}
+
+static void on_stream_done(const struct llm_result *res, void *privdata)
+{
+    struct stream_outcome *s = privdata;
+
+    on_done(res, &s->o);
+    if (res->status == PARLEY_OK)
+        assert_int_equal(res->delivered, strlen(res->content));
+    s->o.attempts = res->attempts;
+    s->o.prompt_tokens = res->prompt_tokens;
+    s->content_len = res->delivered;
+}
+
+static void ask_stream(struct fixture *f, const char *text,
+                       struct stream_outcome *s)
+{
+    int rc;
+
+    s->f = f;
+    s->content_matches = 1;
+    inside_complete = 1;
+    rc = llm_complete_stream(f->llm, NULL, user_messages(text), on_delta,
+                             on_stream_done, s, &s->req);
+    inside_complete = 0;
+    assert_int_equal(rc, PARLEY_OK);
+    assert_non_null(s->req);
+    assert_int_equal(s->o.called, 0);
+    assert_int_equal(s->deltas, 0);
+}
+
+static void test_stream_success(void **state)
+{
+    struct fixture *f = *state;
+    struct stream_outcome s = { 0 };
+    cJSON *recs, *rec, *body, *opts;
+
+    ask_stream(f, "hello \xc3\xa9 there", &s);
+    run_until(f, &s.o, 1);
+    assert_int_equal(s.o.status, PARLEY_OK);
+    assert_int_equal(s.o.http_code, 200);
+    assert_int_equal(s.o.attempts, 1);
+    assert_string_equal(s.o.content, "echo: hello \xc3\xa9 there");
+    /* four characters a piece: the answer came in several deltas */
+    assert_true(s.deltas >= 4);
+    assert_string_equal(s.text, s.o.content);
+    assert_true(s.content_matches);
+    assert_string_equal(s.o.finish, "stop");
+    assert_true(s.o.prompt_tokens > 0);
+    assert_true(s.o.completion_tokens > 0);
+    assert_int_equal(llm_in_flight(f->llm), 0);
+
+    recs = stub_requests();
+    rec = cJSON_GetArrayItem(recs, 0);
+    body = cJSON_GetObjectItem(rec, "body");
+    assert_true(cJSON_IsTrue(cJSON_GetObjectItem(body, "stream")));
+    opts = cJSON_GetObjectItem(body, "stream_options");
+    assert_true(cJSON_IsTrue(cJSON_GetObjectItem(opts, "include_usage")));
+    assert_string_equal(cJSON_GetObjectItem(cJSON_GetObjectItem(rec,
+                        "headers"), "Accept")->valuestring,
+                        "text/event-stream");
+    cJSON_Delete(recs);
+
+    /* llm_complete is unchanged: no stream in its body */
+    memset(&s, 0, sizeof(s));
+    free(stub_call("/_control/reset", ""));
+    ask(f, "plain", &s.o);
+    run_until(f, &s.o, 1);
+    assert_string_equal(s.o.content, "echo: plain");
+    recs = stub_requests();
+    body = cJSON_GetObjectItem(cJSON_GetArrayItem(recs, 0), "body");
+    assert_null(cJSON_GetObjectItem(body, "stream"));
+    assert_null(cJSON_GetObjectItem(body, "stream_options"));
+    cJSON_Delete(recs);
+}
+
+/* Events cut every few bytes, CRLF line ends, keep-alive comments, and
+ * multi-byte characters: the same answer. */
+static void test_stream_awkward_bytes(void **state)
+{
+    struct fixture *f = *state;
+    static const char *const eols[] = { "\\r\\n", "\\r", "\\n" };
+    static const int splits[] = { 1, 3, 7 };
+
+    for (int i = 0; i < 3; i++) {
+        struct stream_outcome s = { 0 };
+        char script[256];
+
+        snprintf(script, sizeof(script), "[{\"split_bytes\":%d,"
+                 "\"line_ending\":\"%s\",\"comments\":true,\"pieces\":"
+                 "[\"caf\\u00e9\",\" \\u2603 \",\"\\ud83d\\ude00\","
+                 "\" ok\"]}]", splits[i], eols[i]);
+        stub_script(script);
+        ask_stream(f, "x", &s);
+        run_until(f, &s.o, 1);
+        assert_int_equal(s.o.status, PARLEY_OK);
+        assert_string_equal(s.o.content,
+                            "caf\xc3\xa9 \xe2\x98\x83 \xf0\x9f\x98\x80 ok");
+        assert_string_equal(s.text, s.o.content);
+        assert_true(s.content_matches);
+        assert_int_equal(s.deltas, 4);
+    }
+}
+
+/* Deltas arrive while the answer is still being written. */
+static void test_stream_slow_is_incremental(void **state)
+{
+    struct fixture *f = *state;
+    struct stream_outcome s = { 0 };
+
+    stub_script("[{\"chunk_delay\":0.1,\"pieces\":[\"a\",\"b\",\"c\","
+                "\"d\"]}]");
+    ask_stream(f, "x", &s);
+    run_until(f, &s.o, 1);
+    assert_int_equal(s.o.status, PARLEY_OK);
+    assert_string_equal(s.o.content, "abcd");
+    assert_int_equal(s.deltas, 4);
+    /* first delta at about 0.2 s, done after 0.7 s (one delay a write) */
+    assert_true(elapsed_ms(s.t_first, s.o.t_done) >= 300);
+}
+
+static void test_stream_break_before_delta_is_retried(void **state)
+{
+    struct fixture *f = *state;
+    struct stream_outcome s = { 0 };
+
+    stub_script("[{\"break_after\":0}]");
+    ask_stream(f, "hi", &s);
+    run_until(f, &s.o, 1);
+    assert_int_equal(s.o.status, PARLEY_OK);
+    assert_int_equal(s.o.attempts, 2);
+    assert_string_equal(s.o.content, "echo: hi");
+    assert_string_equal(s.text, "echo: hi");
+    assert_int_equal(stub_count(), 2);
+}
+
+static void test_stream_break_after_delta_is_final(void **state)
+{
+    struct fixture *f = *state;
+    struct stream_outcome s = { 0 };
+
+    stub_script("[{\"break_after\":2}]");
+    ask_stream(f, "hello world", &s);
+    run_until(f, &s.o, 1);
+    assert_int_equal(s.o.status, PARLEY_ERR_IO);
+    assert_int_equal(s.o.retryable, 0);
+    assert_int_equal(s.o.attempts, 1);
+    assert_string_equal(s.o.content, "");
+    assert_string_equal(s.text, "echo: he");
+    assert_int_equal(s.content_len, 8);     /* res->delivered */
+    assert_non_null(strstr(s.o.errstr, "broke off after 8 bytes"));
+    assert_non_null(strstr(s.o.errstr, "stream broke"));
+    run_for(f, 100);
+    assert_int_equal(stub_count(), 1);
+}
+
+static void test_stream_error_event(void **state)
+{
+    struct fixture *f = *state;
+    struct stream_outcome s = { 0 };
+
+    /* after a delta: final, whatever the error */
+    stub_script("[{\"error_after\":1}]");
+    ask_stream(f, "hello world", &s);
+    run_until(f, &s.o, 1);
+    assert_int_equal(s.o.status, PARLEY_ERR_PROTOCOL);
+    assert_int_equal(s.o.retryable, 0);
+    assert_int_equal(s.o.attempts, 1);
+    assert_string_equal(s.text, "echo");
+    assert_non_null(strstr(s.o.errstr, "broke off after 4 bytes"));
+    assert_non_null(strstr(s.o.errstr,
+        "reported an error: server_error: The server had an error"));
+
+    /* before any delta, a server error is retried */
+    memset(&s, 0, sizeof(s));
+    free(stub_call("/_control/reset", ""));
+    stub_script("[{\"error_after\":0}]");
+    ask_stream(f, "hi", &s);
+    run_until(f, &s.o, 1);
+    assert_int_equal(s.o.status, PARLEY_OK);
+    assert_int_equal(s.o.attempts, 2);
+    assert_string_equal(s.text, "echo: hi");
+
+    /* ... but not a request error */
+    memset(&s, 0, sizeof(s));
+    free(stub_call("/_control/reset", ""));
+    stub_script("[{\"error_after\":0,\"error_type\":"
+                "\"invalid_request_error\",\"error_message\":\"bad\"}]");
+    ask_stream(f, "hi", &s);
+    run_until(f, &s.o, 1);
+    assert_int_equal(s.o.status, PARLEY_ERR_PROTOCOL);
+    assert_int_equal(s.o.attempts, 1);
+    assert_int_equal(s.deltas, 0);
+    assert_non_null(strstr(s.o.errstr, "invalid_request_error: bad"));
+}
+
+/* A server that ignores "stream" answers with one JSON body. */
+static void test_stream_ignored(void **state)
+{
+    struct fixture *f = *state;
+    struct stream_outcome s = { 0 };
+
+    stub_script("[{\"ignore_stream\":true}]");
+    ask_stream(f, "whole", &s);
+    run_until(f, &s.o, 1);
+    assert_int_equal(s.o.status, PARLEY_OK);
+    assert_int_equal(s.deltas, 1);
+    assert_string_equal(s.text, "echo: whole");
+    assert_string_equal(s.o.content, "echo: whole");
+    assert_true(s.o.prompt_tokens > 0);
+}
+
+static void test_stream_http_errors(void **state)
+{
+    struct fixture *f = *state;
+    struct stream_outcome s = { 0 };
+    uint64_t start = uv_hrtime();
+
+    /* 429 with retry-after-ms, then a stream */
+    stub_script("[{\"status\":429,\"retry_after_ms\":200}]");
+    ask_stream(f, "hi", &s);
+    run_until(f, &s.o, 1);
+    assert_int_equal(s.o.status, PARLEY_OK);
+    assert_int_equal(s.o.attempts, 2);
+    assert_true(elapsed_ms(start, s.o.t_done) >= 200);
+    assert_string_equal(s.text, "echo: hi");
+
+    /* 401 is final, its body read as an error, the key redacted */
+    memset(&s, 0, sizeof(s));
+    fixture_recreate(f, WRONG_KEY);
+    ask_stream(f, "hi", &s);
+    run_until(f, &s.o, 1);
+    assert_int_equal(s.o.status, PARLEY_ERR_HTTP);
+    assert_int_equal(s.o.http_code, 401);
+    assert_int_equal(s.o.attempts, 1);
+    assert_int_equal(s.deltas, 0);
+    assert_null(strstr(s.o.errstr, WRONG_KEY));
+    assert_non_null(strstr(s.o.errstr, "[redacted]"));
+}
+
+static void test_stream_endings(void **state)
+{
+    struct fixture *f = *state;
+    struct stream_outcome s = { 0 };
+
+    /* no [DONE], but a finish_reason: the answer is whole */
+    stub_script("[{\"no_done\":true}]");
+    ask_stream(f, "hi", &s);
+    run_until(f, &s.o, 1);
+    assert_int_equal(s.o.status, PARLEY_OK);
+    assert_string_equal(s.o.content, "echo: hi");
+
+    /* neither: cut short, and text was shown, so final */
+    memset(&s, 0, sizeof(s));
+    stub_script("[{\"no_done\":true,\"no_finish\":true}]");
+    ask_stream(f, "hi", &s);
+    run_until(f, &s.o, 1);
+    assert_int_equal(s.o.status, PARLEY_ERR_EOF);
+    assert_int_equal(s.o.attempts, 1);
+    assert_string_equal(s.o.content, "");
+    assert_non_null(strstr(s.o.errstr, "before the answer was complete"));
+
+    /* a refusal has no content */
+    memset(&s, 0, sizeof(s));
+    stub_script("[{\"refusal\":\"I can't help with that.\"}]");
+    ask_stream(f, "hi", &s);
+    run_until(f, &s.o, 1);
+    assert_int_equal(s.o.status, PARLEY_ERR_PROTOCOL);
+    assert_int_equal(s.deltas, 0);
+    assert_non_null(strstr(s.o.errstr,
+                           "the model refused: I can't help with that."));
+}
+
+/* The key spelled across several events never reaches a delta. */
+static void test_stream_key_split_is_redacted(void **state)
+{
+    struct fixture *f = *state;
+    struct stream_outcome s = { 0 };
+
+    stub_script("[{\"pieces\":[\"my key: sk-li\",\"ve-test-SEC\","
+                "\"RET-0123456789abc\",\"def. and sk-\",\"live-no\"]}]");
+    ask_stream(f, "hi", &s);
+    run_until(f, &s.o, 1);
+    assert_int_equal(s.o.status, PARLEY_OK);
+    assert_string_equal(s.o.content,
+                        "my key: [redacted]. and sk-live-no");
+    assert_string_equal(s.text, s.o.content);
+    assert_null(strstr(s.text, "SECRET"));
+}
+
+static void test_stream_too_large(void **state)
+{
+    struct fixture *f = *state;
+    struct stream_outcome s = { 0 };
+    char script[96];
+
+    snprintf(script, sizeof(script), "[{\"body_bytes\":%d,"
+             "\"piece_chars\":65536}]", LLM_BODY_MAX + 10);
+    stub_script(script);
+    ask_stream(f, "hi", &s);
+    run_until(f, &s.o, 1);
+    assert_int_equal(s.o.status, PARLEY_ERR_TOO_LARGE);
+    assert_int_equal(s.o.retryable, 0);
+    assert_int_equal(s.o.attempts, 1);
+    assert_true(s.text_len <= LLM_BODY_MAX);
+    assert_true(s.text_len > 0);
+    assert_non_null(strstr(s.o.errstr, "byte cap"));
+}
+
+/* on_delta cancels its own request, frees the client, or submits. */
+static void test_stream_callbacks_act(void **state)
+{
+    struct fixture *f = *state;
+    struct stream_outcome s = { 0 };
+
+    s.cancel_at = 1;
+    stub_script("[{\"chunk_delay\":0.02}]");
+    ask_stream(f, "hello world", &s);
+    run_for(f, 600);
+    assert_int_equal(s.deltas, 1);
+    assert_int_equal(s.o.called, 0);
+    assert_int_equal(llm_in_flight(f->llm), 0);
+    assert_int_equal(loop_http_pending(f->loop), 0);
+
+    memset(&s, 0, sizeof(s));
+    s.submit_at = 2;
+    ask_stream(f, "hello world", &s);
+    run_until(f, &s.o, 1);
+    run_until(f, &s.follow, 1);
+    assert_int_equal(s.o.status, PARLEY_OK);
+    assert_string_equal(s.follow.content, "echo: more");
+
+    memset(&s, 0, sizeof(s));
+    s.free_at = 2;
+    ask_stream(f, "hello world", &s);
+    run_for(f, 400);
+    assert_null(f->llm);
+    assert_int_equal(s.deltas, 2);
+    assert_int_equal(s.o.called, 0);
+    assert_int_equal(loop_http_pending(f->loop), 0);
+}
+
+static void test_stream_bad_args(void **state)
+{
+    struct fixture *f = *state;
+    struct llm_request *req = (void *)1;
+
+    /* messages consumed on error too (ASan would see the leak) */
+    assert_int_not_equal(llm_complete_stream(f->llm, NULL,
+                                             user_messages("x"), NULL,
+                                             on_done, NULL, &req),
+                         PARLEY_OK);
+    assert_null(req);
+    assert_int_not_equal(llm_complete_stream(f->llm, NULL,
+                                             cJSON_CreateArray(), on_delta,
+                                             on_done, NULL, NULL),
+                         PARLEY_OK);
+    assert_int_equal(llm_in_flight(f->llm), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1118,6 +1535,32 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_loop_rejects, setup, teardown),
         cmocka_unit_test_setup_teardown(test_loop_close_in_flight, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_stream_success,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stream_awkward_bytes,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stream_slow_is_incremental,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stream_break_before_delta_is_retried,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stream_break_after_delta_is_final,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stream_error_event,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stream_ignored,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stream_http_errors,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stream_endings,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stream_key_split_is_redacted,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stream_too_large,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stream_callbacks_act,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stream_bad_args,
+                                        setup, teardown),
     };
 
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
