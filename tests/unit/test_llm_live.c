@@ -1155,6 +1155,18 @@ static void ask_stream(struct fixture *f, const char *text,
     assert_int_equal(s->deltas, 0);
 }
 
+/* Reset s, play script (NULL: none) on the stub, ask for text as a
+ * stream and run the loop until done. */
+static void stream_case(struct fixture *f, const char *script,
+                        const char *text, struct stream_outcome *s)
+{
+    memset(s, 0, sizeof(*s));
+    if (script)
+        stub_script(script);
+    ask_stream(f, text, s);
+    run_until(f, &s->o, 1);
+}
+
 static void test_stream_success(void **state)
 {
     struct fixture *f = *state;
@@ -1234,10 +1246,8 @@ static void test_stream_slow_is_incremental(void **state)
     struct fixture *f = *state;
     struct stream_outcome s = { 0 };
 
-    stub_script("[{\"chunk_delay\":0.1,\"pieces\":[\"a\",\"b\",\"c\","
-                "\"d\"]}]");
-    ask_stream(f, "x", &s);
-    run_until(f, &s.o, 1);
+    stream_case(f, "[{\"chunk_delay\":0.1,\"pieces\":[\"a\",\"b\",\"c\","
+                "\"d\"]}]", "x", &s);
     assert_int_equal(s.o.status, PARLEY_OK);
     assert_string_equal(s.o.content, "abcd");
     assert_int_equal(s.deltas, 4);
@@ -1245,14 +1255,12 @@ static void test_stream_slow_is_incremental(void **state)
     assert_true(elapsed_ms(s.t_first, s.o.t_done) >= 300);
 }
 
-static void test_stream_break_before_delta_is_retried(void **state)
+static void test_stream_break_before_delta(void **state)
 {
     struct fixture *f = *state;
     struct stream_outcome s = { 0 };
 
-    stub_script("[{\"break_after\":0}]");
-    ask_stream(f, "hi", &s);
-    run_until(f, &s.o, 1);
+    stream_case(f, "[{\"break_after\":0}]", "hi", &s);
     assert_int_equal(s.o.status, PARLEY_OK);
     assert_int_equal(s.o.attempts, 2);
     assert_string_equal(s.o.content, "echo: hi");
@@ -1260,14 +1268,12 @@ static void test_stream_break_before_delta_is_retried(void **state)
     assert_int_equal(stub_count(), 2);
 }
 
-static void test_stream_break_after_delta_is_final(void **state)
+static void test_stream_break_after_delta(void **state)
 {
     struct fixture *f = *state;
     struct stream_outcome s = { 0 };
 
-    stub_script("[{\"break_after\":2}]");
-    ask_stream(f, "hello world", &s);
-    run_until(f, &s.o, 1);
+    stream_case(f, "[{\"break_after\":2}]", "hello world", &s);
     assert_int_equal(s.o.status, PARLEY_ERR_IO);
     assert_int_equal(s.o.retryable, 0);
     assert_int_equal(s.o.attempts, 1);
@@ -1286,9 +1292,7 @@ static void test_stream_error_event(void **state)
     struct stream_outcome s = { 0 };
 
     /* after a delta: final, whatever the error */
-    stub_script("[{\"error_after\":1}]");
-    ask_stream(f, "hello world", &s);
-    run_until(f, &s.o, 1);
+    stream_case(f, "[{\"error_after\":1}]", "hello world", &s);
     assert_int_equal(s.o.status, PARLEY_ERR_PROTOCOL);
     assert_int_equal(s.o.retryable, 0);
     assert_int_equal(s.o.attempts, 1);
@@ -1298,22 +1302,17 @@ static void test_stream_error_event(void **state)
         "reported an error: server_error: The server had an error"));
 
     /* before any delta, a server error is retried */
-    memset(&s, 0, sizeof(s));
     free(stub_call("/_control/reset", ""));
-    stub_script("[{\"error_after\":0}]");
-    ask_stream(f, "hi", &s);
-    run_until(f, &s.o, 1);
+    stream_case(f, "[{\"error_after\":0}]", "hi", &s);
     assert_int_equal(s.o.status, PARLEY_OK);
     assert_int_equal(s.o.attempts, 2);
     assert_string_equal(s.text, "echo: hi");
 
     /* ... but not a request error */
-    memset(&s, 0, sizeof(s));
     free(stub_call("/_control/reset", ""));
-    stub_script("[{\"error_after\":0,\"error_type\":"
-                "\"invalid_request_error\",\"error_message\":\"bad\"}]");
-    ask_stream(f, "hi", &s);
-    run_until(f, &s.o, 1);
+    stream_case(f, "[{\"error_after\":0,\"error_type\":"
+                "\"invalid_request_error\",\"error_message\":\"bad\"}]",
+                "hi", &s);
     assert_int_equal(s.o.status, PARLEY_ERR_PROTOCOL);
     assert_int_equal(s.o.attempts, 1);
     assert_int_equal(s.deltas, 0);
@@ -1326,9 +1325,7 @@ static void test_stream_ignored(void **state)
     struct fixture *f = *state;
     struct stream_outcome s = { 0 };
 
-    stub_script("[{\"ignore_stream\":true}]");
-    ask_stream(f, "whole", &s);
-    run_until(f, &s.o, 1);
+    stream_case(f, "[{\"ignore_stream\":true}]", "whole", &s);
     assert_int_equal(s.o.status, PARLEY_OK);
     assert_int_equal(s.deltas, 1);
     assert_string_equal(s.text, "echo: whole");
@@ -1343,19 +1340,15 @@ static void test_stream_http_errors(void **state)
     uint64_t start = uv_hrtime();
 
     /* 429 with retry-after-ms, then a stream */
-    stub_script("[{\"status\":429,\"retry_after_ms\":200}]");
-    ask_stream(f, "hi", &s);
-    run_until(f, &s.o, 1);
+    stream_case(f, "[{\"status\":429,\"retry_after_ms\":200}]", "hi", &s);
     assert_int_equal(s.o.status, PARLEY_OK);
     assert_int_equal(s.o.attempts, 2);
     assert_true(elapsed_ms(start, s.o.t_done) >= 200);
     assert_string_equal(s.text, "echo: hi");
 
     /* 401 is final, its body read as an error, the key redacted */
-    memset(&s, 0, sizeof(s));
     fixture_recreate(f, WRONG_KEY);
-    ask_stream(f, "hi", &s);
-    run_until(f, &s.o, 1);
+    stream_case(f, NULL, "hi", &s);
     assert_int_equal(s.o.status, PARLEY_ERR_HTTP);
     assert_int_equal(s.o.http_code, 401);
     assert_int_equal(s.o.attempts, 1);
@@ -1370,27 +1363,19 @@ static void test_stream_endings(void **state)
     struct stream_outcome s = { 0 };
 
     /* no [DONE], but a finish_reason: the answer is whole */
-    stub_script("[{\"no_done\":true}]");
-    ask_stream(f, "hi", &s);
-    run_until(f, &s.o, 1);
+    stream_case(f, "[{\"no_done\":true}]", "hi", &s);
     assert_int_equal(s.o.status, PARLEY_OK);
     assert_string_equal(s.o.content, "echo: hi");
 
     /* neither: cut short, and text was shown, so final */
-    memset(&s, 0, sizeof(s));
-    stub_script("[{\"no_done\":true,\"no_finish\":true}]");
-    ask_stream(f, "hi", &s);
-    run_until(f, &s.o, 1);
+    stream_case(f, "[{\"no_done\":true,\"no_finish\":true}]", "hi", &s);
     assert_int_equal(s.o.status, PARLEY_ERR_EOF);
     assert_int_equal(s.o.attempts, 1);
     assert_string_equal(s.o.content, "");
     assert_non_null(strstr(s.o.errstr, "before the answer was complete"));
 
     /* a refusal has no content */
-    memset(&s, 0, sizeof(s));
-    stub_script("[{\"refusal\":\"I can't help with that.\"}]");
-    ask_stream(f, "hi", &s);
-    run_until(f, &s.o, 1);
+    stream_case(f, "[{\"refusal\":\"I can't help with that.\"}]", "hi", &s);
     assert_int_equal(s.o.status, PARLEY_ERR_PROTOCOL);
     assert_int_equal(s.deltas, 0);
     assert_non_null(strstr(s.o.errstr,
@@ -1403,10 +1388,9 @@ static void test_stream_key_split_is_redacted(void **state)
     struct fixture *f = *state;
     struct stream_outcome s = { 0 };
 
-    stub_script("[{\"pieces\":[\"my key: sk-li\",\"ve-test-SEC\","
-                "\"RET-0123456789abc\",\"def. and sk-\",\"live-no\"]}]");
-    ask_stream(f, "hi", &s);
-    run_until(f, &s.o, 1);
+    stream_case(f, "[{\"pieces\":[\"my key: sk-li\",\"ve-test-SEC\","
+                "\"RET-0123456789abc\",\"def. and sk-\",\"live-no\"]}]",
+                "hi", &s);
     assert_int_equal(s.o.status, PARLEY_OK);
     assert_string_equal(s.o.content,
                         "my key: [redacted]. and sk-live-no");
@@ -1422,9 +1406,7 @@ static void test_stream_too_large(void **state)
 
     snprintf(script, sizeof(script), "[{\"body_bytes\":%d,"
              "\"piece_chars\":65536}]", LLM_BODY_MAX + 10);
-    stub_script(script);
-    ask_stream(f, "hi", &s);
-    run_until(f, &s.o, 1);
+    stream_case(f, script, "hi", &s);
     assert_int_equal(s.o.status, PARLEY_ERR_TOO_LARGE);
     assert_int_equal(s.o.retryable, 0);
     assert_int_equal(s.o.attempts, 1);
@@ -1541,9 +1523,9 @@ int main(void)
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_stream_slow_is_incremental,
                                         setup, teardown),
-        cmocka_unit_test_setup_teardown(test_stream_break_before_delta_is_retried,
+        cmocka_unit_test_setup_teardown(test_stream_break_before_delta,
                                         setup, teardown),
-        cmocka_unit_test_setup_teardown(test_stream_break_after_delta_is_final,
+        cmocka_unit_test_setup_teardown(test_stream_break_after_delta,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_stream_error_event,
                                         setup, teardown),
