@@ -60,6 +60,8 @@ chunk), then "data: [DONE]".  Actions add:
   {"ignore_stream": true}                 answer with one JSON body
   {"no_done": true}, {"no_finish": true}  leave out [DONE] / finish chunk
   {"refusal": "text"}                     stream a refusal, no content
+  {"latin1": true}                        JSON sent unescaped, each code
+                                          point < 256 as one raw byte
 """
 
 import argparse
@@ -484,8 +486,12 @@ class Handler(BaseHTTPRequestHandler):
         def encode(payload):
             # compact, as OpenAI sends it
             data = payload if isinstance(payload, str) else \
-                json.dumps(payload, separators=(",", ":"))
-            out = b"data: " + data.encode() + eol + eol
+                json.dumps(payload, separators=(",", ":"),
+                           ensure_ascii=not action.get("latin1"))
+            # latin1: each code point below 256 becomes that raw byte, so
+            # a test can send UTF-8 cut inside a character
+            out = b"data: " + data.encode(
+                "latin-1" if action.get("latin1") else "utf-8") + eol + eol
             if action.get("comments"):
                 out = b": keep-alive" + eol + out
             return out

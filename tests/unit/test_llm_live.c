@@ -1086,6 +1086,7 @@ struct stream_outcome {
     size_t content_len;         /* of the last delta */
     int content_matches;        /* every delta's content = text so far */
     uint64_t t_first;           /* uv_hrtime of the first delta */
+    size_t first_len;           /* length of the first delta */
     struct fixture *f;          /* for the callbacks that act */
     struct llm_request *req;
     int cancel_at;              /* llm_cancel(req) at this delta */
@@ -1109,8 +1110,10 @@ static void on_delta(const struct llm_delta *d, void *privdata)
         if (memcmp(d->content, s->text, d->content_len) != 0)
             s->content_matches = 0;
     }
-    if (!s->deltas)
+    if (!s->deltas) {
         s->t_first = uv_hrtime();
+        s->first_len = d->len;
+    }
     s->deltas++;
     s->text_len += d->len;
     s->content_len = d->content_len;
@@ -1238,6 +1241,24 @@ static void test_stream_awkward_bytes(void **state)
         assert_true(s.content_matches);
         assert_int_equal(s.deltas, 4);
     }
+}
+
+/* A server that cuts UTF-8 inside a character (raw bytes in its JSON):
+ * no delta ends inside one. */
+static void test_stream_utf8_held_back(void **state)
+{
+    struct fixture *f = *state;
+    struct stream_outcome s = { 0 };
+
+    /* "caf\xc3" "\xa9 \xe2\x98" "\x83!" as code points 0-255 */
+    stream_case(f, "[{\"latin1\":true,\"pieces\":[\"caf\\u00c3\","
+                "\"\\u00a9 \\u00e2\\u0098\",\"\\u0083!\"]}]", "x", &s);
+    assert_int_equal(s.o.status, PARLEY_OK);
+    assert_string_equal(s.o.content, "caf\xc3\xa9 \xe2\x98\x83!");
+    assert_string_equal(s.text, s.o.content);
+    assert_int_equal(s.deltas, 3);
+    assert_true(s.content_matches);
+    assert_int_equal(s.first_len, 3);       /* "caf", the \xc3 held */
 }
 
 /* Deltas arrive while the answer is still being written. */
@@ -1520,6 +1541,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_stream_success,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_stream_awkward_bytes,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(test_stream_utf8_held_back,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(test_stream_slow_is_incremental,
                                         setup, teardown),
