@@ -830,6 +830,11 @@ static int request_send(struct llm_request *req)
         opt.on_data = on_http_data;
         opt.stream_type = LLM_STREAM_TYPE;
         stream_reset(req->stream);
+        /* Streaming failures are noted as they happen, so the outcome
+         * of an earlier attempt must not look like one. */
+        req->res.status = PARLEY_OK;
+        req->res.retryable = 0;
+        req->res.errstr[0] = '\0';
     }
     if (llm->auth_header)
         headers[opt.n_headers++] = llm->auth_header;

@@ -27,6 +27,7 @@
 #include "config.h"
 #include "llm.h"
 #include "loop.h"
+#include "sse.h"
 #include "status.h"
 
 #define KEY "sk-live-test-SECRET-0123456789abcdef"
@@ -1434,6 +1435,16 @@ static void test_stream_too_large(void **state)
     assert_true(s.text_len <= LLM_BODY_MAX);
     assert_true(s.text_len > 0);
     assert_non_null(strstr(s.o.errstr, "byte cap"));
+
+    /* one event over the SSE cap, after a retried 429 */
+    snprintf(script, sizeof(script), "[{\"status\":429,"
+             "\"retry_after_ms\":10},{\"body_bytes\":%d,"
+             "\"piece_chars\":%d}]", SSE_EVENT_MAX, SSE_EVENT_MAX);
+    stream_case(f, script, "hi", &s);
+    assert_int_equal(s.o.status, PARLEY_ERR_TOO_LARGE);
+    assert_int_equal(s.o.attempts, 2);
+    assert_int_equal(s.deltas, 0);
+    assert_non_null(strstr(s.o.errstr, "line is over the 1048576-byte"));
 }
 
 /* on_delta cancels its own request, frees the client, or submits. */
