@@ -794,7 +794,6 @@ static void llm_leave(struct llm *llm)
         llm_free_now(llm);
 }
 
-
 /* Arm req's timer for delay_ms; state becomes BACKOFF. */
 static int request_sleep(struct llm_request *req, long delay_ms)
 {

@@ -1339,6 +1339,15 @@ static void test_stream_error_event(void **state)
     assert_int_equal(s.o.attempts, 1);
     assert_int_equal(s.deltas, 0);
     assert_non_null(strstr(s.o.errstr, "invalid_request_error: bad"));
+
+    /* an error event that echoes the key */
+    free(stub_call("/_control/reset", ""));
+    stream_case(f, "[{\"error_after\":0,\"error_type\":"
+                "\"invalid_request_error\",\"error_message\":\"key "
+                KEY " is wrong\"}]", "hi", &s);
+    assert_int_equal(s.o.status, PARLEY_ERR_PROTOCOL);
+    assert_null(strstr(s.o.errstr, "SECRET"));
+    assert_non_null(strstr(s.o.errstr, "key [redacted] is wrong"));
 }
 
 /* A server that ignores "stream" answers with one JSON body. */
