@@ -76,18 +76,22 @@ enum llm_state {
 
 /* What a streaming request has read in its current attempt. */
 struct llm_stream {
-    llm_delta_fn *on_delta;
+    const char *key;            /* cut out of the text; not owned */
+    llm_piece_fn *piece;        /* where safe text goes */
+    void *privdata;
+    struct llm_result *res;     /* failures and the answer; not owned */
     struct sse_parser sse;      /* events of the body */
     char *text;                 /* answer so far, key cut out, NUL-ended */
     size_t len;
     size_t cap;
     size_t safe;                /* text before this cannot start the key */
-    size_t delivered;           /* bytes of text given to on_delta */
+    size_t delivered;           /* bytes of text given to piece */
     char *finish_reason;        /* or NULL */
     char refusal[LLM_REFUSAL_MAX];
     long prompt_tokens;         /* -1 until a usage chunk */
     long completion_tokens;
     int done_seen;              /* "data: [DONE]" arrived */
+    int stopped;                /* the piece callback said stop */
 };
 
 struct llm_request {
@@ -113,6 +117,7 @@ struct llm_request {
     void *privdata;
     struct llm_result res;      /* outcome of the latest attempt */
     struct llm_stream *stream;  /* streaming requests only; owned */
+    llm_delta_fn *on_delta;     /* streaming requests only */
     int in_delta;               /* on_delta of this request is running */
     int cancelled;              /* llm_cancel/llm_free asked in on_delta */
 
@@ -690,34 +695,10 @@ static void on_request_timer_closed(uv_handle_t *handle)
     free(handle->data);
 }
 
-/* Forget what an attempt streamed, before the next one. */
-static void stream_reset(struct llm_stream *st)
-{
-    sse_reset(&st->sse);
-    st->len = st->safe = st->delivered = 0;
-    if (st->text)
-        st->text[0] = '\0';
-    free(st->finish_reason);
-    st->finish_reason = NULL;
-    st->refusal[0] = '\0';
-    st->prompt_tokens = st->completion_tokens = -1;
-    st->done_seen = 0;
-}
-
-static void stream_free(struct llm_stream *st)
-{
-    if (!st)
-        return;
-    sse_free(&st->sse);
-    free(st->text);
-    free(st->finish_reason);
-    free(st);
-}
-
 /* Free a request that is off every list and has no HTTP transfer. */
 static void request_destroy(struct llm_request *req)
 {
-    stream_free(req->stream);
+    llm_stream_free(req->stream);
     req->stream = NULL;
     llm_result_clear(&req->res);
     free(req->url);
@@ -767,7 +748,6 @@ static void llm_free_now(struct llm *llm)
 static void on_http_done(const struct http_response *resp, void *privdata);
 static void on_http_data(const char *data, size_t len, void *privdata);
 static void on_request_timer(uv_timer_t *timer);
-static void stream_emit(struct llm_request *req, char *text, size_t end);
 static void request_settle(struct llm_request *req, long retry_after_ms);
 
 /* Run req's done callback and free it.  A streamed answer first gets
@@ -781,7 +761,7 @@ static void deliver(struct llm_request *req)
     req->state = LLM_DELIVERING;
     llm->in_callback++;
     if (req->stream && req->res.status == PARLEY_OK && req->res.content)
-        stream_emit(req, req->res.content, strlen(req->res.content));
+        llm_stream_emit_rest(req->stream, req->res.content);
     req->done(&req->res, req->privdata);
     llm->in_callback--;
     request_destroy(req);
@@ -828,12 +808,7 @@ static int request_send(struct llm_request *req)
         headers[opt.n_headers++] = "Accept: " LLM_STREAM_TYPE;
         opt.on_data = on_http_data;
         opt.stream_type = LLM_STREAM_TYPE;
-        stream_reset(req->stream);
-        /* Streaming failures are noted as they happen, so the outcome
-         * of an earlier attempt must not look like one. */
-        req->res.status = PARLEY_OK;
-        req->res.retryable = 0;
-        req->res.errstr[0] = '\0';
+        llm_stream_reset(req->stream);
     }
     if (llm->auth_header)
         headers[opt.n_headers++] = llm->auth_header;
@@ -960,16 +935,16 @@ static void request_judge(struct llm_request *req,
 }
 
 /* ------------------------------------------------------------------ */
-/* streaming                                                          */
+/* the stream reader: bytes in, safe pieces and an outcome out       */
 
-/* Set req's outcome to a failure while streaming; the text is redacted
+/* Set the outcome to a failure while streaming; the text is redacted
  * and cut like every error text.  Returns status, so that an SSE event
  * callback can stop the parser with it. */
-static int stream_fail(struct llm_request *req, int status, int retryable,
+static int stream_fail(struct llm_stream *st, int status, int retryable,
                        const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
-static int stream_fail(struct llm_request *req, int status, int retryable,
+static int stream_fail(struct llm_stream *st, int status, int retryable,
                        const char *fmt, ...)
 {
     char text[LLM_ERRTEXT_MAX];
@@ -978,11 +953,11 @@ static int stream_fail(struct llm_request *req, int status, int retryable,
     va_start(ap, fmt);
     vsnprintf(text, sizeof(text), fmt, ap);
     va_end(ap);
-    redact_text(text, sizeof(text), req->llm->api_key);
+    redact_text(text, sizeof(text), st->key);
     strip_controls(text);
-    text_copy(req->res.errstr, sizeof(req->res.errstr), text);
-    req->res.status = status;
-    req->res.retryable = retryable;
+    text_copy(st->res->errstr, sizeof(st->res->errstr), text);
+    st->res->status = status;
+    st->res->retryable = retryable;
     return status;
 }
 
@@ -1013,11 +988,11 @@ static int stream_reserve(struct llm_stream *st, size_t n)
  * several chunks, so one event at a time is not enough, and text already
  * shown cannot be taken back: it is held until it is known to be clean.
  */
-static int stream_redact(struct llm_stream *st, const char *key)
+static int stream_redact(struct llm_stream *st)
 {
     static const char mark[] = "[redacted]";
     size_t mlen = sizeof(mark) - 1;
-    size_t klen = key ? strlen(key) : 0;
+    size_t klen = st->key ? strlen(st->key) : 0;
     size_t i, p;
 
     if (klen < LLM_SECRET_MIN) {
@@ -1025,7 +1000,7 @@ static int stream_redact(struct llm_stream *st, const char *key)
         return PARLEY_OK;
     }
     for (i = st->safe; i + klen <= st->len;) {
-        if (memcmp(st->text + i, key, klen) != 0) {
+        if (memcmp(st->text + i, st->key, klen) != 0) {
             i++;
             continue;
         }
@@ -1039,7 +1014,7 @@ static int stream_redact(struct llm_stream *st, const char *key)
     }
     /* [i, len) is shorter than the key: find where it may start. */
     p = i;
-    while (p < st->len && memcmp(st->text + p, key, st->len - p) != 0)
+    while (p < st->len && memcmp(st->text + p, st->key, st->len - p) != 0)
         p++;
     st->safe = p;
     return PARLEY_OK;
@@ -1062,21 +1037,16 @@ static size_t utf8_cut(const char *s, size_t n)
     return n - (i - 1) < want ? i - 1 : n;
 }
 
-/*
- * Give on_delta the text from what it has already seen up to end.  text
- * is NUL-terminated at end for the call and restored afterwards.  The
- * IN_CALLBACK rule applies: llm_cancel of this request or llm_free only
- * set flags that the caller looks at once this returns.
- */
-static void stream_emit(struct llm_request *req, char *text, size_t end)
+/* Hand text from what was already handed out up to end to the piece
+ * callback, NUL-terminated at end for the call; returns its status. */
+static int stream_emit(struct llm_stream *st, char *text, size_t end)
 {
-    struct llm_stream *st = req->stream;
-    struct llm *llm = req->llm;
     struct llm_delta d;
     char saved;
+    int result;
 
     if (end <= st->delivered)
-        return;
+        return PARLEY_OK;
     saved = text[end];
     text[end] = '\0';
     d.text = text + st->delivered;
@@ -1084,13 +1054,12 @@ static void stream_emit(struct llm_request *req, char *text, size_t end)
     d.content = text;
     d.content_len = end;
     st->delivered = end;
-    req->res.delivered = end;
-    req->in_delta = 1;
-    llm->in_callback++;
-    st->on_delta(&d, req->privdata);
-    llm->in_callback--;
-    req->in_delta = 0;
+    st->res->delivered = end;
+    result = st->piece(&d, st->privdata);
     text[end] = saved;
+    if (result)
+        st->stopped = 1;
+    return result;
 }
 
 /* Whether an error event is a passing server condition worth asking
@@ -1117,44 +1086,41 @@ static int stream_error_retryable(const cJSON *root)
 }
 
 /* Add one chunk's content to the answer, within the cap. */
-static int stream_append(struct llm_request *req, const char *piece,
+static int stream_append(struct llm_stream *st, const char *piece,
                          size_t n)
 {
-    struct llm_stream *st = req->stream;
-
     if (n > LLM_BODY_MAX || st->len > LLM_BODY_MAX - n)
-        return stream_fail(req, PARLEY_ERR_TOO_LARGE, 0,
+        return stream_fail(st, PARLEY_ERR_TOO_LARGE, 0,
                            "the LLM API answer is over the %d-byte cap",
                            LLM_BODY_MAX);
     if (stream_reserve(st, n) != PARLEY_OK)
-        return stream_fail(req, PARLEY_ERR_OOM, 0, "out of memory "
+        return stream_fail(st, PARLEY_ERR_OOM, 0, "out of memory "
                            "reading the LLM API stream");
     memcpy(st->text + st->len, piece, n);
     st->len += n;
     st->text[st->len] = '\0';
-    if (stream_redact(st, req->llm->api_key) != PARLEY_OK)
-        return stream_fail(req, PARLEY_ERR_OOM, 0, "out of memory "
+    if (stream_redact(st) != PARLEY_OK)
+        return stream_fail(st, PARLEY_ERR_OOM, 0, "out of memory "
                            "reading the LLM API stream");
     return PARLEY_OK;
 }
 
 /* The fields of one chat.completion.chunk, or its error. */
-static int stream_chunk(struct llm_request *req, const char *type,
+static int stream_chunk(struct llm_stream *st, const char *type,
                         const cJSON *root)
 {
-    struct llm_stream *st = req->stream;
     const cJSON *choices, *first, *delta, *f, *usage;
     char why[LLM_ERRTEXT_MAX];
 
     if (!cJSON_IsObject(root))
-        return stream_fail(req, PARLEY_ERR_PROTOCOL, 0, "the LLM API "
+        return stream_fail(st, PARLEY_ERR_PROTOCOL, 0, "the LLM API "
                            "stream holds an event that is not a JSON "
                            "object");
     if (strcmp(type, "error") == 0 ||
         cJSON_GetObjectItemCaseSensitive(root, "error")) {
         if (!error_from_json(root, why, sizeof(why)))
             snprintf(why, sizeof(why), "(no details)");
-        return stream_fail(req, PARLEY_ERR_PROTOCOL,
+        return stream_fail(st, PARLEY_ERR_PROTOCOL,
                            stream_error_retryable(root), "the LLM API "
                            "stream reported an error: %.900s", why);
     }
@@ -1172,7 +1138,7 @@ static int stream_chunk(struct llm_request *req, const char *type,
     if (cJSON_IsString(f) && !st->finish_reason) {
         st->finish_reason = strdup(f->valuestring);
         if (!st->finish_reason)
-            return stream_fail(req, PARLEY_ERR_OOM, 0, "out of memory");
+            return stream_fail(st, PARLEY_ERR_OOM, 0, "out of memory");
     }
     delta = cJSON_GetObjectItemCaseSensitive(first, "delta");
     f = cJSON_GetObjectItemCaseSensitive(delta, "refusal");
@@ -1184,15 +1150,14 @@ static int stream_chunk(struct llm_request *req, const char *type,
     }
     f = cJSON_GetObjectItemCaseSensitive(delta, "content");
     if (cJSON_IsString(f) && f->valuestring[0])
-        return stream_append(req, f->valuestring, strlen(f->valuestring));
+        return stream_append(st, f->valuestring, strlen(f->valuestring));
     return PARLEY_OK;
 }
 
 /* sse_event_fn: one event of a streamed answer. */
 static int on_sse_event(const struct sse_event *ev, void *privdata)
 {
-    struct llm_request *req = privdata;
-    struct llm_stream *st = req->stream;
+    struct llm_stream *st = privdata;
     cJSON *root;
     char *clean;
     size_t n;
@@ -1205,61 +1170,131 @@ static int on_sse_event(const struct sse_event *ev, void *privdata)
         return PARLEY_OK;
     }
     /* As for whole bodies: the key goes before anything reads it. */
-    clean = redact_copy(ev->data, ev->data_len, req->llm->api_key, &n);
+    clean = redact_copy(ev->data, ev->data_len, st->key, &n);
     if (!clean)
-        return stream_fail(req, PARLEY_ERR_OOM, 0, "out of memory "
+        return stream_fail(st, PARLEY_ERR_OOM, 0, "out of memory "
                            "reading the LLM API stream");
     root = cJSON_ParseWithLength(clean, n);
     free(clean);
     if (!root)
-        return stream_fail(req, PARLEY_ERR_PROTOCOL, 0, "the LLM API "
+        return stream_fail(st, PARLEY_ERR_PROTOCOL, 0, "the LLM API "
                            "stream holds an event that is not valid JSON");
-    result = stream_chunk(req, ev->type, root);
+    result = stream_chunk(st, ev->type, root);
     cJSON_Delete(root);
     if (result)
         return result;
-    stream_emit(req, st->text, utf8_cut(st->text, st->safe));
-    if (req->cancelled || req->llm->free_requested)
-        return PARLEY_ERR_STATE;    /* on_delta cancelled: stop reading */
+    return stream_emit(st, st->text, utf8_cut(st->text, st->safe));
+}
+
+int llm_stream_create(struct llm_stream **out, const char *key,
+                      llm_piece_fn *piece, void *privdata,
+                      struct llm_result *res)
+{
+    struct llm_stream *st = calloc(1, sizeof(*st));
+
+    *out = NULL;
+    if (!st)
+        return PARLEY_ERR_OOM;
+    st->key = key;
+    st->piece = piece;
+    st->privdata = privdata;
+    st->res = res;
+    sse_init(&st->sse, SSE_EVENT_MAX, on_sse_event, st);
+    llm_stream_reset(st);
+    *out = st;
     return PARLEY_OK;
 }
 
-/*
- * The end of an attempt that streamed: a failure after text was shown is
- * final and says so; success hands the text over as res->content.
- */
-static void stream_conclude(struct llm_request *req)
+void llm_stream_reset(struct llm_stream *st)
 {
-    struct llm_stream *st = req->stream;
-    struct llm_result *res = &req->res;
+    sse_reset(&st->sse);
+    st->len = st->safe = st->delivered = 0;
+    if (st->text)
+        st->text[0] = '\0';
+    free(st->finish_reason);
+    st->finish_reason = NULL;
+    st->refusal[0] = '\0';
+    st->prompt_tokens = st->completion_tokens = -1;
+    st->done_seen = 0;
+    st->stopped = 0;
+    /* Failures are noted as they happen, so the outcome of an earlier
+     * attempt must not look like one. */
+    st->res->status = PARLEY_OK;
+    st->res->retryable = 0;
+    st->res->delivered = 0;
+    st->res->errstr[0] = '\0';
+}
+
+int llm_stream_feed(struct llm_stream *st, const char *data, size_t len)
+{
+    int result = sse_feed(&st->sse, data, len);
+
+    if (result && st->res->status == PARLEY_OK && !st->stopped)
+        stream_fail(st, result, 0, "the LLM API stream is unreadable: %s",
+                    st->sse.errstr);
+    return result;
+}
+
+/* A failure after text was shown is final, and says so. */
+static void stream_partial(struct llm_stream *st)
+{
+    struct llm_result *res = st->res;
     char why[sizeof(res->errstr)];
+    char text[LLM_ERRTEXT_MAX];
+
+    if (res->status == PARLEY_OK || st->delivered == 0)
+        return;
+    text_copy(why, sizeof(why), res->errstr);
+    snprintf(text, sizeof(text), "the answer broke off after %zu bytes "
+             "were shown: %s", st->delivered, why);
+    text_copy(res->errstr, sizeof(res->errstr), text);
+    res->retryable = 0;
+}
+
+void llm_stream_end(struct llm_stream *st, int status, const char *errstr)
+{
+    struct llm_result *res = st->res;
+    char why[sizeof(res->errstr)];
+    int result;
 
     if (res->status != PARLEY_OK) {
-        if (st->delivered > 0) {
-            char text[LLM_ERRTEXT_MAX];
-
-            text_copy(why, sizeof(why), res->errstr);
-            snprintf(text, sizeof(text), "the answer broke off after %zu "
-                     "bytes were shown: %s", st->delivered, why);
-            text_copy(res->errstr, sizeof(res->errstr), text);
-            res->retryable = 0;
-        }
+        /* Stopped by a failure of its own (llm_stream_feed). */
+        stream_partial(st);
+        return;
+    }
+    result = sse_finish(&st->sse);
+    if (st->done_seen ||
+        (status == PARLEY_OK && st->finish_reason && result == PARLEY_OK)) {
+        /* The answer is whole, even if the connection then failed. */
+    } else if (status == PARLEY_ERR_TIMEOUT) {
+        stream_fail(st, status, 1, "the LLM API stream did not finish in "
+                    "time: %s", errstr ? errstr : "timeout");
+    } else if (status != PARLEY_OK) {
+        stream_fail(st, status, llm_is_retryable(status, 0), "the LLM API "
+                    "stream broke: %s", errstr ? errstr : "transfer failed");
+    } else {
+        /* A clean end without [DONE] or a finish_reason: cut short. */
+        stream_fail(st, PARLEY_ERR_EOF, 1, "the LLM API stream ended "
+                    "before the answer was complete");
+    }
+    if (res->status != PARLEY_OK) {
+        stream_partial(st);
         return;
     }
     if (st->len == 0) {
         if (st->refusal[0]) {
             text_copy(why, sizeof(why), st->refusal);
-            stream_fail(req, PARLEY_ERR_PROTOCOL, 0, "the model refused: "
+            stream_fail(st, PARLEY_ERR_PROTOCOL, 0, "the model refused: "
                         "%.200s", why);
         } else {
-            stream_fail(req, PARLEY_ERR_PROTOCOL, 0, "the LLM API stream "
+            stream_fail(st, PARLEY_ERR_PROTOCOL, 0, "the LLM API stream "
                         "has no message content");
         }
         return;
     }
     free(res->content);
     free(res->finish_reason);
-    res->content = st->text;    /* the tail goes out in deliver */
+    res->content = st->text;    /* its tail goes out in emit_rest */
     st->text = NULL;
     st->cap = 0;
     res->finish_reason = st->finish_reason;
@@ -1268,37 +1303,42 @@ static void stream_conclude(struct llm_request *req)
     res->completion_tokens = st->completion_tokens;
 }
 
-/* A streamed transfer ended (on_http_done). */
-static void stream_judge(struct llm_request *req,
-                         const struct http_response *resp)
+int llm_stream_emit_rest(struct llm_stream *st, char *text)
 {
-    struct llm_stream *st = req->stream;
-    struct llm_result *res = &req->res;
-    int result;
+    return stream_emit(st, text, strlen(text));
+}
 
-    res->http_code = resp->code;
-    res->retryable = 0;
-    result = sse_finish(&st->sse);
-    if (st->done_seen || (resp->status == PARLEY_OK && st->finish_reason &&
-                          result == PARLEY_OK)) {
-        /* The answer is whole, even if the connection then failed. */
-        res->status = PARLEY_OK;
-        res->errstr[0] = '\0';
-    } else if (resp->status == PARLEY_ERR_TIMEOUT) {
-        stream_fail(req, resp->status, 1, "the LLM API stream did not "
-                    "finish in time: %s", resp->errstr ? resp->errstr :
-                    "timeout");
-    } else if (resp->status != PARLEY_OK) {
-        stream_fail(req, resp->status,
-                    llm_is_retryable(resp->status, resp->code),
-                    "the LLM API stream broke: %s", resp->errstr ?
-                    resp->errstr : "transfer failed");
-    } else {
-        /* A clean end without [DONE] or a finish_reason: cut short. */
-        stream_fail(req, PARLEY_ERR_EOF, 1, "the LLM API stream ended "
-                    "before the answer was complete");
-    }
-    stream_conclude(req);
+void llm_stream_free(struct llm_stream *st)
+{
+    if (!st)
+        return;
+    sse_free(&st->sse);
+    free(st->text);
+    free(st->finish_reason);
+    free(st);
+}
+
+/* ------------------------------------------------------------------ */
+/* streaming requests                                                 */
+
+/*
+ * llm_piece_fn of a request: its on_delta, under the IN_CALLBACK rule
+ * (llm_cancel of this request and llm_free only set flags), then stop
+ * reading if either was asked for.
+ */
+static int on_piece(const struct llm_delta *d, void *privdata)
+{
+    struct llm_request *req = privdata;
+    struct llm *llm = req->llm;
+
+    req->in_delta = 1;
+    llm->in_callback++;
+    req->on_delta(d, req->privdata);
+    llm->in_callback--;
+    req->in_delta = 0;
+    if (req->cancelled || llm->free_requested)
+        return PARLEY_ERR_STATE;
+    return PARLEY_OK;
 }
 
 /*
@@ -1309,9 +1349,8 @@ static void on_http_data(const char *data, size_t len, void *privdata)
 {
     struct llm_request *req = privdata;
     struct llm *llm = req->llm;
-    int result = sse_feed(&req->stream->sse, data, len);
 
-    if (result == PARLEY_OK)
+    if (llm_stream_feed(req->stream, data, len) == PARLEY_OK)
         return;
     if (llm->free_requested) {
         llm_leave(llm);         /* llm_free from on_delta: do it now */
@@ -1322,13 +1361,10 @@ static void on_http_data(const char *data, size_t len, void *privdata)
         llm_pump(llm);
         return;
     }
-    if (req->res.status == PARLEY_OK)      /* the parser's own error */
-        stream_fail(req, result, 0, "the LLM API stream is unreadable: "
-                    "%s", req->stream->sse.errstr);
     loop_http_cancel(req->http);
     req->http = NULL;
     llm->n_active--;
-    stream_conclude(req);
+    llm_stream_end(req->stream, req->res.status, NULL);
     request_settle(req, -1);
 }
 
@@ -1359,19 +1395,18 @@ static void request_settle(struct llm_request *req, long retry_after_ms)
     llm_leave(llm);
 }
 
-static void stream_judge(struct llm_request *req,
-                         const struct http_response *resp);
-
 static void on_http_done(const struct http_response *resp, void *privdata)
 {
     struct llm_request *req = privdata;
 
     req->http = NULL;
     req->llm->n_active--;
-    if (resp->streamed)
-        stream_judge(req, resp);
-    else
+    if (resp->streamed) {
+        req->res.http_code = resp->code;
+        llm_stream_end(req->stream, resp->status, resp->errstr);
+    } else {
         request_judge(req, resp);
+    }
     request_settle(req, resp->retry_after_ms);
 }
 
@@ -1415,13 +1450,10 @@ static int request_submit(struct llm *llm, const char *model,
                              messages, llm->temperature, llm->max_tokens,
                              on_delta != NULL);
     cJSON_Delete(messages);
-    if (on_delta) {
-        req->stream = calloc(1, sizeof(*req->stream));
-        if (req->stream) {
-            req->stream->on_delta = on_delta;
-            sse_init(&req->stream->sse, SSE_EVENT_MAX, on_sse_event, req);
-        }
-    }
+    req->on_delta = on_delta;
+    if (on_delta)
+        llm_stream_create(&req->stream, llm->api_key, on_piece, req,
+                          &req->res);
     if (!req->url || !req->body || (on_delta && !req->stream)) {
         request_destroy(req);
         return PARLEY_ERR_OOM;

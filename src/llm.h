@@ -128,6 +128,37 @@ long llm_backoff_ms(int attempt, long base_ms, long max_ms,
                     long retry_after_ms, double rnd);
 void llm_result_clear(struct llm_result *res);
 
+/*
+ * The stream reader alone, loop-free, for tests and the fuzzer (llm.c
+ * drives one per streaming request).  Fed the bytes of a
+ * text/event-stream body, it reads the chat.completion.chunk events and
+ * passes each safe piece of the answer to piece; failures and, at the
+ * end, the answer go into res.
+ */
+struct llm_stream;
+
+/* A safe piece (see llm_complete_stream).  PARLEY_OK goes on; anything
+ * else stops the reader, and llm_stream_feed returns it. */
+typedef int llm_piece_fn(const struct llm_delta *d, void *privdata);
+
+/* key (may be NULL) and res are borrowed and must outlive *out. */
+int llm_stream_create(struct llm_stream **out, const char *key,
+                      llm_piece_fn *piece, void *privdata,
+                      struct llm_result *res);
+/* Start over for a new attempt; also clears res's status and errstr. */
+void llm_stream_reset(struct llm_stream *st);
+/* PARLEY_OK, or the failure (in res, unless a piece callback stopped it
+ * with its own status). */
+int llm_stream_feed(struct llm_stream *st, const char *data, size_t len);
+/* The transfer ended with status (errstr: the transport's reason or
+ * NULL): fills res with the answer (content moved in, its last piece not
+ * yet handed out) or the failure, which is final once a piece went out. */
+void llm_stream_end(struct llm_stream *st, int status, const char *errstr);
+/* Hand out what piece has not seen of text (res->content after success,
+ * or a whole answer from a server that ignored "stream"). */
+int llm_stream_emit_rest(struct llm_stream *st, char *text);
+void llm_stream_free(struct llm_stream *st);
+
 /* Cancel every request (no callbacks) and free the client; allowed inside
  * a done callback (deferred until it returns).  Call before loop_close,
  * then run the loop so that retry timers finish closing. */
