@@ -28,7 +28,9 @@ struct config_llm;
 
 struct llm_result {
     int status;             /* PARLEY_OK, or _HTTP/_TIMEOUT/_IO/_PROTOCOL,
-                               _TOO_LARGE (body over LLM_BODY_MAX) */
+                               _TOO_LARGE (body or streamed answer over
+                               LLM_BODY_MAX), _EOF (a stream that ended
+                               before the answer did) */
     long http_code;         /* last HTTP status, 0 if none */
     int retryable;          /* the last failure was worth retrying */
     int attempts;           /* requests sent */
