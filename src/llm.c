@@ -1175,6 +1175,15 @@ static int on_sse_event(const struct sse_event *ev, void *privdata)
         return stream_fail(st, PARLEY_ERR_OOM, 0, "out of memory "
                            "reading the LLM API stream");
     root = cJSON_ParseWithLength(clean, n);
+    if (!root && strcmp(ev->type, "error") == 0) {
+        /* "event: error" with a plain-text reason: quote it. */
+        char why[LLM_ERRTEXT_MAX];
+
+        llm_parse_error(clean, n, why, sizeof(why));
+        free(clean);
+        return stream_fail(st, PARLEY_ERR_PROTOCOL, 0, "the LLM API "
+                           "stream reported an error: %.900s", why);
+    }
     free(clean);
     if (!root)
         return stream_fail(st, PARLEY_ERR_PROTOCOL, 0, "the LLM API "
