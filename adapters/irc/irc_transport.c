@@ -22,6 +22,7 @@
 #include <uv.h>
 
 #include "irc_cap.h"
+#include "irc_libguard.h"
 #include "irc_line.h"
 #include "log.h"
 #include "status.h"
@@ -331,18 +332,6 @@ static void lib_line(struct irc_transport *t, const char *line)
     t->to_lib_len += n + 2;
 }
 
-/* Lines libircclient 1.9 would mishandle: NOTICE and PRIVMSG without a
- * text (it calls strlen on a missing parameter), an empty text (it reads
- * the byte before it), and DCC offers (sscanf into fixed buffers, and an
- * abort() on unknown kinds in debug builds); parley has no use for DCC. */
-static int lib_would_crash(const struct irc_msg *m)
-{
-    if (!strcmp(m->command, "PRIVMSG") || !strcmp(m->command, "NOTICE"))
-        return m->n_params < 2 || m->params[1][0] == '\0' ||
-               !strncmp(m->params[1], "\001DCC", 4);
-    return 0;
-}
-
 static void release_registration(struct irc_transport *t)
 {
     if (t->released)
@@ -397,7 +386,8 @@ static void up_handle_line(struct irc_transport *t, char *line)
         if (consumed)
             return;
     }
-    if (lib_would_crash(&m))
+    /* Lines the library would crash on (irc_libguard.c). */
+    if (irc_lib_would_crash(&m))
         return;
     m.tags = NULL;
     if (irc_line_format(canon, sizeof(canon), &m) != PARLEY_OK)
