@@ -171,9 +171,20 @@ int matrix_allow_match(const char *user, const char *const *allow,
  */
 char *matrix_html_sanitize(const char *html, size_t len);
 
+/*
+ * New string: html with a WORD JOINER after every '@' that a reader sees
+ * followed by "room", however it is spelled: literally, through
+ * character references (&#64; &#x40; &commat;, with or without ';', for
+ * any of the five letters) or with tags in between ("@<em>room</em>").
+ * Attribute values are left alone (a tag is skipped whole).  Caller
+ * frees; NULL on OOM.
+ */
+char *matrix_html_neutralise_room_ping(const char *html);
+
 /* Markdown (the model's text) -> sanitized HTML via cmark in safe mode
- * (unsafe links removed); raw HTML in the text is shown as escaped text,
- * not dropped.  NULL on OOM. */
+ * (unsafe links removed), "@room" defused in what the reader sees (see
+ * matrix_html_neutralise_room_ping); raw HTML in the text is shown as
+ * escaped text, not dropped.  NULL on OOM. */
 char *matrix_markdown_to_html(const char *markdown, size_t len);
 
 /* What one outgoing answer holds; all borrowed. */

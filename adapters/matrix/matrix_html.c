@@ -403,6 +403,112 @@ char *matrix_html_sanitize(const char *html, size_t len)
     return o.buf;
 }
 
+/*
+ * One unit of HTML as a client reads it: a tag (zero width, *ch = -1), a
+ * character reference decoded once (&#64; &#x40; &#64 without ';' and
+ * &commat;, as HTML5 parsers accept them; non-ASCII values give 0), or
+ * one byte.  Returns the unit's length in bytes.
+ */
+static size_t html_unit(const char *p, const char *end, int *ch)
+{
+    const char *q;
+
+    if (*p == '<') {
+        q = memchr(p, '>', (size_t)(end - p));
+        *ch = -1;
+        return q ? (size_t)(q - p) + 1 : (size_t)(end - p);
+    }
+    *ch = (unsigned char)*p;
+    if (*p != '&' || end - p < 3)
+        return 1;
+    if (p[1] == '#') {
+        int hex = p[2] == 'x' || p[2] == 'X';
+        long v = 0;
+        size_t digits = 0;
+
+        for (q = p + 2 + hex; q < end; q++, digits++) {
+            int d;
+
+            if (*q >= '0' && *q <= '9')
+                d = *q - '0';
+            else if (hex && *q >= 'a' && *q <= 'f')
+                d = *q - 'a' + 10;
+            else if (hex && *q >= 'A' && *q <= 'F')
+                d = *q - 'A' + 10;
+            else
+                break;
+            if (v < 0x110000)
+                v = v * (hex ? 16 : 10) + d;
+        }
+        if (digits == 0)
+            return 1;
+        *ch = v > 0 && v < 128 ? (int)v : 0;
+        if (q < end && *q == ';')
+            q++;
+        return (size_t)(q - p);
+    }
+    if ((size_t)(end - p) >= 7 && strncasecmp(p, "&commat", 7) == 0) {
+        *ch = '@';
+        return (size_t)(end - p) >= 8 && p[7] == ';' ? 8 : 7;
+    }
+    return 1;
+}
+
+/* Whether the unit at p is an '@' that a reader sees followed by "room"
+ * (ASCII case-insensitive), tags in between ignored.  *len gets the
+ * length of the '@' unit. */
+static int html_room_ping_at(const char *p, const char *end, size_t *len)
+{
+    static const char room[] = "room";
+    size_t i = 0;
+    int ch;
+
+    *len = html_unit(p, end, &ch);
+    if (ch != '@')
+        return 0;
+    for (p += *len; p < end && i < 4;) {
+        p += html_unit(p, end, &ch);
+        if (ch == -1)
+            continue;
+        if (ch < 'A' || (ch | 0x20) != room[i])
+            return 0;
+        i++;
+    }
+    return i == 4;
+}
+
+char *matrix_html_neutralise_room_ping(const char *html)
+{
+    static const char wj[] = "\xe2\x81\xa0";   /* U+2060 WORD JOINER */
+    const char *p, *end;
+    size_t n = 0, len, o = 0, ulen;
+    char *out;
+
+    if (!html)
+        return NULL;
+    len = strlen(html);
+    end = html + len;
+    for (p = html; p < end; p += ulen)
+        n += html_room_ping_at(p, end, &ulen);
+    if (n > (((size_t)-1) - len - 1) / (sizeof(wj) - 1))
+        return NULL;
+    out = malloc(len + n * (sizeof(wj) - 1) + 1);
+    if (!out)
+        return NULL;
+    for (p = html; p < end; p += ulen) {
+        int ping = html_room_ping_at(p, end, &ulen);
+
+        memcpy(out + o, p, ulen);
+        o += ulen;
+        if (ping) {
+            memcpy(out + o, wj, sizeof(wj) - 1);
+            o += sizeof(wj) - 1;
+        }
+    }
+    out[o] = '\0';
+    return out;
+}
+
 /* Raw HTML nodes collected per render; past this the rest are dropped
  * (a hostile answer made of thousands of tags loses them, not safety). */
 #define MD_HTML_NODES_MAX 4096
@@ -482,7 +588,7 @@ char *matrix_markdown_to_html(const char *markdown, size_t len)
     int opts = CMARK_OPT_SAFE | CMARK_OPT_HARDBREAKS |
                CMARK_OPT_VALIDATE_UTF8;
     cmark_node *doc = cmark_parse_document(markdown, len, opts);
-    char *raw = NULL, *clean;
+    char *raw = NULL, *clean, *safe;
     size_t n;
 
     if (!doc)
@@ -497,7 +603,14 @@ char *matrix_markdown_to_html(const char *markdown, size_t len)
         n--;
     clean = matrix_html_sanitize(raw, n);
     free(raw);
-    return clean;
+    if (!clean)
+        return NULL;
+    /* The body was defused before cmark, but cmark decodes character
+     * references: "&#64;room" in the Markdown is "@room" in the HTML.
+     * Defuse what the reader will see, once the HTML is final. */
+    safe = matrix_html_neutralise_room_ping(clean);
+    free(clean);
+    return safe;
 }
 
 int matrix_content_build(const struct matrix_out *o, char **out)

@@ -4,7 +4,9 @@
  * content builder on the same bytes as model output, and the incoming
  * reply-fallback and mention helpers.  Beyond memory safety it checks the
  * security property: no live <script>, event handler or javascript: link
- * in the sanitized HTML, and no "@room" left in a message body.
+ * in the sanitized HTML, and no "@room" left in a message body or in
+ * what a reader of formatted_body sees (tags skipped, character
+ * references decoded once).
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -93,6 +95,64 @@ static int bad_url(const char *html)
     return 0;
 }
 
+/* Whether a reader of html sees "@room": tags are skipped, numeric
+ * character references (with or without ';') and &commat; are decoded
+ * once, as an HTML5 parser does.  Written apart from the adapter's own
+ * decoder so the two can disagree. */
+static int shows_room_ping(const char *html)
+{
+    static const char room[] = "@room";
+    size_t matched = 0;
+    const char *p = html;
+
+    while (*p) {
+        int ch = (unsigned char)*p;
+
+        if (*p == '<') {
+            const char *gt = strchr(p, '>');
+
+            p = gt ? gt + 1 : p + strlen(p);
+            continue;
+        }
+        if (p[0] == '&' && p[1] == '#') {
+            int hex = p[2] == 'x' || p[2] == 'X';
+            const char *q = p + 2 + hex;
+            unsigned long v = 0;
+
+            while ((*q >= '0' && *q <= '9') ||
+                   (hex && ((*q >= 'a' && *q <= 'f') ||
+                            (*q >= 'A' && *q <= 'F')))) {
+                int d = *q <= '9' ? *q - '0' : (*q | 0x20) - 'a' + 10;
+
+                if (v < 0x110000)
+                    v = v * (hex ? 16 : 10) + (unsigned long)d;
+                q++;
+            }
+            if (q > p + 2 + hex) {
+                ch = v < 128 ? (int)v : 0;
+                p = *q == ';' ? q + 1 : q;
+                goto have;
+            }
+        }
+        if (strncasecmp(p, "&commat", 7) == 0) {
+            ch = '@';
+            p += p[7] == ';' ? 8 : 7;
+            goto have;
+        }
+        p++;
+have:
+        if (ch >= 'A' && ch <= 'Z')
+            ch |= 0x20;
+        if (ch == room[matched])
+            matched++;
+        else
+            matched = ch == '@';
+        if (matched == sizeof(room) - 1)
+            return 1;
+    }
+    return 0;
+}
+
 static void check_html(const char *h)
 {
     if (!h)
@@ -136,6 +196,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             strcasestr(body->valuestring, "@room"))
             abort();
         check_html(fb->valuestring);
+        if (shows_room_ping(fb->valuestring))
+            abort();
         cJSON_Delete(c);
         free(json);
     }

@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 #include <cmocka.h>
 #include <cjson/cJSON.h>
@@ -273,6 +274,112 @@ static void test_markdown(void **state)
     free(h);
 }
 
+/*
+ * What a client shows for html: tags are skipped, character references
+ * (decimal, hex, with or without ';', and the named ones that can spell
+ * '@') are decoded once, the rest is copied.  Independent of the code
+ * under test, so it checks the promise, not the implementation.
+ */
+static void html_visible(const char *html, char *out, size_t len)
+{
+    size_t o = 0;
+    const char *p = html;
+
+    while (*p && o + 1 < len) {
+        if (*p == '<') {
+            const char *gt = strchr(p, '>');
+
+            p = gt ? gt + 1 : p + strlen(p);
+            continue;
+        }
+        if (p[0] == '&' && p[1] == '#') {
+            int hex = p[2] == 'x' || p[2] == 'X';
+            char *end;
+            long v = strtol(p + 2 + hex, &end, hex ? 16 : 10);
+
+            if (end > p + 2 + hex && v > 0 && v < 128) {
+                out[o++] = (char)v;
+                p = *end == ';' ? end + 1 : end;
+                continue;
+            }
+        }
+        if (strncasecmp(p, "&commat;", 8) == 0) {
+            out[o++] = '@';
+            p += 8;
+            continue;
+        }
+        out[o++] = *p++;
+    }
+    out[o] = '\0';
+}
+
+static void test_room_ping_entities(void **state)
+{
+    static const char *const texts[] = {
+        "&#64;room", "&#064;room", "&#x40;room", "&#X40;ROOM", "&#x040;Room",
+        "&commat;room", "&#64room", "@&#114;oom", "&#64;&#x72;&#111;om",
+        "@&#82;OOM", "**&#64;room**", "see &#64;room now", "@*room*",
+        "[&#64;room](https://example.org)", "`&#64;room`", "@\\room",
+    };
+    char visible[512];
+    size_t i;
+
+    (void)state;
+    for (i = 0; i < sizeof(texts) / sizeof(texts[0]); i++) {
+        struct matrix_out o;
+        char *json;
+        cJSON *c;
+
+        memset(&o, 0, sizeof(o));
+        o.text = texts[i];
+        assert_int_equal(matrix_content_build(&o, &json), PARLEY_OK);
+        c = cJSON_Parse(json);
+        assert_non_null(c);
+        html_visible(cJSON_GetObjectItem(c, "formatted_body")->valuestring,
+                     visible, sizeof(visible));
+        if (strcasestr(visible, "@room"))
+            fail_msg("\"%s\" shows @room: %s", texts[i], visible);
+        cJSON_Delete(c);
+        free(json);
+    }
+}
+
+static void test_html_room_ping(void **state)
+{
+    static const struct {
+        const char *in, *out;
+    } cases[] = {
+        { "@room", "@\xe2\x81\xa0room" },
+        { "&#64;room", "&#64;\xe2\x81\xa0room" },
+        { "&#x40;&#x52;oom", "&#x40;\xe2\x81\xa0&#x52;oom" },
+        { "&COMMAT;room", "&COMMAT;\xe2\x81\xa0room" },
+        { "&commatroom", "&commat\xe2\x81\xa0room" },
+        { "&#0064ROOM", "&#0064\xe2\x81\xa0ROOM" },
+        { "@<b>ro</b>om", "@\xe2\x81\xa0<b>ro</b>om" },
+        /* The reader sees "&#64;room" literally: no ping, no change. */
+        { "&amp;#64;room", "&amp;#64;room" },
+        { "@roo", "@roo" },
+        { "@", "@" },
+        { "&#", "&#" },
+        { "&#64", "&#64" },
+        { "&#99999999999999999999;room", "&#99999999999999999999;room" },
+        /* Attribute values are not text: the link keeps its address. */
+        { "<a href=\"mailto:x@room.org\">x</a>",
+          "<a href=\"mailto:x@room.org\">x</a>" },
+    };
+    size_t i;
+
+    (void)state;
+    for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char *h = matrix_html_neutralise_room_ping(cases[i].in);
+
+        assert_non_null(h);
+        assert_string_equal(h, cases[i].out);
+        free(h);
+    }
+    assert_null(matrix_html_neutralise_room_ping(NULL));
+}
+
 static void test_content(void **state)
 {
     struct matrix_out o;
@@ -472,6 +579,8 @@ int main(void)
         cmocka_unit_test(test_mentions),
         cmocka_unit_test(test_utf8_clean),
         cmocka_unit_test(test_room_ping),
+        cmocka_unit_test(test_room_ping_entities),
+        cmocka_unit_test(test_html_room_ping),
         cmocka_unit_test(test_url_txn_room),
         cmocka_unit_test(test_allowlist),
         cmocka_unit_test(test_sanitize),
