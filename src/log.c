@@ -24,9 +24,10 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "status.h"
 
-/* Secrets shorter than this are not registered (see log.h). */
-#define LOG_SECRET_MIN 4
+/* First size of the secret table; it doubles up to LOG_SECRETS_MAX. */
+#define LOG_SECRETS_INITIAL 16
 
 /* What a secret is replaced with. */
 #define LOG_REDACTED "[redacted]"
@@ -39,14 +40,16 @@
 #define LOG_REDACT_STACK 1024
 
 struct log_secret {
-    char *value;            /* own copy, wiped by log_forget_secrets */
+    char *value;            /* own copy, wiped when the last ref goes */
     size_t len;
+    size_t refs;            /* registrations not yet removed */
 };
 
 static enum log_level log_min_level = LOG_LEVEL_INFO;
 static enum log_format log_out_format = LOG_FORMAT_TEXT;
-static struct log_secret log_secrets[LOG_SECRETS_MAX];
+static struct log_secret *log_secrets;     /* log_cap_secrets slots */
 static size_t log_n_secrets;
+static size_t log_cap_secrets;
 
 /* Guards the secret table and the level; the loop thread registers
  * secrets while a metrics thread may already be logging. */
@@ -135,33 +138,83 @@ log_add_secret(const char *secret)
 {
     size_t i, len;
     char *copy;
-    int result = 0;
+    int result = PARLEY_OK;
 
     if (!secret)
-        return 0;
+        return PARLEY_OK;
     len = strlen(secret);
     if (len < LOG_SECRET_MIN)
-        return 0;
+        return PARLEY_OK;
     pthread_mutex_lock(&log_lock);
     for (i = 0; i < log_n_secrets; i++) {
         if (log_secrets[i].len == len &&
-            memcmp(log_secrets[i].value, secret, len) == 0)
-            goto out;       /* already known: a reload or a shared key */
+            memcmp(log_secrets[i].value, secret, len) == 0) {
+            log_secrets[i].refs++;  /* a reload or a shared key */
+            goto out;
+        }
     }
     if (log_n_secrets == LOG_SECRETS_MAX) {
-        result = -1;
+        result = PARLEY_ERR_TOO_LARGE;
         goto out;
+    }
+    if (log_n_secrets == log_cap_secrets) {
+        size_t cap = log_cap_secrets ? 2 * log_cap_secrets
+                                     : LOG_SECRETS_INITIAL;
+        struct log_secret *grown;
+
+        if (cap > LOG_SECRETS_MAX)
+            cap = LOG_SECRETS_MAX;
+        /* The table holds pointers and lengths only: the secret bytes
+         * do not move, so realloc leaves no copy of them behind. */
+        grown = realloc(log_secrets, cap * sizeof(*grown));
+        if (!grown) {
+            result = PARLEY_ERR_OOM;
+            goto out;
+        }
+        log_secrets = grown;
+        log_cap_secrets = cap;
     }
     copy = malloc(len + 1);
     if (!copy) {
-        result = -1;
+        result = PARLEY_ERR_OOM;
         goto out;
     }
     memcpy(copy, secret, len + 1);
     log_secrets[log_n_secrets].value = copy;
     log_secrets[log_n_secrets].len = len;
+    log_secrets[log_n_secrets].refs = 1;
     log_n_secrets++;
 out:
+    pthread_mutex_unlock(&log_lock);
+    return result;
+}
+
+int
+log_remove_secret(const char *secret)
+{
+    size_t i, len;
+    int result = PARLEY_ERR_STATE;
+
+    if (!secret)
+        return PARLEY_ERR_STATE;
+    len = strlen(secret);
+    pthread_mutex_lock(&log_lock);
+    for (i = 0; i < log_n_secrets; i++) {
+        struct log_secret *s = &log_secrets[i];
+
+        if (s->len != len || memcmp(s->value, secret, len) != 0)
+            continue;
+        result = PARLEY_OK;
+        if (--s->refs > 0)
+            break;
+        explicit_bzero(s->value, s->len);
+        free(s->value);
+        /* Order does not matter: move the last entry into the hole. */
+        log_secrets[i] = log_secrets[log_n_secrets - 1];
+        memset(&log_secrets[log_n_secrets - 1], 0, sizeof(*s));
+        log_n_secrets--;
+        break;
+    }
     pthread_mutex_unlock(&log_lock);
     return result;
 }
@@ -175,10 +228,11 @@ log_forget_secrets(void)
     for (i = 0; i < log_n_secrets; i++) {
         explicit_bzero(log_secrets[i].value, log_secrets[i].len);
         free(log_secrets[i].value);
-        log_secrets[i].value = NULL;
-        log_secrets[i].len = 0;
     }
+    free(log_secrets);
+    log_secrets = NULL;
     log_n_secrets = 0;
+    log_cap_secrets = 0;
     pthread_mutex_unlock(&log_lock);
 }
 
@@ -206,6 +260,9 @@ log_redact_copy(const char *in, size_t inlen, int cut, char *out,
             const struct log_secret *s = &log_secrets[j];
             size_t left = inlen - i;
 
+            /* Cheap test first: every line meets every secret. */
+            if (in[i] != s->value[0])
+                continue;
             if (left >= s->len) {
                 if (memcmp(in + i, s->value, s->len) == 0 &&
                     i + s->len > cover_end)

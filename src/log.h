@@ -38,12 +38,31 @@ int log_level_parse(const char *name, enum log_level *out);
 
 /*
  * Register a secret to be redacted from every later log line.  The logger
- * keeps its own copy (wiped by log_forget_secrets).  Secrets shorter than 4
- * bytes are ignored, as redacting them would mangle ordinary text.
- * Returns 0, or -1 when the table (LOG_SECRETS_MAX entries) is full.
+ * keeps its own copy (wiped by log_remove_secret or log_forget_secrets).
+ * Secrets shorter than LOG_SECRET_MIN bytes are ignored, as redacting
+ * them would mangle ordinary text.  Registering a known secret again
+ * counts a reference: it stays redacted until removed as often.
+ *
+ * Fails closed: PARLEY_ERR_TOO_LARGE when LOG_SECRETS_MAX distinct
+ * secrets are already registered, PARLEY_ERR_OOM when the table cannot
+ * grow.  A caller that gets an error must not use the secret (refuse to
+ * start, or refuse that token): it would reach the log in clear.
  */
-#define LOG_SECRETS_MAX 16
+#define LOG_SECRET_MIN 4
+/* The table starts small and doubles up to this.  Every log line is
+ * scanned for every secret, and what a configuration can name (API key,
+ * Redis and SASL passwords, channel keys, one live token per Matrix
+ * account) is far below it; reaching it means tokens are being added and
+ * never removed, which should fail loudly rather than grow forever. */
+#define LOG_SECRETS_MAX 512
 int log_add_secret(const char *secret);
+/*
+ * Drop one reference to a secret that is no longer used (an access
+ * token replaced by a new login); at the last one its copy is wiped and
+ * it is no longer redacted.  Returns PARLEY_OK, or PARLEY_ERR_STATE when
+ * the secret was not registered (short ones never are).
+ */
+int log_remove_secret(const char *secret);
 void log_forget_secrets(void);
 
 /*

@@ -1558,7 +1558,13 @@ static int read_secrets(struct irc_ad *a, char *err, size_t errlen)
                      a->cfg.name, a->cfg.sasl_password_env);
             return PARLEY_ERR_CONFIG;
         }
-        log_add_secret(a->sasl_password);
+        /* Fail closed: a password the logger cannot redact is not used. */
+        if (log_add_secret(a->sasl_password) != PARLEY_OK) {
+            snprintf(err, errlen, "irc %s: cannot register the SASL "
+                     "password for log redaction (more than %d secrets, "
+                     "or out of memory)", a->cfg.name, LOG_SECRETS_MAX);
+            return PARLEY_ERR_CONFIG;
+        }
     }
     for (i = 0; i < a->n_chans; i++) {
         const struct irc_channel_conf *cc = &a->cfg.channels[i];
@@ -1580,7 +1586,12 @@ static int read_secrets(struct irc_ad *a, char *err, size_t errlen)
                      cc->key_env);
             return PARLEY_ERR_CONFIG;
         }
-        log_add_secret(a->chans[i].key);
+        if (log_add_secret(a->chans[i].key) != PARLEY_OK) {
+            snprintf(err, errlen, "irc %s: channel %s: cannot register the "
+                     "key for log redaction (more than %d secrets, or out "
+                     "of memory)", a->cfg.name, cc->name, LOG_SECRETS_MAX);
+            return PARLEY_ERR_CONFIG;
+        }
     }
     return PARLEY_OK;
 }

@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "status.h"
 
 /* More than one line's worth, to read back whatever was written. */
 #define CAPTURE_MAX (4 * LOG_LINE_MAX)
@@ -232,14 +233,73 @@ test_redact_rules(void **state)
     for (i = 1; i < LOG_SECRETS_MAX; i++) {
         char s[32];
 
-        snprintf(s, sizeof(s), "secret-number-%02d", i);
+        snprintf(s, sizeof(s), "secret-number-%03d", i);
         assert_int_equal(log_add_secret(s), 0);
     }
     /* Full: refused, so the caller can fail closed. */
-    assert_int_equal(log_add_secret("one-too-many"), -1);
-    snprintf(buf, sizeof(buf), "same-secret secret-number-15");
+    assert_int_equal(log_add_secret("one-too-many"), PARLEY_ERR_TOO_LARGE);
+    snprintf(buf, sizeof(buf), "same-secret secret-number-015 one-too-many");
     log_redact(buf, sizeof(buf));
-    assert_string_equal(buf, "[redacted] [redacted]");
+    assert_string_equal(buf, "[redacted] [redacted] one-too-many");
+    /* A slot freed by a removal can be used again. */
+    assert_int_equal(log_remove_secret("secret-number-015"), PARLEY_OK);
+    assert_int_equal(log_add_secret("one-too-many"), PARLEY_OK);
+    log_forget_secrets();
+}
+
+/* A configuration with many channel keys, passwords and tokens: far more
+ * than 16 secrets, every one of them redacted. */
+static void
+test_many_secrets(void **state)
+{
+    char buf[256], s[32];
+    int i;
+
+    log_forget_secrets();
+    for (i = 0; i < 200; i++) {
+        snprintf(s, sizeof(s), "channel-key-%03d", i);
+        assert_int_equal(log_add_secret(s), PARLEY_OK);
+    }
+    for (i = 0; i < 200; i += 37) {
+        snprintf(s, sizeof(s), "channel-key-%03d", i);
+        snprintf(buf, sizeof(buf), "JOIN #c%d %s", i, s);
+        log_redact(buf, sizeof(buf));
+        snprintf(s, sizeof(s), "JOIN #c%d [redacted]", i);
+        assert_string_equal(buf, s);
+    }
+    log_forget_secrets();
+}
+
+/* A replaced access token is dropped; a secret registered twice stays
+ * redacted until it was removed twice. */
+static void
+test_remove_secret(void **state)
+{
+    char buf[128];
+
+    log_forget_secrets();
+    assert_int_equal(log_add_secret("syt_old_token_1234"), PARLEY_OK);
+    assert_int_equal(log_add_secret("syt_new_token_5678"), PARLEY_OK);
+    assert_int_equal(log_remove_secret("syt_old_token_1234"), PARLEY_OK);
+    snprintf(buf, sizeof(buf), "syt_old_token_1234 syt_new_token_5678");
+    log_redact(buf, sizeof(buf));
+    assert_string_equal(buf, "syt_old_token_1234 [redacted]");
+    assert_int_equal(log_remove_secret("syt_old_token_1234"),
+                     PARLEY_ERR_STATE);
+    assert_int_equal(log_remove_secret("abc"), PARLEY_ERR_STATE);
+    assert_int_equal(log_remove_secret(NULL), PARLEY_ERR_STATE);
+
+    assert_int_equal(log_add_secret("shared-secret"), PARLEY_OK);
+    assert_int_equal(log_add_secret("shared-secret"), PARLEY_OK);
+    assert_int_equal(log_remove_secret("shared-secret"), PARLEY_OK);
+    snprintf(buf, sizeof(buf), "shared-secret");
+    log_redact(buf, sizeof(buf));
+    assert_string_equal(buf, "[redacted]");
+    assert_int_equal(log_remove_secret("shared-secret"), PARLEY_OK);
+    snprintf(buf, sizeof(buf), "shared-secret");
+    log_redact(buf, sizeof(buf));
+    assert_string_equal(buf, "shared-secret");
+    log_forget_secrets();
 }
 
 /* log_redact in place: the replacement is longer than a short secret, so
@@ -411,6 +471,8 @@ main(void)
         cmocka_unit_test_setup(test_level_parse, reset),
         cmocka_unit_test_setup(test_redaction_in_lines, reset),
         cmocka_unit_test_setup(test_redact_rules, reset),
+        cmocka_unit_test_setup(test_many_secrets, reset),
+        cmocka_unit_test_setup(test_remove_secret, reset),
         cmocka_unit_test_setup(test_redact_in_place_bounds, reset),
         cmocka_unit_test_setup(test_crlf_and_controls_escaped, reset),
         cmocka_unit_test_setup(test_truncation, reset),
