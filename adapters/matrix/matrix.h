@@ -6,7 +6,8 @@
  * input directly (hiredis test.c style).
  *
  *   matrix_sync.c     /sync response -> struct matrix_batch
- *   matrix_text.c     reply fallbacks, mentions, @room, UTF-8, URL, txnId
+ *   matrix_text.c     reply fallbacks, mentions, @room, UTF-8, URL, txnId,
+ *                     the access token's log redaction
  *   matrix_html.c     Markdown -> sanitized HTML, outgoing event content,
  *                     login and filter request bodies
  *   matrix_config.c   the adapter's block of bot.conf
@@ -30,6 +31,16 @@
 #define MATRIX_BODY_MAX (64 * 1024)
 /* Room ids remembered per batch with their joined member count. */
 #define MATRIX_SYNC_ROOMS_MAX 4096
+/* The spec's limit on a whole event, content and envelope together, as
+ * canonical JSON (client-server API, "Size limits"); a server answers
+ * 413 M_TOO_LARGE past it. */
+#define MATRIX_EVENT_MAX 65536
+/* What the server adds around our content: room id, sender, type,
+ * timestamps, up to 20 prev/auth event ids, hashes, signatures and
+ * unsigned data come to well under this. */
+#define MATRIX_ENVELOPE_MAX 4096
+/* Largest content JSON we send (matrix_content_build keeps to it). */
+#define MATRIX_CONTENT_MAX (MATRIX_EVENT_MAX - MATRIX_ENVELOPE_MAX)
 /* Our txnIds: "parley-" + 32 hex digits + NUL. */
 #define MATRIX_TXN_MAX 48
 
@@ -155,6 +166,18 @@ int matrix_txn_id(const char *seed, char *out, size_t outlen);
 int matrix_room_split(const char *room, char *room_id, size_t len,
                       const char **thread);
 
+/*
+ * Replace the access token held in token (capacity len, "" for none) by
+ * new_token ("" or NULL to clear).  The new token is registered for log
+ * redaction first; the old one is unregistered (log_remove_secret) unless
+ * it equals keep, the token from the environment, which stays registered.
+ * Fails closed: PARLEY_ERR_TOO_LARGE (token too long, or the logger's
+ * table full) or PARLEY_ERR_OOM leave token wiped, and the caller must not
+ * use new_token.
+ */
+int matrix_token_set(char *token, size_t len, const char *new_token,
+                     const char *keep);
+
 /* Whether user (an "@u:server" id) matches an allowlist entry: the exact
  * user id, or ":server" for everyone on that server. */
 int matrix_allow_match(const char *user, const char *const *allow,
@@ -200,8 +223,12 @@ struct matrix_out {
  * The JSON content of an m.room.message: body (plain, @room neutralised,
  * valid UTF-8), format + formatted_body (sanitized HTML), m.mentions with
  * the asker only (never "room"), and m.relates_to (m.in_reply_to, or an
- * m.thread relation with is_falling_back and m.in_reply_to).  *out is
- * malloc'd (caller frees).  PARLEY_OK or PARLEY_ERR_OOM.
+ * m.thread relation with is_falling_back and m.in_reply_to).  The whole
+ * JSON is at most MATRIX_CONTENT_MAX bytes: past it formatted_body is
+ * dropped, then the body is cut on a character boundary with a note
+ * saying so.  *out is malloc'd (caller frees).  PARLEY_OK,
+ * PARLEY_ERR_OOM, or PARLEY_ERR_TOO_LARGE when even the cut body does
+ * not fit (ids far over the spec's size).
  */
 int matrix_content_build(const struct matrix_out *o, char **out);
 

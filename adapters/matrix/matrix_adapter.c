@@ -28,6 +28,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -62,6 +63,11 @@
 #define MX_REQUEST_TIMEOUT_MS 60000
 /* While Redis is down, look again this often. */
 #define MX_REDIS_POLL_MS 500
+/* Sent instead of an answer the homeserver refuses as too large (413
+ * M_TOO_LARGE): with the content bounded to MATRIX_CONTENT_MAX this takes
+ * a server or proxy with a smaller limit than the spec's. */
+#define MX_TOO_LARGE_TEXT "(The answer was too long for this server and " \
+                          "could not be sent.)"
 /* Typing notifications last this long unless renewed or cleared; they
  * are renewed this often while the model works (answers can take longer
  * than one notification lasts). */
@@ -90,6 +96,9 @@ struct matrix;
 struct mx_send {
     struct mx_send *next;
     char *content;                  /* JSON body */
+    char *too_large;                /* short notice sent instead if the
+                                       server refuses content as too large;
+                                       NULL once used */
     char txn[MATRIX_TXN_MAX];
     adapter_send_done_fn *done;
     void *privdata;
@@ -141,6 +150,11 @@ struct matrix {
     int token_ok;                   /* whoami/login succeeded */
     int token_bad;                  /* a request saw M_UNKNOWN_TOKEN */
     char display_name[256];
+    /* The bot's id as the homeserver spells it (whoami/login), used for
+     * every own-event and mention check; the configured one until then.
+     * Room keys and session:/sync: keys keep mc.account, which is known
+     * before login and does not move with the server's spelling. */
+    char user_id[MATRIX_ID_MAX + 1];
     char localpart[MATRIX_ID_MAX + 1];
     char filter_id[256];
     char *since;                    /* NULL before the first sync */
@@ -189,6 +203,23 @@ static void mx_error(struct matrix *m, int fatal, const char *fmt, ...)
     } else {
         log_warn("matrix %s: %s", m->mc.account, m->ad.errstr);
     }
+}
+
+/* Take id (a valid "@local:server", checked by the config or the
+ * server's answer) as the bot's user id, and its localpart. */
+static void mx_set_user_id(struct matrix *m, const char *id)
+{
+    const char *colon = strchr(id, ':');
+    size_t n = colon && colon > id ? (size_t)(colon - id - 1) : 0;
+
+    if (strcmp(id, m->user_id) != 0 && m->user_id[0])
+        log_info("matrix %s: the homeserver names the bot %s",
+                 m->mc.account, id);
+    snprintf(m->user_id, sizeof(m->user_id), "%s", id);
+    if (n >= sizeof(m->localpart))
+        n = sizeof(m->localpart) - 1;
+    memcpy(m->localpart, id + 1, n);
+    m->localpart[n] = '\0';
 }
 
 static uint64_t mx_rand(struct matrix *m)
@@ -408,8 +439,12 @@ static void session_loaded(struct store *st, redisReply *rep, void *priv)
             continue;
         if (strcmp(k->str, "access_token") == 0 && !m->env_token &&
             v->len < sizeof(m->token)) {
-            memcpy(m->token, v->str, v->len + 1);
-            log_add_secret(m->token);
+            if (matrix_token_set(m->token, sizeof(m->token), v->str,
+                                 NULL) != PARLEY_OK) {
+                mx_error(m, 1, "cannot register the stored access token "
+                         "for log redaction: not using it");
+                return;
+            }
         } else if (strcmp(k->str, "device_id") == 0 &&
                    v->len < sizeof(m->device_id)) {
             memcpy(m->device_id, v->str, v->len + 1);
@@ -445,11 +480,12 @@ static void whoami_done(const struct http_response *resp, void *priv)
         ctl_retry(m, "whoami (bad answer)", NULL);
         return;
     }
-    if (strcmp(user, m->mc.user_id) != 0) {
+    if (strcasecmp(user, m->mc.user_id) != 0) {
         mx_error(m, 1, "the access token belongs to %s, not to the "
                  "configured user_id %s", user, m->mc.user_id);
         return;
     }
+    mx_set_user_id(m, user);
     /* Application-service tokens have no device. */
     if (matrix_parse_session(resp->body, resp->body_len, NULL, 0, dev,
                              sizeof(dev), NULL, 0) == PARLEY_OK)
@@ -465,7 +501,8 @@ static void whoami_done(const struct http_response *resp, void *priv)
 static void login_done(const struct http_response *resp, void *priv)
 {
     struct matrix *m = priv;
-    char user[MATRIX_ID_MAX + 1];
+    char user[MATRIX_ID_MAX + 1], token[MX_TOKEN_MAX];
+    int result;
 
     m->ctl_req = NULL;
     if (resp->status == PARLEY_OK && resp->code == 403) {
@@ -478,14 +515,24 @@ static void login_done(const struct http_response *resp, void *priv)
         return;
     }
     if (matrix_parse_session(resp->body, resp->body_len, user, sizeof(user),
-                             m->device_id, sizeof(m->device_id), m->token,
-                             sizeof(m->token)) != PARLEY_OK) {
+                             m->device_id, sizeof(m->device_id), token,
+                             sizeof(token)) != PARLEY_OK) {
+        explicit_bzero(token, sizeof(token));
         ctl_retry(m, "login (bad answer)", NULL);
         return;
     }
-    log_add_secret(m->token);
-    if (strcmp(user, m->mc.user_id) != 0)
-        log_warn("matrix %s: logged in as %s", m->mc.account, user);
+    result = matrix_token_set(m->token, sizeof(m->token), token,
+                              m->env_token);
+    explicit_bzero(token, sizeof(token));
+    if (result != PARLEY_OK) {
+        mx_error(m, 1, "cannot register the new access token for log "
+                 "redaction: not using it");
+        return;
+    }
+    if (strcasecmp(user, m->mc.user_id) != 0)
+        log_warn("matrix %s: logged in as %s, not as the configured %s",
+                 m->mc.account, user, m->mc.user_id);
+    mx_set_user_id(m, user);
     log_info("matrix %s: logged in (device %s)", m->mc.account,
              m->device_id);
     m->token_ok = 1;
@@ -617,7 +664,7 @@ static void sync_done(const struct http_response *resp, void *priv)
         ctl_retry(m, "sync", resp);
         return;
     }
-    me.user_id = m->mc.user_id;
+    me.user_id = m->user_id;
     me.localpart = m->localpart;
     me.display_name = m->display_name[0] ? m->display_name : NULL;
     matrix_batch_free(&m->batch);
@@ -727,7 +774,8 @@ static void ctl_step(struct matrix *m)
                          &m->ctl_req);
         break;
     case MX_LOGIN:
-        m->token[0] = '\0';
+        /* The old token is dead; its redaction is dropped (log.h). */
+        matrix_token_set(m->token, sizeof(m->token), "", m->env_token);
         if (matrix_login_body(m->mc.user_id, m->password,
                               m->device_id[0] ? m->device_id : NULL,
                               m->mc.device_name, &body) != PARLEY_OK) {
@@ -753,20 +801,20 @@ static void ctl_step(struct matrix *m)
         argv[4] = "device_id";
         argv[5] = m->device_id;
         argv[6] = "user_id";
-        argv[7] = m->mc.user_id;
+        argv[7] = m->user_id;
         if (store_command_argv(m->store, session_saved, m, 8, argv,
                                NULL) != PARLEY_OK)
             ctl_retry(m, "saving session to Redis", NULL);
         return;
     case MX_PROFILE:
-        if (matrix_url_escape(m->mc.user_id, id, sizeof(id)) != PARLEY_OK)
+        if (matrix_url_escape(m->user_id, id, sizeof(id)) != PARLEY_OK)
             return;
         snprintf(path, sizeof(path), "/profile/%s/displayname", id);
         result = mx_http(m, "GET", path, NULL, 1, MX_REQUEST_TIMEOUT_MS,
                          64 * 1024, profile_done, m, &m->ctl_req);
         break;
     case MX_FILTER:
-        if (matrix_url_escape(m->mc.user_id, id, sizeof(id)) != PARLEY_OK ||
+        if (matrix_url_escape(m->user_id, id, sizeof(id)) != PARLEY_OK ||
             matrix_filter_body(m->mc.timeline_limit, &body) != PARLEY_OK) {
             ctl_retry(m, "filter", NULL);
             return;
@@ -992,7 +1040,7 @@ static int walk_item(struct matrix *m, const struct matrix_item *it)
         }
         return 0;
     case MATRIX_ITEM_JOIN:
-        if (strcmp(it->sender, m->mc.user_id) != 0 &&
+        if (strcmp(it->sender, m->user_id) != 0 &&
             (!m->mc.greet_new_members ||
              (r && r->members > m->mc.greet_members_max))) {
             /* No greeting for arrivals in big rooms (or at all). */
@@ -1019,7 +1067,7 @@ static int walk_item(struct matrix *m, const struct matrix_item *it)
     ev.reply_to = it->reply_to;
     if (it->kind == MATRIX_ITEM_JOIN) {
         ev.kind = EVENT_JOIN;
-        ev.self = strcmp(it->sender, m->mc.user_id) == 0;
+        ev.self = strcmp(it->sender, m->user_id) == 0;
         if (ev.self && !m->mc.greet_on_join)
             return 0;
         ring_add(m->joins, &m->joins_pos, it->event_id);
@@ -1118,6 +1166,7 @@ static void walk(struct matrix *m)
 static void send_free(struct mx_send *s)
 {
     free(s->content);
+    free(s->too_large);
     free(s);
 }
 
@@ -1202,6 +1251,35 @@ static void send_done(const struct http_response *resp, void *priv)
             ctl_token_refused(m);
         }
         room_retry(r, mx_backoff(m, 0));
+        return;
+    }
+    if (resp->status == PARLEY_OK &&
+        (resp->code == 413 || strcmp(code, "M_TOO_LARGE") == 0)) {
+        /* Final: the same event is refused on every resend, so a restart
+         * must not try it again.  Say so in the room instead, under a txn
+         * of its own (the server never took the refused one), and report
+         * success so the job is marked done. */
+        char seed[MATRIX_TXN_MAX + 16];
+
+        snprintf(seed, sizeof(seed), "%s.too-large", s->txn);
+        if (s->too_large && matrix_txn_id(seed, s->txn,
+                                          sizeof(s->txn)) == PARLEY_OK) {
+            log_error("matrix %s: an answer in %s is too large for the "
+                      "server (HTTP %ld %s): sending a short notice "
+                      "instead", m->mc.account, r->room_id, resp->code,
+                      code);
+            free(s->content);
+            s->content = s->too_large;
+            s->too_large = NULL;
+            s->attempts = 0;
+            room_kick(r);
+            return;
+        }
+        log_error("matrix %s: giving up on an answer in %s (txn %s): too "
+                  "large even as a notice (HTTP %ld %s)", m->mc.account,
+                  r->room_id, s->txn, resp->code, code);
+        send_finish(r, PARLEY_ERR_TOO_LARGE);
+        room_kick(r);
         return;
     }
     if (resp->status == PARLEY_OK && resp->code == 429) {
@@ -1308,6 +1386,12 @@ static int matrix_send(struct adapter *ad, const char *room,
         free(s);
         return PARLEY_ERR_OOM;
     }
+    o.text = MX_TOO_LARGE_TEXT;
+    o.notice = 1;
+    if (matrix_content_build(&o, &s->too_large) != PARLEY_OK) {
+        send_free(s);
+        return PARLEY_ERR_OOM;
+    }
     if (reply->txn_id)
         snprintf(seed, sizeof(seed), "%s", reply->txn_id);
     else if (reply->in_reply_to)
@@ -1338,7 +1422,7 @@ static void typing_send(struct matrix *m, const char *room_id, int on)
 
     if (m->stopped || !m->token_ok ||
         matrix_url_escape(room_id, rid, sizeof(rid)) ||
-        matrix_url_escape(m->mc.user_id, uid, sizeof(uid)))
+        matrix_url_escape(m->user_id, uid, sizeof(uid)))
         return;
     snprintf(path, sizeof(path), "/rooms/%s/typing/%s", rid, uid);
     if (on)
@@ -1399,10 +1483,14 @@ static int matrix_start(struct adapter *ad)
         free(m->password);
         m->password = NULL;
     }
-    if (m->env_token)
-        log_add_secret(m->env_token);
-    if (m->password)
-        log_add_secret(m->password);
+    /* Fail closed: a secret the logger cannot redact is not used. */
+    if ((m->env_token && log_add_secret(m->env_token) != PARLEY_OK) ||
+        (m->password && log_add_secret(m->password) != PARLEY_OK)) {
+        snprintf(ad->errstr, sizeof(ad->errstr), "matrix %s: cannot "
+                 "register the access token or password for log redaction",
+                 m->mc.account);
+        return PARLEY_ERR_CONFIG;
+    }
     if (!m->env_token && !m->password)
         log_info("matrix %s: neither %s nor %s is set; using the session "
                  "stored in Redis", m->mc.account,
@@ -1520,8 +1608,6 @@ int matrix_adapter_create(struct adapter **out,
                           char *err, size_t errlen)
 {
     struct matrix *m;
-    const char *colon;
-    size_t n;
     int result;
 
     *out = NULL;
@@ -1538,10 +1624,7 @@ int matrix_adapter_create(struct adapter **out,
         free(m);
         return result;
     }
-    colon = strchr(m->mc.user_id, ':');
-    n = (size_t)(colon - m->mc.user_id - 1);
-    memcpy(m->localpart, m->mc.user_id + 1, n);
-    m->localpart[n] = '\0';
+    mx_set_user_id(m, m->mc.user_id);
     m->loop = env->loop;
     m->store = env->store;
     m->cfg = env->cfg;

@@ -613,26 +613,26 @@ char *matrix_markdown_to_html(const char *markdown, size_t len)
     return safe;
 }
 
-int matrix_content_build(const struct matrix_out *o, char **out)
+/* The JSON of one m.room.message with this body and, when html is not
+ * NULL, this formatted_body.  *out is malloc'd. */
+static int content_json(const struct matrix_out *o, const char *body,
+                        const char *html, char **out)
 {
-    cJSON *c = NULL, *m, *ids, *rel, *inrep;
-    char *clean = NULL, *body = NULL, *html = NULL;
+    cJSON *c, *m, *ids, *rel, *inrep;
     int result = PARLEY_ERR_OOM;
-    const char *text = o->text ? o->text : "";
     const char *reply_to = o->in_reply_to;
 
     *out = NULL;
-    clean = matrix_utf8_clean(text, strlen(text), MATRIX_BODY_MAX);
-    body = clean ? matrix_neutralise_room_ping(clean) : NULL;
-    html = body ? matrix_markdown_to_html(body, strlen(body)) : NULL;
     c = cJSON_CreateObject();
-    if (!html || !c)
-        goto done;
+    if (!c)
+        return PARLEY_ERR_OOM;
     if (!cJSON_AddStringToObject(c, "msgtype",
                                  o->notice ? "m.notice" : "m.text") ||
-        !cJSON_AddStringToObject(c, "body", body) ||
-        !cJSON_AddStringToObject(c, "format", "org.matrix.custom.html") ||
-        !cJSON_AddStringToObject(c, "formatted_body", html))
+        !cJSON_AddStringToObject(c, "body", body))
+        goto done;
+    if (html &&
+        (!cJSON_AddStringToObject(c, "format", "org.matrix.custom.html") ||
+         !cJSON_AddStringToObject(c, "formatted_body", html)))
         goto done;
     /* Always present: an empty m.mentions tells servers with intentional
      * mentions to ping nobody, whatever the body says. */
@@ -666,9 +666,108 @@ int matrix_content_build(const struct matrix_out *o, char **out)
         result = PARLEY_OK;
 done:
     cJSON_Delete(c);
+    return result;
+}
+
+/* Bytes cJSON writes for byte c inside a string. */
+static size_t json_escaped_len(unsigned char c)
+{
+    if (c == '"' || c == '\\' || c == '\b' || c == '\f' || c == '\n' ||
+        c == '\r' || c == '\t')
+        return 2;
+    return c < 0x20 ? 6 : 1;
+}
+
+/* Appended to a body cut to fit one event. */
+#define MATRIX_CUT_MARK "\n\n[The answer was cut here: it is longer than " \
+                        "one Matrix message can be.]"
+
+/*
+ * New string: body cut on a UTF-8 character boundary so that its JSON
+ * escaping plus MATRIX_CUT_MARK takes at most budget bytes, with the
+ * mark appended.  NULL on OOM.
+ */
+static char *body_cut(const char *body, size_t budget)
+{
+    size_t mark = sizeof(MATRIX_CUT_MARK) - 1;
+    size_t used = 0, i, keep = 0, n = strlen(body);
+    char *out;
+
+    /* The mark itself escapes to 2 + 2 + the rest (two "\n"). */
+    budget = budget > mark + 2 ? budget - mark - 2 : 0;
+    for (i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)body[i];
+
+        if ((c & 0xc0) != 0x80)
+            keep = i;       /* a character may start here */
+        used += json_escaped_len(c);
+        if (used > budget)
+            break;
+    }
+    if (i == n)
+        keep = n;
+    out = malloc(keep + mark + 1);
+    if (!out)
+        return NULL;
+    memcpy(out, body, keep);
+    memcpy(out + keep, MATRIX_CUT_MARK, mark + 1);
+    return out;
+}
+
+int matrix_content_build(const struct matrix_out *o, char **out)
+{
+    char *clean = NULL, *body = NULL, *html = NULL, *cut = NULL;
+    const char *text = o->text ? o->text : "";
+    size_t overhead, blen;
+    int result = PARLEY_ERR_OOM, tries;
+
+    *out = NULL;
+    clean = matrix_utf8_clean(text, strlen(text), MATRIX_BODY_MAX);
+    body = clean ? matrix_neutralise_room_ping(clean) : NULL;
+    html = body ? matrix_markdown_to_html(body, strlen(body)) : NULL;
+    if (!html)
+        goto done;
+    result = content_json(o, body, html, out);
+    if (result || strlen(*out) <= MATRIX_CONTENT_MAX)
+        goto done;
+    /* Too big for one event (the server answers 413 M_TOO_LARGE, and
+     * would again on every resend).  The HTML goes first: the body says
+     * the same, without formatting. */
+    free(*out);
+    result = content_json(o, body, NULL, out);
+    if (result || strlen(*out) <= MATRIX_CONTENT_MAX)
+        goto done;
+    /* Then the body is cut to what is left after everything else. */
+    blen = strlen(*out);
+    for (tries = 0; tries < 4; tries++) {
+        size_t escaped = 0, i;
+
+        for (i = 0; body[i]; i++)
+            escaped += json_escaped_len((unsigned char)body[i]);
+        overhead = blen - escaped;
+        free(*out);
+        *out = NULL;
+        free(cut);
+        cut = body_cut(body, MATRIX_CONTENT_MAX > overhead + tries * 64
+                                 ? MATRIX_CONTENT_MAX - overhead - tries * 64
+                                 : 0);
+        result = cut ? content_json(o, cut, NULL, out) : PARLEY_ERR_OOM;
+        if (result || strlen(*out) <= MATRIX_CONTENT_MAX)
+            goto done;
+    }
+    /* Only a mention or ids far over the spec's 255 bytes get here. */
+    free(*out);
+    *out = NULL;
+    result = PARLEY_ERR_TOO_LARGE;
+done:
+    if (result && *out) {
+        free(*out);
+        *out = NULL;
+    }
     free(clean);
     free(body);
     free(html);
+    free(cut);
     return result;
 }
 

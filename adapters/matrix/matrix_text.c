@@ -3,9 +3,12 @@
  * incoming messages, deciding whether a text names the bot, making text
  * valid UTF-8, defusing "@room", and the byte-level encodings the
  * client-server API needs (percent-encoded path segments, txnIds).  All
- * pure, so that unit tests and fuzzers can drive them directly.
+ * pure, so that unit tests and fuzzers can drive them directly, except
+ * matrix_token_set, which also keeps the logger's redaction table in
+ * step with the account's access token.
  */
 #include "context.h"
+#include "log.h"
 #include "matrix.h"
 
 #include <openssl/evp.h>
@@ -267,4 +270,26 @@ int matrix_allow_match(const char *user, const char *const *allow,
             return 1;
     }
     return 0;
+}
+
+int matrix_token_set(char *token, size_t len, const char *new_token,
+                     const char *keep)
+{
+    size_t n = new_token ? strlen(new_token) : 0;
+    int result = PARLEY_OK;
+
+    if (n >= len)
+        result = PARLEY_ERR_TOO_LARGE;
+    else if (n > 0 && !(keep && strcmp(new_token, keep) == 0))
+        result = log_add_secret(new_token);
+    /* The token being replaced is dead either way: stop redacting it,
+     * unless it is the one from the environment (registered for the life
+     * of the process), so the table does not fill up re-login by
+     * re-login. */
+    if (token[0] && !(keep && strcmp(token, keep) == 0))
+        log_remove_secret(token);
+    explicit_bzero(token, len);
+    if (result == PARLEY_OK && n > 0)
+        memcpy(token, new_token, n + 1);
+    return result;
 }

@@ -195,7 +195,8 @@ class FaultProxy:
     """HTTP proxy to upstream with scripted faults.
 
     faults: list of dicts {"path": substring, "action": "500" | "502" |
-    "hang" | "drop" | "badjson", "count": n, "seconds": s (hang)}; the
+    "503" | "413" | "hang" | "drop" | "badjson", "count": n, "seconds": s
+    (hang)}; the
     first matching fault with count > 0 is used and its count decreased.
     """
 
@@ -280,6 +281,16 @@ class FaultProxy:
                 if a in ("500", "502", "503"):
                     data = b'{"errcode":"M_UNKNOWN","error":"injected"}'
                     self.send_response(int(a))
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                elif a == "413":
+                    # What Synapse (or a proxy in front of it) answers
+                    # for an event over its size limit.
+                    data = (b'{"errcode":"M_TOO_LARGE",'
+                            b'"error":"event too large (injected)"}')
+                    self.send_response(413)
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(data)))
                     self.end_headers()

@@ -433,6 +433,72 @@ def test_redis_outage_pauses_sync():
         assert s.parley.proc.poll() is None
 
 
+def test_answer_over_event_limit():
+    """An answer far over 64 KiB goes out as one event the real server
+    accepts (HTML dropped, body cut on a character boundary); a 413
+    M_TOO_LARGE from the server (here injected by the proxy) is final: a
+    short notice goes out instead and the job is done, not retried."""
+    with Test() as t:
+        proxy = t.add(FaultProxy(HS.port).start())
+        s = Setup(t, hs_url=proxy.url)
+        s.start()
+        alice = s.people["alice"]
+        room = s.room_with("alice")
+        alice.wait_messages_from(room, s.bot, 1)
+        s.stub.script([{"content": "**mot** \u00e9t\u00e9 " * 8000,
+                        "when_contains": "everything"}])
+        ev = alice.say(room, "tell me everything", mentions=[s.bot])
+        a = s.wait_answer_to("alice", room, ev, timeout=30)
+        body = a["content"]["body"]
+        assert "[The answer was cut here" in body, body[-200:]
+        assert "formatted_body" not in a["content"]
+        assert len(json.dumps(a["content"], ensure_ascii=False)
+                   .encode()) <= 65536 - 4096
+        # The server itself refuses the next answer as too large.
+        proxy.add_fault("/send/", "413", 1)
+        ev2 = alice.say(room, "a second question", mentions=[s.bot])
+        n = s.wait_answer_to("alice", room, ev2, timeout=30)
+        assert n["content"]["msgtype"] == "m.notice", n
+        assert "too long" in n["content"]["body"], n
+        sends = [r for r in proxy.requests("/send/") if r[1] == "PUT"]
+        assert [r[3] for r in sends][-2:] == ["413", 200], sends
+        assert sends[-2][2] != sends[-1][2], "notice reused the txnId"
+        key = "t:job:" + ev2
+        wait_until(lambda: s.redis.cmd("HGET", key, "state") == "done", 10,
+                   "the job to be marked done")
+        assert s.parley.proc.poll() is None
+
+
+def test_server_spells_user_id():
+    """The configured user_id differs in case from the account's real id:
+    the login answer's id is used for own-event checks, so in a direct
+    chat the bot never answers its own greeting or answers."""
+    with Test() as t:
+        s = Setup(t)
+        local = s.bot[1:].split(":")[0]
+        shouted = "@" + local.upper() + ":" + s.bot.split(":", 1)[1]
+        text = open(s.conf).read().replace('user_id = "%s"' % s.bot,
+                                           'user_id = "%s"' % shouted)
+        with open(s.conf, "w") as f:
+            f.write(text)
+        s.start()
+        alice = s.people["alice"]
+        room = s.room_with("alice")
+        alice.wait_messages_from(room, s.bot, 1)
+        ev = alice.say(room, "hello there")
+        s.wait_answer_to("alice", room, ev)
+        # A follow-up answered means everything before it was handled.
+        ev2 = alice.say(room, "and again")
+        s.wait_answer_to("alice", room, ev2)
+        mine = s.answers("alice", room)
+        ids = set(e["event_id"] for e in mine)
+        assert not any(reply_target(e) in ids for e in mine), \
+            "the bot answered itself: %r" % [e["content"]["body"]
+                                             for e in mine]
+        assert len(mine) == 3, [e["content"]["body"] for e in mine]
+        assert "names the bot " + s.bot in s.parley.stderr()
+
+
 def main():
     global HS
     code = 1
@@ -444,7 +510,8 @@ def main():
                  test_first_sync_is_history,
                  test_token_logged_out,
                  test_rate_limited_sends, test_faults_backoff,
-                 test_redis_outage_pauses_sync, test_restart_exactly_once]
+                 test_redis_outage_pauses_sync, test_restart_exactly_once,
+                 test_answer_over_event_limit, test_server_spells_user_id]
         only = os.environ.get("MATRIX_CASES")
         if only:
             cases = [c for c in cases if c.__name__ in only.split(",")]

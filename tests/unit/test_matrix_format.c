@@ -19,6 +19,7 @@
 #include <cjson/cJSON.h>
 #include <libconfig.h>
 
+#include "log.h"
 #include "matrix/matrix.h"
 #include "status.h"
 
@@ -380,6 +381,135 @@ static void test_html_room_ping(void **state)
     assert_null(matrix_html_neutralise_room_ping(NULL));
 }
 
+/* Re-logins replace the token: the new one is redacted, the dead one is
+ * dropped from the logger's table (else it fills up and, failing closed,
+ * stops the account); the environment's token stays registered. */
+static void test_token_set(void **state)
+{
+    char token[64], buf[128];
+    int i;
+
+    (void)state;
+    log_forget_secrets();
+    token[0] = '\0';
+    assert_int_equal(log_add_secret("syt_env_token_0"), PARLEY_OK);
+    assert_int_equal(matrix_token_set(token, sizeof(token), "syt_env_token_0",
+                                      "syt_env_token_0"), PARLEY_OK);
+    assert_string_equal(token, "syt_env_token_0");
+    for (i = 1; i <= 2 * LOG_SECRETS_MAX; i++) {
+        char t[32];
+
+        snprintf(t, sizeof(t), "syt_login_token_%d", i);
+        assert_int_equal(matrix_token_set(token, sizeof(token), t,
+                                          "syt_env_token_0"), PARLEY_OK);
+    }
+    snprintf(buf, sizeof(buf), "%s syt_login_token_1 syt_env_token_0",
+             token);
+    log_redact(buf, sizeof(buf));
+    assert_string_equal(buf, "[redacted] syt_login_token_1 [redacted]");
+    /* Cleared before a new login: no token, nothing left registered. */
+    assert_int_equal(matrix_token_set(token, sizeof(token), "",
+                                      "syt_env_token_0"), PARLEY_OK);
+    assert_string_equal(token, "");
+    snprintf(buf, sizeof(buf), "syt_login_token_%d", 2 * LOG_SECRETS_MAX);
+    log_redact(buf, sizeof(buf));
+    assert_non_null(strstr(buf, "syt_login_token_"));
+    /* Too long for the buffer: refused, buffer wiped. */
+    assert_int_equal(matrix_token_set(token, 8, "syt_too_long", NULL),
+                     PARLEY_ERR_TOO_LARGE);
+    assert_string_equal(token, "");
+    log_forget_secrets();
+}
+
+/* Whether s is valid UTF-8 (no cut character). */
+static int utf8_valid(const char *s)
+{
+    const unsigned char *p = (const unsigned char *)s;
+
+    while (*p) {
+        int n = *p < 0x80 ? 0 : (*p & 0xe0) == 0xc0 ? 1
+                : (*p & 0xf0) == 0xe0 ? 2 : (*p & 0xf8) == 0xf0 ? 3 : -1;
+
+        if (n < 0)
+            return 0;
+        for (p++; n > 0; n--, p++)
+            if ((*p & 0xc0) != 0x80)
+                return 0;
+    }
+    return 1;
+}
+
+/* Build the content for text and check the bound on the whole JSON. */
+static cJSON *content_of(const char *text, size_t *len)
+{
+    struct matrix_out o;
+    char *json;
+    cJSON *c;
+
+    memset(&o, 0, sizeof(o));
+    o.text = text;
+    o.mention = "@alice:localhost";
+    o.in_reply_to = "$event-being-answered:localhost";
+    o.thread_id = "$thread-root:localhost";
+    assert_int_equal(matrix_content_build(&o, &json), PARLEY_OK);
+    *len = strlen(json);
+    assert_true(*len <= MATRIX_CONTENT_MAX);
+    c = cJSON_Parse(json);
+    assert_non_null(c);
+    free(json);
+    return c;
+}
+
+/* The whole event stays under the spec's 65,536 bytes: formatted_body
+ * goes first, then the body is cut on a character boundary. */
+static void test_content_bound(void **state)
+{
+    size_t n = MATRIX_BODY_MAX, i, len;
+    char *text = malloc(n + 1);
+    const char *body;
+    cJSON *c;
+
+    (void)state;
+    assert_non_null(text);
+    /* Markdown that doubles in HTML: the body fits, the HTML does not. */
+    for (i = 0; i + 6 <= 40000; i += 6)
+        memcpy(text + i, "**a** ", 6);
+    text[i] = '\0';
+    c = content_of(text, &len);
+    assert_null(cJSON_GetObjectItem(c, "formatted_body"));
+    assert_null(cJSON_GetObjectItem(c, "format"));
+    assert_string_equal(cJSON_GetObjectItem(c, "body")->valuestring, text);
+    assert_non_null(cJSON_GetObjectItem(c, "m.relates_to"));
+    cJSON_Delete(c);
+
+    /* Two-byte characters up to the body cap: cut between characters. */
+    for (i = 0; i + 2 <= n; i += 2)
+        memcpy(text + i, "\xc3\xa9", 2);
+    text[i] = '\0';
+    c = content_of(text, &len);
+    body = cJSON_GetObjectItem(c, "body")->valuestring;
+    assert_true(utf8_valid(body));
+    assert_non_null(strstr(body, "[The answer was cut here"));
+    assert_true(strlen(body) < strlen(text));
+    assert_true(len > MATRIX_CONTENT_MAX - 512);
+    cJSON_Delete(c);
+
+    /* Quotes escape to two bytes each in JSON. */
+    memset(text, '"', 60000);
+    text[60000] = '\0';
+    c = content_of(text, &len);
+    body = cJSON_GetObjectItem(c, "body")->valuestring;
+    assert_non_null(strstr(body, "[The answer was cut here"));
+    assert_true(strlen(body) < 60000);
+    cJSON_Delete(c);
+
+    /* An ordinary answer keeps its HTML. */
+    c = content_of("**hello**", &len);
+    assert_non_null(cJSON_GetObjectItem(c, "formatted_body"));
+    cJSON_Delete(c);
+    free(text);
+}
+
 static void test_content(void **state)
 {
     struct matrix_out o;
@@ -581,6 +711,8 @@ int main(void)
         cmocka_unit_test(test_room_ping),
         cmocka_unit_test(test_room_ping_entities),
         cmocka_unit_test(test_html_room_ping),
+        cmocka_unit_test(test_token_set),
+        cmocka_unit_test(test_content_bound),
         cmocka_unit_test(test_url_txn_room),
         cmocka_unit_test(test_allowlist),
         cmocka_unit_test(test_sanitize),
