@@ -2,8 +2,9 @@
  * /healthz and /metrics on libmicrohttpd (see monitor.h).  GET only;
  * /healthz answers 200 with a JSON summary when Redis and every adapter
  * are connected and 503 with the reason otherwise; /metrics answers the
- * Prometheus text format 0.0.4.  Connections are capped and time out, so
- * a slow client cannot pin the thread.
+ * Prometheus text format 0.0.4.  Connections are capped in total and per
+ * client address and time out quickly, so neither a slow client nor one
+ * holding idle connections can keep health checks out.
  */
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -17,8 +18,18 @@
 #include "monitor.h"
 #include "status.h"
 
-#define MONITOR_CONNECTIONS_MAX 16
-#define MONITOR_TIMEOUT_S 10
+/*
+ * Connection bounds.  Health checkers and scrapers make one short request
+ * at a time, so a client holding more than a few connections is broken or
+ * hostile: MONITOR_PER_CLIENT_MAX keeps one address from taking the
+ * MONITOR_CONNECTIONS_MAX slots (MHD closes its extra connections at
+ * once), and MONITOR_TIMEOUT_S closes a connection idle that long, so
+ * even connections from the checker's own address free their slot
+ * within seconds.  A request over loopback or a LAN takes milliseconds.
+ */
+#define MONITOR_CONNECTIONS_MAX 64
+#define MONITOR_PER_CLIENT_MAX 8
+#define MONITOR_TIMEOUT_S 3
 #define MONITOR_HEALTH_MAX 8192
 
 struct monitor {
@@ -131,6 +142,8 @@ int monitor_start(struct monitor **out, const char *listen, char *err,
         monitor_handle, mon,
         MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa,
         MHD_OPTION_CONNECTION_LIMIT, (unsigned int)MONITOR_CONNECTIONS_MAX,
+        MHD_OPTION_PER_IP_CONNECTION_LIMIT,
+        (unsigned int)MONITOR_PER_CLIENT_MAX,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)MONITOR_TIMEOUT_S,
         MHD_OPTION_END);
     if (!mon->daemon) {

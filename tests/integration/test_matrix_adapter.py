@@ -452,8 +452,8 @@ def test_answer_over_event_limit():
         body = a["content"]["body"]
         assert "[The answer was cut here" in body, body[-200:]
         assert "formatted_body" not in a["content"]
-        assert len(json.dumps(a["content"], ensure_ascii=False)
-                   .encode()) <= 65536 - 4096
+        assert len(json.dumps(a["content"], ensure_ascii=False,
+                              separators=(",", ":")).encode()) <= 65536 - 4096
         # The server itself refuses the next answer as too large.
         proxy.add_fault("/send/", "413", 1)
         ev2 = alice.say(room, "a second question", mentions=[s.bot])

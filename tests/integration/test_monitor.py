@@ -3,9 +3,11 @@ it returns; /metrics counters move after a conversation and parse as the
 Prometheus text format; JSON log lines are one JSON object each and never
 carry the key."""
 
+import http.client
 import json
 import os
 import re
+import socket
 import sys
 import time
 import urllib.error
@@ -129,7 +131,57 @@ def test_json_logs():
         assert KEY not in p.stderr()
 
 
+def healthz_within(port, seconds):
+    """Status of GET /healthz from 127.0.0.1, or 0 when it did not answer
+    within seconds (refused, reset or silent)."""
+    try:
+        with urllib.request.urlopen("http://127.0.0.1:%d/healthz" % port,
+                                    timeout=seconds) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+    except (OSError, http.client.HTTPException):
+        return 0
+
+
+def idle_sockets(port, n, source):
+    """n connections from source that never send a byte."""
+    socks = []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind((source, 0))
+        s.connect(("127.0.0.1", port))
+        socks.append(s)
+    return socks
+
+
+def test_idle_connections_do_not_starve_healthz():
+    """One client holding many idle connections (another loopback
+    address, as another host would be) cannot keep /healthz from
+    answering; idle connections from the checker's own address are closed
+    after the short timeout, so even they only delay it briefly."""
+    with Test() as t:
+        redis, stub, port, p = start(t)
+        wait_until(lambda: get(port, "/healthz")[0] == 200, 10, "healthy")
+        hog = idle_sockets(port, 40, "127.0.0.2")
+        t0 = time.time()
+        assert healthz_within(port, 3) == 200, \
+            "40 idle connections from 127.0.0.2 starve /healthz"
+        assert time.time() - t0 < 2
+        for s in hog:
+            s.close()
+        same = idle_sockets(port, 20, "127.0.0.1")
+        t0 = time.time()
+        wait_until(lambda: healthz_within(port, 1) == 200, 8,
+                   "/healthz beside 20 idle connections from 127.0.0.1")
+        assert time.time() - t0 < 6, time.time() - t0
+        for s in same:
+            s.close()
+        assert p.proc.poll() is None
+
+
 if __name__ == "__main__":
     run_cases([test_healthz_follows_redis,
                test_metrics_move_after_a_conversation,
-               test_json_logs])
+               test_json_logs,
+               test_idle_connections_do_not_starve_healthz])
