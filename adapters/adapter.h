@@ -7,7 +7,9 @@
  * Contract for send: the adapter copies what it needs before returning.
  * If send returns PARLEY_OK, done() is called exactly once, later or
  * before send returns, with PARLEY_OK once the platform accepted the
- * message (or an error status when it finally gave up).  If send returns
+ * message (or an error status when it finally gave up;
+ * PARLEY_ERR_TOO_LARGE says resending can never succeed, and the router
+ * does not resend it after a restart).  If send returns
  * an error, done is never called.  Replies to one room are delivered in
  * the order send was called.
  */

@@ -97,7 +97,10 @@ static void job_sent(int status, void *privdata)
                  "answer to %s not delivered: %s",
                  job->ev->sender ? job->ev->sender : "-",
                  parley_status_name(status));
-    if (job->durable && status == PARLEY_OK)
+    /* TOO_LARGE is final: the platform refused this answer for its size
+     * and would refuse it again after every restart. */
+    if (job->durable &&
+        (status == PARLEY_OK || status == PARLEY_ERR_TOO_LARGE))
         job_mark_done(job);
     job_free(job);
 }
