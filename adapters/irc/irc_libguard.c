@@ -101,5 +101,7 @@ int irc_lib_would_crash(const struct irc_msg *m)
      * line is long. */
     if (strcmp(m->params[1], "\001") == 0)
         return 1;
-    return strcmp(cmd, "PRIVMSG") == 0 && is_dcc(m->params[1]);
+    /* Only PRIVMSG reaches the DCC parser; a DCC in a NOTICE is refused
+     * as well, as nothing parley does needs one. */
+    return is_dcc(m->params[1]);
 }

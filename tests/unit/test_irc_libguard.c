@@ -49,6 +49,7 @@ static void test_dcc_any_case(void **state)
     assert_true(refused(":a!b@c PRIVMSG bot :\001Dcc CHAT chat 1 2\001"));
     assert_true(refused(":a!b@c PRIVMSG bot :\001dcc \001"));
     assert_true(refused(":a!b@c PRIVMSG #c :\001DCC RESUME\001"));
+    assert_true(refused(":b NOTICE t \001dcc:\001"));
     /* Unterminated: the library would not parse it, refused anyway. */
     assert_true(refused(":a!b@c PRIVMSG bot :\001dcc send x"));
     /* Text about DCC is not a CTCP. */
