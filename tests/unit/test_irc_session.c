@@ -7,8 +7,9 @@
  * operator status, formatting strip, Latin-1, CTCP, the 512-byte bound on
  * every relayed line, the more op (!more is the router's command),
  * injection attempts, flood pacing and fairness between channels and
- * between people, joins reported as facts with member counts, kick/rejoin, nick collision and regain, server restart, ping
- * timeout, TLS verification, and SASL success, failure and ordering.
+ * between people, joins reported as facts with member counts,
+ * kick/rejoin, nick collision and regain, server restart, ping timeout,
+ * TLS verification, and SASL success, failure and ordering.
  * Skipped when ngircd is not installed.
  */
 #include <setjmp.h>
