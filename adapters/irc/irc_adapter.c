@@ -449,7 +449,7 @@ static int more_send(struct irc_ad *a, struct irc_more *m,
     size_t left = m->lines.n - m->pos, n = left, i;
     int result;
     char hint[64];
-    char *v[101];       /* max_lines (at most 100) and the hint */
+    char *v[IRC_MAX_LINES_MAX + 1];     /* max_lines and the hint */
 
     if (n > (size_t)a->cfg.max_lines)
         n = (size_t)a->cfg.max_lines;

@@ -368,7 +368,7 @@ int irc_config_parse(struct irc_config *c, const void *setting, char *err,
                  &c->n_admins);
     get_str_list(&r, s, "bots", IRC_CONFIG_MAX_MASKS, &c->bots, &c->n_bots);
     get_bool(&r, s, "ambient_context", 0, &c->ambient_context);
-    get_int(&r, s, "max_lines", 4, 1, 100, &c->max_lines);
+    get_int(&r, s, "max_lines", 4, 1, IRC_MAX_LINES_MAX, &c->max_lines);
     get_int(&r, s, "flood_burst", IRC_FLOOD_BURST_DEFAULT, 1, 100,
             &c->flood_burst);
     get_int(&r, s, "flood_rate_ms", IRC_FLOOD_RATE_MS_DEFAULT, 10, 60000,

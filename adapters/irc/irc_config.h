@@ -18,6 +18,8 @@
 #define IRC_CONFIG_MAX_MASKS 64
 /* Longest nick parley accepts; servers announce NICKLEN <= 30 or so. */
 #define IRC_NICK_MAX 64
+/* Most lines per answer before "!more" (max_lines). */
+#define IRC_MAX_LINES_MAX 100
 /* Default pacing: a burst of 5 lines, then one line per second, which
  * Solanum/ircd-seven/Hybrid (burst 5, then 2 lines/s), InspIRCd (1
  * line/s after a burst of 10) and ngircd (3 lines or 256 bytes per
