@@ -234,8 +234,10 @@ int irc_queue_push(struct irc_queue *q, const char *target,
         asker = "";
     if (n == 0)
         return PARLEY_OK;
+    /* Lines for nobody (room greetings when the bot joins) are the bot's
+     * own doing, not a person's: only the queue's cap bounds them. */
     if (n > q->cap - q->len ||
-        n + irc_queue_asker_len(q, asker) > q->asker_cap)
+        (asker[0] && n + irc_queue_asker_len(q, asker) > q->asker_cap))
         return PARLEY_ERR_TOO_LARGE;
     for (i = 0; i < n; i++) {
         size_t len = strlen(lines[i]);

@@ -61,7 +61,8 @@ void irc_queue_free(struct irc_queue *q, void (*drop)(void *tag));
  * answer nobody, such as a room greeting).  tag (may be NULL) travels
  * with the last line and comes back from irc_queue_pop when that line
  * leaves the queue.  PARLEY_OK, _OOM, or _TOO_LARGE when the lines would
- * pass the queue's cap or the asker's share.
+ * pass the queue's cap or the asker's share (lines for nobody have no
+ * share of their own: the bot, not a person, queued them).
  */
 int irc_queue_push(struct irc_queue *q, const char *target,
                    const char *asker, char *const *lines, size_t n,

@@ -238,6 +238,7 @@ static void test_queue_asker_share(void **state)
     /* Everyone else still has the rest of the queue. */
     assert_int_equal(irc_queue_push(q, "#a", "bob", four, 4, NULL),
                      PARLEY_OK);
+    /* Lines for nobody (greetings when the bot joins) have no share. */
     assert_int_equal(irc_queue_push(q, "#a", NULL, two, 2, NULL),
                      PARLEY_OK);
     assert_int_equal(irc_queue_asker_len(q, ""), 2);
@@ -254,6 +255,15 @@ static void test_queue_asker_share(void **state)
     assert_int_equal(irc_queue_asker_len(q, "alice"), 1);
     assert_int_equal(irc_queue_push(q, "#b", "alice", four, 4, NULL),
                      PARLEY_OK);
+    irc_queue_free(q, NULL);
+    assert_int_equal(irc_queue_create(&q, 12, 5), PARLEY_OK);
+    assert_int_equal(irc_queue_push(q, "#a", NULL, four, 4, NULL),
+                     PARLEY_OK);
+    assert_int_equal(irc_queue_push(q, "#b", "", four, 4, NULL), PARLEY_OK);
+    assert_int_equal(irc_queue_push(q, "#c", NULL, four, 4, NULL),
+                     PARLEY_OK);
+    assert_int_equal(irc_queue_push(q, "#d", NULL, two, 1, NULL),
+                     PARLEY_ERR_TOO_LARGE);
     irc_queue_free(q, NULL);
 }
 
