@@ -3,9 +3,10 @@
  * driven from the libuv loop, behind the TLS/CAP/SASL transport.  It turns
  * channel and query messages into struct event (platform "irc", account =
  * network name, room = case-folded channel, or the sender's folded nick
- * for a query), keeps channel membership for operator checks and greeting
- * limits, and sends answers as PRIVMSG lines split to fit 512 bytes and
- * paced by a token bucket shared fairly between targets.
+ * for a query), keeps channel membership for operator checks and the
+ * member counts it reports with joins (the router decides greetings), and
+ * sends answers as PRIVMSG lines split to fit 512 bytes, paced by a token
+ * bucket and shared fairly between channels and the people answered.
  *
  * libircclient glue (STYLE.md "What parley should absorb" 1): the library
  * has no fd accessor, so the fd is found with irc_add_select_descriptors
@@ -49,8 +50,9 @@
 /* Members tracked per channel; above this only the count is kept
  * approximately and operator status of the rest is unknown. */
 #define IRC_MAX_MEMBERS 4096
-/* Targets with a "!more" remainder kept at once (oldest evicted). */
-#define IRC_MORE_SLOTS 32
+/* "!more" remainders kept at once, one per room and person (oldest
+ * evicted). */
+#define IRC_MORE_SLOTS 64
 /* Incoming text after UTF-8 repair: Latin-1 doubles a 512-byte line. */
 #define IRC_TEXT_MAX 1100
 /* Housekeeping tick: rejoins and nick regain. */
@@ -77,7 +79,6 @@ struct irc_chan {
     char name[IRC_CHANNEL_MAX + 1];     /* as configured or invited */
     char folded[IRC_CHANNEL_MAX + 1];
     int configured;
-    int greet;                  /* greet on the bot's own join */
     char *key;                  /* channel key (secret), or NULL */
     int joined;
     uint64_t join_at;           /* next JOIN attempt, uv_now ms */
@@ -86,8 +87,11 @@ struct irc_chan {
     size_t n_m, cap_m;
 };
 
+/* The rest of one long answer: room and person answered, both folded
+ * (asker "" when the answer named nobody, e.g. a room greeting). */
 struct irc_more {
-    char target[IRC_CHANNEL_MAX + 1];  /* folded */
+    char target[IRC_CHANNEL_MAX + 1];
+    char asker[IRC_NICK_MAX];
     struct irc_lines lines;
     size_t pos;
     uint64_t stamp;
@@ -191,7 +195,6 @@ static struct irc_chan *chan_add(struct irc_ad *a, const char *name)
     snprintf(c->name, sizeof(c->name), "%s", name);
     snprintf(c->folded, sizeof(c->folded), "%s", name);
     irc_casefold(a->casemap, c->folded);
-    c->greet = a->cfg.greet_on_join;
     return c;
 }
 
@@ -351,10 +354,21 @@ static size_t bot_hostlen(struct irc_ad *a)
     return a->hostlen ? a->hostlen : a->isupport_hostlen;
 }
 
-/* Queue lines[from..to) as "CMD target :line" for target.  tag rides on
- * the last line.  Returns a parley status. */
+/* One person's share of the send queue: IRC_QUEUE_ASKER_CAP lines, or
+ * one full answer (max_lines and the !more hint) if that is more. */
+static size_t queue_asker_cap(const struct irc_ad *a)
+{
+    size_t one = (size_t)a->cfg.max_lines + 1;
+
+    return one > IRC_QUEUE_ASKER_CAP ? one : IRC_QUEUE_ASKER_CAP;
+}
+
+/* Queue lines[0..n) as one unit of "CMD target :line" for target on
+ * behalf of asker (folded nick, or "" for nobody).  tag rides on the last
+ * line.  Returns a parley status. */
 static int queue_lines(struct irc_ad *a, const char *cmd, const char *target,
-                       char *const *lines, size_t n, void *tag)
+                       const char *asker, char *const *lines, size_t n,
+                       void *tag)
 {
     char **raw;
     size_t i;
@@ -386,7 +400,7 @@ static int queue_lines(struct irc_ad *a, const char *cmd, const char *target,
         }
     }
     if (result == PARLEY_OK)
-        result = irc_queue_push(a->queue, target, raw, n, tag);
+        result = irc_queue_push(a->queue, target, asker, raw, n, tag);
     for (i = 0; i < n; i++)
         free(raw[i]);
     free(raw);
@@ -394,12 +408,13 @@ static int queue_lines(struct irc_ad *a, const char *cmd, const char *target,
 }
 
 static struct irc_more *more_slot(struct irc_ad *a, const char *folded,
-                                  int create)
+                                  const char *asker, int create)
 {
     size_t i, oldest = 0;
 
     for (i = 0; i < IRC_MORE_SLOTS; i++)
-        if (a->more[i].target[0] && !strcmp(a->more[i].target, folded))
+        if (a->more[i].target[0] && !strcmp(a->more[i].target, folded) &&
+            !strcmp(a->more[i].asker, asker))
             return &a->more[i];
     if (!create)
         return NULL;
@@ -415,6 +430,7 @@ static struct irc_more *more_slot(struct irc_ad *a, const char *folded,
     }
     memset(&a->more[i], 0, sizeof(a->more[i]));
     snprintf(a->more[i].target, sizeof(a->more[i].target), "%s", folded);
+    snprintf(a->more[i].asker, sizeof(a->more[i].asker), "%s", asker);
     return &a->more[i];
 }
 
@@ -425,28 +441,29 @@ static void more_release(struct irc_more *m)
 }
 
 /* Queue the next max_lines of a remainder (plus a hint when more is
- * left).  tag rides on the last line. */
+ * left) as one unit, so the hint stays with its answer.  tag rides on the
+ * last line. */
 static int more_send(struct irc_ad *a, struct irc_more *m,
                      const char *target, void *tag)
 {
-    size_t left = m->lines.n - m->pos, n = left;
+    size_t left = m->lines.n - m->pos, n = left, i;
     int result;
     char hint[64];
-    char *hintv[1] = {hint};
+    char *v[IRC_MAX_LINES_MAX + 1];     /* max_lines and the hint */
 
     if (n > (size_t)a->cfg.max_lines)
         n = (size_t)a->cfg.max_lines;
+    if (n > sizeof(v) / sizeof(v[0]) - 1)
+        n = sizeof(v) / sizeof(v[0]) - 1;
+    for (i = 0; i < n; i++)
+        v[i] = m->lines.v[m->pos + i];
     if (n < left) {
         snprintf(hint, sizeof(hint), "(%zu more lines: say !more)",
                  left - n);
-        result = queue_lines(a, "PRIVMSG", target, m->lines.v + m->pos, n,
-                             NULL);
-        if (result == PARLEY_OK)
-            result = queue_lines(a, "PRIVMSG", target, hintv, 1, tag);
-    } else {
-        result = queue_lines(a, "PRIVMSG", target, m->lines.v + m->pos, n,
-                             tag);
+        v[n] = hint;
     }
+    result = queue_lines(a, "PRIVMSG", target, m->asker, v,
+                         n < left ? n + 1 : n, tag);
     if (result != PARLEY_OK)
         return result;
     m->pos += n;
@@ -456,6 +473,20 @@ static int more_send(struct irc_ad *a, struct irc_more *m,
     return PARLEY_OK;
 }
 
+static void queue_full_warn(struct irc_ad *a, const char *room,
+                            const char *asker)
+{
+    if (asker[0] &&
+        irc_queue_asker_len(a->queue, asker) + (size_t)a->cfg.max_lines + 1 >
+            queue_asker_cap(a))
+        log_warn("irc %s: %s already has %zu lines waiting, answer to %s "
+                 "dropped", a->cfg.name, asker,
+                 irc_queue_asker_len(a->queue, asker), room);
+    else
+        log_warn("irc %s: send queue full (%d lines), answer to %s "
+                 "dropped", a->cfg.name, IRC_QUEUE_CAP, room);
+}
+
 static int irc_send(struct adapter *ad, const char *room,
                     const struct reply *reply, adapter_send_done_fn *done,
                     void *privdata)
@@ -463,7 +494,7 @@ static int irc_send(struct adapter *ad, const char *room,
     struct irc_ad *a = ad->priv;
     struct irc_more *m;
     struct irc_job *job;
-    char folded[IRC_CHANNEL_MAX + 1];
+    char folded[IRC_CHANNEL_MAX + 1], asker[IRC_NICK_MAX] = "";
     char *plain;
     size_t budget;
     int result;
@@ -475,6 +506,12 @@ static int irc_send(struct adapter *ad, const char *room,
         return PARLEY_ERR_OTHER;
     snprintf(folded, sizeof(folded), "%s", room);
     irc_casefold(a->casemap, folded);
+    /* The person answered owns the answer's share of the queue and its
+     * remainder; answers that name nobody share "". */
+    if (reply->mention && irc_config_nick_valid(reply->mention)) {
+        snprintf(asker, sizeof(asker), "%s", reply->mention);
+        irc_casefold(a->casemap, asker);
+    }
     plain = irc_markdown_to_plain(reply->text);
     if (!plain)
         return PARLEY_ERR_OOM;
@@ -498,7 +535,7 @@ static int irc_send(struct adapter *ad, const char *room,
     }
     budget = irc_text_budget("PRIVMSG", a->nick[0] ? a->nick : a->cfg.nick,
                              bot_userlen(a), bot_hostlen(a), room);
-    m = more_slot(a, folded, 1);
+    m = more_slot(a, folded, asker, 1);
     irc_lines_free(&m->lines);
     m->pos = 0;
     m->stamp = now_ms(a);
@@ -527,10 +564,47 @@ static int irc_send(struct adapter *ad, const char *room,
         if (m->target[0])
             more_release(m);
         if (result == PARLEY_ERR_TOO_LARGE)
-            log_warn("irc %s: send queue full (%d lines), answer to %s "
-                     "dropped", a->cfg.name, IRC_QUEUE_CAP, room);
+            queue_full_warn(a, room, asker);
         return result;
     }
+    flood_pump(a);
+    return PARLEY_OK;
+}
+
+/*
+ * adapter.h "more": the next max_lines of the last long answer to sender
+ * in room, through the same queue and share as the answer.  A person
+ * without a remainder of their own gets the room's unnamed one (a long
+ * greeting).  PARLEY_ERR_STATE when there is nothing more.
+ */
+static int irc_more(struct adapter *ad, const char *room, const char *sender)
+{
+    struct irc_ad *a = ad->priv;
+    struct irc_more *m = NULL;
+    char folded[IRC_CHANNEL_MAX + 1], asker[IRC_NICK_MAX];
+    int result;
+
+    if (a->stopping)
+        return PARLEY_ERR_STATE;
+    if (!room || !room[0] || strlen(room) > IRC_CHANNEL_MAX ||
+        strpbrk(room, " ,\r\n\a\x01"))
+        return PARLEY_ERR_OTHER;
+    snprintf(folded, sizeof(folded), "%s", room);
+    irc_casefold(a->casemap, folded);
+    if (sender && strlen(sender) < sizeof(asker)) {
+        snprintf(asker, sizeof(asker), "%s", sender);
+        irc_casefold(a->casemap, asker);
+        m = more_slot(a, folded, asker, 0);
+    }
+    if (!m)
+        m = more_slot(a, folded, "", 0);
+    if (!m)
+        return PARLEY_ERR_STATE;
+    result = more_send(a, m, room, NULL);
+    if (result == PARLEY_ERR_TOO_LARGE)
+        queue_full_warn(a, room, m->asker);
+    if (result != PARLEY_OK)
+        return result;
     flood_pump(a);
     return PARLEY_OK;
 }
@@ -1035,8 +1109,10 @@ static void ev_nick(irc_session_t *s, const char *e, const char *origin,
     }
 }
 
+/* Report a join, a fact: the router decides whether to greet (greet
+ * settings, room overrides, cooldown, member count). */
 static void submit_join(struct irc_ad *a, struct irc_chan *c,
-                        const char *nick, int self)
+                        const char *nick, int self, int from_bot)
 {
     struct event ev;
 
@@ -1051,6 +1127,9 @@ static void submit_join(struct irc_ad *a, struct irc_chan *c,
     ev.sender = nick;
     ev.sender_name = nick;
     ev.self = self;
+    ev.from_bot = from_bot;
+    /* The bot's own JOIN comes before NAMES: the count is not known. */
+    ev.members = self ? 0 : (int)c->n_m;
     if (a->base.router)
         router_submit(a->base.router, &ev);
 }
@@ -1079,8 +1158,7 @@ static void ev_join(irc_session_t *s, const char *e, const char *origin,
         }
         log_info("irc %s: joined %s", a->cfg.name, c->name);
         member_add(a, c, nick);
-        if (c->greet)
-            submit_join(a, c, nick, 1);
+        submit_join(a, c, nick, 1, 0);
         flood_pump(a);
         return;
     }
@@ -1088,11 +1166,8 @@ static void ev_join(irc_session_t *s, const char *e, const char *origin,
     if (!c || !c->joined)
         return;
     member_add(a, c, nick);
-    if (mask_list_match(a, a->cfg.bots, a->cfg.n_bots, origin))
-        return;
-    if (a->cfg.greet_users &&
-        c->n_m <= (size_t)a->cfg.greet_max_users)
-        submit_join(a, c, nick, 0);
+    submit_join(a, c, nick, 0,
+                mask_list_match(a, a->cfg.bots, a->cfg.n_bots, origin));
 }
 
 static void ev_part(irc_session_t *s, const char *e, const char *origin,
@@ -1272,24 +1347,9 @@ static void handle_message(struct irc_ad *a, const char *origin,
         addressed = 0;
     }
     /* A bare "!command" is passed on unaddressed: the router answers the
-     * commands it knows and leaves other bots' commands alone. */
+     * commands it knows (!more among them, through irc_more) and leaves
+     * other bots' commands alone. */
     command = !action && rest[0] == '!';
-    if (command && !strncasecmp(rest, "!more", 5) &&
-        (rest[5] == '\0' || rest[5] == ' ')) {
-        struct irc_more *m = more_slot(a, room, 0);
-        const char *to = is_chan ? c->name : nick;
-
-        if (m) {
-            more_send(a, m, to, NULL);
-        } else {
-            char msg[] = "Nothing more.";
-            char *v[1] = {msg};
-
-            queue_lines(a, "PRIVMSG", to, v, 1, NULL);
-        }
-        flood_pump(a);
-        return;
-    }
     if (!addressed && !command && !a->cfg.ambient_context)
         return;
     if (action)
@@ -1378,7 +1438,14 @@ static void ev_ctcp(irc_session_t *s, const char *e, const char *origin,
     }
     /* The line is built by hand because irc_split_text would (rightly)
      * remove the \x01 delimiters; everything inside was cleaned above. */
-    queue_lines(a, "NOTICE", nick, v, 1, NULL);
+    {
+        char asker[IRC_NICK_MAX];
+
+        snprintf(asker, sizeof(asker), "%s", nick);
+        irc_casefold(a->casemap, asker);
+        /* Counted against the asker's share like an answer. */
+        queue_lines(a, "NOTICE", nick, asker, v, 1, NULL);
+    }
     flood_pump(a);
 }
 
@@ -1538,6 +1605,7 @@ static const struct adapter_ops irc_ops = {
     .start = irc_start,
     .send = irc_send,
     .typing = irc_typing,
+    .more = irc_more,
     .stop = irc_stop,
     .free = irc_free,
 };
@@ -1634,13 +1702,11 @@ int irc_adapter_create(struct adapter **out, const struct adapter_env *env,
             goto fail;
         }
         c->configured = 1;
-        if (a->cfg.channels[i].greet >= 0)
-            c->greet = a->cfg.channels[i].greet;
     }
     result = read_secrets(a, err, errlen);
     if (result != PARLEY_OK)
         goto fail;
-    result = irc_queue_create(&a->queue, IRC_QUEUE_CAP);
+    result = irc_queue_create(&a->queue, IRC_QUEUE_CAP, queue_asker_cap(a));
     if (result != PARLEY_OK) {
         snprintf(err, errlen, "irc adapter: out of memory");
         goto fail;

@@ -272,7 +272,6 @@ static void parse_channels(struct report *r, const config_setting_t *s,
         const char *name = NULL;
 
         snprintf(key, sizeof(key), "channels.[%d]", i);
-        ch->greet = -1;
         if (config_setting_type(e) == CONFIG_TYPE_STRING) {
             name = config_setting_get_string(e);
         } else if (config_setting_type(e) == CONFIG_TYPE_GROUP) {
@@ -289,13 +288,17 @@ static void parse_channels(struct report *r, const config_setting_t *s,
             }
             if (g)
                 ch->key_env = dup_or_oom(r, config_setting_get_string(g));
-            g = config_setting_get_member(e, "greet");
-            if (g && config_setting_type(g) != CONFIG_TYPE_BOOL) {
-                report_add(r, g, key, "greet must be true or false");
+            /* Greetings per room are the router's, set for every
+             * platform in the top-level rooms list. */
+            if (config_setting_get_member(e, "greet")) {
+                report_add(r, config_setting_get_member(e, "greet"), key,
+                           "greet is no longer a channel key; set "
+                           "greetings per room in the top-level rooms "
+                           "list: rooms = ( { room = \"irc:%s:%.64s\"; "
+                           "greeting = false; } )", c->name ? c->name : "irc",
+                           name);
                 continue;
             }
-            if (g)
-                ch->greet = config_setting_get_bool(g);
         } else {
             report_add(r, e, key, "must be a string or a group");
             continue;
@@ -365,9 +368,11 @@ int irc_config_parse(struct irc_config *c, const void *setting, char *err,
                  &c->n_admins);
     get_str_list(&r, s, "bots", IRC_CONFIG_MAX_MASKS, &c->bots, &c->n_bots);
     get_bool(&r, s, "ambient_context", 0, &c->ambient_context);
-    get_int(&r, s, "max_lines", 4, 1, 100, &c->max_lines);
-    get_int(&r, s, "flood_burst", 4, 1, 100, &c->flood_burst);
-    get_int(&r, s, "flood_rate_ms", 2000, 10, 60000, &c->flood_rate_ms);
+    get_int(&r, s, "max_lines", 4, 1, IRC_MAX_LINES_MAX, &c->max_lines);
+    get_int(&r, s, "flood_burst", IRC_FLOOD_BURST_DEFAULT, 1, 100,
+            &c->flood_burst);
+    get_int(&r, s, "flood_rate_ms", IRC_FLOOD_RATE_MS_DEFAULT, 10, 60000,
+            &c->flood_rate_ms);
     get_bool(&r, s, "rejoin_on_kick", 1, &c->rejoin_on_kick);
     get_int(&r, s, "rejoin_delay_ms", 3000, 0, 3600000, &c->rejoin_delay_ms);
     get_int(&r, s, "ping_interval_s", 90, 1, 3600, &c->ping_interval_s);
@@ -381,16 +386,6 @@ int irc_config_parse(struct irc_config *c, const void *setting, char *err,
     if (c->reconnect_max_ms < c->reconnect_min_ms)
         report_add(&r, s, "reconnect_max_ms", "must not be below "
                    "reconnect_min_ms");
-    {
-        /* Common keys (config.h); the copy stays until the adapter reads
-         * ad->greet instead. */
-        struct config_greet g;
-
-        config_greet_read(s, &g);
-        c->greet_on_join = g.on_join;
-        c->greet_users = g.new_members;
-        c->greet_max_users = g.members_max;
-    }
     get_str(&r, s, "quit_message", "parley shutting down", &c->quit_message);
     if (c->quit_message && !irc_config_quit_message_valid(c->quit_message))
         report_add(&r, config_setting_get_member(s, "quit_message"),

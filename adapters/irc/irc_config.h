@@ -3,7 +3,9 @@
  * (config.h leaves adapter blocks to their adapters).  Every problem is
  * reported as "FILE:LINE: adapters.[i].key: message", one per line, all at
  * once.  Secrets are not read here: sasl_password_env and key_env name
- * environment variables that the adapter reads when it starts.
+ * environment variables that the adapter reads when it starts.  The
+ * greeting keys every adapter block shares (greet_on_join, ...) belong to
+ * the common config (struct config_greet) and are only let through here.
  */
 #ifndef PARLEY_IRC_CONFIG_H
 #define PARLEY_IRC_CONFIG_H
@@ -16,6 +18,14 @@
 #define IRC_CONFIG_MAX_MASKS 64
 /* Longest nick parley accepts; servers announce NICKLEN <= 30 or so. */
 #define IRC_NICK_MAX 64
+/* Most lines per answer before "!more" (max_lines). */
+#define IRC_MAX_LINES_MAX 100
+/* Default pacing: a burst of 5 lines, then one line per second, which
+ * Solanum/ircd-seven/Hybrid (burst 5, then 2 lines/s), InspIRCd (1
+ * line/s after a burst of 10) and ngircd (3 lines or 256 bytes per
+ * second) all accept without queueing (README.md "Flood control"). */
+#define IRC_FLOOD_BURST_DEFAULT 5
+#define IRC_FLOOD_RATE_MS_DEFAULT 1000
 /* Longest channel name (RFC 2812 allows 50; some servers more). */
 #define IRC_CHANNEL_MAX 200
 /* Longest quit_message.  The server relays it to every channel as
@@ -27,7 +37,6 @@
 struct irc_channel_conf {
     char *name;             /* "#parley" */
     char *key_env;          /* env var holding the channel key, or NULL */
-    int greet;              /* greet when the bot joins; -1 = default */
 };
 
 struct irc_config {
@@ -61,9 +70,6 @@ struct irc_config {
     int register_timeout_s;
     int reconnect_min_ms;
     int reconnect_max_ms;
-    int greet_on_join;      /* default for channels without greet */
-    int greet_users;        /* greet others when they join */
-    int greet_max_users;    /* ... only in channels up to this size */
     char *quit_message;     /* QUIT reason on shutdown; one line, at
                                most IRC_QUIT_MESSAGE_MAX bytes */
 };

@@ -39,10 +39,16 @@ class Ngircd:
         self.proc = None
         if tls:
             make_certs(self.dir)
+        # MaxPenaltyTime = 0 lifts ngircd's own input pacing (3 commands
+        # or 256 bytes a second per client; adapters/irc/README.md "Flood
+        # control"), so the bot's lines arrive at the bot's pace and many
+        # people can speak at once; MaxConnectionsIP = 0 lets more than 5
+        # test clients connect from 127.0.0.1.
         conf = ("[Global]\nName = irc.test\nInfo = parley test\n"
                 "Listen = 127.0.0.1\nPorts = %d\nMotdPhrase = hi\n"
                 "[Limits]\nPingTimeout = 120\nPongTimeout = 20\n"
-                "MaxNickLength = 30\n"
+                "MaxNickLength = 30\nMaxPenaltyTime = 0\n"
+                "MaxConnectionsIP = 0\n"
                 "[Options]\nIdent = no\nPAM = no\nDNS = no\n" % self.port)
         if tls:
             conf += ("[SSL]\nPorts = %d\nCertFile = %s/server.pem\n"
@@ -95,6 +101,9 @@ class Client:
     def __init__(self, port, nick, register=True):
         self.nick = nick
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        # The timeout is for the connect only: a reader that timed out
+        # after 5 quiet seconds would stop recording for good.
+        self.sock.settimeout(None)
         self.lines = []
         self.lock = threading.Lock()
         self.closed = False
@@ -191,6 +200,9 @@ class Client:
             pass
 
 
+# Test pacing is faster than the defaults (burst 5, 1 line/s) to keep the
+# tests short; ngircd's own limit is lifted (Ngircd above).  greet_on_join
+# is a key common to every adapter block (the router's greeting policy).
 DEFAULTS = [("max_lines", "4"), ("flood_burst", "4"),
             ("flood_rate_ms", "200"), ("rejoin_delay_ms", "300"),
             ("ping_interval_s", "2"), ("nick_regain_s", "2"),

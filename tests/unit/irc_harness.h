@@ -49,7 +49,7 @@ struct uv_loop_s *loop_uv(struct loop *l)
 struct h_event {
     enum event_kind kind;
     char room[256], sender[64], text[2048];
-    int addressed, self, is_admin, from_bot;
+    int addressed, self, is_admin, from_bot, members;
 };
 
 #define H_EVENTS_MAX 256
@@ -74,6 +74,7 @@ void router_submit(struct router *r, const struct event *ev)
     e->self = ev->self;
     e->is_admin = ev->is_admin;
     e->from_bot = ev->from_bot;
+    e->members = ev->members;
 }
 
 /* Everything logged, for "a clear error" checks. */
@@ -273,7 +274,11 @@ struct h_server {
 };
 
 /* Write an ngircd config into dir and start it.  tls_port > 0 adds an
- * SSL listener with dir/server.pem + dir/server.key.  0 or -1. */
+ * SSL listener with dir/server.pem + dir/server.key.  0 or -1.
+ * MaxPenaltyTime = 0 lifts ngircd's own input pacing (3 commands or 256
+ * bytes a second per client, adapters/irc/README.md "Flood control"), so
+ * what the tests see is the adapter's pacing; MaxConnectionsIP = 0 lets
+ * more than 5 test clients connect from 127.0.0.1. */
 static int h_ngircd_start(struct h_server *s)
 {
     char conf[256], body[2048], ssl[512] = "";
@@ -291,7 +296,8 @@ static int h_ngircd_start(struct h_server *s)
              "[Global]\nName = irc.test\nInfo = parley test\n"
              "Listen = 127.0.0.1\nPorts = %d\nMotdPhrase = hi\n"
              "[Limits]\nPingTimeout = 120\nPongTimeout = 20\n"
-             "MaxNickLength = 30\n"
+             "MaxNickLength = 30\nMaxPenaltyTime = 0\n"
+             "MaxConnectionsIP = 0\n"
              "[Options]\nIdent = no\nPAM = no\nDNS = no\n%s",
              s->port, ssl);
     f = fopen(conf, "w");

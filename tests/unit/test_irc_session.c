@@ -5,9 +5,11 @@
  * router is a recording stub (irc_harness.h), so this checks exactly what
  * the adapter submits and what reaches other users: addressing, queries,
  * operator status, formatting strip, Latin-1, CTCP, the 512-byte bound on
- * every relayed line, !more, injection attempts, flood pacing and
- * fairness, kick/rejoin, nick collision and regain, server restart, ping
- * timeout, TLS verification, and SASL success, failure and ordering.
+ * every relayed line, the more op (!more is the router's command),
+ * injection attempts, flood pacing and fairness between channels and
+ * between people, joins reported as facts with member counts,
+ * kick/rejoin, nick collision and regain, server restart, ping timeout,
+ * TLS verification, and SASL success, failure and ordering.
  * Skipped when ngircd is not installed.
  */
 #include <setjmp.h>
@@ -314,7 +316,8 @@ static void test_long_answer_and_more(void **state)
             break;
         assert_true(rounds < 40);
         n = alice->n;
-        h_client_send(alice, "PRIVMSG #test :!more");
+        /* The router runs !more and calls the op. */
+        assert_int_equal(ad->ops->more(ad, "#test", "alice"), PARLEY_OK);
     }
     assert_true(rounds >= 2);
     assert_int_equal(st, PARLEY_OK);
@@ -330,10 +333,22 @@ static void test_long_answer_and_more(void **state)
             joined[j++] = joined[i];
     joined[j] = '\0';
     assert_string_equal(joined, want);
-    /* Nothing left: a short note. */
+    /* Nothing left: the op says so and sends nothing (the router words
+     * the note). */
     n = alice->n;
-    h_client_send(alice, "PRIVMSG #test :parley: !more");
-    assert_true(h_wait_line(alice, n, "Nothing more.", 3000) >= 0);
+    assert_int_equal(ad->ops->more(ad, "#test", "alice"), PARLEY_ERR_STATE);
+    h_pump(300);
+    for (i = (size_t)n; i < (size_t)alice->n; i++)
+        assert_null(strstr(alice->lines[i], ":parley!"));
+    /* "!more" itself is not the adapter's: it goes to the router like
+     * every command, addressed or not. */
+    h_client_send(alice, "PRIVMSG #test :!more");
+    assert_non_null(h_wait_event(EVENT_MESSAGE, "!more", 2000));
+    h_client_send(alice, "PRIVMSG #test :parley: !more please");
+    assert_non_null(h_wait_event(EVENT_MESSAGE, "!more please", 2000));
+    h_pump(300);
+    for (i = (size_t)n; i < (size_t)alice->n; i++)
+        assert_null(strstr(alice->lines[i], ":parley!"));
     free(want);
     free(text);
     free(joined);
@@ -390,6 +405,164 @@ static void test_flood_fairness(void **state)
     assert_true(t1 - t0 >= 2200);
     for (i = 0; i < 14; i++)
         assert_int_equal(st[i], PARLEY_OK);
+    h_adapter_destroy(ad);
+}
+
+static int send_to(struct adapter *ad, const char *room, const char *who,
+                   const char *text, int *status)
+{
+    struct reply r;
+
+    memset(&r, 0, sizeof(r));
+    r.text = text;
+    r.mention = who;
+    *status = -1;
+    return ad->ops->send(ad, room, &r, done_cb, status);
+}
+
+/* One person's remainder is theirs: bob's !more does not take alice's
+ * answer on, and a new answer to bob leaves alice's remainder alone. */
+static void test_more_per_person(void **state)
+{
+    struct h_client *alice;
+    struct adapter *ad;
+    int st, n;
+
+    (void)state;
+    start_server(0);
+    alice = h_client_connect(srv.port, "alice");
+    h_client_send(alice, "JOIN #test");
+    assert_true(h_wait_line(alice, 0, "366", 3000) >= 0);
+    ad = start_adapter(srv.port, 20, "");
+    assert_non_null(ad);
+    assert_true(h_wait_line(alice, 0, ":parley!", 5000) >= 0);
+    n = alice->n;
+    assert_int_equal(send_to(ad, "#test", "alice",
+                             "a1\na2\na3\na4\na5\na6", &st), PARLEY_OK);
+    assert_true(h_wait_line(alice, n, "(2 more lines: say !more)", 3000)
+                >= 0);
+    assert_int_equal(send_to(ad, "#test", "bob", "b1\nb2\nb3\nb4\nb5", &st),
+                     PARLEY_OK);
+    assert_true(h_wait_line(alice, n, "(1 more lines: say !more)", 3000)
+                >= 0);
+    n = alice->n;
+    assert_int_equal(ad->ops->more(ad, "#TEST", "Bob"), PARLEY_OK);
+    assert_true(h_wait_line(alice, n, "PRIVMSG #test :b5", 3000) >= 0);
+    assert_int_equal(ad->ops->more(ad, "#test", "bob"), PARLEY_ERR_STATE);
+    assert_int_equal(ad->ops->more(ad, "#test", "carol"), PARLEY_ERR_STATE);
+    assert_int_equal(ad->ops->more(ad, "#test", "alice"), PARLEY_OK);
+    assert_true(h_wait_line(alice, n, "PRIVMSG #test :a6", 3000) >= 0);
+    assert_int_equal(ad->ops->more(ad, "#test", "alice"), PARLEY_ERR_STATE);
+    /* A long answer to nobody (a room greeting) is anyone's to go on. */
+    assert_int_equal(send_text(ad, "#test", "g1\ng2\ng3\ng4\ng5", &st),
+                     PARLEY_OK);
+    assert_true(h_wait_line(alice, n, "PRIVMSG #test :g4", 3000) >= 0);
+    assert_int_equal(ad->ops->more(ad, "#test", "carol"), PARLEY_OK);
+    assert_true(h_wait_line(alice, n, "PRIVMSG #test :g5", 3000) >= 0);
+    h_adapter_destroy(ad);
+}
+
+/* One person asking in a loop neither fills the queue nor holds back
+ * another person's answer in the same channel. */
+static void test_fair_share(void **state)
+{
+    struct h_client *alice;
+    struct adapter *ad;
+    int st[20], bst, i, n, bob_at = -1, alice_units = 0, accepted = 0;
+    char text[64];
+
+    (void)state;
+    start_server(0);
+    alice = h_client_connect(srv.port, "alice");
+    h_client_send(alice, "JOIN #test");
+    assert_true(h_wait_line(alice, 0, "366", 3000) >= 0);
+    ad = start_adapter(srv.port, 100, "");
+    assert_non_null(ad);
+    assert_true(h_wait_line(alice, 0, ":parley!", 5000) >= 0);
+    h_pump(600);    /* the bucket fills again after the join */
+    n = alice->n;
+    /* Answers of 3 lines, sent without running the loop: the burst of 4
+     * takes 4 lines at once, then alice's share of 32 queued lines is
+     * full after 12 answers (36 lines). */
+    for (i = 0; i < 20; i++) {
+        int rc;
+
+        snprintf(text, sizeof(text), "alice answer %d\nsecond\nthird", i);
+        rc = send_to(ad, "#test", "alice", text, &st[i]);
+        if (rc != PARLEY_OK) {
+            assert_int_equal(rc, PARLEY_ERR_TOO_LARGE);
+            break;
+        }
+        accepted++;
+    }
+    assert_int_equal(accepted, 12);
+    assert_non_null(strstr(h_log, "alice already has 32 lines waiting"));
+    /* bob still gets in, right after the answer of alice's in progress
+     * (the burst of 4 took her first answer and one line of her
+     * second). */
+    assert_int_equal(send_to(ad, "#test", "bob", "for bob", &bst),
+                     PARLEY_OK);
+    assert_true(h_wait_line(alice, n, "alice answer 11", 8000) >= 0);
+    h_pump(400);
+    for (i = n; i < alice->n; i++) {
+        if (!strstr(alice->lines[i], ":parley!"))
+            continue;
+        if (strstr(alice->lines[i], "bob: for bob"))
+            bob_at = alice_units;
+        else if (strstr(alice->lines[i], ":alice: alice answer"))
+            alice_units++;
+    }
+    assert_int_equal(bob_at, 2);
+    assert_int_equal(alice_units, 12);
+    assert_int_equal(bst, PARLEY_OK);
+    h_adapter_destroy(ad);
+}
+
+/* Joins are facts for the router: the bot's own (always), and other
+ * people's with the channel's member count; bots are marked. */
+static void test_joins_reported(void **state)
+{
+    struct h_client *alice, *bob, *robot;
+    struct adapter *ad;
+    const struct h_event *e;
+    int i, found = 0;
+
+    (void)state;
+    start_server(0);
+    alice = h_client_connect(srv.port, "alice");
+    h_client_send(alice, "JOIN #test");
+    assert_true(h_wait_line(alice, 0, "366", 3000) >= 0);
+    ad = start_adapter(srv.port, 100, "bots = [\"robot!*@*\"];");
+    assert_non_null(ad);
+    e = h_wait_event(EVENT_JOIN, NULL, 5000);
+    assert_non_null(e);
+    assert_int_equal(e->self, 1);
+    assert_string_equal(e->room, "#test");
+    h_pump(300);
+    bob = h_client_connect(srv.port, "bob");
+    h_client_send(bob, "JOIN #test");
+    assert_true(h_wait_line(bob, 0, "366", 3000) >= 0);
+    robot = h_client_connect(srv.port, "robot");
+    h_client_send(robot, "JOIN #test");
+    assert_true(h_wait_line(robot, 0, "366", 3000) >= 0);
+    h_pump(500);
+    for (i = 0; i < h_n_events; i++) {
+        const struct h_event *j = &h_events[i];
+
+        if (j->kind != EVENT_JOIN || j->self)
+            continue;
+        if (!strcmp(j->sender, "bob")) {
+            /* alice, the bot and bob */
+            assert_int_equal(j->members, 3);
+            assert_int_equal(j->from_bot, 0);
+            found |= 1;
+        } else if (!strcmp(j->sender, "robot")) {
+            assert_int_equal(j->members, 4);
+            assert_int_equal(j->from_bot, 1);
+            found |= 2;
+        }
+    }
+    assert_int_equal(found, 3);
     h_adapter_destroy(ad);
 }
 
@@ -830,6 +1003,41 @@ static void test_config_errors(void **state)
                                "integer"));
     assert_non_null(strstr(err, "adapters.[0].bogus: unknown key"));
     assert_non_null(strstr(err, ":1: adapters"));
+    /* Greetings are the router's: the old per-channel key names its
+     * replacement; the common keys (and their old IRC names, aliases
+     * that config_load warns about) pass the adapter's parser. */
+    assert_int_equal(h_adapter_create(&ad,
+        "adapters = ( { type = \"irc\"; name = \"libera\"; host = \"h\"; "
+        "nick = \"n\"; channels = ( { name = \"#c\"; greet = true; } ); } );",
+        err, sizeof(err)), PARLEY_ERR_CONFIG);
+    config_destroy(&h_cfg);
+    fprintf(stderr, "%s\n", err);
+    assert_non_null(strstr(err, "adapters.[0].channels.[0]: greet is no "
+                                "longer a channel key"));
+    assert_non_null(strstr(err, "rooms = ( { room = \"irc:libera:#c\"; "
+                                "greeting = false; } )"));
+    assert_int_equal(h_adapter_create(&ad,
+        "adapters = ( { type = \"irc\"; host = \"h\"; nick = \"n\"; "
+        "greet_on_join = false; greet_new_members = true; "
+        "greet_members_max = 10; greet_users = true; } );", err,
+        sizeof(err)), PARLEY_OK);
+    h_adapter_destroy(ad);
+    /* The pacing defaults (README "Flood control"). */
+    {
+        struct irc_config c;
+        config_t lc;
+
+        config_init(&lc);
+        assert_int_equal(config_read_string(&lc, "a = { host = \"h\"; "
+                                            "nick = \"n\"; };"),
+                         CONFIG_TRUE);
+        assert_int_equal(irc_config_parse(&c, config_lookup(&lc, "a"), err,
+                                          sizeof(err)), PARLEY_OK);
+        assert_int_equal(c.flood_burst, 5);
+        assert_int_equal(c.flood_rate_ms, 1000);
+        irc_config_free(&c);
+        config_destroy(&lc);
+    }
     /* A SASL password variable that is not set. */
     unsetenv("PARLEY_TEST_UNSET");
     assert_int_equal(h_adapter_create(&ad,
@@ -893,6 +1101,11 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_long_answer_and_more, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_flood_fairness, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_more_per_person, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_fair_share, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_joins_reported, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_nick_kick_restart, setup,
                                         teardown),
