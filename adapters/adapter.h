@@ -10,8 +10,11 @@
  * message (or an error status when it finally gave up;
  * PARLEY_ERR_TOO_LARGE says resending can never succeed, and the router
  * does not resend it after a restart).  If send returns
- * an error, done is never called.  Replies to one room are delivered in
- * the order send was called.
+ * an error, done is never called.  Replies to one person in one room are
+ * delivered in the order send was called (the router starts a person's
+ * next answer only after handing over the one before); an adapter may
+ * interleave different people's replies for fairness (IRC does, one
+ * whole answer at a time).
  */
 #ifndef PARLEY_ADAPTER_H
 #define PARLEY_ADAPTER_H
