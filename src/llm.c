@@ -22,7 +22,6 @@
  * (an error status, or JSON from a server that ignores "stream") is
  * collected and judged exactly as for llm_complete.
  */
-#include <float.h>
 #include <limits.h>
 #include <math.h>
 #include <stdarg.h>
@@ -35,10 +34,12 @@
 #include <cjson/cJSON.h>
 #include <uv.h>
 
+#include "backoff.h"
 #include "config.h"
 #include "llm.h"
 #include "log.h"
 #include "loop.h"
+#include "random.h"
 #include "sse.h"
 #include "status.h"
 
@@ -146,7 +147,6 @@ struct llm {
     size_t n_active;            /* requests on the wire */
     int in_callback;            /* depth of done callbacks running */
     int free_requested;         /* llm_free called from a callback */
-    uint64_t rng;               /* xorshift state for jitter */
 };
 
 /* Wipe a string that held a secret, then free it. */
@@ -495,44 +495,20 @@ int llm_is_retryable(int status, long http_code)
 }
 
 long llm_backoff_ms(int attempt, long base_ms, long max_ms,
-                    long retry_after_ms, double rnd)
+                    long retry_after_ms, uint64_t random)
 {
-    long cap, delay;
+    struct backoff_policy p = { base_ms, max_ms, BACKOFF_JITTER_FULL };
+    long floor = -1;
 
-    if (attempt < 1)
-        attempt = 1;
-    if (base_ms < 0)
-        base_ms = 0;
-    if (max_ms < 0)
-        max_ms = 0;
-    if (!(rnd >= 0.0))          /* also NaN */
-        rnd = 0.0;
-    if (rnd >= 1.0)
-        rnd = 1.0 - DBL_EPSILON;
-    cap = base_ms < max_ms ? base_ms : max_ms;
-    for (int i = 1; i < attempt && cap > 0 && cap < max_ms; i++)
-        cap = cap > max_ms / 2 ? max_ms : cap * 2;
-    delay = (long)(rnd * (double)cap);
     if (retry_after_ms >= 0) {
-        long ceiling = max_ms > LONG_MAX / 4 ? LONG_MAX : max_ms * 4;
-        long floor = retry_after_ms < ceiling ? retry_after_ms : ceiling;
+        /* A server may ask for anything; wait at most four caps. */
+        long ceiling = max_ms > LONG_MAX / 4 ? LONG_MAX :
+            (max_ms > 0 ? max_ms * 4 : 0);
 
-        if (delay < floor)
-            delay = floor;
+        floor = retry_after_ms < ceiling ? retry_after_ms : ceiling;
     }
-    return delay;
-}
-
-/* A uniform double in [0, 1) from the client's xorshift64 state. */
-static double llm_random(struct llm *llm)
-{
-    uint64_t x = llm->rng;
-
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    llm->rng = x;
-    return (double)(x >> 11) / (double)(UINT64_C(1) << 53);
+    return backoff_delay_ms(&p, attempt > 1 ? attempt - 1 : 0, floor,
+                            random);
 }
 
 /* Copy the settings of cfg into llm (all or nothing). */
@@ -588,10 +564,6 @@ int llm_create(struct llm **out, struct loop *loop,
     if (!llm)
         return PARLEY_ERR_OOM;
     llm->loop = loop;
-    llm->rng = uv_hrtime() ^ ((uint64_t)getpid() << 32) ^
-        (uint64_t)(uintptr_t)llm;
-    if (llm->rng == 0)
-        llm->rng = 0x9e3779b97f4a7c15ULL;
     result = llm_apply(llm, cfg);
     if (result) {
         llm_free(llm);
@@ -1388,7 +1360,7 @@ static void request_settle(struct llm_request *req, long retry_after_ms)
         req->res.attempts <= req->max_retries) {
         long delay = llm_backoff_ms(req->res.attempts, req->backoff_base_ms,
                                     req->backoff_max_ms, retry_after_ms,
-                                    llm_random(llm));
+                                    random_u64());
 
         log_warn("llm: attempt %d/%d failed: %s; retrying in %ld ms",
                  req->res.attempts, total, req->res.errstr, delay);

@@ -16,6 +16,7 @@
 #define PARLEY_LLM_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 struct cJSON;
 struct loop;
@@ -123,11 +124,11 @@ int llm_parse_response(const char *body, size_t len, struct llm_result *res);
 void llm_parse_error(const char *body, size_t len, char *buf, size_t buflen);
 /* Whether a status code / transport status is worth retrying. */
 int llm_is_retryable(int status, long http_code);
-/* Delay before retry number attempt (1-based): full jitter,
- * rnd in [0,1) * min(max, base * 2^(attempt-1)), but never less than
- * retry_after_ms when that is >= 0 (capped at max * 4). */
+/* Delay before retry number attempt (1-based): full jitter over
+ * [0, min(max, base * 2^(attempt-1))] picked by random (backoff.h), but
+ * never less than retry_after_ms when that is >= 0 (capped at max * 4). */
 long llm_backoff_ms(int attempt, long base_ms, long max_ms,
-                    long retry_after_ms, double rnd);
+                    long retry_after_ms, uint64_t random);
 void llm_result_clear(struct llm_result *res);
 
 /*

@@ -363,40 +363,45 @@ static void test_retryable_table(void **state)
     }
 }
 
+/* The window arithmetic is test_backoff.c's; these pin llm's policy on
+ * top of it: attempts count from 1, full jitter, Retry-After a floor
+ * capped at four times the cap.  TOP is the top of the window. */
+#define TOP UINT64_MAX
+
 static void test_backoff_schedule(void **state)
 {
     (void)state;
-    /* rnd 0: full jitter may retry at once */
+    /* random 0: full jitter may retry at once */
     for (int a = 1; a <= 10; a++)
-        assert_int_equal(llm_backoff_ms(a, 500, 30000, -1, 0.0), 0);
-    /* rnd just under 1: the cap doubles per attempt up to max */
-    assert_in_range(llm_backoff_ms(1, 500, 30000, -1, 0.999), 495, 499);
-    assert_in_range(llm_backoff_ms(2, 500, 30000, -1, 0.999), 990, 999);
-    assert_in_range(llm_backoff_ms(3, 500, 30000, -1, 0.999), 1990, 1999);
-    assert_in_range(llm_backoff_ms(6, 500, 30000, -1, 0.999), 15950, 15999);
-    assert_in_range(llm_backoff_ms(7, 500, 30000, -1, 0.999), 29900, 29999);
-    assert_in_range(llm_backoff_ms(50, 500, 30000, -1, 0.999), 29900, 29999);
+        assert_int_equal(llm_backoff_ms(a, 500, 30000, -1, 0), 0);
+    /* the cap doubles per attempt up to max */
+    assert_int_equal(llm_backoff_ms(1, 500, 30000, -1, TOP), 500);
+    assert_int_equal(llm_backoff_ms(2, 500, 30000, -1, TOP), 1000);
+    assert_int_equal(llm_backoff_ms(3, 500, 30000, -1, TOP), 2000);
+    assert_int_equal(llm_backoff_ms(6, 500, 30000, -1, TOP), 16000);
+    assert_int_equal(llm_backoff_ms(7, 500, 30000, -1, TOP), 30000);
+    assert_int_equal(llm_backoff_ms(50, 500, 30000, -1, TOP), 30000);
     /* huge attempt numbers neither loop long nor overflow */
-    assert_in_range(llm_backoff_ms(2000000000, 500, 30000, -1, 0.999),
-                    29900, 29999);
-    /* never beyond max, whatever rnd says */
-    assert_true(llm_backoff_ms(3, 500, 30000, -1, 1.0) < 2000);
-    assert_true(llm_backoff_ms(3, 500, 30000, -1, 7.0) < 2000);
-    assert_int_equal(llm_backoff_ms(3, 500, 30000, -1, -1.0), 0);
+    assert_int_equal(llm_backoff_ms(2000000000, 500, 30000, -1, TOP),
+                     30000);
+    /* attempts below 1 count as the first */
+    assert_int_equal(llm_backoff_ms(0, 500, 30000, -1, TOP), 500);
+    assert_int_equal(llm_backoff_ms(-7, 500, 30000, -1, TOP), 500);
     /* base over max is capped */
-    assert_true(llm_backoff_ms(1, 90000, 1000, -1, 0.999) < 1000);
+    assert_int_equal(llm_backoff_ms(1, 90000, 1000, -1, TOP), 1000);
     /* Retry-After is a floor ... */
-    assert_int_equal(llm_backoff_ms(1, 500, 30000, 2000, 0.0), 2000);
-    assert_int_equal(llm_backoff_ms(1, 500, 30000, 0, 0.0), 0);
+    assert_int_equal(llm_backoff_ms(1, 500, 30000, 2000, 0), 2000);
+    assert_int_equal(llm_backoff_ms(1, 500, 30000, 0, 0), 0);
     /* ... but jitter above it is kept */
-    assert_in_range(llm_backoff_ms(7, 500, 30000, 2000, 0.999), 29900,
-                    29999);
+    assert_int_equal(llm_backoff_ms(7, 500, 30000, 2000, TOP), 30000);
     /* ... capped at 4 * max */
-    assert_int_equal(llm_backoff_ms(1, 500, 30000, 3600000, 0.5), 120000);
+    assert_int_equal(llm_backoff_ms(1, 500, 30000, 3600000, TOP / 2),
+                     120000);
+    assert_int_equal(llm_backoff_ms(1, 500, 0, 3600000, TOP), 0);
     /* zero base: no delay, no loop */
-    assert_int_equal(llm_backoff_ms(5, 0, 30000, -1, 0.999), 0);
+    assert_int_equal(llm_backoff_ms(5, 0, 30000, -1, TOP), 0);
     /* negative inputs are treated as zero */
-    assert_int_equal(llm_backoff_ms(-3, -1, -1, -1, 0.5), 0);
+    assert_int_equal(llm_backoff_ms(-3, -1, -1, -1, TOP), 0);
 }
 
 static void test_retry_after_seconds(void **state)
