@@ -31,8 +31,10 @@
 #include <hiredis/hiredis.h>
 #include <uv.h>
 
+#include "backoff.h"
 #include "config.h"
 #include "log.h"
+#include "random.h"
 #include "status.h"
 #include "store.h"
 
@@ -80,7 +82,6 @@ struct store {
     int outage;                 /* outage logged, recovery not yet */
     int closing;
     unsigned attempt;           /* failed attempts since last up */
-    uint64_t rng;               /* xorshift state for jitter */
 
     store_state_fn *state_fn;
     void *state_priv;
@@ -248,30 +249,21 @@ static int store_ev_attach(struct store *st, redisAsyncContext *ac)
 
 /* --- connection state ---------------------------------------------------- */
 
-static uint64_t store_random(struct store *st)
-{
-    /* xorshift64: jitter needs spread, not cryptographic quality. */
-    st->rng ^= st->rng << 13;
-    st->rng ^= st->rng >> 7;
-    st->rng ^= st->rng << 17;
-    return st->rng;
-}
-
-/* Delay before the next attempt: a base that doubles per failure, from
+/* Delay before the next attempt: a ceiling that doubles per failure, from
  * 2 * MIN up to MAX, and a random point in its upper half, so every delay
  * lies in [MIN, MAX] and many parley processes restarted together do not
  * reconnect in lockstep. */
 static uint64_t store_backoff_ms(struct store *st)
 {
-    uint64_t base = 2 * STORE_BACKOFF_MIN_MS;
+    static const struct backoff_policy policy = {
+        2 * STORE_BACKOFF_MIN_MS, STORE_BACKOFF_MAX_MS, BACKOFF_JITTER_UPPER
+    };
+    long delay = backoff_delay_ms(&policy, (int)st->attempt, -1,
+                                  random_u64());
 
-    for (unsigned i = 0; i < st->attempt && base < STORE_BACKOFF_MAX_MS; i++)
-        base *= 2;
-    if (base > STORE_BACKOFF_MAX_MS)
-        base = STORE_BACKOFF_MAX_MS;
     if (st->attempt < 64)
         st->attempt++;
-    return base - store_random(st) % (base / 2 + 1);
+    return (uint64_t)delay;
 }
 
 static void store_timer_fired(uv_timer_t *t)
@@ -518,9 +510,6 @@ int store_open(struct store **out, struct uv_loop_s *uv,
         snprintf(st->addr, sizeof(st->addr), "unix:%s", st->unix_socket);
     else
         snprintf(st->addr, sizeof(st->addr), "%s:%d", st->host, st->port);
-    st->rng = uv_hrtime() ^ (uint64_t)(uintptr_t)st;
-    if (!st->rng)
-        st->rng = 0x9e3779b97f4a7c15ULL;
     if (uv_timer_init(uv, &st->timer) != 0) {
         st->closing = 1;
         store_maybe_free(st);
