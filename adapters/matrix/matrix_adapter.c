@@ -37,11 +37,13 @@
 #include <uv.h>
 
 #include "adapter.h"
+#include "backoff.h"
 #include "config.h"
 #include "event.h"
 #include "log.h"
 #include "loop.h"
 #include "matrix.h"
+#include "random.h"
 #include "router.h"
 #include "status.h"
 #include "store.h"
@@ -141,7 +143,6 @@ struct matrix {
     enum mx_state state;
     int stopped;
     int attempt;                    /* control backoff exponent */
-    uint64_t rng;
 
     char *password;                 /* wiped on free */
     char *env_token;
@@ -222,26 +223,14 @@ static void mx_set_user_id(struct matrix *m, const char *id)
     m->localpart[n] = '\0';
 }
 
-static uint64_t mx_rand(struct matrix *m)
-{
-    /* xorshift64: jitter only, not security. */
-    m->rng ^= m->rng << 13;
-    m->rng ^= m->rng >> 7;
-    m->rng ^= m->rng << 17;
-    return m->rng;
-}
-
 /* Exponential backoff with jitter: half to all of base * 2^attempt. */
 static uint64_t mx_backoff(struct matrix *m, int attempt)
 {
-    uint64_t d = (uint64_t)m->mc.backoff_base_ms;
-    int i;
+    struct backoff_policy p = {
+        m->mc.backoff_base_ms, m->mc.backoff_max_ms, BACKOFF_JITTER_UPPER
+    };
 
-    for (i = 0; i < attempt && d < (uint64_t)m->mc.backoff_max_ms; i++)
-        d *= 2;
-    if (d > (uint64_t)m->mc.backoff_max_ms)
-        d = (uint64_t)m->mc.backoff_max_ms;
-    return d / 2 + mx_rand(m) % (d / 2 + 1);
+    return (uint64_t)backoff_delay_ms(&p, attempt, -1, random_u64());
 }
 
 static void ring_add(char **ring, size_t *pos, const char *id)
@@ -1398,7 +1387,7 @@ static int matrix_send(struct adapter *ad, const char *room,
         snprintf(seed, sizeof(seed), "reply.%s", reply->in_reply_to);
     else
         snprintf(seed, sizeof(seed), "once.%llu.%ld.%d",
-                 (unsigned long long)mx_rand(m), (long)time(NULL),
+                 (unsigned long long)random_u64(), (long)time(NULL),
                  (int)getpid());
     if (matrix_txn_id(seed, s->txn, sizeof(s->txn)) != PARLEY_OK) {
         send_free(s);
@@ -1628,10 +1617,6 @@ int matrix_adapter_create(struct adapter **out,
     m->loop = env->loop;
     m->store = env->store;
     m->cfg = env->cfg;
-    m->rng = ((uint64_t)time(NULL) << 20) ^ (uint64_t)getpid() ^
-             (uint64_t)(uintptr_t)m;
-    if (!m->rng)
-        m->rng = 88172645463325252ULL;
     m->ad.ops = &matrix_ops;
     m->ad.loop = env->loop;
     m->ad.account = m->mc.account;
