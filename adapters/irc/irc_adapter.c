@@ -18,6 +18,7 @@
  * from the transport's callback, which never runs inside the library.
  */
 #include <arpa/inet.h>
+#include <limits.h>
 #include <netinet/in.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -32,6 +33,7 @@
 #include <uv.h>
 
 #include "adapter.h"
+#include "backoff.h"
 #include "config.h"
 #include "event.h"
 #include "irc_config.h"
@@ -42,6 +44,7 @@
 #include "irc_transport.h"
 #include "log.h"
 #include "loop.h"
+#include "random.h"
 #include "router.h"
 #include "status.h"
 
@@ -680,22 +683,21 @@ static void on_reconnect_timer(uv_timer_t *t);
 
 static void schedule_reconnect(struct irc_ad *a, int status)
 {
-    uint64_t delay = (uint64_t)a->cfg.reconnect_min_ms;
-    unsigned i;
+    /* Jitter: between half and all of the delay, so many bots cut off
+     * together do not return together. */
+    struct backoff_policy p = {
+        a->cfg.reconnect_min_ms, a->cfg.reconnect_max_ms,
+        BACKOFF_JITTER_UPPER
+    };
+    uint64_t delay;
+    int attempt = a->attempt < INT_MAX ? (int)a->attempt : INT_MAX;
 
     if (a->stopping)
         return;
-    for (i = 0; i < a->attempt && delay < (uint64_t)a->cfg.reconnect_max_ms;
-         i++)
-        delay *= 2;
     /* A refused login will not fix itself in seconds: wait the most. */
     if (status == PARLEY_ERR_CONFIG)
-        delay = (uint64_t)a->cfg.reconnect_max_ms;
-    if (delay > (uint64_t)a->cfg.reconnect_max_ms)
-        delay = (uint64_t)a->cfg.reconnect_max_ms;
-    /* Jitter: between half and all of the delay, so many bots cut off
-     * together do not return together. */
-    delay = delay / 2 + uv_hrtime() % (delay / 2 + 1);
+        attempt = INT_MAX;
+    delay = (uint64_t)backoff_delay_ms(&p, attempt, -1, random_u64());
     a->attempt++;
     a->state = IRC_WAITING;
     log_info("irc %s: reconnecting in %llu ms", a->cfg.name,
@@ -1063,7 +1065,7 @@ static void ev_numeric(irc_session_t *s, unsigned code, const char *origin,
                      a->cfg.alt_nicks[a->nick_try]);
         } else {
             snprintf(a->nick, sizeof(a->nick), "%.20s_%u", a->cfg.nick,
-                     (unsigned)(uv_hrtime() % 1000));
+                     (unsigned)random_below(1000));
         }
         a->nick_try++;
         log_warn("irc %s: nick in use, trying %s", a->cfg.name, a->nick);
