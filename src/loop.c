@@ -10,6 +10,11 @@
  * buffer, http/https only, and the Retry-After header parsed.  Memory that
  * owns a uv handle is freed only in its close callback; the loop struct
  * itself waits for the last of those before it is freed.
+ *
+ * The timers, signals and fd watches at the end of the file are thin
+ * wrappers, one uv handle each, so that no other module needs <uv.h>;
+ * they are not counted in open_handles because they belong to their
+ * owners, not to the loop.
  */
 #include <ctype.h>
 #include <errno.h>
@@ -44,7 +49,8 @@
 struct loop_socket;
 
 struct loop {
-    uv_loop_t *uv;              /* not owned */
+    uv_loop_t *uv;              /* own_uv, or the caller's */
+    uv_loop_t *own_uv;          /* created by loop_create(NULL) */
     CURLM *multi;
     uv_timer_t timeout;         /* curl's single timer */
     struct http_request *reqs;  /* in flight, doubly linked */
@@ -579,6 +585,24 @@ long loop_parse_retry_after(const char *value, long now_unix)
     return ((long)when - now_unix) * 1000;
 }
 
+/* Close and free a uv loop created by loop_create(NULL).  Handles still
+ * open (an owner that forgot to free a timer) keep it busy: run it once
+ * more for close callbacks, and if it is still busy leak it with a
+ * warning rather than free memory libuv still points into. */
+static void loop_destroy_uv(struct loop *loop)
+{
+    if (!loop->own_uv)
+        return;
+    uv_run(loop->own_uv, UV_RUN_NOWAIT);
+    if (uv_loop_close(loop->own_uv) != 0) {
+        log_warn("event loop closed with handles still open");
+        loop->own_uv = NULL;
+        return;
+    }
+    free(loop->own_uv);
+    loop->own_uv = NULL;
+}
+
 int loop_create(struct loop **out, struct uv_loop_s *uv)
 {
     static int curl_ready;
@@ -598,9 +622,25 @@ int loop_create(struct loop **out, struct uv_loop_s *uv)
     loop = calloc(1, sizeof(*loop));
     if (!loop)
         return PARLEY_ERR_OOM;
+    if (!uv) {
+        loop->own_uv = malloc(sizeof(*loop->own_uv));
+        if (!loop->own_uv) {
+            free(loop);
+            return PARLEY_ERR_OOM;
+        }
+        rc = uv_loop_init(loop->own_uv);
+        if (rc < 0) {
+            log_error("uv_loop_init: %s", uv_strerror(rc));
+            free(loop->own_uv);
+            free(loop);
+            return PARLEY_ERR_OTHER;
+        }
+        uv = loop->own_uv;
+    }
     loop->uv = uv;
     loop->multi = curl_multi_init();
     if (!loop->multi) {
+        loop_destroy_uv(loop);
         free(loop);
         return PARLEY_ERR_OOM;
     }
@@ -614,6 +654,7 @@ int loop_create(struct loop **out, struct uv_loop_s *uv)
                           loop) != CURLM_OK) {
         log_error("curl_multi_setopt failed");
         curl_multi_cleanup(loop->multi);
+        loop_destroy_uv(loop);
         free(loop);
         return PARLEY_ERR_OTHER;
     }
@@ -621,6 +662,7 @@ int loop_create(struct loop **out, struct uv_loop_s *uv)
     if (rc < 0) {
         log_error("uv_timer_init: %s", uv_strerror(rc));
         curl_multi_cleanup(loop->multi);
+        loop_destroy_uv(loop);
         free(loop);
         return PARLEY_ERR_OTHER;
     }
@@ -633,6 +675,16 @@ int loop_create(struct loop **out, struct uv_loop_s *uv)
 struct uv_loop_s *loop_uv(struct loop *loop)
 {
     return loop->uv;
+}
+
+void loop_run(struct loop *loop)
+{
+    uv_run(loop->uv, UV_RUN_DEFAULT);
+}
+
+uint64_t loop_now_ms(const struct loop *loop)
+{
+    return uv_now(loop->uv);
 }
 
 size_t loop_http_pending(const struct loop *loop)
@@ -833,8 +885,218 @@ void loop_free(struct loop *loop)
         return;
     if (!loop->closing)
         loop_close(loop);
+    if (loop->own_uv) {
+        /* Our own uv loop: nobody else will run it, so let the close
+         * callbacks of loop_close run now (one pass runs them all). */
+        while (loop->open_handles > 0)
+            uv_run(loop->own_uv, UV_RUN_NOWAIT);
+        loop_destroy_uv(loop);
+    }
     if (loop->open_handles == 0)
         free(loop);
     else
         loop->free_requested = 1;
+}
+
+/* ---- timers, signals, fd watches --------------------------------------- */
+
+struct loop_timer {
+    uv_timer_t handle;          /* handle.data = this */
+    loop_timer_fn *fn;
+    void *privdata;
+    int freeing;                /* loop_timer_free called */
+};
+
+static void on_any_closed(uv_handle_t *h)
+{
+    free(h->data);
+}
+
+static void on_loop_timer(uv_timer_t *h)
+{
+    struct loop_timer *t = h->data;
+
+    if (!t->freeing)
+        t->fn(t->privdata);
+}
+
+struct loop_timer *loop_timer_new(struct loop *loop, loop_timer_fn *fn,
+                                  void *privdata)
+{
+    struct loop_timer *t;
+
+    if (!fn)
+        return NULL;
+    t = calloc(1, sizeof(*t));
+    if (!t)
+        return NULL;
+    if (uv_timer_init(loop->uv, &t->handle) < 0) {
+        free(t);
+        return NULL;
+    }
+    t->handle.data = t;
+    t->fn = fn;
+    t->privdata = privdata;
+    return t;
+}
+
+int loop_timer_start(struct loop_timer *t, uint64_t timeout_ms,
+                     uint64_t repeat_ms)
+{
+    if (t->freeing)
+        return PARLEY_ERR_STATE;
+    /* Cannot fail on an open timer handle with a callback. */
+    uv_timer_start(&t->handle, on_loop_timer, timeout_ms, repeat_ms);
+    return PARLEY_OK;
+}
+
+void loop_timer_stop(struct loop_timer *t)
+{
+    uv_timer_stop(&t->handle);
+}
+
+int loop_timer_active(const struct loop_timer *t)
+{
+    return !t->freeing && uv_is_active((const uv_handle_t *)&t->handle);
+}
+
+uint64_t loop_timer_due_in(const struct loop_timer *t)
+{
+    if (!loop_timer_active(t))
+        return 0;
+    return uv_timer_get_due_in(&t->handle);
+}
+
+void loop_timer_free(struct loop_timer *t)
+{
+    if (!t || t->freeing)
+        return;
+    t->freeing = 1;
+    uv_timer_stop(&t->handle);
+    uv_close((uv_handle_t *)&t->handle, on_any_closed);
+}
+
+struct loop_signal {
+    uv_signal_t handle;         /* handle.data = this */
+    loop_signal_fn *fn;
+    void *privdata;
+    int freeing;
+};
+
+static void on_loop_signal(uv_signal_t *h, int signum)
+{
+    struct loop_signal *s = h->data;
+
+    if (!s->freeing)
+        s->fn(signum, s->privdata);
+}
+
+struct loop_signal *loop_signal_new(struct loop *loop, int signum,
+                                    loop_signal_fn *fn, void *privdata)
+{
+    struct loop_signal *s;
+
+    if (!fn)
+        return NULL;
+    s = calloc(1, sizeof(*s));
+    if (!s)
+        return NULL;
+    if (uv_signal_init(loop->uv, &s->handle) < 0) {
+        free(s);
+        return NULL;
+    }
+    s->handle.data = s;
+    s->fn = fn;
+    s->privdata = privdata;
+    if (uv_signal_start(&s->handle, on_loop_signal, signum) < 0) {
+        uv_close((uv_handle_t *)&s->handle, on_any_closed);
+        return NULL;
+    }
+    return s;
+}
+
+void loop_signal_free(struct loop_signal *s)
+{
+    if (!s || s->freeing)
+        return;
+    s->freeing = 1;
+    uv_signal_stop(&s->handle);
+    uv_close((uv_handle_t *)&s->handle, on_any_closed);
+}
+
+struct loop_watch {
+    uv_poll_t handle;           /* handle.data = this */
+    loop_watch_fn *fn;
+    void *privdata;
+    int events;                 /* LOOP_READABLE | LOOP_WRITABLE */
+    int freeing;
+};
+
+static void on_loop_watch(uv_poll_t *h, int status, int events)
+{
+    struct loop_watch *w = h->data;
+    int ready = 0;
+
+    if (w->freeing)
+        return;
+    if (status < 0) {
+        ready = w->events;
+    } else {
+        if (events & UV_READABLE)
+            ready |= LOOP_READABLE;
+        if (events & UV_WRITABLE)
+            ready |= LOOP_WRITABLE;
+    }
+    if (ready)
+        w->fn(ready, w->privdata);
+}
+
+struct loop_watch *loop_watch_new(struct loop *loop, int fd,
+                                  loop_watch_fn *fn, void *privdata)
+{
+    struct loop_watch *w;
+
+    if (!fn || fd < 0)
+        return NULL;
+    w = calloc(1, sizeof(*w));
+    if (!w)
+        return NULL;
+    if (uv_poll_init(loop->uv, &w->handle, fd) < 0) {
+        free(w);
+        return NULL;
+    }
+    w->handle.data = w;
+    w->fn = fn;
+    w->privdata = privdata;
+    return w;
+}
+
+int loop_watch_set(struct loop_watch *w, int events)
+{
+    int uv_events = 0;
+
+    if (w->freeing)
+        return PARLEY_ERR_STATE;
+    events &= LOOP_READABLE | LOOP_WRITABLE;
+    w->events = events;
+    if (!events) {
+        uv_poll_stop(&w->handle);
+        return PARLEY_OK;
+    }
+    if (events & LOOP_READABLE)
+        uv_events |= UV_READABLE;
+    if (events & LOOP_WRITABLE)
+        uv_events |= UV_WRITABLE;
+    if (uv_poll_start(&w->handle, uv_events, on_loop_watch) < 0)
+        return PARLEY_ERR_IO;
+    return PARLEY_OK;
+}
+
+void loop_watch_free(struct loop_watch *w)
+{
+    if (!w || w->freeing)
+        return;
+    w->freeing = 1;
+    uv_poll_stop(&w->handle);
+    uv_close((uv_handle_t *)&w->handle, on_any_closed);
 }

@@ -6,11 +6,22 @@
  * in their close callbacks.  HTTP requests (LLM, Matrix) go through
  * loop_http_start so that each gets a capped response buffer, an error
  * buffer, restricted protocols and the parsed Retry-After header.
+ *
+ * The loop also offers what the rest of parley needs from libuv, so that
+ * <uv.h> stays in loop.c and the glue that must speak to a library's own
+ * libuv hooks (hiredis in store.c, the TLS transport of IRC): timers,
+ * signals, readiness watches on a file descriptor, and running the loop.
+ * Each of these objects is allocated here and freed by loop_*_free, which
+ * may be called from inside the object's own callback; its memory goes
+ * in libuv's close callback, so an owner can free its own struct right
+ * after (hiredis libuv.h:81-99, STYLE.md "free memory that owns a uv
+ * handle only in its close callback").
  */
 #ifndef PARLEY_LOOP_H
 #define PARLEY_LOOP_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 struct uv_loop_s;
 struct loop;
@@ -60,9 +71,77 @@ struct http_response {
 
 typedef void http_done_fn(const struct http_response *resp, void *privdata);
 
-/* Create the loop state on uv (a uv_loop_t *, not owned). */
+/* Create the loop state on uv (a uv_loop_t *, not owned), or on a uv
+ * loop of its own when uv is NULL (closed and freed by loop_free). */
 int loop_create(struct loop **out, struct uv_loop_s *uv);
+/* The uv loop, for glue that attaches a library's own libuv hooks. */
 struct uv_loop_s *loop_uv(struct loop *loop);
+
+/* Run until nothing is left to do (no active handle or request). */
+void loop_run(struct loop *loop);
+
+/* The loop's cached clock in ms (uv_now): the start of this iteration,
+ * monotonic, cheap; what timers measure against. */
+uint64_t loop_now_ms(const struct loop *loop);
+
+/* ---- timers ------------------------------------------------------------ */
+
+struct loop_timer;
+typedef void loop_timer_fn(void *privdata);
+
+/* A stopped timer; NULL when out of memory or libuv refuses. */
+struct loop_timer *loop_timer_new(struct loop *loop, loop_timer_fn *fn,
+                                  void *privdata);
+/*
+ * (Re)arm: fn runs after timeout_ms, then every repeat_ms if that is not
+ * 0.  Restarting an armed timer moves its deadline.  A 0 ms timeout runs
+ * on the next loop iteration, never inside this call.  Returns PARLEY_OK
+ * or PARLEY_ERR_STATE on a timer being freed.
+ */
+int loop_timer_start(struct loop_timer *t, uint64_t timeout_ms,
+                     uint64_t repeat_ms);
+/* Disarm; a no-op on a stopped timer. */
+void loop_timer_stop(struct loop_timer *t);
+/* Whether the timer is armed. */
+int loop_timer_active(const struct loop_timer *t);
+/* ms until the timer fires; 0 when it is due or stopped. */
+uint64_t loop_timer_due_in(const struct loop_timer *t);
+/* Stop and release the timer; fn is not called again, even when this
+ * runs inside fn.  NULL is allowed. */
+void loop_timer_free(struct loop_timer *t);
+
+/* ---- signals ----------------------------------------------------------- */
+
+struct loop_signal;
+typedef void loop_signal_fn(int signum, void *privdata);
+
+/* Call fn from the loop (not from the signal handler) whenever signum
+ * arrives; NULL on failure. */
+struct loop_signal *loop_signal_new(struct loop *loop, int signum,
+                                    loop_signal_fn *fn, void *privdata);
+/* Stop listening and release; allowed inside fn.  NULL is allowed. */
+void loop_signal_free(struct loop_signal *s);
+
+/* ---- readiness of a file descriptor ------------------------------------ */
+
+#define LOOP_READABLE 1
+#define LOOP_WRITABLE 2
+
+struct loop_watch;
+/* events is what is ready.  On a poll error it is the whole mask being
+ * watched, so the owner tries both ways and meets the error itself (as
+ * hiredis adapters/libuv.h:17-27 does). */
+typedef void loop_watch_fn(int events, void *privdata);
+
+/* Watch fd (a socket; not owned, never closed here), with an empty mask;
+ * NULL on failure. */
+struct loop_watch *loop_watch_new(struct loop *loop, int fd,
+                                  loop_watch_fn *fn, void *privdata);
+/* Watch for events (LOOP_READABLE | LOOP_WRITABLE); 0 stops watching.
+ * Returns PARLEY_OK, or PARLEY_ERR_IO when libuv refuses. */
+int loop_watch_set(struct loop_watch *w, int events);
+/* Stop and release; allowed inside fn.  NULL is allowed. */
+void loop_watch_free(struct loop_watch *w);
 
 /*
  * Start a request.  done runs exactly once from the loop (never inside
@@ -84,8 +163,9 @@ size_t loop_http_pending(const struct loop *loop);
 long loop_parse_retry_after(const char *value, long now_unix);
 
 /* Cancel all requests and close handles; free in the close callbacks.
- * Run the uv loop afterwards until it has no handles, then free with
- * loop_free. */
+ * Run the uv loop afterwards until it has no handles (loop_run), then
+ * free with loop_free.  Timers, signals and watches belong to their
+ * owners, who free them before the loop runs out. */
 void loop_close(struct loop *loop);
 void loop_free(struct loop *loop);
 
