@@ -2,7 +2,7 @@
  * OpenAI-compatible chat-completions client.  Each llm_complete becomes a
  * request that waits in a FIFO until one of max_concurrent slots is free,
  * is sent through loop_http_start, and on a retryable failure (connection
- * error, timeout, 408, 409, 429, 5xx) sleeps on its own uv timer for a
+ * error, timeout, 408, 409, 429, 5xx) sleeps on its own loop timer for a
  * full-jitter exponential backoff that never undercuts Retry-After, then
  * queues again.  Other 4xx end the request at once: retrying a bad key or
  * an unknown model only burns quota.  Error texts come from the API's
@@ -32,7 +32,6 @@
 #include <unistd.h>
 
 #include <cjson/cJSON.h>
-#include <uv.h>
 
 #include "backoff.h"
 #include "config.h"
@@ -112,8 +111,7 @@ struct llm_request {
     long backoff_max_ms;
 
     struct http_request *http;  /* while ACTIVE */
-    uv_timer_t timer;           /* owned; memory freed in its close cb */
-    int timer_ready;            /* uv_timer_init done */
+    struct loop_timer *timer;   /* owned; created on first backoff */
     llm_done_fn *done;
     void *privdata;
     struct llm_result res;      /* outcome of the latest attempt */
@@ -662,11 +660,6 @@ static void request_unlink(struct llm_request *req)
     llm->n_reqs--;
 }
 
-static void on_request_timer_closed(uv_handle_t *handle)
-{
-    free(handle->data);
-}
-
 /* Free a request that is off every list and has no HTTP transfer. */
 static void request_destroy(struct llm_request *req)
 {
@@ -676,12 +669,8 @@ static void request_destroy(struct llm_request *req)
     free(req->url);
     free(req->body);
     req->url = req->body = NULL;
-    if (req->timer_ready) {
-        uv_timer_stop(&req->timer);
-        uv_close((uv_handle_t *)&req->timer, on_request_timer_closed);
-    } else {
-        free(req);
-    }
+    loop_timer_free(req->timer);
+    free(req);
 }
 
 /* Stop whatever req is doing, without a callback, and free it. */
@@ -719,7 +708,7 @@ static void llm_free_now(struct llm *llm)
 
 static void on_http_done(const struct http_response *resp, void *privdata);
 static void on_http_data(const char *data, size_t len, void *privdata);
-static void on_request_timer(uv_timer_t *timer);
+static void on_request_timer(void *privdata);
 static void request_settle(struct llm_request *req, long retry_after_ms);
 
 /* Run req's done callback and free it.  A streamed answer first gets
@@ -749,18 +738,13 @@ static void llm_leave(struct llm *llm)
 /* Arm req's timer for delay_ms; state becomes BACKOFF. */
 static int request_sleep(struct llm_request *req, long delay_ms)
 {
-    int rc;
-
-    if (!req->timer_ready) {
-        rc = uv_timer_init(loop_uv(req->llm->loop), &req->timer);
-        if (rc < 0)
+    if (!req->timer) {
+        req->timer = loop_timer_new(req->llm->loop, on_request_timer, req);
+        if (!req->timer)
             return PARLEY_ERR_OTHER;
-        req->timer.data = req;
-        req->timer_ready = 1;
     }
-    rc = uv_timer_start(&req->timer, on_request_timer,
-                        (uint64_t)(delay_ms > 0 ? delay_ms : 0), 0);
-    if (rc < 0)
+    if (loop_timer_start(req->timer,
+                         (uint64_t)(delay_ms > 0 ? delay_ms : 0), 0) != 0)
         return PARLEY_ERR_OTHER;
     req->state = LLM_BACKOFF;
     return PARLEY_OK;
@@ -835,9 +819,9 @@ static void llm_pump(struct llm *llm)
     }
 }
 
-static void on_request_timer(uv_timer_t *timer)
+static void on_request_timer(void *privdata)
 {
-    struct llm_request *req = timer->data;
+    struct llm_request *req = privdata;
     struct llm *llm = req->llm;
 
     if (req->final)
