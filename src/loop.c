@@ -943,7 +943,7 @@ struct loop_timer *loop_timer_new(struct loop *loop, loop_timer_fn *fn,
 int loop_timer_start(struct loop_timer *t, uint64_t timeout_ms,
                      uint64_t repeat_ms)
 {
-    if (t->freeing)
+    if (!t || t->freeing)
         return PARLEY_ERR_STATE;
     /* Cannot fail on an open timer handle with a callback. */
     uv_timer_start(&t->handle, on_loop_timer, timeout_ms, repeat_ms);
@@ -952,12 +952,13 @@ int loop_timer_start(struct loop_timer *t, uint64_t timeout_ms,
 
 void loop_timer_stop(struct loop_timer *t)
 {
-    uv_timer_stop(&t->handle);
+    if (t)
+        uv_timer_stop(&t->handle);
 }
 
 int loop_timer_active(const struct loop_timer *t)
 {
-    return !t->freeing && uv_is_active((const uv_handle_t *)&t->handle);
+    return t && !t->freeing && uv_is_active((const uv_handle_t *)&t->handle);
 }
 
 uint64_t loop_timer_due_in(const struct loop_timer *t)

@@ -96,13 +96,14 @@ struct loop_timer *loop_timer_new(struct loop *loop, loop_timer_fn *fn,
  * (Re)arm: fn runs after timeout_ms, then every repeat_ms if that is not
  * 0.  Restarting an armed timer moves its deadline.  A 0 ms timeout runs
  * on the next loop iteration, never inside this call.  Returns PARLEY_OK
- * or PARLEY_ERR_STATE on a timer being freed.
+ * or PARLEY_ERR_STATE on a timer being freed or NULL (an owner that let
+ * its timers go at stop need not check before every call).
  */
 int loop_timer_start(struct loop_timer *t, uint64_t timeout_ms,
                      uint64_t repeat_ms);
-/* Disarm; a no-op on a stopped timer. */
+/* Disarm; a no-op on a stopped timer or NULL. */
 void loop_timer_stop(struct loop_timer *t);
-/* Whether the timer is armed. */
+/* Whether the timer is armed (0 for NULL). */
 int loop_timer_active(const struct loop_timer *t);
 /* ms until the timer fires; 0 when it is due or stopped. */
 uint64_t loop_timer_due_in(const struct loop_timer *t);
