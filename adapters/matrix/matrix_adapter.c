@@ -34,7 +34,6 @@
 
 #include <cjson/cJSON.h>
 #include <hiredis/hiredis.h>
-#include <uv.h>
 
 #include "adapter.h"
 #include "backoff.h"
@@ -117,7 +116,8 @@ struct mx_room {
     int typing;                     /* typing on: renewed by a timer */
     struct mx_send *head, *tail;
     struct http_request *req;       /* send in flight */
-    uint64_t retry_at;              /* uv_now when the head may go, 0 */
+    uint64_t retry_at;              /* loop_now_ms when the head may go,
+                                       0 */
 };
 
 /* A fire-and-forget request (typing, join, leave). */
@@ -135,10 +135,10 @@ struct matrix {
     struct loop *loop;
     struct store *store;
     const struct config *cfg;
-    uv_timer_t ctl_timer;           /* control machine backoff */
-    uv_timer_t send_timer;          /* earliest room retry */
-    uv_timer_t typing_timer;        /* renews typing notifications */
-    int timers_open;
+    struct loop_timer *ctl_timer;   /* control machine backoff */
+    struct loop_timer *send_timer;  /* earliest room retry */
+    struct loop_timer *typing_timer;    /* renews typing notifications */
+    int timers_open;                /* from start until stop */
 
     enum mx_state state;
     int stopped;
@@ -340,9 +340,9 @@ static int is_bad_token(const struct http_response *resp)
 
 /* ---- control machine: timers ------------------------------------------- */
 
-static void on_ctl_timer(uv_timer_t *t)
+static void on_ctl_timer(void *privdata)
 {
-    struct matrix *m = t->data;
+    struct matrix *m = privdata;
 
     if (!m->stopped)
         ctl_step(m);
@@ -353,7 +353,7 @@ static void ctl_later(struct matrix *m, uint64_t delay_ms)
 {
     if (m->stopped || !m->timers_open)
         return;
-    uv_timer_start(&m->ctl_timer, on_ctl_timer, delay_ms, 0);
+    loop_timer_start(m->ctl_timer, delay_ms, 0);
 }
 
 /* A control step failed: try the same state again after a backoff. */
@@ -1159,10 +1159,10 @@ static void send_free(struct mx_send *s)
     free(s);
 }
 
-static void on_send_timer(uv_timer_t *t)
+static void on_send_timer(void *privdata)
 {
-    struct matrix *m = t->data;
-    uint64_t now = uv_now(loop_uv(m->loop)), next = 0;
+    struct matrix *m = privdata;
+    uint64_t now = loop_now_ms(m->loop), next = 0;
     struct mx_room *r;
 
     for (r = m->rooms; r; r = r->next) {
@@ -1177,21 +1177,20 @@ static void on_send_timer(uv_timer_t *t)
         if (r->retry_at && (!next || r->retry_at < next))
             next = r->retry_at;
     if (next && m->timers_open && !m->stopped)
-        uv_timer_start(&m->send_timer, on_send_timer,
-                       next > now ? next - now : 1, 0);
+        loop_timer_start(m->send_timer, next > now ? next - now : 1, 0);
 }
 
 static void room_retry(struct mx_room *r, uint64_t delay)
 {
     struct matrix *m = r->m;
-    uint64_t now = uv_now(loop_uv(m->loop));
-    uint64_t due = uv_timer_get_due_in(&m->send_timer);
+    uint64_t now = loop_now_ms(m->loop);
 
     r->retry_at = now + delay;
     if (!m->timers_open || m->stopped)
         return;
-    if (!uv_is_active((uv_handle_t *)&m->send_timer) || delay < due)
-        uv_timer_start(&m->send_timer, on_send_timer, delay, 0);
+    if (!loop_timer_active(m->send_timer) ||
+        delay < loop_timer_due_in(m->send_timer))
+        loop_timer_start(m->send_timer, delay, 0);
 }
 
 static void send_finish(struct mx_room *r, int status)
@@ -1422,9 +1421,9 @@ static void typing_send(struct matrix *m, const char *room_id, int on)
     misc_start(m, "typing", room_id, "PUT", path, body);
 }
 
-static void on_typing_timer(uv_timer_t *t)
+static void on_typing_timer(void *privdata)
 {
-    struct matrix *m = t->data;
+    struct matrix *m = privdata;
     struct mx_room *r;
 
     for (r = m->rooms; r; r = r->next)
@@ -1450,10 +1449,19 @@ static void matrix_typing(struct adapter *ad, const char *room, int on)
 
 /* ---- life cycle -------------------------------------------------------- */
 
+/* Release the three timers (any may be NULL); safe from their callbacks. */
+static void mx_timers_free(struct matrix *m)
+{
+    loop_timer_free(m->ctl_timer);
+    loop_timer_free(m->send_timer);
+    loop_timer_free(m->typing_timer);
+    m->ctl_timer = m->send_timer = m->typing_timer = NULL;
+    m->timers_open = 0;
+}
+
 static int matrix_start(struct adapter *ad)
 {
     struct matrix *m = ad->priv;
-    uv_loop_t *uv = loop_uv(m->loop);
     char err[PARLEY_ERRSTR_LEN];
 
     if (m->mc.access_token_env &&
@@ -1485,18 +1493,17 @@ static int matrix_start(struct adapter *ad)
                  "stored in Redis", m->mc.account,
                  m->mc.access_token_env ? m->mc.access_token_env : "-",
                  m->mc.password_env ? m->mc.password_env : "-");
-    if (uv_timer_init(uv, &m->ctl_timer) != 0 ||
-        uv_timer_init(uv, &m->send_timer) != 0 ||
-        uv_timer_init(uv, &m->typing_timer) != 0) {
-        snprintf(ad->errstr, sizeof(ad->errstr), "uv_timer_init failed");
-        return PARLEY_ERR_OTHER;
+    m->ctl_timer = loop_timer_new(m->loop, on_ctl_timer, m);
+    m->send_timer = loop_timer_new(m->loop, on_send_timer, m);
+    m->typing_timer = loop_timer_new(m->loop, on_typing_timer, m);
+    if (!m->ctl_timer || !m->send_timer || !m->typing_timer) {
+        mx_timers_free(m);
+        snprintf(ad->errstr, sizeof(ad->errstr), "cannot create timers");
+        return PARLEY_ERR_OOM;
     }
-    m->ctl_timer.data = m;
-    m->send_timer.data = m;
-    m->typing_timer.data = m;
     m->timers_open = 1;
-    uv_timer_start(&m->typing_timer, on_typing_timer, MX_TYPING_RENEW_MS,
-                   MX_TYPING_RENEW_MS);
+    loop_timer_start(m->typing_timer, MX_TYPING_RENEW_MS,
+                     MX_TYPING_RENEW_MS);
     m->state = MX_LOAD_SESSION;
     ctl_step(m);
     return PARLEY_OK;
@@ -1533,14 +1540,7 @@ static void matrix_stop(struct adapter *ad)
         while (r->head)
             send_finish(r, PARLEY_ERR_STATE);
     }
-    if (m->timers_open) {
-        uv_timer_stop(&m->ctl_timer);
-        uv_timer_stop(&m->send_timer);
-        uv_timer_stop(&m->typing_timer);
-        uv_close((uv_handle_t *)&m->ctl_timer, NULL);
-        uv_close((uv_handle_t *)&m->send_timer, NULL);
-        uv_close((uv_handle_t *)&m->typing_timer, NULL);
-    }
+    mx_timers_free(m);
 }
 
 static void matrix_free(struct adapter *ad)
@@ -1551,6 +1551,7 @@ static void matrix_free(struct adapter *ad)
     if (!ad)
         return;
     m = ad->priv;
+    mx_timers_free(m);          /* already done by stop, unless never */
     while (m->rooms) {
         struct mx_room *r = m->rooms;
 
