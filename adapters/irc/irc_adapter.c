@@ -10,9 +10,9 @@
  *
  * libircclient glue (STYLE.md "What parley should absorb" 1): the library
  * has no fd accessor, so the fd is found with irc_add_select_descriptors
- * into zeroed fd_sets; a uv_poll_t watches it; on a poll event the sets
- * are rebuilt and irc_process_select_descriptors runs; after every call
- * into the library the mask is recomputed and uv_poll_start called again.
+ * into zeroed fd_sets; a loop watch (loop.h) follows it; on a ready event
+ * the sets are rebuilt and irc_process_select_descriptors runs; after
+ * every call into the library the mask is recomputed and set again.
  * The library's callbacks never tear the session down themselves: a lost
  * connection is handled after irc_process_select_descriptors returns, or
  * from the transport's callback, which never runs inside the library.
@@ -30,7 +30,6 @@
 
 #include <libircclient.h>
 #include <libirc_rfcnumeric.h>
-#include <uv.h>
 
 #include "adapter.h"
 #include "backoff.h"
@@ -84,7 +83,7 @@ struct irc_chan {
     int configured;
     char *key;                  /* channel key (secret), or NULL */
     int joined;
-    uint64_t join_at;           /* next JOIN attempt, uv_now ms */
+    uint64_t join_at;           /* next JOIN attempt, loop_now_ms */
     int names_open;             /* inside a 353...366 burst */
     struct irc_member *m;
     size_t n_m, cap_m;
@@ -119,11 +118,11 @@ struct irc_ad {
     struct adapter base;
     struct irc_config cfg;
     char *sasl_password;        /* wiped on free */
-    uv_loop_t *uv;
+    struct loop *loop;          /* not owned */
 
     irc_session_t *sess;
     struct irc_transport *tp;
-    uv_poll_t *poll;            /* per connection; freed in close cb */
+    struct loop_watch *poll;    /* per connection */
     int fd;
     int poll_events;
 
@@ -148,13 +147,15 @@ struct irc_ad {
 
     struct irc_queue *queue;
     struct irc_bucket bucket;
-    uv_timer_t flood_timer;
-    uv_timer_t reconnect_timer;
-    uv_timer_t tick_timer;
-    uv_timer_t quit_timer;      /* QUIT deadline and retries */
-    int timers_open;
+    /* Created with the adapter; released at stop (quit_timer when the
+     * goodbye is over), or at free if never started.  NULL once gone:
+     * loop_timer_start/stop on NULL do nothing. */
+    struct loop_timer *flood_timer;
+    struct loop_timer *reconnect_timer;
+    struct loop_timer *tick_timer;
+    struct loop_timer *quit_timer;  /* QUIT deadline and retries */
     int quit_sent;              /* the library took the QUIT line */
-    uint64_t quit_deadline;     /* uv_now ms */
+    uint64_t quit_deadline;     /* loop_now_ms */
 };
 
 static struct irc_ad *ad_of(irc_session_t *s)
@@ -164,7 +165,7 @@ static struct irc_ad *ad_of(irc_session_t *s)
 
 static uint64_t now_ms(struct irc_ad *a)
 {
-    return uv_now(a->uv);
+    return loop_now_ms(a->loop);
 }
 
 static void session_rearm(struct irc_ad *a);
@@ -309,9 +310,9 @@ static int target_ready(const char *target, void *ctx)
     return !c || c->joined || !c->configured;
 }
 
-static void on_flood_timer(uv_timer_t *t)
+static void on_flood_timer(void *privdata)
 {
-    flood_pump(t->data);
+    flood_pump(privdata);
 }
 
 /* Send queued lines while the bucket allows and the library has room. */
@@ -325,13 +326,13 @@ static void flood_pump(struct irc_ad *a)
     while (irc_queue_peek(a->queue, target_ready, a, &target, &line)) {
         wait = irc_bucket_wait_ms(&a->bucket, now_ms(a));
         if (wait > 0) {
-            uv_timer_start(&a->flood_timer, on_flood_timer, wait, 0);
+            loop_timer_start(a->flood_timer, wait, 0);
             break;
         }
         if (irc_send_raw(a->sess, "%s", line)) {
             /* The library's 1024-byte output buffer is full: let the
              * poll flush it and come back shortly. */
-            uv_timer_start(&a->flood_timer, on_flood_timer, 50, 0);
+            loop_timer_start(a->flood_timer, 50, 0);
             break;
         }
         irc_bucket_take(&a->bucket, now_ms(a));
@@ -622,27 +623,20 @@ static void irc_typing(struct adapter *ad, const char *room, int on)
 
 /* ---- the libircclient session from the uv loop ------------------------ */
 
-static void on_poll_closed(uv_handle_t *h)
+/* On a poll error the loop reports the whole watched mask, so the library
+ * finds out by trying both ways (hiredis adapters/libuv.h:17-27). */
+static void on_poll(int events, void *privdata)
 {
-    free(h);
-}
-
-static void on_poll(uv_poll_t *p, int status, int events)
-{
-    struct irc_ad *a = p->data;
+    struct irc_ad *a = privdata;
     fd_set in, out;
 
     if (!a->sess || a->fd < 0)
         return;
     FD_ZERO(&in);
     FD_ZERO(&out);
-    /* On a poll error let the library find out by trying both ways
-     * (hiredis adapters/libuv.h:17-27 does the same). */
-    if (status < 0)
-        events = a->poll_events;
-    if (events & UV_READABLE)
+    if (events & LOOP_READABLE)
         FD_SET(a->fd, &in);
-    if (events & UV_WRITABLE)
+    if (events & LOOP_WRITABLE)
         FD_SET(a->fd, &out);
     if (irc_process_select_descriptors(a->sess, &in, &out)) {
         char why[128];
@@ -667,19 +661,14 @@ static void session_rearm(struct irc_ad *a)
     if (irc_add_select_descriptors(a->sess, &in, &out, &maxfd))
         return;
     if (FD_ISSET(a->fd, &in))
-        events |= UV_READABLE;
+        events |= LOOP_READABLE;
     if (FD_ISSET(a->fd, &out))
-        events |= UV_WRITABLE;
+        events |= LOOP_WRITABLE;
     if (events == a->poll_events)
         return;
     a->poll_events = events;
-    if (events)
-        uv_poll_start(a->poll, events, on_poll);
-    else
-        uv_poll_stop(a->poll);
+    loop_watch_set(a->poll, events);
 }
-
-static void on_reconnect_timer(uv_timer_t *t);
 
 static void schedule_reconnect(struct irc_ad *a, int status)
 {
@@ -702,18 +691,16 @@ static void schedule_reconnect(struct irc_ad *a, int status)
     a->state = IRC_WAITING;
     log_info("irc %s: reconnecting in %llu ms", a->cfg.name,
              (unsigned long long)delay);
-    uv_timer_start(&a->reconnect_timer, on_reconnect_timer, delay, 0);
+    loop_timer_start(a->reconnect_timer, delay, 0);
 }
 
 static void session_teardown(struct irc_ad *a)
 {
     size_t i;
 
-    if (a->poll) {
-        uv_poll_stop(a->poll);
-        uv_close((uv_handle_t *)a->poll, on_poll_closed);
-        a->poll = NULL;
-    }
+    /* Before irc_disconnect closes the fd the watch is on. */
+    loop_watch_free(a->poll);
+    a->poll = NULL;
     a->poll_events = 0;
     a->fd = -1;
     if (a->sess)
@@ -726,7 +713,7 @@ static void session_teardown(struct irc_ad *a)
         chan_clear_members(&a->chans[i]);
     }
     a->base.connected = 0;
-    uv_timer_stop(&a->flood_timer);
+    loop_timer_stop(a->flood_timer);
 }
 
 static void connection_lost(struct irc_ad *a, int status, const char *why)
@@ -780,8 +767,9 @@ static void connect_attempt(struct irc_ad *a)
     o.ping_interval_ms = (unsigned)a->cfg.ping_interval_s * 1000u;
     o.register_timeout_ms = (unsigned)a->cfg.register_timeout_s * 1000u;
     a->state = IRC_CONNECTING;
-    result = irc_transport_start(&a->tp, a->uv, &o, on_transport_closed, a,
-                                 &port, err, sizeof(err));
+    result = irc_transport_start(&a->tp, loop_uv(a->loop), &o,
+                                 on_transport_closed, a, &port, err,
+                                 sizeof(err));
     if (result != PARLEY_OK) {
         log_error("irc %s: %s", a->cfg.name, err);
         a->state = IRC_STOPPED;
@@ -819,14 +807,11 @@ static void connect_attempt(struct irc_ad *a)
         goto fail;
     }
     irc_transport_expect_peer(a->tp, &local);
-    a->poll = malloc(sizeof(*a->poll));
-    if (!a->poll || uv_poll_init_socket(a->uv, a->poll, a->fd) < 0) {
-        free(a->poll);
-        a->poll = NULL;
+    a->poll = loop_watch_new(a->loop, a->fd, on_poll, a);
+    if (!a->poll) {
         snprintf(err, sizeof(err), "cannot poll the libircclient socket");
         goto fail;
     }
-    a->poll->data = a;
     a->poll_events = 0;
     session_rearm(a);
     return;
@@ -837,9 +822,9 @@ fail:
     schedule_reconnect(a, PARLEY_ERR_IO);
 }
 
-static void on_reconnect_timer(uv_timer_t *t)
+static void on_reconnect_timer(void *privdata)
 {
-    struct irc_ad *a = t->data;
+    struct irc_ad *a = privdata;
 
     if (a->stopping || a->state != IRC_WAITING)
         return;
@@ -852,9 +837,9 @@ static void join_channel(struct irc_ad *a, struct irc_chan *c)
     c->join_at = now_ms(a) + 30000;
 }
 
-static void on_tick(uv_timer_t *t)
+static void on_tick(void *privdata)
 {
-    struct irc_ad *a = t->data;
+    struct irc_ad *a = privdata;
     uint64_t now = now_ms(a);
     size_t i;
     int touched = 0;
@@ -1453,24 +1438,29 @@ static void ev_ctcp(irc_session_t *s, const char *e, const char *origin,
 
 /* ---- adapter ops ------------------------------------------------------- */
 
+/* Release the flood, reconnect and tick timers, and the quit timer too
+ * when with_quit; safe from their callbacks, and again. */
+static void irc_timers_free(struct irc_ad *a, int with_quit)
+{
+    loop_timer_free(a->flood_timer);
+    loop_timer_free(a->reconnect_timer);
+    loop_timer_free(a->tick_timer);
+    a->flood_timer = a->reconnect_timer = a->tick_timer = NULL;
+    if (with_quit) {
+        loop_timer_free(a->quit_timer);
+        a->quit_timer = NULL;
+    }
+}
+
 static int irc_start(struct adapter *ad)
 {
     struct irc_ad *a = ad->priv;
 
     a->stopping = 0;
-    uv_timer_start(&a->tick_timer, on_tick, IRC_TICK_MS, IRC_TICK_MS);
+    loop_timer_start(a->tick_timer, IRC_TICK_MS, IRC_TICK_MS);
     connect_attempt(a);
     return PARLEY_OK;
 }
-
-static void on_timer_closed(uv_handle_t *h)
-{
-    struct irc_ad *a = h->data;
-
-    a->timers_open--;
-}
-
-static void on_quit_timer(uv_timer_t *t);
 
 /*
  * The goodbye.  QUIT goes through libircclient, behind any answer lines
@@ -1509,12 +1499,12 @@ static void quit_try(struct irc_ad *a)
     left = now < a->quit_deadline ? a->quit_deadline - now : 0;
     if (!a->quit_sent && left > IRC_QUIT_RETRY_MS)
         left = IRC_QUIT_RETRY_MS;
-    uv_timer_start(&a->quit_timer, on_quit_timer, left, 0);
+    loop_timer_start(a->quit_timer, left, 0);
 }
 
-static void on_quit_timer(uv_timer_t *t)
+static void on_quit_timer(void *privdata)
 {
-    struct irc_ad *a = t->data;
+    struct irc_ad *a = privdata;
 
     if (a->state != IRC_QUITTING)
         return;
@@ -1537,14 +1527,15 @@ static void quit_finish(struct irc_ad *a)
         return;
     session_teardown(a);
     a->state = IRC_STOPPED;
-    uv_timer_stop(&a->quit_timer);
-    uv_close((uv_handle_t *)&a->quit_timer, on_timer_closed);
+    loop_timer_free(a->quit_timer);
+    a->quit_timer = NULL;
 }
 
 /*
- * adapter.h: stop may finish asynchronously.  Nothing is freed here: the
- * timers, the poll and the transport's handles close through the loop,
- * which main runs until none is left, and only then calls free.
+ * adapter.h: stop may finish asynchronously.  The adapter itself is not
+ * freed here: the quit timer, the poll and the transport's handles close
+ * through the loop, which main runs until none is left, and only then
+ * calls free.
  */
 static void irc_stop(struct adapter *ad)
 {
@@ -1554,9 +1545,7 @@ static void irc_stop(struct adapter *ad)
         return;
     a->stopping = 1;
     a->base.connected = 0;
-    uv_close((uv_handle_t *)&a->flood_timer, on_timer_closed);
-    uv_close((uv_handle_t *)&a->reconnect_timer, on_timer_closed);
-    uv_close((uv_handle_t *)&a->tick_timer, on_timer_closed);
+    irc_timers_free(a, 0);
     /* Pending answers finish now, as failures, exactly once. */
     irc_queue_free(a->queue, job_drop);
     a->queue = NULL;
@@ -1570,7 +1559,7 @@ static void irc_stop(struct adapter *ad)
      * one to say goodbye to. */
     session_teardown(a);
     a->state = IRC_STOPPED;
-    uv_close((uv_handle_t *)&a->quit_timer, on_timer_closed);
+    irc_timers_free(a, 1);
 }
 
 static void irc_free(struct adapter *ad)
@@ -1581,6 +1570,7 @@ static void irc_free(struct adapter *ad)
     if (!ad)
         return;
     a = ad->priv;
+    irc_timers_free(a, 1);      /* done by stop, unless never started */
     if (a->queue)
         irc_queue_free(a->queue, job_drop);
     if (a->sess)
@@ -1735,16 +1725,19 @@ int irc_adapter_create(struct adapter **out, const struct adapter_env *env,
         goto fail;
     }
     irc_set_ctx(a->sess, a);
-    a->uv = loop_uv(env->loop);
-    uv_timer_init(a->uv, &a->flood_timer);
-    uv_timer_init(a->uv, &a->reconnect_timer);
-    uv_timer_init(a->uv, &a->tick_timer);
-    uv_timer_init(a->uv, &a->quit_timer);
-    a->flood_timer.data = a->reconnect_timer.data = a->tick_timer.data = a;
-    a->quit_timer.data = a;
-    a->timers_open = 4;
+    a->loop = env->loop;
+    a->flood_timer = loop_timer_new(a->loop, on_flood_timer, a);
+    a->reconnect_timer = loop_timer_new(a->loop, on_reconnect_timer, a);
+    a->tick_timer = loop_timer_new(a->loop, on_tick, a);
+    a->quit_timer = loop_timer_new(a->loop, on_quit_timer, a);
+    if (!a->flood_timer || !a->reconnect_timer || !a->tick_timer ||
+        !a->quit_timer) {
+        snprintf(err, errlen, "irc adapter: cannot create timers");
+        result = PARLEY_ERR_OOM;
+        goto fail;
+    }
     irc_bucket_init(&a->bucket, (unsigned)a->cfg.flood_burst,
-                    (unsigned)a->cfg.flood_rate_ms, uv_now(a->uv));
+                    (unsigned)a->cfg.flood_rate_ms, loop_now_ms(a->loop));
     a->base.ops = &irc_ops;
     a->base.loop = env->loop;
     a->base.priv = a;

@@ -2,8 +2,8 @@
  * Harness for IRC adapter tests that run the real adapter in this process
  * against a real ngircd (started by the test on a free port) or a scripted
  * server socket, with raw-socket IRC clients as the people.  The core
- * modules the adapter calls (router_submit, loop_uv, the logger and the
- * secret reader) are replaced by recording stubs defined here, so the
+ * modules the adapter calls (router_submit, the logger and the secret
+ * reader) are replaced by recording stubs defined here, so the
  * adapter can be tested before and independently of the router.  Header
  * only, like spawn.h; include it from exactly one test file.
  */
@@ -34,16 +34,25 @@
 
 /* ---- stubs for the core ------------------------------------------------ */
 
+/* The real loop (its timers and fd watches) on a uv loop the tests run
+ * themselves: h_loop_open in setup, h_loop_close in teardown. */
 static uv_loop_t h_uv;
-struct loop {
-    int unused;
-};
-static struct loop h_loop;
+static struct loop *h_loop;
 
-struct uv_loop_s *loop_uv(struct loop *l)
+static void h_loop_open(void)
 {
-    (void)l;
-    return &h_uv;
+    uv_loop_init(&h_uv);
+    if (loop_create(&h_loop, &h_uv) != PARLEY_OK)
+        abort();
+}
+
+static void h_loop_close(void)
+{
+    loop_close(h_loop);
+    uv_run(&h_uv, UV_RUN_DEFAULT);
+    loop_free(h_loop);
+    h_loop = NULL;
+    uv_loop_close(&h_uv);
 }
 
 struct h_event {
@@ -367,7 +376,7 @@ static int h_adapter_create(struct adapter **out, const char *text,
     if (s)
         s = config_setting_get_elem(s, 0);
     memset(&env, 0, sizeof(env));
-    env.loop = &h_loop;
+    env.loop = h_loop;
     result = irc_adapter_create(out, &env, s, err, errlen);
     if (result == PARLEY_OK) {
         (*out)->router = (struct router *)&dummy_router;

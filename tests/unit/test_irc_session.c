@@ -70,7 +70,7 @@ static struct adapter *start_adapter(int port, int rate, const char *extra)
 static int setup(void **state)
 {
     (void)state;
-    uv_loop_init(&h_uv);
+    h_loop_open();
     have_ngircd = access(NGIRCD, X_OK) == 0;
     h_n_events = 0;
     h_log_len = 0;
@@ -91,8 +91,7 @@ static int teardown(void **state)
         h_ngircd_stop(&srv);
     if (srv.dir[0])
         h_rmtree(srv.dir);
-    uv_run(&h_uv, UV_RUN_DEFAULT);
-    uv_loop_close(&h_uv);
+    h_loop_close();
     return 0;
 }
 
