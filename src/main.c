@@ -13,7 +13,6 @@
 #include <string.h>
 
 #include <curl/curl.h>
-#include <uv.h>
 
 #include "adapter.h"
 #include "config.h"
@@ -51,18 +50,17 @@
 
 struct app {
     struct config cfg;
-    uv_loop_t uv;
-    struct loop *loop;
+    struct loop *loop;          /* owns the uv loop */
     struct store *store;
     struct llm *llm;
     struct router *router;
     struct adapter *adapters[MAIN_ADAPTERS_MAX];
     size_t n_adapters;
-    uv_signal_t sig_int, sig_term, sig_hup;
-    uv_timer_t drain_timer;
-    uv_timer_t start_timer;
+    struct loop_signal *sig_int, *sig_term, *sig_hup;
+    struct loop_timer *drain_timer;
+    struct loop_timer *start_timer;
     uint64_t start_deadline;
-    uv_timer_t sample_timer;
+    struct loop_timer *sample_timer;
     struct monitor *monitor;
     uint64_t drain_deadline;
     const char *cfg_file;       /* -c FILE, NULL for the built-in */
@@ -179,26 +177,34 @@ static int uses_openai(const struct config *cfg)
 
 static void app_begin_shutdown(struct app *app, const char *why);
 
-static void on_drain_timer(uv_timer_t *t)
+/* Release main's own signals and timers (any may be NULL); also from
+ * inside one of the timers' callbacks. */
+static void app_free_handles(struct app *app)
 {
-    struct app *app = t->data;
+    loop_signal_free(app->sig_int);
+    loop_signal_free(app->sig_term);
+    loop_signal_free(app->sig_hup);
+    loop_timer_free(app->drain_timer);
+    loop_timer_free(app->start_timer);
+    loop_timer_free(app->sample_timer);
+    app->sig_int = app->sig_term = app->sig_hup = NULL;
+    app->drain_timer = app->start_timer = app->sample_timer = NULL;
+}
+
+static void on_drain_timer(void *privdata)
+{
+    struct app *app = privdata;
     size_t pending = router_pending(app->router);
 
-    if (pending > 0 && uv_now(&app->uv) < app->drain_deadline)
+    if (pending > 0 && loop_now_ms(app->loop) < app->drain_deadline)
         return;
     if (pending > 0)
         log_warn("shutdown: %zu answer(s) still in flight after %d ms, "
                  "giving up on them", pending, MAIN_DRAIN_TIMEOUT_MS);
-    uv_timer_stop(t);
     router_close(app->router);
     for (size_t i = 0; i < app->n_adapters; i++)
         app->adapters[i]->ops->stop(app->adapters[i]);
-    uv_close((uv_handle_t *)&app->sig_int, NULL);
-    uv_close((uv_handle_t *)&app->sig_term, NULL);
-    uv_close((uv_handle_t *)&app->sig_hup, NULL);
-    uv_close((uv_handle_t *)&app->drain_timer, NULL);
-    uv_close((uv_handle_t *)&app->start_timer, NULL);
-    uv_close((uv_handle_t *)&app->sample_timer, NULL);
+    app_free_handles(app);     /* the drain timer too: we are in it */
     /* The monitor thread reads only metrics.c; stop it before the
      * state it reports goes away, so /healthz never shows a half-closed
      * bot as healthy. */
@@ -221,8 +227,8 @@ static void app_begin_shutdown(struct app *app, const char *why)
     log_info("shutting down (%s); %zu answer(s) in flight", why,
              router_pending(app->router));
     router_drain(app->router);
-    app->drain_deadline = uv_now(&app->uv) + MAIN_DRAIN_TIMEOUT_MS;
-    uv_timer_start(&app->drain_timer, on_drain_timer, 0, MAIN_DRAIN_POLL_MS);
+    app->drain_deadline = loop_now_ms(app->loop) + MAIN_DRAIN_TIMEOUT_MS;
+    loop_timer_start(app->drain_timer, 0, MAIN_DRAIN_POLL_MS);
 }
 
 /* config_load's notes (deprecated keys), one log line each. */
@@ -296,9 +302,9 @@ static void app_reload(struct app *app)
              app->cfg_file);
 }
 
-static void on_signal(uv_signal_t *h, int signum)
+static void on_signal(int signum, void *privdata)
 {
-    struct app *app = h->data;
+    struct app *app = privdata;
 
     if (signum == SIGHUP) {
         app_reload(app);
@@ -323,9 +329,9 @@ static void on_console_eof(void *privdata)
 }
 
 /* Copy what the loop knows into the gauges the monitor thread reads. */
-static void on_sample_timer(uv_timer_t *t)
+static void on_sample_timer(void *privdata)
 {
-    struct app *app = t->data;
+    struct app *app = privdata;
 
     metrics_set_redis(store_is_up(app->store));
     metrics_set_adapter_count(app->n_adapters);
@@ -352,20 +358,20 @@ static void app_start_adapters(struct app *app)
     }
 }
 
-static void on_start_timer(uv_timer_t *t)
+static void on_start_timer(void *privdata)
 {
-    struct app *app = t->data;
+    struct app *app = privdata;
 
     if (app->draining) {
-        uv_timer_stop(t);
+        loop_timer_stop(app->start_timer);
         return;
     }
     if (!store_is_up(app->store)) {
-        if (uv_now(&app->uv) < app->start_deadline)
+        if (loop_now_ms(app->loop) < app->start_deadline)
             return;
         log_warn("starting without Redis: no history until it is back");
     }
-    uv_timer_stop(t);
+    loop_timer_stop(app->start_timer);
     /* Jobs left by a previous run go first in their rooms' queues. */
     if (store_is_up(app->store))
         router_resume(app->router);
@@ -470,13 +476,13 @@ static void app_teardown(struct app *app)
         store_close(app->store);
     if (app->llm)
         llm_free(app->llm);
-    if (app->loop)
+    app_free_handles(app);
+    if (app->loop) {
         loop_close(app->loop);
-    uv_run(&app->uv, UV_RUN_DEFAULT);
+        loop_run(app->loop);
+    }
     router_free(app->router);
-    if (app->loop)
-        loop_free(app->loop);
-    uv_loop_close(&app->uv);
+    loop_free(app->loop);
 }
 
 static int app_run(struct app *app, int console)
@@ -484,12 +490,11 @@ static int app_run(struct app *app, int console)
     char err[MAIN_ERR_MAX] = "";
     int result;
 
-    if (uv_loop_init(&app->uv) != 0 ||
-        loop_create(&app->loop, &app->uv) != PARLEY_OK) {
+    if (loop_create(&app->loop, NULL) != PARLEY_OK) {
         log_error("cannot create the event loop");
         return EXIT_SOFTWARE;
     }
-    if (store_open(&app->store, &app->uv, &app->cfg.redis,
+    if (store_open(&app->store, loop_uv(app->loop), &app->cfg.redis,
                    app->cfg.redis_password) != PARLEY_OK ||
         llm_create(&app->llm, app->loop, &app->cfg.llm,
                    app->cfg.api_key) != PARLEY_OK ||
@@ -506,19 +511,19 @@ static int app_run(struct app *app, int console)
         app_teardown(app);
         return result == PARLEY_ERR_CONFIG ? EXIT_CONFIG : EXIT_SOFTWARE;
     }
-    uv_signal_init(&app->uv, &app->sig_int);
-    uv_signal_init(&app->uv, &app->sig_term);
-    uv_signal_init(&app->uv, &app->sig_hup);
-    uv_timer_init(&app->uv, &app->drain_timer);
-    uv_timer_init(&app->uv, &app->start_timer);
-    uv_timer_init(&app->uv, &app->sample_timer);
-    app->sample_timer.data = app;
-    app->sig_int.data = app->sig_term.data = app->sig_hup.data = app;
-    app->drain_timer.data = app;
-    app->start_timer.data = app;
-    uv_signal_start(&app->sig_int, on_signal, SIGINT);
-    uv_signal_start(&app->sig_term, on_signal, SIGTERM);
-    uv_signal_start(&app->sig_hup, on_signal, SIGHUP);
+    app->sig_int = loop_signal_new(app->loop, SIGINT, on_signal, app);
+    app->sig_term = loop_signal_new(app->loop, SIGTERM, on_signal, app);
+    app->sig_hup = loop_signal_new(app->loop, SIGHUP, on_signal, app);
+    app->drain_timer = loop_timer_new(app->loop, on_drain_timer, app);
+    app->start_timer = loop_timer_new(app->loop, on_start_timer, app);
+    app->sample_timer = loop_timer_new(app->loop, on_sample_timer, app);
+    if (!app->sig_int || !app->sig_term || !app->sig_hup ||
+        !app->drain_timer || !app->start_timer || !app->sample_timer) {
+        log_error("cannot start: out of memory");
+        app_free_adapters(app);
+        app_teardown(app);
+        return EXIT_SOFTWARE;
+    }
 
     for (size_t i = 0; i < app->n_adapters; i++) {
         struct adapter *ad = app->adapters[i];
@@ -536,8 +541,7 @@ static int app_run(struct app *app, int console)
             console_on_eof(ad, on_console_eof, app);
     }
     metrics_reset();
-    uv_timer_start(&app->sample_timer, on_sample_timer, 0,
-                   MAIN_METRICS_SAMPLE_MS);
+    loop_timer_start(app->sample_timer, 0, MAIN_METRICS_SAMPLE_MS);
     if (app->cfg.metrics.listen) {
         result = monitor_start(&app->monitor, app->cfg.metrics.listen, err,
                                sizeof(err));
@@ -550,8 +554,8 @@ static int app_run(struct app *app, int console)
                      app->cfg.metrics.listen, monitor_port(app->monitor));
         }
     }
-    app->start_deadline = uv_now(&app->uv) + MAIN_REDIS_WAIT_MS;
-    uv_timer_start(&app->start_timer, on_start_timer, 0, MAIN_REDIS_POLL_MS);
+    app->start_deadline = loop_now_ms(app->loop) + MAIN_REDIS_WAIT_MS;
+    loop_timer_start(app->start_timer, 0, MAIN_REDIS_POLL_MS);
     if (app->cfg.redis.unix_socket)
         log_info("parley %s running: model %s at %s, redis unix:%s",
                  PARLEY_VERSION, app->cfg.llm.model, app->cfg.llm.base_url,
@@ -560,13 +564,12 @@ static int app_run(struct app *app, int console)
         log_info("parley %s running: model %s at %s, redis %s:%d",
                  PARLEY_VERSION, app->cfg.llm.model, app->cfg.llm.base_url,
                  app->cfg.redis.host, app->cfg.redis.port);
-    uv_run(&app->uv, UV_RUN_DEFAULT);
-    /* Close callbacks of adapters and the loop ran above; now memory. */
+    loop_run(app->loop);
+    /* Close callbacks of adapters and the loop ran above; now memory.
+     * loop_free warns if a handle was left open. */
     app_free_adapters(app);
     router_free(app->router);
     loop_free(app->loop);
-    if (uv_loop_close(&app->uv) != 0)
-        log_warn("event loop closed with handles still open");
     return app->exit_code;
 }
 
@@ -657,8 +660,7 @@ int main(int argc, char **argv)
         /* config_load has checked every adapter block; the
          * constructors add what needs the environment (secrets they
          * read) and connect only in start, never called here. */
-        if (uv_loop_init(&app.uv) != 0 ||
-            loop_create(&app.loop, &app.uv) != PARLEY_OK) {
+        if (loop_create(&app.loop, NULL) != PARLEY_OK) {
             config_free(&app.cfg);
             return EXIT_SOFTWARE;
         }
@@ -666,9 +668,8 @@ int main(int argc, char **argv)
                                      sizeof(err));
         app_free_adapters(&app);
         loop_close(app.loop);
-        uv_run(&app.uv, UV_RUN_DEFAULT);
+        loop_run(app.loop);
         loop_free(app.loop);
-        uv_loop_close(&app.uv);
         if (result != PARLEY_OK) {
             fprintf(stderr, "parley: %s\n", err);
             config_free(&app.cfg);
