@@ -163,6 +163,32 @@ size_t loop_http_pending(const struct loop *loop);
  * it is neither.  Pure, for tests. */
 long loop_parse_retry_after(const char *value, long now_unix);
 
+/* ---- reading an input fd (stdin) --------------------------------------- */
+
+struct loop_reader;
+/*
+ * A chunk of input (len > 0, status PARLEY_OK; data valid only during the
+ * call), or, once and last, the end: data NULL, len 0, status
+ * PARLEY_ERR_EOF at end of input or PARLEY_ERR_IO on a read error.
+ */
+typedef void loop_read_fn(const char *data, size_t len, int status,
+                          void *privdata);
+
+/*
+ * Read fd (not owned, never closed here) from the loop, whatever it is:
+ * a terminal or a pipe is read as a stream, a regular file (or
+ * /dev/null) with positioned reads, which is how libuv reads files
+ * without blocking the loop.  Returns PARLEY_OK and *out, or
+ * PARLEY_ERR_IO with a reason in err.
+ */
+int loop_reader_open(struct loop *loop, int fd, loop_read_fn *fn,
+                     void *privdata, struct loop_reader **out, char *err,
+                     size_t errlen);
+/* Stop reading and release; fn is not called again.  Allowed inside fn;
+ * a file read in progress finishes in the background first.  NULL is
+ * allowed. */
+void loop_reader_free(struct loop_reader *r);
+
 /* Cancel all requests and close handles; free in the close callbacks.
  * Run the uv loop afterwards until it has no handles (loop_run), then
  * free with loop_free.  Timers, signals and watches belong to their

@@ -3,14 +3,18 @@
  * loop (loop_create(NULL)): one-shot and repeating timers, restart moving
  * the deadline, stop, free before the deadline (no call) and free from
  * inside the timer's own callback (ASan checks the memory), a signal
- * delivered on the loop, and a pipe watched for reading and writing.
+ * delivered on the loop, a pipe watched for reading and writing, and
+ * input read from a pipe and from a file, with the reader freed inside
+ * its callback and while a file read is in flight.
  * Every test ends with loop_free, which must find nothing left open.
  */
+#include <fcntl.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -256,6 +260,173 @@ static void free_with_pending_close(void **state)
     assert_int_equal(c.calls, 0);
 }
 
+struct read_seen {
+    char buf[16384];
+    size_t len;
+    int ends;
+    int status;
+    size_t free_after;          /* free the reader once this many bytes */
+    struct loop_reader *r;
+};
+
+static void on_read(const char *data, size_t len, int status,
+                    void *privdata)
+{
+    struct read_seen *rs = privdata;
+
+    if (!data) {
+        rs->ends++;
+        rs->status = status;
+        return;
+    }
+    assert_int_equal(status, PARLEY_OK);
+    assert_true(rs->len + len <= sizeof(rs->buf));
+    memcpy(rs->buf + rs->len, data, len);
+    rs->len += len;
+    if (rs->free_after && rs->len >= rs->free_after) {
+        loop_reader_free(rs->r);    /* inside its own callback */
+        rs->r = NULL;
+    }
+}
+
+/* Write text into a temporary file and return it open for reading. */
+static int temp_file(const char *text, size_t len)
+{
+    char path[] = "/tmp/parley-test-loop-XXXXXX";
+    int fd = mkstemp(path);
+
+    assert_true(fd >= 0);
+    unlink(path);
+    assert_int_equal(write(fd, text, len), (ssize_t)len);
+    assert_int_equal(lseek(fd, 0, SEEK_SET), 0);
+    return fd;
+}
+
+static void read_a_pipe(void **state)
+{
+    struct loop *loop = new_loop();
+    struct read_seen rs;
+    char err[128];
+    int fds[2];
+
+    (void)state;
+    memset(&rs, 0, sizeof(rs));
+    assert_int_equal(pipe(fds), 0);
+    assert_int_equal(write(fds[1], "one\ntwo\n", 8), 8);
+    close(fds[1]);
+    assert_int_equal(loop_reader_open(loop, fds[0], on_read, &rs, &rs.r,
+                                      err, sizeof(err)), PARLEY_OK);
+    loop_run(loop);
+    assert_int_equal(rs.len, 8);
+    assert_memory_equal(rs.buf, "one\ntwo\n", 8);
+    assert_int_equal(rs.ends, 1);
+    assert_int_equal(rs.status, PARLEY_ERR_EOF);
+    loop_reader_free(rs.r);
+    loop_run(loop);
+    close(fds[0]);
+    loop_free(loop);
+}
+
+/* A file longer than one chunk, read with positioned reads to its end. */
+static void read_a_file(void **state)
+{
+    struct loop *loop = new_loop();
+    static char text[10000];
+    struct read_seen rs;
+    char err[128];
+    int fd;
+
+    (void)state;
+    for (size_t i = 0; i < sizeof(text); i++)
+        text[i] = (char)('a' + i % 26);
+    fd = temp_file(text, sizeof(text));
+    memset(&rs, 0, sizeof(rs));
+    assert_int_equal(loop_reader_open(loop, fd, on_read, &rs, &rs.r, err,
+                                      sizeof(err)), PARLEY_OK);
+    loop_run(loop);
+    assert_int_equal(rs.len, sizeof(text));
+    assert_memory_equal(rs.buf, text, sizeof(text));
+    assert_int_equal(rs.ends, 1);
+    assert_int_equal(rs.status, PARLEY_ERR_EOF);
+    loop_reader_free(rs.r);
+    close(fd);
+    loop_free(loop);
+}
+
+/* Freed from inside its callback after the first chunk: no more calls,
+ * no end report, nothing leaked. */
+static void reader_free_inside(void **state)
+{
+    struct loop *loop = new_loop();
+    static char text[10000];
+    struct read_seen rs;
+    char err[128];
+    int fd;
+
+    (void)state;
+    memset(text, 'x', sizeof(text));
+    fd = temp_file(text, sizeof(text));
+    memset(&rs, 0, sizeof(rs));
+    rs.free_after = 1;
+    assert_int_equal(loop_reader_open(loop, fd, on_read, &rs, &rs.r, err,
+                                      sizeof(err)), PARLEY_OK);
+    loop_run(loop);
+    assert_true(rs.len > 0 && rs.len < sizeof(text));
+    assert_int_equal(rs.ends, 0);
+    assert_null(rs.r);
+    close(fd);
+    loop_free(loop);
+}
+
+/* Freed while a file read is in flight: it finishes in the background. */
+static void reader_free_while_reading(void **state)
+{
+    struct loop *loop = new_loop();
+    struct read_seen rs;
+    char err[128];
+    int fd = temp_file("hello\n", 6);
+
+    (void)state;
+    memset(&rs, 0, sizeof(rs));
+    assert_int_equal(loop_reader_open(loop, fd, on_read, &rs, &rs.r, err,
+                                      sizeof(err)), PARLEY_OK);
+    loop_reader_free(rs.r);
+    loop_run(loop);
+    assert_int_equal(rs.len, 0);
+    assert_int_equal(rs.ends, 0);
+    assert_int_not_equal(loop_reader_open(loop, -1, on_read, &rs, &rs.r,
+                                          err, sizeof(err)), PARLEY_OK);
+    close(fd);
+    loop_free(loop);
+}
+
+/* A terminal (the console's case): read as a stream, line by line. */
+static void read_a_tty(void **state)
+{
+    struct loop *loop = new_loop();
+    struct read_seen rs;
+    char err[128];
+    int master, slave;
+
+    (void)state;
+    master = posix_openpt(O_RDWR | O_NOCTTY);
+    if (master < 0 || grantpt(master) != 0 || unlockpt(master) != 0)
+        skip();
+    slave = open(ptsname(master), O_RDWR | O_NOCTTY);
+    assert_true(slave >= 0);
+    memset(&rs, 0, sizeof(rs));
+    rs.free_after = 3;
+    assert_int_equal(loop_reader_open(loop, slave, on_read, &rs, &rs.r,
+                                      err, sizeof(err)), PARLEY_OK);
+    assert_int_equal(write(master, "hi\n", 3), 3);
+    loop_run(loop);             /* returns once the reader is freed */
+    assert_int_equal(rs.len, 3);
+    assert_memory_equal(rs.buf, "hi\n", 3);
+    close(slave);
+    close(master);
+    loop_free(loop);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -266,6 +437,11 @@ int main(void)
         cmocka_unit_test(signal_on_the_loop),
         cmocka_unit_test(watch_a_pipe),
         cmocka_unit_test(free_with_pending_close),
+        cmocka_unit_test(read_a_pipe),
+        cmocka_unit_test(read_a_file),
+        cmocka_unit_test(read_a_tty),
+        cmocka_unit_test(reader_free_inside),
+        cmocka_unit_test(reader_free_while_reading),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
