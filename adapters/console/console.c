@@ -11,8 +11,6 @@
 #include <string.h>
 #include <unistd.h>
 
-#include <uv.h>
-
 #include "adapter.h"
 #include "config.h"
 #include "console.h"
@@ -25,21 +23,10 @@
 /* Longest input line; the rest of a longer line is dropped with a note,
  * since the router would cut it anyway (ROUTER_TEXT_MAX). */
 #define CONSOLE_LINE_MAX (16 * 1024)
-#define CONSOLE_READ_CHUNK 4096
 
 struct console {
     struct adapter ad;
-    uv_loop_t *uv;
-    union {
-        uv_tty_t tty;
-        uv_pipe_t pipe;
-    } in;
-    int is_stream;              /* tty/pipe: uv stream; else uv_fs_read */
-    int reading;
-    int handle_open;
-    uv_fs_t fs_req;
-    char chunk[CONSOLE_READ_CHUNK];
-    int64_t file_offset;
+    struct loop_reader *in;     /* stdin, from start until stop */
     char line[CONSOLE_LINE_MAX];
     size_t len;
     int overflow;               /* dropping the rest of a long line */
@@ -106,67 +93,18 @@ static void console_finish(struct console *c)
         c->on_eof(c->eof_privdata);
 }
 
-static void console_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+/* A chunk of stdin, or its end (loop.h). */
+static void console_on_read(const char *data, size_t len, int status,
+                            void *privdata)
 {
-    struct console *c = h->data;
+    struct console *c = privdata;
 
-    (void)suggested;
-    buf->base = c->chunk;
-    buf->len = sizeof(c->chunk);
-}
-
-static void console_on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
-{
-    struct console *c = s->data;
-
-    if (n > 0) {
-        console_feed(c, buf->base, (size_t)n);
+    if (data) {
+        console_feed(c, data, len);
         return;
     }
-    if (n < 0) {
-        if (n != UV_EOF)
-            log_warn("console: read error: %s", uv_strerror((int)n));
-        uv_read_stop(s);
-        c->reading = 0;
-        console_finish(c);
-    }
-}
-
-static void console_fs_read(struct console *c);
-
-static void console_on_fs_read(uv_fs_t *req)
-{
-    struct console *c = req->data;
-    ssize_t n = req->result;
-
-    uv_fs_req_cleanup(req);
-    c->reading = 0;
-    if (n > 0) {
-        c->file_offset += n;
-        console_feed(c, c->chunk, (size_t)n);
-        if (c->ad.connected)
-            console_fs_read(c);
-        return;
-    }
-    if (n < 0)
-        log_warn("console: read error: %s", uv_strerror((int)n));
+    (void)status;               /* a read error was logged by the loop */
     console_finish(c);
-}
-
-static void console_fs_read(struct console *c)
-{
-    uv_buf_t buf = uv_buf_init(c->chunk, sizeof(c->chunk));
-    int rc;
-
-    c->fs_req.data = c;
-    rc = uv_fs_read(c->uv, &c->fs_req, 0, &buf, 1, c->file_offset,
-                    console_on_fs_read);
-    if (rc < 0) {
-        log_warn("console: cannot read stdin: %s", uv_strerror(rc));
-        console_finish(c);
-        return;
-    }
-    c->reading = 1;
 }
 
 /* Someone at a terminal has just "entered the room": the router greets
@@ -189,45 +127,17 @@ static void console_greet(struct console *c)
 static int console_start(struct adapter *ad)
 {
     struct console *c = (struct console *)ad;
-    uv_handle_type type = uv_guess_handle(0);
-    int rc = 0;
+    char err[96];
 
-    if (type == UV_TTY) {
-        rc = uv_tty_init(c->uv, &c->in.tty, 0, 1);
-        c->is_stream = 1;
-    } else if (type == UV_NAMED_PIPE || type == UV_TCP) {
-        rc = uv_pipe_init(c->uv, &c->in.pipe, 0);
-        if (rc == 0) {
-            rc = uv_pipe_open(&c->in.pipe, 0);
-            if (rc < 0)
-                uv_close((uv_handle_t *)&c->in.pipe, NULL);
-        }
-        c->is_stream = 1;
-    } else {
-        c->is_stream = 0;   /* a regular file, /dev/null, ... */
-    }
-    if (rc < 0) {
-        snprintf(ad->errstr, sizeof(ad->errstr), "cannot open stdin: %s",
-                 uv_strerror(rc));
+    if (loop_reader_open(ad->loop, STDIN_FILENO, console_on_read, c, &c->in,
+                         err, sizeof(err)) != PARLEY_OK) {
+        snprintf(ad->errstr, sizeof(ad->errstr), "cannot read stdin: %s",
+                 err);
         return PARLEY_ERR_IO;
     }
     ad->connected = 1;
-    if (!c->is_stream) {
-        console_fs_read(c);
-        return PARLEY_OK;
-    }
-    c->handle_open = 1;
-    c->in.tty.data = c;
-    if (type == UV_TTY)
+    if (isatty(STDIN_FILENO))
         console_greet(c);
-    rc = uv_read_start((uv_stream_t *)&c->in, console_alloc,
-                       console_on_read);
-    if (rc < 0) {
-        snprintf(ad->errstr, sizeof(ad->errstr), "cannot read stdin: %s",
-                 uv_strerror(rc));
-        return PARLEY_ERR_IO;
-    }
-    c->reading = 1;
     return PARLEY_OK;
 }
 
@@ -257,15 +167,10 @@ static void console_stop(struct adapter *ad)
     struct console *c = (struct console *)ad;
 
     ad->connected = 0;
-    if (c->is_stream && c->handle_open) {
-        if (c->reading)
-            uv_read_stop((uv_stream_t *)&c->in);
-        c->reading = 0;
-        c->handle_open = 0;
-        uv_close((uv_handle_t *)&c->in, NULL);
-    }
-    /* A pending uv_fs_read on a regular file completes on its own; its
-     * callback sees connected == 0 and stops. */
+    /* A file read in flight completes in the background; the reader then
+     * goes without calling us. */
+    loop_reader_free(c->in);
+    c->in = NULL;
 }
 
 static void console_free(struct adapter *ad)
@@ -302,7 +207,6 @@ int console_adapter_create(struct adapter **out,
     c->ad.loop = env->loop;
     c->ad.account = strdup(env->cfg->bot.name ? env->cfg->bot.name :
                            "parley");
-    c->uv = loop_uv(env->loop);
     snprintf(c->user, sizeof(c->user), "%s", user && *user ? user : "you");
     if (!c->ad.account) {
         free(c);
