@@ -1,9 +1,9 @@
 /*
  * The loopback adapter (see loopback.h): events come from function calls,
  * replies are copied into a bounded list.  With latency_ms, each send
- * waits on its own uv timer before it counts as delivered; sends to a room
- * keep their order because libuv fires timers of equal timeout in the
- * order they were started.
+ * waits on its own loop timer before it counts as delivered; sends to a
+ * room keep their order because libuv, under loop.h, fires timers of
+ * equal timeout in the order they were started.
  */
 #include <stdarg.h>
 #include <stdio.h>
@@ -11,7 +11,6 @@
 #include <string.h>
 
 #include <libconfig.h>
-#include <uv.h>
 
 #include "adapter.h"
 #include "config.h"
@@ -23,7 +22,7 @@
 
 /* A send waiting out the simulated latency. */
 struct loopback_pending {
-    uv_timer_t timer;
+    struct loop_timer *timer;   /* owned */
     struct loopback *lb;
     struct loopback_reply reply;
     adapter_send_done_fn *done;
@@ -33,7 +32,7 @@ struct loopback_pending {
 
 struct loopback {
     struct adapter ad;
-    uv_loop_t *uv;
+    struct loop *loop;          /* not owned */
     unsigned latency_ms;
     int stopped;
     struct loopback_reply *replies;     /* ring of LOOPBACK_REPLIES_MAX,
@@ -42,7 +41,6 @@ struct loopback {
     unsigned long long dropped;
     struct loopback_pending *pending;
     size_t n_pending;
-    size_t closing;             /* timers whose close callback is due */
     loopback_reply_fn *on_reply;
     void *reply_privdata;
 };
@@ -224,7 +222,7 @@ static void deliver(struct loopback *lb, struct loopback_reply *r)
     }
     slot = &lb->replies[(lb->first + lb->n) % LOOPBACK_REPLIES_MAX];
     *slot = *r;
-    slot->at_ms = uv_now(lb->uv);
+    slot->at_ms = loop_now_ms(lb->loop);
     memset(r, 0, sizeof(*r));
     lb->n++;
     if (lb->on_reply)
@@ -242,27 +240,25 @@ static void pending_unlink(struct loopback *lb, struct loopback_pending *p)
     lb->n_pending--;
 }
 
-static void pending_closed(uv_handle_t *h)
+/* Release p (already unlinked); its timer may be the one running. */
+static void pending_free(struct loopback_pending *p)
 {
-    struct loopback_pending *p = h->data;
-
-    p->lb->closing--;
+    loop_timer_free(p->timer);
     reply_clear(&p->reply);
     free(p);
 }
 
-static void pending_fire(uv_timer_t *t)
+static void pending_fire(void *privdata)
 {
-    struct loopback_pending *p = t->data;
+    struct loopback_pending *p = privdata;
     struct loopback *lb = p->lb;
     adapter_send_done_fn *done = p->done;
-    void *privdata = p->privdata;
+    void *done_privdata = p->privdata;
 
     pending_unlink(lb, p);
     deliver(lb, &p->reply);
-    lb->closing++;
-    uv_close((uv_handle_t *)&p->timer, pending_closed);
-    done(PARLEY_OK, privdata);
+    pending_free(p);
+    done(PARLEY_OK, done_privdata);
 }
 
 /* ---- adapter ops ------------------------------------------------------ */
@@ -302,9 +298,13 @@ static int loopback_send(struct adapter *ad, const char *room,
     p->lb = lb;
     p->done = done;
     p->privdata = privdata;
-    uv_timer_init(lb->uv, &p->timer);
-    p->timer.data = p;
-    uv_timer_start(&p->timer, pending_fire, lb->latency_ms, 0);
+    p->timer = loop_timer_new(lb->loop, pending_fire, p);
+    if (!p->timer) {
+        reply_clear(&p->reply);
+        free(p);
+        return PARLEY_ERR_OOM;
+    }
+    loop_timer_start(p->timer, lb->latency_ms, 0);
     p->next = lb->pending;
     if (p->next)
         p->next->prev = p;
@@ -323,12 +323,12 @@ static void loopback_stop(struct adapter *ad)
     ad->connected = 0;
     while (lb->pending) {
         struct loopback_pending *p = lb->pending;
+        adapter_send_done_fn *done = p->done;
+        void *privdata = p->privdata;
 
         pending_unlink(lb, p);
-        uv_timer_stop(&p->timer);
-        lb->closing++;
-        uv_close((uv_handle_t *)&p->timer, pending_closed);
-        p->done(PARLEY_ERR_STATE, p->privdata);
+        pending_free(p);
+        done(PARLEY_ERR_STATE, privdata);
     }
 }
 
@@ -377,7 +377,7 @@ static int loopback_adapter_create(struct adapter **out,
     lb->ad.ops = &loopback_ops;
     lb->ad.loop = env->loop;
     lb->ad.priv = lb;
-    lb->uv = loop_uv(env->loop);
+    lb->loop = env->loop;
     lb->latency_ms = latency;
     *out = &lb->ad;
     return PARLEY_OK;
