@@ -72,7 +72,8 @@ struct http_response {
 typedef void http_done_fn(const struct http_response *resp, void *privdata);
 
 /* Create the loop state on uv (a uv_loop_t *, not owned), or on a uv
- * loop of its own when uv is NULL (closed and freed by loop_free). */
+ * loop of its own when uv is NULL (closed and freed by loop_free, which
+ * must then be called after loop_run has returned, not from inside it). */
 int loop_create(struct loop **out, struct uv_loop_s *uv);
 /* The uv loop, for glue that attaches a library's own libuv hooks. */
 struct uv_loop_s *loop_uv(struct loop *loop);
