@@ -65,7 +65,10 @@ int main(void)
         cmocka_unit_test(test_channel_key_refused),
     };
 
-    if (uv_loop_init(&h_uv) != 0)
-        return 1;
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    int failed;
+
+    h_loop_open();
+    failed = cmocka_run_group_tests(tests, NULL, NULL);
+    h_loop_close();
+    return failed;
 }
