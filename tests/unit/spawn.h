@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -58,6 +59,9 @@ static inline pid_t spawn_process(char *const argv[], const char *log_path)
         close(fd);
     }
     setpgid(0, 0);
+    /* A test that dies without its teardown (an ASan abort, a timeout
+     * kill) must not leave servers behind: they die with it. */
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
     execv(argv[0], argv);
     _exit(127);
 }
