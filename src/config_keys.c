@@ -796,3 +796,20 @@ config_check_across(struct config_loader *ld)
     }
 }
 
+/* The configured model and the allowed_models list (!model, room
+ * overrides). */
+int
+config_model_allowed(const struct config *cfg, const char *model)
+{
+    size_t i;
+
+    if (!cfg || !model)
+        return 0;
+    if (cfg->llm.model && strcmp(cfg->llm.model, model) == 0)
+        return 1;
+    for (i = 0; i < cfg->llm.n_allowed_models; i++)
+        if (strcmp(cfg->llm.allowed_models[i], model) == 0)
+            return 1;
+    return 0;
+}
+

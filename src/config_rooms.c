@@ -152,19 +152,3 @@ config_room_find(const struct config *cfg, const char *room_key)
             return &cfg->rooms[i];
     return NULL;
 }
-
-int
-config_model_allowed(const struct config *cfg, const char *model)
-{
-    size_t i;
-
-    if (!cfg || !model)
-        return 0;
-    if (cfg->llm.model && strcmp(cfg->llm.model, model) == 0)
-        return 1;
-    for (i = 0; i < cfg->llm.n_allowed_models; i++)
-        if (strcmp(cfg->llm.allowed_models[i], model) == 0)
-            return 1;
-    return 0;
-}
-

@@ -585,3 +585,41 @@ struct job *job_create(struct router *r, struct adapter *ad,
     r->pending++;
     return job;
 }
+
+/* ---- queueing ------------------------------------------------------------ */
+
+/* Queue full: who gets told.  Only a person whose own addressed message
+ * did not fit learns it was not taken; lines kept only as context,
+ * greetings and the rate-limit notice are dropped quietly (nobody waits
+ * for them), and jobs of a previous run are never turned away (see
+ * room_add). */
+static void job_turn_away(struct job *job)
+{
+    const struct event *ev = job->ev;
+
+    if (job->kind == JOB_CHAT || job->kind == JOB_COMMAND) {
+        log_room(LOG_LEVEL_WARN, ev->platform, ev->room,
+                 "queue full (%d), turning away a message from %s",
+                 ROUTER_ROOM_QUEUE_MAX, ev->sender ? ev->sender : "-");
+        job_reply(job, "I'm still answering earlier messages here; please "
+                  "ask again in a moment.", 1);
+        return;
+    }
+    log_room(LOG_LEVEL_INFO, ev->platform, ev->room,
+             "queue full (%d), dropped a %s", ROUTER_ROOM_QUEUE_MAX,
+             job->kind == JOB_AMBIENT ? "context line" :
+             job->kind == JOB_NOTICE ? "rate-limit notice" : "greeting");
+    job_drop(job);
+}
+
+void job_enqueue(struct router *r, struct job *job, const char *room_key)
+{
+    int result = room_add(r, job, room_key);
+
+    if (result == PARLEY_ERR_TOO_LARGE) {
+        job_turn_away(job);
+    } else if (result != PARLEY_OK) {
+        log_error("out of memory queueing an event for %s", room_key);
+        job_free(job);
+    }
+}

@@ -12,12 +12,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "config.h"
 #include "dict.h"
 #include "event.h"
-#include "log.h"
 #include "router.h"
 #include "router_job.h"
 #include "status.h"
@@ -91,11 +89,12 @@ static struct job *room_next_runnable(struct router *r, struct room *room)
     return NULL;
 }
 
-/* Start whatever may start; free the room once nothing is left.  job_run
- * can finish a job synchronously (Redis down, a fixed answer), which
- * comes back here through room_leave: the guard turns that re-entry into
- * one more pass of the outer loop, so the lists are never walked while
- * they change and the room is freed only once. */
+/* Start whatever may start (r->run_job, which is job_run: a pointer, so
+ * the queues need not know a job's steps); free the room once nothing is
+ * left.  Running can finish a job synchronously (Redis down, a fixed
+ * answer), which comes back here through room_leave: the guard turns that
+ * re-entry into one more pass of the outer loop, so the lists are never
+ * walked while they change and the room is freed only once. */
 static void room_schedule(struct router *r, struct room *room)
 {
     struct job *job;
@@ -113,7 +112,7 @@ static void room_schedule(struct router *r, struct room *room)
             room->n_running++;
             if (job_is_greeting(job))
                 room->exclusive = 1;
-            job_run(job);
+            r->run_job(job);
         }
     } while (room->again);
     room->scheduling = 0;
@@ -161,46 +160,17 @@ void room_leave(struct job *job)
         room_wake(job->r, key);
 }
 
-/* Queue full: who gets told.  Only a person whose own addressed message
- * did not fit learns it was not taken; lines kept only as context,
- * greetings and the rate-limit notice are dropped quietly (nobody waits
- * for them), and jobs of a previous run are never turned away (see
- * job_enqueue). */
-static void room_turn_away(struct job *job)
-{
-    const struct event *ev = job->ev;
-
-    if (job->kind == JOB_CHAT || job->kind == JOB_COMMAND) {
-        log_room(LOG_LEVEL_WARN, ev->platform, ev->room,
-                 "queue full (%d), turning away a message from %s",
-                 ROUTER_ROOM_QUEUE_MAX, ev->sender ? ev->sender : "-");
-        job_reply(job, "I'm still answering earlier messages here; please "
-                  "ask again in a moment.", 1);
-        return;
-    }
-    log_room(LOG_LEVEL_INFO, ev->platform, ev->room,
-             "queue full (%d), dropped a %s", ROUTER_ROOM_QUEUE_MAX,
-             job->kind == JOB_AMBIENT ? "context line" :
-             job->kind == JOB_NOTICE ? "rate-limit notice" : "greeting");
-    job_drop(job);
-}
-
-void job_enqueue(struct router *r, struct job *job, const char *room_key)
+int room_add(struct router *r, struct job *job, const char *room_key)
 {
     struct room *room = room_get(r, room_key);
 
-    if (!room) {
-        log_error("out of memory queueing an event for %s", room_key);
-        job_free(job);
-        return;
-    }
+    if (!room)
+        return PARLEY_ERR_OOM;
     /* A resent answer, or a question of a previous run, was accepted
      * before: turning it away now would lose it. */
     if (room->queued >= ROUTER_ROOM_QUEUE_MAX && !job->resumed &&
-        job->kind != JOB_RESEND) {
-        room_turn_away(job);    /* the room has jobs: it stays */
-        return;
-    }
+        job->kind != JOB_RESEND)
+        return PARLEY_ERR_TOO_LARGE;    /* the room has jobs: it stays */
     job->room = room;
     job->resets = room->resets;
     if (job_is_greeting(job)) {
@@ -227,55 +197,5 @@ void job_enqueue(struct router *r, struct job *job, const char *room_key)
     }
     room->queued++;
     room_schedule(r, room);
-}
-
-static void rate_free(const char *key, void *value, void *arg)
-{
-    (void)key;
-    (void)arg;
-    free(value);
-}
-
-enum rate_verdict rate_check(struct router *r, const char *user_key)
-{
-    int limit = r->cfg->limits.user_requests_per_minute;
-    long minute = (long)(time(NULL) / 60);
-    struct rate *rate;
-
-    if (limit <= 0)
-        return RATE_ALLOW;
-    if (minute != r->rates_minute) {
-        /* Windows are whole minutes: last minute's counts are spent, so
-         * drop them all at once rather than keep one entry per person
-         * ever seen. */
-        struct dict *fresh = dict_create();
-
-        if (fresh) {
-            dict_foreach(r->rates, rate_free, NULL);
-            dict_free(r->rates);
-            r->rates = fresh;
-            r->rates_minute = minute;
-        }
-    }
-    rate = dict_get(r->rates, user_key);
-    if (!rate) {
-        rate = calloc(1, sizeof(*rate));
-        if (!rate || dict_set(r->rates, user_key, rate) != PARLEY_OK) {
-            free(rate);
-            return RATE_ALLOW;
-        }
-    }
-    if (rate->minute != minute) {
-        rate->minute = minute;
-        rate->count = 0;
-        rate->notified = 0;
-    }
-    if (rate->count < limit) {
-        rate->count++;
-        return RATE_ALLOW;
-    }
-    if (rate->notified)
-        return RATE_QUIET;
-    rate->notified = 1;
-    return RATE_NOTIFY;
+    return PARLEY_OK;
 }

@@ -37,6 +37,59 @@ static struct adapter *router_adapter_for(struct router *r,
     return NULL;
 }
 
+/* ---- per-user rate ------------------------------------------------------ */
+
+static void rate_free(const char *key, void *value, void *arg)
+{
+    (void)key;
+    (void)arg;
+    free(value);
+}
+
+static enum rate_verdict rate_check(struct router *r, const char *user_key)
+{
+    int limit = r->cfg->limits.user_requests_per_minute;
+    long minute = (long)(time(NULL) / 60);
+    struct rate *rate;
+
+    if (limit <= 0)
+        return RATE_ALLOW;
+    if (minute != r->rates_minute) {
+        /* Windows are whole minutes: last minute's counts are spent, so
+         * drop them all at once rather than keep one entry per person
+         * ever seen. */
+        struct dict *fresh = dict_create();
+
+        if (fresh) {
+            dict_foreach(r->rates, rate_free, NULL);
+            dict_free(r->rates);
+            r->rates = fresh;
+            r->rates_minute = minute;
+        }
+    }
+    rate = dict_get(r->rates, user_key);
+    if (!rate) {
+        rate = calloc(1, sizeof(*rate));
+        if (!rate || dict_set(r->rates, user_key, rate) != PARLEY_OK) {
+            free(rate);
+            return RATE_ALLOW;
+        }
+    }
+    if (rate->minute != minute) {
+        rate->minute = minute;
+        rate->count = 0;
+        rate->notified = 0;
+    }
+    if (rate->count < limit) {
+        rate->count++;
+        return RATE_ALLOW;
+    }
+    if (rate->notified)
+        return RATE_QUIET;
+    rate->notified = 1;
+    return RATE_NOTIFY;
+}
+
 /* ---- submission ---------------------------------------------------------- */
 
 /* What to do with an event: a job kind, or -1 to ignore it. */
@@ -364,6 +417,7 @@ int router_create(struct router **out, const struct config *cfg,
     r->store = st;
     r->llm = llm;
     r->loop = loop;
+    r->run_job = job_run;
     r->rooms = dict_create();
     r->rates = dict_create();
     if (!r->rooms || !r->rates) {

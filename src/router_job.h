@@ -106,6 +106,7 @@ struct router {
     struct loop *loop;
     struct adapter *adapters[ROUTER_MAX_ADAPTERS];
     size_t n_adapters;
+    void (*run_job)(struct job *job);   /* job_run, for room.c */
     struct dict *rooms;         /* key -> struct room * */
     struct dict *rates;         /* user key -> struct rate * */
     long rates_minute;          /* the minute r->rates counts */
@@ -120,10 +121,11 @@ struct router {
 #define JOB_CLOSING(job) ((job)->r->closing)
 
 /* room.c */
-/* Queue job in room_key's room and start what may start; a job the room
- * cannot take (queue full) is answered with a busy note when a person
- * asked something, else dropped; on failure the job is freed. */
-void job_enqueue(struct router *r, struct job *job, const char *room_key);
+/* Queue job in room_key's room and start what may start (through
+ * r->run_job).  PARLEY_ERR_TOO_LARGE when the room's queue is full (jobs
+ * of a previous run are always taken), _OOM; the job is then untouched
+ * and still the caller's. */
+int room_add(struct router *r, struct job *job, const char *room_key);
 /* The job is done with its room (nothing to send): start what was
  * waiting for it.  Idempotent. */
 void room_leave(struct job *job);
@@ -133,11 +135,11 @@ void room_leave(struct job *job);
  * before it.  room_detach returns 0 when the job had no room. */
 int room_detach(struct job *job, char *key, size_t keylen);
 void room_wake(struct router *r, const char *key);
-/* Per-user requests per minute, counted in memory (a restart forgets the
- * window, which errs on the side of answering). */
-enum rate_verdict rate_check(struct router *r, const char *user_key);
 
 /* job.c */
+/* room_add, and for a job the room cannot take: a busy note when a
+ * person asked something, else dropped; on failure the job is freed. */
+void job_enqueue(struct router *r, struct job *job, const char *room_key);
 /* A new job for ev (copied), counted in r->pending; NULL on OOM. */
 struct job *job_create(struct router *r, struct adapter *ad,
                        const struct event *ev, enum job_kind kind);
