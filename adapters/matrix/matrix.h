@@ -11,6 +11,7 @@
  *   matrix_html.c     Markdown -> sanitized HTML, outgoing event content,
  *                     login and filter request bodies
  *   matrix_config.c   the adapter's block of bot.conf
+ *   matrix_members.c  per-room display names, disambiguated (spec)
  *   matrix_adapter.c  the client on the loop: login, sync, send, typing
  */
 #ifndef PARLEY_MATRIX_H
@@ -41,6 +42,14 @@
 #define MATRIX_ENVELOPE_MAX 4096
 /* Largest content JSON we send (matrix_content_build keeps to it). */
 #define MATRIX_CONTENT_MAX (MATRIX_EVENT_MAX - MATRIX_ENVELOPE_MAX)
+/* Membership changes kept from one /sync batch (state and timeline
+ * m.room.member events); lazy loading keeps this small in practice. */
+#define MATRIX_SYNC_MEMBERS_MAX 16384
+/* Members whose names one room remembers; past this, newcomers are
+ * shown by their localpart. */
+#define MATRIX_ROOM_MEMBERS_MAX 10000
+/* Longest display name kept (bytes, cut on a character boundary). */
+#define MATRIX_NAME_MAX 256
 /* Our txnIds: "parley-" + 32 hex digits + NUL. */
 #define MATRIX_TXN_MAX 48
 
@@ -85,6 +94,20 @@ struct matrix_room_info {
     long joined_members;
 };
 
+/*
+ * One m.room.member event of a joined room (its state section or its
+ * timeline), for the adapter's per-room name table.  at is the number of
+ * items produced before it, so the adapter applies it before the item at
+ * that index: a message sees the names as they were when it was sent.
+ */
+struct matrix_member {
+    char *room_id;
+    char *user_id;
+    char *displayname;          /* NULL when none (or not a string) */
+    int present;                /* membership join or invite */
+    size_t at;
+};
+
 struct matrix_batch {
     char *next_batch;           /* never NULL after a successful parse */
     struct matrix_item *items;
@@ -93,8 +116,12 @@ struct matrix_batch {
     struct matrix_room_info *rooms;
     size_t n_rooms;
     size_t cap_rooms;
+    struct matrix_member *members;
+    size_t n_members;
+    size_t cap_members;
     size_t n_limited;           /* rooms whose timeline had a gap */
-    size_t n_dropped;           /* items over MATRIX_SYNC_ITEMS_MAX */
+    size_t n_dropped;           /* items over MATRIX_SYNC_ITEMS_MAX, and
+                                   members over MATRIX_SYNC_MEMBERS_MAX */
     size_t n_skipped;           /* events ignored (edits, notices, ...) */
 };
 
@@ -131,6 +158,30 @@ void matrix_strip_html_fallback(char *html);
  * or display name as a whole word (ASCII case-insensitive), or a
  * matrix.to pill link to it.  NULL text is 0. */
 int matrix_text_mentions(const char *text, const struct matrix_ident *me);
+
+/*
+ * Where the words after a leading address to the bot start, so that the
+ * model and the history see "hello", not "parley: hello".  An address is
+ * the bot's user id, "@" + localpart or display name, the text of a pill
+ * (pill_text: the link text of a matrix.to link to the bot that opens the
+ * formatted body, or NULL), or the localpart or display name followed by
+ * ':' or ',' (a bare "Parley is nice" is not an address).  Matching is
+ * ASCII case-insensitive.  Returns text itself when it does not start
+ * with an address or nothing follows it.
+ */
+const char *matrix_strip_address(const char *text,
+                                 const struct matrix_ident *me,
+                                 const char *pill_text);
+
+/*
+ * The link text of a pill to the bot at the very start of an HTML body
+ * (after white space): <a href="https://matrix.to/#/@bot:server">Text</a>.
+ * Copied into out (entities &amp; &lt; &gt; &quot; &#39; decoded);
+ * PARLEY_OK, or PARLEY_ERR_PROTOCOL when the body does not start with
+ * one (out is then "").
+ */
+int matrix_leading_pill(const char *html, const struct matrix_ident *me,
+                        char *out, size_t outlen);
 
 /*
  * Copy text into a new string that is valid UTF-8 (invalid bytes become
@@ -256,6 +307,43 @@ int matrix_parse_session(const char *json, size_t len, char *user_id,
 void matrix_parse_error(const char *json, size_t len, char *errcode,
                         size_t elen, long *retry_after_ms);
 
+/* --- matrix_members.c ------------------------------------------------ */
+
+/*
+ * The display names of one room, as the spec's "Calculating the display
+ * name for a user" computes them: a member's displayname when it is
+ * unique among the members with membership join or invite, else
+ * "name (@user:server)"; a member with no displayname (or one parley has
+ * not seen: lazy loading sends a member's event only with their first
+ * message) is shown by the localpart of the user id.
+ */
+struct matrix_members;
+
+/* NULL on allocation failure. */
+struct matrix_members *matrix_members_new(void);
+void matrix_members_free(struct matrix_members *mm);
+
+/*
+ * Record one m.room.member event: present (join or invite) with
+ * displayname (NULL or "" for none; control characters become spaces,
+ * cut at MATRIX_NAME_MAX), or gone (leave, ban).  PARLEY_OK, _OOM, or
+ * _TOO_LARGE when the room already holds MATRIX_ROOM_MEMBERS_MAX members
+ * (nothing recorded).
+ */
+int matrix_members_update(struct matrix_members *mm, const char *user_id,
+                          const char *displayname, int present);
+
+/* Members recorded as present. */
+size_t matrix_members_count(const struct matrix_members *mm);
+
+/*
+ * The name the model sees for user_id, into out (cut on a character
+ * boundary).  mm may be NULL (localpart).  PARLEY_OK, or
+ * PARLEY_ERR_PROTOCOL for a user id that is not "@local:server".
+ */
+int matrix_members_name(const struct matrix_members *mm,
+                        const char *user_id, char *out, size_t outlen);
+
 /* --- matrix_config.c ------------------------------------------------- */
 
 struct matrix_config {
@@ -269,9 +357,6 @@ struct matrix_config {
     size_t n_allow;
     int reject_other_invites;   /* default 0: ignore */
     int thread_context;         /* default 0: context per room */
-    int greet_on_join;          /* default 1 */
-    int greet_new_members;      /* pass other members' joins, default 1 */
-    int greet_members_max;      /* ... only in rooms up to this size, 50 */
     int leave_empty_rooms;      /* leave when the bot is alone, default 0 */
     int sync_timeout_ms;        /* long-poll timeout, default 30000 */
     int backoff_base_ms;        /* first retry delay, default 1000 */

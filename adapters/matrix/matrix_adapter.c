@@ -23,6 +23,7 @@
  * path of the control machine backs off too: there is no tight loop.
  */
 #include <errno.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -33,7 +34,6 @@
 #include <unistd.h>
 
 #include <cjson/cJSON.h>
-#include <hiredis/hiredis.h>
 
 #include "adapter.h"
 #include "backoff.h"
@@ -44,6 +44,7 @@
 #include "matrix.h"
 #include "random.h"
 #include "router.h"
+#include "state.h"
 #include "status.h"
 #include "store.h"
 
@@ -111,6 +112,8 @@ struct mx_room {
     struct matrix *m;
     char *room_id;
     long members;                   /* joined members, -1 unknown */
+    unsigned long members_batch;    /* batch whose count was fetched */
+    struct matrix_members *names;   /* display names; NULL until needed */
     int direct;                     /* invited as a DM */
     int encrypted_logged;
     int typing;                     /* typing on: renewed by a timer */
@@ -168,6 +171,8 @@ struct matrix {
     int walk_pending;               /* accepted() not yet called */
     int walk_async;                 /* the walk returned while pending */
     int walk_status;
+    size_t walk_member_i;           /* next batch.members to apply */
+    unsigned long batch_serial;     /* counts batches, for members_batch */
 
     struct mx_room *rooms;
     size_t n_rooms;
@@ -409,36 +414,34 @@ static void ctl_token_refused(struct matrix *m)
 
 /* ---- control machine: steps ------------------------------------------- */
 
-static void session_loaded(struct store *st, redisReply *rep, void *priv)
+static void session_loaded(int status, const struct state_session *s,
+                           void *priv)
 {
     struct matrix *m = priv;
-    size_t i;
 
-    (void)st;
     if (m->stopped)
         return;
-    if (!rep || rep->type != REDIS_REPLY_ARRAY) {
+    if (status != PARLEY_OK) {
         ctl_retry(m, "loading session from Redis", NULL);
         return;
     }
-    for (i = 0; i + 1 < rep->elements; i += 2) {
-        redisReply *k = rep->element[i], *v = rep->element[i + 1];
-
-        if (k->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING)
-            continue;
-        if (strcmp(k->str, "access_token") == 0 && !m->env_token &&
-            v->len < sizeof(m->token)) {
-            if (matrix_token_set(m->token, sizeof(m->token), v->str,
-                                 NULL) != PARLEY_OK) {
-                mx_error(m, 1, "cannot register the stored access token "
-                         "for log redaction: not using it");
-                return;
-            }
-        } else if (strcmp(k->str, "device_id") == 0 &&
-                   v->len < sizeof(m->device_id)) {
-            memcpy(m->device_id, v->str, v->len + 1);
-        }
+    /* A session of another user (user_id changed in the config) is not
+     * ours to use: log in afresh instead. */
+    if (s && s->user_id && strcasecmp(s->user_id, m->mc.user_id) != 0) {
+        log_info("matrix %s: the stored session is %s's; not using it",
+                 m->mc.account, s->user_id);
+        s = NULL;
     }
+    if (s && s->access_token && !m->env_token &&
+        strlen(s->access_token) < sizeof(m->token) &&
+        matrix_token_set(m->token, sizeof(m->token), s->access_token,
+                         NULL) != PARLEY_OK) {
+        mx_error(m, 1, "cannot register the stored access token for log "
+                 "redaction: not using it");
+        return;
+    }
+    if (s && s->device_id && strlen(s->device_id) < sizeof(m->device_id))
+        snprintf(m->device_id, sizeof(m->device_id), "%s", s->device_id);
     m->attempt = 0;
     m->state = m->token[0] ? MX_WHOAMI : MX_LOGIN;
     if (!m->token[0] && !m->password) {
@@ -530,14 +533,13 @@ static void login_done(const struct http_response *resp, void *priv)
     ctl_step(m);
 }
 
-static void session_saved(struct store *st, redisReply *rep, void *priv)
+static void session_saved(int status, void *priv)
 {
     struct matrix *m = priv;
 
-    (void)st;
     if (m->stopped)
         return;
-    if (!rep || rep->type == REDIS_REPLY_ERROR) {
+    if (status != PARLEY_OK) {
         ctl_retry(m, "saving session to Redis", NULL);
         return;
     }
@@ -607,22 +609,20 @@ static void filter_done(const struct http_response *resp, void *priv)
     ctl_step(m);
 }
 
-static void since_loaded(struct store *st, redisReply *rep, void *priv)
+static void since_loaded(int status, const char *next_batch, void *priv)
 {
     struct matrix *m = priv;
 
-    (void)st;
     if (m->stopped)
         return;
-    if (!rep || (rep->type != REDIS_REPLY_STRING &&
-                 rep->type != REDIS_REPLY_NIL)) {
+    if (status != PARLEY_OK) {
         ctl_retry(m, "loading the sync token from Redis", NULL);
         return;
     }
     free(m->since);
     m->since = NULL;
-    if (rep->type == REDIS_REPLY_STRING && rep->len > 0) {
-        m->since = strdup(rep->str);
+    if (next_batch) {
+        m->since = strdup(next_batch);
         if (!m->since) {
             ctl_retry(m, "loading the sync token (out of memory)", NULL);
             return;
@@ -679,19 +679,20 @@ static void sync_done(const struct http_response *resp, void *priv)
         log_warn("matrix %s: %zu events over MATRIX_SYNC_ITEMS_MAX dropped",
                  m->mc.account, m->batch.n_dropped);
     m->walk_i = 0;
+    m->walk_member_i = 0;
     m->walk_rooms_done = 0;
+    m->batch_serial++;
     m->state = MX_WALK;
     walk(m);
 }
 
-static void since_saved(struct store *st, redisReply *rep, void *priv)
+static void since_saved(int status, void *priv)
 {
     struct matrix *m = priv;
 
-    (void)st;
     if (m->stopped)
         return;
-    if (!rep || rep->type == REDIS_REPLY_ERROR) {
+    if (status != PARLEY_OK) {
         ctl_retry(m, "saving the sync token to Redis", NULL);
         return;
     }
@@ -725,9 +726,9 @@ static int sync_path(struct matrix *m, char *buf, size_t len)
 
 static void ctl_step(struct matrix *m)
 {
-    char key[STORE_KEY_MAX], path[MX_URL_MAX], id[3 * MATRIX_ID_MAX + 1];
+    char path[MX_URL_MAX], id[3 * MATRIX_ID_MAX + 1];
+    struct state_session sess;
     char *body = NULL;
-    const char *argv[8];
     int result = PARLEY_OK;
 
     if (m->stopped || m->state == MX_FATAL)
@@ -751,10 +752,8 @@ static void ctl_step(struct matrix *m)
         if (m->env_token) {
             snprintf(m->token, sizeof(m->token), "%s", m->env_token);
         }
-        if (store_key(m->store, key, sizeof(key), "session:%s",
-                      m->mc.account) != PARLEY_OK ||
-            store_command(m->store, session_loaded, m, "HGETALL %s",
-                          key) != PARLEY_OK)
+        if (state_session_load(m->store, m->mc.account, session_loaded,
+                               m) != PARLEY_OK)
             ctl_retry(m, "loading session from Redis", NULL);
         return;
     case MX_WHOAMI:
@@ -778,21 +777,11 @@ static void ctl_step(struct matrix *m)
         free(body);
         break;
     case MX_SAVE_SESSION:
-        if (store_key(m->store, key, sizeof(key), "session:%s",
-                      m->mc.account) != PARLEY_OK) {
-            ctl_retry(m, "saving session", NULL);
-            return;
-        }
-        argv[0] = "HSET";
-        argv[1] = key;
-        argv[2] = "access_token";
-        argv[3] = m->token;
-        argv[4] = "device_id";
-        argv[5] = m->device_id;
-        argv[6] = "user_id";
-        argv[7] = m->user_id;
-        if (store_command_argv(m->store, session_saved, m, 8, argv,
-                               NULL) != PARLEY_OK)
+        sess.access_token = m->token;
+        sess.device_id = m->device_id;
+        sess.user_id = m->user_id;
+        if (state_session_save(m->store, m->mc.account, &sess, session_saved,
+                               m) != PARLEY_OK)
             ctl_retry(m, "saving session to Redis", NULL);
         return;
     case MX_PROFILE:
@@ -814,9 +803,7 @@ static void ctl_step(struct matrix *m)
         free(body);
         break;
     case MX_LOAD_SINCE:
-        if (store_key(m->store, key, sizeof(key), "sync:%s",
-                      m->mc.account) != PARLEY_OK ||
-            store_command(m->store, since_loaded, m, "GET %s", key) !=
+        if (state_sync_load(m->store, m->mc.account, since_loaded, m) !=
             PARLEY_OK)
             ctl_retry(m, "loading the sync token from Redis", NULL);
         return;
@@ -834,16 +821,8 @@ static void ctl_step(struct matrix *m)
         walk(m);
         return;
     case MX_SAVE_SINCE:
-        if (store_key(m->store, key, sizeof(key), "sync:%s",
-                      m->mc.account) != PARLEY_OK) {
-            ctl_retry(m, "saving the sync token", NULL);
-            return;
-        }
-        argv[0] = "SET";
-        argv[1] = key;
-        argv[2] = m->batch.next_batch;
-        if (store_command_argv(m->store, since_saved, m, 3, argv,
-                               NULL) != PARLEY_OK)
+        if (state_sync_save(m->store, m->mc.account, m->batch.next_batch,
+                            since_saved, m) != PARLEY_OK)
             ctl_retry(m, "saving the sync token to Redis", NULL);
         return;
     case MX_FATAL:
@@ -883,6 +862,8 @@ static void members_done(const struct http_response *resp, void *priv)
     joined = c ? cJSON_GetObjectItemCaseSensitive(c, "joined") : NULL;
     if (r && cJSON_IsObject(joined))
         r->members = cJSON_GetArraySize(joined);
+    if (r)
+        r->members_batch = m->batch_serial;
     cJSON_Delete(c);
     m->state = MX_WALK;
     walk(m);
@@ -1003,6 +984,48 @@ static int batch_has_summary(const struct matrix_batch *b,
     return 0;
 }
 
+/* Ask for room_id's joined members (members_done resumes the walk).
+ * Returns 1 when the request is in flight, 0 when it could not start. */
+static int members_fetch(struct matrix *m, const char *room_id)
+{
+    char id[3 * MATRIX_ID_MAX + 1], path[MX_URL_MAX];
+
+    if (matrix_url_escape(room_id, id, sizeof(id)) != PARLEY_OK)
+        return 0;
+    snprintf(path, sizeof(path), "/rooms/%s/joined_members", id);
+    m->state = MX_MEMBERS;
+    if (mx_http(m, "GET", path, NULL, 1, MX_REQUEST_TIMEOUT_MS,
+                MATRIX_SYNC_BODY_MAX, members_done, m,
+                &m->ctl_req) == PARLEY_OK)
+        return 1;
+    m->state = MX_WALK;
+    return 0;
+}
+
+/* Apply the batch's membership changes seen before item upto to the
+ * rooms' name tables, in order. */
+static void members_apply(struct matrix *m, size_t upto)
+{
+    while (m->walk_member_i < m->batch.n_members &&
+           m->batch.members[m->walk_member_i].at <= upto) {
+        const struct matrix_member *mb =
+            &m->batch.members[m->walk_member_i++];
+        struct mx_room *r = room_get(m, mb->room_id, 1);
+        int result;
+
+        if (!r)
+            continue;
+        if (!r->names && !(r->names = matrix_members_new()))
+            continue;           /* names fall back to localparts */
+        result = matrix_members_update(r->names, mb->user_id,
+                                       mb->displayname, mb->present);
+        if (result == PARLEY_ERR_TOO_LARGE &&
+            matrix_members_count(r->names) == MATRIX_ROOM_MEMBERS_MAX)
+            log_debug("matrix %s: %s: name table full", m->mc.account,
+                      mb->room_id);
+    }
+}
+
 /*
  * Turn the item at walk_i into an event for the router, or handle it
  * here.  Returns 1 when it was submitted (the walk waits for accepted),
@@ -1014,6 +1037,7 @@ static int walk_item(struct matrix *m, const struct matrix_item *it)
     struct mx_room *r;
     struct event ev;
     char room[2 * MATRIX_ID_MAX + 2];
+    char name[MATRIX_NAME_MAX + MATRIX_ID_MAX + 8];
     size_t i;
 
     r = it->room_id ? room_get(m, it->room_id, 1) : NULL;
@@ -1029,16 +1053,16 @@ static int walk_item(struct matrix *m, const struct matrix_item *it)
         }
         return 0;
     case MATRIX_ITEM_JOIN:
-        if (strcmp(it->sender, m->user_id) != 0 &&
-            (!m->mc.greet_new_members ||
-             (r && r->members > m->mc.greet_members_max))) {
-            /* No greeting for arrivals in big rooms (or at all). */
-            if (r && !batch_has_summary(&m->batch, it->room_id))
-                r->members = -1;
-            return 0;
-        }
-        if (r && !batch_has_summary(&m->batch, it->room_id))
+        /* A join changes the count: without a summary in this batch the
+         * one known is stale, so ask (once per room and batch).  Whether
+         * the size matters is the router's business, not ours. */
+        if (r && !batch_has_summary(&m->batch, it->room_id) &&
+            r->members_batch != m->batch_serial) {
             r->members = -1;
+            if (!m->initial && members_fetch(m, it->room_id))
+                return -1;
+            r->members_batch = m->batch_serial;
+        }
         break;
     case MATRIX_ITEM_MESSAGE:
         break;
@@ -1054,11 +1078,17 @@ static int walk_item(struct matrix *m, const struct matrix_item *it)
     ev.event_id = it->event_id;
     ev.thread_id = it->thread_id;
     ev.reply_to = it->reply_to;
+    if (r && it->sender &&
+        matrix_members_name(r->names, it->sender, name,
+                            sizeof(name)) == PARLEY_OK)
+        ev.sender_name = name;
     if (it->kind == MATRIX_ITEM_JOIN) {
+        /* Facts only: who joined and how many are in the room now; the
+         * router's greeting policy decides what to do about it. */
         ev.kind = EVENT_JOIN;
         ev.self = strcmp(it->sender, m->user_id) == 0;
-        if (ev.self && !m->mc.greet_on_join)
-            return 0;
+        ev.members = r && r->members > 0 && r->members < INT_MAX
+                     ? (int)r->members : 0;
         ring_add(m->joins, &m->joins_pos, it->event_id);
     } else {
         ev.kind = EVENT_MESSAGE;
@@ -1068,17 +1098,8 @@ static int walk_item(struct matrix *m, const struct matrix_item *it)
                        (r && (r->direct || r->members == 2));
         if (!ev.addressed && r && r->members < 0) {
             /* Maybe a DM: ask the server how many are in the room. */
-            char id[3 * MATRIX_ID_MAX + 1], path[MX_URL_MAX];
-
-            if (matrix_url_escape(it->room_id, id, sizeof(id)) == PARLEY_OK) {
-                snprintf(path, sizeof(path), "/rooms/%s/joined_members", id);
-                m->state = MX_MEMBERS;
-                if (mx_http(m, "GET", path, NULL, 1, MX_REQUEST_TIMEOUT_MS,
-                            MATRIX_SYNC_BODY_MAX, members_done, m,
-                            &m->ctl_req) == PARLEY_OK)
-                    return -1;
-                m->state = MX_WALK;
-            }
+            if (members_fetch(m, it->room_id))
+                return -1;
             r->members = 0;
         }
     }
@@ -1126,7 +1147,10 @@ static void walk(struct matrix *m)
         }
     }
     while (m->walk_i < m->batch.n_items) {
-        int w = walk_item(m, &m->batch.items[m->walk_i]);
+        int w;
+
+        members_apply(m, m->walk_i);
+        w = walk_item(m, &m->batch.items[m->walk_i]);
 
         if (w < 0)
             return;             /* joined_members in flight */
@@ -1146,6 +1170,7 @@ static void walk(struct matrix *m)
         }
         m->walk_i++;
     }
+    members_apply(m, m->batch.n_items);
     m->state = MX_SAVE_SINCE;
     ctl_step(m);
 }
@@ -1562,6 +1587,7 @@ static void matrix_free(struct adapter *ad)
             r->head = s->next;
             send_free(s);
         }
+        matrix_members_free(r->names);
         free(r->room_id);
         free(r);
     }

@@ -20,6 +20,9 @@
 /* Allowlist entries accepted; more is surely a mistake. */
 #define MATRIX_ALLOW_MAX 256
 
+/* The greet_* keys are not here: they are the greeting policy common to
+ * every adapter (struct config_greet), parsed by the core into ad->greet;
+ * the router decides from them. */
 static const char *const known_keys[] = {
     "type", "homeserver", "user_id", "account", "password_env",
     "access_token_env", "device_name", "allow_invites_from",
@@ -258,16 +261,6 @@ int matrix_config_parse(struct matrix_config *mc, void *setting, char *err,
     get_bool(&c, "reject_other_invites", &mc->reject_other_invites);
     get_bool(&c, "thread_context", &mc->thread_context);
     get_bool(&c, "leave_empty_rooms", &mc->leave_empty_rooms);
-    {
-        /* Common keys (config.h); the copy stays until the adapter reads
-         * ad->greet instead. */
-        struct config_greet g;
-
-        config_greet_read(c.block, &g);
-        mc->greet_on_join = g.on_join;
-        mc->greet_new_members = g.new_members;
-        mc->greet_members_max = g.members_max;
-    }
     get_int(&c, "sync_timeout_ms", &mc->sync_timeout_ms, 0, 300000);
     get_int(&c, "backoff_base_ms", &mc->backoff_base_ms, 1, 600000);
     get_int(&c, "backoff_max_ms", &mc->backoff_max_ms, 1, 3600000);

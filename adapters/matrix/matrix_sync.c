@@ -90,8 +90,14 @@ void matrix_batch_free(struct matrix_batch *b)
         item_free(&b->items[i]);
     for (i = 0; i < b->n_rooms; i++)
         free(b->rooms[i].room_id);
+    for (i = 0; i < b->n_members; i++) {
+        free(b->members[i].room_id);
+        free(b->members[i].user_id);
+        free(b->members[i].displayname);
+    }
     free(b->items);
     free(b->rooms);
+    free(b->members);
     free(b->next_batch);
     memset(b, 0, sizeof(*b));
 }
@@ -159,6 +165,56 @@ static int batch_room(struct matrix_batch *b, const char *room_id,
     return PARLEY_OK;
 }
 
+/*
+ * Record an m.room.member event for the adapter's name table (see struct
+ * matrix_member).  Events without a usable user id or membership are
+ * skipped; over MATRIX_SYNC_MEMBERS_MAX they are counted as dropped.
+ */
+static int batch_member(struct matrix_batch *b, const char *room_id,
+                        const cJSON *ev)
+{
+    const char *type = get_str(ev, "type");
+    const char *key = get_str(ev, "state_key");
+    const cJSON *content = get_obj(ev, "content");
+    const char *membership = content ? get_str(content, "membership") : NULL;
+    const char *dn = content ? get_str(content, "displayname") : NULL;
+    struct matrix_member *mb;
+    int oom = 0;
+
+    if (!type || strcmp(type, "m.room.member") != 0 ||
+        !valid_id(key, '@') || !membership)
+        return PARLEY_OK;
+    if (b->n_members >= MATRIX_SYNC_MEMBERS_MAX) {
+        b->n_dropped++;
+        return PARLEY_OK;
+    }
+    if (b->n_members == b->cap_members) {
+        size_t cap = b->cap_members ? b->cap_members * 2 : 16;
+        struct matrix_member *n = realloc(b->members, cap * sizeof(*n));
+
+        if (!n)
+            return PARLEY_ERR_OOM;
+        b->members = n;
+        b->cap_members = cap;
+    }
+    mb = &b->members[b->n_members];
+    memset(mb, 0, sizeof(*mb));
+    mb->room_id = dup_opt(room_id, &oom);
+    mb->user_id = dup_opt(key, &oom);
+    mb->displayname = dn && dn[0] ? dup_opt(dn, &oom) : NULL;
+    mb->present = strcmp(membership, "join") == 0 ||
+                  strcmp(membership, "invite") == 0;
+    mb->at = b->n_items;
+    if (oom) {
+        free(mb->room_id);
+        free(mb->user_id);
+        free(mb->displayname);
+        return PARLEY_ERR_OOM;
+    }
+    b->n_members++;
+    return PARLEY_OK;
+}
+
 /* Display name of user from m.room.member events in arr (last wins). */
 static const char *member_name(const cJSON *arr, const char *user)
 {
@@ -209,10 +265,11 @@ static int parse_message(struct matrix_batch *b, const char *room_id,
     const cJSON *content = get_obj(ev, "content");
     const cJSON *rel, *inrep;
     const char *msgtype, *body, *text, *fmt, *rel_type;
-    char quoted[MATRIX_ID_MAX + 1];
+    char quoted[MATRIX_ID_MAX + 1], pill[MATRIX_NAME_MAX + 1];
     struct matrix_item it;
     int oom = 0, present = 0, falling_back = 0;
     const char *name;
+    char *f = NULL;
 
     if (!valid_id(event_id, '$') || !valid_id(sender, '@') || !content) {
         b->n_skipped++;
@@ -259,23 +316,26 @@ static int parse_message(struct matrix_batch *b, const char *room_id,
         text = matrix_strip_body_fallback(body, quoted, sizeof(quoted));
         it.reply_names_bot = quoted[0] && strcmp(quoted, me->user_id) == 0;
     }
+    fmt = get_str(content, "formatted_body");
+    if (fmt && strlen(fmt) <= MATRIX_BODY_MAX) {
+        f = strdup(fmt);
+        if (!f)
+            oom = 1;
+        else
+            matrix_strip_html_fallback(f);
+    }
     it.mentioned = mentions_list_has(content, me->user_id, &present);
     if (!present) {
         /* Clients without intentional mentions: look at the text. */
-        it.mentioned = matrix_text_mentions(text, me);
-        fmt = get_str(content, "formatted_body");
-        if (!it.mentioned && fmt && strlen(fmt) <= MATRIX_BODY_MAX) {
-            char *f = strdup(fmt);
-
-            if (!f) {
-                oom = 1;
-            } else {
-                matrix_strip_html_fallback(f);
-                it.mentioned = matrix_text_mentions(f, me);
-                free(f);
-            }
-        }
+        it.mentioned = matrix_text_mentions(text, me) ||
+                       (f && matrix_text_mentions(f, me));
     }
+    /* "parley: hello" reaches the model as "hello": the address is how
+     * the person chose to be heard, not part of what they said. */
+    if (!f || matrix_leading_pill(f, me, pill, sizeof(pill)) != PARLEY_OK)
+        pill[0] = '\0';
+    text = matrix_strip_address(text, me, pill);
+    free(f);
     it.kind = MATRIX_ITEM_MESSAGE;
     it.emote = strcmp(msgtype, "m.emote") == 0;
     it.room_id = dup_opt(room_id, &oom);
@@ -385,13 +445,22 @@ static int parse_joined_room(struct matrix_batch *b, const char *room_id,
     }
     if (tl && cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(tl, "limited")))
         b->n_limited++;
+    /* The state section is the room as it was before the timeline. */
+    cJSON_ArrayForEach(ev, state) {
+        result = batch_member(b, room_id, ev);
+        if (result)
+            return result;
+    }
     /* A room the bot just joined arrives with the events before its join:
      * that is history, neither answered nor greeted. */
     start = own_join(events, me);
     cJSON_ArrayForEach(ev, events) {
         const char *type = get_str(ev, "type");
 
-        result = PARLEY_OK;
+        /* Names change even in the history before the bot's join. */
+        result = batch_member(b, room_id, ev);
+        if (result)
+            return result;
         if (start) {
             if (ev != start) {
                 b->n_skipped++;

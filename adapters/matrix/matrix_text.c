@@ -140,6 +140,141 @@ int matrix_text_mentions(const char *text, const struct matrix_ident *me)
     return 0;
 }
 
+/* If text starts with word (ASCII case-insensitive), the byte after it;
+ * else NULL. */
+static const char *starts_with(const char *text, const char *word)
+{
+    size_t n = word ? strlen(word) : 0;
+
+    if (n == 0 || strncasecmp(text, word, n) != 0)
+        return NULL;
+    return text + n;
+}
+
+static int is_space(char c)
+{
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r';
+}
+
+/*
+ * After a candidate address ending at p: the start of the words that
+ * follow, or NULL when this is not an address.  A ':' or ',' always
+ * ends one; white space alone ends it only when the form cannot be an
+ * ordinary word ("@parley hi", "@parley:example.org hi").
+ */
+static const char *after_address(const char *p, int space_ends)
+{
+    if (!p)
+        return NULL;
+    if (*p == ':' || *p == ',')
+        p++;
+    else if (!(space_ends && is_space(*p)))
+        return NULL;
+    while (is_space(*p))
+        p++;
+    return *p ? p : NULL;
+}
+
+const char *matrix_strip_address(const char *text,
+                                 const struct matrix_ident *me,
+                                 const char *pill_text)
+{
+    const char *p = NULL;
+
+    if (!text || !me || !me->user_id)
+        return text;
+    /* Longest forms first: the user id also starts with "@localpart". */
+    p = after_address(starts_with(text, me->user_id), 1);
+    if (!p && pill_text && pill_text[0])
+        p = after_address(starts_with(text, pill_text), 1);
+    if (!p && text[0] == '@') {
+        p = after_address(starts_with(text + 1, me->display_name), 1);
+        if (!p)
+            p = after_address(starts_with(text + 1, me->localpart), 1);
+    }
+    if (!p)
+        p = after_address(starts_with(text, me->display_name), 0);
+    if (!p)
+        p = after_address(starts_with(text, me->localpart), 0);
+    return p ? p : text;
+}
+
+/* Decode the five entities an HTML serializer writes for text; other
+ * '&' sequences are kept as they are. */
+static void entities_decode(char *s)
+{
+    static const struct { const char *ent; char c; } tab[] = {
+        { "&amp;", '&' }, { "&lt;", '<' }, { "&gt;", '>' },
+        { "&quot;", '"' }, { "&#39;", '\'' }, { "&#x27;", '\'' },
+    };
+    char *r = s, *w = s;
+    size_t i;
+
+    while (*r) {
+        int done = 0;
+
+        if (*r == '&') {
+            for (i = 0; i < sizeof(tab) / sizeof(tab[0]); i++) {
+                size_t n = strlen(tab[i].ent);
+
+                if (strncmp(r, tab[i].ent, n) == 0) {
+                    *w++ = tab[i].c;
+                    r += n;
+                    done = 1;
+                    break;
+                }
+            }
+        }
+        if (!done)
+            *w++ = *r++;
+    }
+    *w = '\0';
+}
+
+int matrix_leading_pill(const char *html, const struct matrix_ident *me,
+                        char *out, size_t outlen)
+{
+    char enc[3 * MATRIX_ID_MAX + 1];
+    const char *p = html, *tag_end, *href, *text, *close;
+    size_t n;
+
+    if (outlen > 0)
+        out[0] = '\0';
+    if (!html || !me || !me->user_id || outlen == 0)
+        return PARLEY_ERR_PROTOCOL;
+    while (is_space(*p))
+        p++;
+    if (strncasecmp(p, "<a ", 3) != 0)
+        return PARLEY_ERR_PROTOCOL;
+    tag_end = strchr(p, '>');
+    if (!tag_end)
+        return PARLEY_ERR_PROTOCOL;
+    href = strcasestr(p, "matrix.to/#/");
+    if (!href || href > tag_end)
+        return PARLEY_ERR_PROTOCOL;
+    href += strlen("matrix.to/#/");
+    /* The user id as is, or percent-encoded; then the end of the URL. */
+    n = strlen(me->user_id);
+    if (strncmp(href, me->user_id, n) != 0) {
+        if (matrix_url_escape(me->user_id, enc, sizeof(enc)) != PARLEY_OK)
+            return PARLEY_ERR_PROTOCOL;
+        n = strlen(enc);
+        if (strncasecmp(href, enc, n) != 0)
+            return PARLEY_ERR_PROTOCOL;
+    }
+    if (href[n] != '"' && href[n] != '\'' && href[n] != '?')
+        return PARLEY_ERR_PROTOCOL;
+    text = tag_end + 1;
+    close = strcasestr(text, "</a>");
+    if (!close || memchr(text, '<', (size_t)(close - text)) ||
+        (size_t)(close - text) >= outlen)
+        return PARLEY_ERR_PROTOCOL;
+    memcpy(out, text, (size_t)(close - text));
+    out[close - text] = '\0';
+    entities_decode(out);
+    return out[0] ? PARLEY_OK : PARLEY_ERR_PROTOCOL;
+}
+
 /* One cleaner for the whole program: the history's (context.c), fed
  * only the bytes before the first NUL, as a C string ends there. */
 char *matrix_utf8_clean(const char *text, size_t len, size_t max)

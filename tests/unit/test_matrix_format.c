@@ -665,11 +665,7 @@ static void test_config(void **state)
     assert_string_equal(mc.device_name, "parley");
     assert_int_equal(mc.n_allow, 2);
     assert_int_equal(mc.thread_context, 1);
-    assert_int_equal(mc.greet_on_join, 0);
     assert_int_equal(mc.sync_timeout_ms, 30000);
-    /* Greeting keys are common (config_greet_read): default off. */
-    assert_int_equal(mc.greet_new_members, 0);
-    assert_int_equal(mc.greet_members_max, 5);
     assert_int_equal(mc.leave_empty_rooms, 1);
     matrix_config_free(&mc);
 
@@ -679,7 +675,7 @@ static void test_config(void **state)
         "password_env = \"hunter2 !\";\n"
         "alow_invites_from = [];\n"
         "allow_invites_from = [\"admin\"];\n"
-        "greet_on_join = 1; });\n", &mc, err, sizeof(err)),
+        "timeline_limit = true; });\n", &mc, err, sizeof(err)),
         PARLEY_ERR_CONFIG);
     assert_non_null(strstr(err, ":2: adapters.[0].homeserver:"));
     assert_non_null(strstr(err, ":3: adapters.[0].user_id:"));
@@ -688,9 +684,7 @@ static void test_config(void **state)
     assert_non_null(strstr(err, ":5: adapters.[0].alow_invites_from: "
                             "unknown key"));
     assert_non_null(strstr(err, "adapters.[0].allow_invites_from:"));
-    /* A mistyped greet_on_join is config_load's to report (common key,
-     * tests/unit/test_config.c), not the adapter's. */
-    assert_null(strstr(err, "greet_on_join"));
+    assert_non_null(strstr(err, ":7: adapters.[0].timeline_limit:"));
     matrix_config_free(&mc);
 
     assert_int_equal(parse_cfg("adapters = ({ type = \"matrix\"; });\n",
