@@ -183,9 +183,13 @@ const char *matrix_strip_address(const char *text,
 
     if (!text || !me || !me->user_id)
         return text;
-    /* Longest forms first: the user id also starts with "@localpart". */
-    p = after_address(starts_with(text, me->user_id), 1);
-    if (!p && pill_text && pill_text[0])
+    /* The user id first, and alone: it also starts with "@localpart",
+     * whose ':' must not be taken for a separator. */
+    if (starts_with(text, me->user_id)) {
+        p = after_address(starts_with(text, me->user_id), 1);
+        return p ? p : text;
+    }
+    if (pill_text && pill_text[0])
         p = after_address(starts_with(text, pill_text), 1);
     if (!p && text[0] == '@') {
         p = after_address(starts_with(text + 1, me->display_name), 1);
