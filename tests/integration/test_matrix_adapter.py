@@ -7,7 +7,9 @@ users and rooms, and its own parley, Redis and stand-in.
 Cases: a conversation (invite from an allowed user -> join + one
 greeting; mention via m.mentions, display name, reply, thread, DM; an
 unaddressed message not answered; hostile model output sanitized; an
-invite from outside the allowlist ignored; clean SIGTERM), member
+invite from outside the allowlist ignored; clean SIGTERM), the model
+hearing people by their display names (duplicates disambiguated, the
+localpart without one, the leading address to the bot removed), member
 greetings off above greet_members_max and leaving an empty room, the
 first sync of an account not answering history, the access token logged
 out under parley's feet, a strict rate limit (every answer once, same
@@ -224,6 +226,57 @@ def test_conversation():
         assert rc == 0, (rc, s.err())
         assert "LeakSanitizer" not in s.parley.stderr(), s.err()
         assert "runtime error" not in s.parley.stderr(), s.err()
+
+
+def test_display_names():
+    with Test() as t:
+        s = Setup(t, people=("alice", "bob", "carol", "dave"))
+        alice, bob = s.people["alice"], s.people["bob"]
+        carol, dave = s.people["carol"], s.people["dave"]
+        alice.set_displayname("Alice")
+        bob.set_displayname("Bobby")
+        dave.set_displayname("Bobby")
+        s.start()
+        room = s.room_with("alice", others=("bob", "carol", "dave"))
+        alice.wait_messages_from(room, s.bot, 1)       # the greeting
+
+        def turn(who, body, formatted=None):
+            ev = s.people[who].say(room, body, mentions=[s.bot],
+                                   formatted=formatted)
+            s.wait_answer_to(who, room, ev)
+            for r in reversed(s.stub.requests()):
+                msgs = (r.get("body") or {}).get("messages") or []
+                if msgs and msgs[-1]["role"] == "user":
+                    return msgs[-1]["content"]
+
+        # A display name, the address by name removed.
+        assert turn("alice", "Parley Bot: hello") == "Alice: hello"
+        # No display name: the localpart; addressed by user id.
+        local = carol.user_id[1:].split(":")[0]
+        assert turn("carol", "%s: and you?" % s.bot) == \
+            "%s: and you?" % local
+        # Two people called Bobby: each with their id (spec).
+        got = turn("bob", "parley bot, hi")
+        assert got == "Bobby (%s): hi" % bob.user_id, got
+        # A pill with a room nickname for the bot.
+        pill = '<a href="https://matrix.to/#/%s">Robo</a>: pill here' % s.bot
+        assert turn("dave", "Robo: pill here", formatted=pill) == \
+            "Bobby (%s): pill here" % dave.user_id
+        # A rename shows in the next turn; the other Bobby is unique again.
+        dave.set_displayname("David")
+
+        def renamed():
+            ev = dave.say(room, "Parley Bot: who am I?", mentions=[s.bot])
+            s.wait_answer_to("dave", room, ev)
+            last = s.stub.requests()[-1]["body"]["messages"][-1]["content"]
+            return last if last.startswith("David:") else None
+        assert wait_until(renamed, 20, "the new name") == "David: who am I?"
+        assert turn("bob", "@Parley Bot and me?") == "Bobby: and me?"
+        # The history keeps the names too (no raw ids for the model).
+        msgs = s.stub.requests()[-1]["body"]["messages"]
+        history = " ".join(m["content"] for m in msgs if m["role"] == "user")
+        assert alice.user_id not in history, history
+        assert "Alice: hello" in history, history
 
 
 def test_member_greeting_and_leave():
@@ -506,7 +559,8 @@ def main():
     require_homeserver()
     with Test() as t:
         HS = t.add(Homeserver(t.tmp).start())
-        cases = [test_conversation, test_member_greeting_and_leave,
+        cases = [test_conversation, test_display_names,
+                 test_member_greeting_and_leave,
                  test_first_sync_is_history,
                  test_token_logged_out,
                  test_rate_limited_sends, test_faults_backoff,
