@@ -106,6 +106,10 @@ def setup(t, parallel=None):
     return s
 
 
+# Homeserver times of the last check_answers, for the benchmark line.
+TIMES = {}
+
+
 def check_answers(s, asked, timeout=90):
     """Wait until every question has an answer; exactly one each, in
     reply to it, mentioning the asker.  Returns the seconds from the
@@ -125,7 +129,7 @@ def check_answers(s, asked, timeout=90):
                % s.err())
     time.sleep(1.5)             # a duplicate would show up by now
     all_answered()
-    first_q, last_a = None, 0
+    first_q, last_q, last_a = None, 0, 0
     for c, room, ev in asked:
         evs = events[room]
         answers = [e for e in evs if e.get("sender") == s.bot and
@@ -138,7 +142,10 @@ def check_answers(s, asked, timeout=90):
         q = [e for e in evs if e.get("event_id") == ev][0]
         ts = q["origin_server_ts"]
         first_q = ts if first_q is None else min(first_q, ts)
+        last_q = max(last_q, ts)
         last_a = max(last_a, a["origin_server_ts"])
+    TIMES["first_q"] = first_q / 1000.0
+    TIMES["q_spread"] = (last_q - first_q) / 1000.0
     return (last_a - first_q) / 1000.0
 
 
@@ -181,22 +188,25 @@ def twenty_rooms(t):
     return s, secs, peak
 
 
+def bench_line(kind, rooms, s, secs, peak):
+    spans = model_requests(s.stub, "burst question")
+    model_done = max(e for _, e in spans) - TIMES["first_q"]
+    print("matrix_burst %-10s people=%d rooms=%-2d last_answer_s=%.1f "
+          "questions_arrived_s=%.1f models_done_s=%.1f peak_in_flight=%d  "
+          "[%s]" % (kind, N, rooms, secs, TIMES["q_spread"], model_done,
+                    peak, settings(s)), flush=True)
+
+
 def bench():
     with Test() as t:
         s, secs, peak = one_room(t)
-        print("matrix_burst one_room   people=%d rooms=1  last_answer_s=%.1f "
-              "peak_in_flight=%d  [%s]" % (N, secs, peak, settings(s)),
-              flush=True)
+        bench_line("one_room", 1, s, secs, peak)
     with Test() as t:
         s, secs, peak = one_room(t, parallel=N)
-        print("matrix_burst one_room   people=%d rooms=1  last_answer_s=%.1f "
-              "peak_in_flight=%d  [%s]" % (N, secs, peak, settings(s)),
-              flush=True)
+        bench_line("one_room", 1, s, secs, peak)
     with Test() as t:
         s, secs, peak = twenty_rooms(t)
-        print("matrix_burst many_rooms people=%d rooms=%d last_answer_s=%.1f "
-              "peak_in_flight=%d  [%s]" % (N, N, secs, peak, settings(s)),
-              flush=True)
+        bench_line("many_rooms", N, s, secs, peak)
 
 
 def main():
