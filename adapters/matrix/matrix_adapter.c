@@ -17,7 +17,7 @@
  * the same access token and device as before a restart, so the homeserver
  * drops a resend of an answer that already went out.
  *
- * Sends are a FIFO per room with one request in flight; 429 waits
+ * Sends are a FIFO per room with up to MX_SEND_PARALLEL in flight; 429 waits
  * retry_after_ms or Retry-After, 5xx and network errors back off with
  * jitter, other 4xx give up (logged, done gets an error).  Every failure
  * path of the control machine backs off too: there is no tight loop.
@@ -51,6 +51,16 @@
 /* Sends retried for 5xx and network errors before giving up (429s do
  * not count: the server told us exactly when to come back). */
 #define MX_SEND_MAX_ATTEMPTS 12
+/*
+ * Answers in flight at once per room.  One at a time made a burst in a
+ * busy room wait for each PUT in turn (0.1-0.2 s each on a loaded Synapse,
+ * so seconds for 20 answers, against a fraction of that spread over 20
+ * rooms); Synapse creates up to 5 events of a room at once and persists
+ * what is queued in one batch.  The order of different people's answers
+ * does not matter, and one person's answers stay in order because the
+ * router starts their next job only after the previous answer was sent.
+ */
+#define MX_SEND_PARALLEL 4
 /* Our recent event ids, to recognise replies to the bot. */
 #define MX_RING 256
 /* Rooms tracked (member counts, send queues). */
@@ -97,6 +107,8 @@ struct matrix;
 
 struct mx_send {
     struct mx_send *next;
+    struct mx_room *room;
+    struct http_request *req;       /* this send in flight, or NULL */
     char *content;                  /* JSON body */
     char *too_large;                /* short notice sent instead if the
                                        server refuses content as too large;
@@ -117,9 +129,9 @@ struct mx_room {
     int direct;                     /* invited as a DM */
     int encrypted_logged;
     int typing;                     /* typing on: renewed by a timer */
-    struct mx_send *head, *tail;
-    struct http_request *req;       /* send in flight */
-    uint64_t retry_at;              /* loop_now_ms when the head may go,
+    struct mx_send *head, *tail;    /* queued and in flight, in order */
+    int in_flight;                  /* sends with a request running */
+    uint64_t retry_at;              /* loop_now_ms when sends may go on,
                                        0 */
 };
 
@@ -1191,7 +1203,7 @@ static void on_send_timer(void *privdata)
     struct mx_room *r;
 
     for (r = m->rooms; r; r = r->next) {
-        if (!r->retry_at || r->req)
+        if (!r->retry_at)
             continue;
         if (r->retry_at <= now) {
             r->retry_at = 0;
@@ -1218,26 +1230,35 @@ static void room_retry(struct mx_room *r, uint64_t delay)
         loop_timer_start(m->send_timer, delay, 0);
 }
 
-static void send_finish(struct mx_room *r, int status)
+/* Take s (not in flight) off its room's queue, report status, free it.
+ * done may send again: s is unlinked first. */
+static void send_finish(struct mx_room *r, struct mx_send *s, int status)
 {
-    struct mx_send *s = r->head;
+    struct mx_send **pp = &r->head, *prev = NULL;
 
-    r->head = s->next;
-    if (!r->head)
-        r->tail = NULL;
+    while (*pp && *pp != s) {
+        prev = *pp;
+        pp = &(*pp)->next;
+    }
+    if (*pp) {
+        *pp = s->next;
+        if (r->tail == s)
+            r->tail = prev;
+    }
     s->done(status, s->privdata);
     send_free(s);
 }
 
 static void send_done(const struct http_response *resp, void *priv)
 {
-    struct mx_room *r = priv;
+    struct mx_send *s = priv;
+    struct mx_room *r = s->room;
     struct matrix *m = r->m;
-    struct mx_send *s = r->head;
     char code[64];
     long ra = -1;
 
-    r->req = NULL;
+    s->req = NULL;
+    r->in_flight--;
     if (resp->status == PARLEY_OK && resp->code == 200) {
         cJSON *c = cJSON_ParseWithLength(resp->body, resp->body_len);
         const cJSON *id = c ? cJSON_GetObjectItemCaseSensitive(c, "event_id")
@@ -1246,7 +1267,7 @@ static void send_done(const struct http_response *resp, void *priv)
         if (cJSON_IsString(id) && id->valuestring)
             ring_add(m->mine, &m->mine_pos, id->valuestring);
         cJSON_Delete(c);
-        send_finish(r, PARLEY_OK);
+        send_finish(r, s, PARLEY_OK);
         room_kick(r);
         return;
     }
@@ -1291,7 +1312,7 @@ static void send_done(const struct http_response *resp, void *priv)
         log_error("matrix %s: giving up on an answer in %s (txn %s): too "
                   "large even as a notice (HTTP %ld %s)", m->mc.account,
                   r->room_id, s->txn, resp->code, code);
-        send_finish(r, PARLEY_ERR_TOO_LARGE);
+        send_finish(r, s, PARLEY_ERR_TOO_LARGE);
         room_kick(r);
         return;
     }
@@ -1320,41 +1341,57 @@ static void send_done(const struct http_response *resp, void *priv)
     log_error("matrix %s: giving up on an answer in %s (txn %s): %s, "
               "HTTP %ld %s", m->mc.account, r->room_id, s->txn,
               parley_status_name(resp->status), resp->code, code);
-    send_finish(r, PARLEY_ERR_HTTP);
+    send_finish(r, s, PARLEY_ERR_HTTP);
     room_kick(r);
 }
 
-/* Start the head of the room's queue when nothing is in flight. */
+/* Start queued sends of the room, oldest first, up to MX_SEND_PARALLEL
+ * in flight, unless the room waits for a retry. */
 static void room_kick(struct mx_room *r)
 {
     struct matrix *m = r->m;
-    struct mx_send *s = r->head;
+    struct mx_send *s, *next;
     char rid[3 * MATRIX_ID_MAX + 1], path[MX_URL_MAX];
 
-    if (!s || r->req || r->retry_at || m->stopped)
+    if (!r->head || r->retry_at || m->stopped)
         return;
     if (m->state == MX_FATAL) {
         /* No way to send any more (see the fatal log line): the router
-         * learns it now rather than waiting forever. */
-        while (r->head)
-            send_finish(r, PARLEY_ERR_STATE);
+         * learns it now rather than waiting forever.  Sends in flight
+         * finish through send_done. */
+        for (s = r->head; s; s = next) {
+            next = s->next;
+            if (!s->req)
+                send_finish(r, s, PARLEY_ERR_STATE);
+        }
         return;
     }
     if (!m->token_ok) {
         room_retry(r, 500);     /* logging in: look again soon */
         return;
     }
-    if (matrix_url_escape(r->room_id, rid, sizeof(rid)) != PARLEY_OK ||
-        snprintf(path, sizeof(path), "/rooms/%s/send/m.room.message/%s",
-                 rid, s->txn) >= (int)sizeof(path)) {
-        send_finish(r, PARLEY_ERR_TOO_LARGE);
-        room_kick(r);
-        return;
-    }
-    if (mx_http(m, "PUT", path, s->content, 1, MX_REQUEST_TIMEOUT_MS,
-                64 * 1024, send_done, r, &r->req) != PARLEY_OK) {
-        r->req = NULL;
-        room_retry(r, mx_backoff(m, s->attempts++));
+    if (matrix_url_escape(r->room_id, rid, sizeof(rid)) != PARLEY_OK)
+        rid[0] = '\0';
+    /* done callbacks (send_finish) may queue more at the tail: next is
+     * read before, and what a nested kick started has its req set. */
+    for (s = r->head; s && r->in_flight < MX_SEND_PARALLEL && !r->retry_at;
+         s = next) {
+        next = s->next;
+        if (s->req)
+            continue;
+        if (!rid[0] ||
+            snprintf(path, sizeof(path), "/rooms/%s/send/m.room.message/%s",
+                     rid, s->txn) >= (int)sizeof(path)) {
+            send_finish(r, s, PARLEY_ERR_TOO_LARGE);
+            continue;
+        }
+        if (mx_http(m, "PUT", path, s->content, 1, MX_REQUEST_TIMEOUT_MS,
+                    64 * 1024, send_done, s, &s->req) != PARLEY_OK) {
+            s->req = NULL;
+            room_retry(r, mx_backoff(m, s->attempts++));
+            return;
+        }
+        r->in_flight++;
     }
 }
 
@@ -1419,6 +1456,7 @@ static int matrix_send(struct adapter *ad, const char *room,
     }
     s->done = done;
     s->privdata = privdata;
+    s->room = r;
     if (r->tail)
         r->tail->next = s;
     else
@@ -1558,12 +1596,17 @@ static void matrix_stop(struct adapter *ad)
     /* Unsent answers: done gets an error; their jobs stay in Redis and
      * are resumed on the next start. */
     for (r = m->rooms; r; r = r->next) {
-        if (r->req) {
-            loop_http_cancel(r->req);
-            r->req = NULL;
+        struct mx_send *s;
+
+        for (s = r->head; s; s = s->next) {
+            if (s->req) {
+                loop_http_cancel(s->req);
+                s->req = NULL;
+            }
         }
+        r->in_flight = 0;
         while (r->head)
-            send_finish(r, PARLEY_ERR_STATE);
+            send_finish(r, r->head, PARLEY_ERR_STATE);
     }
     mx_timers_free(m);
 }

@@ -427,6 +427,11 @@ def test_faults_backoff():
         for action in ("500", "502", "hang", "drop", "badjson", "500"):
             proxy.add_fault("/sync", action, 1, seconds=1.5)
         proxy.add_fault("/send/", "503", 2)
+        # A long poll already in flight would bring the message past the
+        # faults: speak once the first faulted sync was seen.
+        wait_until(lambda: [r for r in proxy.requests("/sync")
+                            if r[0] >= t0 and r[3] == "500"], 15,
+                   "the first faulted sync")
         ev = alice.say(room, "through the storm", mentions=[s.bot])
         a = s.wait_answer_to("alice", room, ev, timeout=40)
         assert a
