@@ -224,7 +224,14 @@ struct state_session {
     const char *user_id;    /* as the homeserver returned it at login */
 };
 
-/* s is NULL when nothing is stored (status PARLEY_OK). */
+/*
+ * s is NULL when nothing is stored (status PARLEY_OK).  A save replaces
+ * the whole hash in one EVAL (a field that is NULL or "" is not written,
+ * so a device id from an older session does not survive).  The load
+ * callbacks must not be NULL (PARLEY_ERR_OTHER without fn); the save and
+ * delete callbacks may be.  A next_batch that is NULL or "" is
+ * PARLEY_ERR_OTHER without fn.
+ */
 typedef void state_session_fn(int status, const struct state_session *s,
                               void *privdata);
 int state_session_load(struct store *st, const char *account,

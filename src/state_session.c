@@ -19,6 +19,7 @@
 
 #include "log.h"
 #include "state.h"
+#include "state_private.h"
 #include "status.h"
 #include "store.h"
 
@@ -38,29 +39,34 @@ struct ss_req {
     state_sync_fn *sync_fn;
     state_done_fn *done_fn;
     void *privdata;
-    const char *what;           /* for the debug line of a NULL callback */
+    const char *what;           /* the command, for log lines */
+    char label[STATE_LABEL_MAX + 1];    /* the account, printable */
 };
 
-static struct ss_req *req_new(const char *what, void *privdata)
+static struct ss_req *req_new(const char *what, const char *account,
+                              void *privdata)
 {
     struct ss_req *q = calloc(1, sizeof(*q));
 
     if (q) {
         q->what = what;
         q->privdata = privdata;
+        state_label(q->label, sizeof(q->label), account);
     }
     return q;
 }
 
-/* The status a reply stands for when it is not the expected shape. */
-static int reply_status(const redisReply *rep)
+/* The status of a reply that should have been of type want: as
+ * state_reply_status (error replies logged), and PARLEY_ERR_PROTOCOL for
+ * any other unexpected type. */
+static int reply_check(const redisReply *rep, int want, int also,
+                       const struct ss_req *q)
 {
-    if (!rep)
-        return PARLEY_ERR_IO;
-    if (rep->type == REDIS_REPLY_ERROR)
-        return rep->str && strncmp(rep->str, "WRONGTYPE", 9) == 0
-               ? PARLEY_ERR_PROTOCOL : PARLEY_ERR_OTHER;
-    return PARLEY_ERR_PROTOCOL;
+    int result = state_reply_status(rep, q->what, q->label);
+
+    if (result == PARLEY_OK && rep->type != want && rep->type != also)
+        result = PARLEY_ERR_PROTOCOL;
+    return result;
 }
 
 /* A reply string usable as a C string: no NUL inside (a binary value in
@@ -98,11 +104,12 @@ static void session_loaded(struct store *st, redisReply *rep, void *priv)
     struct ss_req *q = priv;
     struct state_session s;
     size_t i;
-    int any = 0;
+    int any = 0, result;
 
     (void)st;
-    if (!rep || rep->type != REDIS_REPLY_ARRAY) {
-        q->session_fn(reply_status(rep), NULL, q->privdata);
+    result = reply_check(rep, REDIS_REPLY_ARRAY, REDIS_REPLY_ARRAY, q);
+    if (result != PARLEY_OK) {
+        q->session_fn(result, NULL, q->privdata);
         free(q);
         return;
     }
@@ -142,7 +149,7 @@ int state_session_load(struct store *st, const char *account,
     result = store_key(st, key, sizeof(key), "session:%s", account);
     if (result != PARLEY_OK)
         return result;
-    q = req_new("session load", privdata);
+    q = req_new("HGETALL session", account, privdata);
     if (q)
         q->session_fn = fn;
     argv[0] = "HGETALL";
@@ -150,20 +157,23 @@ int state_session_load(struct store *st, const char *account,
     return req_send(st, q, session_loaded, 2, argv);
 }
 
-/* Replies where only success matters: SET, DEL, the save script. */
+/* Replies where only success matters: SET, DEL, the save script.  With
+ * no callback (fire and forget) a failure is logged at debug level only
+ * (state.h). */
 static void done_reply(struct store *st, redisReply *rep, void *priv)
 {
     struct ss_req *q = priv;
-    int status = PARLEY_OK;
+    int status;
 
     (void)st;
-    if (!rep || rep->type == REDIS_REPLY_ERROR)
-        status = reply_status(rep);
-    if (q->done_fn)
-        q->done_fn(status, q->privdata);
-    else if (status != PARLEY_OK)
-        log_debug("state: %s failed (%s)", q->what,
-                  parley_status_name(status));
+    if (q->done_fn) {
+        q->done_fn(state_reply_status(rep, q->what, q->label), q->privdata);
+    } else {
+        status = state_reply_code(rep);
+        if (status != PARLEY_OK)
+            log_debug("redis %s %s failed (%s)", q->what, q->label,
+                      parley_status_name(status));
+    }
     free(q);
 }
 
@@ -199,7 +209,7 @@ int state_session_save(struct store *st, const char *account,
         argv[argc++] = "user_id";
         argv[argc++] = s->user_id;
     }
-    q = req_new("session save", privdata);
+    q = req_new("EVAL session save", account, privdata);
     if (q)
         q->done_fn = fn;
     return req_send(st, q, done_reply, argc, argv);
@@ -220,7 +230,7 @@ int state_session_delete(struct store *st, const char *account,
     result = store_key(st, key, sizeof(key), "session:%s", account);
     if (result != PARLEY_OK)
         return result;
-    q = req_new("session delete", privdata);
+    q = req_new("DEL session", account, privdata);
     if (q)
         q->done_fn = fn;
     argv[0] = "DEL";
@@ -234,18 +244,20 @@ static void sync_loaded(struct store *st, redisReply *rep, void *priv)
 {
     struct ss_req *q = priv;
     const char *nb;
+    int result;
 
     (void)st;
-    if (rep && rep->type == REDIS_REPLY_NIL) {
+    result = reply_check(rep, REDIS_REPLY_STRING, REDIS_REPLY_NIL, q);
+    if (result != PARLEY_OK) {
+        q->sync_fn(result, NULL, q->privdata);
+    } else if (rep->type == REDIS_REPLY_NIL) {
         q->sync_fn(PARLEY_OK, NULL, q->privdata);
-    } else if (rep && rep->type == REDIS_REPLY_STRING) {
+    } else {
         nb = reply_cstr(rep);
         if (rep->len > 0 && !nb)
             q->sync_fn(PARLEY_ERR_PROTOCOL, NULL, q->privdata);
         else
             q->sync_fn(PARLEY_OK, nb && nb[0] ? nb : NULL, q->privdata);
-    } else {
-        q->sync_fn(reply_status(rep), NULL, q->privdata);
     }
     free(q);
 }
@@ -265,7 +277,7 @@ int state_sync_load(struct store *st, const char *account,
     result = store_key(st, key, sizeof(key), "sync:%s", account);
     if (result != PARLEY_OK)
         return result;
-    q = req_new("sync load", privdata);
+    q = req_new("GET sync", account, privdata);
     if (q)
         q->sync_fn = fn;
     argv[0] = "GET";
@@ -289,7 +301,7 @@ int state_sync_save(struct store *st, const char *account,
     result = store_key(st, key, sizeof(key), "sync:%s", account);
     if (result != PARLEY_OK)
         return result;
-    q = req_new("sync save", privdata);
+    q = req_new("SET sync", account, privdata);
     if (q)
         q->done_fn = fn;
     argv[0] = "SET";

@@ -357,12 +357,6 @@ struct matrix_config {
     size_t n_allow;
     int reject_other_invites;   /* default 0: ignore */
     int thread_context;         /* default 0: context per room */
-    /* Not read by the adapter (the router decides greetings from
-     * ad->greet); kept while the common-key parser (h1-registry) still
-     * fills them.  Remove together with that. */
-    int greet_on_join;
-    int greet_new_members;
-    int greet_members_max;
     int leave_empty_rooms;      /* leave when the bot is alone, default 0 */
     int sync_timeout_ms;        /* long-poll timeout, default 30000 */
     int backoff_base_ms;        /* first retry delay, default 1000 */

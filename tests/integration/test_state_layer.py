@@ -5,20 +5,15 @@ DESIGN.md: src/store.c and src/state*.c are the only code that reads
 hiredis replies; the router, the commands, the history code and the
 adapters see structs and status codes (state.h).  This test counts
 REDIS_REPLY_ in every C file under src/ and adapters/ outside those, and
-fails on any.
-
-NOT ENFORCED YET: until the router, job.c, command.c, context.c and the
-Matrix adapter are switched over to state.h (issue 8, lead and
-h5-matrix), the count is printed and the test reports itself skipped
-(exit 77).  To enable it after the switch, set ENFORCED = True below
-(or run with PARLEY_ENFORCE_STATE_LAYER=1 to try it before).
+fails on any.  Enforced since the router, job.c, command.c, context.c
+and the Matrix adapter were switched over to state.h (issue 8).
 """
 import glob
 import os
 import re
 import sys
 
-ENFORCED = False
+ENFORCED = True
 
 SRC = os.environ.get("PARLEY_SOURCE_DIR") or os.path.dirname(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
