@@ -335,6 +335,8 @@ int matrix_members_update(struct matrix_members *mm, const char *user_id,
 
 /* Members recorded as present. */
 size_t matrix_members_count(const struct matrix_members *mm);
+/* Whether user_id is recorded as present (mm may be NULL: no). */
+int matrix_members_has(const struct matrix_members *mm, const char *user_id);
 
 /*
  * The name the model sees for user_id, into out (cut on a character

@@ -126,6 +126,7 @@ struct mx_room {
     long members;                   /* joined members, -1 unknown */
     unsigned long members_batch;    /* batch whose count was fetched */
     struct matrix_members *names;   /* display names; NULL until needed */
+    int names_loaded;               /* joined_members filled names once */
     int direct;                     /* invited as a DM */
     int encrypted_logged;
     int typing;                     /* typing on: renewed by a timer */
@@ -847,6 +848,33 @@ static void ctl_step(struct matrix *m)
 
 /* ---- the batch walk: one event at a time into the router --------------- */
 
+/*
+ * Names of the members a /joined_members answer lists ({"@u:s":
+ * {"display_name": ...}}), for those the table does not have yet: with
+ * lazy-loaded members the homeserver sends a member's event only once
+ * per device, so after a restart a room's table starts empty.  Members
+ * already known keep their entries, which are the names as of the events
+ * being walked.
+ */
+static void names_add_joined(struct mx_room *r, const cJSON *joined)
+{
+    const cJSON *u;
+
+    if (!r->names && !(r->names = matrix_members_new()))
+        return;
+    cJSON_ArrayForEach(u, joined) {
+        const cJSON *dn = cJSON_IsObject(u)
+            ? cJSON_GetObjectItemCaseSensitive(u, "display_name") : NULL;
+
+        if (!u->string || u->string[0] != '@' ||
+            matrix_members_has(r->names, u->string))
+            continue;
+        matrix_members_update(r->names, u->string,
+                              cJSON_IsString(dn) ? dn->valuestring : NULL,
+                              1);
+    }
+}
+
 static void members_done(const struct http_response *resp, void *priv)
 {
     struct matrix *m = priv;
@@ -872,8 +900,12 @@ static void members_done(const struct http_response *resp, void *priv)
     c = resp->code == 200 ? cJSON_ParseWithLength(resp->body, resp->body_len)
                           : NULL;
     joined = c ? cJSON_GetObjectItemCaseSensitive(c, "joined") : NULL;
-    if (r && cJSON_IsObject(joined))
+    if (r && cJSON_IsObject(joined)) {
         r->members = cJSON_GetArraySize(joined);
+        names_add_joined(r, joined);
+    }
+    if (r)
+        r->names_loaded = 1;
     if (r)
         r->members_batch = m->batch_serial;
     cJSON_Delete(c);
@@ -1090,6 +1122,15 @@ static int walk_item(struct matrix *m, const struct matrix_item *it)
     ev.event_id = it->event_id;
     ev.thread_id = it->thread_id;
     ev.reply_to = it->reply_to;
+    /* A sender the name table has not seen (after a restart, lazy loading
+     * does not send their member event again): ask for the room's
+     * members once. */
+    if (r && it->sender && !r->names_loaded &&
+        !matrix_members_has(r->names, it->sender)) {
+        r->names_loaded = 1;
+        if (members_fetch(m, it->room_id))
+            return -1;
+    }
     if (r && it->sender &&
         matrix_members_name(r->names, it->sender, name,
                             sizeof(name)) == PARLEY_OK)

@@ -70,6 +70,11 @@ size_t matrix_members_count(const struct matrix_members *mm)
     return mm ? dict_size(mm->users) : 0;
 }
 
+int matrix_members_has(const struct matrix_members *mm, const char *user_id)
+{
+    return mm && user_id && dict_get(mm->users, user_id) != NULL;
+}
+
 /* Change the holder count of name by delta (+1 or -1). */
 static int names_adjust(struct matrix_members *mm, const char *name,
                         int delta)

@@ -278,6 +278,14 @@ def test_display_names():
         assert alice.user_id not in history, history
         assert "Alice: hello" in history, history
 
+        # After a restart the homeserver does not send member events it
+        # sent this device before (lazy loading): names still hold.
+        rc = stop(s.parley.proc, signal.SIGTERM, timeout=20)
+        assert rc == 0, (rc, s.err())
+        s.parley = None
+        s.start()
+        assert turn("alice", "Parley Bot: back?") == "Alice: back?"
+
 
 def test_member_greeting_and_leave():
     with Test() as t:

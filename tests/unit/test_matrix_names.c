@@ -57,6 +57,9 @@ static void test_names_spec_rules(void **state)
     assert_string_equal(name_of(mm, "@alice:evil.org"),
                         "Alice (@alice:evil.org)");
     assert_int_equal(matrix_members_count(mm), 3);
+    assert_true(matrix_members_has(mm, "@alice:evil.org"));
+    assert_false(matrix_members_has(mm, "@nobody:evil.org"));
+    assert_false(matrix_members_has(NULL, "@alice:evil.org"));
 
     /* The impostor leaves: unique again. */
     assert_int_equal(matrix_members_update(mm, "@alice:evil.org", "Alice",
