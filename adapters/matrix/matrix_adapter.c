@@ -56,9 +56,10 @@
  * busy room wait for each PUT in turn (0.1-0.2 s each on a loaded Synapse,
  * so seconds for 20 answers, against a fraction of that spread over 20
  * rooms); Synapse creates up to 5 events of a room at once and persists
- * what is queued in one batch.  The order of different people's answers
- * does not matter, and one person's answers stay in order because the
- * router starts their next job only after the previous answer was sent.
+ * what is queued in one batch.  Order is kept per person (adapter.h): a
+ * send waits while an earlier one to the same person is queued or in
+ * flight, and a send to nobody in particular (a room greeting) waits for
+ * everything before it and holds back everything after it.
  */
 #define MX_SEND_PARALLEL 4
 /* Our recent event ids, to recognise replies to the bot. */
@@ -109,6 +110,7 @@ struct mx_send {
     struct mx_send *next;
     struct mx_room *room;
     struct http_request *req;       /* this send in flight, or NULL */
+    char *who;                      /* the person answered, or NULL */
     char *content;                  /* JSON body */
     char *too_large;                /* short notice sent instead if the
                                        server refuses content as too large;
@@ -1232,6 +1234,7 @@ static void walk(struct matrix *m)
 
 static void send_free(struct mx_send *s)
 {
+    free(s->who);
     free(s->content);
     free(s->too_large);
     free(s);
@@ -1386,8 +1389,19 @@ static void send_done(const struct http_response *resp, void *priv)
     room_kick(r);
 }
 
+/* Whether a send to the same person as s is ahead of s in the queue. */
+static int send_person_ahead(const struct mx_room *r,
+                             const struct mx_send *s)
+{
+    for (const struct mx_send *p = r->head; p && p != s; p = p->next)
+        if (p->who && strcmp(p->who, s->who) == 0)
+            return 1;
+    return 0;
+}
+
 /* Start queued sends of the room, oldest first, up to MX_SEND_PARALLEL
- * in flight, unless the room waits for a retry. */
+ * in flight, unless the room waits for a retry; order per person as
+ * MX_SEND_PARALLEL says. */
 static void room_kick(struct mx_room *r)
 {
     struct matrix *m = r->m;
@@ -1418,7 +1432,9 @@ static void room_kick(struct mx_room *r)
     for (s = r->head; s && r->in_flight < MX_SEND_PARALLEL && !r->retry_at;
          s = next) {
         next = s->next;
-        if (s->req)
+        if (!s->who && (s->req || s != r->head))
+            break;              /* a send to nobody: a barrier */
+        if (s->req || send_person_ahead(r, s))
             continue;
         if (!rid[0] ||
             snprintf(path, sizeof(path), "/rooms/%s/send/m.room.message/%s",
@@ -1433,6 +1449,8 @@ static void room_kick(struct mx_room *r)
             return;
         }
         r->in_flight++;
+        if (!s->who)
+            break;              /* nothing passes a barrier in flight */
     }
 }
 
@@ -1498,6 +1516,10 @@ static int matrix_send(struct adapter *ad, const char *room,
     s->done = done;
     s->privdata = privdata;
     s->room = r;
+    if (reply->mention && !(s->who = strdup(reply->mention))) {
+        send_free(s);
+        return PARLEY_ERR_OOM;
+    }
     if (r->tail)
         r->tail->next = s;
     else
