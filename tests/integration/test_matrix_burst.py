@@ -3,7 +3,8 @@ moment, with the OpenAI stand-in taking 1 s per answer.  Each person gets
 exactly one answer, in reply to their own event and mentioning them, and
 the model requests overlap (the stand-in records when each request
 started and finished): a room does not answer its people one after
-another.  The assertion is on overlap, never on a wall-clock time; the
+another.  Then 8 of them ask twice in a row, all at once: each person's
+answers come in the order asked (adapter.h), parallel sends or not.  The assertion is on overlap, never on a wall-clock time; the
 time to the last answer is printed.
 
 Real Synapse from ../shared/synapse (its rc_message is generous unless
@@ -152,6 +153,7 @@ def check_answers(s, asked, timeout=90):
 def one_room(t, parallel=None):
     s = setup(t, parallel)
     room = s.room_with(NAMES[0], others=NAMES[1:])
+    s.last_room = room
     s.people[NAMES[0]].wait_messages_from(room, s.bot, 1)     # greeting
     asked = fire([(s.people[n], room) for n in NAMES], "burst question",
                  s.bot)
@@ -163,6 +165,25 @@ def one_room(t, parallel=None):
     return s, secs, peak
 
 
+def two_each(s, room, people):
+    """Each person asks twice in a row, all at once: one person's answers
+    arrive in the order asked (adapter.h), whatever the parallelism."""
+    pairs = [(s.people[n], room) for n in people]
+    firsts = fire(pairs, "first question", s.bot)
+    seconds = fire(pairs, "second question", s.bot)
+
+    def answered():
+        evs = s.people[people[0]].timeline(room, limit=400)
+        got = [reply_target(e) for e in evs if e.get("sender") == s.bot]
+        ok = all(ev in got for _, _, ev in firsts + seconds)
+        return got if ok else None
+    order = wait_until(answered, 90, "every follow-up answered; stderr=%s"
+                       % s.err())
+    for (c, _, q1), (_, _, q2) in zip(firsts, seconds):
+        assert order.index(q1) < order.index(q2), \
+            "%s: the second answer came first" % c.user_id
+
+
 def test_burst_one_room():
     with Test() as t:
         s, secs, peak = one_room(t)
@@ -172,6 +193,7 @@ def test_burst_one_room():
         # Different people in one room are answered in parallel.
         assert peak > 1, "model requests never overlapped: the room " \
             "answered one person at a time (%.1f s)" % secs
+        two_each(s, s.last_room, NAMES[:8])
 
 
 def twenty_rooms(t):
