@@ -55,6 +55,25 @@ struct adapter_ops {
      * PARLEY_ERR_STATE when there is nothing more.  The router runs the
      * command (rate limits, help text) and calls this. */
     int (*more)(struct adapter *ad, const char *room, const char *sender);
+    /*
+     * Optional capability "stream" (ADAPTER_CAP_STREAM): show an answer
+     * while the model writes it.  When the adapter's stream setting is on,
+     * the router calls progress zero or more times for one reply, each
+     * time with the same reply fields (txn_id, in_reply_to, thread_id,
+     * mention; notice 0) and the whole text so far, which only grows.  The
+     * adapter copies what it needs and decides how often to show it (its
+     * own rate limit: it may skip calls and keep only the latest text).
+     * The reply then ends with ops->send as usual, with the same fields:
+     * - its text is the full final answer: the adapter turns what it
+     *   showed into the final form (a last edit, a final SSE event) rather
+     *   than posting a second copy;
+     * - or, when the stream broke after progress was shown, its text is
+     *   the fallback (notice 1): the adapter replaces the partial text
+     *   with it, so that no half answer is left standing.
+     * The return value is advisory (PARLEY_OK, or an error after which
+     * the router goes on calling progress and send normally). */
+    int (*progress)(struct adapter *ad, const char *room,
+                    const struct reply *reply, const char *content_so_far);
     /* Stop taking input and close connections; frees nothing. */
     void (*stop)(struct adapter *ad);
     /* Release everything; called after stop, once the loop has closed
@@ -68,6 +87,10 @@ struct adapter {
     struct loop *loop;
     char *account;          /* instance name used in room keys */
     int connected;          /* for health: 1 when usable */
+    int stream;             /* answers go through ops->progress while the
+                               model writes them: the block's "stream"
+                               key, else the adapter's default (set by
+                               its constructor; 0 unless it says so) */
     struct config_greet greet;  /* from its config block; set by main */
     int err;
     char errstr[128];
@@ -97,8 +120,9 @@ typedef int adapter_create_fn(struct adapter **out,
  * "FILE:LINE: key: message".  Returns PARLEY_OK, PARLEY_ERR_CONFIG or
  * PARLEY_ERR_OOM.  config_load calls it in the same pass as the rest of
  * the file, so --check-config reports everything at once.  The common
- * keys ("type" and the greet_* keys, see config_adapter_key_common) are
- * checked by config_load and must not be called unknown here.
+ * keys ("type", the greet_* keys and "stream", see
+ * config_adapter_key_common) are checked by config_load and must not be
+ * called unknown here.
  */
 typedef int adapter_validate_fn(const void *setting, char *err,
                                 size_t errlen);
@@ -108,6 +132,8 @@ typedef int adapter_validate_fn(const void *setting, char *err,
                                          long answer */
 #define ADAPTER_CAP_SINGLE (1u << 1)  /* one per process (it owns stdin);
                                          repeated blocks are ignored */
+#define ADAPTER_CAP_STREAM (1u << 2)  /* ops->progress: answers can be shown
+                                         as they are written ("stream") */
 
 /*
  * What an adapter folder exports: one descriptor, listed once in
@@ -138,5 +164,6 @@ void adapter_registry_names(char *buf, size_t len);
 adapter_create_fn console_adapter_create;
 adapter_create_fn irc_adapter_create;
 adapter_create_fn matrix_adapter_create;
+adapter_create_fn web_adapter_create;
 
 #endif

@@ -114,6 +114,8 @@ struct config_greet {
 struct config_adapter {
     char *type;             /* a name in adapter_registry */
     struct config_greet greet;
+    int stream;             /* "stream": 1 on, 0 off, -1 absent (the
+                               adapter's default) */
     void *setting;          /* config_setting_t *, owned by config */
     int line;               /* line of the block, for messages */
 };
@@ -179,8 +181,8 @@ const struct config_room *config_room_find(const struct config *cfg,
 int config_model_allowed(const struct config *cfg, const char *model);
 
 /* 1 when name is a key every adapter block may hold, checked by
- * config_load: "type" and the greeting keys (with their old IRC names
- * greet_users and greet_max_users).  Adapter parsers skip these when
+ * config_load: "type", "stream" and the greeting keys (with their old IRC
+ * names greet_users and greet_max_users).  Adapter parsers skip these when
  * they look for unknown keys. */
 int config_adapter_key_common(const char *name);
 

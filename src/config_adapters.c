@@ -158,6 +158,8 @@ config_load_adapters(struct config_loader *ld, config_setting_t *s)
             continue;
         }
         config_load_greet(ld, e, &ads[count].greet);
+        ads[count].stream = config_load_stream(ld, e, (d->caps &
+                                               ADAPTER_CAP_STREAM) != 0);
         config_validate_adapter(ld, e, d);
         ads[count].type = strdup(type);
         if (!ads[count].type) {

@@ -1,7 +1,9 @@
 /*
- * The greeting keys every adapter block shares (greet_on_join,
- * greet_new_members, greet_members_max), with IRC's old names
- * greet_users and greet_max_users accepted as deprecated aliases.  Kept
+ * The keys every adapter block shares: the greeting keys
+ * (greet_on_join, greet_new_members, greet_members_max), with IRC's old
+ * names greet_users and greet_max_users accepted as deprecated aliases,
+ * and "stream" (show answers while the model writes them, for adapters
+ * with ADAPTER_CAP_STREAM).  Kept
  * apart from config_adapters.c so that an adapter's own parser can call
  * config_greet_read and config_adapter_key_common without linking the
  * adapter registry (and with it every other adapter).
@@ -46,7 +48,7 @@ config_adapter_key_common(const char *name)
 
     if (!name)
         return 0;
-    if (strcmp(name, "type") == 0)
+    if (strcmp(name, "type") == 0 || strcmp(name, "stream") == 0)
         return 1;
     for (i = 0; i < N_GREET_KEYS; i++)
         if (strcmp(name, greet_keys[i].name) == 0 ||
@@ -168,3 +170,26 @@ config_load_greet(struct config_loader *ld, const config_setting_t *e,
     }
 }
 
+
+int
+config_load_stream(struct config_loader *ld, const config_setting_t *e,
+                   int can_stream)
+{
+    const config_setting_t *m = config_setting_get_member(e, "stream");
+
+    if (!m)
+        return -1;
+    if (config_setting_type(m) != CONFIG_TYPE_BOOL) {
+        config_error_add(&ld->errs, m, "expected true or false");
+        return -1;
+    }
+    if (!config_setting_get_bool(m))
+        return 0;
+    if (!can_stream) {
+        config_error_add(&ld->errs, m, "this adapter cannot show answers "
+                         "while they are written (yet); remove the key or "
+                         "set it to false");
+        return -1;
+    }
+    return 1;
+}

@@ -133,6 +133,12 @@ int config_is_adapter_type(const char *name);
 void config_load_greet(struct config_loader *ld, const config_setting_t *e,
                        struct config_greet *g);
 
+/* The "stream" key of adapter block e: 1, 0, or -1 when absent.  An
+ * adapter that cannot stream (no ADAPTER_CAP_STREAM) may only say
+ * false; true is reported as an error. */
+int config_load_stream(struct config_loader *ld, const config_setting_t *e,
+                       int can_stream);
+
 /* ---- config_secrets.c ---- */
 
 /* Wipe and free a secret string. */

@@ -9,6 +9,11 @@
  *
  * Redis is reached only through the state layer (state.h).
  *
+ * With an adapter that shows progress (ops->progress, its "stream" key
+ * on) the completion is streamed and each piece goes to the adapter as
+ * the text so far; the final send and the history get the final text
+ * only, and a stream that breaks ends with the fallback (adapter.h).
+ *
  * When Redis is down each Redis step is skipped (no history, no limits
  * from Redis), so IRC and the console keep answering; errors from the
  * model never enter the history.  The job leaves its room as soon as the
@@ -119,6 +124,25 @@ static void job_typing(struct job *job, int on)
         ad->ops->typing(ad, job->ev->room, on);
 }
 
+/* Where and how the job's answer goes, without its text; txn (of
+ * EVENT_ROOM_KEY_MAX bytes) holds the txn id.  The same fields go with
+ * every progress call and the final send (adapter.h). */
+static void job_reply_fields(const struct job *job, struct reply *reply,
+                             char *txn, size_t txnlen)
+{
+    memset(reply, 0, sizeof(*reply));
+    /* A greeting answers nobody's message: replying to a membership
+     * event would show as a reply to nothing in most clients. */
+    if (job->kind != JOB_GREET_ROOM && job->kind != JOB_GREET_USER)
+        reply->in_reply_to = job->ev->event_id;
+    reply->thread_id = job->ev->thread_id;
+    reply->mention = job->kind == JOB_GREET_ROOM ? NULL : job->ev->sender;
+    if (job->ev->event_id) {
+        snprintf(txn, txnlen, "parley.%s", job->ev->event_id);
+        reply->txn_id = txn;
+    }
+}
+
 /* Hand the answer to the adapter and let the room move on.  The job is
  * not touched after ops->send: done may already have freed it. */
 static void job_send(struct job *job)
@@ -129,19 +153,9 @@ static void job_send(struct job *job)
     struct reply reply;
     int result, had_room;
 
-    memset(&reply, 0, sizeof(reply));
+    job_reply_fields(job, &reply, txn, sizeof(txn));
     reply.text = job->answer ? job->answer : ROUTER_FALLBACK_TEXT;
-    /* A greeting answers nobody's message: replying to a membership
-     * event would show as a reply to nothing in most clients. */
-    if (job->kind != JOB_GREET_ROOM && job->kind != JOB_GREET_USER)
-        reply.in_reply_to = job->ev->event_id;
-    reply.thread_id = job->ev->thread_id;
-    reply.mention = job->kind == JOB_GREET_ROOM ? NULL : job->ev->sender;
     reply.notice = job->notice;
-    if (job->ev->event_id) {
-        snprintf(txn, sizeof(txn), "parley.%s", job->ev->event_id);
-        reply.txn_id = txn;
-    }
     job_typing(job, 0);
     if (job->kind == JOB_GREET_ROOM || job->kind == JOB_GREET_USER)
         metrics_greeting();
@@ -270,6 +284,13 @@ static void job_llm_done(const struct llm_result *res, void *privdata)
         log_room(LOG_LEVEL_ERROR, job->ev->platform, job->ev->room,
                  "llm: no answer after %d attempt(s): %s", res->attempts,
                  res->errstr);
+        /* A stream that broke after part of the answer was shown ends
+         * with the fallback, which the adapter puts in place of the
+         * partial text; none of it reaches the history. */
+        if (job->streamed)
+            log_room(LOG_LEVEL_WARN, job->ev->platform, job->ev->room,
+                     "stream broke after %zu bytes were shown: the "
+                     "fallback replaces them", res->delivered);
         if (job->kind == JOB_GREET_ROOM || job->kind == JOB_GREET_USER) {
             /* Nobody asked anything: an apology would puzzle people, a
              * plain greeting still makes the bot welcome them. */
@@ -320,6 +341,35 @@ static void job_llm_done(const struct llm_result *res, void *privdata)
         job_store_answer_then_send(job);
 }
 
+/* Whether the answer is shown while it is written: the adapter can
+ * (ops->progress) and its "stream" setting is on. */
+static int job_streams(const struct job *job)
+{
+    return job->ad->ops->progress && job->ad->stream;
+}
+
+/* A piece of a streamed answer: the adapter sees the whole text so far
+ * and decides how often to show it.  Only the final text is stored
+ * (job_llm_done), so nothing shown here can end up in the history. */
+static void job_llm_delta(const struct llm_delta *delta, void *privdata)
+{
+    struct job *job = privdata;
+    struct adapter *ad = job->ad;
+    char txn[EVENT_ROOM_KEY_MAX];
+    struct reply reply;
+
+    if (JOB_CLOSING(job))
+        return;
+    job_reply_fields(job, &reply, txn, sizeof(txn));
+    reply.text = delta->content;
+    job->streamed = 1;
+    if (ad->ops->progress(ad, job->ev->room, &reply,
+                          delta->content) != PARLEY_OK)
+        log_room(LOG_LEVEL_DEBUG, job->ev->platform, job->ev->room,
+                 "progress not shown: %s", ad->errstr[0] ? ad->errstr :
+                 "adapter error");
+}
+
 static void job_complete(struct job *job)
 {
     struct router *r = job->r;
@@ -357,7 +407,10 @@ static void job_complete(struct job *job)
     if (job->kind == JOB_CHAT)
         job_typing(job, 1);
     job->llm_started = monotonic_seconds();
-    if (llm_complete(r->llm, model, messages, job_llm_done, job,
+    if (job_streams(job) ?
+        llm_complete_stream(r->llm, model, messages, job_llm_delta,
+                            job_llm_done, job, NULL) != PARLEY_OK :
+        llm_complete(r->llm, model, messages, job_llm_done, job,
                      NULL) != PARLEY_OK) {
         log_room(LOG_LEVEL_ERROR, job->ev->platform, job->ev->room,
                  "llm: cannot start a request");

@@ -441,6 +441,9 @@ static int app_create_adapters(struct app *app, int console, char *err,
                                  errlen);
         if (result != PARLEY_OK)
             return result;
+        /* The constructor set the adapter's default; the block decides. */
+        if (ca->stream >= 0)
+            app->adapters[app->n_adapters - 1]->stream = ca->stream;
     }
     if (console && !have_console && console_desc) {
         struct config_greet greet;

@@ -58,6 +58,8 @@ struct job {
     double llm_started;         /* monotonic seconds, for the latency */
     int notice;                 /* answer is service text, not the model */
     int typing;                 /* counted in room->typing */
+    int streamed;               /* ops->progress has shown part of the
+                                   answer (the final send replaces it) */
 
     struct job *next;           /* room's waiting or running list */
     struct job *all_prev, *all_next;    /* every live job, for close */

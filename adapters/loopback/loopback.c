@@ -43,6 +43,10 @@ struct loopback {
     size_t n_pending;
     loopback_reply_fn *on_reply;
     void *reply_privdata;
+    /* Progress calls (ops->progress), counted; the latest text kept. */
+    unsigned long progress_calls;
+    char *progress_text;
+    char *progress_txn;
 };
 
 static const char *const loopback_keys[] = { "name", "latency_ms" };
@@ -332,11 +336,42 @@ static void loopback_stop(struct adapter *ad)
     }
 }
 
+/* Records what a streaming platform would show; the text must only grow
+ * for one reply (adapter.h), which the record lets tests check. */
+static int loopback_progress(struct adapter *ad, const char *room,
+                             const struct reply *reply,
+                             const char *content_so_far)
+{
+    struct loopback *lb = (struct loopback *)ad;
+    char *text, *txn = NULL;
+
+    (void)room;
+    if (lb->stopped) {
+        snprintf(ad->errstr, sizeof(ad->errstr), "loopback: stopped");
+        return PARLEY_ERR_STATE;
+    }
+    text = strdup(content_so_far ? content_so_far : "");
+    if (text && reply->txn_id)
+        txn = strdup(reply->txn_id);
+    if (!text || (reply->txn_id && !txn)) {
+        free(text);
+        return PARLEY_ERR_OOM;
+    }
+    free(lb->progress_text);
+    free(lb->progress_txn);
+    lb->progress_text = text;
+    lb->progress_txn = txn;
+    lb->progress_calls++;
+    return PARLEY_OK;
+}
+
 static void loopback_free(struct adapter *ad)
 {
     struct loopback *lb = (struct loopback *)ad;
 
     loopback_clear(ad);
+    free(lb->progress_text);
+    free(lb->progress_txn);
     free(lb->replies);
     free(ad->account);
     free(lb);
@@ -346,6 +381,7 @@ static const struct adapter_ops loopback_ops = {
     .type = "loopback",
     .start = loopback_start,
     .send = loopback_send,
+    .progress = loopback_progress,
     .stop = loopback_stop,
     .free = loopback_free,
 };
@@ -387,7 +423,7 @@ const struct adapter_desc loopback_adapter_desc = {
     .name = "loopback",
     .validate = loopback_validate,
     .create = loopback_adapter_create,
-    .caps = 0,
+    .caps = ADAPTER_CAP_STREAM,     /* off unless the block says so */
 };
 
 /* ---- test API --------------------------------------------------------- */
@@ -482,4 +518,30 @@ void loopback_set_latency(struct adapter *ad, unsigned ms)
 {
     ((struct loopback *)ad)->latency_ms = ms > LOOPBACK_LATENCY_MAX_MS ?
                                           LOOPBACK_LATENCY_MAX_MS : ms;
+}
+
+unsigned long loopback_progress_count(const struct adapter *ad)
+{
+    return ((const struct loopback *)ad)->progress_calls;
+}
+
+const char *loopback_progress_last(const struct adapter *ad,
+                                   const char **txn_id)
+{
+    const struct loopback *lb = (const struct loopback *)ad;
+
+    if (txn_id)
+        *txn_id = lb->progress_txn;
+    return lb->progress_text;
+}
+
+void loopback_progress_reset(struct adapter *ad)
+{
+    struct loopback *lb = (struct loopback *)ad;
+
+    free(lb->progress_text);
+    free(lb->progress_txn);
+    lb->progress_text = NULL;
+    lb->progress_txn = NULL;
+    lb->progress_calls = 0;
 }

@@ -5,7 +5,9 @@
  * back from a recorded list (loopback_reply_at) or a callback
  * (loopback_on_reply).  An optional send latency simulates a slow
  * platform.  Config block: { type = "loopback"; name = "..."; latency_ms
- * = 0; } (name is the account in room keys, default "loopback").
+ * = 0; stream = false; } (name is the account in room keys, default
+ * "loopback"; with stream = true answers are streamed and the progress
+ * calls are recorded, see loopback_progress_count).
  */
 #ifndef PARLEY_LOOPBACK_H
 #define PARLEY_LOOPBACK_H
@@ -67,6 +69,15 @@ size_t loopback_in_flight(const struct adapter *ad);
 
 void loopback_on_reply(struct adapter *ad, loopback_reply_fn *fn,
                        void *privdata);
+/* ops->progress calls so far (answers streamed with stream = true). */
+unsigned long loopback_progress_count(const struct adapter *ad);
+/* The text of the latest progress call, or NULL; *txn_id (if txn_id is
+ * not NULL) gets its reply's txn id.  Valid until the next call. */
+const char *loopback_progress_last(const struct adapter *ad,
+                                   const char **txn_id);
+/* Forget the progress record. */
+void loopback_progress_reset(struct adapter *ad);
+
 /* Simulated send latency for later sends (0 = deliver at once). */
 void loopback_set_latency(struct adapter *ad, unsigned ms);
 

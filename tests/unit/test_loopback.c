@@ -24,11 +24,13 @@
 
 #include "adapter.h"
 #include "config.h"
+#include "context.h"
 #include "llm.h"
 #include "loop.h"
 #include "loopback/loopback.h"
 #include "router.h"
 #include "spawn.h"
+#include "state.h"
 #include "status.h"
 #include "store.h"
 
@@ -45,6 +47,10 @@ struct fixture {
     struct adapter *ad;
     int callbacks;
     char last_text[256];
+    /* state_history_load result */
+    int history_done;
+    size_t history_n;
+    char history_last[256];
 };
 
 static void wake(uv_timer_t *t)
@@ -122,7 +128,8 @@ static void start_stub(struct fixture *f)
     assert_int_equal(spawn_wait_port(f->stub_port, 5000), 0);
 }
 
-static int setup(void **state)
+/* extra: more keys for the adapter block ("" for none). */
+static int setup_with(void **state, const char *extra)
 {
     struct fixture *f = calloc(1, sizeof(*f));
     char path[128], url[64], err[1024];
@@ -143,8 +150,8 @@ static int setup(void **state)
     conf = fopen(path, "w");
     assert_non_null(conf);
     fprintf(conf, "adapters = ( { type = \"loopback\"; name = \"lb\"; "
-            "latency_ms = 0; } );\n"
-            "limits = { user_requests_per_minute = 0; };\n");
+            "latency_ms = 0; %s } );\n"
+            "limits = { user_requests_per_minute = 0; };\n", extra);
     assert_int_equal(fclose(conf), 0);
     assert_int_equal(config_load(&f->cfg, path, err, sizeof(err)),
                      PARLEY_OK);
@@ -173,12 +180,24 @@ static int setup(void **state)
     assert_int_equal(d->create(&f->ad, &env, f->cfg.adapters[0].setting,
                                err, sizeof(err)), PARLEY_OK);
     f->ad->greet = f->cfg.adapters[0].greet;
+    if (f->cfg.adapters[0].stream >= 0)     /* as main does */
+        f->ad->stream = f->cfg.adapters[0].stream;
     assert_string_equal(f->ad->account, "lb");
     assert_int_equal(router_add_adapter(f->router, f->ad), PARLEY_OK);
     assert_int_equal(f->ad->ops->start(f->ad), PARLEY_OK);
     assert_true(run_until(f, store_up, 5000));
     *state = f;
     return 0;
+}
+
+static int setup(void **state)
+{
+    return setup_with(state, "");
+}
+
+static int setup_stream(void **state)
+{
+    return setup_with(state, "stream = true;");
 }
 
 static int teardown(void **state)
@@ -298,15 +317,13 @@ static void stop_with_send_in_flight(void **state)
                      PARLEY_ERR_STATE);
 }
 
-/* Script the stand-in: every answer waits delay seconds. */
-static void stub_delay_all(struct fixture *f, double delay)
+/* Replace the stand-in's script with json (a list of actions). */
+static void stub_script(struct fixture *f, const char *json)
 {
-    char req[512], buf[512], json[128];
+    char req[1024], buf[512];
     struct sockaddr_in sa;
     int fd, n;
 
-    snprintf(json, sizeof(json), "[{\"delay\": %.2f, \"repeat\": true}]",
-             delay);
     memset(&sa, 0, sizeof(sa));
     sa.sin_family = AF_INET;
     sa.sin_port = htons((unsigned short)f->stub_port);
@@ -322,6 +339,124 @@ static void stub_delay_all(struct fixture *f, double delay)
     n = (int)read(fd, buf, sizeof(buf) - 1);
     assert_true(n > 12);
     close(fd);
+}
+
+/* Script the stand-in: every answer waits delay seconds. */
+static void stub_delay_all(struct fixture *f, double delay)
+{
+    char json[128];
+
+    snprintf(json, sizeof(json), "[{\"delay\": %.2f, \"repeat\": true}]",
+             delay);
+    stub_script(f, json);
+}
+
+static void history_loaded(int status, struct history *h, void *privdata)
+{
+    struct fixture *f = privdata;
+
+    f->history_done = 1;
+    f->history_n = 0;
+    f->history_last[0] = '\0';
+    if (status == PARLEY_OK && h) {
+        f->history_n = h->n;
+        if (h->n > 0)
+            snprintf(f->history_last, sizeof(f->history_last), "%s",
+                     h->turns[h->n - 1].content);
+    }
+    context_history_free(h);
+}
+
+static int history_ready(struct fixture *f)
+{
+    return f->history_done;
+}
+
+/* Number of turns stored for the loopback room, the last one's text in
+ * f->history_last. */
+static size_t history_of(struct fixture *f, const char *room)
+{
+    char key[128];
+
+    snprintf(key, sizeof(key), "loopback:lb:%s", room);
+    f->history_done = 0;
+    assert_int_equal(state_history_load(f->store, key, &f->cfg.context,
+                                        history_loaded, f), PARLEY_OK);
+    assert_true(run_until(f, history_ready, 5000));
+    return f->history_n;
+}
+
+/* stream = true: the pieces reach ops->progress as the text so far, the
+ * final send carries the whole answer, and the history holds it once. */
+static void stream_progress_then_final(void **state)
+{
+    struct fixture *f = *state;
+    const struct loopback_reply *r;
+
+    assert_int_equal(f->ad->stream, 1);
+    stub_script(f, "[{\"pieces\": [\"Hel\", \"lo, \", \"wor\", "
+                "\"ld!\"], \"chunk_delay\": 0.02}]");
+    assert_int_equal(loopback_inject(f->ad, "#s", "alice", "hi", 1),
+                     PARLEY_OK);
+    assert_true(run_until(f, idle, 10000));
+    /* Pieces may be merged on the way, never lost. */
+    assert_true(loopback_progress_count(f->ad) >= 1);
+    assert_true(loopback_progress_count(f->ad) <= 4);
+    assert_string_equal(loopback_progress_last(f->ad, NULL),
+                        "Hello, world!");
+    assert_int_equal(loopback_reply_count(f->ad), 1);
+    r = loopback_reply_at(f->ad, 0);
+    assert_string_equal(r->text, "Hello, world!");
+    assert_int_equal(r->notice, 0);
+    assert_int_equal(history_of(f, "#s"), 2);
+    assert_string_equal(f->history_last, "Hello, world!");
+
+    /* Commands are not streamed: they never reach the model. */
+    loopback_progress_reset(f->ad);
+    assert_int_equal(loopback_inject(f->ad, "#s", "alice", "!help", 1),
+                     PARLEY_OK);
+    assert_true(run_until(f, idle, 10000));
+    assert_int_equal(loopback_progress_count(f->ad), 0);
+    assert_int_equal(loopback_reply_count(f->ad), 2);
+}
+
+/* A stream that breaks after pieces were shown: the final send is the
+ * fallback notice (the adapter replaces what it showed) and nothing of
+ * the exchange enters the history. */
+static void stream_break_gives_fallback(void **state)
+{
+    struct fixture *f = *state;
+    const struct loopback_reply *r;
+
+    stub_script(f, "[{\"pieces\": [\"Half \", \"an \", \"answer\", "
+                "\" never\"], \"chunk_delay\": 0.02, "
+                "\"break_after\": 2}]");
+    assert_int_equal(loopback_inject(f->ad, "#b", "bob", "tell me", 1),
+                     PARLEY_OK);
+    assert_true(run_until(f, idle, 10000));
+    assert_true(loopback_progress_count(f->ad) >= 1);
+    assert_non_null(strstr("Half an ", loopback_progress_last(f->ad,
+                                                              NULL)));
+    assert_int_equal(loopback_reply_count(f->ad), 1);
+    r = loopback_reply_at(f->ad, 0);
+    assert_string_equal(r->text, ROUTER_FALLBACK_TEXT);
+    assert_int_equal(r->notice, 1);
+    assert_int_equal(history_of(f, "#b"), 0);
+}
+
+/* Without the key (or with stream = false) nothing is streamed. */
+static void stream_off_by_default(void **state)
+{
+    struct fixture *f = *state;
+
+    assert_int_equal(f->ad->stream, 0);
+    assert_int_equal(loopback_inject(f->ad, "#n", "carol", "hey", 1),
+                     PARLEY_OK);
+    assert_true(run_until(f, idle, 10000));
+    assert_int_equal(loopback_progress_count(f->ad), 0);
+    assert_int_equal(loopback_reply_count(f->ad), 1);
+    assert_string_equal(loopback_reply_at(f->ad, 0)->text,
+                        "echo: carol: hey");
 }
 
 /*
@@ -368,6 +503,12 @@ int main(void)
         cmocka_unit_test_setup_teardown(latency_delays_delivery, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(stop_with_send_in_flight, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(stream_progress_then_final,
+                                        setup_stream, teardown),
+        cmocka_unit_test_setup_teardown(stream_break_gives_fallback,
+                                        setup_stream, teardown),
+        cmocka_unit_test_setup_teardown(stream_off_by_default, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(bench_burst, setup, teardown),
     };
