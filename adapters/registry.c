@@ -16,7 +16,8 @@
     X(console)          \
     X(irc)              \
     X(loopback)         \
-    X(matrix)
+    X(matrix)           \
+    X(web)
 
 #define ADAPTER_DECLARE(name) extern const struct adapter_desc \
     name##_adapter_desc;
