@@ -385,7 +385,7 @@ int web_submit(struct web *w, const char *room, const char *text,
     return PARLEY_OK;
 }
 
-/* ---- life cycle ----------------------------------------------------------- */
+/* ---- life cycle ------------------------------------------------------- */
 
 static void ping_one(const char *key, void *value, void *privdata)
 {
