@@ -123,7 +123,7 @@ def test_api_key_file_and_missing_key():
 
 
 def test_example_config_with_every_adapter_checks():
-    """bot.conf.example as shipped, and with its IRC and Matrix blocks
+    """bot.conf.example as shipped, and with its IRC, Matrix and web blocks
     uncommented, passes --check-config (adapters validate their blocks)."""
     from harness import SOURCE_DIR
     example = os.path.join(SOURCE_DIR, "bot.conf.example")
@@ -146,7 +146,7 @@ def test_example_config_with_every_adapter_checks():
             f.writelines(lines)
         code, out, err = run(["-c", full, "--check-config"], env=env)
         assert code == 0, err
-        assert "3 adapter(s)" in out, out
+        assert "4 adapter(s)" in out, out
         # A typo inside an adapter block is reported with file and line.
         bad = os.path.join(t.tmp, "bad.conf")
         with open(bad, "w") as f:

@@ -604,7 +604,7 @@ test_fewshot_rooms_adapters(void **state)
     expect_line(err, "15: irc: unknown key (adapters are entries of the "
                      "adapters list: { type = \"irc\"; ... })");
     expect_line(err, "17: adapters[0].type: unknown adapter type "
-                     "(expected console, irc, loopback or matrix)");
+                     "(expected console, irc, loopback, matrix or web)");
     expect_line(err, "18: adapters[1]: missing key \"type\"");
     /* The irc block is checked by the IRC adapter in the same pass. */
     expect_line(err, "19: adapters.[2].token: unknown key");
@@ -1033,6 +1033,44 @@ test_adapter_errors_with_core_errors(void **state)
     config_free(&cfg);
 }
 
+/* "stream": a common key, true only where the adapter can show progress
+ * (ADAPTER_CAP_STREAM), -1 when absent so that the adapter's default
+ * holds. */
+static void
+test_stream_key(void **state)
+{
+    struct config cfg;
+    char err[ERR_LEN];
+
+    (void)state;
+    assert_int_equal(load_text(&cfg,
+        "adapters = (\n"
+        "  { type = \"loopback\"; stream = true; },\n"            /* 2 */
+        "  { type = \"web\"; stream = false; },\n"                /* 3 */
+        "  { type = \"console\"; stream = false; },\n"            /* 4 */
+        "  { type = \"loopback\"; name = \"b\"; }\n"              /* 5 */
+        ");\n",
+        err, sizeof(err)), PARLEY_OK);
+    assert_int_equal(cfg.adapters[0].stream, 1);
+    assert_int_equal(cfg.adapters[1].stream, 0);
+    assert_int_equal(cfg.adapters[2].stream, 0);
+    assert_int_equal(cfg.adapters[3].stream, -1);
+    config_free(&cfg);
+
+    assert_int_equal(load_text(&cfg,
+        "adapters = (\n"
+        "  { type = \"console\"; stream = true; },\n"             /* 2 */
+        "  { type = \"loopback\"; stream = 1; }\n"                /* 3 */
+        ");\n",
+        err, sizeof(err)), PARLEY_ERR_CONFIG);
+    expect_line(err, "2: adapters[0].stream: this adapter cannot show "
+                     "answers while they are written (yet); remove the "
+                     "key or set it to false");
+    expect_line(err, "3: adapters[1].stream: expected true or false");
+    assert_int_equal(count_lines(err), 2);
+    config_free(&cfg);
+}
+
 static void
 test_greeting_keys(void **state)
 {
@@ -1123,7 +1161,7 @@ test_registry(void **state)
     size_t i;
 
     adapter_registry_names(names, sizeof(names));
-    assert_string_equal(names, "console, irc, loopback or matrix");
+    assert_string_equal(names, "console, irc, loopback, matrix or web");
     for (i = 0; adapter_registry[i]; i++) {
         const struct adapter_desc *d = adapter_registry[i];
 
@@ -1131,8 +1169,11 @@ test_registry(void **state)
         assert_non_null(d->create);
         assert_true(d->keys || d->validate);
     }
-    assert_int_equal(i, 4);
+    assert_int_equal(i, 5);
     assert_null(adapter_find("slack"));
+    assert_true(adapter_find("web")->caps & ADAPTER_CAP_STREAM);
+    assert_false(adapter_find("irc")->caps & ADAPTER_CAP_STREAM);
+    assert_true(config_adapter_key_common("stream"));
     assert_true(adapter_find("irc")->caps & ADAPTER_CAP_MORE);
     assert_true(adapter_find("console")->caps & ADAPTER_CAP_SINGLE);
     assert_true(config_adapter_key_common("greet_users"));
@@ -1202,6 +1243,7 @@ main(void)
         cmocka_unit_test_setup(test_adapter_errors_with_core_errors,
                                clear_env),
         cmocka_unit_test_setup(test_greeting_keys, clear_env),
+        cmocka_unit_test_setup(test_stream_key, clear_env),
         cmocka_unit_test_setup(test_adapter_keys, clear_env),
         cmocka_unit_test_setup(test_registry, clear_env),
         cmocka_unit_test_setup(test_example_loads, clear_env),
