@@ -10,11 +10,11 @@
  *   web.h          what the files share (this)
  *   web_config.c   the config block: keys, checks, defaults
  *   web_adapter.c  adapter ops, sessions and their event queues
- *   web_http.c     libmicrohttpd driven from the libuv loop, the routes
+ *   web_http.c     libmicrohttpd driven from the loop, the routes
  *   web_assets.c   the page, its script and styles, as string literals
  *
  * Threads: none.  The daemon has no thread of its own: its epoll fd is
- * watched by the loop (uv_poll) and MHD_run is called from the loop, so
+ * watched by the loop (loop_watch) and MHD_run is called from the loop, so
  * every request handler runs on the loop thread like the rest of parley.
  */
 #ifndef PARLEY_WEB_H
@@ -23,11 +23,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include <uv.h>
-
 #include "adapter.h"
 
 struct dict;
+struct loop;
+struct loop_timer;
+struct loop_watch;
 struct store;
 struct MHD_Daemon;
 struct MHD_Connection;
@@ -114,16 +115,15 @@ struct web {
     struct web_config cfg;
     const struct config *gcfg;
     struct store *store;
-    uv_loop_t *uv;
+    struct loop *loop;
     uint8_t token_sha[32];
     int has_token;
 
     struct MHD_Daemon *daemon;
-    uv_poll_t poll;             /* the daemon's epoll fd */
-    uv_timer_t mhd_timer;       /* MHD_get_timeout, or "run soon" */
-    uv_timer_t progress_timer;  /* flushes held-back progress */
-    uv_timer_t ping_timer;      /* pings, idle sessions */
-    int handles;                /* initialised handles not yet closed */
+    struct loop_watch *watch;   /* the daemon's epoll fd */
+    struct loop_timer *mhd_timer;       /* MHD_get_timeout, or "run soon" */
+    struct loop_timer *progress_timer;  /* flushes held-back progress */
+    struct loop_timer *ping_timer;      /* pings, idle sessions */
     int running;
     int stopped;
     int port;

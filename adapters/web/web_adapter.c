@@ -11,7 +11,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 
 #include <cJSON.h>
 #include <openssl/crypto.h>
@@ -23,6 +22,7 @@
 #include "log.h"
 #include "loop.h"
 #include "matrix/matrix.h"
+#include "random.h"
 #include "router.h"
 #include "status.h"
 #include "web.h"
@@ -100,7 +100,7 @@ struct web_session *web_session_get(struct web *w, const char *room)
     struct web_session *s = dict_get(w->sessions, room);
 
     if (s) {
-        s->last_seen = uv_now(w->uv);
+        s->last_seen = loop_now_ms(w->loop);
         return s;
     }
     if (w->n_sessions >= WEB_SESSIONS_MAX) {
@@ -115,7 +115,7 @@ struct web_session *web_session_get(struct web *w, const char *room)
     if (!s)
         return NULL;
     snprintf(s->room, sizeof(s->room), "%s", room);
-    s->last_seen = uv_now(w->uv);
+    s->last_seen = loop_now_ms(w->loop);
     if (dict_set(w->sessions, s->room, s) != PARLEY_OK) {
         free(s);
         return NULL;
@@ -241,7 +241,7 @@ static void progress_flush(struct web *w, struct web_session *s)
     if (!s->progress_dirty)
         return;
     s->progress_dirty = 0;
-    s->progress_at = uv_now(w->uv);
+    s->progress_at = loop_now_ms(w->loop);
     if (push_text(w, s, "progress", s->progress_id, s->progress_text, 0) !=
         PARLEY_OK)
         log_debug("web: progress for %s not queued", s->room);
@@ -261,21 +261,21 @@ static void flush_due(const char *key, void *value, void *privdata)
     (void)key;
     if (!s->progress_dirty)
         return;
-    if (at <= uv_now(d->w->uv))
+    if (at <= loop_now_ms(d->w->loop))
         progress_flush(d->w, s);
     else if (!d->next || at < d->next)
         d->next = at;
 }
 
-static void on_progress_timer(uv_timer_t *t)
+static void on_progress_timer(void *privdata)
 {
-    struct web *w = t->data;
+    struct web *w = privdata;
     struct due d = { w, 0 };
 
     dict_foreach(w->sessions, flush_due, &d);
     if (d.next)
-        uv_timer_start(&w->progress_timer, on_progress_timer,
-                       d.next - uv_now(w->uv), 0);
+        loop_timer_start(w->progress_timer, d.next - loop_now_ms(w->loop),
+                         0);
 }
 
 static int web_progress(struct adapter *ad, const char *room,
@@ -302,12 +302,11 @@ static int web_progress(struct adapter *ad, const char *room,
     s->progress_text = text;
     s->progress_id = id;
     s->progress_dirty = 1;
-    if (uv_now(w->uv) >= s->progress_at + WEB_PROGRESS_MS)
+    if (loop_now_ms(w->loop) >= s->progress_at + WEB_PROGRESS_MS)
         progress_flush(w, s);
-    else if (!uv_is_active((uv_handle_t *)&w->progress_timer))
-        uv_timer_start(&w->progress_timer, on_progress_timer,
-                       s->progress_at + WEB_PROGRESS_MS - uv_now(w->uv),
-                       0);
+    else if (!loop_timer_active(w->progress_timer))
+        loop_timer_start(w->progress_timer, s->progress_at +
+                         WEB_PROGRESS_MS - loop_now_ms(w->loop), 0);
     return PARLEY_OK;
 }
 
@@ -366,7 +365,7 @@ int web_submit(struct web *w, const char *room, const char *text,
 
     if (!w->ad.router || w->stopped)
         return PARLEY_ERR_STATE;
-    if (getrandom(rnd, sizeof(rnd), 0) != (ssize_t)sizeof(rnd))
+    if (random_bytes(rnd, sizeof(rnd)) != PARLEY_OK)
         return PARLEY_ERR_IO;
     hex(rnd, sizeof(rnd), h);
     snprintf(event_id, idlen, "web-%s", h);
@@ -417,15 +416,15 @@ static void collect_idle(const char *key, void *value, void *privdata)
         l->s[l->n++] = s;
 }
 
-static void on_ping_timer(uv_timer_t *t)
+static void on_ping_timer(void *privdata)
 {
-    struct web *w = t->data;
+    struct web *w = privdata;
     struct idle_list l;
 
     dict_foreach(w->sessions, ping_one, w);
     /* Forget sessions whose browser has been away long (collected first:
      * the dict must not change under dict_foreach). */
-    l.now = uv_now(w->uv);
+    l.now = loop_now_ms(w->loop);
     l.n = 0;
     dict_foreach(w->sessions, collect_idle, &l);
     for (size_t i = 0; i < l.n; i++)
@@ -444,33 +443,26 @@ static int web_start(struct adapter *ad)
         return PARLEY_OK;
     /* Handles are made here, not in create: --check-config creates
      * adapters without running the loop. */
-    uv_timer_init(w->uv, &w->progress_timer);
-    uv_timer_init(w->uv, &w->ping_timer);
-    w->progress_timer.data = w;
-    w->ping_timer.data = w;
-    w->handles += 2;
+    w->progress_timer = loop_timer_new(w->loop, on_progress_timer, w);
+    w->ping_timer = loop_timer_new(w->loop, on_ping_timer, w);
     w->running = 1;
+    if (!w->progress_timer || !w->ping_timer) {
+        snprintf(ad->errstr, sizeof(ad->errstr), "web: out of memory");
+        return PARLEY_ERR_OOM;
+    }
     result = web_http_start(w, err, sizeof(err));
     if (result != PARLEY_OK) {
         snprintf(ad->errstr, sizeof(ad->errstr), "%.120s", err);
         log_error("%s", err);
         return result;
     }
-    uv_timer_start(&w->ping_timer, on_ping_timer, WEB_PING_MS,
-                   WEB_PING_MS);
+    loop_timer_start(w->ping_timer, WEB_PING_MS, WEB_PING_MS);
     ad->connected = 1;
     log_info("web: chat on http://%.*s:%d/", colon && colon > w->cfg.listen ?
              (int)(colon - w->cfg.listen) : 9,
              colon && colon > w->cfg.listen ? w->cfg.listen : "127.0.0.1",
              w->port);
     return PARLEY_OK;
-}
-
-static void handle_closed(uv_handle_t *h)
-{
-    struct web *w = h->data;
-
-    w->handles--;
 }
 
 static void web_stop(struct adapter *ad)
@@ -484,8 +476,10 @@ static void web_stop(struct adapter *ad)
     if (!w->running)
         return;
     web_http_stop(w);
-    uv_close((uv_handle_t *)&w->progress_timer, handle_closed);
-    uv_close((uv_handle_t *)&w->ping_timer, handle_closed);
+    loop_timer_free(w->progress_timer);
+    loop_timer_free(w->ping_timer);
+    w->progress_timer = NULL;
+    w->ping_timer = NULL;
 }
 
 static void free_session(const char *key, void *value, void *privdata)
@@ -581,7 +575,7 @@ int web_adapter_create(struct adapter **out, const struct adapter_env *env,
     w->ad.stream = 1;           /* the page shows answers as written */
     w->gcfg = env->cfg;
     w->store = env->store;
-    w->uv = loop_uv(env->loop);
+    w->loop = env->loop;
     *out = &w->ad;
     return PARLEY_OK;
 }

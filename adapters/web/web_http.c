@@ -1,6 +1,6 @@
 /*
  * The web adapter's HTTP side (see web.h): libmicrohttpd with no thread
- * of its own, its epoll fd watched by a uv_poll and MHD_run called from
+ * of its own, its epoll fd watched by a loop_watch and MHD_run called from
  * the loop, so handlers, the router and the adapter ops share one
  * thread.  Requests that wait (history from Redis, the event stream) are
  * suspended and resumed from the loop.
@@ -27,7 +27,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/random.h>
 
 #include <cJSON.h>
 #include <microhttpd.h>
@@ -39,7 +38,9 @@
 #include "dict.h"
 #include "event.h"
 #include "log.h"
+#include "loop.h"
 #include "matrix/matrix.h"
+#include "random.h"
 #include "router.h"
 #include "state.h"
 #include "status.h"
@@ -241,7 +242,7 @@ static int session_of(struct web_req *req, struct MHD_Connection *c)
             return PARLEY_OK;
         }
     }
-    if (getrandom(rnd, sizeof(rnd), 0) != (ssize_t)sizeof(rnd))
+    if (random_bytes(rnd, sizeof(rnd)) != PARLEY_OK)
         return PARLEY_ERR_IO;
     for (i = 0; i < WEB_SID_BYTES; i++)
         snprintf(req->new_sid + 2 * i, 3, "%02x", rnd[i]);
@@ -725,8 +726,6 @@ static void completed(void *cls, struct MHD_Connection *c, void **con_cls,
 
 /* ---- the daemon on the loop -------------------------------------------- */
 
-static void on_mhd_timer(uv_timer_t *t);
-
 static void mhd_run(struct web *w)
 {
     MHD_UNSIGNED_LONG_LONG ms;
@@ -735,28 +734,27 @@ static void mhd_run(struct web *w)
         return;
     MHD_run(w->daemon);
     if (MHD_get_timeout(w->daemon, &ms) == MHD_YES)
-        uv_timer_start(&w->mhd_timer, on_mhd_timer,
-                       ms > 60000 ? 60000 : (uint64_t)ms, 0);
+        loop_timer_start(w->mhd_timer, ms > 60000 ? 60000 : (uint64_t)ms,
+                         0);
     else
-        uv_timer_stop(&w->mhd_timer);
+        loop_timer_stop(w->mhd_timer);
 }
 
-static void on_mhd_timer(uv_timer_t *t)
+static void on_mhd_timer(void *privdata)
 {
-    mhd_run(t->data);
+    mhd_run(privdata);
 }
 
-static void on_poll(uv_poll_t *p, int status, int events)
+static void on_ready(int events, void *privdata)
 {
-    (void)status;
     (void)events;
-    mhd_run(p->data);
+    mhd_run(privdata);
 }
 
 void web_http_kick(struct web *w)
 {
     if (w->daemon && !w->stopped)
-        uv_timer_start(&w->mhd_timer, on_mhd_timer, 0, 0);
+        loop_timer_start(w->mhd_timer, 0, 0);
 }
 
 static int parse_listen(const char *listen, struct sockaddr_in *sa)
@@ -779,13 +777,6 @@ static int parse_listen(const char *listen, struct sockaddr_in *sa)
     if (strcmp(host, "localhost") == 0 || host[0] == '\0')
         snprintf(host, sizeof(host), "127.0.0.1");
     return inet_pton(AF_INET, host, &sa->sin_addr) == 1 ? 0 : -1;
-}
-
-static void handle_closed(uv_handle_t *h)
-{
-    struct web *w = h->data;
-
-    w->handles--;
 }
 
 int web_http_start(struct web *w, char *err, size_t errlen)
@@ -817,17 +808,20 @@ int web_http_start(struct web *w, char *err, size_t errlen)
     info = MHD_get_daemon_info(w->daemon, MHD_DAEMON_INFO_BIND_PORT);
     w->port = info ? info->port : ntohs(sa.sin_port);
     info = MHD_get_daemon_info(w->daemon, MHD_DAEMON_INFO_EPOLL_FD);
-    if (!info || uv_poll_init(w->uv, &w->poll, info->epoll_fd) != 0) {
+    if (info)
+        w->watch = loop_watch_new(w->loop, info->epoll_fd, on_ready, w);
+    w->mhd_timer = loop_timer_new(w->loop, on_mhd_timer, w);
+    if (!w->watch || !w->mhd_timer ||
+        loop_watch_set(w->watch, LOOP_READABLE) != PARLEY_OK) {
+        loop_watch_free(w->watch);
+        loop_timer_free(w->mhd_timer);
+        w->watch = NULL;
+        w->mhd_timer = NULL;
         MHD_stop_daemon(w->daemon);
         w->daemon = NULL;
         snprintf(err, errlen, "web: cannot watch the server's epoll fd");
         return PARLEY_ERR_IO;
     }
-    w->poll.data = w;
-    uv_timer_init(w->uv, &w->mhd_timer);
-    w->mhd_timer.data = w;
-    w->handles += 2;
-    uv_poll_start(&w->poll, UV_READABLE, on_poll);
     mhd_run(w);
     return PARLEY_OK;
 }
@@ -856,9 +850,11 @@ void web_http_stop(struct web *w)
     dict_foreach(w->sessions, wake_stream, NULL);
     for (req = w->waiting; req; req = req->next)
         MHD_resume_connection(req->conn);
-    uv_poll_stop(&w->poll);
-    uv_close((uv_handle_t *)&w->poll, handle_closed);
-    uv_close((uv_handle_t *)&w->mhd_timer, handle_closed);
+    /* The watch goes before MHD closes the epoll fd it watches. */
+    loop_watch_free(w->watch);
+    loop_timer_free(w->mhd_timer);
+    w->watch = NULL;
+    w->mhd_timer = NULL;
     MHD_stop_daemon(w->daemon);
     w->daemon = NULL;
 }
