@@ -88,7 +88,8 @@ def test_chat_in_a_browser():
             d.get(w.origin + "/")
             wait(d, lambda drv: drv.find_element(By.ID, "title").text ==
                  "parley", what="page loaded")
-            assert Select(d.find_element(By.ID, "model")).first_selected_option.text == "test-model"
+            picker = Select(d.find_element(By.ID, "model"))
+            assert picker.first_selected_option.text == "test-model"
             box = d.find_element(By.ID, "input")
             box.send_keys("Show me some Markdown")
             box.send_keys(Keys.ENTER)

@@ -27,8 +27,10 @@ class Web:
         self.origin = "http://" + self.host
         adapters = ('{ type = "web"; listen = "127.0.0.1:%d"; %s }'
                     % (self.port, web_extra))
+        # Streamed answers take seconds on purpose: a generous timeout.
         conf = write_config(t.tmp, self.stub.base_url, self.redis.port,
-                            adapters=adapters, llm_extra=llm_extra)
+                            adapters=adapters, llm_extra=llm_extra,
+                            timeout_ms=15000)
         self.parley = t.add(Parley(["-c", conf], env=env or {}).start())
         wait_port(self.port)
         self.cookie = None
