@@ -47,8 +47,9 @@ struct MHD_Connection;
 #define WEB_CONN_MEMORY 32768
 /* Sessions kept in memory; the idlest without a stream goes first. */
 #define WEB_SESSIONS_MAX 1024
-/* Events waiting for a browser, per session, in bytes. */
-#define WEB_QUEUE_MAX (1024 * 1024)
+/* Events waiting for a browser, per session, in bytes (with
+ * WEB_SESSIONS_MAX, at most 256 MiB in all). */
+#define WEB_QUEUE_MAX (256 * 1024)
 /* At most one progress event per session this often. */
 #define WEB_PROGRESS_MS 150
 /* A comment on every open stream this often, so that dead ones are

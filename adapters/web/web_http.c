@@ -23,6 +23,7 @@
 #include <arpa/inet.h>
 #include <ctype.h>
 #include <netinet/in.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -740,6 +741,24 @@ static void mhd_run(struct web *w)
         loop_timer_stop(w->mhd_timer);
 }
 
+/* libmicrohttpd's own messages (connection limits, protocol errors) go
+ * to parley's log, not raw to stderr. */
+static void mhd_log(void *cls, const char *fmt, va_list ap)
+    __attribute__((format(printf, 2, 0)));
+
+static void mhd_log(void *cls, const char *fmt, va_list ap)
+{
+    char line[256];
+    size_t n;
+
+    (void)cls;
+    vsnprintf(line, sizeof(line), fmt, ap);
+    n = strlen(line);
+    while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r'))
+        line[--n] = '\0';
+    log_warn("web: %s", line);
+}
+
 static void on_mhd_timer(void *privdata)
 {
     mhd_run(privdata);
@@ -798,6 +817,7 @@ int web_http_start(struct web *w, char *err, size_t errlen)
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)WEB_TIMEOUT_S,
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)WEB_CONN_MEMORY,
         MHD_OPTION_NOTIFY_COMPLETED, completed, w,
+        MHD_OPTION_EXTERNAL_LOGGER, mhd_log, w,
         MHD_OPTION_LISTENING_ADDRESS_REUSE, 1,
         MHD_OPTION_END);
     if (!w->daemon) {
