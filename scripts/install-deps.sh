@@ -42,6 +42,9 @@ TEST_PKGS=(
     openssl                 # test CA and certificates for IRC TLS tests
     docker-compose          # `docker-compose config` validates docker/
     git                     # scripts/checksrc.sh lists tracked sources
+    chromium                # a real browser for the web chat test
+    chromium-driver         # ...driven through WebDriver
+    python3-selenium        # ...from Python
 )
 
 usage() {
