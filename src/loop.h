@@ -9,8 +9,9 @@
  *
  * The loop also offers what the rest of parley needs from libuv, so that
  * <uv.h> stays in loop.c and the glue that must speak to a library's own
- * libuv hooks (hiredis in store.c, the TLS transport of IRC): timers,
- * signals, readiness watches on a file descriptor, and running the loop.
+ * libuv hooks (hiredis in store.c): timers, signals, readiness watches
+ * on a file descriptor, TCP streams with name resolution, a loopback
+ * listener, and running the loop.
  * Each of these objects is allocated here and freed by loop_*_free, which
  * may be called from inside the object's own callback; its memory goes
  * in libuv's close callback, so an owner can free its own struct right
@@ -189,6 +190,75 @@ int loop_reader_open(struct loop *loop, int fd, loop_read_fn *fn,
  * a file read in progress finishes in the background first.  NULL is
  * allowed. */
 void loop_reader_free(struct loop_reader *r);
+
+/* ---- TCP streams ------------------------------------------------------- */
+
+struct sockaddr_in;
+struct loop_tcp;
+struct loop_listener;
+
+/*
+ * What a stream reports.  Every callback may call loop_tcp_free on its
+ * own stream (and free its owner): nothing of the stream is touched
+ * afterwards, and its memory goes in libuv's close callback.
+ */
+struct loop_tcp_cbs {
+    /* loop_tcp_connect only: connected, reading has started.  May be
+     * NULL. */
+    void (*connected)(void *privdata);
+    /* Bytes received; data is valid only during the call. */
+    void (*data)(const char *data, size_t len, void *privdata);
+    /* Once and last: PARLEY_ERR_EOF when the peer closed the stream,
+     * PARLEY_ERR_IO when resolving, connecting, reading or writing failed;
+     * why is an operator-facing sentence naming the host.  The stream is
+     * dead afterwards but still belongs to the owner (loop_tcp_free). */
+    void (*end)(int status, const char *why, void *privdata);
+};
+
+/*
+ * Connect to host (a name or an address literal) and port: the name is
+ * resolved without blocking the loop (getaddrinfo on libuv's thread
+ * pool), then each address is tried in order until one accepts.  Every
+ * outcome arrives later through cbs (copied), never inside this call.
+ * Returns PARLEY_OK and *out, or an error with err filled.
+ */
+int loop_tcp_connect(struct loop *loop, const char *host, int port,
+                     const struct loop_tcp_cbs *cbs, void *privdata,
+                     struct loop_tcp **out, char *err, size_t errlen);
+
+/* An accepted stream (see loop_listen_local) starts reading into cbs. */
+int loop_tcp_start(struct loop_tcp *s, const struct loop_tcp_cbs *cbs,
+                   void *privdata);
+
+/*
+ * Queue bytes (copied; the copy is wiped once written, since lines may
+ * carry credentials).  Returns PARLEY_OK, PARLEY_ERR_STATE when the
+ * stream is not connected or has ended, PARLEY_ERR_OOM or PARLEY_ERR_IO.
+ * A write that fails later ends the stream through cbs.end.
+ */
+int loop_tcp_write(struct loop_tcp *s, const char *data, size_t len);
+
+/* Close the stream; queued writes are dropped and no callback runs
+ * again.  Allowed inside the stream's callbacks.  NULL is allowed. */
+void loop_tcp_free(struct loop_tcp *s);
+
+/*
+ * A new connection on a listener, from peer.  conn now belongs to the
+ * callee, who must either loop_tcp_start or loop_tcp_free it.
+ */
+typedef void loop_accept_fn(struct loop_tcp *conn,
+                            const struct sockaddr_in *peer, void *privdata);
+
+/*
+ * Listen on 127.0.0.1 with a port chosen by the system (in *port_out),
+ * for a library in this process that can only connect to an address.
+ * Returns PARLEY_OK and *out, or PARLEY_ERR_IO with err filled.
+ */
+int loop_listen_local(struct loop *loop, loop_accept_fn *fn, void *privdata,
+                      struct loop_listener **out, int *port_out, char *err,
+                      size_t errlen);
+/* Stop listening and release; allowed inside fn.  NULL is allowed. */
+void loop_listener_free(struct loop_listener *l);
 
 /* Cancel all requests and close handles; free in the close callbacks.
  * Run the uv loop afterwards until it has no handles (loop_run), then

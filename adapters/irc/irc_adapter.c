@@ -767,7 +767,7 @@ static void connect_attempt(struct irc_ad *a)
     o.ping_interval_ms = (unsigned)a->cfg.ping_interval_s * 1000u;
     o.register_timeout_ms = (unsigned)a->cfg.register_timeout_s * 1000u;
     a->state = IRC_CONNECTING;
-    result = irc_transport_start(&a->tp, loop_uv(a->loop), &o,
+    result = irc_transport_start(&a->tp, a->loop, &o,
                                  on_transport_closed, a, &port, err,
                                  sizeof(err));
     if (result != PARLEY_OK) {

@@ -1,10 +1,12 @@
 /*
  * TLS/CAP/SASL transport under libircclient (see irc_transport.h).  One
  * transport lives for one connection attempt; reconnecting makes a new
- * one, so no state survives a drop by accident.  Every uv handle and
- * request the transport owns is counted in t->pending; memory is freed
- * when the count reaches zero after irc_transport_close (hiredis
- * adapters/libuv.h:81-99 frees only in the last close callback too).
+ * one, so no state survives a drop by accident.  The streams, the
+ * listener and the timer are the loop's (loop.h), which frees their
+ * memory in its own close callbacks; the transport itself is freed by
+ * irc_transport_close, or, when that runs inside one of the transport's
+ * callbacks (closed() usually calls it), on the way out of that callback,
+ * so nothing below it touches freed memory.
  */
 #include "irc_transport.h"
 
@@ -19,12 +21,12 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
-#include <uv.h>
 
 #include "irc_cap.h"
 #include "irc_libguard.h"
 #include "irc_line.h"
 #include "log.h"
+#include "loop.h"
 #include "status.h"
 
 /* libircclient's input buffer is 1024 bytes (params.h:22): a line it
@@ -42,21 +44,16 @@
 #define TRANSPORT_TLS_CHUNK 16384
 
 struct irc_transport {
-    uv_loop_t *loop;
-    uv_tcp_t listener;
-    uv_tcp_t *lib;          /* accepted loopback stream, or NULL */
-    uv_tcp_t *up;           /* server stream of this attempt, or NULL */
-    uv_timer_t timer;
-    uv_getaddrinfo_t gai;
-    uv_connect_t conn;
-    struct addrinfo *ai_list, *ai_next;
+    struct loop *loop;
+    struct loop_listener *listener; /* until libircclient connects */
+    struct loop_tcp *lib;   /* accepted loopback stream, or NULL */
+    struct loop_tcp *up;    /* server stream, or NULL */
+    struct loop_timer *timer;
 
-    int pending;            /* open handles + requests in flight */
+    int busy;               /* transport callbacks on the stack */
     int closing;            /* irc_transport_close was called */
     int failed;             /* closed() was (or is being) reported */
-    int listener_open, timer_open;
     int lib_connected, up_connected, released;
-    int gai_active;
 
     struct sockaddr_in expect;
     int expect_set;
@@ -87,19 +84,10 @@ struct irc_transport {
     void *ctx;
 };
 
-struct write_req {
-    uv_write_t req;
-    struct irc_transport *t;
-    size_t len;
-    char data[];
-};
-
 static void transport_maybe_free(struct irc_transport *t)
 {
-    if (!t->closing || t->pending > 0)
+    if (!t->closing || t->busy > 0)
         return;
-    if (t->ai_list)
-        uv_freeaddrinfo(t->ai_list);
     if (t->ssl)
         SSL_free(t->ssl);
     if (t->ssl_ctx)
@@ -113,64 +101,30 @@ static void transport_maybe_free(struct irc_transport *t)
     free(t);
 }
 
-static void on_handle_closed(uv_handle_t *h)
+/* Every loop callback into the transport is bracketed by these, so that
+ * irc_transport_close inside it defers the free to the way out. */
+static void transport_enter(struct irc_transport *t)
 {
-    struct irc_transport *t = h->data;
+    t->busy++;
+}
 
-    t->pending--;
+static void transport_leave(struct irc_transport *t)
+{
+    t->busy--;
     transport_maybe_free(t);
-}
-
-static void close_handle(struct irc_transport *t, uv_handle_t *h, int *open)
-{
-    if (!*open)
-        return;
-    *open = 0;
-    uv_close(h, on_handle_closed);
-}
-
-static void on_heap_closed(uv_handle_t *h)
-{
-    struct irc_transport *t = h->data;
-
-    free(h);
-    t->pending--;
-    transport_maybe_free(t);
-}
-
-/* A TCP handle on the heap, counted in pending until its close. */
-static uv_tcp_t *tcp_new(struct irc_transport *t)
-{
-    uv_tcp_t *h = malloc(sizeof(*h));
-
-    if (!h)
-        return NULL;
-    if (uv_tcp_init(t->loop, h) < 0) {
-        free(h);
-        return NULL;
-    }
-    h->data = t;
-    t->pending++;
-    return h;
-}
-
-static void tcp_close(uv_tcp_t **h)
-{
-    if (!*h)
-        return;
-    uv_close((uv_handle_t *)*h, on_heap_closed);
-    *h = NULL;
 }
 
 /* Close both connections and stop; the library sees EOF on its socket. */
 static void transport_shutdown(struct irc_transport *t)
 {
-    close_handle(t, (uv_handle_t *)&t->listener, &t->listener_open);
-    tcp_close(&t->lib);
-    tcp_close(&t->up);
-    close_handle(t, (uv_handle_t *)&t->timer, &t->timer_open);
-    if (t->gai_active)
-        uv_cancel((uv_req_t *)&t->gai);
+    loop_listener_free(t->listener);
+    t->listener = NULL;
+    loop_tcp_free(t->lib);
+    t->lib = NULL;
+    loop_tcp_free(t->up);
+    t->up = NULL;
+    loop_timer_free(t->timer);
+    t->timer = NULL;
     t->lib_connected = 0;
     t->up_connected = 0;
 }
@@ -198,49 +152,17 @@ static void transport_fail(struct irc_transport *t, int status,
         t->closed(t->ctx, status, why);
 }
 
-static void on_write(uv_write_t *req, int status)
-{
-    struct write_req *w = (struct write_req *)req;
-    struct irc_transport *t = w->t;
-
-    /* Some lines carry SASL credentials: wipe every buffer. */
-    explicit_bzero(w->data, w->len);
-    free(w);
-    t->pending--;
-    if (status < 0 && status != UV_ECANCELED)
-        transport_fail(t, PARLEY_ERR_IO, "write failed: %s",
-                       uv_strerror(status));
-    transport_maybe_free(t);
-}
-
-/* Queue raw bytes on a stream (copied; wiped when written). */
-static void stream_write(struct irc_transport *t, uv_tcp_t *s,
+/* Queue raw bytes on a stream (copied; wiped by the loop once written;
+ * a later write failure ends the stream). */
+static void stream_write(struct irc_transport *t, struct loop_tcp *s,
                          const char *data, size_t len)
 {
-    struct write_req *w;
-    uv_buf_t buf;
-    int rc;
+    int rc = loop_tcp_write(s, data, len);
 
-    if (len == 0)
-        return;
-    w = malloc(sizeof(*w) + len);
-    if (!w) {
-        transport_fail(t, PARLEY_ERR_OOM, "out of memory");
-        return;
-    }
-    w->t = t;
-    w->len = len;
-    memcpy(w->data, data, len);
-    buf = uv_buf_init(w->data, (unsigned)len);
-    rc = uv_write(&w->req, (uv_stream_t *)s, &buf, 1, on_write);
-    if (rc < 0) {
-        explicit_bzero(w->data, len);
-        free(w);
-        transport_fail(t, PARLEY_ERR_IO, "write failed: %s",
-                       uv_strerror(rc));
-        return;
-    }
-    t->pending++;
+    if (rc == PARLEY_ERR_OOM)
+        transport_fail(t, rc, "out of memory");
+    else if (rc != PARLEY_OK)
+        transport_fail(t, rc, "write failed: %s", parley_status_name(rc));
 }
 
 /* Move what OpenSSL produced to the socket. */
@@ -497,37 +419,30 @@ static void tls_read(struct irc_transport *t, const char *data, size_t len)
     }
 }
 
-static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+static void on_up_data(const char *data, size_t len, void *privdata)
 {
-    static char slab[65536];
+    struct irc_transport *t = privdata;
 
-    /* libuv reads into this and the callback consumes it before the next
-     * read: one loop thread, so one static buffer suffices. */
-    (void)h;
-    (void)suggested;
-    *buf = uv_buf_init(slab, sizeof(slab));
+    if (t->failed)
+        return;
+    transport_enter(t);
+    t->last_rx_ms = loop_now_ms(t->loop);
+    if (t->tls)
+        tls_read(t, data, len);
+    else
+        up_feed(t, data, len);
+    transport_leave(t);
 }
 
-static void on_up_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+/* Resolution, connection, read and write failures and EOF; the loop's
+ * sentence names the host. */
+static void on_up_end(int status, const char *why, void *privdata)
 {
-    struct irc_transport *t = s->data;
+    struct irc_transport *t = privdata;
 
-    if (nread == 0 || t->failed)
-        return;
-    if (nread < 0) {
-        if (nread == UV_EOF)
-            transport_fail(t, PARLEY_ERR_EOF, "%s closed the connection",
-                           t->host);
-        else
-            transport_fail(t, PARLEY_ERR_IO, "reading from %s: %s", t->host,
-                           uv_strerror((int)nread));
-        return;
-    }
-    t->last_rx_ms = uv_now(t->loop);
-    if (t->tls)
-        tls_read(t, buf->base, (size_t)nread);
-    else
-        up_feed(t, buf->base, (size_t)nread);
+    transport_enter(t);
+    transport_fail(t, status, "%s", why);
+    transport_leave(t);
 }
 
 /* The credentials were encoded by irc_cap_init in irc_transport_start,
@@ -537,102 +452,33 @@ static void start_negotiation(struct irc_transport *t)
     irc_cap_begin(&t->cap, cap_send, t);
 }
 
-static void try_connect(struct irc_transport *t);
-
-static void on_up_connect(uv_connect_t *req, int status)
+static void on_up_connected(void *privdata)
 {
-    struct irc_transport *t = req->data;
-    char addr[64] = "?";
-    int rc;
+    struct irc_transport *t = privdata;
 
-    t->pending--;
-    if (t->closing || t->failed) {
-        transport_maybe_free(t);
+    if (t->failed)
         return;
-    }
-    if (status < 0) {
-        const struct addrinfo *ai = t->ai_next;
-
-        if (ai->ai_family == AF_INET)
-            uv_ip4_name((const struct sockaddr_in *)ai->ai_addr, addr,
-                        sizeof(addr));
-        else if (ai->ai_family == AF_INET6)
-            uv_ip6_name((const struct sockaddr_in6 *)ai->ai_addr, addr,
-                        sizeof(addr));
-        log_warn("irc %s: connect to %s (%s) port %d failed: %s",
-                 t->network, t->host, addr, t->port, uv_strerror(status));
-        t->ai_next = t->ai_next->ai_next;
-        /* The failed handle cannot be reused: close it, open another. */
-        tcp_close(&t->up);
-        if (!t->ai_next) {
-            transport_fail(t, PARLEY_ERR_IO, "cannot connect to %s port %d: "
-                           "%s", t->host, t->port, uv_strerror(status));
-            return;
-        }
-        try_connect(t);
-        return;
-    }
+    transport_enter(t);
     t->up_connected = 1;
-    t->last_rx_ms = uv_now(t->loop);
-    rc = uv_read_start((uv_stream_t *)t->up, on_alloc, on_up_read);
-    if (rc < 0) {
-        transport_fail(t, PARLEY_ERR_IO, "read start: %s", uv_strerror(rc));
-        return;
-    }
+    t->last_rx_ms = loop_now_ms(t->loop);
     if (t->tls) {
         int n = SSL_do_handshake(t->ssl);
 
-        if (n != 1 && SSL_get_error(t->ssl, n) != SSL_ERROR_WANT_READ) {
+        if (n != 1 && SSL_get_error(t->ssl, n) != SSL_ERROR_WANT_READ)
             tls_fail(t);
-            return;
-        }
-        tls_flush(t);
-        return;
+        else
+            tls_flush(t);
+    } else {
+        start_negotiation(t);
     }
-    start_negotiation(t);
+    transport_leave(t);
 }
 
-static void try_connect(struct irc_transport *t)
-{
-    int rc;
-
-    t->up = tcp_new(t);
-    if (!t->up) {
-        transport_fail(t, PARLEY_ERR_IO, "cannot create a socket");
-        return;
-    }
-    t->conn.data = t;
-    rc = uv_tcp_connect(&t->conn, t->up, t->ai_next->ai_addr, on_up_connect);
-    if (rc < 0) {
-        transport_fail(t, PARLEY_ERR_IO, "connect to %s: %s", t->host,
-                       uv_strerror(rc));
-        return;
-    }
-    t->pending++;
-}
-
-static void on_resolved(uv_getaddrinfo_t *req, int status,
-                        struct addrinfo *res)
-{
-    struct irc_transport *t = req->data;
-
-    t->pending--;
-    t->gai_active = 0;
-    if (t->closing || t->failed || status == UV_ECANCELED) {
-        if (res)
-            uv_freeaddrinfo(res);
-        transport_maybe_free(t);
-        return;
-    }
-    if (status < 0 || !res) {
-        transport_fail(t, PARLEY_ERR_IO, "cannot resolve %s: %s", t->host,
-                       uv_strerror(status));
-        return;
-    }
-    t->ai_list = res;
-    t->ai_next = res;
-    try_connect(t);
-}
+static const struct loop_tcp_cbs up_cbs = {
+    .connected = on_up_connected,
+    .data = on_up_data,
+    .end = on_up_end,
+};
 
 /* Lines from libircclient: held until registration is released. */
 static void lib_handle_line(struct irc_transport *t, const char *line)
@@ -655,20 +501,8 @@ static void lib_handle_line(struct irc_transport *t, const char *line)
     up_line(t, line, 0);
 }
 
-static void on_lib_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+static void lib_feed(struct irc_transport *t, const char *p, size_t len)
 {
-    struct irc_transport *t = s->data;
-    const char *p = buf->base;
-    size_t len;
-
-    if (nread == 0 || t->failed)
-        return;
-    if (nread < 0) {
-        transport_fail(t, PARLEY_ERR_EOF, "the IRC client closed the "
-                       "loopback connection");
-        return;
-    }
-    len = (size_t)nread;
     while (len > 0 && !t->failed) {
         char *nl;
         size_t room = sizeof(t->lib_in) - 1 - t->lib_len;
@@ -700,57 +534,73 @@ static void on_lib_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     }
 }
 
-static void on_connection(uv_stream_t *server, int status)
+static void on_lib_data(const char *data, size_t len, void *privdata)
 {
-    struct irc_transport *t = server->data;
-    struct sockaddr_storage peer;
-    const struct sockaddr_in *in = (const struct sockaddr_in *)&peer;
-    int len = sizeof(peer), rc;
-    uv_tcp_t *c;
+    struct irc_transport *t = privdata;
 
-    if (status < 0 || t->failed || t->lib_connected)
+    if (t->failed)
         return;
-    c = tcp_new(t);
-    if (!c) {
-        transport_fail(t, PARLEY_ERR_OOM, "cannot accept the IRC client");
+    transport_enter(t);
+    lib_feed(t, data, len);
+    transport_leave(t);
+}
+
+static void on_lib_end(int status, const char *why, void *privdata)
+{
+    struct irc_transport *t = privdata;
+
+    (void)status;
+    (void)why;
+    transport_enter(t);
+    transport_fail(t, PARLEY_ERR_EOF, "the IRC client closed the loopback "
+                   "connection");
+    transport_leave(t);
+}
+
+static const struct loop_tcp_cbs lib_cbs = {
+    .data = on_lib_data,
+    .end = on_lib_end,
+};
+
+static void on_accept(struct loop_tcp *c, const struct sockaddr_in *peer,
+                      void *privdata)
+{
+    struct irc_transport *t = privdata;
+
+    if (t->failed || t->lib_connected) {
+        loop_tcp_free(c);
         return;
     }
-    if (uv_accept(server, (uv_stream_t *)c) < 0 ||
-        uv_tcp_getpeername(c, (struct sockaddr *)&peer, &len) < 0 ||
-        peer.ss_family != AF_INET || !t->expect_set ||
-        in->sin_port != t->expect.sin_port ||
-        in->sin_addr.s_addr != t->expect.sin_addr.s_addr) {
+    if (!t->expect_set || peer->sin_port != t->expect.sin_port ||
+        peer->sin_addr.s_addr != t->expect.sin_addr.s_addr) {
         /* Not our libircclient socket: another local process raced for
          * the port.  Refuse it and keep waiting for ours. */
         log_warn("irc %s: refused an unexpected loopback connection",
                  t->network);
-        tcp_close(&c);
+        loop_tcp_free(c);
         return;
     }
+    transport_enter(t);
     t->lib = c;
-    close_handle(t, (uv_handle_t *)&t->listener, &t->listener_open);
+    loop_listener_free(t->listener);
+    t->listener = NULL;
     t->lib_connected = 1;
-    rc = uv_read_start((uv_stream_t *)t->lib, on_alloc, on_lib_read);
-    if (rc < 0) {
-        transport_fail(t, PARLEY_ERR_IO, "loopback read: %s",
-                       uv_strerror(rc));
-        return;
-    }
-    if (t->to_lib_len) {
+    if (loop_tcp_start(t->lib, &lib_cbs, t) != PARLEY_OK) {
+        transport_fail(t, PARLEY_ERR_IO, "cannot read the loopback "
+                       "connection");
+    } else if (t->to_lib_len) {
         stream_write(t, t->lib, t->to_lib, t->to_lib_len);
         free(t->to_lib);
         t->to_lib = NULL;
         t->to_lib_len = 0;
     }
+    transport_leave(t);
 }
 
-static void on_tick(uv_timer_t *timer)
+static void tick(struct irc_transport *t)
 {
-    struct irc_transport *t = timer->data;
-    uint64_t now = uv_now(t->loop);
+    uint64_t now = loop_now_ms(t->loop);
 
-    if (t->failed)
-        return;
     if (!t->released) {
         if (now - t->started_ms > t->register_ms) {
             irc_cap_fail(&t->cap, "timed out");
@@ -771,6 +621,17 @@ static void on_tick(uv_timer_t *timer)
         t->last_ping_ms = now;
         up_line(t, "PING :parley-ping", 0);
     }
+}
+
+static void on_tick(void *privdata)
+{
+    struct irc_transport *t = privdata;
+
+    if (t->failed)
+        return;
+    transport_enter(t);
+    tick(t);
+    transport_leave(t);
 }
 
 static int is_ip_literal(const char *host)
@@ -833,17 +694,14 @@ fail:
     return PARLEY_ERR_OTHER;
 }
 
-int irc_transport_start(struct irc_transport **out, uv_loop_t *loop,
+int irc_transport_start(struct irc_transport **out, struct loop *loop,
                         const struct irc_transport_opts *o,
                         irc_transport_closed_fn *closed, void *ctx,
                         int *port_out, char *err, size_t errlen)
 {
     struct irc_transport *t;
-    struct sockaddr_in addr;
-    struct sockaddr_storage bound;
-    struct addrinfo hints;
-    char portstr[16];
-    int len = sizeof(bound), rc, result;
+    uint64_t tick_ms;
+    int result;
 
     *out = NULL;
     t = calloc(1, sizeof(*t));
@@ -865,7 +723,7 @@ int irc_transport_start(struct irc_transport **out, uv_loop_t *loop,
     if (!t->network || !t->host || (o->ca_file && !t->ca_file)) {
         snprintf(err, errlen, "out of memory");
         result = PARLEY_ERR_OOM;
-        goto fail_nohandles;
+        goto fail;
     }
     /* Encode the SASL credentials now so the password need not be kept;
      * cap_send is attached later, and CAP LS is sent once connected. */
@@ -873,65 +731,36 @@ int irc_transport_start(struct irc_transport **out, uv_loop_t *loop,
     if (result != PARLEY_OK) {
         snprintf(err, errlen, "sasl_user and password are longer than %d "
                  "bytes", IRC_SASL_PLAIN_MAX);
-        goto fail_nohandles;
+        goto fail;
     }
     if (t->tls) {
         result = tls_setup(t, err, errlen);
         if (result != PARLEY_OK)
-            goto fail_nohandles;
+            goto fail;
     }
-    rc = uv_tcp_init(loop, &t->listener);
-    if (rc < 0)
-        goto uv_fail_nohandles;
-    t->listener.data = t;
-    t->listener_open = 1;
-    t->pending++;
-    rc = uv_timer_init(loop, &t->timer);
-    if (rc < 0)
-        goto uv_fail;
-    t->timer.data = t;
-    t->timer_open = 1;
-    t->pending++;
-    uv_ip4_addr("127.0.0.1", 0, &addr);
-    rc = uv_tcp_bind(&t->listener, (const struct sockaddr *)&addr, 0);
-    if (rc == 0)
-        rc = uv_listen((uv_stream_t *)&t->listener, 1, on_connection);
-    if (rc == 0)
-        rc = uv_tcp_getsockname(&t->listener, (struct sockaddr *)&bound,
-                                &len);
-    if (rc < 0)
-        goto uv_fail;
-    *port_out = ntohs(((struct sockaddr_in *)&bound)->sin_port);
-    t->started_ms = uv_now(loop);
-    rc = uv_timer_start(&t->timer, on_tick,
-                        t->ping_ms < 4000 ? t->ping_ms / 4 : 1000,
-                        t->ping_ms < 4000 ? t->ping_ms / 4 : 1000);
-    if (rc < 0)
-        goto uv_fail;
-    memset(&hints, 0, sizeof(hints));
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    snprintf(portstr, sizeof(portstr), "%d", o->port);
-    t->gai.data = t;
-    rc = uv_getaddrinfo(loop, &t->gai, on_resolved, t->host, portstr, &hints);
-    if (rc < 0)
-        goto uv_fail;
-    t->gai_active = 1;
-    t->pending++;
+    t->timer = loop_timer_new(loop, on_tick, t);
+    if (!t->timer) {
+        snprintf(err, errlen, "transport setup: cannot create a timer");
+        result = PARLEY_ERR_IO;
+        goto fail;
+    }
+    result = loop_listen_local(loop, on_accept, t, &t->listener, port_out,
+                               err, errlen);
+    if (result != PARLEY_OK)
+        goto fail;
+    t->started_ms = loop_now_ms(loop);
+    tick_ms = t->ping_ms < 4000 ? t->ping_ms / 4 : 1000;
+    loop_timer_start(t->timer, tick_ms, tick_ms);
+    result = loop_tcp_connect(loop, t->host, t->port, &up_cbs, t, &t->up,
+                              err, errlen);
+    if (result != PARLEY_OK)
+        goto fail;
     *out = t;
     return PARLEY_OK;
 
-uv_fail:
-    snprintf(err, errlen, "transport setup: %s", uv_strerror(rc));
+fail:
     t->failed = 1;
     irc_transport_close(t);
-    return PARLEY_ERR_IO;
-uv_fail_nohandles:
-    snprintf(err, errlen, "transport setup: %s", uv_strerror(rc));
-    result = PARLEY_ERR_IO;
-fail_nohandles:
-    t->closing = 1;
-    transport_maybe_free(t);
     return result;
 }
 

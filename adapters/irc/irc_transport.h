@@ -4,9 +4,10 @@
  * sends PASS/NICK/USER the moment its socket connects, with no IRCv3
  * capability negotiation (STYLE.md section 6).  So the library connects to
  * a one-shot listener on 127.0.0.1 in this process, and the transport
- * speaks to the real server: it resolves the name with uv_getaddrinfo,
- * connects, runs TLS through OpenSSL memory BIOs (certificate and host
- * name verified unless tls_verify is false), sends "CAP LS 302", does SASL
+ * speaks to the real server: it resolves the name and connects through
+ * the loop's TCP streams (loop.h; no blocking lookup), runs TLS through
+ * OpenSSL memory BIOs (certificate and host name verified unless
+ * tls_verify is false), sends "CAP LS 302", does SASL
  * PLAIN when configured and "CAP END", and only then releases the
  * library's held registration lines.  Afterwards it relays lines both
  * ways, re-serialising what the server sends so the library only sees
@@ -14,15 +15,15 @@
  *
  * Lifetime: irc_transport_start creates it; on any failure it closes both
  * sides and calls closed() once; the owner releases it with
- * irc_transport_close (also allowed inside closed()), and memory is freed
- * in the last libuv close callback.
+ * irc_transport_close (also allowed inside closed(): the memory then goes
+ * when the transport's callback returns).
  */
 #ifndef PARLEY_IRC_TRANSPORT_H
 #define PARLEY_IRC_TRANSPORT_H
 
 #include <stddef.h>
 
-struct uv_loop_s;
+struct loop;
 struct sockaddr_in;
 struct irc_transport;
 
@@ -49,7 +50,7 @@ typedef void irc_transport_closed_fn(void *ctx, int status, const char *why);
  * resolving and connecting upstream.  Returns PARLEY_OK or an error with
  * err filled (then *out is NULL and nothing is left behind).
  */
-int irc_transport_start(struct irc_transport **out, struct uv_loop_s *loop,
+int irc_transport_start(struct irc_transport **out, struct loop *loop,
                         const struct irc_transport_opts *opts,
                         irc_transport_closed_fn *closed, void *ctx,
                         int *port_out, char *err, size_t errlen);

@@ -5,10 +5,16 @@
  * inside the timer's own callback (ASan checks the memory), a signal
  * delivered on the loop, a pipe watched for reading and writing, and
  * input read from a pipe and from a file, with the reader freed inside
- * its callback and while a file read is in flight.
+ * its callback and while a file read is in flight; TCP streams to a
+ * loopback listener (echo, a peer closing mid-line, connection refused,
+ * a name that does not resolve, streams freed inside their callbacks
+ * and while resolving).
  * Every test ends with loop_free, which must find nothing left open.
  */
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
+#include <stdio.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -427,6 +433,265 @@ static void read_a_tty(void **state)
     loop_free(loop);
 }
 
+/* ---- TCP streams and the loopback listener ----------------------------- */
+
+/* One side of a test connection: what arrived and how it ended. */
+struct tcp_side {
+    struct loop *loop;
+    struct loop_tcp *s;
+    struct loop_listener *l;    /* server side: the listener to drop */
+    struct loop_timer *timer;
+    char buf[256];
+    size_t len;
+    int connected, ended, end_status;
+    char why[256];
+    int echo;                   /* server: send back what arrives */
+    const char *greeting;       /* server: sent on accept, then closed */
+    int free_in;                /* client: free in this callback (1 =
+                                   connected, 2 = data, 3 = end) */
+    const char *want;           /* client: free everything once this much
+                                   has arrived */
+    struct tcp_side *peer;
+    struct sockaddr_in peer_addr;
+};
+
+static void side_release(struct tcp_side *c)
+{
+    loop_tcp_free(c->s);
+    c->s = NULL;
+    loop_listener_free(c->l);
+    c->l = NULL;
+    loop_timer_free(c->timer);
+    c->timer = NULL;
+}
+
+static void c_connected(void *privdata)
+{
+    struct tcp_side *c = privdata;
+
+    c->connected++;
+    if (c->free_in == 1) {
+        side_release(c);
+        if (c->peer)
+            side_release(c->peer);
+        return;
+    }
+    assert_int_equal(loop_tcp_write(c->s, "hello\r\n", 7), PARLEY_OK);
+}
+
+static void c_data(const char *data, size_t len, void *privdata)
+{
+    struct tcp_side *c = privdata;
+
+    assert_true(c->len + len < sizeof(c->buf));
+    memcpy(c->buf + c->len, data, len);
+    c->len += len;
+    if (c->echo) {
+        assert_int_equal(loop_tcp_write(c->s, data, len), PARLEY_OK);
+        return;
+    }
+    if (c->free_in == 2 || (c->want && c->len >= strlen(c->want))) {
+        side_release(c);
+        if (c->peer)
+            side_release(c->peer);
+    }
+}
+
+static void c_end(int status, const char *why, void *privdata)
+{
+    struct tcp_side *c = privdata;
+
+    c->ended++;
+    c->end_status = status;
+    snprintf(c->why, sizeof(c->why), "%s", why);
+    /* A dead stream refuses writes. */
+    assert_int_equal(loop_tcp_write(c->s, "x", 1), PARLEY_ERR_STATE);
+    side_release(c);
+    if (c->peer)
+        side_release(c->peer);
+}
+
+static const struct loop_tcp_cbs side_cbs = {
+    .connected = c_connected,
+    .data = c_data,
+    .end = c_end,
+};
+
+static void close_later(void *privdata)
+{
+    struct tcp_side *srv = privdata;
+
+    loop_tcp_free(srv->s);
+    srv->s = NULL;
+    loop_timer_free(srv->timer);
+    srv->timer = NULL;
+}
+
+static void on_test_accept(struct loop_tcp *conn,
+                           const struct sockaddr_in *peer, void *privdata)
+{
+    struct tcp_side *srv = privdata;
+
+    srv->connected++;
+    srv->peer_addr = *peer;
+    srv->s = conn;
+    assert_int_equal(loop_tcp_start(conn, &side_cbs, srv), PARLEY_OK);
+    /* One connection is all a test needs. */
+    loop_listener_free(srv->l);
+    srv->l = NULL;
+    if (srv->greeting) {
+        assert_int_equal(loop_tcp_write(conn, srv->greeting,
+                                        strlen(srv->greeting)), PARLEY_OK);
+        srv->timer = loop_timer_new(srv->loop, close_later, srv);
+        assert_non_null(srv->timer);
+        loop_timer_start(srv->timer, 50, 0);
+    }
+}
+
+static int listen_for(struct loop *loop, struct tcp_side *srv)
+{
+    char err[128];
+    int port = 0;
+
+    srv->loop = loop;
+    assert_int_equal(loop_listen_local(loop, on_test_accept, srv, &srv->l,
+                                       &port, err, sizeof(err)), PARLEY_OK);
+    assert_true(port > 0 && port < 65536);
+    return port;
+}
+
+static void tcp_connect_to(struct loop *loop, struct tcp_side *c,
+                           const char *host, int port)
+{
+    char err[128];
+
+    c->loop = loop;
+    assert_int_equal(loop_tcp_connect(loop, host, port, &side_cbs, c, &c->s,
+                                      err, sizeof(err)), PARLEY_OK);
+    /* Nothing is reported inside the call. */
+    assert_int_equal(c->connected + c->ended, 0);
+}
+
+/* Connect by name to a local listener; the server echoes the line. */
+static void tcp_echo(void **state)
+{
+    struct loop *loop = new_loop();
+    struct tcp_side srv, cli;
+    int port;
+
+    (void)state;
+    memset(&srv, 0, sizeof(srv));
+    memset(&cli, 0, sizeof(cli));
+    srv.echo = 1;
+    cli.want = "hello\r\n";
+    cli.peer = &srv;
+    port = listen_for(loop, &srv);
+    tcp_connect_to(loop, &cli, "localhost", port);
+    loop_run(loop);
+    assert_int_equal(cli.connected, 1);
+    assert_int_equal(srv.connected, 1);
+    assert_int_equal(srv.peer_addr.sin_addr.s_addr, htonl(INADDR_LOOPBACK));
+    assert_int_equal(cli.len, 7);
+    assert_memory_equal(cli.buf, "hello\r\n", 7);
+    assert_int_equal(srv.len, 7);
+    assert_int_equal(cli.ended, 0);
+    loop_free(loop);
+}
+
+/* The server sends half a line and closes: the bytes, then EOF. */
+static void tcp_peer_closes_mid_line(void **state)
+{
+    struct loop *loop = new_loop();
+    struct tcp_side srv, cli;
+    int port;
+
+    (void)state;
+    memset(&srv, 0, sizeof(srv));
+    memset(&cli, 0, sizeof(cli));
+    srv.greeting = ":server NOTICE * :half a li";
+    port = listen_for(loop, &srv);
+    tcp_connect_to(loop, &cli, "127.0.0.1", port);
+    loop_run(loop);
+    assert_int_equal(cli.connected, 1);
+    assert_int_equal(cli.len, strlen(srv.greeting));
+    assert_memory_equal(cli.buf, srv.greeting, cli.len);
+    assert_int_equal(cli.ended, 1);
+    assert_int_equal(cli.end_status, PARLEY_ERR_EOF);
+    assert_non_null(strstr(cli.why, "127.0.0.1 closed the connection"));
+    loop_free(loop);
+}
+
+/* Nobody listens on the port any more. */
+static void tcp_connection_refused(void **state)
+{
+    struct loop *loop = new_loop();
+    struct tcp_side srv, cli;
+    int port;
+
+    (void)state;
+    memset(&srv, 0, sizeof(srv));
+    memset(&cli, 0, sizeof(cli));
+    port = listen_for(loop, &srv);
+    loop_listener_free(srv.l);
+    srv.l = NULL;
+    loop_run(loop);
+    tcp_connect_to(loop, &cli, "127.0.0.1", port);
+    loop_run(loop);
+    assert_int_equal(cli.connected, 0);
+    assert_int_equal(cli.ended, 1);
+    assert_int_equal(cli.end_status, PARLEY_ERR_IO);
+    assert_non_null(strstr(cli.why, "cannot connect to 127.0.0.1"));
+    loop_free(loop);
+}
+
+/* .invalid never resolves (RFC 6761). */
+static void tcp_name_does_not_resolve(void **state)
+{
+    struct loop *loop = new_loop();
+    struct tcp_side cli;
+
+    (void)state;
+    memset(&cli, 0, sizeof(cli));
+    tcp_connect_to(loop, &cli, "parley-test.invalid", 6667);
+    loop_run(loop);
+    assert_int_equal(cli.connected, 0);
+    assert_int_equal(cli.ended, 1);
+    assert_int_equal(cli.end_status, PARLEY_ERR_IO);
+    assert_non_null(strstr(cli.why, "cannot resolve parley-test.invalid"));
+    loop_free(loop);
+}
+
+/* Freed in its connected and data callbacks, with writes queued on both
+ * sides, and while resolving: no callback afterwards (ASan checks the
+ * memory). */
+static void tcp_free_inside(void **state)
+{
+    struct loop *loop = new_loop();
+    struct tcp_side srv, cli;
+    int port, round;
+
+    (void)state;
+    for (round = 1; round <= 2; round++) {
+        memset(&srv, 0, sizeof(srv));
+        memset(&cli, 0, sizeof(cli));
+        srv.greeting = "welcome\r\n";
+        cli.free_in = round;
+        cli.peer = &srv;
+        port = listen_for(loop, &srv);
+        tcp_connect_to(loop, &cli, "127.0.0.1", port);
+        loop_run(loop);
+        assert_int_equal(cli.connected, 1);
+        assert_int_equal(cli.ended, 0);
+        assert_int_equal(cli.len, round == 2 ? 9 : 0);
+    }
+    memset(&cli, 0, sizeof(cli));
+    tcp_connect_to(loop, &cli, "localhost", 9);
+    loop_tcp_free(cli.s);
+    loop_run(loop);
+    assert_int_equal(cli.connected + cli.ended, 0);
+    loop_free(loop);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -442,6 +707,11 @@ int main(void)
         cmocka_unit_test(read_a_tty),
         cmocka_unit_test(reader_free_inside),
         cmocka_unit_test(reader_free_while_reading),
+        cmocka_unit_test(tcp_echo),
+        cmocka_unit_test(tcp_peer_closes_mid_line),
+        cmocka_unit_test(tcp_connection_refused),
+        cmocka_unit_test(tcp_name_does_not_resolve),
+        cmocka_unit_test(tcp_free_inside),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
