@@ -94,7 +94,7 @@ config_greet_read(const void *setting, struct config_greet *out)
 {
     const config_setting_t *s = setting;
     size_t i;
-    char msg[8];
+    char msg[128];          /* unused: the loader reported problems */
 
     greet_defaults(out);
     if (!s || !config_setting_is_group(s))
