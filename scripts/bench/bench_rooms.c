@@ -173,8 +173,8 @@ int main(int argc, char **argv)
     snprintf(url, sizeof(url), "http://127.0.0.1:%s/v1", argv[2]);
     free(cfg.llm.base_url);
     cfg.llm.base_url = strdup(url);
-    cfg.redis.port = atoi(argv[1]);
-    cfg.llm.max_concurrent = atoi(argv[5]);
+    cfg.redis.port = (int)strtol(argv[1], NULL, 10);
+    cfg.llm.max_concurrent = (int)strtol(argv[5], NULL, 10);
     cfg.limits.user_requests_per_minute = 0;
     log_set_level(LOG_LEVEL_WARN);
     raise_open_files();
