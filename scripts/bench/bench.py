@@ -522,9 +522,11 @@ adapters = ( %s );
             % ((read_sysctl("net.core.somaxconn"),
                 read_sysctl("net.ipv4.tcp_max_syn_backlog"))
                + resource.getrlimit(resource.RLIMIT_NOFILE)),
-            "%s; %s; %s" % (first_line(["redis-server", "-v"]),
-                            first_line([INSPIRCD, "--version"]),
-                            first_line(["curl", "--version"])[:40]),
+            "redis-server %s; %s; libcurl %s" % (
+                re.sub(r".* v=(\S+).*", r"\1",
+                       first_line(["redis-server", "-v"])),
+                first_line([INSPIRCD, "--version"]),
+                first_line(["curl-config", "--version"]).split()[-1]),
             "inspircd connect class: fakelag no, commandrate 100000000, "
             "threshold 100000, maxchans 100, recvq 64 KiB, sendq 1 MiB "
             "(ngircd is not used: it throttles a plain user with 1 s "
@@ -559,8 +561,8 @@ adapters = ( %s );
         for s in settings:
             print("- " + s)
         print()
-        print("| figure | parameters | parley | reference bot | ratio / "
-              "note |")
+        print("| figure | parameters | parley | reference bot | ratio "
+              "(reference / parley: > 1 parley ahead) or note |")
         print("|---|---|---|---|---|")
         for r in self.rows:
             print("| " + " | ".join(r) + " |")

@@ -11,7 +11,6 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import PARLEY_BIN, SOURCE_DIR, require_parley, run_cases, skip
-from irc_helpers import have_ngircd
 
 ROWS = ("Gateway overhead, IRC", "Gateway overhead, console",
         "Start-up: exec to ready", "RSS idle", "RSS after",
@@ -39,8 +38,8 @@ def test_smoke_prints_the_table():
     for prog in ("bench_rooms", "openai_uv"):
         if not os.access(os.path.join(build, prog), os.X_OK):
             skip(prog + " not built")
-    if not have_ngircd():
-        skip("ngircd not installed")
+    if not os.access("/usr/sbin/inspircd", os.X_OK):
+        skip("inspircd not installed")
     env = dict(os.environ, PARLEY_BENCH_BUILD=build)
     # Sanitizer builds: leak reports of the bench programs are not the
     # subject here (the unit tests cover the code they run).
@@ -54,7 +53,7 @@ def test_smoke_prints_the_table():
     assert "| figure | parameters | parley | reference bot |" in out, out
     for row in ROWS:
         assert ("| " + row) in out, (row, out)
-    for setting in ("somaxconn", "ngircd", "flood_rate_ms", "openai_uv",
+    for setting in ("somaxconn", "inspircd", "flood_rate_ms", "openai_uv",
                     "refbot.py"):
         assert setting in out, (setting, out)
     # bench.py stops everything it started.
