@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 
 #include <curl/curl.h>
 
@@ -488,6 +489,34 @@ static void app_teardown(struct app *app)
     loop_free(app->loop);
 }
 
+/* Every request in flight to the model holds a socket (HTTP/1.1), so
+ * llm.max_concurrent up to 16384 needs more than the usual soft limit
+ * of 1024 open files: raise the soft limit to the hard one, which needs
+ * no privilege, and say when even that is short. */
+static void raise_open_files(int max_concurrent)
+{
+    struct rlimit rl;
+    rlim_t before;
+
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return;
+    before = rl.rlim_cur;
+    if (rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+            rl.rlim_cur = before;
+        else
+            log_info("open files: soft limit raised from %llu to %llu",
+                     (unsigned long long)before,
+                     (unsigned long long)rl.rlim_cur);
+    }
+    if (rl.rlim_cur != RLIM_INFINITY &&
+        rl.rlim_cur < (rlim_t)max_concurrent + 64)
+        log_warn("open files: limit %llu is below llm.max_concurrent %d "
+                 "plus room for adapters; raise it (ulimit -n)",
+                 (unsigned long long)rl.rlim_cur, max_concurrent);
+}
+
 static int app_run(struct app *app, int console)
 {
     char err[MAIN_ERR_MAX] = "";
@@ -557,6 +586,7 @@ static int app_run(struct app *app, int console)
                      app->cfg.metrics.listen, monitor_port(app->monitor));
         }
     }
+    raise_open_files(app->cfg.llm.max_concurrent);
     app->start_deadline = loop_now_ms(app->loop) + MAIN_REDIS_WAIT_MS;
     loop_timer_start(app->start_timer, 0, MAIN_REDIS_POLL_MS);
     if (app->cfg.redis.unix_socket)

@@ -5,7 +5,12 @@
  * counting adapter in place of a platform, and prints one line of numbers
  * per configuration so that configurations are compared side by side:
  *
- *   bench_rooms REDIS_PORT STUB_PORT MESSAGES ROOMS MAX_CONCURRENT
+ *   bench_rooms REDIS_PORT STUB_PORT MESSAGES ROOMS MAX_CONCURRENT [direct]
+ *
+ * With "direct" the router, Redis and the rooms are left out: MESSAGES
+ * requests go straight to llm_complete, so the line shows what the
+ * stand-in and curl alone do under the same load (the stand-in must
+ * never be the limit of the figures above it).
  *
  * What it measures is parley's part: CPU time per answer (history load,
  * prompt, JSON, HTTP, history store) and how waiting on the model
@@ -17,6 +22,7 @@
 #include <string.h>
 #include <sys/resource.h>
 
+#include <cJSON.h>
 #include <uv.h>
 
 #include "adapter.h"
@@ -95,6 +101,41 @@ static double cpu_seconds(void)
            (double)ru.ru_stime.tv_sec + ru.ru_stime.tv_usec / 1e6;
 }
 
+static void direct_done(const struct llm_result *res, void *privdata)
+{
+    uint64_t *submitted = privdata;
+
+    if (res->status == PARLEY_OK && b.n_done < BENCH_MESSAGES_MAX)
+        b.latency_ns[b.n_done++] = uv_hrtime() - *submitted;
+    else
+        b.n_notice++;
+}
+
+static void direct_submit(struct llm *llm, size_t i)
+{
+    cJSON *messages = cJSON_CreateArray();
+    cJSON *m = cJSON_CreateObject();
+
+    cJSON_AddStringToObject(m, "role", "user");
+    cJSON_AddStringToObject(m, "content", "how are you?");
+    cJSON_AddItemToArray(messages, m);
+    b.submitted_ns[i] = uv_hrtime();
+    if (llm_complete(llm, NULL, messages, direct_done, &b.submitted_ns[i],
+                     NULL) != PARLEY_OK)
+        b.n_notice++;
+}
+
+/* 10,000 requests in flight need as many sockets (see main.c). */
+static void raise_open_files(void)
+{
+    struct rlimit rl;
+
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+}
+
 static void tick(uv_timer_t *t)
 {
     (void)t;
@@ -113,10 +154,11 @@ int main(int argc, char **argv)
     uint64_t t0, wall;
     double cpu0, cpu;
     struct rusage ru;
+    int direct = argc == 7 && strcmp(argv[6], "direct") == 0;
 
-    if (argc != 6) {
+    if (argc != 6 && !direct) {
         fprintf(stderr, "usage: bench_rooms REDIS_PORT STUB_PORT MESSAGES "
-                "ROOMS MAX_CONCURRENT\n");
+                "ROOMS MAX_CONCURRENT [direct]\n");
         return 64;
     }
     messages = strtoul(argv[3], NULL, 10);
@@ -131,10 +173,11 @@ int main(int argc, char **argv)
     snprintf(url, sizeof(url), "http://127.0.0.1:%s/v1", argv[2]);
     free(cfg.llm.base_url);
     cfg.llm.base_url = strdup(url);
-    cfg.redis.port = atoi(argv[1]);
-    cfg.llm.max_concurrent = atoi(argv[5]);
+    cfg.redis.port = (int)strtol(argv[1], NULL, 10);
+    cfg.llm.max_concurrent = (int)strtol(argv[5], NULL, 10);
     cfg.limits.user_requests_per_minute = 0;
     log_set_level(LOG_LEVEL_WARN);
+    raise_open_files();
 
     uv_loop_init(&b.uv);
     if (loop_create(&loop, &b.uv) != PARLEY_OK ||
@@ -152,7 +195,11 @@ int main(int argc, char **argv)
 
     cpu0 = cpu_seconds();
     t0 = uv_hrtime();
-    for (size_t i = 0; i < messages; i++) {
+    for (size_t i = 0; direct && i < messages; i++)
+        direct_submit(llm, i);
+    while (direct && b.n_done + b.n_notice < messages)
+        uv_run(&b.uv, UV_RUN_ONCE);
+    for (size_t i = 0; !direct && i < messages; i++) {
         struct event ev;
 
         snprintf(room, sizeof(room), "#room%zu", i % rooms);

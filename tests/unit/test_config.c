@@ -437,7 +437,7 @@ test_out_of_range(void **state)
                      "3600000 (not -5)");
     expect_line(err, "3: llm.max_retries: must be between 0 and 100 "
                      "(not 101)");
-    expect_line(err, "4: llm.max_concurrent: must be between 1 and 1024 "
+    expect_line(err, "4: llm.max_concurrent: must be between 1 and 16384 "
                      "(not 0)");
     expect_line(err, "5: context.max_turns: must be between 1 and 10000 "
                      "(not 0)");

@@ -1,0 +1,95 @@
+#!/usr/bin/python3
+"""The reference bot of scripts/bench/run.sh: what the Python tutorials
+build, so the table can show parley next to the obvious alternative.
+
+Synchronous and one request at a time: a message addressed to the bot is
+answered by a blocking HTTP call to the OpenAI-compatible API (a new
+connection each time, like urllib or requests without a session), with
+the history of the room in a list, trimmed to the same 40 turns parley
+keeps.  IRC through python3-irc (irc.bot.SingleServerIRCBot), or the
+console (stdin/stdout, "bot> " before each answer).
+
+  refbot.py irc HOST PORT NICK API_URL CHANNEL...
+  refbot.py console API_URL
+"""
+
+import json
+import sys
+import urllib.request
+
+MAX_TURNS = 40
+SYSTEM = "You are a helpful assistant in a chat room. Be brief."
+
+
+def ask(api_url, history):
+    body = json.dumps({"model": "test-model",
+                       "messages": [{"role": "system", "content": SYSTEM}]
+                       + history}).encode()
+    req = urllib.request.Request(api_url + "/chat/completions", data=body,
+                                 headers={"Content-Type": "application/json",
+                                          "Authorization": "Bearer x"})
+    with urllib.request.urlopen(req, timeout=120) as r:
+        return json.load(r)["choices"][0]["message"]["content"]
+
+
+def remember(history, role, text):
+    history.append({"role": role, "content": text})
+    del history[:-MAX_TURNS]
+
+
+def run_console(api_url):
+    history = []
+    for line in sys.stdin:
+        text = line.strip()
+        if not text:
+            continue
+        remember(history, "user", "you: " + text)
+        answer = ask(api_url, history)
+        remember(history, "assistant", answer)
+        sys.stdout.write("bot> " + answer.replace("\n", " ") + "\n")
+        sys.stdout.flush()
+
+
+def run_irc(host, port, nick, api_url, channels):
+    import irc.bot
+
+    class Bot(irc.bot.SingleServerIRCBot):
+        def __init__(self):
+            super().__init__([(host, port)], nick, nick)
+            self.history = {}
+
+        def on_welcome(self, c, e):
+            for ch in channels:
+                c.join(ch)
+
+        def on_pubmsg(self, c, e):
+            text = e.arguments[0]
+            prefix = nick + ":"
+            if not text.lower().startswith(prefix.lower()):
+                return
+            who = e.source.nick
+            h = self.history.setdefault(e.target, [])
+            remember(h, "user", "%s: %s" % (who, text[len(prefix):].strip()))
+            answer = ask(api_url, h)
+            remember(h, "assistant", answer)
+            c.privmsg(e.target, "%s: %s" % (who, answer.replace("\n", " ")))
+
+    Bot().start()
+
+
+def main(argv):
+    if len(argv) >= 6 and argv[1] == "irc":
+        run_irc(argv[2], int(argv[3]), argv[4], argv[5], argv[6:])
+    elif len(argv) == 3 and argv[1] == "console":
+        run_console(argv[2])
+    else:
+        sys.stderr.write(__doc__)
+        return 64
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main(sys.argv))
+    except KeyboardInterrupt:
+        sys.exit(130)
