@@ -418,6 +418,34 @@ static void job_complete(struct job *job)
     }
 }
 
+/*
+ * A chat or a greeting reads three things before asking the model: the
+ * room's settings, its history and (with a daily budget) the user's
+ * usage.  They are asked for together, so they travel in one round trip
+ * to Redis, and job_gathered goes on once the last has answered.
+ */
+static void job_gathered(struct job *job)
+{
+    if (--job->loads > 0)
+        return;
+    if ((job->kind == JOB_GREET_ROOM || job->kind == JOB_GREET_USER) &&
+        !job->greeting) {
+        job_drop(job);          /* greetings are off in this room */
+        return;
+    }
+    if (job->over_budget) {
+        job_reply(job, "You have used today's token budget. It resets "
+                  "at midnight UTC.", 1);
+        return;
+    }
+    /* A room greeting only makes sense in a room with no conversation. */
+    if (job->kind == JOB_GREET_ROOM && job->history && job->history->n > 0) {
+        job_drop(job);
+        return;
+    }
+    job_complete(job);
+}
+
 static void job_history_loaded(int status, struct history *h, void *privdata)
 {
     struct job *job = privdata;
@@ -430,20 +458,7 @@ static void job_history_loaded(int status, struct history *h, void *privdata)
         log_debug("history of %s unavailable (%s), answering without",
                   job->room->key, parley_status_name(status));
     job->history = h;
-    /* A room greeting only makes sense in a room with no conversation. */
-    if (job->kind == JOB_GREET_ROOM && h && h->n > 0) {
-        job_drop(job);
-        return;
-    }
-    job_complete(job);
-}
-
-static void job_load_history(struct job *job)
-{
-    if (state_history_load(job->r->store, job->room->key,
-                           &job->r->cfg->context, job_history_loaded,
-                           job) != PARLEY_OK)
-        job_history_loaded(PARLEY_ERR_STATE, NULL, job);
+    job_gathered(job);
 }
 
 static void job_usage_loaded(int status, const struct usage *u,
@@ -455,22 +470,9 @@ static void job_usage_loaded(int status, const struct usage *u,
     if (JOB_CLOSING(job))
         return;
     /* Without the record (Redis trouble) the budget errs on answering. */
-    if (status == PARLEY_OK && u && limit > 0 && u->tokens >= limit) {
-        job_reply(job, "You have used today's token budget. It resets "
-                  "at midnight UTC.", 1);
-        return;
-    }
-    job_load_history(job);
-}
-
-static void job_check_usage(struct job *job)
-{
-    struct router *r = job->r;
-
-    if (job->kind != JOB_CHAT || r->cfg->limits.user_daily_tokens <= 0 ||
-        state_usage_load(r->store, job->user_key, time(NULL),
-                         job_usage_loaded, job) != PARLEY_OK)
-        job_load_history(job);
+    job->over_budget = status == PARLEY_OK && u && limit > 0 &&
+                       u->tokens >= limit;
+    job_gathered(job);
 }
 
 static void job_command_done(enum command_outcome outcome, const char *text,
@@ -533,12 +535,7 @@ static void job_settings_loaded(int status, const struct room_settings *rs,
         job_run_command(job);
         return;
     }
-    if ((job->kind == JOB_GREET_ROOM || job->kind == JOB_GREET_USER) &&
-        !job->greeting) {
-        job_drop(job);          /* greetings are off in this room */
-        return;
-    }
-    job_check_usage(job);
+    job_gathered(job);
 }
 
 static void job_ambient_stored(int status, void *privdata)
@@ -581,6 +578,7 @@ void job_run(struct job *job)
     struct router *r = job->r;
     const struct config_room *over = config_room_find(r->cfg,
                                                       job->room->key);
+    int command, usage;
 
     job->greeting = over && over->greeting >= 0 ? over->greeting : 1;
     if (job->kind == JOB_AMBIENT) {
@@ -591,10 +589,26 @@ void job_run(struct job *job)
         job_reply(job, job->answer, job->notice);
         return;
     }
-    /* Without Redis: the configured defaults, no stored overrides. */
+    /* Without Redis: the configured defaults, no stored overrides, no
+     * history, no budget.  A command needs only the settings.  Each
+     * callback may be the last (and finish the job) only once every
+     * request went out: the state layer never calls back synchronously,
+     * a refused request is answered here in issue order, and nothing of
+     * the job is read after the last one. */
+    command = job->kind == JOB_COMMAND;
+    usage = job->kind == JOB_CHAT && r->cfg->limits.user_daily_tokens > 0;
+    job->loads = command ? 1 : usage ? 3 : 2;
     if (state_room_load(r->store, job->room->key, job_settings_loaded,
                         job) != PARLEY_OK)
         job_settings_loaded(PARLEY_ERR_STATE, NULL, job);
+    if (command)
+        return;
+    if (usage && state_usage_load(r->store, job->user_key, time(NULL),
+                                  job_usage_loaded, job) != PARLEY_OK)
+        job_usage_loaded(PARLEY_ERR_STATE, NULL, job);
+    if (state_history_load(r->store, job->room->key, &r->cfg->context,
+                           job_history_loaded, job) != PARLEY_OK)
+        job_history_loaded(PARLEY_ERR_STATE, NULL, job);
 }
 
 /* ---- creation ------------------------------------------------------------ */

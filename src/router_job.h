@@ -47,6 +47,8 @@ struct job {
     int resumed;                /* taken up from a previous run */
     unsigned resets;            /* room->resets when queued */
     long long epoch;            /* room:<room> epoch when it started */
+    int loads;                  /* settings/history/usage still to come */
+    int over_budget;            /* the daily token budget is spent */
 
     /* Gathered along the way. */
     char *model;                /* room override, or NULL */

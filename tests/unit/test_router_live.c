@@ -7,6 +7,8 @@
  * dedupe, greetings with their cooldown, what is ignored, and the
  * per-user rate limit.
  */
+#include <time.h>
+
 #include "router_fixture.h"
 
 static void rooms_keep_order_and_run_in_parallel(void **state)
@@ -293,6 +295,48 @@ static void rate_limit_answers_with_a_notice(void **state)
     assert_false(f->sent[3].notice);
 }
 
+/* The daily token budget is read with the settings and the history, in
+ * one round trip; a spent budget gets the notice and no model call. */
+static void daily_budget_is_enforced(void **state)
+{
+    struct fixture *f = *state;
+    struct event ev = message("#bud", "fred", "first question");
+    char day[16], key[128];
+    time_t now = time(NULL);
+    struct tm tm;
+    redisReply *r;
+
+    f->cfg.limits.user_daily_tokens = 1000;
+    router_submit(f->router, &ev);
+    assert_true(run_until(f, idle, 5000));
+    assert_int_equal(f->n_sent, 1);
+    assert_false(f->sent[0].notice);
+    /* The answer's tokens were counted. */
+    gmtime_r(&now, &tm);
+    strftime(day, sizeof(day), "%Y-%m-%d", &tm);
+    snprintf(key, sizeof(key), "r:usage:%s:fake:acct:fred", day);
+    r = redis_query(f, "HGET %s tokens", key);
+    assert_int_equal(r->type, REDIS_REPLY_STRING);
+    assert_true(strtoll(r->str, NULL, 10) > 0);
+    freeReplyObject(r);
+    /* Spend the rest of the day's budget. */
+    r = redis_query(f, "HSET %s tokens 1000", key);
+    freeReplyObject(r);
+    ev = message("#bud", "fred", "second question");
+    router_submit(f->router, &ev);
+    ev = message("#bud", "gina", "her question");
+    router_submit(f->router, &ev);
+    assert_true(run_until(f, idle, 5000));
+    assert_int_equal(f->n_sent, 3);
+    assert_non_null(find_sent(f, "You have used today's token budget. It "
+                              "resets at midnight UTC."));
+    /* Someone else's budget is their own. */
+    assert_non_null(find_sent(f, "echo: gina: her question"));
+    r = redis_query(f, "LLEN r:ctx:fake:acct:#bud");
+    assert_int_equal(r->integer, 4);    /* fred's first and gina's pair */
+    freeReplyObject(r);
+}
+
 static void long_text_is_cut_on_a_character(void **state)
 {
     struct fixture *f = *state;
@@ -441,6 +485,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(rate_limit_answers_with_a_notice,
                                         setup, teardown),
         cmocka_unit_test_setup_teardown(resume_unfinished_jobs, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(daily_budget_is_enforced, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(long_text_is_cut_on_a_character,
                                         setup, teardown),
