@@ -181,6 +181,14 @@ static void cmd_model(struct call *call, const char *arg)
     char text[2048];
     size_t off;
 
+    /* Switching costs everyone in the room (and the operator's bill):
+     * operators only unless llm.model_switch says everyone. */
+    if (*arg && !call->ctx.ev->is_admin &&
+        strcmp(cfg->llm.model_switch, "everyone") != 0) {
+        call_done(call, COMMAND_REPLY,
+                  "Only room operators can change the model.");
+        return;
+    }
     if (*arg) {
         char name[COMMAND_MODEL_NAME_MAX];
         size_t n = strcspn(arg, " \t\r\n");

@@ -60,6 +60,8 @@ struct config_llm {
     int backoff_base_ms;    /* default 500 */
     int backoff_max_ms;     /* default 30000 */
     int max_concurrent;     /* requests in flight, default 16 */
+    char *model_switch;     /* who may use "!model NAME": "operators"
+                               (default) or "everyone" */
 };
 
 struct config_context {

@@ -43,6 +43,7 @@ enum key_kind {
     KEY_URL,                /* http(s) base URL */
     KEY_LEVEL,              /* log level name */
     KEY_LOG_FORMAT,         /* "text" or "json" */
+    KEY_WHO,                /* "operators" or "everyone" */
     KEY_LISTEN,             /* "ADDRESS:PORT" */
     KEY_UNIX_PATH,          /* Unix socket path */
     KEY_INT,                /* integer in [min, max] */
@@ -91,6 +92,7 @@ static const struct key_spec llm_keys[] = {
     KEY_STR(config_llm, "model", KEY_NAME, model),
     KEY_STR(config_llm, "allowed_models", KEY_MODELS, allowed_models),
     KEY_STR(config_llm, "api_key_env", KEY_ENV, api_key_env),
+    KEY_STR(config_llm, "model_switch", KEY_WHO, model_switch),
     KEY_STR(config_llm, "temperature", KEY_TEMPERATURE, temperature),
     KEY_NUM(config_llm, "max_tokens", max_tokens, 0, CONFIG_TOKENS_MAX),
     KEY_NUM(config_llm, "connect_timeout_ms", connect_timeout_ms,
@@ -666,6 +668,14 @@ config_load_group(struct config_loader *ld, const config_setting_t *g,
         case KEY_LOG_FORMAT:
             if (strcmp(v, "text") != 0 && strcmp(v, "json") != 0) {
                 config_error_add(&ld->errs, s, "must be text or json");
+                break;
+            }
+            config_set_str(ld, str, v);
+            break;
+        case KEY_WHO:
+            if (strcmp(v, "operators") != 0 && strcmp(v, "everyone") != 0) {
+                config_error_add(&ld->errs, s,
+                                 "must be operators or everyone");
                 break;
             }
             config_set_str(ld, str, v);

@@ -265,6 +265,7 @@ config_defaults(struct config *cfg)
             cfg->llm.n_allowed_models = 1;
     }
     cfg->llm.api_key_env = strdup("OPENAI_API_KEY");
+    cfg->llm.model_switch = strdup("operators");
     cfg->llm.temperature = 0.7;
     cfg->llm.max_tokens = 800;
     cfg->llm.connect_timeout_ms = 10000;
@@ -297,7 +298,8 @@ config_defaults(struct config *cfg)
     if (!cfg->path || !cfg->bot.name || !cfg->bot.log_level ||
         !cfg->redis.host || !cfg->redis.prefix || !cfg->llm.base_url ||
         !cfg->llm.model || cfg->llm.n_allowed_models != 1 ||
-        !cfg->llm.api_key_env || !cfg->prompts.system ||
+        !cfg->llm.api_key_env || !cfg->llm.model_switch ||
+        !cfg->prompts.system ||
         !cfg->prompts.greeting || cfg->n_adapters != 1) {
         config_free(cfg);
         return PARLEY_ERR_OOM;
@@ -461,6 +463,7 @@ config_free(struct config *cfg)
     free(cfg->llm.model);
     config_free_models(cfg->llm.allowed_models, cfg->llm.n_allowed_models);
     free(cfg->llm.api_key_env);
+    free(cfg->llm.model_switch);
     free(cfg->prompts.system);
     free(cfg->prompts.greeting);
     config_free_fewshot(cfg->prompts.fewshot, cfg->prompts.n_fewshot);

@@ -523,7 +523,13 @@ static void job_settings_loaded(int status, const struct room_settings *rs,
     if (JOB_CLOSING(job))
         return;
     if (status == PARLEY_OK && rs) {
-        if (rs->model && !(job->model = strdup(rs->model)))
+        /* A model chosen with !model before a reload shrank
+         * allowed_models is not used any more: checked at use. */
+        if (rs->model && !config_model_allowed(job->r->cfg, rs->model))
+            log_room(LOG_LEVEL_INFO, job->ev->platform, job->ev->room,
+                     "room model %s is no longer in llm.allowed_models; "
+                     "using the default", rs->model);
+        else if (rs->model && !(job->model = strdup(rs->model)))
             log_warn("out of memory reading room settings");
         if (rs->system && !(job->system = strdup(rs->system)))
             log_warn("out of memory reading room settings");

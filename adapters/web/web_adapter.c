@@ -380,6 +380,9 @@ int web_submit(struct web *w, const char *room, const char *text,
     ev.event_id = event_id;
     /* A browser is a private conversation with the bot. */
     ev.addressed = 1;
+    /* Each browser is alone in its room, so it runs that room: the
+     * model picker (!model) and its own instructions are its to set. */
+    ev.is_admin = 1;
     router_submit(w->ad.router, &ev);
     return PARLEY_OK;
 }

@@ -422,7 +422,7 @@ test_out_of_range(void **state)
         "redis = { port = 0; db = -1; dedupe_ttl = 0; };\n"
         "llm = { temperature = 2.5; timeout_ms = 0;\n"
         "  connect_timeout_ms = -5; max_retries = 101;\n"
-        "  max_concurrent = 0; };\n"
+        "  max_concurrent = 0; model_switch = \"anyone\"; };\n"
         "context = { max_turns = 0; };\n"
         "limits = { user_daily_tokens = -1; };\n",
         err, sizeof(err)), PARLEY_ERR_CONFIG);
@@ -443,7 +443,8 @@ test_out_of_range(void **state)
                      "(not 0)");
     expect_line(err, "6: limits.user_daily_tokens: must be at least 0 "
                      "(not -1)");
-    assert_int_equal(count_lines(err), 10);
+    expect_line(err, "4: llm.model_switch: must be operators or everyone");
+    assert_int_equal(count_lines(err), 11);
     config_free(&cfg);
 
     /* Edges are inside; -1 is "let the server choose". */

@@ -337,6 +337,51 @@ static void daily_budget_is_enforced(void **state)
     freeReplyObject(r);
 }
 
+/* Who may switch models is a setting (operators by default), and a
+ * room's stored model is checked against allowed_models when used. */
+static void model_switch_and_recheck(void **state)
+{
+    struct fixture *f = *state;
+    struct event ev = message("#mod", "eve", "!model gpt-4o-mini");
+    redisReply *r;
+
+    router_submit(f->router, &ev);
+    assert_true(run_until(f, idle, 5000));
+    assert_string_equal(f->sent[0].text,
+                        "Only room operators can change the model.");
+    /* An operator may; the listing needs no rights. */
+    ev.is_admin = 1;
+    router_submit(f->router, &ev);
+    assert_true(run_until(f, idle, 5000));
+    assert_string_equal(f->sent[1].text, "Model for this room: "
+                        "gpt-4o-mini.");
+    /* With model_switch = everyone, anyone may. */
+    free(f->cfg.llm.model_switch);
+    f->cfg.llm.model_switch = xstrdup("everyone");
+    ev.is_admin = 0;
+    router_submit(f->router, &ev);
+    assert_true(run_until(f, idle, 5000));
+    assert_string_equal(f->sent[2].text, "Model for this room: "
+                        "gpt-4o-mini.");
+    /* A model stored before allowed_models changed is not used. */
+    r = redis_query(f, "HSET r:room:fake:acct:#mod model %s", "retired-1");
+    freeReplyObject(r);
+    stub_reset(f);
+    ev = message("#mod", "eve", "which model?");
+    router_submit(f->router, &ev);
+    ev = message("#mod", "eve", "!model");
+    router_submit(f->router, &ev);
+    assert_true(run_until(f, idle, 5000));
+    assert_non_null(strstr(f->sent[4].text, "Current model: gpt-4o-mini"));
+    {
+        static char buf[1 << 16];
+
+        stub_http(f, "GET", "/_control/requests", "", buf, sizeof(buf));
+        assert_null(strstr(buf, "retired-1"));
+        assert_non_null(strstr(buf, "\"model\": \"gpt-4o-mini\""));
+    }
+}
+
 static void long_text_is_cut_on_a_character(void **state)
 {
     struct fixture *f = *state;
@@ -487,6 +532,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(resume_unfinished_jobs, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(daily_budget_is_enforced, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(model_switch_and_recheck, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(long_text_is_cut_on_a_character,
                                         setup, teardown),
