@@ -355,6 +355,7 @@ struct matrix_config {
     char *password_env;         /* NULL when unset */
     char *access_token_env;     /* NULL when unset */
     char *device_name;          /* default "parley" */
+    char *crypto_key_env;       /* pickle key for E2EE; NULL: E2EE off */
     char **allow;               /* allow_invites_from */
     size_t n_allow;
     int reject_other_invites;   /* default 0: ignore */
