@@ -584,6 +584,52 @@ void matrix_account_mark_published(struct matrix_account *a)
     olm_account_mark_keys_as_published(a->olm);
 }
 
+int matrix_keys_upload_body(struct matrix_account *a, const char *user_id,
+                            const char *device_id, int with_device,
+                            size_t n, int fresh_fallback, char **out)
+{
+    cJSON *body = cJSON_CreateObject(), *dk = NULL, *otks = NULL, *fb = NULL;
+    int result = body ? PARLEY_OK : PARLEY_ERR_OOM;
+
+    if (!result && with_device)
+        result = matrix_account_device_keys(a, user_id, device_id, &dk);
+    if (!result)
+        result = matrix_account_one_time_keys(a, user_id, device_id, n,
+                                              &otks);
+    if (!result)
+        result = matrix_account_fallback_key(a, user_id, device_id,
+                                             fresh_fallback, &fb);
+    if (!result && dk)
+        cJSON_AddItemToObject(body, "device_keys", dk);
+    else
+        cJSON_Delete(dk);
+    if (!result && otks)
+        cJSON_AddItemToObject(body, "one_time_keys", otks);
+    else
+        cJSON_Delete(otks);
+    if (!result && fb)
+        cJSON_AddItemToObject(body, "fallback_keys", fb);
+    else
+        cJSON_Delete(fb);
+    if (!result) {
+        *out = cJSON_PrintUnformatted(body);
+        if (!*out)
+            result = PARLEY_ERR_OOM;
+    }
+    cJSON_Delete(body);
+    return result;
+}
+
+long matrix_otk_count(const cJSON *counts)
+{
+    const cJSON *n = cJSON_GetObjectItemCaseSensitive(counts,
+                                                      "signed_curve25519");
+
+    if (!cJSON_IsNumber(n) || n->valuedouble < 0 || n->valuedouble > 1e6)
+        return -1;
+    return (long)n->valuedouble;
+}
+
 int matrix_verify_json(const cJSON *obj, const char *user_id,
                        const char *device_id, const char *ed25519_key)
 {

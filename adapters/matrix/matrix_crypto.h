@@ -121,6 +121,18 @@ int matrix_account_fallback_key(struct matrix_account *a,
 void matrix_account_mark_published(struct matrix_account *a);
 
 /*
+ * The body of POST /keys/upload: device_keys when with_device, n new
+ * one-time keys (with every one still unpublished), and a new fallback
+ * key when fresh_fallback (or the unpublished one).  *out malloc'd.
+ */
+int matrix_keys_upload_body(struct matrix_account *a, const char *user_id,
+                            const char *device_id, int with_device,
+                            size_t n, int fresh_fallback, char **out);
+/* signed_curve25519 from a /keys/upload answer's one_time_key_counts (or
+ * /sync's device_one_time_keys_count object); -1 when absent. */
+long matrix_otk_count(const struct cJSON *counts);
+
+/*
  * 1 when obj carries a valid ed25519 signature by user_id's device
  * device_id with the given key, 0 when not (absent, malformed, wrong).
  */

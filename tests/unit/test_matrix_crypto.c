@@ -463,6 +463,48 @@ static void test_otk_used_once(void **state)
     matrix_account_free(bob);
 }
 
+static void test_upload_body(void **state)
+{
+    struct matrix_account *a = NULL;
+    cJSON *j, *counts;
+    char *body = NULL;
+
+    (void)state;
+    assert_int_equal(matrix_account_new(&a), PARLEY_OK);
+    assert_int_equal(matrix_keys_upload_body(a, "@bot:hs", "DEV", 1, 3, 1,
+                                             &body), PARLEY_OK);
+    j = cJSON_Parse(body);
+    free(body);
+    assert_true(matrix_verify_json(cJSON_GetObjectItem(j, "device_keys"),
+                                   "@bot:hs", "DEV",
+                                   matrix_account_ed25519(a)));
+    assert_int_equal(cJSON_GetArraySize(cJSON_GetObjectItem(j,
+                                        "one_time_keys")), 3);
+    assert_int_equal(cJSON_GetArraySize(cJSON_GetObjectItem(j,
+                                        "fallback_keys")), 1);
+    cJSON_Delete(j);
+    matrix_account_mark_published(a);
+    /* A top-up: no device keys, no fallback key left unpublished. */
+    assert_int_equal(matrix_keys_upload_body(a, "@bot:hs", "DEV", 0, 2, 0,
+                                             &body), PARLEY_OK);
+    j = cJSON_Parse(body);
+    free(body);
+    assert_null(cJSON_GetObjectItem(j, "device_keys"));
+    assert_null(cJSON_GetObjectItem(j, "fallback_keys"));
+    assert_int_equal(cJSON_GetArraySize(cJSON_GetObjectItem(j,
+                                        "one_time_keys")), 2);
+    cJSON_Delete(j);
+    matrix_account_free(a);
+
+    counts = cJSON_Parse("{\"signed_curve25519\": 42}");
+    assert_int_equal(matrix_otk_count(counts), 42);
+    cJSON_Delete(counts);
+    counts = cJSON_Parse("{\"signed_curve25519\": \"x\"}");
+    assert_int_equal(matrix_otk_count(counts), -1);
+    cJSON_Delete(counts);
+    assert_int_equal(matrix_otk_count(NULL), -1);
+}
+
 static void test_parse_hostile(void **state)
 {
     static const char *const bad_olm[] = {
@@ -532,6 +574,7 @@ int main(void)
         cmocka_unit_test(test_roundtrip_otk),
         cmocka_unit_test(test_roundtrip_fallback),
         cmocka_unit_test(test_otk_used_once),
+        cmocka_unit_test(test_upload_body),
         cmocka_unit_test(test_parse_hostile),
     };
 
