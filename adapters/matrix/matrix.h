@@ -123,6 +123,11 @@ struct matrix_batch {
     size_t n_dropped;           /* items over MATRIX_SYNC_ITEMS_MAX, and
                                    members over MATRIX_SYNC_MEMBERS_MAX */
     size_t n_skipped;           /* events ignored (edits, notices, ...) */
+    long otk_count;             /* device_one_time_keys_count
+                                   .signed_curve25519 (absent from the
+                                   object: 0), -1 when no object */
+    int fallback_unused;        /* device_unused_fallback_key_types lists
+                                   signed_curve25519: 1, not: 0, absent: -1 */
 };
 
 /*

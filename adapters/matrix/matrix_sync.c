@@ -569,6 +569,30 @@ int matrix_sync_parse(const char *json, size_t len,
         cJSON_Delete(root);
         return PARLEY_ERR_OOM;
     }
+    /* End-to-end encryption: how many one-time keys the server still
+     * holds for us, and whether our fallback key was used. */
+    {
+        const cJSON *c = get_obj(root, "device_one_time_keys_count");
+        const cJSON *n = c ? cJSON_GetObjectItemCaseSensitive(
+                                 c, "signed_curve25519") : NULL;
+        const cJSON *fb = cJSON_GetObjectItemCaseSensitive(
+                              root, "device_unused_fallback_key_types");
+        const cJSON *t;
+
+        out->otk_count = -1;
+        out->fallback_unused = -1;
+        if (c)
+            out->otk_count = cJSON_IsNumber(n) && n->valuedouble >= 0 &&
+                             n->valuedouble <= 1e6 ?
+                             (long)n->valuedouble : 0;
+        if (cJSON_IsArray(fb)) {
+            out->fallback_unused = 0;
+            cJSON_ArrayForEach(t, fb)
+                if (cJSON_IsString(t) &&
+                    !strcmp(t->valuestring, "signed_curve25519"))
+                    out->fallback_unused = 1;
+        }
+    }
     rooms = get_obj(root, "rooms");
     join = rooms ? get_obj(rooms, "join") : NULL;
     invite = rooms ? get_obj(rooms, "invite") : NULL;

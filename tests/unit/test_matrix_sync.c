@@ -292,6 +292,36 @@ static void test_invite(void **state)
     matrix_batch_free(&b);
 }
 
+/* The E2EE key counters: top-ups are driven by them. */
+static void test_key_counts(void **state)
+{
+    static const struct { const char *json; long otk; int fb; } cases[] = {
+        { "{\"next_batch\":\"n\"}", -1, -1 },
+        { "{\"next_batch\":\"n\",\"device_one_time_keys_count\":"
+          "{\"signed_curve25519\":17},"
+          "\"device_unused_fallback_key_types\":[\"signed_curve25519\"]}",
+          17, 1 },
+        /* Synapse leaves out a zero count. */
+        { "{\"next_batch\":\"n\",\"device_one_time_keys_count\":{},"
+          "\"device_unused_fallback_key_types\":[]}", 0, 0 },
+        { "{\"next_batch\":\"n\",\"device_one_time_keys_count\":"
+          "{\"signed_curve25519\":-3},"
+          "\"device_unused_fallback_key_types\":[5,null]}", 0, 0 },
+    };
+    struct matrix_batch b;
+    char err[128];
+
+    (void)state;
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        assert_int_equal(matrix_sync_parse(cases[i].json,
+                                           strlen(cases[i].json), &me, &b,
+                                           err, sizeof(err)), PARLEY_OK);
+        assert_int_equal(b.otk_count, cases[i].otk);
+        assert_int_equal(b.fallback_unused, cases[i].fb);
+        matrix_batch_free(&b);
+    }
+}
+
 static void test_hostile(void **state)
 {
     static const char *bad[] = {
@@ -407,6 +437,7 @@ int main(void)
         cmocka_unit_test(test_members_and_encrypted),
         cmocka_unit_test(test_history_before_own_join),
         cmocka_unit_test(test_invite),
+        cmocka_unit_test(test_key_counts),
         cmocka_unit_test(test_hostile),
         cmocka_unit_test(test_invalid_utf8_body),
         cmocka_unit_test(test_deep_nesting),
