@@ -1,0 +1,83 @@
+/*
+ * The Matrix adapter's end-to-end encryption client: the bridge between
+ * matrix_crypto.c (pure libolm wrappers), state_crypto.c (the crypto store
+ * in Redis) and the homeserver's key endpoints.  matrix_adapter.c owns one
+ * per account when crypto_key_env names a usable key, and drives it at
+ * fixed points: start (before the first sync), each sync's key counters.
+ *
+ * What it does so far: load the device's Olm account from Redis or create
+ * one (the same device keeps its keys across restarts), upload the signed
+ * device keys, one-time keys and a fallback key (/keys/upload), and top
+ * the one-time keys up from /sync's device_one_time_keys_count.
+ *
+ * The pickle key (the value of crypto_key_env or its _FILE) is registered
+ * with the log redaction and wiped on free; only pickles reach Redis.
+ */
+#ifndef PARLEY_MATRIX_E2EE_H
+#define PARLEY_MATRIX_E2EE_H
+
+#include <stddef.h>
+
+#include "loop.h"
+
+struct store;
+struct matrix_e2ee;
+
+/* Shortest pickle key accepted: a short one could be guessed offline
+ * from a copy of Redis. */
+#define MATRIX_E2EE_KEY_MIN 16
+/* One-time keys kept on the server: half of what libolm can hold, as the
+ * spec suggests, so that claims between two syncs do not exhaust it. */
+#define MATRIX_E2EE_OTK_TARGET 50
+
+/* What the adapter lends: its store and a request function that adds the
+ * homeserver, the client API prefix and the access token to path. */
+typedef int matrix_e2ee_http_fn(void *ctx, const char *method,
+                                const char *path, const char *body,
+                                http_done_fn *done, void *priv,
+                                struct http_request **out);
+struct matrix_e2ee_host {
+    void *ctx;
+    matrix_e2ee_http_fn *http;
+    struct store *store;
+    const char *account;        /* crypto:<account>:... (borrowed) */
+};
+
+/*
+ * Read the pickle key from the variable key_env names (or NAME_FILE).
+ * *out is NULL (and PARLEY_OK) when key_env is NULL or the variable is
+ * unset or empty: encryption is off, and one line says so.  A key shorter
+ * than MATRIX_E2EE_KEY_MIN, unreadable, or not redactable is
+ * PARLEY_ERR_CONFIG with err set.  host is copied.
+ */
+int matrix_e2ee_new(const struct matrix_e2ee_host *host, const char *key_env,
+                    struct matrix_e2ee **out, char *err, size_t errlen);
+void matrix_e2ee_free(struct matrix_e2ee *e);
+
+/*
+ * Load (or create and store) the account for user_id's device_id, then
+ * upload what the server lacks.  done runs once, later, with PARLEY_OK
+ * when the device can be used, or an error to retry after a backoff
+ * (Redis or the homeserver failed).  A pickle the key cannot open is
+ * PARLEY_ERR_CONFIG: it is never replaced by a new identity silently.
+ */
+typedef void matrix_e2ee_done_fn(int status, void *priv);
+int matrix_e2ee_start(struct matrix_e2ee *e, const char *user_id,
+                      const char *device_id, matrix_e2ee_done_fn *done,
+                      void *priv);
+
+/* A sync's counters (matrix_batch otk_count, fallback_unused): uploads
+ * more one-time keys or a new fallback key in the background. */
+void matrix_e2ee_sync_counts(struct matrix_e2ee *e, long otk_count,
+                             int fallback_unused);
+
+/* Cancel requests in flight (adapter stop); callbacks no longer run. */
+void matrix_e2ee_stop(struct matrix_e2ee *e);
+
+/* 1 once start succeeded. */
+int matrix_e2ee_ready(const struct matrix_e2ee *e);
+/* The device's ed25519 key (public), for operators who verify it; "" before
+ * start. */
+const char *matrix_e2ee_ed25519(const struct matrix_e2ee *e);
+
+#endif
