@@ -7,12 +7,10 @@
  * into a scratch buffer first; every buffer that held a secret is wiped
  * before it is freed.
  */
-#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 
 #include <cjson/cJSON.h>
 #include <olm/inbound_group_session.h>
@@ -20,6 +18,7 @@
 #include <olm/outbound_group_session.h>
 
 #include "matrix_crypto.h"
+#include "random.h"
 #include "status.h"
 
 /* Canonical JSON allows integers of magnitude up to 2^53 - 1. */
@@ -74,24 +73,17 @@ void matrix_crypto_wipe_json(cJSON *j)
     cJSON_Delete(j);
 }
 
-/* len random bytes into a malloc'd buffer (caller wipes and frees). */
-static int random_bytes(size_t len, uint8_t **out)
+/* len random bytes from the kernel (random.h's random_bytes, never the
+ * fast generator) into a malloc'd buffer (caller wipes and frees). */
+static int random_buf(size_t len, uint8_t **out)
 {
     uint8_t *buf = malloc(len ? len : 1);
-    size_t got = 0;
 
     if (!buf)
         return PARLEY_ERR_OOM;
-    while (got < len) {
-        ssize_t n = getrandom(buf + got, len - got, 0);
-
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            free(buf);
-            return olm_failed("getrandom failed");
-        }
-        got += (size_t)n;
+    if (len && random_bytes(buf, len) != PARLEY_OK) {
+        free(buf);
+        return olm_failed("no random bytes from the kernel");
     }
     *out = buf;
     return PARLEY_OK;
@@ -285,7 +277,7 @@ int matrix_account_new(struct matrix_account **out)
     if (!a)
         return PARLEY_ERR_OOM;
     rlen = olm_create_account_random_length(a->olm);
-    result = random_bytes(rlen, &rnd);
+    result = random_buf(rlen, &rnd);
     if (!result && olm_create_account(a->olm, rnd, rlen) == olm_error())
         result = olm_failed(olm_account_last_error(a->olm));
     free_random(rnd, rlen);
@@ -506,7 +498,7 @@ int matrix_account_one_time_keys(struct matrix_account *a,
         return PARLEY_ERR_OTHER;
     if (n) {
         rlen = olm_account_generate_one_time_keys_random_length(a->olm, n);
-        result = random_bytes(rlen, &rnd);
+        result = random_buf(rlen, &rnd);
         if (!result && olm_account_generate_one_time_keys(a->olm, n, rnd,
                                                           rlen) ==
                        olm_error())
@@ -549,7 +541,7 @@ int matrix_account_fallback_key(struct matrix_account *a,
     *out = NULL;
     if (fresh) {
         rlen = olm_account_generate_fallback_key_random_length(a->olm);
-        result = random_bytes(rlen, &rnd);
+        result = random_buf(rlen, &rnd);
         if (!result && olm_account_generate_fallback_key(a->olm, rnd, rlen) ==
                        olm_error())
             result = olm_failed(olm_account_last_error(a->olm));
@@ -714,7 +706,7 @@ int matrix_olm_outbound(struct matrix_account *a, const char *their_curve,
     if (!s)
         return PARLEY_ERR_OOM;
     rlen = olm_create_outbound_session_random_length(s->olm);
-    result = random_bytes(rlen, &rnd);
+    result = random_buf(rlen, &rnd);
     if (!result &&
         olm_create_outbound_session(s->olm, a->olm, their_curve,
                                     strlen(their_curve), their_otk,
@@ -831,7 +823,7 @@ int matrix_olm_encrypt(struct matrix_olm *s, const char *plain, int *type,
     msg = malloc(mlen + 1);
     if (!msg)
         return PARLEY_ERR_OOM;
-    result = random_bytes(rlen, &rnd);
+    result = random_buf(rlen, &rnd);
     if (!result && olm_encrypt(s->olm, plain, plen, rnd, rlen, msg, mlen) ==
                    olm_error())
         result = olm_failed(olm_session_last_error(s->olm));
@@ -1061,7 +1053,7 @@ int matrix_megolm_out_new(struct matrix_megolm_out **out)
     if (!s)
         return PARLEY_ERR_OOM;
     rlen = olm_init_outbound_group_session_random_length(s->olm);
-    result = random_bytes(rlen, &rnd);
+    result = random_buf(rlen, &rnd);
     if (!result && olm_init_outbound_group_session(s->olm, rnd, rlen) ==
                    olm_error())
         result = olm_failed(olm_outbound_group_session_last_error(s->olm));

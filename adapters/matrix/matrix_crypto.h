@@ -10,7 +10,7 @@
  * This is the only file that includes the olm headers (README.md explains why
  * libolm and how to leave it); it does no cryptography of its own: keys,
  * ratchets, signatures and ciphers are libolm's, random bytes come from
- * getrandom(2).
+ * random_bytes (random.h: getrandom(2) every time).
  *
  * Secrets: pickle keys, session keys and plaintexts are wiped
  * (explicit_bzero) before their buffers are freed; nothing here logs.
