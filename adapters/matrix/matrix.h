@@ -64,7 +64,8 @@ enum matrix_item_kind {
     MATRIX_ITEM_MESSAGE = 0,    /* m.room.message m.text / m.emote */
     MATRIX_ITEM_JOIN,           /* someone else joined a joined room */
     MATRIX_ITEM_INVITE,         /* the bot was invited (rooms.invite) */
-    MATRIX_ITEM_ENCRYPTED       /* m.room.encrypted: not supported yet */
+    MATRIX_ITEM_ENCRYPTED       /* the room is encrypted (m.room.encryption
+                                   or m.room.encrypted), once per room */
 };
 
 /*

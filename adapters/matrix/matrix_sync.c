@@ -421,6 +421,28 @@ static const cJSON *own_join(const cJSON *events,
     return found;
 }
 
+/* A state event m.room.encryption (state key ""). */
+static int is_encryption(const cJSON *ev)
+{
+    const char *type = get_str(ev, "type");
+    const char *key = get_str(ev, "state_key");
+
+    return type && key && !key[0] && strcmp(type, "m.room.encryption") == 0;
+}
+
+static int push_encrypted(struct matrix_batch *b, const char *room_id)
+{
+    struct matrix_item it;
+    int oom = 0;
+
+    memset(&it, 0, sizeof(it));
+    it.kind = MATRIX_ITEM_ENCRYPTED;
+    it.room_id = dup_opt(room_id, &oom);
+    if (oom)
+        return PARLEY_ERR_OOM;
+    return batch_push(b, &it);
+}
+
 static int parse_joined_room(struct matrix_batch *b, const char *room_id,
                              const cJSON *room, const struct matrix_ident *me)
 {
@@ -451,6 +473,20 @@ static int parse_joined_room(struct matrix_batch *b, const char *room_id,
         if (result)
             return result;
     }
+    /* An encrypted room (m.room.encryption in its state or anywhere in
+     * the timeline, history included) is reported before its events, so
+     * that nothing is sent there in plaintext in answer to them. */
+    cJSON_ArrayForEach(ev, state)
+        if (!encrypted_seen && is_encryption(ev))
+            encrypted_seen = 1;
+    cJSON_ArrayForEach(ev, events)
+        if (!encrypted_seen && is_encryption(ev))
+            encrypted_seen = 1;
+    if (encrypted_seen) {
+        result = push_encrypted(b, room_id);
+        if (result)
+            return result;
+    }
     /* A room the bot just joined arrives with the events before its join:
      * that is history, neither answered nor greeted. */
     start = own_join(events, me);
@@ -478,16 +514,8 @@ static int parse_joined_room(struct matrix_batch *b, const char *room_id,
             result = parse_member(b, room_id, ev);
         } else if (strcmp(type, "m.room.encrypted") == 0 &&
                    !encrypted_seen) {
-            struct matrix_item it;
-            int oom = 0;
-
             encrypted_seen = 1;
-            memset(&it, 0, sizeof(it));
-            it.kind = MATRIX_ITEM_ENCRYPTED;
-            it.room_id = dup_opt(room_id, &oom);
-            if (oom)
-                return PARLEY_ERR_OOM;
-            result = batch_push(b, &it);
+            result = push_encrypted(b, room_id);
         } else {
             b->n_skipped++;
         }

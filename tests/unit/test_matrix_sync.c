@@ -292,6 +292,36 @@ static void test_invite(void **state)
     matrix_batch_free(&b);
 }
 
+/* m.room.encryption in the state (a room joined or synced afresh) marks
+ * the room encrypted before its events: a greeting for a join in the same
+ * batch must not go out in plaintext. */
+static void test_encryption_state(void **state)
+{
+    static const char s[] =
+        "{\"next_batch\":\"n\",\"rooms\":{\"join\":{\"!e:localhost\":"
+        "{\"state\":{\"events\":[{\"type\":\"m.room.encryption\","
+        "\"state_key\":\"\",\"sender\":\"@alice:localhost\",\"content\":"
+        "{\"algorithm\":\"m.megolm.v1.aes-sha2\"}}]},"
+        "\"timeline\":{\"events\":[{\"type\":\"m.room.member\","
+        "\"state_key\":\"@bob:localhost\",\"sender\":\"@bob:localhost\","
+        "\"event_id\":\"$j\",\"content\":{\"membership\":\"join\"}},"
+        "{\"type\":\"m.room.encrypted\",\"event_id\":\"$x\",\"sender\":"
+        "\"@bob:localhost\",\"content\":{}}]}},"
+        "\"!p:localhost\":{\"state\":{\"events\":[{\"type\":"
+        "\"m.room.encryption\",\"state_key\":\"x\",\"content\":{}}]}}}}}";
+    struct matrix_batch b;
+    char err[128];
+
+    (void)state;
+    assert_int_equal(matrix_sync_parse(s, strlen(s), &me, &b, err,
+                                       sizeof(err)), PARLEY_OK);
+    assert_int_equal(b.n_items, 2);
+    assert_int_equal(b.items[0].kind, MATRIX_ITEM_ENCRYPTED);
+    assert_string_equal(b.items[0].room_id, "!e:localhost");
+    assert_int_equal(b.items[1].kind, MATRIX_ITEM_JOIN);
+    matrix_batch_free(&b);
+}
+
 /* The E2EE key counters: top-ups are driven by them. */
 static void test_key_counts(void **state)
 {
@@ -437,6 +467,7 @@ int main(void)
         cmocka_unit_test(test_members_and_encrypted),
         cmocka_unit_test(test_history_before_own_join),
         cmocka_unit_test(test_invite),
+        cmocka_unit_test(test_encryption_state),
         cmocka_unit_test(test_key_counts),
         cmocka_unit_test(test_hostile),
         cmocka_unit_test(test_invalid_utf8_body),
