@@ -42,6 +42,7 @@
 #include "log.h"
 #include "loop.h"
 #include "matrix.h"
+#include "matrix_e2ee.h"
 #include "random.h"
 #include "router.h"
 #include "state.h"
@@ -95,6 +96,7 @@ enum mx_state {
     MX_SAVE_SESSION,
     MX_PROFILE,
     MX_FILTER,
+    MX_CRYPTO,                      /* E2EE device keys (matrix_e2ee.c) */
     MX_LOAD_SINCE,
     MX_SYNC,
     MX_WALK,
@@ -131,6 +133,9 @@ struct mx_room {
     int names_loaded;               /* joined_members filled names once */
     int direct;                     /* invited as a DM */
     int encrypted_logged;
+    int encrypted;                  /* 1 yes, 0 no, -1 not known yet */
+    struct http_request *enc_req;   /* GET of m.room.encryption */
+    int enc_attempts;               /* its backoff exponent */
     int typing;                     /* typing on: renewed by a timer */
     struct mx_send *head, *tail;    /* queued and in flight, in order */
     int in_flight;                  /* sends with a request running */
@@ -188,6 +193,9 @@ struct matrix {
     int walk_status;
     size_t walk_member_i;           /* next batch.members to apply */
     unsigned long batch_serial;     /* counts batches, for members_batch */
+
+    struct matrix_e2ee *e2ee;       /* NULL: end-to-end encryption off */
+    int e2ee_tried;                 /* MX_CRYPTO ran once this start */
 
     struct mx_room *rooms;
     size_t n_rooms;
@@ -296,6 +304,7 @@ static struct mx_room *room_get(struct matrix *m, const char *room_id,
     }
     r->m = m;
     r->members = -1;
+    r->encrypted = -1;
     r->next = m->rooms;
     m->rooms = r;
     m->n_rooms++;
@@ -620,6 +629,37 @@ static void filter_done(const struct http_response *resp, void *priv)
     snprintf(m->filter_id, sizeof(m->filter_id), "%s", id->valuestring);
     cJSON_Delete(c);
     m->attempt = 0;
+    m->state = m->e2ee && !m->e2ee_tried ? MX_CRYPTO :
+               m->since ? MX_SYNC : MX_LOAD_SINCE;
+    ctl_step(m);
+}
+
+/* matrix_e2ee's requests go through mx_http with the account's token. */
+static int e2ee_http(void *ctx, const char *method, const char *path,
+                     const char *body, http_done_fn *done, void *priv,
+                     struct http_request **out)
+{
+    return mx_http(ctx, method, path, body, 1, MX_REQUEST_TIMEOUT_MS,
+                   64 * 1024, done, priv, out);
+}
+
+static void e2ee_started(int status, void *priv)
+{
+    struct matrix *m = priv;
+
+    if (m->stopped)
+        return;
+    if (status == PARLEY_ERR_CONFIG) {
+        /* Logged by matrix_e2ee (the store cannot be opened with this
+         * key): go on without encryption rather than not at all. */
+        matrix_e2ee_free(m->e2ee);
+        m->e2ee = NULL;
+    } else if (status != PARLEY_OK) {
+        ctl_retry(m, "end-to-end encryption keys", NULL);
+        return;
+    }
+    m->e2ee_tried = 1;
+    m->attempt = 0;
     m->state = m->since ? MX_SYNC : MX_LOAD_SINCE;
     ctl_step(m);
 }
@@ -693,6 +733,8 @@ static void sync_done(const struct http_response *resp, void *priv)
     if (m->batch.n_dropped)
         log_warn("matrix %s: %zu events over MATRIX_SYNC_ITEMS_MAX dropped",
                  m->mc.account, m->batch.n_dropped);
+    matrix_e2ee_sync_counts(m->e2ee, m->batch.otk_count,
+                            m->batch.fallback_unused);
     m->walk_i = 0;
     m->walk_member_i = 0;
     m->walk_rooms_done = 0;
@@ -817,6 +859,18 @@ static void ctl_step(struct matrix *m)
                          64 * 1024, filter_done, m, &m->ctl_req);
         free(body);
         break;
+    case MX_CRYPTO:
+        if (!m->device_id[0]) {
+            log_warn("matrix %s: the token has no device (application "
+                     "service?): end-to-end encryption is off",
+                     m->mc.account);
+            e2ee_started(PARLEY_ERR_CONFIG, m);
+            return;
+        }
+        if (matrix_e2ee_start(m->e2ee, m->user_id, m->device_id,
+                              e2ee_started, m) != PARLEY_OK)
+            ctl_retry(m, "loading the crypto store from Redis", NULL);
+        return;
     case MX_LOAD_SINCE:
         if (state_sync_load(m->store, m->mc.account, since_loaded, m) !=
             PARLEY_OK)
@@ -1092,10 +1146,14 @@ static int walk_item(struct matrix *m, const struct matrix_item *it)
         handle_invite(m, it);
         return 0;
     case MATRIX_ITEM_ENCRYPTED:
+        if (r)
+            r->encrypted = 1;
         if (r && !r->encrypted_logged) {
             r->encrypted_logged = 1;
-            log_warn("matrix %s: %s is encrypted; encrypted rooms are not "
-                     "supported yet", m->mc.account, it->room_id);
+            log_warn("matrix %s: %s is encrypted; %s", m->mc.account,
+                     it->room_id, m->e2ee ? "reading encrypted messages is "
+                     "not supported yet" : "end-to-end encryption is off "
+                     "(crypto_key_env): the bot stays silent there");
         }
         return 0;
     case MATRIX_ITEM_JOIN:
@@ -1389,6 +1447,71 @@ static void send_done(const struct http_response *resp, void *priv)
     room_kick(r);
 }
 
+/* Whether the room is encrypted, asked once per room and start: the sync
+ * says so only for rooms with news since the last token. */
+static void enc_state_done(const struct http_response *resp, void *priv)
+{
+    struct mx_room *r = priv;
+    struct matrix *m = r->m;
+
+    r->enc_req = NULL;
+    if (resp->status == PARLEY_OK && resp->code == 200) {
+        r->encrypted = 1;
+    } else if (resp->status == PARLEY_OK && resp->code == 404) {
+        if (r->encrypted < 0)
+            r->encrypted = 0;
+    } else {
+        /* Not knowing is not a reason to send in plaintext: ask again. */
+        room_retry(r, mx_backoff(m, r->enc_attempts++));
+        return;
+    }
+    room_kick(r);
+}
+
+/*
+ * 0 when the room's queue may be sent as it is; 1 when the room waits
+ * (its encryption is being looked up) or its queue was refused: an
+ * encrypted room gets nothing in plaintext.
+ */
+static int room_encryption_gate(struct mx_room *r)
+{
+    struct matrix *m = r->m;
+    struct mx_send *s, *next;
+    char rid[3 * MATRIX_ID_MAX + 1], path[MX_URL_MAX];
+
+    if (r->encrypted == 0)
+        return 0;
+    if (r->enc_req)
+        return 1;
+    if (r->encrypted < 0) {
+        if (matrix_url_escape(r->room_id, rid, sizeof(rid)) != PARLEY_OK ||
+            snprintf(path, sizeof(path), "/rooms/%s/state/m.room.encryption/",
+                     rid) >= (int)sizeof(path) ||
+            mx_http(m, "GET", path, NULL, 1, MX_REQUEST_TIMEOUT_MS,
+                    64 * 1024, enc_state_done, r, &r->enc_req) != PARLEY_OK) {
+            r->enc_req = NULL;
+            room_retry(r, mx_backoff(m, r->enc_attempts++));
+        }
+        return 1;
+    }
+    if (!r->encrypted_logged) {
+        r->encrypted_logged = 1;
+        log_warn("matrix %s: %s is encrypted; %s", m->mc.account,
+                 r->room_id, m->e2ee ? "sending encrypted messages is not "
+                 "supported yet: not answering there" : "end-to-end "
+                 "encryption is off (crypto_key_env): the bot stays silent "
+                 "there");
+    }
+    /* Sends in flight went out while the room looked plain. */
+    for (s = r->head; s; s = next) {
+        next = s->next;
+        if (!s->req)
+            send_finish(r, s, PARLEY_ERR_STATE);
+    }
+    return 1;
+}
+
+
 /* Whether a send to the same person as s is ahead of s in the queue. */
 static int send_person_ahead(const struct mx_room *r,
                              const struct mx_send *s)
@@ -1425,6 +1548,8 @@ static void room_kick(struct mx_room *r)
         room_retry(r, 500);     /* logging in: look again soon */
         return;
     }
+    if (room_encryption_gate(r))
+        return;
     if (matrix_url_escape(r->room_id, rid, sizeof(rid)) != PARLEY_OK)
         rid[0] = '\0';
     /* done callbacks (send_finish) may queue more at the tail: next is
@@ -1614,6 +1739,15 @@ static int matrix_start(struct adapter *ad)
                  m->mc.account);
         return PARLEY_ERR_CONFIG;
     }
+    {
+        struct matrix_e2ee_host host = { m, e2ee_http, m->store,
+                                         m->mc.account };
+
+        if (matrix_e2ee_new(&host, m->mc.crypto_key_env, &m->e2ee, err,
+                            sizeof(err)) != PARLEY_OK)
+            log_error("matrix %s: %s: end-to-end encryption is off",
+                      m->mc.account, err);
+    }
     if (!m->env_token && !m->password)
         log_info("matrix %s: neither %s nor %s is set; using the session "
                  "stored in Redis", m->mc.account,
@@ -1649,6 +1783,7 @@ static void matrix_stop(struct adapter *ad)
         loop_http_cancel(m->ctl_req);
         m->ctl_req = NULL;
     }
+    matrix_e2ee_stop(m->e2ee);
     while (m->misc) {
         struct mx_misc *x = m->misc;
 
@@ -1666,6 +1801,10 @@ static void matrix_stop(struct adapter *ad)
                 loop_http_cancel(s->req);
                 s->req = NULL;
             }
+        }
+        if (r->enc_req) {
+            loop_http_cancel(r->enc_req);
+            r->enc_req = NULL;
         }
         r->in_flight = 0;
         while (r->head)
@@ -1703,6 +1842,7 @@ static void matrix_free(struct adapter *ad)
     }
     matrix_batch_free(&m->batch);
     free(m->since);
+    matrix_e2ee_free(m->e2ee);
     if (m->password) {
         explicit_bzero(m->password, strlen(m->password));
         free(m->password);
