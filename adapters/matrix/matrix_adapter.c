@@ -1156,6 +1156,11 @@ static int walk_item(struct matrix *m, const struct matrix_item *it)
                      "(crypto_key_env): the bot stays silent there");
         }
         return 0;
+    case MATRIX_ITEM_CIPHERTEXT:
+        /* Decrypting (matrix_crypto.c, the room key from to-device
+         * Olm) is not wired into the walk yet: such a message is not
+         * answered (the room is logged once above). */
+        return 0;
     case MATRIX_ITEM_JOIN:
         /* A join changes the count: without a summary in this batch the
          * one known is stale, so ask (once per room and batch).  Whether

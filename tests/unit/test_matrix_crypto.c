@@ -16,6 +16,7 @@
 
 #include <cjson/cJSON.h>
 
+#include "matrix/matrix.h"
 #include "matrix/matrix_crypto.h"
 #include "status.h"
 
@@ -505,6 +506,132 @@ static void test_upload_body(void **state)
     assert_int_equal(matrix_otk_count(NULL), -1);
 }
 
+/*
+ * The receive path without a server: Alice (a person's client) shares a
+ * Megolm session with the bot over Olm and sends an encrypted mention;
+ * the /sync that carries both is parsed, the to-device event decrypted
+ * into the inbound session, the timeline event decrypted, and the result
+ * becomes the same MESSAGE item a plain mention would.
+ */
+static void test_sync_receive_pipeline(void **state)
+{
+    static const struct matrix_ident me = { "@bot:hs", "bot", "Parley" };
+    struct matrix_account *alice = NULL, *bot = NULL;
+    struct matrix_olm *a2b = NULL, *in_olm = NULL;
+    struct matrix_megolm_out *out = NULL;
+    struct matrix_megolm_in *in = NULL;
+    struct matrix_olm_peer pa, pb;
+    struct matrix_olm_msg om;
+    struct matrix_megolm_msg mm;
+    struct matrix_batch b, dec;
+    cJSON *rk = NULL, *td = NULL, *msg, *enc = NULL, *j, *ev = NULL;
+    char *otk, *tds, *encs, *sync, *plain = NULL;
+    const cJSON *content;
+    size_t len;
+    char err[128];
+    uint32_t index;
+
+    (void)state;
+    assert_int_equal(matrix_account_new(&alice), PARLEY_OK);
+    assert_int_equal(matrix_account_new(&bot), PARLEY_OK);
+    pa = (struct matrix_olm_peer){ "@alice:hs", "ALICE",
+        matrix_account_curve25519(alice), matrix_account_ed25519(alice) };
+    pb = (struct matrix_olm_peer){ "@bot:hs", "BOT",
+        matrix_account_curve25519(bot), matrix_account_ed25519(bot) };
+    otk = claim_otk(bot, 0);
+    assert_int_equal(matrix_olm_outbound(alice, pb.curve25519, otk, &a2b),
+                     PARLEY_OK);
+    free(otk);
+    assert_int_equal(matrix_megolm_out_new(&out), PARLEY_OK);
+    assert_int_equal(matrix_megolm_room_key(out, "!r:hs", &rk), PARLEY_OK);
+    assert_int_equal(matrix_olm_encrypt_event(a2b, &pa, &pb, "m.room_key",
+                                              rk, &td), PARLEY_OK);
+    matrix_crypto_wipe_json(rk);
+    msg = cJSON_Parse("{\"msgtype\":\"m.text\",\"body\":\"hello Parley, "
+                      "how are you?\"}");
+    assert_int_equal(matrix_megolm_encrypt(out, "!r:hs", "m.room.message",
+                                           msg, pa.curve25519, "ALICE",
+                                           &enc), PARLEY_OK);
+    cJSON_Delete(msg);
+    tds = cJSON_PrintUnformatted(td);
+    encs = cJSON_PrintUnformatted(enc);
+    len = strlen(tds) + strlen(encs) + 1024;
+    sync = malloc(len);
+    snprintf(sync, len, "{\"next_batch\":\"n\",\"to_device\":{\"events\":["
+             "{\"type\":\"m.room.encrypted\",\"sender\":\"@alice:hs\","
+             "\"content\":%s},{\"type\":\"m.dummy\",\"sender\":\"@a:hs\","
+             "\"content\":{}}]},\"rooms\":{\"join\":{\"!r:hs\":{"
+             "\"timeline\":{\"events\":[{\"type\":\"m.room.encrypted\","
+             "\"event_id\":\"$e1\",\"sender\":\"@alice:hs\",\"content\":%s},"
+             "{\"type\":\"m.room.encrypted\",\"event_id\":\"$own\","
+             "\"sender\":\"@bot:hs\",\"content\":%s}]}}}}}", tds, encs, encs);
+    free(tds);
+    free(encs);
+    cJSON_Delete(td);
+    cJSON_Delete(enc);
+    assert_int_equal(matrix_sync_parse(sync, strlen(sync), &me, &b, err,
+                                       sizeof(err)), PARLEY_OK);
+    free(sync);
+    assert_int_equal(b.n_to_device, 1);
+    assert_string_equal(b.to_device[0].sender, "@alice:hs");
+    /* The room flag, then one ciphertext (the bot's own is skipped). */
+    assert_int_equal(b.n_items, 2);
+    assert_int_equal(b.items[0].kind, MATRIX_ITEM_ENCRYPTED);
+    assert_int_equal(b.items[1].kind, MATRIX_ITEM_CIPHERTEXT);
+
+    /* To-device: Olm pre-key message -> m.room_key -> inbound session. */
+    j = cJSON_Parse(b.to_device[0].content);
+    assert_int_equal(matrix_olm_parse(j, pb.curve25519, &om), PARLEY_OK);
+    assert_int_equal(matrix_olm_inbound(bot, om.sender_key, om.body,
+                                        &in_olm), PARLEY_OK);
+    assert_int_equal(matrix_olm_decrypt(in_olm, om.type, om.body, &plain),
+                     PARLEY_OK);
+    cJSON_Delete(j);
+    assert_int_equal(matrix_olm_plaintext_check(plain, b.to_device[0].sender,
+                                                "@bot:hs", pb.ed25519, &ev,
+                                                NULL), PARLEY_OK);
+    matrix_crypto_free_secret(plain);
+    content = cJSON_GetObjectItem(ev, "content");
+    assert_int_equal(matrix_megolm_in_from_room_key(content, &in, NULL, NULL),
+                     PARLEY_OK);
+    matrix_crypto_wipe_json(ev);
+
+    /* Timeline: Megolm -> the plaintext event -> a MESSAGE item. */
+    j = cJSON_Parse(b.items[1].cipher);
+    assert_int_equal(matrix_megolm_parse(j, &mm), PARLEY_OK);
+    assert_int_equal(matrix_megolm_decrypt(in, mm.ciphertext, &plain,
+                                           &index), PARLEY_OK);
+    cJSON_Delete(j);
+    assert_int_equal(index, 0);
+    assert_int_equal(matrix_megolm_plaintext_check(plain, b.items[1].room_id,
+                                                   &ev), PARLEY_OK);
+    matrix_crypto_free_secret(plain);
+    memset(&dec, 0, sizeof(dec));
+    assert_int_equal(matrix_sync_decrypted(&b.items[1], ev, &me, &dec),
+                     PARLEY_OK);
+    assert_int_equal(dec.n_items, 1);
+    assert_int_equal(dec.items[0].kind, MATRIX_ITEM_MESSAGE);
+    assert_string_equal(dec.items[0].event_id, "$e1");
+    assert_string_equal(dec.items[0].sender, "@alice:hs");
+    assert_string_equal(dec.items[0].room_id, "!r:hs");
+    assert_string_equal(dec.items[0].text, "hello Parley, how are you?");
+    assert_int_equal(dec.items[0].mentioned, 1);
+    /* A decrypted non-message (a reaction, a state event) is skipped. */
+    cJSON_ReplaceItemInObject(ev, "type", cJSON_CreateString("m.reaction"));
+    assert_int_equal(matrix_sync_decrypted(&b.items[1], ev, &me, &dec),
+                     PARLEY_OK);
+    assert_int_equal(dec.n_items, 1);
+    matrix_crypto_wipe_json(ev);
+    matrix_batch_free(&dec);
+    matrix_batch_free(&b);
+    matrix_megolm_in_free(in);
+    matrix_megolm_out_free(out);
+    matrix_olm_free(a2b);
+    matrix_olm_free(in_olm);
+    matrix_account_free(alice);
+    matrix_account_free(bot);
+}
+
 static void test_parse_hostile(void **state)
 {
     static const char *const bad_olm[] = {
@@ -575,6 +702,7 @@ int main(void)
         cmocka_unit_test(test_roundtrip_fallback),
         cmocka_unit_test(test_otk_used_once),
         cmocka_unit_test(test_upload_body),
+        cmocka_unit_test(test_sync_receive_pipeline),
         cmocka_unit_test(test_parse_hostile),
     };
 

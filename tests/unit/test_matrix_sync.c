@@ -228,8 +228,14 @@ static void test_members_and_encrypted(void **state)
         "{\"type\":\"m.room.encrypted\",\"event_id\":\"$x2\",\"sender\":"
         "\"@alice:localhost\",\"content\":{}}", &b), PARLEY_OK);
     /* The bot's own join (its greeting); Carol's join; her rename is not
-     * an arrival; one ENCRYPTED item per room and batch. */
-    assert_int_equal(b.n_items, 3);
+     * an arrival; one ENCRYPTED item per room and batch, then each
+     * encrypted event as a CIPHERTEXT item (content kept as JSON). */
+    assert_int_equal(b.n_items, 5);
+    assert_int_equal(b.items[3].kind, MATRIX_ITEM_CIPHERTEXT);
+    assert_string_equal(b.items[3].event_id, "$x1");
+    assert_string_equal(b.items[3].cipher, "{}");
+    assert_int_equal(b.items[4].kind, MATRIX_ITEM_CIPHERTEXT);
+    assert_string_equal(b.items[4].event_id, "$x2");
     assert_int_equal(b.items[0].kind, MATRIX_ITEM_JOIN);
     assert_string_equal(b.items[0].sender, "@parley:localhost");
     assert_int_equal(b.items[1].kind, MATRIX_ITEM_JOIN);
@@ -315,10 +321,11 @@ static void test_encryption_state(void **state)
     (void)state;
     assert_int_equal(matrix_sync_parse(s, strlen(s), &me, &b, err,
                                        sizeof(err)), PARLEY_OK);
-    assert_int_equal(b.n_items, 2);
+    assert_int_equal(b.n_items, 3);
     assert_int_equal(b.items[0].kind, MATRIX_ITEM_ENCRYPTED);
     assert_string_equal(b.items[0].room_id, "!e:localhost");
     assert_int_equal(b.items[1].kind, MATRIX_ITEM_JOIN);
+    assert_int_equal(b.items[2].kind, MATRIX_ITEM_CIPHERTEXT);
     matrix_batch_free(&b);
 }
 
