@@ -99,6 +99,7 @@ enum mx_state {
     MX_CRYPTO,                      /* E2EE device keys (matrix_e2ee.c) */
     MX_LOAD_SINCE,
     MX_SYNC,
+    MX_TO_DEVICE,                   /* room keys over Olm (matrix_e2ee) */
     MX_WALK,
     MX_MEMBERS,
     MX_SAVE_SINCE,
@@ -739,6 +740,30 @@ static void sync_done(const struct http_response *resp, void *priv)
     m->walk_member_i = 0;
     m->walk_rooms_done = 0;
     m->batch_serial++;
+    if (m->batch.n_to_device_dropped)
+        log_warn("matrix %s: %zu to-device events over MATRIX_TO_DEVICE_MAX "
+                 "dropped", m->mc.account, m->batch.n_to_device_dropped);
+    if (m->batch.n_to_device && matrix_e2ee_ready(m->e2ee)) {
+        m->state = MX_TO_DEVICE;
+        ctl_step(m);
+        return;
+    }
+    m->state = MX_WALK;
+    walk(m);
+}
+
+/* The batch's room keys are stored: its events may be decrypted. */
+static void to_device_done(int status, void *priv)
+{
+    struct matrix *m = priv;
+
+    if (m->stopped)
+        return;
+    if (status) {
+        /* The sync position has not moved: the keys come again. */
+        ctl_retry(m, "storing room keys in Redis", NULL);
+        return;
+    }
     m->state = MX_WALK;
     walk(m);
 }
@@ -885,6 +910,16 @@ static void ctl_step(struct matrix *m)
                          (long)m->mc.sync_timeout_ms + MX_SYNC_SLACK_MS,
                          MATRIX_SYNC_BODY_MAX, sync_done, m, &m->ctl_req);
         break;
+    case MX_TO_DEVICE:
+        result = matrix_e2ee_to_device(m->e2ee, &m->batch, to_device_done,
+                                       m);
+        if (result == PARLEY_ERR_EOF) {
+            m->state = MX_WALK;
+            walk(m);
+        } else if (result) {
+            ctl_retry(m, "storing room keys in Redis", NULL);
+        }
+        return;
     case MX_WALK:
     case MX_MEMBERS:
         walk(m);

@@ -19,6 +19,7 @@
 
 #include "config.h"
 #include "log.h"
+#include "matrix.h"
 #include "matrix_crypto.h"
 #include "matrix_e2ee.h"
 #include "state.h"
@@ -45,6 +46,16 @@ struct matrix_e2ee {
     struct http_request *req;
     matrix_e2ee_done_fn *done;      /* start's callback, until it ran */
     void *done_priv;
+
+    /* To-device intake: one event at a time, each step through Redis. */
+    const struct matrix_batch *td_batch;
+    size_t td_i;
+    matrix_e2ee_done_fn *td_done;
+    void *td_priv;
+    cJSON *td_content;              /* the event being handled */
+    struct matrix_olm_msg td_msg;   /* borrowed from td_content */
+    struct matrix_olm *td_session;  /* the session that decrypted it */
+    char *td_plain;                 /* its plaintext (wiped) */
 };
 
 int matrix_e2ee_new(const struct matrix_e2ee_host *host, const char *key_env,
@@ -123,11 +134,22 @@ void matrix_e2ee_stop(struct matrix_e2ee *e)
     }
 }
 
+static void td_clear(struct matrix_e2ee *e)
+{
+    cJSON_Delete(e->td_content);
+    e->td_content = NULL;
+    matrix_olm_free(e->td_session);
+    e->td_session = NULL;
+    matrix_crypto_free_secret(e->td_plain);
+    e->td_plain = NULL;
+}
+
 void matrix_e2ee_free(struct matrix_e2ee *e)
 {
     if (!e)
         return;
     matrix_e2ee_stop(e);
+    td_clear(e);
     matrix_account_free(e->acct);
     if (e->pickle_key) {
         log_remove_secret(e->pickle_key);
@@ -342,4 +364,252 @@ void matrix_e2ee_sync_counts(struct matrix_e2ee *e, long otk_count,
         log_debug("matrix %s: uploading %zu one-time key(s)%s",
                   e->account_name, n,
                   fallback_unused == 0 ? " and a new fallback key" : "");
+}
+
+/* ---- to-device intake --------------------------------------------------- */
+
+static void td_next(struct matrix_e2ee *e);
+
+static void td_finish(struct matrix_e2ee *e, int status)
+{
+    matrix_e2ee_done_fn *done = e->td_done;
+
+    td_clear(e);
+    e->td_done = NULL;
+    e->td_batch = NULL;
+    if (done)
+        done(status, e->td_priv);
+}
+
+/* A Redis write of this event finished: on to the next one. */
+static void td_stored(int status, void *priv)
+{
+    struct matrix_e2ee *e = priv;
+
+    if (e->stopped)
+        return;
+    if (status) {
+        td_finish(e, status);
+        return;
+    }
+    e->td_i++;
+    td_next(e);
+}
+
+/* The plaintext decrypted: check it, keep an m.room_key. */
+static void td_plaintext(struct matrix_e2ee *e)
+{
+    const struct matrix_to_device *t = &e->td_batch->to_device[e->td_i];
+    struct matrix_megolm_in *in = NULL;
+    struct state_megolm_in rec;
+    const char *type, *room = NULL, *sid = NULL, *ed = NULL;
+    cJSON *ev = NULL;
+    char *p = NULL;
+    int result;
+
+    if (matrix_olm_plaintext_check(e->td_plain, t->sender, e->user_id,
+                                   matrix_account_ed25519(e->acct), &ev,
+                                   &ed) != PARLEY_OK) {
+        log_warn("matrix %s: an encrypted to-device event from %s is not "
+                 "meant for this device: ignored", e->account_name,
+                 t->sender);
+        e->td_i++;
+        td_next(e);
+        return;
+    }
+    type = cJSON_GetObjectItemCaseSensitive(ev, "type")->valuestring;
+    if (strcmp(type, "m.room_key") != 0) {
+        log_debug("matrix %s: to-device %s from %s not handled",
+                  e->account_name, type, t->sender);
+        matrix_crypto_wipe_json(ev);
+        e->td_i++;
+        td_next(e);
+        return;
+    }
+    result = matrix_megolm_in_from_room_key(
+                 cJSON_GetObjectItemCaseSensitive(ev, "content"), &in, &room,
+                 &sid);
+    if (result == PARLEY_OK)
+        result = matrix_megolm_in_pickle(in, (const uint8_t *)e->pickle_key,
+                                         e->pickle_key_len, &p);
+    if (result == PARLEY_OK) {
+        rec.pickle = p;
+        rec.sender_key = e->td_msg.sender_key;
+        rec.sender_ed25519 = ed;
+        result = state_crypto_megolm_in_save(e->host.store, e->account_name,
+                                             room, sid, &rec, td_stored, e);
+        if (result == PARLEY_OK)
+            log_info("matrix %s: room key for %s from %s (session %s)",
+                     e->account_name, room, t->sender, sid);
+    }
+    free(p);
+    matrix_megolm_in_free(in);
+    matrix_crypto_wipe_json(ev);
+    if (result == PARLEY_ERR_PROTOCOL) {
+        log_warn("matrix %s: a malformed room key from %s: ignored",
+                 e->account_name, t->sender);
+        e->td_i++;
+        td_next(e);
+    } else if (result) {
+        td_finish(e, result);
+    }
+}
+
+/* After the session that decrypted the event was stored. */
+static void td_session_stored(int status, void *priv)
+{
+    struct matrix_e2ee *e = priv;
+
+    if (e->stopped)
+        return;
+    if (status) {
+        td_finish(e, status);
+        return;
+    }
+    td_plaintext(e);
+}
+
+/* Store the session that decrypted the event (its ratchet moved), with
+ * the account when the session is new (a one-time key went). */
+static void td_store_session(struct matrix_e2ee *e, int fresh)
+{
+    char *sp = NULL, *ap = NULL;
+    int result;
+
+    result = matrix_olm_pickle(e->td_session,
+                               (const uint8_t *)e->pickle_key,
+                               e->pickle_key_len, &sp);
+    if (!result && fresh)
+        result = matrix_account_pickle(e->acct,
+                                       (const uint8_t *)e->pickle_key,
+                                       e->pickle_key_len, &ap);
+    if (!result)
+        result = state_crypto_olm_save(e->host.store, e->account_name,
+                                       e->td_msg.sender_key,
+                                       matrix_olm_id(e->td_session), sp, ap,
+                                       td_session_stored, e);
+    free(sp);
+    free(ap);
+    if (result)
+        td_finish(e, result);
+}
+
+static void td_sessions_loaded(int status, const struct state_pair *pairs,
+                               size_t n, void *priv)
+{
+    struct matrix_e2ee *e = priv;
+    const struct matrix_olm_msg *msg = &e->td_msg;
+    struct matrix_olm *s;
+    size_t i;
+
+    if (e->stopped)
+        return;
+    if (status) {
+        td_finish(e, status);
+        return;
+    }
+    for (i = 0; i < n && !e->td_plain; i++) {
+        s = NULL;
+        if (matrix_olm_unpickle((const uint8_t *)e->pickle_key,
+                                e->pickle_key_len, pairs[i].value, &s))
+            continue;
+        /* A pre-key message names its session; a normal one is tried on
+         * each (a wrong session fails its MAC and stays unchanged). */
+        if ((msg->type == 1 || matrix_olm_matches(s, msg->sender_key,
+                                                  msg->body)) &&
+            matrix_olm_decrypt(s, msg->type, msg->body, &e->td_plain) ==
+            PARLEY_OK) {
+            e->td_session = s;
+            break;
+        }
+        matrix_olm_free(s);
+    }
+    if (e->td_plain) {
+        td_store_session(e, 0);
+        return;
+    }
+    if (msg->type == 0 &&
+        matrix_olm_inbound(e->acct, msg->sender_key, msg->body,
+                           &e->td_session) == PARLEY_OK &&
+        matrix_olm_decrypt(e->td_session, 0, msg->body, &e->td_plain) ==
+        PARLEY_OK) {
+        td_store_session(e, 1);
+        return;
+    }
+    log_warn("matrix %s: cannot decrypt a to-device message from %s (%s): "
+             "ignored", e->account_name,
+             e->td_batch->to_device[e->td_i].sender, matrix_crypto_error());
+    e->td_i++;
+    td_next(e);
+}
+
+static void td_next(struct matrix_e2ee *e)
+{
+    const struct matrix_to_device *t;
+    int result;
+
+    td_clear(e);
+    while (e->td_i < e->td_batch->n_to_device) {
+        t = &e->td_batch->to_device[e->td_i];
+        e->td_content = cJSON_Parse(t->content);
+        if (matrix_olm_parse(e->td_content,
+                             matrix_account_curve25519(e->acct),
+                             &e->td_msg) == PARLEY_OK)
+            break;
+        log_debug("matrix %s: to-device event from %s is not Olm for this "
+                  "device: ignored", e->account_name, t->sender);
+        cJSON_Delete(e->td_content);
+        e->td_content = NULL;
+        e->td_i++;
+    }
+    if (e->td_i >= e->td_batch->n_to_device) {
+        td_finish(e, PARLEY_OK);
+        return;
+    }
+    result = state_crypto_olm_load(e->host.store, e->account_name,
+                                   e->td_msg.sender_key, td_sessions_loaded,
+                                   e);
+    if (result)
+        td_finish(e, result);
+}
+
+/* Runs td_next from the loop's next turn: done must never run inside
+ * matrix_e2ee_to_device.  A Redis round trip (PING) is that turn. */
+int matrix_e2ee_to_device(struct matrix_e2ee *e, const struct matrix_batch *b,
+                          matrix_e2ee_done_fn *done, void *priv)
+{
+    int result;
+
+    if (!e || !b || !e->ready || e->td_done)
+        return PARLEY_ERR_STATE;
+    e->td_batch = b;
+    e->td_i = 0;
+    e->td_done = done;
+    e->td_priv = priv;
+    /* Start with the first event's Olm sessions: its callback is the
+     * later turn; with nothing to do, an empty load serves the same. */
+    while (e->td_i < b->n_to_device) {
+        e->td_content = cJSON_Parse(b->to_device[e->td_i].content);
+        if (matrix_olm_parse(e->td_content,
+                             matrix_account_curve25519(e->acct),
+                             &e->td_msg) == PARLEY_OK)
+            break;
+        cJSON_Delete(e->td_content);
+        e->td_content = NULL;
+        e->td_i++;
+    }
+    if (e->td_i >= b->n_to_device) {
+        e->td_done = NULL;
+        e->td_batch = NULL;
+        return PARLEY_ERR_EOF;      /* nothing for us: no callback */
+    }
+    result = state_crypto_olm_load(e->host.store, e->account_name,
+                                   e->td_msg.sender_key, td_sessions_loaded,
+                                   e);
+    if (result) {
+        td_clear(e);
+        e->td_done = NULL;
+        e->td_batch = NULL;
+    }
+    return result;
 }

@@ -7,8 +7,9 @@
  *
  * What it does so far: load the device's Olm account from Redis or create
  * one (the same device keeps its keys across restarts), upload the signed
- * device keys, one-time keys and a fallback key (/keys/upload), and top
- * the one-time keys up from /sync's device_one_time_keys_count.
+ * device keys, one-time keys and a fallback key (/keys/upload), top the
+ * one-time keys up from /sync's device_one_time_keys_count, and store the
+ * room keys people's devices send it over Olm.
  *
  * The pickle key (the value of crypto_key_env or its _FILE) is registered
  * with the log redaction and wiped on free; only pickles reach Redis.
@@ -70,6 +71,23 @@ int matrix_e2ee_start(struct matrix_e2ee *e, const char *user_id,
  * more one-time keys or a new fallback key in the background. */
 void matrix_e2ee_sync_counts(struct matrix_e2ee *e, long otk_count,
                              int fallback_unused);
+
+/*
+ * Take in a sync's encrypted to-device events (matrix_batch to_device):
+ * each Olm message is decrypted with a stored session of its sender's
+ * device or a new one from its pre-key message (session and account
+ * stored together), checked (sender, recipient, our keys), and an
+ * m.room_key it carries becomes an inbound Megolm session in Redis.
+ * Events that are not for us, or that no session decrypts, are logged and
+ * skipped (the server hands each out once).  done runs once, later, with
+ * PARLEY_OK when every event was handled, or an error when Redis failed:
+ * then the sync must not advance (the server sends them again).  Returns
+ * PARLEY_ERR_EOF, and done never runs, when no event is Olm for this
+ * device; b must stay valid until done ran.
+ */
+struct matrix_batch;
+int matrix_e2ee_to_device(struct matrix_e2ee *e, const struct matrix_batch *b,
+                          matrix_e2ee_done_fn *done, void *priv);
 
 /* Cancel requests in flight (adapter stop); callbacks no longer run. */
 void matrix_e2ee_stop(struct matrix_e2ee *e);

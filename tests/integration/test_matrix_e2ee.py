@@ -33,6 +33,11 @@ try:
     import olm
 except ImportError:
     olm = None
+try:
+    import asyncio
+    import nio
+except ImportError:
+    nio = None
 
 KEY = "sk-test-matrix-e2ee-0123456789abcdef"
 PW = "bot-password-e2ee-77aa"
@@ -177,7 +182,7 @@ def test_device_keys_and_restart():
             claim(s, device)
         time.sleep(6)
         fresh = 0
-        for _ in range(60):
+        for _ in range(300):
             kobj = claim(s, device)
             verify(kobj, s.bot, device, ed)
             if kobj.get("fallback"):
@@ -196,6 +201,77 @@ def test_device_keys_and_restart():
         time.sleep(4)
         assert not s.plaintext_from_bot(room), s.plaintext_from_bot(room)
         assert p.stderr().count("%s is encrypted" % room) == 1, s.err()
+
+
+async def nio_encrypted_mention(hs_url, user, pw, bot, store, text):
+    """A person's encrypting client (matrix-nio over olm): log in, create
+    an encrypted direct chat with the bot, wait for it to join, send one
+    mention (nio claims the bot's one-time key and shares its Megolm
+    session over Olm first).  Returns (room, event id)."""
+    cfg = nio.AsyncClientConfig(encryption_enabled=True,
+                                store_sync_tokens=False)
+    c = nio.AsyncClient(hs_url, user, store_path=store, config=cfg)
+    try:
+        r = await c.login(pw)
+        assert isinstance(r, nio.LoginResponse), r
+        await c.sync(timeout=0, full_state=True)
+        if c.should_upload_keys:
+            await c.keys_upload()
+        r = await c.room_create(
+            invite=[bot], is_direct=True,
+            initial_state=[{"type": "m.room.encryption", "state_key": "",
+                            "content": {"algorithm":
+                                        "m.megolm.v1.aes-sha2"}}])
+        assert isinstance(r, nio.RoomCreateResponse), r
+        room = r.room_id
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            await c.sync(timeout=1000)
+            rm = c.rooms.get(room)
+            if rm and bot in rm.users:
+                break
+        else:
+            raise AssertionError("the bot did not join the encrypted DM")
+        if c.should_query_keys:
+            await c.keys_query()
+        r = await c.room_send(room, "m.room.message",
+                              {"msgtype": "m.text", "body": text,
+                               "m.mentions": {"user_ids": [bot]}},
+                              ignore_unverified_devices=True)
+        assert isinstance(r, nio.RoomSendResponse), r
+        return room, r.event_id
+    finally:
+        await c.close()
+
+
+def test_room_key_from_nio():
+    if nio is None:
+        print("skip test_room_key_from_nio: python3-matrix-nio missing")
+        return
+    with Test() as t:
+        s = Setup(t)
+        p = s.start()
+        wait_until(lambda: "end-to-end encryption on" in p.stderr(), 20,
+                   "keys uploaded; stderr=%s" % s.err())
+        store = os.path.join(t.tmp, "nio")
+        os.makedirs(store)
+        room, ev = asyncio.run(nio_encrypted_mention(
+            HS.url, s.alice.user_id, "pw-alice", s.bot, store,
+            "hello Parley Bot, can you read this?"))
+        wait_until(lambda: "room key for %s from %s" % (room, s.alice.user_id)
+                   in p.stderr(), 20, "the room key; stderr=%s" % s.err())
+        keys = s.redis.cmd("KEYS", "*crypto*megolm_in*")
+        assert len(keys) == 1, keys
+        h = s.redis.cmd("HGETALL", keys[0])
+        h = [x.decode() if isinstance(x, bytes) else x for x in h]
+        rec = dict(zip(h[::2], h[1::2]))
+        assert set(rec) == {"pickle", "sender_key", "sender_ed25519"}, rec
+        olm_keys = s.redis.cmd("KEYS", "*crypto*olm:*")
+        assert len(olm_keys) == 1, olm_keys
+        # No plaintext answer, and the bot said once why.
+        time.sleep(3)
+        assert not s.plaintext_from_bot(room)
+        assert PICKLE_KEY not in p.stderr()
 
 
 def test_without_key():
@@ -225,7 +301,8 @@ def main():
         skip("python3-olm is not installed (scripts/install-deps.sh --test)")
     with Test() as t:
         HS = t.add(Homeserver(t.tmp).start())
-        cases = [test_device_keys_and_restart, test_without_key]
+        cases = [test_device_keys_and_restart, test_room_key_from_nio,
+                 test_without_key]
         only = os.environ.get("MATRIX_CASES")
         if only:
             cases = [c for c in cases if c.__name__ in only.split(",")]
