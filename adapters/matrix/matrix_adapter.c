@@ -115,6 +115,8 @@ struct mx_send {
     struct http_request *req;       /* this send in flight, or NULL */
     char *who;                      /* the person answered, or NULL */
     char *content;                  /* JSON body */
+    char *enc_content;              /* content encrypted (E2EE rooms): the
+                                       same ciphertext on every retry */
     char *too_large;                /* short notice sent instead if the
                                        server refuses content as too large;
                                        NULL once used */
@@ -136,6 +138,7 @@ struct mx_room {
     int encrypted_logged;
     int encrypted;                  /* 1 yes, 0 no, -1 not known yet */
     struct http_request *enc_req;   /* GET of m.room.encryption */
+    int encrypting;                 /* matrix_e2ee_encrypt of the head */
     int enc_attempts;               /* its backoff exponent */
     int typing;                     /* typing on: renewed by a timer */
     struct mx_send *head, *tail;    /* queued and in flight, in order */
@@ -194,6 +197,9 @@ struct matrix {
     int walk_status;
     size_t walk_member_i;           /* next batch.members to apply */
     unsigned long batch_serial;     /* counts batches, for members_batch */
+    struct matrix_batch dec;        /* the decrypted walk item, if any */
+    size_t dec_i;                   /* walk_i + 1 it belongs to, 0 none */
+    unsigned long dec_serial;       /* ... in this batch */
 
     struct matrix_e2ee *e2ee;       /* NULL: end-to-end encryption off */
     int e2ee_tried;                 /* MX_CRYPTO ran once this start */
@@ -1167,6 +1173,43 @@ static void members_apply(struct matrix *m, size_t upto)
  * 0 when the walk may go on at once, -1 when the walk waits for a
  * joined_members request.
  */
+/* A CIPHERTEXT item of the walk was decrypted (or not): keep the result
+ * for walk_item, which sees it when the walk resumes at the same item. */
+static void walk_decrypted(int status, const struct cJSON *event,
+                           void *priv)
+{
+    struct matrix *m = priv;
+    const struct matrix_item *it;
+    struct matrix_ident me;
+
+    if (m->stopped)
+        return;
+    it = &m->batch.items[m->walk_i];
+    matrix_batch_free(&m->dec);
+    if (status == PARLEY_OK) {
+        me.user_id = m->user_id;
+        me.localpart = m->localpart;
+        me.display_name = m->display_name[0] ? m->display_name : NULL;
+        if (matrix_sync_decrypted(it, event, &me, &m->dec) != PARLEY_OK) {
+            matrix_batch_free(&m->dec);
+            status = PARLEY_ERR_OOM;
+        }
+    }
+    if (status == PARLEY_ERR_EOF || status == PARLEY_ERR_PROTOCOL) {
+        /* Unable to decrypt: not answered (no key request yet). */
+        log_warn("matrix %s: no usable room key for %s in %s: not "
+                 "answered", m->mc.account, it->event_id, it->room_id);
+    } else if (status != PARLEY_OK) {
+        log_warn("matrix %s: decrypting %s failed (%s); pausing the sync",
+                 m->mc.account, it->event_id, parley_status_name(status));
+        ctl_later(m, mx_backoff(m, m->attempt < 30 ? m->attempt++ : 30));
+        return;
+    }
+    m->dec_i = m->walk_i + 1;
+    m->dec_serial = m->batch_serial;
+    walk(m);
+}
+
 static int walk_item(struct matrix *m, const struct matrix_item *it)
 {
     struct mx_room *r;
@@ -1183,19 +1226,34 @@ static int walk_item(struct matrix *m, const struct matrix_item *it)
     case MATRIX_ITEM_ENCRYPTED:
         if (r)
             r->encrypted = 1;
-        if (r && !r->encrypted_logged) {
+        if (r && !r->encrypted_logged && !matrix_e2ee_ready(m->e2ee)) {
             r->encrypted_logged = 1;
-            log_warn("matrix %s: %s is encrypted; %s", m->mc.account,
-                     it->room_id, m->e2ee ? "reading encrypted messages is "
-                     "not supported yet" : "end-to-end encryption is off "
-                     "(crypto_key_env): the bot stays silent there");
+            log_warn("matrix %s: %s is encrypted; end-to-end encryption is "
+                     "off (crypto_key_env): the bot stays silent there",
+                     m->mc.account, it->room_id);
         }
         return 0;
     case MATRIX_ITEM_CIPHERTEXT:
-        /* Decrypting (matrix_crypto.c, the room key from to-device
-         * Olm) is not wired into the walk yet: such a message is not
-         * answered (the room is logged once above). */
-        return 0;
+        if (r)
+            r->encrypted = 1;
+        if (m->initial || !matrix_e2ee_ready(m->e2ee))
+            return 0;
+        if (m->dec_i != m->walk_i + 1 || m->dec_serial != m->batch_serial) {
+            int result = matrix_e2ee_decrypt(m->e2ee, it->room_id,
+                                             it->event_id, it->cipher,
+                                             walk_decrypted, m);
+
+            if (result == PARLEY_OK)
+                return -1;          /* walk_decrypted goes on */
+            log_warn("matrix %s: cannot decrypt %s in %s (%s)",
+                     m->mc.account, it->event_id, it->room_id,
+                     parley_status_name(result));
+            return 0;
+        }
+        if (m->dec.n_items != 1)
+            return 0;               /* not a message we handle */
+        it = &m->dec.items[0];
+        break;
     case MATRIX_ITEM_JOIN:
         /* A join changes the count: without a summary in this batch the
          * one known is stale, so ask (once per room and batch).  Whether
@@ -1334,6 +1392,7 @@ static void send_free(struct mx_send *s)
 {
     free(s->who);
     free(s->content);
+    free(s->enc_content);
     free(s->too_large);
     free(s);
 }
@@ -1446,6 +1505,8 @@ static void send_done(const struct http_response *resp, void *priv)
                       code);
             free(s->content);
             s->content = s->too_large;
+            free(s->enc_content);
+            s->enc_content = NULL;
             s->too_large = NULL;
             s->attempts = 0;
             room_kick(r);
@@ -1485,6 +1546,72 @@ static void send_done(const struct http_response *resp, void *priv)
               parley_status_name(resp->status), resp->code, code);
     send_finish(r, s, PARLEY_ERR_HTTP);
     room_kick(r);
+}
+
+static void send_done(const struct http_response *resp, void *priv);
+
+static void head_encrypted(int status, const char *content, void *priv)
+{
+    struct mx_send *s = priv;
+    struct mx_room *r = s->room;
+    struct matrix *m = r->m;
+
+    r->encrypting = 0;
+    if (!status) {
+        s->enc_content = strdup(content);
+        if (s->enc_content) {
+            room_kick(r);
+            return;
+        }
+    }
+    if (++s->attempts >= MX_SEND_MAX_ATTEMPTS) {
+        log_error("matrix %s: giving up on an answer in %s (txn %s): "
+                  "cannot encrypt it", m->mc.account, r->room_id, s->txn);
+        send_finish(r, s, PARLEY_ERR_OTHER);
+        room_kick(r);
+        return;
+    }
+    room_retry(r, mx_backoff(m, s->attempts - 1));
+}
+
+/*
+ * An encrypted room sends one message at a time, the head: encrypted once
+ * (matrix_e2ee shares the room's session first), then PUT as
+ * m.room.encrypted under the same txnId on every retry.  Returns 1.
+ */
+static int room_send_encrypted(struct mx_room *r)
+{
+    struct matrix *m = r->m;
+    struct mx_send *s = r->head;
+    char rid[3 * MATRIX_ID_MAX + 1], path[MX_URL_MAX];
+    int result;
+
+    if (!s || s->req || r->encrypting || r->in_flight)
+        return 1;
+    if (!s->enc_content) {
+        result = matrix_e2ee_encrypt(m->e2ee, r->room_id, s->content,
+                                     head_encrypted, s);
+        if (result == PARLEY_OK)
+            r->encrypting = 1;
+        else
+            room_retry(r, result == PARLEY_ERR_STATE ? 200 :
+                       mx_backoff(m, s->attempts++));
+        return 1;
+    }
+    if (matrix_url_escape(r->room_id, rid, sizeof(rid)) != PARLEY_OK ||
+        snprintf(path, sizeof(path), "/rooms/%s/send/m.room.encrypted/%s",
+                 rid, s->txn) >= (int)sizeof(path)) {
+        send_finish(r, s, PARLEY_ERR_TOO_LARGE);
+        return 1;
+    }
+    if (mx_http(m, "PUT", path, s->enc_content, 1, MX_REQUEST_TIMEOUT_MS,
+                64 * 1024, send_done, s, &s->req) != PARLEY_OK) {
+        s->req = NULL;
+        room_retry(r, mx_backoff(m, s->attempts++));
+        return 1;
+    }
+    r->in_flight++;
+    return 1;
 }
 
 /* Whether the room is encrypted, asked once per room and start: the sync
@@ -1534,13 +1661,13 @@ static int room_encryption_gate(struct mx_room *r)
         }
         return 1;
     }
+    if (matrix_e2ee_ready(m->e2ee))
+        return room_send_encrypted(r);
     if (!r->encrypted_logged) {
         r->encrypted_logged = 1;
-        log_warn("matrix %s: %s is encrypted; %s", m->mc.account,
-                 r->room_id, m->e2ee ? "sending encrypted messages is not "
-                 "supported yet: not answering there" : "end-to-end "
-                 "encryption is off (crypto_key_env): the bot stays silent "
-                 "there");
+        log_warn("matrix %s: %s is encrypted; end-to-end encryption is off "
+                 "(crypto_key_env): the bot stays silent there",
+                 m->mc.account, r->room_id);
     }
     /* Sends in flight went out while the room looked plain. */
     for (s = r->head; s; s = next) {
@@ -1881,6 +2008,7 @@ static void matrix_free(struct adapter *ad)
         free(m->joins[i]);
     }
     matrix_batch_free(&m->batch);
+    matrix_batch_free(&m->dec);
     free(m->since);
     matrix_e2ee_free(m->e2ee);
     if (m->password) {

@@ -23,6 +23,7 @@
 
 struct store;
 struct matrix_e2ee;
+struct cJSON;
 
 /* Shortest pickle key accepted: a short one could be guessed offline
  * from a copy of Redis. */
@@ -88,6 +89,38 @@ void matrix_e2ee_sync_counts(struct matrix_e2ee *e, long otk_count,
 struct matrix_batch;
 int matrix_e2ee_to_device(struct matrix_e2ee *e, const struct matrix_batch *b,
                           matrix_e2ee_done_fn *done, void *priv);
+
+/*
+ * Decrypt a timeline m.room.encrypted event (its content as JSON) with
+ * the inbound Megolm session stored for its room and session id; the
+ * message index is claimed for event_id (a replay under another id is
+ * refused).  fn runs once, later: PARLEY_OK with the checked plaintext
+ * event ({type, content, room_id}, valid during the call),
+ * PARLEY_ERR_EOF when no key is stored for it (yet), PARLEY_ERR_PROTOCOL
+ * for a bad or replayed message, another error when Redis failed.
+ * A malformed content is PARLEY_ERR_PROTOCOL at once (fn never runs).
+ */
+typedef void matrix_e2ee_event_fn(int status, const struct cJSON *event,
+                                  void *priv);
+int matrix_e2ee_decrypt(struct matrix_e2ee *e, const char *room_id,
+                        const char *event_id, const char *cipher,
+                        matrix_e2ee_event_fn *fn, void *priv);
+
+/*
+ * Encrypt an m.room.message content (JSON) for room_id with the room's
+ * outbound Megolm session, creating (and rotating after a week or 100
+ * messages) it as needed and sharing it first over Olm with every
+ * signed device of every joined member that lacks it (/joined_members,
+ * /keys/query, /keys/claim, PUT /sendToDevice).  The session is stored
+ * after each message.  fn runs once, later, with the m.room.encrypted
+ * content as JSON (valid during the call) or an error; one encryption at
+ * a time per account (PARLEY_ERR_STATE while busy: retry later).
+ */
+typedef void matrix_e2ee_cipher_fn(int status, const char *content,
+                                   void *priv);
+int matrix_e2ee_encrypt(struct matrix_e2ee *e, const char *room_id,
+                        const char *content, matrix_e2ee_cipher_fn *fn,
+                        void *priv);
 
 /* Cancel requests in flight (adapter stop); callbacks no longer run. */
 void matrix_e2ee_stop(struct matrix_e2ee *e);
