@@ -769,6 +769,8 @@ struct e2ee_enc {
     cJSON *content;                 /* what to encrypt */
     struct matrix_megolm_out *out;
     long long created_ms;
+    long long rotate_ms;            /* the room's rotation_period_ms */
+    long rotate_msgs;               /* ... and rotation_period_msgs */
     int fresh;                      /* out is new: not stored yet */
     char **members;
     size_t n_members;
@@ -892,23 +894,17 @@ static void enc_shared_added(int status, void *priv)
     enc_encrypt(x);
 }
 
-/* The to-device messages went out: remember who holds the session. */
-static void enc_sent(const struct http_response *resp, void *priv)
+/* Record who holds the session now (after a rotation the old list is
+ * gone: a member who left must not keep forcing new sessions). */
+static void enc_add_holders(struct e2ee_enc *x)
 {
-    struct e2ee_enc *x = priv;
     const char **holders;
     char **bufs;
     size_t i, n = 0;
     int result;
 
-    x->e->req = NULL;
-    x->e->enc = NULL;
-    if (resp->status != PARLEY_OK || resp->code != 200) {
-        enc_finish(x, resp->status ? resp->status : PARLEY_ERR_HTTP);
-        return;
-    }
-    holders = calloc(x->n_dev, sizeof(*holders));
-    bufs = calloc(x->n_dev, sizeof(*bufs));
+    holders = calloc(x->n_dev + 1, sizeof(*holders));
+    bufs = calloc(x->n_dev + 1, sizeof(*bufs));
     for (i = 0; holders && bufs && i < x->n_dev; i++) {
         size_t len;
 
@@ -935,6 +931,40 @@ static void enc_sent(const struct http_response *resp, void *priv)
     if (result == PARLEY_ERR_EOF)
         enc_encrypt(x);
     else if (result)
+        enc_finish(x, result);
+}
+
+static void enc_discarded(int status, void *priv)
+{
+    struct e2ee_enc *x = priv;
+
+    if (status) {
+        enc_finish(x, status);
+        return;
+    }
+    enc_add_holders(x);
+}
+
+/* The to-device messages went out: remember who holds the session. */
+static void enc_sent(const struct http_response *resp, void *priv)
+{
+    struct e2ee_enc *x = priv;
+    int result;
+
+    x->e->req = NULL;
+    x->e->enc = NULL;
+    if (resp->status != PARLEY_OK || resp->code != 200) {
+        enc_finish(x, resp->status ? resp->status : PARLEY_ERR_HTTP);
+        return;
+    }
+    if (!x->fresh) {
+        enc_add_holders(x);
+        return;
+    }
+    result = state_crypto_megolm_out_discard(x->e->host.store,
+                                             x->e->account_name, x->room_id,
+                                             enc_discarded, x);
+    if (result)
         enc_finish(x, result);
 }
 
@@ -1046,6 +1076,29 @@ static void enc_shared_loaded(int status, const char *const *items,
     if (status) {
         enc_finish(x, status);
         return;
+    }
+    /* Someone who holds the session left the room: it must not read
+     * what follows, so a new session is shared with those who stay. */
+    for (i = 0; i < n && !x->fresh; i++) {
+        const char *sp = strchr(items[i], ' ');
+        int member = 0;
+
+        for (j = 0; sp && j < x->n_members && !member; j++)
+            member = strlen(x->members[j]) == (size_t)(sp - items[i]) &&
+                     !strncmp(x->members[j], items[i],
+                              (size_t)(sp - items[i]));
+        if (member)
+            continue;
+        log_info("matrix %s: a member left %s: new room key",
+                 x->e->account_name, x->room_id);
+        matrix_megolm_out_free(x->out);
+        x->out = NULL;
+        if (matrix_megolm_out_new(&x->out) != PARLEY_OK) {
+            enc_finish(x, PARLEY_ERR_OOM);
+            return;
+        }
+        x->created_ms = now_ms();
+        x->fresh = 1;
     }
     for (i = 0; i < x->n_dev; i++) {
         char want[2 * MATRIX_ID_MAX + 2];
@@ -1161,9 +1214,16 @@ static void enc_members(const struct http_response *resp, void *priv)
     joined = cJSON_GetObjectItemCaseSensitive(j, "joined");
     body = cJSON_CreateObject();
     dk = body ? cJSON_AddObjectToObject(body, "device_keys") : NULL;
-    cJSON_ArrayForEach(m, joined)
-        if (dk && m->string)
-            cJSON_AddItemToObject(dk, m->string, cJSON_CreateArray());
+    x->members = calloc((size_t)cJSON_GetArraySize(joined) + 1,
+                        sizeof(*x->members));
+    cJSON_ArrayForEach(m, joined) {
+        if (!dk || !x->members || !m->string)
+            continue;
+        cJSON_AddItemToObject(dk, m->string, cJSON_CreateArray());
+        x->members[x->n_members] = strdup(m->string);
+        if (x->members[x->n_members])
+            x->n_members++;
+    }
     cJSON_Delete(j);
     result = dk ? enc_http(x, "POST", "/keys/query", body, enc_queried) :
                   PARLEY_ERR_OOM;
@@ -1185,8 +1245,8 @@ static void enc_out_loaded(int status, const struct state_megolm_out *s,
                                    e->pickle_key_len, s->pickle,
                                    &x->out) == PARLEY_OK) {
         /* Rotate an old or well-used session: a new one is shared. */
-        if (now_ms() - s->created_ms > E2EE_ROTATE_MS ||
-            matrix_megolm_out_index(x->out) >= E2EE_ROTATE_MSGS) {
+        if (now_ms() - s->created_ms > x->rotate_ms ||
+            matrix_megolm_out_index(x->out) >= (uint32_t)x->rotate_msgs) {
             matrix_megolm_out_free(x->out);
             x->out = NULL;
         } else {
@@ -1208,11 +1268,46 @@ static void enc_out_loaded(int status, const struct state_megolm_out *s,
         enc_finish(x, result);
 }
 
+/* The room's m.room.encryption: its rotation settings, when they are
+ * shorter than the defaults (a longer period is not honoured). */
+static void enc_state(const struct http_response *resp, void *priv)
+{
+    struct e2ee_enc *x = priv;
+    cJSON *j;
+    const cJSON *ms, *msgs;
+    int result;
+
+    x->e->req = NULL;
+    x->e->enc = NULL;
+    if (resp->status != PARLEY_OK ||
+        (resp->code != 200 && resp->code != 404)) {
+        enc_finish(x, resp->status ? resp->status : PARLEY_ERR_HTTP);
+        return;
+    }
+    j = resp->code == 200 ? cJSON_ParseWithLength(resp->body,
+                                                  resp->body_len) : NULL;
+    ms = cJSON_GetObjectItemCaseSensitive(j, "rotation_period_ms");
+    msgs = cJSON_GetObjectItemCaseSensitive(j, "rotation_period_msgs");
+    if (cJSON_IsNumber(ms) && ms->valuedouble >= 1 &&
+        ms->valuedouble < (double)x->rotate_ms)
+        x->rotate_ms = (long long)ms->valuedouble;
+    if (cJSON_IsNumber(msgs) && msgs->valuedouble >= 1 &&
+        msgs->valuedouble < (double)x->rotate_msgs)
+        x->rotate_msgs = (long)msgs->valuedouble;
+    cJSON_Delete(j);
+    result = state_crypto_megolm_out_load(x->e->host.store,
+                                          x->e->account_name, x->room_id,
+                                          enc_out_loaded, x);
+    if (result)
+        enc_finish(x, result);
+}
+
 int matrix_e2ee_encrypt(struct matrix_e2ee *e, const char *room_id,
                         const char *content, matrix_e2ee_cipher_fn *fn,
                         void *priv)
 {
     struct e2ee_enc *x;
+    char rid[3 * MATRIX_ID_MAX + 1], path[3 * MATRIX_ID_MAX + 64];
     int result;
 
     if (!e || !e->ready || e->enc_busy || e->uploading || e->req ||
@@ -1230,9 +1325,16 @@ int matrix_e2ee_encrypt(struct matrix_e2ee *e, const char *room_id,
         enc_free(x);
         return PARLEY_ERR_OOM;
     }
-    result = state_crypto_megolm_out_load(e->host.store, e->account_name,
-                                          room_id, enc_out_loaded, x);
+    x->rotate_ms = E2EE_ROTATE_MS;
+    x->rotate_msgs = E2EE_ROTATE_MSGS;
+    result = matrix_url_escape(room_id, rid, sizeof(rid));
+    if (!result) {
+        snprintf(path, sizeof(path), "/rooms/%s/state/m.room.encryption/",
+                 rid);
+        result = enc_http(x, "GET", path, NULL, enc_state);
+    }
     if (result) {
+        e->enc = NULL;
         enc_free(x);
         return result;
     }
