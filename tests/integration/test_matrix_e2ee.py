@@ -71,13 +71,13 @@ def verify(obj, user, device, ed_key):
 
 
 class Setup:
-    def __init__(self, t, with_key=True):
+    def __init__(self, t, with_key=True, stub_delay=None):
         self.t = t
         self.bot_client = HS.register(uniq("ebot"), PW)
         self.bot = self.bot_client.user_id
         self.alice = HS.register(uniq("alice"), "pw-alice")
         self.redis = t.add(Redis(t.tmp).start())
-        self.stub = t.add(Stub(t.tmp, api_key=KEY).start())
+        self.stub = t.add(Stub(t.tmp, api_key=KEY, delay=stub_delay).start())
         extra = 'crypto_key_env = "MX_TEST_PICKLE";' if with_key else ""
         block = """{
     type = "matrix";
@@ -227,12 +227,13 @@ async def nio_wait_answer(c, room, bot, question, timeout=40):
     raise AssertionError("no decryptable answer to %s" % question)
 
 
-async def nio_conversation(s, store, restart):
+async def nio_conversation(s, store, after_send):
     """A person's encrypting client (matrix-nio over olm): log in, create
     an encrypted direct chat with the bot, wait for it to join, send a
     mention (nio claims the bot's one-time key and shares its Megolm
-    session over Olm first), read the encrypted answer; restart parley
-    (same device), ask again.  Returns (room, [answers per question])."""
+    session over Olm first), read the encrypted answer; ask again, and
+    after_send(i) may kill parley meanwhile.  Returns (room, [answers per
+    question])."""
     cfg = nio.AsyncClientConfig(encryption_enabled=True,
                                 store_sync_tokens=False)
     c = nio.AsyncClient(HS.url, s.alice.user_id, store_path=store,
@@ -261,8 +262,6 @@ async def nio_conversation(s, store, restart):
         else:
             raise AssertionError("the bot did not join the encrypted DM")
         for i in range(2):
-            if i and restart:
-                restart()
             if c.should_query_keys:
                 await c.keys_query()
             r = await c.room_send(room, "m.room.message",
@@ -271,6 +270,7 @@ async def nio_conversation(s, store, restart):
                                    "m.mentions": {"user_ids": [bot]}},
                                   ignore_unverified_devices=True)
             assert isinstance(r, nio.RoomSendResponse), r
+            after_send(i)
             out.append(await nio_wait_answer(c, room, bot, r.event_id))
         return room, out
     finally:
@@ -282,7 +282,7 @@ def test_encrypted_dm_with_nio():
         print("skip test_encrypted_dm_with_nio: python3-matrix-nio missing")
         return
     with Test() as t:
-        s = Setup(t)
+        s = Setup(t, stub_delay=1.0)
         p = s.start()
         wait_until(lambda: "end-to-end encryption on" in p.stderr(), 20,
                    "keys uploaded; stderr=%s" % s.err())
@@ -290,16 +290,23 @@ def test_encrypted_dm_with_nio():
         os.makedirs(store)
         first = {}
 
-        def restart():
+        def after_send(i):
+            """The second question: kill -9 while the model works on it,
+            then start again (same device, sessions from Redis)."""
+            if i != 1:
+                return
+            wait_until(lambda: any("question 1" in json.dumps(r["body"])
+                                   for r in s.stub.requests()), 20,
+                       "question 1 to reach the model; stderr=%s" % s.err())
             first["stderr"] = s.parley.stderr()
-            stop(s.parley.proc)
+            s.parley.kill()
             s.start()
             wait_until(lambda: "end-to-end encryption on"
                        in s.parley.stderr(), 20, "keys after restart")
 
-        room, answers = asyncio.run(nio_conversation(s, store, restart))
-        # Exactly one decryptable answer to each question, before and
-        # after the restart (same device, same stored sessions).
+        room, answers = asyncio.run(nio_conversation(s, store, after_send))
+        # Exactly one decryptable answer to each question, the second
+        # across kill -9 and a restart (same device, stored sessions).
         assert [len(a) for a in answers] == [1, 1], answers
         log = first["stderr"]
         assert "room key for %s from %s" % (room, s.alice.user_id) in log
