@@ -3,13 +3,17 @@
  * matrix_crypto.c (pure libolm wrappers), state_crypto.c (the crypto store
  * in Redis) and the homeserver's key endpoints.  matrix_adapter.c owns one
  * per account when crypto_key_env names a usable key, and drives it at
- * fixed points: start (before the first sync), each sync's key counters.
+ * fixed points: start (before the first sync), each sync (key counters,
+ * to-device events), each encrypted timeline event of the walk, and each
+ * send into an encrypted room.
  *
- * What it does so far: load the device's Olm account from Redis or create
- * one (the same device keeps its keys across restarts), upload the signed
+ * What it does: load the device's Olm account from Redis or create one
+ * (the same device keeps its keys across restarts), upload the signed
  * device keys, one-time keys and a fallback key (/keys/upload), top the
- * one-time keys up from /sync's device_one_time_keys_count, and store the
- * room keys people's devices send it over Olm.
+ * one-time keys up from /sync's device_one_time_keys_count, store the
+ * room keys people's devices send it over Olm, decrypt Megolm room events
+ * with them, and encrypt answers with the room's outbound session after
+ * sharing it with every member's devices.
  *
  * The pickle key (the value of crypto_key_env or its _FILE) is registered
  * with the log redaction and wiped on free; only pickles reach Redis.
