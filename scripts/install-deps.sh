@@ -26,6 +26,7 @@ BUILD_PKGS=(
     libssl-dev              # TLS for the IRC transport
     libmicrohttpd-dev       # /healthz and /metrics (metrics.listen)
     libcmark-dev            # Markdown -> HTML for Matrix formatted_body
+    libolm-dev              # Olm/Megolm for Matrix end-to-end encryption
     redis-server            # scripts/run.sh starts a private one if needed
     ca-certificates         # verify https://api.openai.com and friends
 )
@@ -45,6 +46,8 @@ TEST_PKGS=(
     chromium                # a real browser for the web chat test
     chromium-driver         # ...driven through WebDriver
     python3-selenium        # ...from Python
+    python3-olm             # the encrypting Matrix client in E2EE tests
+    python3-matrix-nio      # ... (nio over olm, Debian's /usr/bin/python3)
 )
 
 usage() {

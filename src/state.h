@@ -13,10 +13,11 @@
  *   usage:<day>:<user>       hash     struct usage
  *   session:<account>        hash     struct state_session (Matrix)
  *   sync:<account>           string   Matrix next_batch
+ *   crypto:<account>:...     various  Matrix end-to-end encryption (below)
  *
  * Files: state_job.c (seen, job records, greeting marks), state_room.c
  * (room settings, usage), state_history.c (ctx), state_session.c (Matrix
- * session and sync position).
+ * session and sync position), state_crypto.c (Matrix encryption).
  *
  * Callback contract, as store.h: when a state_* call returns PARLEY_OK its
  * callback runs exactly once, later (never before the call returns), with
@@ -251,5 +252,139 @@ int state_sync_load(struct store *st, const char *account,
 int state_sync_save(struct store *st, const char *account,
                     const char *next_batch, state_done_fn *fn,
                     void *privdata);
+
+/* ---- Matrix end-to-end encryption (state_crypto.c) ---------------------- */
+
+/*
+ * The Matrix device's crypto store, under crypto:<account>:
+ *
+ *   account                      string  Olm account pickle
+ *   olm:<curve key>              hash    Olm session id -> pickle
+ *   megolm_in:<room>:<sid>       hash    struct state_megolm_in
+ *   megolm_out:<room>            hash    struct state_megolm_out
+ *   megolm_shared:<room>         set     "<user> <device>" holding the
+ *                                        current outbound session
+ *   megolm_idx:<sid>             hash    message index -> event id
+ *   devices:<user>               hash    device id -> its device_keys
+ *                                        JSON (signature checked)
+ *   devices_outdated             set     users to /keys/query again
+ *
+ * Pickles are libolm's, encrypted and authenticated with the pickle key
+ * from crypto_key_env, which is never stored; nothing here holds key
+ * material in the clear.  No key has a TTL: losing them means a new
+ * device, and old encrypted messages can no longer be read (README).
+ * Session ids are unpadded base64 (no ':'), so the keys are unambiguous
+ * although room and user ids contain ':'.
+ */
+
+/* value NULL when the key does not exist (status PARLEY_OK). */
+typedef void state_value_fn(int status, const char *value, void *privdata);
+/* name/value pairs of a hash; n 0 for none. */
+struct state_pair {
+    const char *name;
+    const char *value;
+};
+typedef void state_pairs_fn(int status, const struct state_pair *pairs,
+                            size_t n, void *privdata);
+/* Members of a set, in no order. */
+typedef void state_list_fn(int status, const char *const *items, size_t n,
+                           void *privdata);
+
+int state_crypto_account_load(struct store *st, const char *account,
+                              state_value_fn *fn, void *privdata);
+int state_crypto_account_save(struct store *st, const char *account,
+                              const char *pickle, state_done_fn *fn,
+                              void *privdata);
+
+/* Every Olm session with the device whose identity key is curve_key:
+ * (session id, pickle) pairs. */
+int state_crypto_olm_load(struct store *st, const char *account,
+                          const char *curve_key, state_pairs_fn *fn,
+                          void *privdata);
+/*
+ * Store one Olm session.  With account_pickle non-NULL the account is
+ * written in the same MULTI: a session made from a pre-key message used
+ * up a one-time key, and a crash between two writes would either reuse
+ * that key or lose the session.  fn may be NULL.
+ */
+int state_crypto_olm_save(struct store *st, const char *account,
+                          const char *curve_key, const char *session_id,
+                          const char *pickle, const char *account_pickle,
+                          state_done_fn *fn, void *privdata);
+
+struct state_megolm_in {
+    const char *pickle;
+    const char *sender_key;     /* curve25519 of the device that shared it */
+    const char *sender_ed25519; /* its claimed signing key; may be NULL */
+};
+/* s NULL when no such session is stored. */
+typedef void state_megolm_in_fn(int status, const struct state_megolm_in *s,
+                                void *privdata);
+int state_crypto_megolm_in_load(struct store *st, const char *account,
+                                const char *room_id, const char *session_id,
+                                state_megolm_in_fn *fn, void *privdata);
+/* pickle and sender_key required.  fn may be NULL. */
+int state_crypto_megolm_in_save(struct store *st, const char *account,
+                                const char *room_id, const char *session_id,
+                                const struct state_megolm_in *s,
+                                state_done_fn *fn, void *privdata);
+
+struct state_megolm_out {
+    const char *pickle;
+    long long created_ms;       /* unix ms, for rotation_period_ms */
+};
+typedef void state_megolm_out_fn(int status,
+                                 const struct state_megolm_out *s,
+                                 void *privdata);
+int state_crypto_megolm_out_load(struct store *st, const char *account,
+                                 const char *room_id,
+                                 state_megolm_out_fn *fn, void *privdata);
+/* Store the room's outbound session (after every message: its index
+ * moved on).  fn may be NULL. */
+int state_crypto_megolm_out_save(struct store *st, const char *account,
+                                 const char *room_id,
+                                 const struct state_megolm_out *s,
+                                 state_done_fn *fn, void *privdata);
+/* Rotation: the outbound session and its share list go, in one MULTI. */
+int state_crypto_megolm_out_discard(struct store *st, const char *account,
+                                    const char *room_id, state_done_fn *fn,
+                                    void *privdata);
+int state_crypto_megolm_shared_load(struct store *st, const char *account,
+                                    const char *room_id, state_list_fn *fn,
+                                    void *privdata);
+/* holders: "<user> <device>" strings, n > 0 (at most 4096). */
+int state_crypto_megolm_shared_add(struct store *st, const char *account,
+                                   const char *room_id,
+                                   const char *const *holders, size_t n,
+                                   state_done_fn *fn, void *privdata);
+
+/*
+ * Replay check for a decrypted Megolm message: claim (session, index) for
+ * event_id.  fresh is 1 when this index was unused or already belongs to
+ * this event id (a redelivery), 0 when another event used it (a replay:
+ * the spec says to refuse it).
+ */
+int state_crypto_megolm_index_claim(struct store *st, const char *account,
+                                    const char *session_id,
+                                    unsigned long index,
+                                    const char *event_id,
+                                    state_claim_fn *fn, void *privdata);
+
+/* user's devices: (device id, device_keys JSON) pairs. */
+int state_crypto_devices_load(struct store *st, const char *account,
+                              const char *user_id, state_pairs_fn *fn,
+                              void *privdata);
+/* Replace user's device list (n may be 0: no devices) and clear its
+ * outdated mark, in one MULTI. */
+int state_crypto_devices_save(struct store *st, const char *account,
+                              const char *user_id,
+                              const struct state_pair *devices, size_t n,
+                              state_done_fn *fn, void *privdata);
+/* Mark users outdated (device_lists.changed, a new member); n > 0. */
+int state_crypto_devices_outdated(struct store *st, const char *account,
+                                  const char *const *users, size_t n,
+                                  state_done_fn *fn, void *privdata);
+int state_crypto_outdated_load(struct store *st, const char *account,
+                               state_list_fn *fn, void *privdata);
 
 #endif

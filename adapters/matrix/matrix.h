@@ -64,7 +64,11 @@ enum matrix_item_kind {
     MATRIX_ITEM_MESSAGE = 0,    /* m.room.message m.text / m.emote */
     MATRIX_ITEM_JOIN,           /* someone else joined a joined room */
     MATRIX_ITEM_INVITE,         /* the bot was invited (rooms.invite) */
-    MATRIX_ITEM_ENCRYPTED       /* m.room.encrypted: not supported yet */
+    MATRIX_ITEM_ENCRYPTED,      /* the room is encrypted (m.room.encryption
+                                   or m.room.encrypted), once per room */
+    MATRIX_ITEM_CIPHERTEXT      /* one m.room.encrypted timeline event:
+                                   cipher holds its content, to decrypt
+                                   and pass to matrix_sync_decrypted */
 };
 
 /*
@@ -86,7 +90,19 @@ struct matrix_item {
     int reply_names_bot;        /* the reply fallback quotes the bot */
     int is_direct;              /* invites: the inviter marked it a DM */
     int emote;                  /* msgtype m.emote */
+    char *cipher;               /* CIPHERTEXT: the content as JSON */
 };
+
+/* An encrypted to-device event (sender and content JSON), for the E2EE
+ * client: Olm messages carrying room keys. */
+struct matrix_to_device {
+    char *type;
+    char *sender;
+    char *content;
+};
+/* To-device events kept from one sync; the server holds the rest until
+ * the next one (it sends at most 100 per sync by default). */
+#define MATRIX_TO_DEVICE_MAX 1000
 
 /* A joined room's member count from its summary (-1 = not sent). */
 struct matrix_room_info {
@@ -123,6 +139,14 @@ struct matrix_batch {
     size_t n_dropped;           /* items over MATRIX_SYNC_ITEMS_MAX, and
                                    members over MATRIX_SYNC_MEMBERS_MAX */
     size_t n_skipped;           /* events ignored (edits, notices, ...) */
+    long otk_count;             /* device_one_time_keys_count
+                                   .signed_curve25519 (absent from the
+                                   object: 0), -1 when no object */
+    int fallback_unused;        /* device_unused_fallback_key_types lists
+                                   signed_curve25519: 1, not: 0, absent: -1 */
+    struct matrix_to_device *to_device;     /* m.room.encrypted only */
+    size_t n_to_device;
+    size_t n_to_device_dropped;             /* over MATRIX_TO_DEVICE_MAX */
 };
 
 /*
@@ -136,6 +160,21 @@ int matrix_sync_parse(const char *json, size_t len,
                       const struct matrix_ident *me,
                       struct matrix_batch *out, char *err, size_t errlen);
 void matrix_batch_free(struct matrix_batch *b);
+
+/*
+ * A decrypted timeline event: cipher is the CIPHERTEXT item it came from
+ * (room, event id, sender, name), event the checked plaintext
+ * ({type, content, room_id}, matrix_megolm_plaintext_check).  When it is
+ * an m.room.message the bot handles, one MESSAGE item is appended to out
+ * exactly as for a plain event (mentions, replies, threads, own events
+ * skipped); anything else counts in out->n_skipped.  Returns PARLEY_OK or
+ * PARLEY_ERR_OOM.
+ */
+struct cJSON;
+int matrix_sync_decrypted(const struct matrix_item *cipher,
+                          const struct cJSON *event,
+                          const struct matrix_ident *me,
+                          struct matrix_batch *out);
 
 /* --- matrix_text.c --------------------------------------------------- */
 
@@ -355,6 +394,7 @@ struct matrix_config {
     char *password_env;         /* NULL when unset */
     char *access_token_env;     /* NULL when unset */
     char *device_name;          /* default "parley" */
+    char *crypto_key_env;       /* pickle key for E2EE; NULL: E2EE off */
     char **allow;               /* allow_invites_from */
     size_t n_allow;
     int reject_other_invites;   /* default 0: ignore */

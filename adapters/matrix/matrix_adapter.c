@@ -42,6 +42,7 @@
 #include "log.h"
 #include "loop.h"
 #include "matrix.h"
+#include "matrix_e2ee.h"
 #include "random.h"
 #include "router.h"
 #include "state.h"
@@ -95,8 +96,10 @@ enum mx_state {
     MX_SAVE_SESSION,
     MX_PROFILE,
     MX_FILTER,
+    MX_CRYPTO,                      /* E2EE device keys (matrix_e2ee.c) */
     MX_LOAD_SINCE,
     MX_SYNC,
+    MX_TO_DEVICE,                   /* room keys over Olm (matrix_e2ee) */
     MX_WALK,
     MX_MEMBERS,
     MX_SAVE_SINCE,
@@ -112,6 +115,8 @@ struct mx_send {
     struct http_request *req;       /* this send in flight, or NULL */
     char *who;                      /* the person answered, or NULL */
     char *content;                  /* JSON body */
+    char *enc_content;              /* content encrypted (E2EE rooms): the
+                                       same ciphertext on every retry */
     char *too_large;                /* short notice sent instead if the
                                        server refuses content as too large;
                                        NULL once used */
@@ -131,6 +136,10 @@ struct mx_room {
     int names_loaded;               /* joined_members filled names once */
     int direct;                     /* invited as a DM */
     int encrypted_logged;
+    int encrypted;                  /* 1 yes, 0 no, -1 not known yet */
+    struct http_request *enc_req;   /* GET of m.room.encryption */
+    int encrypting;                 /* matrix_e2ee_encrypt of the head */
+    int enc_attempts;               /* its backoff exponent */
     int typing;                     /* typing on: renewed by a timer */
     struct mx_send *head, *tail;    /* queued and in flight, in order */
     int in_flight;                  /* sends with a request running */
@@ -188,6 +197,12 @@ struct matrix {
     int walk_status;
     size_t walk_member_i;           /* next batch.members to apply */
     unsigned long batch_serial;     /* counts batches, for members_batch */
+    struct matrix_batch dec;        /* the decrypted walk item, if any */
+    size_t dec_i;                   /* walk_i + 1 it belongs to, 0 none */
+    unsigned long dec_serial;       /* ... in this batch */
+
+    struct matrix_e2ee *e2ee;       /* NULL: end-to-end encryption off */
+    int e2ee_tried;                 /* MX_CRYPTO ran once this start */
 
     struct mx_room *rooms;
     size_t n_rooms;
@@ -296,6 +311,7 @@ static struct mx_room *room_get(struct matrix *m, const char *room_id,
     }
     r->m = m;
     r->members = -1;
+    r->encrypted = -1;
     r->next = m->rooms;
     m->rooms = r;
     m->n_rooms++;
@@ -620,6 +636,37 @@ static void filter_done(const struct http_response *resp, void *priv)
     snprintf(m->filter_id, sizeof(m->filter_id), "%s", id->valuestring);
     cJSON_Delete(c);
     m->attempt = 0;
+    m->state = m->e2ee && !m->e2ee_tried ? MX_CRYPTO :
+               m->since ? MX_SYNC : MX_LOAD_SINCE;
+    ctl_step(m);
+}
+
+/* matrix_e2ee's requests go through mx_http with the account's token. */
+static int e2ee_http(void *ctx, const char *method, const char *path,
+                     const char *body, http_done_fn *done, void *priv,
+                     struct http_request **out)
+{
+    return mx_http(ctx, method, path, body, 1, MX_REQUEST_TIMEOUT_MS,
+                   64 * 1024, done, priv, out);
+}
+
+static void e2ee_started(int status, void *priv)
+{
+    struct matrix *m = priv;
+
+    if (m->stopped)
+        return;
+    if (status == PARLEY_ERR_CONFIG) {
+        /* Logged by matrix_e2ee (the store cannot be opened with this
+         * key): go on without encryption rather than not at all. */
+        matrix_e2ee_free(m->e2ee);
+        m->e2ee = NULL;
+    } else if (status != PARLEY_OK) {
+        ctl_retry(m, "end-to-end encryption keys", NULL);
+        return;
+    }
+    m->e2ee_tried = 1;
+    m->attempt = 0;
     m->state = m->since ? MX_SYNC : MX_LOAD_SINCE;
     ctl_step(m);
 }
@@ -693,10 +740,36 @@ static void sync_done(const struct http_response *resp, void *priv)
     if (m->batch.n_dropped)
         log_warn("matrix %s: %zu events over MATRIX_SYNC_ITEMS_MAX dropped",
                  m->mc.account, m->batch.n_dropped);
+    matrix_e2ee_sync_counts(m->e2ee, m->batch.otk_count,
+                            m->batch.fallback_unused);
     m->walk_i = 0;
     m->walk_member_i = 0;
     m->walk_rooms_done = 0;
     m->batch_serial++;
+    if (m->batch.n_to_device_dropped)
+        log_warn("matrix %s: %zu to-device events over MATRIX_TO_DEVICE_MAX "
+                 "dropped", m->mc.account, m->batch.n_to_device_dropped);
+    if (m->batch.n_to_device && matrix_e2ee_ready(m->e2ee)) {
+        m->state = MX_TO_DEVICE;
+        ctl_step(m);
+        return;
+    }
+    m->state = MX_WALK;
+    walk(m);
+}
+
+/* The batch's room keys are stored: its events may be decrypted. */
+static void to_device_done(int status, void *priv)
+{
+    struct matrix *m = priv;
+
+    if (m->stopped)
+        return;
+    if (status) {
+        /* The sync position has not moved: the keys come again. */
+        ctl_retry(m, "storing room keys in Redis", NULL);
+        return;
+    }
     m->state = MX_WALK;
     walk(m);
 }
@@ -817,6 +890,18 @@ static void ctl_step(struct matrix *m)
                          64 * 1024, filter_done, m, &m->ctl_req);
         free(body);
         break;
+    case MX_CRYPTO:
+        if (!m->device_id[0]) {
+            log_warn("matrix %s: the token has no device (application "
+                     "service?): end-to-end encryption is off",
+                     m->mc.account);
+            e2ee_started(PARLEY_ERR_CONFIG, m);
+            return;
+        }
+        if (matrix_e2ee_start(m->e2ee, m->user_id, m->device_id,
+                              e2ee_started, m) != PARLEY_OK)
+            ctl_retry(m, "loading the crypto store from Redis", NULL);
+        return;
     case MX_LOAD_SINCE:
         if (state_sync_load(m->store, m->mc.account, since_loaded, m) !=
             PARLEY_OK)
@@ -831,6 +916,16 @@ static void ctl_step(struct matrix *m)
                          (long)m->mc.sync_timeout_ms + MX_SYNC_SLACK_MS,
                          MATRIX_SYNC_BODY_MAX, sync_done, m, &m->ctl_req);
         break;
+    case MX_TO_DEVICE:
+        result = matrix_e2ee_to_device(m->e2ee, &m->batch, to_device_done,
+                                       m);
+        if (result == PARLEY_ERR_EOF) {
+            m->state = MX_WALK;
+            walk(m);
+        } else if (result) {
+            ctl_retry(m, "storing room keys in Redis", NULL);
+        }
+        return;
     case MX_WALK:
     case MX_MEMBERS:
         walk(m);
@@ -1078,6 +1173,43 @@ static void members_apply(struct matrix *m, size_t upto)
  * 0 when the walk may go on at once, -1 when the walk waits for a
  * joined_members request.
  */
+/* A CIPHERTEXT item of the walk was decrypted (or not): keep the result
+ * for walk_item, which sees it when the walk resumes at the same item. */
+static void walk_decrypted(int status, const struct cJSON *event,
+                           void *priv)
+{
+    struct matrix *m = priv;
+    const struct matrix_item *it;
+    struct matrix_ident me;
+
+    if (m->stopped)
+        return;
+    it = &m->batch.items[m->walk_i];
+    matrix_batch_free(&m->dec);
+    if (status == PARLEY_OK) {
+        me.user_id = m->user_id;
+        me.localpart = m->localpart;
+        me.display_name = m->display_name[0] ? m->display_name : NULL;
+        if (matrix_sync_decrypted(it, event, &me, &m->dec) != PARLEY_OK) {
+            matrix_batch_free(&m->dec);
+            status = PARLEY_ERR_OOM;
+        }
+    }
+    if (status == PARLEY_ERR_EOF || status == PARLEY_ERR_PROTOCOL) {
+        /* Unable to decrypt: not answered (no key request yet). */
+        log_warn("matrix %s: no usable room key for %s in %s: not "
+                 "answered", m->mc.account, it->event_id, it->room_id);
+    } else if (status != PARLEY_OK) {
+        log_warn("matrix %s: decrypting %s failed (%s); pausing the sync",
+                 m->mc.account, it->event_id, parley_status_name(status));
+        ctl_later(m, mx_backoff(m, m->attempt < 30 ? m->attempt++ : 30));
+        return;
+    }
+    m->dec_i = m->walk_i + 1;
+    m->dec_serial = m->batch_serial;
+    walk(m);
+}
+
 static int walk_item(struct matrix *m, const struct matrix_item *it)
 {
     struct mx_room *r;
@@ -1092,12 +1224,36 @@ static int walk_item(struct matrix *m, const struct matrix_item *it)
         handle_invite(m, it);
         return 0;
     case MATRIX_ITEM_ENCRYPTED:
-        if (r && !r->encrypted_logged) {
+        if (r)
+            r->encrypted = 1;
+        if (r && !r->encrypted_logged && !matrix_e2ee_ready(m->e2ee)) {
             r->encrypted_logged = 1;
-            log_warn("matrix %s: %s is encrypted; encrypted rooms are not "
-                     "supported yet", m->mc.account, it->room_id);
+            log_warn("matrix %s: %s is encrypted; end-to-end encryption is "
+                     "off (crypto_key_env): the bot stays silent there",
+                     m->mc.account, it->room_id);
         }
         return 0;
+    case MATRIX_ITEM_CIPHERTEXT:
+        if (r)
+            r->encrypted = 1;
+        if (m->initial || !matrix_e2ee_ready(m->e2ee))
+            return 0;
+        if (m->dec_i != m->walk_i + 1 || m->dec_serial != m->batch_serial) {
+            int result = matrix_e2ee_decrypt(m->e2ee, it->room_id,
+                                             it->event_id, it->cipher,
+                                             walk_decrypted, m);
+
+            if (result == PARLEY_OK)
+                return -1;          /* walk_decrypted goes on */
+            log_warn("matrix %s: cannot decrypt %s in %s (%s)",
+                     m->mc.account, it->event_id, it->room_id,
+                     parley_status_name(result));
+            return 0;
+        }
+        if (m->dec.n_items != 1)
+            return 0;               /* not a message we handle */
+        it = &m->dec.items[0];
+        break;
     case MATRIX_ITEM_JOIN:
         /* A join changes the count: without a summary in this batch the
          * one known is stale, so ask (once per room and batch).  Whether
@@ -1236,6 +1392,7 @@ static void send_free(struct mx_send *s)
 {
     free(s->who);
     free(s->content);
+    free(s->enc_content);
     free(s->too_large);
     free(s);
 }
@@ -1348,6 +1505,8 @@ static void send_done(const struct http_response *resp, void *priv)
                       code);
             free(s->content);
             s->content = s->too_large;
+            free(s->enc_content);
+            s->enc_content = NULL;
             s->too_large = NULL;
             s->attempts = 0;
             room_kick(r);
@@ -1389,6 +1548,137 @@ static void send_done(const struct http_response *resp, void *priv)
     room_kick(r);
 }
 
+static void send_done(const struct http_response *resp, void *priv);
+
+static void head_encrypted(int status, const char *content, void *priv)
+{
+    struct mx_send *s = priv;
+    struct mx_room *r = s->room;
+    struct matrix *m = r->m;
+
+    r->encrypting = 0;
+    if (!status) {
+        s->enc_content = strdup(content);
+        if (s->enc_content) {
+            room_kick(r);
+            return;
+        }
+    }
+    if (++s->attempts >= MX_SEND_MAX_ATTEMPTS) {
+        log_error("matrix %s: giving up on an answer in %s (txn %s): "
+                  "cannot encrypt it", m->mc.account, r->room_id, s->txn);
+        send_finish(r, s, PARLEY_ERR_OTHER);
+        room_kick(r);
+        return;
+    }
+    room_retry(r, mx_backoff(m, s->attempts - 1));
+}
+
+/*
+ * An encrypted room sends one message at a time, the head: encrypted once
+ * (matrix_e2ee shares the room's session first), then PUT as
+ * m.room.encrypted under the same txnId on every retry.  Returns 1.
+ */
+static int room_send_encrypted(struct mx_room *r)
+{
+    struct matrix *m = r->m;
+    struct mx_send *s = r->head;
+    char rid[3 * MATRIX_ID_MAX + 1], path[MX_URL_MAX];
+    int result;
+
+    if (!s || s->req || r->encrypting || r->in_flight)
+        return 1;
+    if (!s->enc_content) {
+        result = matrix_e2ee_encrypt(m->e2ee, r->room_id, s->content,
+                                     head_encrypted, s);
+        if (result == PARLEY_OK)
+            r->encrypting = 1;
+        else
+            room_retry(r, result == PARLEY_ERR_STATE ? 200 :
+                       mx_backoff(m, s->attempts++));
+        return 1;
+    }
+    if (matrix_url_escape(r->room_id, rid, sizeof(rid)) != PARLEY_OK ||
+        snprintf(path, sizeof(path), "/rooms/%s/send/m.room.encrypted/%s",
+                 rid, s->txn) >= (int)sizeof(path)) {
+        send_finish(r, s, PARLEY_ERR_TOO_LARGE);
+        return 1;
+    }
+    if (mx_http(m, "PUT", path, s->enc_content, 1, MX_REQUEST_TIMEOUT_MS,
+                64 * 1024, send_done, s, &s->req) != PARLEY_OK) {
+        s->req = NULL;
+        room_retry(r, mx_backoff(m, s->attempts++));
+        return 1;
+    }
+    r->in_flight++;
+    return 1;
+}
+
+/* Whether the room is encrypted, asked once per room and start: the sync
+ * says so only for rooms with news since the last token. */
+static void enc_state_done(const struct http_response *resp, void *priv)
+{
+    struct mx_room *r = priv;
+    struct matrix *m = r->m;
+
+    r->enc_req = NULL;
+    if (resp->status == PARLEY_OK && resp->code == 200) {
+        r->encrypted = 1;
+    } else if (resp->status == PARLEY_OK && resp->code == 404) {
+        if (r->encrypted < 0)
+            r->encrypted = 0;
+    } else {
+        /* Not knowing is not a reason to send in plaintext: ask again. */
+        room_retry(r, mx_backoff(m, r->enc_attempts++));
+        return;
+    }
+    room_kick(r);
+}
+
+/*
+ * 0 when the room's queue may be sent as it is; 1 when the room waits
+ * (its encryption is being looked up) or its queue was refused: an
+ * encrypted room gets nothing in plaintext.
+ */
+static int room_encryption_gate(struct mx_room *r)
+{
+    struct matrix *m = r->m;
+    struct mx_send *s, *next;
+    char rid[3 * MATRIX_ID_MAX + 1], path[MX_URL_MAX];
+
+    if (r->encrypted == 0)
+        return 0;
+    if (r->enc_req)
+        return 1;
+    if (r->encrypted < 0) {
+        if (matrix_url_escape(r->room_id, rid, sizeof(rid)) != PARLEY_OK ||
+            snprintf(path, sizeof(path), "/rooms/%s/state/m.room.encryption/",
+                     rid) >= (int)sizeof(path) ||
+            mx_http(m, "GET", path, NULL, 1, MX_REQUEST_TIMEOUT_MS,
+                    64 * 1024, enc_state_done, r, &r->enc_req) != PARLEY_OK) {
+            r->enc_req = NULL;
+            room_retry(r, mx_backoff(m, r->enc_attempts++));
+        }
+        return 1;
+    }
+    if (matrix_e2ee_ready(m->e2ee))
+        return room_send_encrypted(r);
+    if (!r->encrypted_logged) {
+        r->encrypted_logged = 1;
+        log_warn("matrix %s: %s is encrypted; end-to-end encryption is off "
+                 "(crypto_key_env): the bot stays silent there",
+                 m->mc.account, r->room_id);
+    }
+    /* Sends in flight went out while the room looked plain. */
+    for (s = r->head; s; s = next) {
+        next = s->next;
+        if (!s->req)
+            send_finish(r, s, PARLEY_ERR_STATE);
+    }
+    return 1;
+}
+
+
 /* Whether a send to the same person as s is ahead of s in the queue. */
 static int send_person_ahead(const struct mx_room *r,
                              const struct mx_send *s)
@@ -1425,6 +1715,8 @@ static void room_kick(struct mx_room *r)
         room_retry(r, 500);     /* logging in: look again soon */
         return;
     }
+    if (room_encryption_gate(r))
+        return;
     if (matrix_url_escape(r->room_id, rid, sizeof(rid)) != PARLEY_OK)
         rid[0] = '\0';
     /* done callbacks (send_finish) may queue more at the tail: next is
@@ -1614,6 +1906,15 @@ static int matrix_start(struct adapter *ad)
                  m->mc.account);
         return PARLEY_ERR_CONFIG;
     }
+    {
+        struct matrix_e2ee_host host = { m, e2ee_http, m->store,
+                                         m->mc.account };
+
+        if (matrix_e2ee_new(&host, m->mc.crypto_key_env, &m->e2ee, err,
+                            sizeof(err)) != PARLEY_OK)
+            log_error("matrix %s: %s: end-to-end encryption is off",
+                      m->mc.account, err);
+    }
     if (!m->env_token && !m->password)
         log_info("matrix %s: neither %s nor %s is set; using the session "
                  "stored in Redis", m->mc.account,
@@ -1649,6 +1950,7 @@ static void matrix_stop(struct adapter *ad)
         loop_http_cancel(m->ctl_req);
         m->ctl_req = NULL;
     }
+    matrix_e2ee_stop(m->e2ee);
     while (m->misc) {
         struct mx_misc *x = m->misc;
 
@@ -1666,6 +1968,10 @@ static void matrix_stop(struct adapter *ad)
                 loop_http_cancel(s->req);
                 s->req = NULL;
             }
+        }
+        if (r->enc_req) {
+            loop_http_cancel(r->enc_req);
+            r->enc_req = NULL;
         }
         r->in_flight = 0;
         while (r->head)
@@ -1702,7 +2008,9 @@ static void matrix_free(struct adapter *ad)
         free(m->joins[i]);
     }
     matrix_batch_free(&m->batch);
+    matrix_batch_free(&m->dec);
     free(m->since);
+    matrix_e2ee_free(m->e2ee);
     if (m->password) {
         explicit_bzero(m->password, strlen(m->password));
         free(m->password);

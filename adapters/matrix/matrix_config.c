@@ -28,7 +28,7 @@ static const char *const known_keys[] = {
     "access_token_env", "device_name", "allow_invites_from",
     "reject_other_invites", "thread_context",
     "sync_timeout_ms", "backoff_base_ms", "backoff_max_ms",
-    "timeline_limit", "leave_empty_rooms"
+    "timeline_limit", "leave_empty_rooms", "crypto_key_env"
 };
 
 struct cfg_ctx {
@@ -255,6 +255,7 @@ int matrix_config_parse(struct matrix_config *mc, void *setting, char *err,
          get_string(&c, "password_env", &mc->password_env) &&
          get_string(&c, "access_token_env", &mc->access_token_env) &&
          get_string(&c, "device_name", &mc->device_name) &&
+         get_string(&c, "crypto_key_env", &mc->crypto_key_env) &&
          get_allow(&c, mc);
     if (!ok)
         return PARLEY_ERR_OOM;
@@ -298,6 +299,10 @@ int matrix_config_parse(struct matrix_config *mc, void *setting, char *err,
         cfg_err(&c, config_setting_get_member(c.block, "access_token_env"),
                 "access_token_env", "must name an environment variable, "
                 "not hold the token");
+    if (mc->crypto_key_env && !valid_env_name(mc->crypto_key_env))
+        cfg_err(&c, config_setting_get_member(c.block, "crypto_key_env"),
+                "crypto_key_env", "must name an environment variable, "
+                "not hold the key");
     if (mc->backoff_max_ms < mc->backoff_base_ms)
         cfg_err(&c, config_setting_get_member(c.block, "backoff_max_ms"),
                 "backoff_max_ms", "must not be below backoff_base_ms");
@@ -341,6 +346,7 @@ void matrix_config_free(struct matrix_config *mc)
     free(mc->password_env);
     free(mc->access_token_env);
     free(mc->device_name);
+    free(mc->crypto_key_env);
     for (i = 0; i < mc->n_allow; i++)
         free(mc->allow[i]);
     free(mc->allow);

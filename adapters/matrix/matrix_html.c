@@ -807,7 +807,8 @@ int matrix_login_body(const char *user, const char *password,
 int matrix_filter_body(int timeline_limit, char **out)
 {
     static const char *const types[] = {
-        "m.room.message", "m.room.member", "m.room.encrypted"
+        "m.room.message", "m.room.member", "m.room.encrypted",
+        "m.room.encryption"
     };
     cJSON *c = cJSON_CreateObject();
     cJSON *room, *tl, *st, *t, *none;
@@ -825,12 +826,15 @@ int matrix_filter_body(int timeline_limit, char **out)
          cJSON_AddBoolToObject(st, "lazy_load_members", 1);
     for (i = 0; ok && i < sizeof(types) / sizeof(types[0]); i++)
         ok = cJSON_AddItemToArray(t, cJSON_CreateString(types[i]));
-    /* State: members only (names of senders, lazily loaded). */
+    /* State: members (names of senders, lazily loaded) and whether the
+     * room is encrypted. */
     if (ok) {
         cJSON *sty = cJSON_AddArrayToObject(st, "types");
 
         ok = sty && cJSON_AddItemToArray(sty,
-                                  cJSON_CreateString("m.room.member"));
+                                  cJSON_CreateString("m.room.member")) &&
+             cJSON_AddItemToArray(sty,
+                                  cJSON_CreateString("m.room.encryption"));
     }
     /* Nothing from presence, typing, receipts or account data. */
     if (ok) {

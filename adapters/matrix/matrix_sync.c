@@ -77,6 +77,7 @@ static void item_free(struct matrix_item *it)
     free(it->text);
     free(it->thread_id);
     free(it->reply_to);
+    free(it->cipher);
     memset(it, 0, sizeof(*it));
 }
 
@@ -95,6 +96,12 @@ void matrix_batch_free(struct matrix_batch *b)
         free(b->members[i].user_id);
         free(b->members[i].displayname);
     }
+    for (i = 0; i < b->n_to_device; i++) {
+        free(b->to_device[i].type);
+        free(b->to_device[i].sender);
+        free(b->to_device[i].content);
+    }
+    free(b->to_device);
     free(b->items);
     free(b->rooms);
     free(b->members);
@@ -421,6 +428,142 @@ static const cJSON *own_join(const cJSON *events,
     return found;
 }
 
+/* A state event m.room.encryption (state key ""). */
+static int is_encryption(const cJSON *ev)
+{
+    const char *type = get_str(ev, "type");
+    const char *key = get_str(ev, "state_key");
+
+    return type && key && !key[0] && strcmp(type, "m.room.encryption") == 0;
+}
+
+static int push_encrypted(struct matrix_batch *b, const char *room_id)
+{
+    struct matrix_item it;
+    int oom = 0;
+
+    memset(&it, 0, sizeof(it));
+    it.kind = MATRIX_ITEM_ENCRYPTED;
+    it.room_id = dup_opt(room_id, &oom);
+    if (oom)
+        return PARLEY_ERR_OOM;
+    return batch_push(b, &it);
+}
+
+/* An m.room.encrypted timeline event: kept whole for the E2EE client. */
+static int parse_cipher(struct matrix_batch *b, const char *room_id,
+                        const cJSON *ev, const cJSON *state,
+                        const cJSON *timeline, const struct matrix_ident *me)
+{
+    const char *event_id = get_str(ev, "event_id");
+    const char *sender = get_str(ev, "sender");
+    const cJSON *content = get_obj(ev, "content");
+    const char *name;
+    struct matrix_item it;
+    int oom = 0;
+
+    if (!valid_id(event_id, '$') || !valid_id(sender, '@') || !content ||
+        strcmp(sender, me->user_id) == 0) {
+        b->n_skipped++;
+        return PARLEY_OK;
+    }
+    memset(&it, 0, sizeof(it));
+    it.kind = MATRIX_ITEM_CIPHERTEXT;
+    it.room_id = dup_opt(room_id, &oom);
+    it.event_id = dup_opt(event_id, &oom);
+    it.sender = dup_opt(sender, &oom);
+    it.cipher = cJSON_PrintUnformatted(content);
+    if (!it.cipher)
+        oom = 1;
+    name = member_name(timeline, sender);
+    if (!name)
+        name = member_name(state, sender);
+    it.sender_name = name ? matrix_utf8_clean(name, strlen(name), 256)
+                          : NULL;
+    if (name && !it.sender_name)
+        oom = 1;
+    if (oom) {
+        item_free(&it);
+        return PARLEY_ERR_OOM;
+    }
+    return batch_push(b, &it);
+}
+
+int matrix_sync_decrypted(const struct matrix_item *cipher,
+                          const cJSON *event, const struct matrix_ident *me,
+                          struct matrix_batch *out)
+{
+    const char *type = get_str(event, "type");
+    const cJSON *content = get_obj(event, "content");
+    cJSON *ev, *c;
+    size_t before = out->n_items;
+    int result;
+
+    if (!cipher || cipher->kind != MATRIX_ITEM_CIPHERTEXT || !type ||
+        !content || strcmp(type, "m.room.message") != 0) {
+        out->n_skipped++;
+        return PARLEY_OK;
+    }
+    /* The envelope (id, sender) is the server's; only type and content
+     * come from the plaintext. */
+    ev = cJSON_CreateObject();
+    c = cJSON_Duplicate(content, 1);
+    if (!ev || !c || !cJSON_AddStringToObject(ev, "type", type) ||
+        !cJSON_AddStringToObject(ev, "event_id", cipher->event_id) ||
+        !cJSON_AddStringToObject(ev, "sender", cipher->sender)) {
+        cJSON_Delete(ev);
+        cJSON_Delete(c);
+        return PARLEY_ERR_OOM;
+    }
+    cJSON_AddItemToObject(ev, "content", c);
+    result = parse_message(out, cipher->room_id, ev, NULL, NULL, me);
+    cJSON_Delete(ev);
+    if (!result && out->n_items > before && cipher->sender_name &&
+        !out->items[out->n_items - 1].sender_name) {
+        out->items[out->n_items - 1].sender_name =
+            strdup(cipher->sender_name);
+        if (!out->items[out->n_items - 1].sender_name)
+            result = PARLEY_ERR_OOM;
+    }
+    return result;
+}
+
+/* to_device.events: m.room.encrypted ones, for the E2EE client. */
+static int parse_to_device(struct matrix_batch *b, const cJSON *root)
+{
+    const cJSON *td = get_obj(root, "to_device");
+    const cJSON *events = td ? get_arr(td, "events") : NULL;
+    const cJSON *ev;
+
+    cJSON_ArrayForEach(ev, events) {
+        const char *type = get_str(ev, "type");
+        const char *sender = get_str(ev, "sender");
+        const cJSON *content = get_obj(ev, "content");
+        struct matrix_to_device *t;
+
+        if (!type || strcmp(type, "m.room.encrypted") != 0 ||
+            !valid_id(sender, '@') || !content)
+            continue;
+        if (b->n_to_device >= MATRIX_TO_DEVICE_MAX) {
+            b->n_to_device_dropped++;
+            continue;
+        }
+        if (!b->to_device) {
+            b->to_device = calloc(MATRIX_TO_DEVICE_MAX, sizeof(*t));
+            if (!b->to_device)
+                return PARLEY_ERR_OOM;
+        }
+        t = &b->to_device[b->n_to_device];
+        t->type = strdup(type);
+        t->sender = strdup(sender);
+        t->content = cJSON_PrintUnformatted(content);
+        b->n_to_device++;
+        if (!t->type || !t->sender || !t->content)
+            return PARLEY_ERR_OOM;
+    }
+    return PARLEY_OK;
+}
+
 static int parse_joined_room(struct matrix_batch *b, const char *room_id,
                              const cJSON *room, const struct matrix_ident *me)
 {
@@ -451,6 +594,20 @@ static int parse_joined_room(struct matrix_batch *b, const char *room_id,
         if (result)
             return result;
     }
+    /* An encrypted room (m.room.encryption in its state or anywhere in
+     * the timeline, history included) is reported before its events, so
+     * that nothing is sent there in plaintext in answer to them. */
+    cJSON_ArrayForEach(ev, state)
+        if (!encrypted_seen && is_encryption(ev))
+            encrypted_seen = 1;
+    cJSON_ArrayForEach(ev, events)
+        if (!encrypted_seen && is_encryption(ev))
+            encrypted_seen = 1;
+    if (encrypted_seen) {
+        result = push_encrypted(b, room_id);
+        if (result)
+            return result;
+    }
     /* A room the bot just joined arrives with the events before its join:
      * that is history, neither answered nor greeted. */
     start = own_join(events, me);
@@ -476,18 +633,13 @@ static int parse_joined_room(struct matrix_batch *b, const char *room_id,
             result = parse_message(b, room_id, ev, state, events, me);
         } else if (strcmp(type, "m.room.member") == 0) {
             result = parse_member(b, room_id, ev);
-        } else if (strcmp(type, "m.room.encrypted") == 0 &&
-                   !encrypted_seen) {
-            struct matrix_item it;
-            int oom = 0;
-
-            encrypted_seen = 1;
-            memset(&it, 0, sizeof(it));
-            it.kind = MATRIX_ITEM_ENCRYPTED;
-            it.room_id = dup_opt(room_id, &oom);
-            if (oom)
-                return PARLEY_ERR_OOM;
-            result = batch_push(b, &it);
+        } else if (strcmp(type, "m.room.encrypted") == 0) {
+            if (!encrypted_seen) {
+                encrypted_seen = 1;
+                result = push_encrypted(b, room_id);
+            }
+            if (!result)
+                result = parse_cipher(b, room_id, ev, state, events, me);
         } else {
             b->n_skipped++;
         }
@@ -569,6 +721,33 @@ int matrix_sync_parse(const char *json, size_t len,
         cJSON_Delete(root);
         return PARLEY_ERR_OOM;
     }
+    /* End-to-end encryption: how many one-time keys the server still
+     * holds for us, and whether our fallback key was used. */
+    {
+        const cJSON *c = get_obj(root, "device_one_time_keys_count");
+        const cJSON *n = c ? cJSON_GetObjectItemCaseSensitive(
+                                 c, "signed_curve25519") : NULL;
+        const cJSON *fb = cJSON_GetObjectItemCaseSensitive(
+                              root, "device_unused_fallback_key_types");
+        const cJSON *t;
+
+        out->otk_count = -1;
+        out->fallback_unused = -1;
+        if (c)
+            out->otk_count = cJSON_IsNumber(n) && n->valuedouble >= 0 &&
+                             n->valuedouble <= 1e6 ?
+                             (long)n->valuedouble : 0;
+        if (cJSON_IsArray(fb)) {
+            out->fallback_unused = 0;
+            cJSON_ArrayForEach(t, fb)
+                if (cJSON_IsString(t) &&
+                    !strcmp(t->valuestring, "signed_curve25519"))
+                    out->fallback_unused = 1;
+        }
+    }
+    result = parse_to_device(out, root);
+    if (result)
+        goto done;
     rooms = get_obj(root, "rooms");
     join = rooms ? get_obj(rooms, "join") : NULL;
     invite = rooms ? get_obj(rooms, "invite") : NULL;

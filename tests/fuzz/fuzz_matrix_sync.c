@@ -36,7 +36,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             if (it->kind == MATRIX_ITEM_MESSAGE &&
                 (!it->text || !it->event_id))
                 abort();
+            if (it->kind == MATRIX_ITEM_CIPHERTEXT &&
+                (!it->cipher || !it->event_id))
+                abort();
         }
+        if (b.n_to_device > MATRIX_TO_DEVICE_MAX)
+            abort();
+        for (i = 0; i < b.n_to_device; i++)
+            if (!b.to_device[i].sender || !b.to_device[i].content)
+                abort();
     }
     matrix_batch_free(&b);
     return 0;

@@ -693,6 +693,28 @@ static void test_config(void **state)
     assert_non_null(strstr(err, "user_id: missing"));
     assert_non_null(strstr(err, "password_env or access_token_env"));
     matrix_config_free(&mc);
+
+    /* crypto_key_env names the pickle key's variable (E2EE); off when
+     * absent, and never the key itself. */
+    assert_int_equal(parse_cfg("adapters = ({ type = \"matrix\";\n"
+        "homeserver = \"https://m\"; user_id = \"@p:m\";\n"
+        "password_env = \"PW\"; crypto_key_env = \"MX_KEY\"; });\n",
+        &mc, err, sizeof(err)), PARLEY_OK);
+    assert_string_equal(mc.crypto_key_env, "MX_KEY");
+    matrix_config_free(&mc);
+    assert_int_equal(parse_cfg("adapters = ({ type = \"matrix\";\n"
+        "homeserver = \"https://m\"; user_id = \"@p:m\";\n"
+        "password_env = \"PW\"; });\n", &mc, err, sizeof(err)),
+        PARLEY_OK);
+    assert_null(mc.crypto_key_env);
+    matrix_config_free(&mc);
+    assert_int_equal(parse_cfg("adapters = ({ type = \"matrix\";\n"
+        "homeserver = \"https://m\"; user_id = \"@p:m\";\n"
+        "password_env = \"PW\";\ncrypto_key_env = \"s3cret key!\"; });\n",
+        &mc, err, sizeof(err)), PARLEY_ERR_CONFIG);
+    assert_non_null(strstr(err, ":4: adapters.[0].crypto_key_env:"));
+    assert_null(strstr(err, "s3cret"));
+    matrix_config_free(&mc);
 }
 
 int main(void)

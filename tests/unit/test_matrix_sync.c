@@ -228,8 +228,14 @@ static void test_members_and_encrypted(void **state)
         "{\"type\":\"m.room.encrypted\",\"event_id\":\"$x2\",\"sender\":"
         "\"@alice:localhost\",\"content\":{}}", &b), PARLEY_OK);
     /* The bot's own join (its greeting); Carol's join; her rename is not
-     * an arrival; one ENCRYPTED item per room and batch. */
-    assert_int_equal(b.n_items, 3);
+     * an arrival; one ENCRYPTED item per room and batch, then each
+     * encrypted event as a CIPHERTEXT item (content kept as JSON). */
+    assert_int_equal(b.n_items, 5);
+    assert_int_equal(b.items[3].kind, MATRIX_ITEM_CIPHERTEXT);
+    assert_string_equal(b.items[3].event_id, "$x1");
+    assert_string_equal(b.items[3].cipher, "{}");
+    assert_int_equal(b.items[4].kind, MATRIX_ITEM_CIPHERTEXT);
+    assert_string_equal(b.items[4].event_id, "$x2");
     assert_int_equal(b.items[0].kind, MATRIX_ITEM_JOIN);
     assert_string_equal(b.items[0].sender, "@parley:localhost");
     assert_int_equal(b.items[1].kind, MATRIX_ITEM_JOIN);
@@ -290,6 +296,67 @@ static void test_invite(void **state)
     assert_string_equal(b.items[0].sender, "@admin:localhost");
     assert_int_equal(b.items[0].is_direct, 1);
     matrix_batch_free(&b);
+}
+
+/* m.room.encryption in the state (a room joined or synced afresh) marks
+ * the room encrypted before its events: a greeting for a join in the same
+ * batch must not go out in plaintext. */
+static void test_encryption_state(void **state)
+{
+    static const char s[] =
+        "{\"next_batch\":\"n\",\"rooms\":{\"join\":{\"!e:localhost\":"
+        "{\"state\":{\"events\":[{\"type\":\"m.room.encryption\","
+        "\"state_key\":\"\",\"sender\":\"@alice:localhost\",\"content\":"
+        "{\"algorithm\":\"m.megolm.v1.aes-sha2\"}}]},"
+        "\"timeline\":{\"events\":[{\"type\":\"m.room.member\","
+        "\"state_key\":\"@bob:localhost\",\"sender\":\"@bob:localhost\","
+        "\"event_id\":\"$j\",\"content\":{\"membership\":\"join\"}},"
+        "{\"type\":\"m.room.encrypted\",\"event_id\":\"$x\",\"sender\":"
+        "\"@bob:localhost\",\"content\":{}}]}},"
+        "\"!p:localhost\":{\"state\":{\"events\":[{\"type\":"
+        "\"m.room.encryption\",\"state_key\":\"x\",\"content\":{}}]}}}}}";
+    struct matrix_batch b;
+    char err[128];
+
+    (void)state;
+    assert_int_equal(matrix_sync_parse(s, strlen(s), &me, &b, err,
+                                       sizeof(err)), PARLEY_OK);
+    assert_int_equal(b.n_items, 3);
+    assert_int_equal(b.items[0].kind, MATRIX_ITEM_ENCRYPTED);
+    assert_string_equal(b.items[0].room_id, "!e:localhost");
+    assert_int_equal(b.items[1].kind, MATRIX_ITEM_JOIN);
+    assert_int_equal(b.items[2].kind, MATRIX_ITEM_CIPHERTEXT);
+    matrix_batch_free(&b);
+}
+
+/* The E2EE key counters: top-ups are driven by them. */
+static void test_key_counts(void **state)
+{
+    static const struct { const char *json; long otk; int fb; } cases[] = {
+        { "{\"next_batch\":\"n\"}", -1, -1 },
+        { "{\"next_batch\":\"n\",\"device_one_time_keys_count\":"
+          "{\"signed_curve25519\":17},"
+          "\"device_unused_fallback_key_types\":[\"signed_curve25519\"]}",
+          17, 1 },
+        /* Synapse leaves out a zero count. */
+        { "{\"next_batch\":\"n\",\"device_one_time_keys_count\":{},"
+          "\"device_unused_fallback_key_types\":[]}", 0, 0 },
+        { "{\"next_batch\":\"n\",\"device_one_time_keys_count\":"
+          "{\"signed_curve25519\":-3},"
+          "\"device_unused_fallback_key_types\":[5,null]}", 0, 0 },
+    };
+    struct matrix_batch b;
+    char err[128];
+
+    (void)state;
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        assert_int_equal(matrix_sync_parse(cases[i].json,
+                                           strlen(cases[i].json), &me, &b,
+                                           err, sizeof(err)), PARLEY_OK);
+        assert_int_equal(b.otk_count, cases[i].otk);
+        assert_int_equal(b.fallback_unused, cases[i].fb);
+        matrix_batch_free(&b);
+    }
 }
 
 static void test_hostile(void **state)
@@ -407,6 +474,8 @@ int main(void)
         cmocka_unit_test(test_members_and_encrypted),
         cmocka_unit_test(test_history_before_own_join),
         cmocka_unit_test(test_invite),
+        cmocka_unit_test(test_encryption_state),
+        cmocka_unit_test(test_key_counts),
         cmocka_unit_test(test_hostile),
         cmocka_unit_test(test_invalid_utf8_body),
         cmocka_unit_test(test_deep_nesting),

@@ -1,0 +1,362 @@
+"""Matrix end-to-end encryption, the device identity, against the real
+Synapse from ../shared/synapse, checked with Debian's python3-olm (the
+library nio is built on) as an independent implementation:
+
+- with crypto_key_env set, the bot's device publishes device keys whose
+  ed25519 signature over the spec's canonical JSON verifies with olm, one-
+  time keys another user can claim (signed by the same key) and a
+  fallback key; the pickled account in Redis contains no key in clear and
+  the pickle key never reaches the log;
+- a restart keeps the same device and identity keys (the account comes
+  back from Redis) and uploads no new device;
+- a one-time key claimed by someone else is replaced (top-up from
+  device_one_time_keys_count);
+- a room created encrypted: the bot joins and sends nothing in plaintext
+  there (no greeting), and says once in its log why;
+- without the key: one clear log line, no device keys uploaded, and still
+  nothing in plaintext in an encrypted room.
+
+Skips (77) when Synapse or python3-olm is missing.
+"""
+
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import (Parley, Redis, Stub, Test, require_parley, run_cases,
+                     skip, stop, wait_until, write_config)
+from matrix_hs import Homeserver, q, require_homeserver
+
+try:
+    import olm
+except ImportError:
+    olm = None
+try:
+    import asyncio
+    import nio
+except ImportError:
+    nio = None
+
+KEY = "sk-test-matrix-e2ee-0123456789abcdef"
+PW = "bot-password-e2ee-77aa"
+PICKLE_KEY = "pickle-key-for-tests-3b9d0c7e5a1f"
+HS = None
+_n = [0]
+
+
+def uniq(prefix):
+    _n[0] += 1
+    return "%s%d%d" % (prefix, os.getpid() % 10000, _n[0])
+
+
+def canonical(obj):
+    o = {k: v for k, v in obj.items() if k not in ("signatures", "unsigned")}
+    return json.dumps(o, sort_keys=True, separators=(",", ":"),
+                      ensure_ascii=False)
+
+
+def claim(s, device):
+    _, j = s.alice.call("POST", "/keys/claim", {"one_time_keys": {
+        s.bot: {device: "signed_curve25519"}}})
+    (kid, kobj), = j["one_time_keys"][s.bot][device].items()
+    assert kid.startswith("signed_curve25519:"), kid
+    return kobj
+
+
+def verify(obj, user, device, ed_key):
+    sig = obj["signatures"][user]["ed25519:" + device]
+    olm.ed25519_verify(ed_key, canonical(obj), sig)   # raises if bad
+
+
+class Setup:
+    def __init__(self, t, with_key=True, stub_delay=None):
+        self.t = t
+        self.bot_client = HS.register(uniq("ebot"), PW)
+        self.bot = self.bot_client.user_id
+        self.alice = HS.register(uniq("alice"), "pw-alice")
+        self.redis = t.add(Redis(t.tmp).start())
+        self.stub = t.add(Stub(t.tmp, api_key=KEY, delay=stub_delay).start())
+        extra = 'crypto_key_env = "MX_TEST_PICKLE";' if with_key else ""
+        block = """{
+    type = "matrix";
+    homeserver = "%s";
+    user_id = "%s";
+    password_env = "MX_TEST_PASSWORD";
+    allow_invites_from = [ "%s" ];
+    greet_on_join = true;
+    sync_timeout_ms = 2000;
+    backoff_base_ms = 100;
+    backoff_max_ms = 800;
+    %s
+}""" % (HS.url, self.bot, self.alice.user_id, extra)
+        self.conf = write_config(t.tmp, self.stub.base_url, self.redis.port,
+                                 adapters=block, timeout_ms=5000,
+                                 max_retries=1, backoff_max_ms=200)
+        self.parley = None
+
+    def start(self):
+        self.parley = self.t.add(Parley(
+            ["-c", self.conf],
+            env={"TEST_OPENAI_KEY": KEY, "MX_TEST_PASSWORD": PW,
+                 "MX_TEST_PICKLE": PICKLE_KEY}).start())
+        wait_until(lambda: "syncing" in self.parley.stderr()
+                   or self.parley.proc.poll() is not None, 30,
+                   "parley to sync")
+        assert self.parley.proc.poll() is None, self.parley.stderr()[-3000:]
+        return self.parley
+
+    def err(self):
+        return self.parley.stderr()[-3000:] if self.parley else ""
+
+    def devices(self):
+        _, j = self.alice.call("POST", "/keys/query",
+                               {"device_keys": {self.bot: []}})
+        return j.get("device_keys", {}).get(self.bot, {})
+
+    def encrypted_room(self):
+        body = {"preset": "private_chat", "invite": [self.bot],
+                "initial_state": [{"type": "m.room.encryption",
+                                   "state_key": "",
+                                   "content": {"algorithm":
+                                               "m.megolm.v1.aes-sha2"}}]}
+        room = self.alice.call("POST", "/createRoom", body)[1]["room_id"]
+        wait_until(lambda: self.alice.membership(room, self.bot) == "join",
+                   20, "the bot to join; stderr=%s" % self.err())
+        return room
+
+    def plaintext_from_bot(self, room):
+        return [e for e in self.alice.timeline(room)
+                if e.get("sender") == self.bot
+                and e.get("type") == "m.room.message"]
+
+
+def test_device_keys_and_restart():
+    with Test() as t:
+        s = Setup(t)
+        p = s.start()
+        wait_until(lambda: "end-to-end encryption on" in p.stderr(), 20,
+                   "keys uploaded; stderr=%s" % s.err())
+        devs = wait_until(s.devices, 10, "device keys on the server")
+        assert len(devs) == 1, devs
+        device, dk = next(iter(devs.items()))
+        ed = dk["keys"]["ed25519:" + device]
+        curve = dk["keys"]["curve25519:" + device]
+        assert dk["user_id"] == s.bot and dk["device_id"] == device
+        assert set(dk["algorithms"]) == {"m.olm.v1.curve25519-aes-sha2",
+                                         "m.megolm.v1.aes-sha2"}
+        verify(dk, s.bot, device, ed)
+        assert ed in p.stderr()     # the operator can verify the device
+        assert PICKLE_KEY not in p.stderr()
+
+        # What Redis holds: the account pickle, no key in clear.
+        acct_keys = s.redis.cmd("KEYS", "*crypto*account*")
+        assert acct_keys, s.redis.cmd("KEYS", "*")
+        pickle = s.redis.cmd("GET", acct_keys[0])
+        pickle = pickle.decode() if isinstance(pickle, bytes) else pickle
+        assert pickle and ed not in pickle and curve not in pickle
+        assert PICKLE_KEY not in pickle
+
+        # Someone claims a one-time key: signed by the device.
+        _, j = s.alice.call("POST", "/keys/claim", {"one_time_keys": {
+            s.bot: {device: "signed_curve25519"}}})
+        claimed = j["one_time_keys"][s.bot][device]
+        (kid, kobj), = claimed.items()
+        assert kid.startswith("signed_curve25519:")
+        verify(kobj, s.bot, device, ed)
+        # A restart: same device, same keys, nothing new uploaded.
+        stop(p.proc)
+        p = s.start()
+        wait_until(lambda: "end-to-end encryption on" in p.stderr(), 20,
+                   "keys after restart; stderr=%s" % s.err())
+        assert "new identity" not in p.stderr()
+        devs2 = s.devices()
+        assert list(devs2) == [device], devs2
+        assert devs2[device]["keys"] == dk["keys"]
+
+        # Top-up: claims drain the one-time keys below half (50 were
+        # uploaded); the next syncs (every 2 s) refill them.  Without it,
+        # 9 would be left and then only the fallback key.
+        for _ in range(40):
+            claim(s, device)
+        time.sleep(6)
+        fresh = 0
+        for _ in range(300):
+            kobj = claim(s, device)
+            verify(kobj, s.bot, device, ed)
+            if kobj.get("fallback"):
+                break
+            fresh += 1
+        assert fresh >= 20, "only %d one-time keys after the drain; " \
+            "stderr=%s" % (fresh, s.err())
+        assert kobj.get("fallback"), "no fallback key published"
+
+        # An encrypted room: joined, nothing in plaintext, logged once.
+        room = s.encrypted_room()
+        s.alice.send(room, {"algorithm": "m.megolm.v1.aes-sha2",
+                            "ciphertext": "AwgA", "session_id": "x",
+                            "sender_key": "y", "device_id": "z"},
+                     evtype="m.room.encrypted")
+        wait_until(lambda: "no usable room key for" in p.stderr(), 20,
+                   "the undecryptable event noticed; stderr=%s" % s.err())
+        assert not s.plaintext_from_bot(room), s.plaintext_from_bot(room)
+
+
+async def nio_wait_answer(c, room, bot, question, timeout=40):
+    """Sync until the bot's answers to question decrypt; returns them
+    (nio decrypts m.room.encrypted into RoomMessageText)."""
+    deadline = time.time() + timeout
+    found = {}
+    while time.time() < deadline:
+        r = await c.sync(timeout=1000)
+        rooms = getattr(getattr(r, "rooms", None), "join", {}) or {}
+        for ev in getattr(rooms.get(room), "timeline", None) and \
+                rooms[room].timeline.events or []:
+            if getattr(ev, "sender", None) != bot:
+                continue
+            if isinstance(ev, nio.MegolmEvent):
+                raise AssertionError("an answer nio cannot decrypt: %r"
+                                     % ev.source)
+            rel = ev.source.get("content", {}).get("m.relates_to", {})
+            if rel.get("m.in_reply_to", {}).get("event_id") == question:
+                found[ev.event_id] = ev
+        if found:
+            await c.sync(timeout=2000)      # a duplicate would show now
+            return list(found.values())
+    raise AssertionError("no decryptable answer to %s" % question)
+
+
+async def nio_conversation(s, store, after_send):
+    """A person's encrypting client (matrix-nio over olm): log in, create
+    an encrypted direct chat with the bot, wait for it to join, send a
+    mention (nio claims the bot's one-time key and shares its Megolm
+    session over Olm first), read the encrypted answer; ask again, and
+    after_send(i) may kill parley meanwhile.  Returns (room, [answers per
+    question])."""
+    cfg = nio.AsyncClientConfig(encryption_enabled=True,
+                                store_sync_tokens=False)
+    c = nio.AsyncClient(HS.url, s.alice.user_id, store_path=store,
+                        config=cfg)
+    bot = s.bot
+    out = []
+    try:
+        r = await c.login("pw-alice")
+        assert isinstance(r, nio.LoginResponse), r
+        await c.sync(timeout=0, full_state=True)
+        if c.should_upload_keys:
+            await c.keys_upload()
+        r = await c.room_create(
+            invite=[bot], is_direct=True,
+            initial_state=[{"type": "m.room.encryption", "state_key": "",
+                            "content": {"algorithm":
+                                        "m.megolm.v1.aes-sha2"}}])
+        assert isinstance(r, nio.RoomCreateResponse), r
+        room = r.room_id
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            await c.sync(timeout=1000)
+            rm = c.rooms.get(room)
+            if rm and bot in rm.users:
+                break
+        else:
+            raise AssertionError("the bot did not join the encrypted DM")
+        for i in range(2):
+            if c.should_query_keys:
+                await c.keys_query()
+            r = await c.room_send(room, "m.room.message",
+                                  {"msgtype": "m.text",
+                                   "body": "question %d for Parley Bot" % i,
+                                   "m.mentions": {"user_ids": [bot]}},
+                                  ignore_unverified_devices=True)
+            assert isinstance(r, nio.RoomSendResponse), r
+            after_send(i)
+            out.append(await nio_wait_answer(c, room, bot, r.event_id))
+        return room, out
+    finally:
+        await c.close()
+
+
+def test_encrypted_dm_with_nio():
+    if nio is None:
+        print("skip test_encrypted_dm_with_nio: python3-matrix-nio missing")
+        return
+    with Test() as t:
+        s = Setup(t, stub_delay=1.0)
+        p = s.start()
+        wait_until(lambda: "end-to-end encryption on" in p.stderr(), 20,
+                   "keys uploaded; stderr=%s" % s.err())
+        store = os.path.join(t.tmp, "nio")
+        os.makedirs(store)
+        first = {}
+
+        def after_send(i):
+            """The second question: kill -9 while the model works on it,
+            then start again (same device, sessions from Redis)."""
+            if i != 1:
+                return
+            wait_until(lambda: any("question 1" in json.dumps(r["body"])
+                                   for r in s.stub.requests()), 20,
+                       "question 1 to reach the model; stderr=%s" % s.err())
+            first["stderr"] = s.parley.stderr()
+            s.parley.kill()
+            s.start()
+            wait_until(lambda: "end-to-end encryption on"
+                       in s.parley.stderr(), 20, "keys after restart")
+
+        room, answers = asyncio.run(nio_conversation(s, store, after_send))
+        # Exactly one decryptable answer to each question, the second
+        # across kill -9 and a restart (same device, stored sessions).
+        assert [len(a) for a in answers] == [1, 1], answers
+        log = first["stderr"]
+        assert "room key for %s from %s" % (room, s.alice.user_id) in log
+        assert "sharing a room key for %s" % room in log, log[-3000:]
+        assert "new identity" not in s.parley.stderr()
+        # Nothing from the bot in plaintext; its Megolm session is stored.
+        assert not s.plaintext_from_bot(room)
+        assert s.redis.cmd("KEYS", "*crypto*megolm_out*")
+        assert len(s.redis.cmd("KEYS", "*crypto*megolm_in*")) >= 1
+        assert PICKLE_KEY not in log + s.parley.stderr()
+
+
+def test_without_key():
+    with Test() as t:
+        s = Setup(t, with_key=False)
+        p = s.start()
+        assert "end-to-end encryption is off (no crypto_key_env)" \
+            in p.stderr(), s.err()
+        assert s.devices() == {} or all(
+            "keys" not in d for d in s.devices().values()), s.devices()
+        room = s.encrypted_room()
+        time.sleep(4)
+        assert not s.plaintext_from_bot(room), s.plaintext_from_bot(room)
+        assert "%s is encrypted" % room in p.stderr(), s.err()
+        # A plain room still gets its greeting (nothing else changed).
+        plain = s.alice.create_room(invite=[s.bot])
+        wait_until(lambda: s.plaintext_from_bot(plain), 20,
+                   "greeting in a plain room; stderr=%s" % s.err())
+
+
+def main():
+    global HS
+    code = 1
+    require_parley()
+    require_homeserver()
+    if olm is None:
+        skip("python3-olm is not installed (scripts/install-deps.sh --test)")
+    with Test() as t:
+        HS = t.add(Homeserver(t.tmp).start())
+        cases = [test_device_keys_and_restart, test_encrypted_dm_with_nio,
+                 test_without_key]
+        only = os.environ.get("MATRIX_CASES")
+        if only:
+            cases = [c for c in cases if c.__name__ in only.split(",")]
+        try:
+            run_cases(cases)
+        except SystemExit as e:
+            code = e.code
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()
