@@ -181,8 +181,7 @@ FIXTURE_FN char *xstrdup(const char *s)
 FIXTURE_FN int setup(void **state)
 {
     struct fixture *f = calloc(1, sizeof(*f));
-    char port[16], portfile[128], stub[512], url[64];
-    const char *data = getenv("PARLEY_TEST_DATA");
+    char url[64];
 
     assert_non_null(f);
     snprintf(f->dir, sizeof(f->dir), "/tmp/parley-router-XXXXXX");
@@ -191,29 +190,8 @@ FIXTURE_FN int setup(void **state)
     f->redis_pid = spawn_redis(f->redis_port, f->dir);
     assert_true(f->redis_pid > 0);
 
-    snprintf(portfile, sizeof(portfile), "%s/stub.port", f->dir);
-    snprintf(stub, sizeof(stub), "%s/integration/openai_stub.py",
-             data ? data : "tests");
-    {
-        char *argv[] = { "/usr/bin/python3", stub, "--port-file", portfile,
-                         NULL };
-        f->stub_pid = spawn_process(argv, NULL);
-    }
+    f->stub_pid = spawn_openai_stub(f->dir, NULL, NULL, &f->stub_port);
     assert_true(f->stub_pid > 0);
-    for (int i = 0; i < 500 && f->stub_port <= 0; i++) {
-        FILE *pf = fopen(portfile, "r");
-        struct timespec pause = { 0, 10 * 1000 * 1000 };
-
-        if (pf) {
-            if (fscanf(pf, "%d", &f->stub_port) != 1)
-                f->stub_port = 0;
-            fclose(pf);
-        }
-        if (f->stub_port <= 0)
-            nanosleep(&pause, NULL);
-    }
-    assert_true(f->stub_port > 0);
-    assert_int_equal(spawn_wait_port(f->stub_port, 5000), 0);
 
     assert_int_equal(config_defaults(&f->cfg), PARLEY_OK);
     snprintf(url, sizeof(url), "http://127.0.0.1:%d/v1", f->stub_port);
@@ -227,7 +205,6 @@ FIXTURE_FN int setup(void **state)
     f->cfg.llm.backoff_max_ms = 50;
     f->cfg.llm.timeout_ms = 5000;
     f->cfg.limits.user_requests_per_minute = 0;
-    (void)port;
 
     assert_int_equal(uv_loop_init(&f->uv), 0);
     assert_int_equal(loop_create(&f->loop, &f->uv), PARLEY_OK);

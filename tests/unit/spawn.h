@@ -126,4 +126,51 @@ static inline pid_t spawn_redis(int port, const char *dir)
     return pid;
 }
 
+/*
+ * The OpenAI stand-in (tests/integration/openai_stub.py, found through
+ * PARLEY_TEST_DATA) on a free port it picks and writes to dir/stub.port;
+ * extra arguments (NULL-terminated, may be NULL) are passed on, and its
+ * output goes to log_path (or /dev/null).  *port is set once it accepts
+ * connections.  Returns the pid, or -1 (nothing left running).
+ */
+static inline pid_t spawn_openai_stub(const char *dir, char *const extra[],
+                                      const char *log_path, int *port)
+{
+    char portfile[256], script[512];
+    const char *data = getenv("PARLEY_TEST_DATA");
+    char *argv[16] = { "/usr/bin/python3", script, "--port-file",
+                       portfile };
+    size_t n = 4;
+    pid_t pid;
+
+    *port = 0;
+    snprintf(portfile, sizeof(portfile), "%s/stub.port", dir);
+    snprintf(script, sizeof(script), "%s/integration/openai_stub.py",
+             data ? data : "tests");
+    for (size_t i = 0; extra && extra[i] && n + 1 < 16; i++)
+        argv[n++] = extra[i];
+    argv[n] = NULL;
+    pid = spawn_process(argv, log_path);
+    if (pid < 0)
+        return -1;
+    for (int i = 0; i < 500 && *port <= 0; i++) {
+        FILE *pf = fopen(portfile, "r");
+        struct timespec pause = { 0, 10 * 1000 * 1000 };
+
+        if (pf) {
+            if (fscanf(pf, "%d", port) != 1)
+                *port = 0;
+            fclose(pf);
+        }
+        if (*port <= 0)
+            nanosleep(&pause, NULL);
+    }
+    if (*port <= 0 || spawn_wait_port(*port, 5000) != 0) {
+        spawn_stop(pid);
+        *port = 0;
+        return -1;
+    }
+    return pid;
+}
+
 #endif

@@ -142,41 +142,22 @@ static int stub_count(void)
 
 static int group_setup(void **state)
 {
-    char portfile[128], logfile[128], script[512];
-    const char *data = getenv("PARLEY_TEST_DATA");
-    char *argv[] = { "/usr/bin/python3", script, "--port-file", portfile,
-                     "--api-key", KEY, "--log", logfile, NULL };
+    char logfile[128];
+    char *extra[] = { "--api-key", KEY, "--log", logfile, NULL };
 
     (void)state;
     (void)spawn_redis;      /* spawn.h is all static; unused here */
-    if (!data) {
+    if (!getenv("PARLEY_TEST_DATA")) {
         fprintf(stderr, "PARLEY_TEST_DATA is not set\n");
         return -1;
     }
     snprintf(tmpdir, sizeof(tmpdir), "/tmp/parley-llm-XXXXXX");
     if (!mkdtemp(tmpdir))
         return -1;
-    snprintf(script, sizeof(script), "%s/integration/openai_stub.py", data);
-    snprintf(portfile, sizeof(portfile), "%s/port", tmpdir);
     snprintf(logfile, sizeof(logfile), "%s/stub.log", tmpdir);
-    stub_pid = spawn_process(argv, logfile);
-    if (stub_pid < 0)
-        return -1;
-    for (int i = 0; i < 250 && stub_port <= 0; i++) {
-        FILE *f = fopen(portfile, "r");
-        struct timespec ts = { 0, 20 * 1000 * 1000 };
-
-        if (f) {
-            if (fscanf(f, "%d", &stub_port) != 1)
-                stub_port = 0;
-            fclose(f);
-        }
-        if (stub_port <= 0)
-            nanosleep(&ts, NULL);
-    }
-    if (stub_port <= 0 || spawn_wait_port(stub_port, 5000) != 0) {
+    stub_pid = spawn_openai_stub(tmpdir, extra, logfile, &stub_port);
+    if (stub_pid < 0) {
         fprintf(stderr, "openai_stub.py did not start (see %s)\n", logfile);
-        spawn_stop(stub_pid);
         return -1;
     }
     return 0;

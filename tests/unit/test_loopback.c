@@ -102,30 +102,8 @@ static void replace(char **field, const char *value)
 
 static void start_stub(struct fixture *f)
 {
-    char portfile[128], stub[512];
-    const char *data = getenv("PARLEY_TEST_DATA");
-    char *argv[] = { "/usr/bin/python3", stub, "--port-file", portfile,
-                     NULL };
-
-    snprintf(portfile, sizeof(portfile), "%s/stub.port", f->dir);
-    snprintf(stub, sizeof(stub), "%s/integration/openai_stub.py",
-             data ? data : "tests");
-    f->stub_pid = spawn_process(argv, NULL);
+    f->stub_pid = spawn_openai_stub(f->dir, NULL, NULL, &f->stub_port);
     assert_true(f->stub_pid > 0);
-    for (int i = 0; i < 500 && f->stub_port <= 0; i++) {
-        FILE *pf = fopen(portfile, "r");
-        struct timespec pause = { 0, 10 * 1000 * 1000 };
-
-        if (pf) {
-            if (fscanf(pf, "%d", &f->stub_port) != 1)
-                f->stub_port = 0;
-            fclose(pf);
-        }
-        if (f->stub_port <= 0)
-            nanosleep(&pause, NULL);
-    }
-    assert_true(f->stub_port > 0);
-    assert_int_equal(spawn_wait_port(f->stub_port, 5000), 0);
 }
 
 /* extra: more keys for the adapter block ("" for none). */
