@@ -40,8 +40,16 @@ struct event {
     int members;            /* room members when known (joins), else 0 */
 };
 
-/* Room keys are at most this long (prefix excluded). */
-#define EVENT_ROOM_KEY_MAX 512
+/*
+ * Room keys ("platform:account:room") are shorter than this, NUL included
+ * (the Redis key prefix excluded).  It fits the longest key real ids can
+ * make: Matrix ids are at most 255 bytes each (spec, "Identifier Grammar"),
+ * and with thread_context the room is "<room id>/<thread root>", so
+ * "matrix:" 7 + account 255 + ":" 1 + room 255 + "/" 1 + thread 255 = 774.
+ * Store keys built from a room key ("room:", "ctx:", "greeted:<key>:<user>"
+ * behind a prefix of up to 256 bytes) fit STORE_KEY_MAX (store.h).
+ */
+#define EVENT_ROOM_KEY_MAX 800
 
 /*
  * Write "platform:account:room" into buf.  Returns PARLEY_OK or

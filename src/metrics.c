@@ -53,6 +53,7 @@ static struct {
     unsigned long long answered[N_PLATFORMS];
     unsigned long long commands[N_COMMANDS];
     unsigned long long greetings;
+    unsigned long long matrix_skipped;
     unsigned long long llm_ok[N_STATUS], llm_err[N_STATUS];
     unsigned long long retries;
     unsigned long long tokens_in, tokens_out;
@@ -111,6 +112,13 @@ void metrics_greeting(void)
 {
     pthread_mutex_lock(&m.lock);
     m.greetings++;
+    pthread_mutex_unlock(&m.lock);
+}
+
+void metrics_matrix_event_skipped(void)
+{
+    pthread_mutex_lock(&m.lock);
+    m.matrix_skipped++;
     pthread_mutex_unlock(&m.lock);
 }
 
@@ -251,6 +259,10 @@ size_t metrics_render(char *buf, size_t len)
     emit(&o, "# HELP parley_greetings_total Greetings sent.\n"
          "# TYPE parley_greetings_total counter\n"
          "parley_greetings_total %llu\n", m.greetings);
+    emit(&o, "# HELP parley_matrix_events_skipped_total Matrix events the "
+         "router refused repeatedly, skipped so the sync goes on.\n"
+         "# TYPE parley_matrix_events_skipped_total counter\n"
+         "parley_matrix_events_skipped_total %llu\n", m.matrix_skipped);
     emit(&o, "# HELP parley_llm_requests_total Completions by outcome and "
          "last HTTP status (0: no answer).\n"
          "# TYPE parley_llm_requests_total counter\n");

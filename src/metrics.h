@@ -26,6 +26,9 @@ void metrics_message_answered(const char *platform);
 /* name without '!'; unknown names count as "other". */
 void metrics_command(const char *name);
 void metrics_greeting(void);
+/* A Matrix event given up after repeated refusals by the router (a
+ * poison event: it could never be recorded), so the sync moves on. */
+void metrics_matrix_event_skipped(void);
 /*
  * One finished completion: ok or not, the last HTTP status (0 = none),
  * requests sent (attempts - 1 are retries), seconds from the first try to

@@ -25,7 +25,9 @@ typedef void store_reply_fn(struct store *st, struct redisReply *reply,
 /* Called on every up/down transition (up = 1 after AUTH/SELECT). */
 typedef void store_state_fn(struct store *st, int up, void *privdata);
 
-#define STORE_KEY_MAX 1024
+/* Longest key, NUL included: prefix (256, CONFIG_NAME_MAX) + "greeted:" +
+ * a room key (EVENT_ROOM_KEY_MAX) + ":" + a 255-byte user id < 1536. */
+#define STORE_KEY_MAX 1536
 #define STORE_BACKOFF_MIN_MS 100
 #define STORE_BACKOFF_MAX_MS 5000
 

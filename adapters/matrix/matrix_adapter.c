@@ -12,7 +12,9 @@
  * one after the other, and next_batch is written only after every one was
  * accepted with PARLEY_OK; if Redis fails, the walk waits and resumes at
  * the same event, and a crash replays the batch from the old token (the
- * router's seen:<id> drops what it already has).  Answers are sent with a
+ * router's seen:<id> drops what it already has).  An event refused for a
+ * reason that cannot pass (matrix_poison.h) is skipped after a few tries
+ * instead, so one bad event cannot stop the account.  Answers are sent with a
  * txnId derived from the router's txn id (itself from the event id) and
  * the same access token and device as before a restart, so the homeserver
  * drops a resend of an answer that already went out.
@@ -43,6 +45,8 @@
 #include "loop.h"
 #include "matrix.h"
 #include "matrix_e2ee.h"
+#include "matrix_poison.h"
+#include "metrics.h"
 #include "random.h"
 #include "router.h"
 #include "state.h"
@@ -195,6 +199,7 @@ struct matrix {
     int walk_pending;               /* accepted() not yet called */
     int walk_async;                 /* the walk returned while pending */
     int walk_status;
+    struct matrix_poison poison;    /* refusals of the event at walk_i */
     size_t walk_member_i;           /* next batch.members to apply */
     unsigned long batch_serial;     /* counts batches, for members_batch */
     struct matrix_batch dec;        /* the decrypted walk item, if any */
@@ -1010,6 +1015,33 @@ static void members_done(const struct http_response *resp, void *priv)
     walk(m);
 }
 
+/*
+ * The router refused the event at walk_i.  Redis being away passes: pause
+ * the sync and offer the same event again (returns 0).  A refusal that
+ * comes back MATRIX_POISON_TRIES times for the same event can never
+ * succeed, and waiting would stop the whole account for good: the event
+ * is skipped, logged once and counted (returns 1, the walk goes on).
+ */
+static int walk_refused(struct matrix *m, int status)
+{
+    const struct matrix_item *it = &m->batch.items[m->walk_i];
+
+    if (matrix_poison_refused(&m->poison, m->batch_serial, m->walk_i,
+                              status) == MATRIX_POISON_SKIP) {
+        log_warn("matrix %s: event %s in %s refused %d times (%s): "
+                 "skipped, it is not answered", m->mc.account,
+                 it->event_id ? it->event_id : "(no id)",
+                 it->room_id ? it->room_id : "(no room)",
+                 MATRIX_POISON_TRIES, parley_status_name(status));
+        metrics_matrix_event_skipped();
+        return 1;
+    }
+    log_warn("matrix %s: event not recorded (%s); pausing the sync",
+             m->mc.account, parley_status_name(status));
+    ctl_later(m, mx_backoff(m, m->attempt < 30 ? m->attempt++ : 30));
+    return 0;
+}
+
 static void walk_accepted(int status, void *priv)
 {
     struct matrix *m = priv;
@@ -1021,12 +1053,8 @@ static void walk_accepted(int status, void *priv)
     m->walk_async = 0;
     if (m->stopped)
         return;
-    if (status != PARLEY_OK) {
-        log_warn("matrix %s: event not recorded (%s); pausing the sync",
-                 m->mc.account, parley_status_name(status));
-        ctl_later(m, mx_backoff(m, m->attempt < 30 ? m->attempt++ : 30));
+    if (status != PARLEY_OK && !walk_refused(m, status))
         return;
-    }
     m->walk_i++;
     walk(m);
 }
@@ -1370,14 +1398,9 @@ static void walk(struct matrix *m)
                 m->walk_async = 1;
                 return;         /* walk_accepted goes on */
             }
-            if (m->walk_status != PARLEY_OK) {
-                log_warn("matrix %s: event not recorded (%s); pausing the "
-                         "sync", m->mc.account,
-                         parley_status_name(m->walk_status));
-                ctl_later(m, mx_backoff(m, m->attempt < 30 ? m->attempt++
-                                                           : 30));
-                return;
-            }
+            if (m->walk_status != PARLEY_OK &&
+                !walk_refused(m, m->walk_status))
+                return;         /* paused: offered again later */
         }
         m->walk_i++;
     }

@@ -76,6 +76,31 @@ test_room_key_bounds(void **state)
     free(big);
 }
 
+/* The longest ids the Matrix spec allows (255 bytes each) with a thread
+ * room ("<room>/<thread root>", thread_context): the key fits, so the
+ * router never refuses such an event for its key (issue 12). */
+static void
+test_room_key_matrix_spec_max(void **state)
+{
+    char account[256], room[2 * 255 + 2], key[EVENT_ROOM_KEY_MAX];
+    struct event ev = { .platform = "matrix" };
+
+    (void)state;
+    memset(account, 'a', 255);
+    account[0] = '@';
+    account[255] = '\0';
+    memset(room, 'r', sizeof(room) - 1);
+    room[0] = '!';
+    room[255] = '/';
+    room[256] = '$';
+    room[sizeof(room) - 1] = '\0';
+    assert_int_equal(strlen(room), 511);
+    ev.account = account;
+    ev.room = room;
+    assert_int_equal(event_room_key(&ev, key, sizeof(key)), PARLEY_OK);
+    assert_int_equal(strlen(key), 7 + 255 + 1 + 511);
+}
+
 static void
 test_room_key_malformed(void **state)
 {
@@ -214,6 +239,7 @@ main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_room_key),
         cmocka_unit_test(test_room_key_bounds),
+        cmocka_unit_test(test_room_key_matrix_spec_max),
         cmocka_unit_test(test_room_key_malformed),
         cmocka_unit_test(test_dup_full),
         cmocka_unit_test(test_dup_sparse),

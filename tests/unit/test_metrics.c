@@ -60,6 +60,8 @@ static void render_counts_and_format(void **state)
     metrics_command("reset");
     metrics_command("nonsense");
     metrics_greeting();
+    metrics_matrix_event_skipped();
+    metrics_matrix_event_skipped();
     metrics_llm_done(1, 200, 1, 0.3, 100, 20);
     metrics_llm_done(1, 200, 3, 4.0, 50, 10);
     metrics_llm_done(0, 503, 5, 12.0, -1, -1);
@@ -84,6 +86,7 @@ static void render_counts_and_format(void **state)
     assert_non_null(strstr(buf, "parley_llm_requests_total{outcome=\"error\","
                            "status=\"503\"} 1\n"));
     assert_non_null(strstr(buf, "parley_llm_retries_total 6\n"));
+    assert_non_null(strstr(buf, "parley_matrix_events_skipped_total 2\n"));
     assert_non_null(strstr(buf, "parley_llm_tokens_total{direction=\"in\"} "
                            "150\n"));
     assert_non_null(strstr(buf, "parley_llm_latency_seconds_bucket"
