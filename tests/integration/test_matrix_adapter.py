@@ -15,8 +15,10 @@ first sync of an account not answering history, the access token logged
 out under parley's feet, a strict rate limit (every answer once, same
 txnId on retries), 5xx / hangs / dropped connections / malformed JSON
 from a fault-injecting proxy (backoff, no tight loop, nothing lost),
-Redis down (sync paused, nothing lost), and parley killed and restarted
-while messages arrive (exactly once).
+Redis down (sync paused, nothing lost), a poison event the router keeps
+refusing (skipped after 3 tries, logged once, counted; later messages
+answered), and parley killed and restarted while messages arrive
+(exactly once).
 
 Run one case: MATRIX_CASES=test_conversation.  Outside the CI layout
 (../shared/synapse beside the source), PARLEY_SYNAPSE_SH names
@@ -27,12 +29,15 @@ import json
 import os
 import re
 import signal
+import socket
 import sys
+import threading
 import time
+import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import (Parley, Redis, Stub, Test, require_parley, run_cases,
-                     stop, wait_until, write_config)
+from harness import (Parley, Redis, Stub, Test, free_port, require_parley,
+                     run_cases, stop, wait_until, write_config)
 from matrix_hs import (FaultProxy, Homeserver, q, relates, reply_target,
                        require_homeserver)
 
@@ -499,6 +504,139 @@ def test_redis_outage_pauses_sync():
         assert s.parley.proc.poll() is None
 
 
+class PoisonRedis:
+    """A RESP proxy in front of Redis, one command at a time per client
+    connection, that answers an EVAL whose arguments contain marker with
+    a bulk string (a reply the job-record script never gives): the store
+    reports PARLEY_ERR_PROTOCOL, a refusal that no waiting cures, as a
+    room key over EVENT_ROOM_KEY_MAX would be (Synapse's ids are too
+    short to make one).  Everything else is passed through."""
+
+    def __init__(self, upstream_port, marker):
+        self.upstream = upstream_port
+        self.marker = marker.encode()
+        self.poisoned = 0
+        self.lock = threading.Lock()
+        self.sock = None
+        self.port = None
+
+    def start(self):
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+        return self
+
+    def stop(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    def _accept(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(c,),
+                             daemon=True).start()
+
+    @staticmethod
+    def _line(f):
+        line = f.readline()
+        if not line:
+            raise EOFError
+        return line
+
+    def _reply(self, f):
+        """One whole RESP2 reply, raw."""
+        line = self._line(f)
+        if line[:1] == b"$":
+            n = int(line[1:])
+            return line + (f.read(n + 2) if n >= 0 else b"")
+        if line[:1] == b"*":
+            n = int(line[1:])
+            return line + b"".join(self._reply(f) for _ in range(max(n, 0)))
+        return line
+
+    def _serve(self, c):
+        try:
+            u = socket.create_connection(("127.0.0.1", self.upstream))
+        except OSError:
+            c.close()
+            return
+        cf, uf = c.makefile("rb"), u.makefile("rb")
+        try:
+            while True:
+                head = self._line(cf)
+                args, raw = [], head
+                for _ in range(int(head[1:])):
+                    ln = self._line(cf)
+                    data = cf.read(int(ln[1:]) + 2)
+                    raw += ln + data
+                    args.append(data[:-2])
+                if (args and args[0].upper() == b"EVAL" and
+                        any(self.marker in a for a in args)):
+                    with self.lock:
+                        self.poisoned += 1
+                    c.sendall(b"$6\r\npoison\r\n")
+                    continue
+                u.sendall(raw)
+                c.sendall(self._reply(uf))
+        except (EOFError, OSError, ValueError):
+            pass
+        finally:
+            c.close()
+            u.close()
+
+
+def test_poison_event_skipped():
+    """One event the router refuses for good (here its job record gets a
+    reply Redis never gives) used to stop the account: the batch was
+    walked again forever and nothing after it was answered.  Now it is
+    skipped after 3 refusals, logged once, counted in /metrics, and later
+    messages in the same room and in another room are answered."""
+    with Test() as t:
+        s = Setup(t)
+        proxy = t.add(PoisonRedis(s.redis.port, "POISON-c0ffee").start())
+        mport = free_port()
+        block = open(s.conf).read().split("adapters = (", 1)[1]
+        block = block.rsplit(");", 1)[0]
+        s.conf = write_config(
+            t.tmp, s.stub.base_url, proxy.port, adapters=block,
+            timeout_ms=5000, max_retries=1, backoff_max_ms=200,
+            extra='metrics = { listen = "127.0.0.1:%d"; };' % mport)
+        s.start()
+        alice = s.people["alice"]
+        room = s.room_with("alice")
+        alice.wait_messages_from(room, s.bot, 1)
+        other = s.room_with("alice")
+        alice.wait_messages_from(other, s.bot, 1)
+        bad = alice.say(room, "POISON-c0ffee are you there", mentions=[s.bot])
+        ev = alice.say(room, "after the poison", mentions=[s.bot])
+        ev2 = alice.say(other, "in another room", mentions=[s.bot])
+        s.wait_answer_to("alice", room, ev, timeout=30)
+        s.wait_answer_to("alice", other, ev2, timeout=30)
+        time.sleep(1)
+        assert not any(reply_target(e) == bad
+                       for e in s.answers("alice", room))
+        assert proxy.poisoned == 3, proxy.poisoned
+        skipped = [ln for ln in s.parley.stderr().splitlines()
+                   if "refused 3 times" in ln]
+        assert len(skipped) == 1, skipped
+        assert bad in skipped[0], skipped
+        with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % mport,
+                                    timeout=5) as r:
+            body = r.read().decode()
+        assert "parley_matrix_events_skipped_total 1\n" in body, body
+        # The sync position moved past the poison event.
+        assert s.redis.cmd("EXISTS", "t:sync:" + s.bot) == 1
+        assert s.parley.proc.poll() is None
+
+
 def test_answer_over_event_limit():
     """An answer far over 64 KiB goes out as one event the real server
     accepts (HTML dropped, body cut on a character boundary); a 413
@@ -577,7 +715,8 @@ def main():
                  test_first_sync_is_history,
                  test_token_logged_out,
                  test_rate_limited_sends, test_faults_backoff,
-                 test_redis_outage_pauses_sync, test_restart_exactly_once,
+                 test_redis_outage_pauses_sync, test_poison_event_skipped,
+                 test_restart_exactly_once,
                  test_answer_over_event_limit, test_server_spells_user_id]
         only = os.environ.get("MATRIX_CASES")
         if only:
