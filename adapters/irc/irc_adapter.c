@@ -2,8 +2,9 @@
  * The IRC adapter: one libircclient session per configured network,
  * driven from the libuv loop, behind the TLS/CAP/SASL transport.  It turns
  * channel and query messages into struct event (platform "irc", account =
- * network name, room = case-folded channel, or the sender's folded nick
- * for a query), keeps channel membership for operator checks and the
+ * network name, room = case-folded channel; people are keyed by their
+ * services account where the server says it, see "Who is who" below),
+ * keeps channel membership for operator checks and the
  * member counts it reports with joins (the router decides greetings), and
  * sends answers as PRIVMSG lines split to fit 512 bytes, paced by a token
  * bucket and shared fairly between channels and the people answered.
@@ -16,6 +17,21 @@
  * The library's callbacks never tear the session down themselves: a lost
  * connection is handled after irc_process_select_descriptors returns, or
  * from the transport's callback, which never runs inside the library.
+ *
+ * Who is who (issue 12): a nick is not a person, whoever takes it next
+ * would inherit its private history and limits.  The account of each
+ * channel member is tracked from extended-join, account-notify (ACCOUNT)
+ * and WHOX replies; a person with an account is sender "~account" and
+ * their query room is "~account" (nicks never contain '~', so neither
+ * key can be a nick's).  A person
+ * without a known account is sender = nick, and their query room is
+ * "nick~token" with a random token the adapter keeps per nick while it
+ * can see that the nick stays with one connection: it is forgotten on
+ * QUIT, on a NICK away from or onto it, when the nick joins while
+ * unseen in every shared channel, leaves the last shared channel, after
+ * IRC_QUERY_IDLE_MS without a message, and on restart.  A new holder
+ * gets a new token and so an empty history; an answer for a room whose
+ * token is gone is dropped rather than sent to the new holder.
  */
 #include <arpa/inet.h>
 #include <limits.h>
@@ -57,6 +73,12 @@
 #define IRC_MORE_SLOTS 64
 /* Incoming text after UTF-8 repair: Latin-1 doubles a 512-byte line. */
 #define IRC_TEXT_MAX 1100
+/* Nick-keyed query rooms of people without an account, and how long one
+ * lives without a message (see "Who is who"). */
+#define IRC_QUERY_SLOTS 256
+#define IRC_QUERY_IDLE_MS (60 * 60 * 1000)
+/* WHOX query token, to tell our replies from others'. */
+#define IRC_WHOX_TOKEN "152"
 /* Housekeeping tick: rejoins and nick regain. */
 #define IRC_TICK_MS 500
 /* CTCP answers are skipped while this many lines wait, so a CTCP flood
@@ -74,7 +96,17 @@
 
 struct irc_member {
     char nick[IRC_NICK_MAX];    /* case-folded */
+    char account[IRC_NICK_MAX]; /* case-folded services account, "" when
+                                   none or not known */
     int op;
+};
+
+/* The current holder of a nick without an account: its query room is
+ * "nick~tok" (see "Who is who"). */
+struct irc_query {
+    char nick[IRC_NICK_MAX];    /* case-folded; "" = free slot */
+    char tok[17];               /* random hex */
+    uint64_t seen;              /* loop_now_ms of the last message */
 };
 
 struct irc_chan {
@@ -144,6 +176,8 @@ struct irc_ad {
     struct irc_chan chans[IRC_MAX_CHANNELS];
     size_t n_chans;
     struct irc_more more[IRC_MORE_SLOTS];
+    struct irc_query query[IRC_QUERY_SLOTS];
+    int whox;                   /* ISUPPORT WHOX */
 
     struct irc_queue *queue;
     struct irc_bucket bucket;
@@ -242,6 +276,7 @@ static struct irc_member *member_add(struct irc_ad *a, struct irc_chan *c,
     snprintf(m->nick, sizeof(m->nick), "%s", nick);
     irc_casefold(a->casemap, m->nick);
     m->op = 0;
+    m->account[0] = '\0';
     return m;
 }
 
@@ -253,6 +288,164 @@ static void member_remove(struct irc_ad *a, struct irc_chan *c,
     if (!m)
         return;
     *m = c->m[--c->n_m];
+}
+
+/* The account of nick from any shared channel, or NULL. */
+static const char *account_of(struct irc_ad *a, const char *nick)
+{
+    size_t i;
+
+    for (i = 0; i < a->n_chans; i++) {
+        struct irc_member *m = member_find(a, &a->chans[i], nick);
+
+        if (m && m->account[0])
+            return m->account;
+    }
+    return NULL;
+}
+
+/* 1 when nick is a member of any channel the bot tracks. */
+static int member_anywhere(struct irc_ad *a, const char *nick)
+{
+    size_t i;
+
+    for (i = 0; i < a->n_chans; i++)
+        if (member_find(a, &a->chans[i], nick))
+            return 1;
+    return 0;
+}
+
+/* The current nick of a folded account, or NULL. */
+static const char *nick_of_account(struct irc_ad *a, const char *account)
+{
+    size_t i, j;
+
+    for (i = 0; i < a->n_chans; i++)
+        for (j = 0; j < a->chans[i].n_m; j++)
+            if (a->chans[i].m[j].account[0] &&
+                !irc_casecmp(a->casemap, a->chans[i].m[j].account, account))
+                return a->chans[i].m[j].nick;
+    return NULL;
+}
+
+/* Record nick's account ("*", "0" or "" = none) in every shared channel.
+ * An account too long for the key is treated as none. */
+static void account_set(struct irc_ad *a, const char *nick,
+                        const char *account)
+{
+    size_t i;
+    int none = !account || !account[0] || !strcmp(account, "*") ||
+               !strcmp(account, "0") || strlen(account) + 1 >= IRC_NICK_MAX ||
+               strpbrk(account, " ,\r\n\a\x01~");
+
+    for (i = 0; i < a->n_chans; i++) {
+        struct irc_member *m = member_find(a, &a->chans[i], nick);
+
+        if (!m)
+            continue;
+        if (none) {
+            m->account[0] = '\0';
+        } else {
+            snprintf(m->account, sizeof(m->account), "%s", account);
+            irc_casefold(a->casemap, m->account);
+        }
+    }
+}
+
+static struct irc_query *query_find(struct irc_ad *a, const char *nick)
+{
+    size_t i;
+
+    for (i = 0; i < IRC_QUERY_SLOTS; i++)
+        if (a->query[i].nick[0] &&
+            !irc_casecmp(a->casemap, a->query[i].nick, nick))
+            return &a->query[i];
+    return NULL;
+}
+
+/* The nick changed hands, or may have: its next holder starts afresh. */
+static void query_forget(struct irc_ad *a, const char *nick)
+{
+    struct irc_query *q = query_find(a, nick);
+
+    if (q)
+        memset(q, 0, sizeof(*q));
+}
+
+/* The token of nick's current holder, made when there is none (or it
+ * idled out); the least recently used slot is reused when all are
+ * taken, which only costs that person their short history. */
+static const char *query_token(struct irc_ad *a, const char *nick)
+{
+    struct irc_query *q = query_find(a, nick);
+    uint64_t now = now_ms(a);
+    unsigned char raw[8];
+    size_t i;
+
+    if (q && now - q->seen > IRC_QUERY_IDLE_MS)
+        memset(q, 0, sizeof(*q));
+    else if (q) {
+        q->seen = now;
+        return q->tok;
+    }
+    q = &a->query[0];
+    for (i = 0; i < IRC_QUERY_SLOTS; i++) {
+        if (!a->query[i].nick[0]) {
+            q = &a->query[i];
+            break;
+        }
+        if (a->query[i].seen < q->seen)
+            q = &a->query[i];
+    }
+    if (random_bytes(raw, sizeof(raw)) != PARLEY_OK) {
+        uint64_t r = random_u64();
+
+        memcpy(raw, &r, sizeof(raw));
+    }
+    snprintf(q->nick, sizeof(q->nick), "%s", nick);
+    irc_casefold(a->casemap, q->nick);
+    for (i = 0; i < sizeof(raw); i++)
+        snprintf(q->tok + 2 * i, 3, "%02x", raw[i]);
+    q->seen = now;
+    return q->tok;
+}
+
+/*
+ * Where a room's answer goes: a channel as is; "~account" to the nick
+ * that has the account now; "nick~token" to nick while the token is
+ * still its holder's; anything else is a plain nick.  Returns 0, or -1
+ * when nobody the answer is meant for can be reached.
+ */
+static int room_target(struct irc_ad *a, const char *room, char *out,
+                       size_t outlen)
+{
+    const char *tilde = strchr(room, '~');
+
+    if (irc_is_channel(room, a->chantypes) || !tilde) {
+        snprintf(out, outlen, "%s", room);
+        return 0;
+    }
+    if (tilde == room) {
+        const char *nick = nick_of_account(a, room + 1);
+
+        if (!nick)
+            return -1;
+        snprintf(out, outlen, "%s", nick);
+        return 0;
+    }
+    {
+        char nick[IRC_NICK_MAX];
+        struct irc_query *q;
+
+        if ((size_t)(tilde - room) >= sizeof(nick))
+            return -1;
+        snprintf(nick, sizeof(nick), "%.*s", (int)(tilde - room), room);
+        q = query_find(a, nick);
+        if (!q || strcmp(q->tok, tilde + 1))
+            return -1;
+        snprintf(out, outlen, "%s", nick);
+        return 0;
+    }
 }
 
 /* 1 when c ranks at or above op in a PREFIX list (ISUPPORT lists ranks
@@ -499,6 +692,8 @@ static int irc_send(struct adapter *ad, const char *room,
     struct irc_more *m;
     struct irc_job *job;
     char folded[IRC_CHANNEL_MAX + 1], asker[IRC_NICK_MAX] = "";
+    char target[IRC_CHANNEL_MAX + 1];
+    const char *mention = reply ? reply->mention : NULL;
     char *plain;
     size_t budget;
     int result;
@@ -510,10 +705,24 @@ static int irc_send(struct adapter *ad, const char *room,
         return PARLEY_ERR_OTHER;
     snprintf(folded, sizeof(folded), "%s", room);
     irc_casefold(a->casemap, folded);
+    if (room_target(a, folded, target, sizeof(target))) {
+        /* The person left, or the nick has a new holder: never give
+         * them an answer meant for someone else. */
+        log_info("irc %s: answer for %s dropped: its person is gone",
+                 a->cfg.name, room);
+        if (done)
+            done(PARLEY_OK, privdata);
+        return PARLEY_OK;
+    }
     /* The person answered owns the answer's share of the queue and its
-     * remainder; answers that name nobody share "". */
-    if (reply->mention && irc_config_nick_valid(reply->mention)) {
-        snprintf(asker, sizeof(asker), "%s", reply->mention);
+     * remainder; answers that name nobody share "".  A "~account"
+     * sender is mentioned by the nick that has the account now. */
+    if (mention && mention[0] == '~') {
+        snprintf(asker, sizeof(asker), "%s", mention);
+        irc_casefold(a->casemap, asker);
+        mention = nick_of_account(a, mention + 1);
+    } else if (mention && irc_config_nick_valid(mention)) {
+        snprintf(asker, sizeof(asker), "%s", mention);
         irc_casefold(a->casemap, asker);
     }
     plain = irc_markdown_to_plain(reply->text);
@@ -521,24 +730,24 @@ static int irc_send(struct adapter *ad, const char *room,
         return PARLEY_ERR_OOM;
     /* In a channel, address the person answered ("alice: ..."), as IRC
      * users do; only a plausible nick is used. */
-    if (reply->mention && irc_is_channel(room, a->chantypes) &&
-        irc_config_nick_valid(reply->mention) &&
-        irc_casecmp(a->casemap, reply->mention, a->nick)) {
-        size_t ml = strlen(reply->mention), pl = strlen(plain);
+    if (mention && irc_is_channel(room, a->chantypes) &&
+        irc_config_nick_valid(mention) &&
+        irc_casecmp(a->casemap, mention, a->nick)) {
+        size_t ml = strlen(mention), pl = strlen(plain);
         char *with = malloc(ml + 2 + pl + 1);
 
         if (!with) {
             free(plain);
             return PARLEY_ERR_OOM;
         }
-        memcpy(with, reply->mention, ml);
+        memcpy(with, mention, ml);
         memcpy(with + ml, ": ", 2);
         memcpy(with + ml + 2, plain, pl + 1);
         free(plain);
         plain = with;
     }
     budget = irc_text_budget("PRIVMSG", a->nick[0] ? a->nick : a->cfg.nick,
-                             bot_userlen(a), bot_hostlen(a), room);
+                             bot_userlen(a), bot_hostlen(a), target);
     m = more_slot(a, folded, asker, 1);
     irc_lines_free(&m->lines);
     m->pos = 0;
@@ -562,7 +771,7 @@ static int irc_send(struct adapter *ad, const char *room,
     }
     job->done = done;
     job->privdata = privdata;
-    result = more_send(a, m, room, job);
+    result = more_send(a, m, target, job);
     if (result != PARLEY_OK) {
         free(job);
         if (m->target[0])
@@ -586,6 +795,7 @@ static int irc_more(struct adapter *ad, const char *room, const char *sender)
     struct irc_ad *a = ad->priv;
     struct irc_more *m = NULL;
     char folded[IRC_CHANNEL_MAX + 1], asker[IRC_NICK_MAX];
+    char target[IRC_CHANNEL_MAX + 1];
     int result;
 
     if (a->stopping)
@@ -604,7 +814,11 @@ static int irc_more(struct adapter *ad, const char *room, const char *sender)
         m = more_slot(a, folded, "", 0);
     if (!m)
         return PARLEY_ERR_STATE;
-    result = more_send(a, m, room, NULL);
+    if (room_target(a, folded, target, sizeof(target))) {
+        more_release(m);
+        return PARLEY_ERR_STATE;
+    }
+    result = more_send(a, m, target, NULL);
     if (result == PARLEY_ERR_TOO_LARGE)
         queue_full_warn(a, room, m->asker);
     if (result != PARLEY_OK)
@@ -712,6 +926,9 @@ static void session_teardown(struct irc_ad *a)
         a->chans[i].names_open = 0;
         chan_clear_members(&a->chans[i]);
     }
+    /* While disconnected every nick may change hands unseen. */
+    memset(a->query, 0, sizeof(a->query));
+    a->whox = 0;
     a->base.connected = 0;
     loop_timer_stop(a->flood_timer);
 }
@@ -962,6 +1179,8 @@ static void isupport_token(struct irc_ad *a, const char *tok)
             if (*p == ',')
                 p++;
         }
+    } else if (KEY("WHOX")) {
+        a->whox = 1;
     } else if (KEY("USERLEN")) {
         long v = strtol(val, NULL, 10);
 
@@ -1031,6 +1250,11 @@ static void ev_numeric(irc_session_t *s, unsigned code, const char *origin,
     case 353:
         names_reply(a, p, n);
         break;
+    case 354:
+        /* WHOX "%tna": me token nick account ("0" = none). */
+        if (n >= 4 && !strcmp(p[1], IRC_WHOX_TOKEN))
+            account_set(a, p[2], p[3]);
+        break;
     case 366:
         if (n >= 2) {
             struct irc_chan *c = chan_find(a, p[1]);
@@ -1086,6 +1310,10 @@ static void ev_nick(irc_session_t *s, const char *e, const char *origin,
         snprintf(a->nick, sizeof(a->nick), "%s", p[0]);
         log_info("irc %s: now known as %s", a->cfg.name, a->nick);
     }
+    /* Both nicks change hands: the old one is free for anyone, the new
+     * one may have had an unseen holder. */
+    query_forget(a, old);
+    query_forget(a, p[0]);
     for (i = 0; i < a->n_chans; i++) {
         struct irc_member *m = member_find(a, &a->chans[i], old);
 
@@ -1096,22 +1324,42 @@ static void ev_nick(irc_session_t *s, const char *e, const char *origin,
     }
 }
 
+/* account-notify: ":nick!u@h ACCOUNT name" ("*" = logged out).  The
+ * connection stays the same, so the nick keeps its holder. */
+static void ev_unknown(irc_session_t *s, const char *e, const char *origin,
+                       const char **p, unsigned n)
+{
+    struct irc_ad *a = ad_of(s);
+    char nick[IRC_NICK_MAX];
+
+    if (!e || strcmp(e, "ACCOUNT") || !origin || n < 1 ||
+        irc_prefix_nick(origin, nick, sizeof(nick)))
+        return;
+    account_set(a, nick, p[0]);
+}
+
 /* Report a join, a fact: the router decides whether to greet (greet
  * settings, room overrides, cooldown, member count). */
 static void submit_join(struct irc_ad *a, struct irc_chan *c,
                         const char *nick, int self, int from_bot)
 {
     struct event ev;
+    const char *account = account_of(a, nick);
+    char sender[IRC_NICK_MAX + 1];
 
     /* While quitting the router is already closed. */
     if (a->stopping)
         return;
+    if (account)
+        snprintf(sender, sizeof(sender), "~%s", account);
+    else
+        snprintf(sender, sizeof(sender), "%s", nick);
     memset(&ev, 0, sizeof(ev));
     ev.kind = EVENT_JOIN;
     ev.platform = "irc";
     ev.account = a->cfg.name;
     ev.room = c->folded;
-    ev.sender = nick;
+    ev.sender = sender;
     ev.sender_name = nick;
     ev.self = self;
     ev.from_bot = from_bot;
@@ -1145,6 +1393,10 @@ static void ev_join(irc_session_t *s, const char *e, const char *origin,
         }
         log_info("irc %s: joined %s", a->cfg.name, c->name);
         member_add(a, c, nick);
+        /* The accounts of those already there (extended-join and
+         * account-notify only tell about changes from now on). */
+        if (a->whox)
+            irc_send_raw(a->sess, "WHO %s %%tna," IRC_WHOX_TOKEN, c->name);
         submit_join(a, c, nick, 1, 0);
         flood_pump(a);
         return;
@@ -1152,7 +1404,18 @@ static void ev_join(irc_session_t *s, const char *e, const char *origin,
     c = chan_find(a, p[0]);
     if (!c || !c->joined)
         return;
+    /* Unseen until now, the nick may have changed hands meanwhile. */
+    if (!member_anywhere(a, nick))
+        query_forget(a, nick);
     member_add(a, c, nick);
+    /* extended-join: "JOIN #chan account :realname", "*" = none. */
+    if (n >= 3) {
+        const char *before = account_of(a, nick);
+
+        if (before && irc_casecmp(a->casemap, before, p[1]))
+            query_forget(a, nick);
+        account_set(a, nick, p[1]);
+    }
     submit_join(a, c, nick, 0,
                 mask_list_match(a, a->cfg.bots, a->cfg.n_bots, origin));
 }
@@ -1177,6 +1440,9 @@ static void ev_part(irc_session_t *s, const char *e, const char *origin,
         return;
     }
     member_remove(a, c, nick);
+    /* Out of sight: a later QUIT or NICK would go unseen. */
+    if (!member_anywhere(a, nick))
+        query_forget(a, nick);
 }
 
 static void ev_quit(irc_session_t *s, const char *e, const char *origin,
@@ -1193,6 +1459,7 @@ static void ev_quit(irc_session_t *s, const char *e, const char *origin,
         return;
     for (i = 0; i < a->n_chans; i++)
         member_remove(a, &a->chans[i], nick);
+    query_forget(a, nick);
 }
 
 static void ev_kick(irc_session_t *s, const char *e, const char *origin,
@@ -1210,6 +1477,8 @@ static void ev_kick(irc_session_t *s, const char *e, const char *origin,
         return;
     if (irc_casecmp(a->casemap, p[1], a->nick)) {
         member_remove(a, c, p[1]);
+        if (!member_anywhere(a, p[1]))
+            query_forget(a, p[1]);
         return;
     }
     log_warn("irc %s: kicked from %s (%s)", a->cfg.name, c->name,
@@ -1293,8 +1562,8 @@ static void handle_message(struct irc_ad *a, const char *origin,
                            const char *target, const char *raw, int action)
 {
     char nick[IRC_NICK_MAX], text[IRC_TEXT_MAX], room[IRC_CHANNEL_MAX + 1];
-    char body[IRC_TEXT_MAX + IRC_NICK_MAX + 4];
-    const char *rest = NULL;
+    char body[IRC_TEXT_MAX + IRC_NICK_MAX + 4], sender[IRC_NICK_MAX + 1];
+    const char *rest = NULL, *account;
     int is_chan, addressed, command;
     struct irc_chan *c = NULL;
     struct event ev;
@@ -1312,11 +1581,20 @@ static void handle_message(struct irc_ad *a, const char *origin,
         c = chan_find(a, target);
         if (!c)
             return;
-        snprintf(room, sizeof(room), "%s", c->folded);
-    } else {
-        snprintf(room, sizeof(room), "%s", nick);
-        irc_casefold(a->casemap, room);
     }
+    /* "Who is who" at the top of this file. */
+    account = account_of(a, nick);
+    if (account)
+        snprintf(sender, sizeof(sender), "~%s", account);
+    else
+        snprintf(sender, sizeof(sender), "%s", nick);
+    if (is_chan)
+        snprintf(room, sizeof(room), "%s", c->folded);
+    else if (account)
+        snprintf(room, sizeof(room), "%s", sender);
+    else
+        snprintf(room, sizeof(room), "%s~%s", nick, query_token(a, nick));
+    irc_casefold(a->casemap, room);
     len = irc_utf8_from_irc(raw, strlen(raw), text, sizeof(text));
     (void)len;
     irc_strip_formatting(text);
@@ -1350,7 +1628,7 @@ static void handle_message(struct irc_ad *a, const char *origin,
     ev.platform = "irc";
     ev.account = a->cfg.name;
     ev.room = room;
-    ev.sender = nick;
+    ev.sender = sender;
     ev.sender_name = nick;
     ev.text = body;
     ev.addressed = addressed;
@@ -1717,6 +1995,7 @@ int irc_adapter_create(struct adapter **out, const struct adapter_env *env,
     cb.event_ctcp_req = ev_ctcp;
     cb.event_ctcp_action = ev_action;
     cb.event_numeric = ev_numeric;
+    cb.event_unknown = ev_unknown;
     a->sess = irc_create_session(&cb);
     if (!a->sess) {
         snprintf(err, errlen, "irc adapter: cannot create a libircclient "

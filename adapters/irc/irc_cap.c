@@ -117,8 +117,15 @@ static int cap_handle_cap(struct irc_cap *c, const struct irc_msg *m)
         const char *val = NULL;
         size_t vlen = 0;
         int more = m->n_params >= 4 && !strcmp(m->params[2], "*");
+        char req[80];
 
         list = more ? m->params[3] : m->params[2];
+        /* A multi-line LS spreads the offer over lines: remember what
+         * was seen and ask once, after the last line. */
+        if (cap_has(list, "account-notify", NULL, NULL))
+            c->offer_account_notify = 1;
+        if (cap_has(list, "extended-join", NULL, NULL))
+            c->offer_extended_join = 1;
         if (c->sasl && cap_has(list, "sasl", &val, &vlen)) {
             char mechs[128];
 
@@ -129,21 +136,34 @@ static int cap_handle_cap(struct irc_cap *c, const struct irc_msg *m)
                     return 1;
                 }
             }
-            c->send(c->ctx, "CAP REQ :sasl", 0);
-            c->state = IRC_CAP_REQ;
-            return 1;
+            c->offer_sasl = 1;
         }
         if (more)
             return 1;
-        if (c->sasl) {
+        if (c->sasl && !c->offer_sasl) {
             irc_cap_fail(c, "SASL is configured but the server does not "
                             "offer the sasl capability");
             return 1;
         }
-        cap_end(c);
+        snprintf(req, sizeof(req), "CAP REQ :%s%s%s",
+                 c->offer_sasl ? "sasl " : "",
+                 c->offer_account_notify ? "account-notify " : "",
+                 c->offer_extended_join ? "extended-join " : "");
+        if (!strcmp(req, "CAP REQ :")) {
+            cap_end(c);
+            return 1;
+        }
+        req[strlen(req) - 1] = '\0';   /* the last space */
+        c->send(c->ctx, req, 0);
+        c->req_extras = c->offer_account_notify || c->offer_extended_join;
+        c->state = IRC_CAP_REQ;
         return 1;
     }
     if (!strcmp(sub, "ACK") && c->state == IRC_CAP_REQ) {
+        if (cap_has(m->params[2], "account-notify", NULL, NULL))
+            c->account_notify = 1;
+        if (cap_has(m->params[2], "extended-join", NULL, NULL))
+            c->extended_join = 1;
         if (cap_has(m->params[2], "sasl", NULL, NULL)) {
             c->send(c->ctx, "AUTHENTICATE PLAIN", 0);
             c->state = IRC_CAP_SASL;
@@ -153,6 +173,17 @@ static int cap_handle_cap(struct irc_cap *c, const struct irc_msg *m)
         return 1;
     }
     if (!strcmp(sub, "NAK") && c->state == IRC_CAP_REQ) {
+        /* A REQ is all or nothing: when the account capabilities made it
+         * fail, ask again for what is needed (sasl) or go without. */
+        if (c->req_extras) {
+            c->req_extras = 0;
+            if (c->sasl) {
+                c->send(c->ctx, "CAP REQ :sasl", 0);
+                return 1;
+            }
+            cap_end(c);
+            return 1;
+        }
         irc_cap_fail(c, "the server refused the sasl capability (CAP NAK)");
         return 1;
     }

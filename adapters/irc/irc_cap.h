@@ -6,8 +6,11 @@
  * Unlike pounce, failures are returned to the caller (which logs them and
  * reconnects with backoff) instead of exiting.  Pure: lines come in as
  * parsed messages and go out through a callback, so tests script a server
- * with no socket.  No other capability is requested: libircclient's
- * 1024-byte input buffer cannot take message-tags (STYLE.md section 6).
+ * with no socket.  account-notify and extended-join are requested too
+ * when offered (they tell the adapter whose services account a nick is,
+ * see README "Who is who"); message-tags and so account-tag are not:
+ * libircclient's 1024-byte input buffer cannot take them (STYLE.md
+ * section 6).
  */
 #ifndef PARLEY_IRC_CAP_H
 #define PARLEY_IRC_CAP_H
@@ -37,6 +40,12 @@ struct irc_cap {
     int sasl;               /* credentials configured */
     int sasl_ok;            /* 903 seen */
     char account[64];       /* from 900, for the log */
+    int offer_sasl;         /* seen in CAP LS (any line) */
+    int offer_account_notify;
+    int offer_extended_join;
+    int req_extras;         /* the pending REQ has more than sasl */
+    int account_notify;     /* ACKed: ACCOUNT lines will come */
+    int extended_join;      /* ACKed: JOIN carries the account */
     char b64[512];          /* encoded PLAIN payload; wiped after use */
     char errstr[256];
     irc_cap_send_fn *send;

@@ -57,7 +57,7 @@ static void h_loop_close(void)
 
 struct h_event {
     enum event_kind kind;
-    char room[256], sender[64], text[2048];
+    char room[256], sender[72], sender_name[72], text[2048];
     int addressed, self, is_admin, from_bot, members;
 };
 
@@ -78,6 +78,8 @@ void router_submit(struct router *r, const struct event *ev)
     snprintf(e->room, sizeof(e->room), "%s", ev->room ? ev->room : "");
     snprintf(e->sender, sizeof(e->sender), "%s",
              ev->sender ? ev->sender : "");
+    snprintf(e->sender_name, sizeof(e->sender_name), "%s",
+             ev->sender_name ? ev->sender_name : "");
     snprintf(e->text, sizeof(e->text), "%s", ev->text ? ev->text : "");
     e->addressed = ev->addressed;
     e->self = ev->self;

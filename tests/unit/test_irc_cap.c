@@ -182,6 +182,47 @@ static void test_oversize(void **state)
     assert_int_equal(s.n, 0);
 }
 
+/* Issue 12: the account capabilities are asked for when offered (with or
+ * without SASL, across a multi-line LS), and a NAK of the combined REQ
+ * falls back to sasl alone. */
+static void test_account_caps(void **state)
+{
+    struct irc_cap c;
+    struct sent s = {0};
+
+    (void)state;
+    irc_cap_start(&c, NULL, NULL, record, &s);
+    feed(&c, ":srv CAP * LS * :multi-prefix account-notify");
+    assert_int_equal(s.n, 1);
+    feed(&c, ":srv CAP * LS :extended-join away-notify");
+    assert_string_equal(s.lines[1], "CAP REQ :account-notify extended-join");
+    assert_int_equal(c.state, IRC_CAP_REQ);
+    feed(&c, ":srv CAP * ACK :account-notify extended-join");
+    assert_true(c.account_notify);
+    assert_true(c.extended_join);
+    assert_int_equal(c.state, IRC_CAP_DONE);
+    assert_string_equal(s.lines[2], "CAP END");
+
+    memset(&s, 0, sizeof(s));
+    irc_cap_start(&c, "u", "p", record, &s);
+    feed(&c, ":srv CAP * LS :sasl extended-join");
+    assert_string_equal(s.lines[1], "CAP REQ :sasl extended-join");
+    feed(&c, ":srv CAP * NAK :sasl extended-join");
+    assert_int_equal(c.state, IRC_CAP_REQ);
+    assert_string_equal(s.lines[2], "CAP REQ :sasl");
+    feed(&c, ":srv CAP * ACK :sasl");
+    assert_int_equal(c.state, IRC_CAP_SASL);
+    assert_false(c.extended_join);
+
+    memset(&s, 0, sizeof(s));
+    irc_cap_start(&c, NULL, NULL, record, &s);
+    feed(&c, ":srv CAP * LS :account-notify");
+    feed(&c, ":srv CAP * NAK :account-notify");
+    assert_int_equal(c.state, IRC_CAP_DONE);
+    assert_string_equal(s.lines[2], "CAP END");
+    irc_cap_clear(&c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -191,6 +232,7 @@ int main(void)
         cmocka_unit_test(test_sasl_refused),
         cmocka_unit_test(test_no_cap_server),
         cmocka_unit_test(test_oversize),
+        cmocka_unit_test(test_account_caps),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -162,11 +162,14 @@ static void test_messages(void **state)
     assert_non_null(e);
     assert_int_equal(e->is_admin, 0);
     assert_string_equal(e->room, "#test");
-    /* Query: addressed, room is the folded nick. */
+    /* Query: addressed; ngircd knows no accounts, so the room is the
+     * folded nick and its holder's token, "bob~" and 16 hex digits. */
     h_client_send(bob, "PRIVMSG parley :a private word");
     e = h_wait_event(EVENT_MESSAGE, "a private word", 2000);
     assert_non_null(e);
-    assert_string_equal(e->room, "bob");
+    assert_int_equal(strncmp(e->room, "bob~", 4), 0);
+    assert_int_equal(strlen(e->room), 20);
+    assert_string_equal(e->sender, "bob");
     assert_int_equal(e->addressed, 1);
     /* Formatting codes and Latin-1. */
     h_client_send(bob, "PRIVMSG #test :\x02parley\x02: \x03" "04,01red "
@@ -982,6 +985,156 @@ static void test_sasl_failure(void **state)
     unsetenv("PARLEY_TEST_SASL_PW");
 }
 
+/* ---- who is who: accounts and nick hand-overs (issue 12) --------------- */
+
+static const char *acct_conf =
+    "adapters = ( { type = \"irc\"; name = \"acctnet\"; host = "
+    "\"127.0.0.1\"; port = %d; tls = false; nick = \"parley\"; "
+    "channels = ( \"#a\" ); flood_burst = 50; flood_rate_ms = 10; } );";
+
+/* A query from nick (prefix "nick!u@h"); the event the adapter made. */
+static const struct h_event *query(struct script *s, const char *prefix,
+                                   const char *text)
+{
+    h_client_send(s->c, ":%s PRIVMSG parley :%s", prefix, text);
+    return h_wait_event(EVENT_MESSAGE, text, 2000);
+}
+
+/* Answer room and return the number of lines the server got after it. */
+static int answer(struct adapter *ad, struct script *s, const char *room,
+                  const char *text, const char *expect)
+{
+    int n = s->c->n, st;
+
+    assert_int_equal(send_text(ad, room, text, &st), PARLEY_OK);
+    if (expect) {
+        int at = h_wait_line(s->c, n, expect, 2000);
+
+        for (n = 0; at < 0 && n < s->c->n; n++)
+            fprintf(stderr, "server got: %s\n", s->c->lines[n]);
+        return at;
+    }
+    h_pump(300);
+    return st;
+}
+
+static void test_accounts(void **state)
+{
+    struct script s;
+    struct adapter *ad = NULL;
+    const struct h_event *e;
+    char text[1024], err[512], bob1[256], carol1[256];
+    int i, n;
+
+    (void)state;
+    i = script_listen(&s);
+    assert_true(i > 0);
+    snprintf(text, sizeof(text), acct_conf, i);
+    assert_int_equal(h_adapter_create(&ad, text, err, sizeof(err)),
+                     PARLEY_OK);
+    assert_int_equal(ad->ops->start(ad), PARLEY_OK);
+    assert_int_equal(script_accept(&s, 3000), 0);
+    assert_true(h_wait_line(s.c, 0, "CAP LS 302", 2000) == 0);
+    h_client_send(s.c, ":srv CAP * LS :multi-prefix account-notify "
+                  "extended-join");
+    assert_true(h_wait_line(s.c, 0, "CAP REQ :account-notify "
+                            "extended-join", 2000) >= 0);
+    h_client_send(s.c, ":srv CAP * ACK :account-notify extended-join");
+    assert_true(h_wait_line(s.c, 0, "NICK parley", 2000) >= 0);
+    h_client_send(s.c, ":srv 001 parley :Welcome");
+    h_client_send(s.c, ":srv 005 parley WHOX CASEMAPPING=rfc1459 :are "
+                  "supported");
+    h_client_send(s.c, ":srv 376 parley :End of MOTD");
+    assert_true(h_wait_line(s.c, 0, "JOIN #a", 2000) >= 0);
+    h_client_send(s.c, ":parley!p@h JOIN #a * :parley");
+    /* Those already there: WHOX for their accounts. */
+    assert_true(h_wait_line(s.c, 0, "WHO #a %tna,152", 2000) >= 0);
+    h_client_send(s.c, ":srv 353 parley = #a :parley @alice bob carol");
+    h_client_send(s.c, ":srv 366 parley #a :End of NAMES");
+    h_client_send(s.c, ":srv 354 parley 152 alice AliceAcct");
+    h_client_send(s.c, ":srv 354 parley 152 bob 0");
+    h_client_send(s.c, ":srv 354 parley 152 carol 0");
+    h_pump(100);
+
+    /* An account (WHOX): keyed by it, shown by nick, answered by nick. */
+    e = query(&s, "alice!a@h", "one");
+    assert_non_null(e);
+    assert_string_equal(e->room, "~aliceacct");
+    assert_string_equal(e->sender, "~aliceacct");
+    assert_string_equal(e->sender_name, "alice");
+    h_client_send(s.c, ":alice!a@h PRIVMSG #a :parley: in public");
+    e = h_wait_event(EVENT_MESSAGE, "in public", 2000);
+    assert_non_null(e);
+    assert_string_equal(e->room, "#a");
+    assert_string_equal(e->sender, "~aliceacct");
+    assert_true(answer(ad, &s, "~aliceacct", "hi there", "PRIVMSG alice :hi there") >= 0);
+    /* A nick change keeps the person (and their limits and history). */
+    h_client_send(s.c, ":alice!a@h NICK alys");
+    e = query(&s, "alys!a@h", "two");
+    assert_non_null(e);
+    assert_string_equal(e->room, "~aliceacct");
+    assert_string_equal(e->sender, "~aliceacct");
+    assert_true(answer(ad, &s, "~aliceacct", "yo there", "PRIVMSG alys :yo there") >= 0);
+    /* The freed nick taken by someone with no account (extended-join
+     * "*"): not alice's room. */
+    h_client_send(s.c, ":alice!m@evil JOIN #a * :mallory");
+    e = query(&s, "alice!m@evil", "three");
+    assert_non_null(e);
+    assert_int_equal(strncmp(e->room, "alice~", 6), 0);
+    assert_string_equal(e->sender, "alice");
+
+    /* No account: a token per holder of the nick.  QUIT ends it. */
+    e = query(&s, "bob!b@h", "four");
+    assert_non_null(e);
+    assert_int_equal(strncmp(e->room, "bob~", 4), 0);
+    snprintf(bob1, sizeof(bob1), "%s", e->room);
+    e = query(&s, "bob!b@h", "five");
+    assert_string_equal(e->room, bob1);
+    assert_true(answer(ad, &s, bob1, "ok then", "PRIVMSG bob :ok then") >= 0);
+    h_client_send(s.c, ":bob!b@h QUIT :bye");
+    h_client_send(s.c, ":bob!x@other JOIN #a * :not bob");
+    e = query(&s, "bob!x@other", "six");
+    assert_non_null(e);
+    assert_int_equal(strncmp(e->room, "bob~", 4), 0);
+    assert_string_not_equal(e->room, bob1);
+    /* A late answer for the old bob is not given to the new one. */
+    n = s.c->n;
+    assert_int_equal(answer(ad, &s, bob1, "secret", NULL), PARLEY_OK);
+    for (i = n; i < s.c->n; i++)
+        assert_null(strstr(s.c->lines[i], "secret"));
+    assert_non_null(strstr(h_log, "dropped"));
+    /* account-notify: the new bob logs in, and is keyed by the account
+     * from then on. */
+    h_client_send(s.c, ":bob!x@other ACCOUNT BobAcct");
+    e = query(&s, "bob!x@other", "seven");
+    assert_string_equal(e->room, "~bobacct");
+    assert_string_equal(e->sender, "~bobacct");
+
+    /* NICK away from a nick ends its holder's token too. */
+    e = query(&s, "carol!c@h", "eight");
+    assert_non_null(e);
+    snprintf(carol1, sizeof(carol1), "%s", e->room);
+    h_client_send(s.c, ":carol!c@h NICK carla");
+    e = query(&s, "carol!z@z", "nine");
+    assert_non_null(e);
+    assert_int_equal(strncmp(e->room, "carol~", 6), 0);
+    assert_string_not_equal(e->room, carol1);
+
+    /* Someone in no shared channel: QUIT cannot be seen, so joining a
+     * channel later starts afresh too. */
+    e = query(&s, "dave!d@h", "ten");
+    assert_non_null(e);
+    snprintf(carol1, sizeof(carol1), "%s", e->room);
+    h_client_send(s.c, ":dave!d2@h2 JOIN #a * :dave");
+    e = query(&s, "dave!d2@h2", "eleven");
+    assert_string_not_equal(e->room, carol1);
+
+    ad->ops->stop(ad);
+    h_adapter_destroy(ad);
+    h_client_free(s.c);
+    close(s.lfd);
+}
+
 static void test_config_errors(void **state)
 {
     struct adapter *ad = NULL;
@@ -1114,6 +1267,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_quit, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sasl, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sasl_failure, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_accounts, setup, teardown),
         cmocka_unit_test_setup_teardown(test_config_errors, setup, teardown),
     };
 
