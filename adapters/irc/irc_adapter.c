@@ -177,7 +177,9 @@ struct irc_ad {
     size_t n_chans;
     struct irc_more more[IRC_MORE_SLOTS];
     struct irc_query query[IRC_QUERY_SLOTS];
-    int whox;                   /* ISUPPORT WHOX */
+    int whox;                   /* ISUPPORT WHOX, when within the ten
+                                   parameters libircclient passes on;
+                                   else irc_transport_whox() */
 
     struct irc_queue *queue;
     struct irc_bucket bucket;
@@ -1395,7 +1397,7 @@ static void ev_join(irc_session_t *s, const char *e, const char *origin,
         member_add(a, c, nick);
         /* The accounts of those already there (extended-join and
          * account-notify only tell about changes from now on). */
-        if (a->whox)
+        if (a->whox || irc_transport_whox(a->tp))
             irc_send_raw(a->sess, "WHO %s %%tna," IRC_WHOX_TOKEN, c->name);
         submit_join(a, c, nick, 1, 0);
         flood_pump(a);
@@ -1595,6 +1597,8 @@ static void handle_message(struct irc_ad *a, const char *origin,
     else
         snprintf(room, sizeof(room), "%s~%s", nick, query_token(a, nick));
     irc_casefold(a->casemap, room);
+    log_debug("irc %s: message from %s in %s as %s", a->cfg.name, nick,
+              room, sender);
     len = irc_utf8_from_irc(raw, strlen(raw), text, sizeof(text));
     (void)len;
     irc_strip_formatting(text);

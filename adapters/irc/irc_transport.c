@@ -54,6 +54,8 @@ struct irc_transport {
     int closing;            /* irc_transport_close was called */
     int failed;             /* closed() was (or is being) reported */
     int lib_connected, up_connected, released;
+    int whox;               /* ISUPPORT WHOX seen (libircclient drops
+                               parameters past its tenth) */
 
     struct sockaddr_in expect;
     int expect_set;
@@ -307,6 +309,13 @@ static void up_handle_line(struct irc_transport *t, char *line)
             release_registration(t);
         if (consumed)
             return;
+    }
+    if (!strcmp(m.command, "005")) {
+        size_t i;
+
+        for (i = 1; i + 1 < m.n_params; i++)
+            if (!strcmp(m.params[i], "WHOX"))
+                t->whox = 1;
     }
     /* Lines the library would crash on (irc_libguard.c). */
     if (irc_lib_would_crash(&m))
@@ -774,6 +783,11 @@ void irc_transport_expect_peer(struct irc_transport *t,
 int irc_transport_registered(const struct irc_transport *t)
 {
     return t->released;
+}
+
+int irc_transport_whox(const struct irc_transport *t)
+{
+    return t && t->whox;
 }
 
 void irc_transport_close(struct irc_transport *t)

@@ -63,6 +63,11 @@ void irc_transport_expect_peer(struct irc_transport *t,
 /* 1 once CAP/SASL is done and registration was passed upstream. */
 int irc_transport_registered(const struct irc_transport *t);
 
+/* 1 when the server's ISUPPORT said WHOX.  Seen here because libircclient
+ * passes at most 10 parameters of a line on, and WHOX is often later in a
+ * 005 line.  0 for a NULL t. */
+int irc_transport_whox(const struct irc_transport *t);
+
 /* Close everything; closed() is not called afterwards.  Idempotent in the
  * sense that a NULL t is ignored; call it exactly once per transport. */
 void irc_transport_close(struct irc_transport *t);

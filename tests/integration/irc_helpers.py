@@ -331,6 +331,7 @@ class Services:
 <module name="sasl">
 <module name="cap">
 <module name="services_account">
+<module name="ircv3">
 <link name="services.int" ipaddr="127.0.0.1" port="%(link)d"
  allowmask="127.0.0.1" sendpass="linkpw" recvpass="linkpw">
 <uline server="services.int" silent="yes">
