@@ -1069,14 +1069,16 @@ static void test_accounts(void **state)
     assert_non_null(e);
     assert_string_equal(e->room, "#a");
     assert_string_equal(e->sender, "~aliceacct");
-    assert_true(answer(ad, &s, "~aliceacct", "hi there", "PRIVMSG alice :hi there") >= 0);
+    assert_true(answer(ad, &s, "~aliceacct", "hi there",
+                       "PRIVMSG alice :hi there") >= 0);
     /* A nick change keeps the person (and their limits and history). */
     h_client_send(s.c, ":alice!a@h NICK alys");
     e = query(&s, "alys!a@h", "two");
     assert_non_null(e);
     assert_string_equal(e->room, "~aliceacct");
     assert_string_equal(e->sender, "~aliceacct");
-    assert_true(answer(ad, &s, "~aliceacct", "yo there", "PRIVMSG alys :yo there") >= 0);
+    assert_true(answer(ad, &s, "~aliceacct", "yo there",
+                       "PRIVMSG alys :yo there") >= 0);
     /* The freed nick taken by someone with no account (extended-join
      * "*"): not alice's room. */
     h_client_send(s.c, ":alice!m@evil JOIN #a * :mallory");
