@@ -5,7 +5,6 @@
  * room keep their order because libuv, under loop.h, fires timers of
  * equal timeout in the order they were started.
  */
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,6 +12,7 @@
 #include <libconfig.h>
 
 #include "adapter.h"
+#include "adapter_report.h"
 #include "config.h"
 #include "event.h"
 #include "loop.h"
@@ -54,48 +54,10 @@ static const char *const loopback_keys[] = { "name", "latency_ms" };
 
 /* ---- config block ----------------------------------------------------- */
 
-struct lb_report {
-    char *buf;
-    size_t len, used;
-    int bad;
-    int index;
-};
-
-static void lb_err(struct lb_report *r, const config_setting_t *at,
-                   const char *key, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-
-static void lb_err(struct lb_report *r, const config_setting_t *at,
-                   const char *key, const char *fmt, ...)
-{
-    const char *file = config_setting_source_file(at);
-    va_list ap;
-    int n;
-
-    r->bad = 1;
-    if (!r->buf || r->used + 1 >= r->len)
-        return;
-    n = snprintf(r->buf + r->used, r->len - r->used, "%s%s:%u: "
-                 "adapters[%d]%s%s: ", r->used ? "\n" : "",
-                 file ? file : "(config)", config_setting_source_line(at),
-                 r->index, key ? "." : "", key ? key : "");
-    if (n < 0 || (size_t)n >= r->len - r->used) {
-        r->used = r->len - 1;
-        return;
-    }
-    r->used += (size_t)n;
-    va_start(ap, fmt);
-    n = vsnprintf(r->buf + r->used, r->len - r->used, fmt, ap);
-    va_end(ap);
-    if (n < 0 || (size_t)n >= r->len - r->used)
-        r->used = r->len - 1;
-    else
-        r->used += (size_t)n;
-}
-
 /* Read (and with r, check) the block; name_out is borrowed from it. */
-static int loopback_parse(const config_setting_t *s, struct lb_report *r,
-                          const char **name_out, unsigned *latency_out)
+static int loopback_parse(const config_setting_t *s,
+                          struct adapter_report *r, const char **name_out,
+                          unsigned *latency_out)
 {
     const config_setting_t *m;
     int i, n;
@@ -105,7 +67,8 @@ static int loopback_parse(const config_setting_t *s, struct lb_report *r,
     if (!s)
         return PARLEY_OK;
     if (!config_setting_is_group(s)) {
-        lb_err(r, s, NULL, "expected a group { type = \"loopback\"; ... }");
+        adapter_report(r, s, NULL,
+                       "expected a group { type = \"loopback\"; ... }");
         return PARLEY_ERR_CONFIG;
     }
     r->index = config_setting_index(s);
@@ -122,7 +85,8 @@ static int loopback_parse(const config_setting_t *s, struct lb_report *r,
             if (strcmp(key, loopback_keys[k]) == 0)
                 break;
         if (k == LOOPBACK_N_KEYS)
-            lb_err(r, m, key, "unknown key for a loopback adapter");
+            adapter_report(r, m, key,
+                           "unknown key for a loopback adapter");
     }
     m = config_setting_get_member(s, "name");
     if (m) {
@@ -130,8 +94,8 @@ static int loopback_parse(const config_setting_t *s, struct lb_report *r,
                         config_setting_get_string(m) : NULL;
 
         if (!v || !v[0] || strlen(v) > 255 || strpbrk(v, " \r\n\t"))
-            lb_err(r, m, "name", "expected a non-empty word of at most "
-                   "255 bytes");
+            adapter_report(r, m, "name", "expected a non-empty word of at "
+                           "most 255 bytes");
         else
             *name_out = v;
     }
@@ -142,8 +106,8 @@ static int loopback_parse(const config_setting_t *s, struct lb_report *r,
                       config_setting_get_int64(m) : -1;
 
         if (v < 0 || v > LOOPBACK_LATENCY_MAX_MS)
-            lb_err(r, m, "latency_ms", "expected an integer between 0 and "
-                   "%d", LOOPBACK_LATENCY_MAX_MS);
+            adapter_report(r, m, "latency_ms", "expected an integer "
+                           "between 0 and %d", LOOPBACK_LATENCY_MAX_MS);
         else
             *latency_out = (unsigned)v;
     }
@@ -152,7 +116,7 @@ static int loopback_parse(const config_setting_t *s, struct lb_report *r,
 
 static int loopback_validate(const void *setting, char *err, size_t errlen)
 {
-    struct lb_report r = { err, errlen, 0, 0, 0 };
+    struct adapter_report r = { err, errlen, 0, 0, 0 };
     const char *name;
     unsigned latency;
 
@@ -390,7 +354,7 @@ static int loopback_adapter_create(struct adapter **out,
                                    const struct adapter_env *env,
                                    void *setting, char *err, size_t errlen)
 {
-    struct lb_report r = { err, errlen, 0, 0, 0 };
+    struct adapter_report r = { err, errlen, 0, 0, 0 };
     struct loopback *lb;
     const char *name;
     unsigned latency;

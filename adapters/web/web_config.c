@@ -9,13 +9,13 @@
  * Every problem is reported as "FILE:LINE: adapters[N].key: message",
  * one per line, as config_load reports its own keys.
  */
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <libconfig.h>
 
+#include "adapter_report.h"
 #include "config.h"
 #include "status.h"
 #include "web.h"
@@ -25,47 +25,8 @@ const char *const web_config_keys[] = {
     "max_connections", "max_per_ip", NULL
 };
 
-struct report {
-    char *buf;
-    size_t len, used;
-    int bad;
-    int index;
-};
-
-static void report(struct report *r, const config_setting_t *at,
-                   const char *key, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-
-static void report(struct report *r, const config_setting_t *at,
-                   const char *key, const char *fmt, ...)
-{
-    const char *file = config_setting_source_file(at);
-    va_list ap;
-    int n;
-
-    r->bad = 1;
-    if (!r->buf || r->used + 1 >= r->len)
-        return;
-    n = snprintf(r->buf + r->used, r->len - r->used, "%s%s:%u: "
-                 "adapters[%d]%s%s: ", r->used ? "\n" : "",
-                 file ? file : "(config)", config_setting_source_line(at),
-                 r->index, key ? "." : "", key ? key : "");
-    if (n < 0 || (size_t)n >= r->len - r->used) {
-        r->used = r->len - 1;
-        return;
-    }
-    r->used += (size_t)n;
-    va_start(ap, fmt);
-    n = vsnprintf(r->buf + r->used, r->len - r->used, fmt, ap);
-    va_end(ap);
-    if (n < 0 || (size_t)n >= r->len - r->used)
-        r->used = r->len - 1;
-    else
-        r->used += (size_t)n;
-}
-
 /* A string key into *out (a copy); absent keeps *out. */
-static void get_string(struct report *r, const config_setting_t *s,
+static void get_string(struct adapter_report *r, const config_setting_t *s,
                        const char *key, char **out, size_t max)
 {
     const config_setting_t *m = config_setting_get_member(s, key);
@@ -77,20 +38,20 @@ static void get_string(struct report *r, const config_setting_t *s,
     v = config_setting_type(m) == CONFIG_TYPE_STRING ?
         config_setting_get_string(m) : NULL;
     if (!v || !v[0] || strlen(v) > max || strpbrk(v, "\r\n")) {
-        report(r, m, key, "expected a non-empty string of at most %zu "
+        adapter_report(r, m, key, "expected a non-empty string of at most %zu "
                "bytes on one line", max);
         return;
     }
     copy = strdup(v);
     if (!copy) {
-        report(r, m, key, "out of memory");
+        adapter_report(r, m, key, "out of memory");
         return;
     }
     free(*out);
     *out = copy;
 }
 
-static void get_int(struct report *r, const config_setting_t *s,
+static void get_int(struct adapter_report *r, const config_setting_t *s,
                     const char *key, int *out, int min, int max)
 {
     const config_setting_t *m = config_setting_get_member(s, key);
@@ -102,7 +63,7 @@ static void get_int(struct report *r, const config_setting_t *s,
         config_setting_type(m) == CONFIG_TYPE_INT64 ?
         config_setting_get_int64(m) : (long long)min - 1;
     if (v < min || v > max) {
-        report(r, m, key, "expected an integer between %d and %d", min,
+        adapter_report(r, m, key, "expected an integer between %d and %d", min,
                max);
         return;
     }
@@ -140,7 +101,7 @@ int web_config_parse(struct web_config *wc, const void *setting, char *err,
                      size_t errlen)
 {
     const config_setting_t *s = setting;
-    struct report r = { err, errlen, 0, 0, 0 };
+    struct adapter_report r = { err, errlen, 0, 0, 0 };
     int i, n;
 
     if (err && errlen)
@@ -152,7 +113,7 @@ int web_config_parse(struct web_config *wc, const void *setting, char *err,
     if (!s)
         return PARLEY_OK;
     if (!config_setting_is_group(s)) {
-        report(&r, s, NULL, "expected a group { type = \"web\"; ... }");
+        adapter_report(&r, s, NULL, "expected a group { type = \"web\"; ... }");
         return PARLEY_ERR_CONFIG;
     }
     r.index = config_setting_index(s);
@@ -169,9 +130,9 @@ int web_config_parse(struct web_config *wc, const void *setting, char *err,
             if (strcmp(key, web_config_keys[k]) == 0)
                 break;
         if (!web_config_keys[k])
-            report(&r, m, key, "unknown key for a web adapter (expected "
-                   "name, listen, origin, token_env, user_name, "
-                   "max_connections or max_per_ip)");
+            adapter_report(&r, m, key, "unknown key for a web adapter "
+                           "(expected name, listen, origin, token_env, "
+                           "user_name, max_connections or max_per_ip)");
     }
     get_string(&r, s, "name", &wc->name, 255);
     get_string(&r, s, "listen", &wc->listen, 64);
@@ -183,14 +144,14 @@ int web_config_parse(struct web_config *wc, const void *setting, char *err,
     get_int(&r, s, "max_per_ip", &wc->max_per_ip, 1,
             WEB_CONNECTIONS_LIMIT);
     if (strpbrk(wc->name, " \t"))
-        report(&r, config_setting_get_member(s, "name"), "name",
+        adapter_report(&r, config_setting_get_member(s, "name"), "name",
                "expected one word");
     if (wc->origin && !origin_valid(wc->origin))
-        report(&r, config_setting_get_member(s, "origin"), "origin",
+        adapter_report(&r, config_setting_get_member(s, "origin"), "origin",
                "expected \"http://HOST[:PORT]\" or \"https://HOST[:PORT]\" "
                "(what the browser's address bar shows, no path)");
     if (!strrchr(wc->listen, ':'))
-        report(&r, config_setting_get_member(s, "listen"), "listen",
+        adapter_report(&r, config_setting_get_member(s, "listen"), "listen",
                "expected \"ADDRESS:PORT\" with an IPv4 address");
     return r.bad ? PARLEY_ERR_CONFIG : PARLEY_OK;
 }
