@@ -21,25 +21,26 @@
  * on_delta, under the same IN_CALLBACK rule as done.  Any other answer
  * (an error status, or JSON from a server that ignores "stream") is
  * collected and judged exactly as for llm_complete.
+ *
+ * This file is the client: settings, the FIFO and its slots, retries and
+ * delivery.  The request body, answer and error-body parsing and the key
+ * redaction are in llm_parse.c; the stream reader is in llm_stream.c.
  */
 #include <limits.h>
-#include <math.h>
-#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include <cjson/cJSON.h>
 
 #include "backoff.h"
 #include "config.h"
 #include "llm.h"
+#include "llm_private.h"
 #include "log.h"
 #include "loop.h"
 #include "random.h"
-#include "sse.h"
 #include "status.h"
 
 /* Longest URL we build from base_url; real endpoints are far shorter. */
@@ -49,49 +50,14 @@
  * "Authorization: Bearer ". */
 #define LLM_AUTH_MAX (CONFIG_SECRET_MAX + 32)
 
-/* Bytes of a non-JSON error body quoted in an error message, enough to
- * recognise a proxy's HTML error page without flooding the log. */
-#define LLM_ERROR_SNIPPET 120
-
-/* Working buffer for an error text before it is cut to errstr, so that
- * redaction sees whole secrets rather than a truncated prefix. */
-#define LLM_ERRTEXT_MAX 1024
-
-/* Redaction ignores secrets shorter than this (as log.c does): they would
- * match ordinary text. */
-#define LLM_SECRET_MIN 4
-
 /* Media type of a streamed answer (the loop streams only this). */
 #define LLM_STREAM_TYPE "text/event-stream"
-
-/* Bytes of a streamed refusal kept for the error message. */
-#define LLM_REFUSAL_MAX 256
 
 enum llm_state {
     LLM_WAITING,        /* in the FIFO, no slot yet */
     LLM_ACTIVE,         /* an HTTP attempt is on the wire */
     LLM_BACKOFF,        /* timer running before the next attempt */
     LLM_DELIVERING      /* done callback running; cancel is a no-op */
-};
-
-/* What a streaming request has read in its current attempt. */
-struct llm_stream {
-    const char *key;            /* cut out of the text; not owned */
-    llm_piece_fn *piece;        /* where safe text goes */
-    void *privdata;
-    struct llm_result *res;     /* failures and the answer; not owned */
-    struct sse_parser sse;      /* events of the body */
-    char *text;                 /* answer so far, key cut out, NUL-ended */
-    size_t len;
-    size_t cap;
-    size_t safe;                /* text before this cannot start the key */
-    size_t delivered;           /* bytes of text given to piece */
-    char *finish_reason;        /* or NULL */
-    char refusal[LLM_REFUSAL_MAX];
-    long prompt_tokens;         /* -1 until a usage chunk */
-    long completion_tokens;
-    int done_seen;              /* "data: [DONE]" arrived */
-    int stopped;                /* the piece callback said stop */
 };
 
 struct llm_request {
@@ -154,325 +120,6 @@ static void free_secret(char *s)
         explicit_bzero(s, strlen(s));
         free(s);
     }
-}
-
-/* Copy s with every occurrence of key replaced by "[redacted]".  Returns
- * NULL on OOM; *outlen is the new length.  The copy is NUL-terminated. */
-static char *redact_copy(const char *s, size_t len, const char *key,
-                         size_t *outlen)
-{
-    static const char mark[] = "[redacted]";
-    size_t klen = key ? strlen(key) : 0;
-    size_t hits = 0, i, o;
-    char *out;
-
-    if (klen >= LLM_SECRET_MIN) {
-        for (i = 0; i + klen <= len; i++) {
-            if (memcmp(s + i, key, klen) == 0) {
-                hits++;
-                i += klen - 1;
-            }
-        }
-    }
-    /* Each hit replaces at least LLM_SECRET_MIN bytes with the mark,
-     * so hits * sizeof(mark) extra bytes always suffice; len is capped
-     * by LLM_BODY_MAX, so the sum cannot overflow. */
-    out = malloc(len + hits * sizeof(mark) + 1);
-    if (!out)
-        return NULL;
-    for (i = 0, o = 0; i < len;) {
-        if (hits && i + klen <= len && memcmp(s + i, key, klen) == 0) {
-            memcpy(out + o, mark, sizeof(mark) - 1);
-            o += sizeof(mark) - 1;
-            i += klen;
-        } else {
-            out[o++] = s[i++];
-        }
-    }
-    out[o] = '\0';
-    *outlen = o;
-    return out;
-}
-
-/* Replace the key (and every secret the logger knows) in buf, in place. */
-static void redact_text(char *buf, size_t buflen, const char *key)
-{
-    size_t n;
-    char *copy = redact_copy(buf, strlen(buf), key, &n);
-
-    if (copy) {
-        snprintf(buf, buflen, "%s", copy);
-        free(copy);
-    } else if (key && strlen(key) >= LLM_SECRET_MIN && strstr(buf, key)) {
-        /* No memory to redact: say nothing rather than leak. */
-        snprintf(buf, buflen, "(error text withheld)");
-    }
-    log_redact(buf, buflen);
-}
-
-/* Copy src into dst, cut to fit: error texts are allowed to be
- * shortened, and the cut happens after redaction. */
-static void text_copy(char *dst, size_t dstlen, const char *src)
-{
-    size_t n = strlen(src);
-
-    if (dstlen == 0)
-        return;
-    if (n >= dstlen)
-        n = dstlen - 1;
-    memcpy(dst, src, n);
-    dst[n] = '\0';
-}
-
-/* Make text safe for one log line: control bytes become spaces. */
-static void strip_controls(char *s)
-{
-    for (; *s; s++)
-        if ((unsigned char)*s < 0x20 || *s == 0x7f)
-            *s = ' ';
-}
-
-void llm_result_clear(struct llm_result *res)
-{
-    free(res->content);
-    free(res->finish_reason);
-    memset(res, 0, sizeof(*res));
-    res->prompt_tokens = -1;
-    res->completion_tokens = -1;
-}
-
-/* The request body; stream adds "stream" and asks for usage in the last
- * chunk (without stream_options, OpenAI sends no usage when streaming). */
-static char *request_body(const char *model, const struct cJSON *messages,
-                          double temperature, int max_tokens, int stream)
-{
-    cJSON *root = cJSON_CreateObject();
-    cJSON *msgs, *opts;
-    char *out = NULL;
-
-    if (!root)
-        return NULL;
-    if (!cJSON_AddStringToObject(root, "model", model ? model : ""))
-        goto done;
-    msgs = cJSON_Duplicate(messages, 1);
-    if (!msgs)
-        goto done;
-    if (!cJSON_AddItemToObject(root, "messages", msgs)) {
-        cJSON_Delete(msgs);
-        goto done;
-    }
-    if (temperature >= 0 && isfinite(temperature) &&
-        !cJSON_AddNumberToObject(root, "temperature", temperature))
-        goto done;
-    if (max_tokens > 0 &&
-        !cJSON_AddNumberToObject(root, "max_tokens", max_tokens))
-        goto done;
-    if (stream) {
-        if (!cJSON_AddTrueToObject(root, "stream"))
-            goto done;
-        opts = cJSON_AddObjectToObject(root, "stream_options");
-        if (!opts || !cJSON_AddTrueToObject(opts, "include_usage"))
-            goto done;
-    }
-    out = cJSON_PrintUnformatted(root);
-done:
-    cJSON_Delete(root);
-    return out;
-}
-
-char *llm_request_body(const char *model, const struct cJSON *messages,
-                       double temperature, int max_tokens)
-{
-    return request_body(model, messages, temperature, max_tokens, 0);
-}
-
-/* A usage count, or -1 when absent or not a sane non-negative integer. */
-static long token_count(const cJSON *usage, const char *name)
-{
-    const cJSON *n = cJSON_GetObjectItemCaseSensitive(usage, name);
-
-    if (!cJSON_IsNumber(n) || !(n->valuedouble >= 0) ||
-        n->valuedouble > (double)INT32_MAX)
-        return -1;
-    return (long)n->valuedouble;
-}
-
-/* Fill buf from a parsed error body; 1 if anything was found. */
-static int error_from_json(const cJSON *root, char *buf, size_t buflen)
-{
-    const cJSON *err, *code, *type, *msg;
-    const char *prefix = NULL;
-    char num[32];
-
-    if (!cJSON_IsObject(root))
-        return 0;
-    err = cJSON_GetObjectItemCaseSensitive(root, "error");
-    if (cJSON_IsString(err) && err->valuestring[0]) {
-        snprintf(buf, buflen, "%s", err->valuestring);
-        return 1;
-    }
-    if (cJSON_IsObject(err)) {
-        code = cJSON_GetObjectItemCaseSensitive(err, "code");
-        type = cJSON_GetObjectItemCaseSensitive(err, "type");
-        msg = cJSON_GetObjectItemCaseSensitive(err, "message");
-        if (cJSON_IsString(code) && code->valuestring[0]) {
-            prefix = code->valuestring;
-        } else if (cJSON_IsNumber(code) && fabs(code->valuedouble) < 1e9) {
-            snprintf(num, sizeof(num), "%ld", (long)code->valuedouble);
-            prefix = num;
-        } else if (cJSON_IsString(type) && type->valuestring[0]) {
-            prefix = type->valuestring;
-        }
-        if (cJSON_IsString(msg) && msg->valuestring[0]) {
-            if (prefix)
-                snprintf(buf, buflen, "%s: %s", prefix, msg->valuestring);
-            else
-                snprintf(buf, buflen, "%s", msg->valuestring);
-            return 1;
-        }
-        if (prefix) {
-            snprintf(buf, buflen, "%s", prefix);
-            return 1;
-        }
-    }
-    /* FastAPI-based servers (vLLM) say {"detail": ...}, others
-     * {"message": ...}. */
-    msg = cJSON_GetObjectItemCaseSensitive(root, "detail");
-    if (!cJSON_IsString(msg))
-        msg = cJSON_GetObjectItemCaseSensitive(root, "message");
-    if (cJSON_IsString(msg) && msg->valuestring[0]) {
-        snprintf(buf, buflen, "%s", msg->valuestring);
-        return 1;
-    }
-    return 0;
-}
-
-void llm_parse_error(const char *body, size_t len, char *buf, size_t buflen)
-{
-    cJSON *root;
-    size_t i, o;
-
-    if (!buf || buflen == 0)
-        return;
-    buf[0] = '\0';
-    root = body && len ? cJSON_ParseWithLength(body, len) : NULL;
-    if (root && error_from_json(root, buf, buflen)) {
-        cJSON_Delete(root);
-        strip_controls(buf);
-        return;
-    }
-    cJSON_Delete(root);
-    if (!body || len == 0) {
-        snprintf(buf, buflen, "(empty body)");
-        return;
-    }
-    /* Not an API error body (a proxy's page, say): quote its start,
-     * ASCII only, so the log line stays one valid line. */
-    for (i = 0, o = 0; i < len && i < LLM_ERROR_SNIPPET && o + 1 < buflen;
-         i++) {
-        unsigned char c = (unsigned char)body[i];
-
-        buf[o++] = c < 0x20 || c >= 0x7f ? (c >= 0x80 ? '?' : ' ') :
-            (char)c;
-    }
-    buf[o] = '\0';
-}
-
-/* Set res->errstr and return PARLEY_ERR_PROTOCOL. */
-static int protocol_error(struct llm_result *res, const char *what)
-{
-    snprintf(res->errstr, sizeof(res->errstr), "%s", what);
-    res->status = PARLEY_ERR_PROTOCOL;
-    return PARLEY_ERR_PROTOCOL;
-}
-
-int llm_parse_response(const char *body, size_t len, struct llm_result *res)
-{
-    const cJSON *choices, *first, *message, *content, *finish, *usage;
-    const cJSON *refusal;
-    cJSON *root;
-    int result = PARLEY_OK;
-    char why[LLM_ERRTEXT_MAX];
-
-    free(res->content);
-    free(res->finish_reason);
-    res->content = NULL;
-    res->finish_reason = NULL;
-    res->prompt_tokens = -1;
-    res->completion_tokens = -1;
-    res->errstr[0] = '\0';
-
-    root = body && len ? cJSON_ParseWithLength(body, len) : NULL;
-    if (!root) {
-        snprintf(res->errstr, sizeof(res->errstr),
-                 "the LLM API answer is not valid JSON (%zu bytes)", len);
-        res->status = PARLEY_ERR_PROTOCOL;
-        return PARLEY_ERR_PROTOCOL;
-    }
-    if (!cJSON_IsObject(root)) {
-        result = protocol_error(res, "the LLM API answer is not an object");
-        goto done;
-    }
-    choices = cJSON_GetObjectItemCaseSensitive(root, "choices");
-    first = cJSON_IsArray(choices) ? cJSON_GetArrayItem(choices, 0) : NULL;
-    if (!cJSON_IsObject(first)) {
-        /* Some gateways answer 200 with an error object. */
-        if (error_from_json(root, why, sizeof(why))) {
-            strip_controls(why);
-            snprintf(res->errstr, sizeof(res->errstr),
-                     "the LLM API answer holds an error: %.200s", why);
-            res->status = PARLEY_ERR_PROTOCOL;
-            result = PARLEY_ERR_PROTOCOL;
-        } else {
-            result = protocol_error(res, "the LLM API answer has no choices");
-        }
-        goto done;
-    }
-    message = cJSON_GetObjectItemCaseSensitive(first, "message");
-    content = cJSON_GetObjectItemCaseSensitive(message, "content");
-    if (!cJSON_IsString(content) || content->valuestring[0] == '\0') {
-        refusal = cJSON_GetObjectItemCaseSensitive(message, "refusal");
-        if (cJSON_IsString(refusal) && refusal->valuestring[0]) {
-            snprintf(why, sizeof(why), "%s", refusal->valuestring);
-            strip_controls(why);
-            snprintf(res->errstr, sizeof(res->errstr),
-                     "the model refused: %.200s", why);
-            res->status = PARLEY_ERR_PROTOCOL;
-            result = PARLEY_ERR_PROTOCOL;
-        } else {
-            result = protocol_error(res,
-                "the LLM API answer has no message content");
-        }
-        goto done;
-    }
-    res->content = strdup(content->valuestring);
-    if (!res->content) {
-        result = PARLEY_ERR_OOM;
-        res->status = result;
-        snprintf(res->errstr, sizeof(res->errstr), "out of memory");
-        goto done;
-    }
-    finish = cJSON_GetObjectItemCaseSensitive(first, "finish_reason");
-    if (cJSON_IsString(finish)) {
-        res->finish_reason = strdup(finish->valuestring);
-        if (!res->finish_reason) {
-            free(res->content);
-            res->content = NULL;
-            result = PARLEY_ERR_OOM;
-            res->status = result;
-            snprintf(res->errstr, sizeof(res->errstr), "out of memory");
-            goto done;
-        }
-    }
-    usage = cJSON_GetObjectItemCaseSensitive(root, "usage");
-    if (cJSON_IsObject(usage)) {
-        res->prompt_tokens = token_count(usage, "prompt_tokens");
-        res->completion_tokens = token_count(usage, "completion_tokens");
-    }
-    res->status = PARLEY_OK;
-done:
-    cJSON_Delete(root);
-    return result;
 }
 
 int llm_is_retryable(int status, long http_code)
@@ -861,8 +508,8 @@ static void request_judge(struct llm_request *req,
          * may echo it in an error, and a model may repeat it in an
          * answer that would otherwise be posted to a chat room. */
         size_t n = 0;
-        char *clean = redact_copy(resp->body, resp->body_len, llm->api_key,
-                                  &n);
+        char *clean = llm_redact_copy(resp->body, resp->body_len,
+                                      llm->api_key, &n);
 
         if (!clean) {
             res->status = PARLEY_ERR_OOM;
@@ -874,7 +521,7 @@ static void request_judge(struct llm_request *req,
             llm_parse_response(clean, n, res);
             res->attempts = attempts;
             res->http_code = resp->code;
-            text_copy(text, sizeof(text), res->errstr);
+            llm_text_copy(text, sizeof(text), res->errstr);
         } else {
             res->status = PARLEY_ERR_HTTP;
             llm_parse_error(clean, n, detail, sizeof(detail));
@@ -885,402 +532,9 @@ static void request_judge(struct llm_request *req,
         }
         free(clean);
     }
-    redact_text(text, sizeof(text), llm->api_key);
-    strip_controls(text);
-    text_copy(res->errstr, sizeof(res->errstr), text);
-}
-
-/* ------------------------------------------------------------------ */
-/* the stream reader: bytes in, safe pieces and an outcome out       */
-
-/* Set the outcome to a failure while streaming; the text is redacted
- * and cut like every error text.  Returns status, so that an SSE event
- * callback can stop the parser with it. */
-static int stream_fail(struct llm_stream *st, int status, int retryable,
-                       const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-
-static int stream_fail(struct llm_stream *st, int status, int retryable,
-                       const char *fmt, ...)
-{
-    char text[LLM_ERRTEXT_MAX];
-    va_list ap;
-
-    va_start(ap, fmt);
-    vsnprintf(text, sizeof(text), fmt, ap);
-    va_end(ap);
-    redact_text(text, sizeof(text), st->key);
-    strip_controls(text);
-    text_copy(st->res->errstr, sizeof(st->res->errstr), text);
-    st->res->status = status;
-    st->res->retryable = retryable;
-    return status;
-}
-
-/* Room for n more bytes of text (and a NUL). */
-static int stream_reserve(struct llm_stream *st, size_t n)
-{
-    size_t need = st->len + n + 1;
-    size_t cap;
-    char *p;
-
-    if (need <= st->cap)
-        return PARLEY_OK;
-    cap = st->cap ? st->cap : 256;
-    while (cap < need)
-        cap *= 2;
-    p = realloc(st->text, cap);
-    if (!p)
-        return PARLEY_ERR_OOM;
-    st->text = p;
-    st->cap = cap;
-    return PARLEY_OK;
-}
-
-/*
- * Cut the key out of the text that is not yet known to be clean, and move
- * st->safe to the start of the longest tail that could still be the
- * beginning of the key.  A model (or a server) may spell the key across
- * several chunks, so one event at a time is not enough, and text already
- * shown cannot be taken back: it is held until it is known to be clean.
- */
-static int stream_redact(struct llm_stream *st)
-{
-    static const char mark[] = "[redacted]";
-    size_t mlen = sizeof(mark) - 1;
-    size_t klen = st->key ? strlen(st->key) : 0;
-    size_t i, p;
-
-    if (klen < LLM_SECRET_MIN) {
-        st->safe = st->len;
-        return PARLEY_OK;
-    }
-    for (i = st->safe; i + klen <= st->len;) {
-        if (memcmp(st->text + i, st->key, klen) != 0) {
-            i++;
-            continue;
-        }
-        if (mlen > klen && stream_reserve(st, mlen - klen) != PARLEY_OK)
-            return PARLEY_ERR_OOM;
-        memmove(st->text + i + mlen, st->text + i + klen,
-                st->len - i - klen + 1);
-        memcpy(st->text + i, mark, mlen);
-        st->len = st->len - klen + mlen;
-        i += mlen;
-    }
-    /* [i, len) is shorter than the key: find where it may start. */
-    p = i;
-    while (p < st->len && memcmp(st->text + p, st->key, st->len - p) != 0)
-        p++;
-    st->safe = p;
-    return PARLEY_OK;
-}
-
-/* The largest end <= n that does not cut a UTF-8 character. */
-static size_t utf8_cut(const char *s, size_t n)
-{
-    size_t i = n, want;
-    unsigned char c;
-
-    while (i > 0 && n - i < 4 && ((unsigned char)s[i - 1] & 0xc0) == 0x80)
-        i--;
-    if (i == 0)
-        return n;
-    c = (unsigned char)s[i - 1];
-    if (c < 0xc0)
-        return n;               /* ASCII, or not UTF-8 at all */
-    want = c >= 0xf0 ? 4 : c >= 0xe0 ? 3 : 2;
-    return n - (i - 1) < want ? i - 1 : n;
-}
-
-/* Hand text from what was already handed out up to end to the piece
- * callback, NUL-terminated at end for the call; returns its status. */
-static int stream_emit(struct llm_stream *st, char *text, size_t end)
-{
-    struct llm_delta d;
-    char saved;
-    int result;
-
-    if (end <= st->delivered)
-        return PARLEY_OK;
-    saved = text[end];
-    text[end] = '\0';
-    d.text = text + st->delivered;
-    d.len = end - st->delivered;
-    d.content = text;
-    d.content_len = end;
-    st->delivered = end;
-    st->res->delivered = end;
-    result = st->piece(&d, st->privdata);
-    text[end] = saved;
-    if (result)
-        st->stopped = 1;
-    return result;
-}
-
-/* Whether an error event is a passing server condition worth asking
- * again for (OpenAI streams "server_error" when a model overloads). */
-static int stream_error_retryable(const cJSON *root)
-{
-    const cJSON *err = cJSON_GetObjectItemCaseSensitive(root, "error");
-    const cJSON *f;
-
-    if (!cJSON_IsObject(err))
-        return 0;
-    f = cJSON_GetObjectItemCaseSensitive(err, "code");
-    if (cJSON_IsNumber(f))
-        return llm_is_retryable(PARLEY_ERR_HTTP, (long)f->valuedouble);
-    for (int i = 0; i < 2; i++) {
-        f = cJSON_GetObjectItemCaseSensitive(err, i ? "code" : "type");
-        if (cJSON_IsString(f) &&
-            (strcmp(f->valuestring, "server_error") == 0 ||
-             strcmp(f->valuestring, "rate_limit_exceeded") == 0 ||
-             strcmp(f->valuestring, "overloaded_error") == 0))
-            return 1;
-    }
-    return 0;
-}
-
-/* Add one chunk's content to the answer, within the cap. */
-static int stream_append(struct llm_stream *st, const char *piece,
-                         size_t n)
-{
-    if (n > LLM_BODY_MAX || st->len > LLM_BODY_MAX - n)
-        return stream_fail(st, PARLEY_ERR_TOO_LARGE, 0,
-                           "the LLM API answer is over the %d-byte cap",
-                           LLM_BODY_MAX);
-    if (stream_reserve(st, n) != PARLEY_OK)
-        return stream_fail(st, PARLEY_ERR_OOM, 0, "out of memory "
-                           "reading the LLM API stream");
-    memcpy(st->text + st->len, piece, n);
-    st->len += n;
-    st->text[st->len] = '\0';
-    if (stream_redact(st) != PARLEY_OK)
-        return stream_fail(st, PARLEY_ERR_OOM, 0, "out of memory "
-                           "reading the LLM API stream");
-    return PARLEY_OK;
-}
-
-/* The fields of one chat.completion.chunk, or its error. */
-static int stream_chunk(struct llm_stream *st, const char *type,
-                        const cJSON *root)
-{
-    const cJSON *choices, *first, *delta, *f, *usage;
-    char why[LLM_ERRTEXT_MAX];
-
-    if (!cJSON_IsObject(root))
-        return stream_fail(st, PARLEY_ERR_PROTOCOL, 0, "the LLM API "
-                           "stream holds an event that is not a JSON "
-                           "object");
-    if (strcmp(type, "error") == 0 ||
-        cJSON_GetObjectItemCaseSensitive(root, "error")) {
-        if (!error_from_json(root, why, sizeof(why)))
-            snprintf(why, sizeof(why), "(no details)");
-        return stream_fail(st, PARLEY_ERR_PROTOCOL,
-                           stream_error_retryable(root), "the LLM API "
-                           "stream reported an error: %.900s", why);
-    }
-    usage = cJSON_GetObjectItemCaseSensitive(root, "usage");
-    if (cJSON_IsObject(usage)) {
-        st->prompt_tokens = token_count(usage, "prompt_tokens");
-        st->completion_tokens = token_count(usage, "completion_tokens");
-    }
-    /* The usage chunk has "choices": []; n > 1 is never asked for. */
-    choices = cJSON_GetObjectItemCaseSensitive(root, "choices");
-    first = cJSON_IsArray(choices) ? cJSON_GetArrayItem(choices, 0) : NULL;
-    if (!cJSON_IsObject(first))
-        return PARLEY_OK;
-    f = cJSON_GetObjectItemCaseSensitive(first, "finish_reason");
-    if (cJSON_IsString(f) && !st->finish_reason) {
-        st->finish_reason = strdup(f->valuestring);
-        if (!st->finish_reason)
-            return stream_fail(st, PARLEY_ERR_OOM, 0, "out of memory");
-    }
-    delta = cJSON_GetObjectItemCaseSensitive(first, "delta");
-    f = cJSON_GetObjectItemCaseSensitive(delta, "refusal");
-    if (cJSON_IsString(f)) {
-        size_t have = strlen(st->refusal);
-
-        snprintf(st->refusal + have, sizeof(st->refusal) - have, "%s",
-                 f->valuestring);
-    }
-    f = cJSON_GetObjectItemCaseSensitive(delta, "content");
-    if (cJSON_IsString(f) && f->valuestring[0])
-        return stream_append(st, f->valuestring, strlen(f->valuestring));
-    return PARLEY_OK;
-}
-
-/* sse_event_fn: one event of a streamed answer. */
-static int on_sse_event(const struct sse_event *ev, void *privdata)
-{
-    struct llm_stream *st = privdata;
-    cJSON *root;
-    char *clean;
-    size_t n;
-    int result;
-
-    if (st->done_seen)
-        return PARLEY_OK;       /* nothing counts after [DONE] */
-    if (ev->data_len == 6 && memcmp(ev->data, "[DONE]", 6) == 0) {
-        st->done_seen = 1;
-        return PARLEY_OK;
-    }
-    /* As for whole bodies: the key goes before anything reads it. */
-    clean = redact_copy(ev->data, ev->data_len, st->key, &n);
-    if (!clean)
-        return stream_fail(st, PARLEY_ERR_OOM, 0, "out of memory "
-                           "reading the LLM API stream");
-    root = cJSON_ParseWithLength(clean, n);
-    if (!root && strcmp(ev->type, "error") == 0) {
-        /* "event: error" with a plain-text reason: quote it. */
-        char why[LLM_ERRTEXT_MAX];
-
-        llm_parse_error(clean, n, why, sizeof(why));
-        free(clean);
-        return stream_fail(st, PARLEY_ERR_PROTOCOL, 0, "the LLM API "
-                           "stream reported an error: %.900s", why);
-    }
-    free(clean);
-    if (!root)
-        return stream_fail(st, PARLEY_ERR_PROTOCOL, 0, "the LLM API "
-                           "stream holds an event that is not valid JSON");
-    result = stream_chunk(st, ev->type, root);
-    cJSON_Delete(root);
-    if (result)
-        return result;
-    return stream_emit(st, st->text, utf8_cut(st->text, st->safe));
-}
-
-int llm_stream_create(struct llm_stream **out, const char *key,
-                      llm_piece_fn *piece, void *privdata,
-                      struct llm_result *res)
-{
-    struct llm_stream *st = calloc(1, sizeof(*st));
-
-    *out = NULL;
-    if (!st)
-        return PARLEY_ERR_OOM;
-    st->key = key;
-    st->piece = piece;
-    st->privdata = privdata;
-    st->res = res;
-    sse_init(&st->sse, SSE_EVENT_MAX, on_sse_event, st);
-    llm_stream_reset(st);
-    *out = st;
-    return PARLEY_OK;
-}
-
-void llm_stream_reset(struct llm_stream *st)
-{
-    sse_reset(&st->sse);
-    st->len = st->safe = st->delivered = 0;
-    if (st->text)
-        st->text[0] = '\0';
-    free(st->finish_reason);
-    st->finish_reason = NULL;
-    st->refusal[0] = '\0';
-    st->prompt_tokens = st->completion_tokens = -1;
-    st->done_seen = 0;
-    st->stopped = 0;
-    /* Failures are noted as they happen, so the outcome of an earlier
-     * attempt must not look like one. */
-    st->res->status = PARLEY_OK;
-    st->res->retryable = 0;
-    st->res->delivered = 0;
-    st->res->errstr[0] = '\0';
-}
-
-int llm_stream_feed(struct llm_stream *st, const char *data, size_t len)
-{
-    int result = sse_feed(&st->sse, data, len);
-
-    if (result && st->res->status == PARLEY_OK && !st->stopped)
-        stream_fail(st, result, 0, "the LLM API stream is unreadable: %s",
-                    st->sse.errstr);
-    return result;
-}
-
-/* A failure after text was shown is final, and says so. */
-static void stream_partial(struct llm_stream *st)
-{
-    struct llm_result *res = st->res;
-    char why[sizeof(res->errstr)];
-    char text[LLM_ERRTEXT_MAX];
-
-    if (res->status == PARLEY_OK || st->delivered == 0)
-        return;
-    text_copy(why, sizeof(why), res->errstr);
-    snprintf(text, sizeof(text), "the answer broke off after %zu bytes "
-             "were shown: %s", st->delivered, why);
-    text_copy(res->errstr, sizeof(res->errstr), text);
-    res->retryable = 0;
-}
-
-void llm_stream_end(struct llm_stream *st, int status, const char *errstr)
-{
-    struct llm_result *res = st->res;
-    char why[sizeof(res->errstr)];
-    int result;
-
-    if (res->status != PARLEY_OK) {
-        /* Stopped by a failure of its own (llm_stream_feed). */
-        stream_partial(st);
-        return;
-    }
-    result = sse_finish(&st->sse);
-    if (st->done_seen ||
-        (status == PARLEY_OK && st->finish_reason && result == PARLEY_OK)) {
-        /* The answer is whole, even if the connection then failed. */
-    } else if (status == PARLEY_ERR_TIMEOUT) {
-        stream_fail(st, status, 1, "the LLM API stream did not finish in "
-                    "time: %s", errstr ? errstr : "timeout");
-    } else if (status != PARLEY_OK) {
-        stream_fail(st, status, llm_is_retryable(status, 0), "the LLM API "
-                    "stream broke: %s", errstr ? errstr : "transfer failed");
-    } else {
-        /* A clean end without [DONE] or a finish_reason: cut short. */
-        stream_fail(st, PARLEY_ERR_EOF, 1, "the LLM API stream ended "
-                    "before the answer was complete");
-    }
-    if (res->status != PARLEY_OK) {
-        stream_partial(st);
-        return;
-    }
-    if (st->len == 0) {
-        if (st->refusal[0]) {
-            text_copy(why, sizeof(why), st->refusal);
-            stream_fail(st, PARLEY_ERR_PROTOCOL, 0, "the model refused: "
-                        "%.200s", why);
-        } else {
-            stream_fail(st, PARLEY_ERR_PROTOCOL, 0, "the LLM API stream "
-                        "has no message content");
-        }
-        return;
-    }
-    free(res->content);
-    free(res->finish_reason);
-    res->content = st->text;    /* its tail goes out in emit_rest */
-    st->text = NULL;
-    st->cap = 0;
-    res->finish_reason = st->finish_reason;
-    st->finish_reason = NULL;
-    res->prompt_tokens = st->prompt_tokens;
-    res->completion_tokens = st->completion_tokens;
-}
-
-int llm_stream_emit_rest(struct llm_stream *st, char *text)
-{
-    return stream_emit(st, text, strlen(text));
-}
-
-void llm_stream_free(struct llm_stream *st)
-{
-    if (!st)
-        return;
-    sse_free(&st->sse);
-    free(st->text);
-    free(st->finish_reason);
-    free(st);
+    llm_redact_text(text, sizeof(text), llm->api_key);
+    llm_strip_controls(text);
+    llm_text_copy(res->errstr, sizeof(res->errstr), text);
 }
 
 /* ------------------------------------------------------------------ */
@@ -1411,7 +665,7 @@ static int request_submit(struct llm *llm, const char *model,
     req->privdata = privdata;
     llm_result_clear(&req->res);
     req->url = strdup(url);
-    req->body = request_body(model && model[0] ? model : llm->model,
+    req->body = llm_body_build(model && model[0] ? model : llm->model,
                              messages, llm->temperature, llm->max_tokens,
                              on_delta != NULL);
     cJSON_Delete(messages);
@@ -1513,3 +767,4 @@ void llm_free(struct llm *llm)
     }
     llm_free_now(llm);
 }
+

@@ -132,8 +132,8 @@ long llm_backoff_ms(int attempt, long base_ms, long max_ms,
 void llm_result_clear(struct llm_result *res);
 
 /*
- * The stream reader alone, loop-free, for tests and the fuzzer (llm.c
- * drives one per streaming request).  Fed the bytes of a
+ * The stream reader alone (llm_stream.c), loop-free, for tests and the
+ * fuzzer (llm.c drives one per streaming request).  Fed the bytes of a
  * text/event-stream body, it reads the chat.completion.chunk events and
  * passes each safe piece of the answer to piece; failures and, at the
  * end, the answer go into res.

@@ -7,7 +7,8 @@
  *
  * Build by hand (the lead wires it into CMake):
  *   clang -g -O1 -fsanitize=fuzzer,address,undefined -D_GNU_SOURCE -Isrc \
- *     tests/fuzz/fuzz_llm_response.c src/llm.c src/loop.c src/log.c \
+ *     tests/fuzz/fuzz_llm_response.c src/llm.c src/llm_parse.c \
+ *     src/llm_stream.c src/loop.c src/log.c \
  *     -lcjson -lcurl -luv -lm -o fuzz_llm_response
  */
 #include <stddef.h>

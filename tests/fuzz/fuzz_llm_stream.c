@@ -10,7 +10,8 @@
  *
  * By hand with libFuzzer:
  *   clang -g -O1 -fsanitize=fuzzer,address,undefined -D_GNU_SOURCE -Isrc \
- *     tests/fuzz/fuzz_llm_stream.c src/llm.c src/loop.c src/log.c \
+ *     tests/fuzz/fuzz_llm_stream.c src/llm.c src/llm_parse.c \
+ *     src/llm_stream.c src/loop.c src/log.c \
  *     src/sse.c src/status.c -lcjson -lcurl -luv -lm -o fuzz_llm_stream
  */
 #include <stdint.h>
