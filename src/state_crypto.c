@@ -3,7 +3,7 @@
  * encryption"): Olm account and session pickles, inbound and outbound
  * Megolm sessions, who holds the outbound one, the Megolm replay marks
  * and the device lists of the people the bot talks to.  The values are
- * opaque here: pickles come encrypted from matrix_crypto.c, device keys
+ * opaque here: pickles come encrypted from matrix_crypto.h, device keys
  * as the JSON /keys/query returned.  Writes that must not be torn (an
  * inbound session and the account that lost a one-time key to it; a
  * rotation) go in one MULTI.

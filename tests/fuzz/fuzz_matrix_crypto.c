@@ -1,5 +1,5 @@
 /*
- * libFuzzer target for what matrix_crypto.c reads from the network: a
+ * libFuzzer target for what matrix_crypto.h reads from the network: a
  * to-device or timeline m.room.encrypted content, an m.room_key, the
  * decrypted plaintexts' checks, canonical JSON and signature checks, and
  * libolm's own decoders (pre-key message, Megolm ciphertext) behind them.

@@ -1,5 +1,5 @@
 /*
- * matrix_crypto.c without a server: canonical JSON against the spec's
+ * matrix_crypto.h without a server: canonical JSON against the spec's
  * examples, signed device and one-time keys, and round trips between two
  * accounts (Alice = the bot, Bob = a person's device) through Olm, an
  * m.room_key over Olm and Megolm, with every object pickled and restored

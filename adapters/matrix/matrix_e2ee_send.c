@@ -1,0 +1,622 @@
+/*
+ * The sending half of the adapter's E2EE client (matrix_e2ee.h):
+ * encrypting a room event.  Read the room's rotation settings, load or
+ * rotate our outbound Megolm session, find the members' devices (their
+ * signed device keys from /keys/query), share the room key with every
+ * device that does not hold it yet over new Olm sessions (one-time keys
+ * from /keys/claim), record the holders, then encrypt and store the
+ * session with its advanced index.  One encryption at a time.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <cjson/cJSON.h>
+
+#include "log.h"
+#include "matrix.h"
+#include "matrix_crypto.h"
+#include "matrix_e2ee.h"
+#include "matrix_e2ee_private.h"
+#include "random.h"
+#include "state.h"
+#include "status.h"
+
+/* ---- encrypting a room event -------------------------------------------- */
+
+/* Megolm sessions are rotated after this long or this many messages
+ * unless the room's m.room.encryption says less (the spec's defaults). */
+#define E2EE_ROTATE_MS (7LL * 24 * 3600 * 1000)
+#define E2EE_ROTATE_MSGS 100
+/* Devices one share reaches; a room past it is refused, not half-shared. */
+#define E2EE_DEVICES_MAX 1000
+/* Answers to /joined_members, /keys/query and /keys/claim. */
+#define E2EE_KEYS_ANSWER_MAX (4 * 1024 * 1024)
+
+struct e2ee_device {
+    char *user;
+    char *device;
+    char *curve;
+    char *ed;
+    int need;                       /* lacks the current session */
+};
+
+struct e2ee_enc {
+    struct matrix_e2ee *e;
+    char *room_id;
+    cJSON *content;                 /* what to encrypt */
+    struct matrix_megolm_out *out;
+    long long created_ms;
+    long long rotate_ms;            /* the room's rotation_period_ms */
+    long rotate_msgs;               /* ... and rotation_period_msgs */
+    int fresh;                      /* out is new: not stored yet */
+    char **members;
+    size_t n_members;
+    struct e2ee_device *dev;
+    size_t n_dev;
+    char *result;                   /* the m.room.encrypted content */
+    matrix_e2ee_cipher_fn *fn;
+    void *priv;
+};
+
+static long long now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+void e2ee_enc_free(struct e2ee_enc *x)
+{
+    size_t i;
+
+    free(x->room_id);
+    cJSON_Delete(x->content);
+    matrix_megolm_out_free(x->out);
+    for (i = 0; i < x->n_members; i++)
+        free(x->members[i]);
+    free(x->members);
+    for (i = 0; i < x->n_dev; i++) {
+        free(x->dev[i].user);
+        free(x->dev[i].device);
+        free(x->dev[i].curve);
+        free(x->dev[i].ed);
+    }
+    free(x->dev);
+    free(x->result);
+    free(x);
+}
+
+static void enc_finish(struct e2ee_enc *x, int status)
+{
+    struct matrix_e2ee *e = x->e;
+
+    e->enc_busy = 0;
+    if (status)
+        log_warn("matrix %s: cannot encrypt for %s (%s%s%s)",
+                 e->account_name, x->room_id, parley_status_name(status),
+                 matrix_crypto_error()[0] ? ", " : "",
+                 matrix_crypto_error());
+    if (!e->stopped)
+        x->fn(status, status ? NULL : x->result, x->priv);
+    e2ee_enc_free(x);
+}
+
+static int enc_http(struct e2ee_enc *x, const char *method, const char *path,
+                    cJSON *body, http_done_fn *done)
+{
+    char *b = body ? cJSON_PrintUnformatted(body) : NULL;
+    int result;
+
+    if (body && !b)
+        return PARLEY_ERR_OOM;
+    result = x->e->host.http(x->e->host.ctx, method, path, b, done, x,
+                             &x->e->req);
+    free(b);
+    if (!result)
+        x->e->enc = x;
+    return result;
+}
+
+static void enc_saved(int status, void *priv)
+{
+    struct e2ee_enc *x = priv;
+
+    enc_finish(x, status);
+}
+
+/* Every device holds the session: encrypt, store the session (its index
+ * moved: a crash must not reuse it), then hand the result over. */
+static void enc_encrypt(struct e2ee_enc *x)
+{
+    struct matrix_e2ee *e = x->e;
+    struct state_megolm_out rec;
+    cJSON *c = NULL;
+    char *p = NULL;
+    int result;
+
+    result = matrix_megolm_encrypt(x->out, x->room_id, "m.room.message",
+                                   x->content,
+                                   matrix_account_curve25519(e->acct),
+                                   e->device_id, &c);
+    if (!result) {
+        x->result = cJSON_PrintUnformatted(c);
+        result = x->result ? PARLEY_OK : PARLEY_ERR_OOM;
+    }
+    cJSON_Delete(c);
+    if (!result)
+        result = matrix_megolm_out_pickle(x->out,
+                                          (const uint8_t *)e->pickle_key,
+                                          e->pickle_key_len, &p);
+    if (!result) {
+        rec.pickle = p;
+        rec.created_ms = x->created_ms;
+        result = state_crypto_megolm_out_save(e->host.store, e->account_name,
+                                              x->room_id, &rec, enc_saved,
+                                              x);
+    }
+    free(p);
+    if (result)
+        enc_finish(x, result);
+}
+
+static void enc_shared_added(int status, void *priv)
+{
+    struct e2ee_enc *x = priv;
+
+    if (status) {
+        enc_finish(x, status);
+        return;
+    }
+    enc_encrypt(x);
+}
+
+/* Record who holds the session now (after a rotation the old list is
+ * gone: a member who left must not keep forcing new sessions). */
+static void enc_add_holders(struct e2ee_enc *x)
+{
+    const char **holders;
+    char **bufs;
+    size_t i, n = 0;
+    int result;
+
+    holders = calloc(x->n_dev + 1, sizeof(*holders));
+    bufs = calloc(x->n_dev + 1, sizeof(*bufs));
+    for (i = 0; holders && bufs && i < x->n_dev; i++) {
+        size_t len;
+
+        if (!x->dev[i].need)
+            continue;
+        len = strlen(x->dev[i].user) + strlen(x->dev[i].device) + 2;
+        bufs[n] = malloc(len);
+        if (!bufs[n])
+            break;
+        snprintf(bufs[n], len, "%s %s", x->dev[i].user, x->dev[i].device);
+        holders[n] = bufs[n];
+        n++;
+    }
+    result = !holders || !bufs ? PARLEY_ERR_OOM :
+             n ? state_crypto_megolm_shared_add(x->e->host.store,
+                                                x->e->account_name,
+                                                x->room_id, holders, n,
+                                                enc_shared_added, x) :
+             PARLEY_ERR_EOF;
+    for (i = 0; bufs && i < n; i++)
+        free(bufs[i]);
+    free(bufs);
+    free(holders);
+    if (result == PARLEY_ERR_EOF)
+        enc_encrypt(x);
+    else if (result)
+        enc_finish(x, result);
+}
+
+static void enc_discarded(int status, void *priv)
+{
+    struct e2ee_enc *x = priv;
+
+    if (status) {
+        enc_finish(x, status);
+        return;
+    }
+    enc_add_holders(x);
+}
+
+/* The to-device messages went out: remember who holds the session. */
+static void enc_sent(const struct http_response *resp, void *priv)
+{
+    struct e2ee_enc *x = priv;
+    int result;
+
+    x->e->req = NULL;
+    x->e->enc = NULL;
+    if (resp->status != PARLEY_OK || resp->code != 200) {
+        enc_finish(x, resp->status ? resp->status : PARLEY_ERR_HTTP);
+        return;
+    }
+    if (!x->fresh) {
+        enc_add_holders(x);
+        return;
+    }
+    result = state_crypto_megolm_out_discard(x->e->host.store,
+                                             x->e->account_name, x->room_id,
+                                             enc_discarded, x);
+    if (result)
+        enc_finish(x, result);
+}
+
+static struct e2ee_device *enc_find(struct e2ee_enc *x, const char *user,
+                                    const char *device)
+{
+    for (size_t i = 0; i < x->n_dev; i++)
+        if (!strcmp(x->dev[i].user, user) &&
+            !strcmp(x->dev[i].device, device))
+            return &x->dev[i];
+    return NULL;
+}
+
+/* One-time keys claimed: a new Olm session per device carries the room
+ * key (an Olm session per share costs a key, but needs no lookup). */
+static void enc_claimed(const struct http_response *resp, void *priv)
+{
+    struct e2ee_enc *x = priv;
+    struct matrix_e2ee *e = x->e;
+    struct matrix_olm_peer me = { e->user_id, e->device_id,
+                                  matrix_account_curve25519(e->acct),
+                                  matrix_account_ed25519(e->acct) };
+    cJSON *j, *otks, *u, *d, *k, *rk = NULL, *body, *msgs, *mu;
+    char path[128], txn[40];
+    size_t sent = 0;
+    int result;
+
+    e->req = NULL;
+    e->enc = NULL;
+    if (resp->status != PARLEY_OK || resp->code != 200) {
+        enc_finish(x, resp->status ? resp->status : PARLEY_ERR_HTTP);
+        return;
+    }
+    j = cJSON_ParseWithLength(resp->body, resp->body_len);
+    otks = cJSON_GetObjectItemCaseSensitive(j, "one_time_keys");
+    body = cJSON_CreateObject();
+    msgs = body ? cJSON_AddObjectToObject(body, "messages") : NULL;
+    result = msgs ? matrix_megolm_room_key(x->out, x->room_id, &rk) :
+                    PARLEY_ERR_OOM;
+    cJSON_ArrayForEach(u, otks) {
+        cJSON_ArrayForEach(d, u) {
+            struct e2ee_device *dv = enc_find(x, u->string, d->string);
+            struct matrix_olm_peer them;
+            struct matrix_olm *s = NULL;
+            cJSON *c = NULL;
+            char *sp = NULL;
+
+            k = d->child;
+            if (result || !dv || !dv->need || !k ||
+                !cJSON_IsString(cJSON_GetObjectItemCaseSensitive(k, "key")) ||
+                !matrix_verify_json(k, dv->user, dv->device, dv->ed))
+                continue;
+            if (matrix_olm_outbound(e->acct, dv->curve,
+                                    cJSON_GetObjectItemCaseSensitive(
+                                        k, "key")->valuestring, &s))
+                continue;
+            them = (struct matrix_olm_peer){ dv->user, dv->device, dv->curve,
+                                             dv->ed };
+            if (!matrix_olm_encrypt_event(s, &me, &them, "m.room_key", rk,
+                                          &c)) {
+                mu = cJSON_GetObjectItemCaseSensitive(msgs, dv->user);
+                if (!mu)
+                    mu = cJSON_AddObjectToObject(msgs, dv->user);
+                if (mu) {
+                    cJSON_AddItemToObject(mu, dv->device, c);
+                    c = NULL;
+                    sent++;
+                }
+                /* Their answers may come over this session. */
+                if (!matrix_olm_pickle(s, (const uint8_t *)e->pickle_key,
+                                       e->pickle_key_len, &sp))
+                    state_crypto_olm_save(e->host.store, e->account_name,
+                                          dv->curve, matrix_olm_id(s), sp,
+                                          NULL, NULL, NULL);
+            }
+            cJSON_Delete(c);
+            free(sp);
+            matrix_olm_free(s);
+        }
+    }
+    matrix_crypto_wipe_json(rk);
+    cJSON_Delete(j);
+    /* Devices without a key to claim do not get the session; they are
+     * marked as holders all the same, so they are not asked again for
+     * every message (they can request the key). */
+    if (!result) {
+        snprintf(txn, sizeof(txn), "parley-%016llx%016llx",
+                 (unsigned long long)random_u64(),
+                 (unsigned long long)random_u64());
+        snprintf(path, sizeof(path), "/sendToDevice/m.room.encrypted/%s",
+                 txn);
+        log_info("matrix %s: sharing a room key for %s with %zu device(s)",
+                 e->account_name, x->room_id, sent);
+        result = enc_http(x, "PUT", path, body, enc_sent);
+    }
+    cJSON_Delete(body);
+    if (result)
+        enc_finish(x, result);
+}
+
+static void enc_shared_loaded(int status, const char *const *items,
+                              size_t n, void *priv)
+{
+    struct e2ee_enc *x = priv;
+    cJSON *body, *otk, *u;
+    size_t i, j, need = 0;
+    int result;
+
+    if (status) {
+        enc_finish(x, status);
+        return;
+    }
+    /* Someone who holds the session left the room: it must not read
+     * what follows, so a new session is shared with those who stay. */
+    for (i = 0; i < n && !x->fresh; i++) {
+        const char *sp = strchr(items[i], ' ');
+        int member = 0;
+
+        for (j = 0; sp && j < x->n_members && !member; j++)
+            member = strlen(x->members[j]) == (size_t)(sp - items[i]) &&
+                     !strncmp(x->members[j], items[i],
+                              (size_t)(sp - items[i]));
+        if (member)
+            continue;
+        log_info("matrix %s: a member left %s: new room key",
+                 x->e->account_name, x->room_id);
+        matrix_megolm_out_free(x->out);
+        x->out = NULL;
+        if (matrix_megolm_out_new(&x->out) != PARLEY_OK) {
+            enc_finish(x, PARLEY_ERR_OOM);
+            return;
+        }
+        x->created_ms = now_ms();
+        x->fresh = 1;
+    }
+    for (i = 0; i < x->n_dev; i++) {
+        char want[2 * MATRIX_ID_MAX + 2];
+
+        snprintf(want, sizeof(want), "%s %s", x->dev[i].user,
+                 x->dev[i].device);
+        x->dev[i].need = 1;
+        for (j = 0; j < n && !x->fresh; j++)
+            if (!strcmp(items[j], want))
+                x->dev[i].need = 0;
+        need += x->dev[i].need;
+    }
+    if (!need) {
+        enc_encrypt(x);
+        return;
+    }
+    body = cJSON_CreateObject();
+    otk = body ? cJSON_AddObjectToObject(body, "one_time_keys") : NULL;
+    for (i = 0; otk && i < x->n_dev; i++) {
+        if (!x->dev[i].need)
+            continue;
+        u = cJSON_GetObjectItemCaseSensitive(otk, x->dev[i].user);
+        if (!u)
+            u = cJSON_AddObjectToObject(otk, x->dev[i].user);
+        if (u)
+            cJSON_AddStringToObject(u, x->dev[i].device, "signed_curve25519");
+    }
+    result = otk ? enc_http(x, "POST", "/keys/claim", body, enc_claimed) :
+                   PARLEY_ERR_OOM;
+    cJSON_Delete(body);
+    if (result)
+        enc_finish(x, result);
+}
+
+/* The members' devices, signature checked: everyone's but our own. */
+static void enc_queried(const struct http_response *resp, void *priv)
+{
+    struct e2ee_enc *x = priv;
+    struct matrix_e2ee *e = x->e;
+    cJSON *j, *dk, *u, *d;
+    char name[MATRIX_ID_MAX + 32];
+    int result;
+
+    e->req = NULL;
+    e->enc = NULL;
+    if (resp->status != PARLEY_OK || resp->code != 200) {
+        enc_finish(x, resp->status ? resp->status : PARLEY_ERR_HTTP);
+        return;
+    }
+    j = cJSON_ParseWithLength(resp->body, resp->body_len);
+    dk = cJSON_GetObjectItemCaseSensitive(j, "device_keys");
+    x->dev = calloc(E2EE_DEVICES_MAX, sizeof(*x->dev));
+    result = x->dev ? PARLEY_OK : PARLEY_ERR_OOM;
+    cJSON_ArrayForEach(u, dk) {
+        cJSON_ArrayForEach(d, u) {
+            const cJSON *keys = cJSON_GetObjectItemCaseSensitive(d, "keys");
+            const cJSON *uid = cJSON_GetObjectItemCaseSensitive(d, "user_id");
+            const cJSON *did = cJSON_GetObjectItemCaseSensitive(d,
+                                                                "device_id");
+            const cJSON *cv, *ed;
+            struct e2ee_device *dv;
+
+            if (result || !u->string || !d->string ||
+                !cJSON_IsString(uid) || !cJSON_IsString(did) ||
+                strcmp(uid->valuestring, u->string) ||
+                strcmp(did->valuestring, d->string) ||
+                (!strcmp(u->string, e->user_id) &&
+                 !strcmp(d->string, e->device_id)))
+                continue;
+            snprintf(name, sizeof(name), "curve25519:%s", d->string);
+            cv = cJSON_GetObjectItemCaseSensitive(keys, name);
+            snprintf(name, sizeof(name), "ed25519:%s", d->string);
+            ed = cJSON_GetObjectItemCaseSensitive(keys, name);
+            if (!cJSON_IsString(cv) || !cJSON_IsString(ed) ||
+                !matrix_verify_json(d, u->string, d->string, ed->valuestring))
+                continue;
+            if (x->n_dev >= E2EE_DEVICES_MAX) {
+                result = PARLEY_ERR_TOO_LARGE;
+                continue;
+            }
+            dv = &x->dev[x->n_dev++];
+            dv->user = strdup(u->string);
+            dv->device = strdup(d->string);
+            dv->curve = strdup(cv->valuestring);
+            dv->ed = strdup(ed->valuestring);
+            if (!dv->user || !dv->device || !dv->curve || !dv->ed)
+                result = PARLEY_ERR_OOM;
+        }
+    }
+    cJSON_Delete(j);
+    if (!result)
+        result = state_crypto_megolm_shared_load(e->host.store,
+                                                 e->account_name,
+                                                 x->room_id,
+                                                 enc_shared_loaded, x);
+    if (result)
+        enc_finish(x, result);
+}
+
+static void enc_members(const struct http_response *resp, void *priv)
+{
+    struct e2ee_enc *x = priv;
+    cJSON *j, *joined, *m, *body, *dk;
+    int result;
+
+    x->e->req = NULL;
+    x->e->enc = NULL;
+    if (resp->status != PARLEY_OK || resp->code != 200) {
+        enc_finish(x, resp->status ? resp->status : PARLEY_ERR_HTTP);
+        return;
+    }
+    j = cJSON_ParseWithLength(resp->body, resp->body_len);
+    joined = cJSON_GetObjectItemCaseSensitive(j, "joined");
+    body = cJSON_CreateObject();
+    dk = body ? cJSON_AddObjectToObject(body, "device_keys") : NULL;
+    x->members = calloc((size_t)cJSON_GetArraySize(joined) + 1,
+                        sizeof(*x->members));
+    cJSON_ArrayForEach(m, joined) {
+        if (!dk || !x->members || !m->string)
+            continue;
+        cJSON_AddItemToObject(dk, m->string, cJSON_CreateArray());
+        x->members[x->n_members] = strdup(m->string);
+        if (x->members[x->n_members])
+            x->n_members++;
+    }
+    cJSON_Delete(j);
+    result = dk ? enc_http(x, "POST", "/keys/query", body, enc_queried) :
+                  PARLEY_ERR_OOM;
+    cJSON_Delete(body);
+    if (result)
+        enc_finish(x, result);
+}
+
+static void enc_out_loaded(int status, const struct state_megolm_out *s,
+                           void *priv)
+{
+    struct e2ee_enc *x = priv;
+    struct matrix_e2ee *e = x->e;
+    char rid[3 * MATRIX_ID_MAX + 1], path[MATRIX_ID_MAX * 3 + 64];
+    int result = status;
+
+    if (!result && s &&
+        matrix_megolm_out_unpickle((const uint8_t *)e->pickle_key,
+                                   e->pickle_key_len, s->pickle,
+                                   &x->out) == PARLEY_OK) {
+        /* Rotate an old or well-used session: a new one is shared. */
+        if (now_ms() - s->created_ms > x->rotate_ms ||
+            matrix_megolm_out_index(x->out) >= (uint32_t)x->rotate_msgs) {
+            matrix_megolm_out_free(x->out);
+            x->out = NULL;
+        } else {
+            x->created_ms = s->created_ms;
+        }
+    }
+    if (!result && !x->out) {
+        result = matrix_megolm_out_new(&x->out);
+        x->created_ms = now_ms();
+        x->fresh = 1;
+    }
+    if (!result)
+        result = matrix_url_escape(x->room_id, rid, sizeof(rid));
+    if (!result) {
+        snprintf(path, sizeof(path), "/rooms/%s/joined_members", rid);
+        result = enc_http(x, "GET", path, NULL, enc_members);
+    }
+    if (result)
+        enc_finish(x, result);
+}
+
+/* The room's m.room.encryption: its rotation settings, when they are
+ * shorter than the defaults (a longer period is not honoured). */
+static void enc_state(const struct http_response *resp, void *priv)
+{
+    struct e2ee_enc *x = priv;
+    cJSON *j;
+    const cJSON *ms, *msgs;
+    int result;
+
+    x->e->req = NULL;
+    x->e->enc = NULL;
+    if (resp->status != PARLEY_OK ||
+        (resp->code != 200 && resp->code != 404)) {
+        enc_finish(x, resp->status ? resp->status : PARLEY_ERR_HTTP);
+        return;
+    }
+    j = resp->code == 200 ? cJSON_ParseWithLength(resp->body,
+                                                  resp->body_len) : NULL;
+    ms = cJSON_GetObjectItemCaseSensitive(j, "rotation_period_ms");
+    msgs = cJSON_GetObjectItemCaseSensitive(j, "rotation_period_msgs");
+    if (cJSON_IsNumber(ms) && ms->valuedouble >= 1 &&
+        ms->valuedouble < (double)x->rotate_ms)
+        x->rotate_ms = (long long)ms->valuedouble;
+    if (cJSON_IsNumber(msgs) && msgs->valuedouble >= 1 &&
+        msgs->valuedouble < (double)x->rotate_msgs)
+        x->rotate_msgs = (long)msgs->valuedouble;
+    cJSON_Delete(j);
+    result = state_crypto_megolm_out_load(x->e->host.store,
+                                          x->e->account_name, x->room_id,
+                                          enc_out_loaded, x);
+    if (result)
+        enc_finish(x, result);
+}
+
+int matrix_e2ee_encrypt(struct matrix_e2ee *e, const char *room_id,
+                        const char *content, matrix_e2ee_cipher_fn *fn,
+                        void *priv)
+{
+    struct e2ee_enc *x;
+    char rid[3 * MATRIX_ID_MAX + 1], path[3 * MATRIX_ID_MAX + 64];
+    int result;
+
+    if (!e || !e->ready || e->enc_busy || e->uploading || e->req ||
+        !room_id || !content || !fn)
+        return PARLEY_ERR_STATE;
+    x = calloc(1, sizeof(*x));
+    if (!x)
+        return PARLEY_ERR_OOM;
+    x->e = e;
+    x->fn = fn;
+    x->priv = priv;
+    x->room_id = strdup(room_id);
+    x->content = cJSON_Parse(content);
+    if (!x->room_id || !x->content) {
+        e2ee_enc_free(x);
+        return PARLEY_ERR_OOM;
+    }
+    x->rotate_ms = E2EE_ROTATE_MS;
+    x->rotate_msgs = E2EE_ROTATE_MSGS;
+    result = matrix_url_escape(room_id, rid, sizeof(rid));
+    if (!result) {
+        snprintf(path, sizeof(path), "/rooms/%s/state/m.room.encryption/",
+                 rid);
+        result = enc_http(x, "GET", path, NULL, enc_state);
+    }
+    if (result) {
+        e->enc = NULL;
+        e2ee_enc_free(x);
+        return result;
+    }
+    e->enc_busy = 1;
+    return PARLEY_OK;
+}
