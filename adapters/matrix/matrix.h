@@ -1,9 +1,10 @@
 /*
  * Internal interface of the Matrix adapter, shared by its files and by the
- * unit tests.  Everything here except the adapter itself (matrix_adapter.c)
- * is pure: it turns bytes into structs and structs into bytes with no
- * network, loop or Redis, so the tests and fuzzers can feed it hostile
- * input directly (hiredis test.c style).
+ * unit tests.  Everything here except the client itself (matrix_adapter.c,
+ * matrix_session.c, matrix_walk.c, matrix_send.c) is pure: it turns bytes
+ * into structs and structs into bytes with no network, loop or Redis, so
+ * the tests and fuzzers can feed it hostile input directly (hiredis
+ * test.c style).
  *
  *   matrix_sync.c     /sync response -> struct matrix_batch
  *   matrix_text.c     reply fallbacks, mentions, @room, UTF-8, URL, txnId,
@@ -12,7 +13,10 @@
  *                     login and filter request bodies
  *   matrix_config.c   the adapter's block of bot.conf
  *   matrix_members.c  per-room display names, disambiguated (spec)
- *   matrix_adapter.c  the client on the loop: login, sync, send, typing
+ *   matrix_adapter.c  the client on the loop: start, stop, typing, helpers
+ *   matrix_session.c  its control machine: login, whoami, filter, /sync
+ *   matrix_walk.c     its batch walk into the router, /joined_members
+ *   matrix_send.c     its per-room send queues, retries, 413 notice
  */
 #ifndef PARLEY_MATRIX_H
 #define PARLEY_MATRIX_H

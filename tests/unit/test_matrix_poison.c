@@ -3,7 +3,7 @@
  * issue 12): a Redis outage is waited out however long it lasts, while an
  * event the router refuses for good is skipped after MATRIX_POISON_TRIES
  * refusals, so the sync position can advance and later events are
- * answered.  The walk in matrix_adapter.c calls matrix_poison_refused for
+ * answered.  The walk in matrix_walk.c calls matrix_poison_refused for
  * every refusal, logs the skip once and counts it in /metrics.
  */
 #include <setjmp.h>
