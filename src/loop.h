@@ -8,7 +8,7 @@
  * buffer, restricted protocols and the parsed Retry-After header.
  *
  * The loop also offers what the rest of parley needs from libuv, so that
- * <uv.h> stays in loop.c and the glue that must speak to a library's own
+ * <uv.h> stays in loop*.c and the glue that must speak to a library's own
  * libuv hooks (hiredis in store.c): timers, signals, readiness watches
  * on a file descriptor, TCP streams with name resolution, a loopback
  * listener, and running the loop.
