@@ -108,6 +108,45 @@ static inline void spawn_stop(pid_t pid)
     waitpid(pid, NULL, 0);
 }
 
+/*
+ * ctest's SKIP_RETURN_CODE for unit programs (tests/CMakeLists.txt).  A
+ * server a test needs that is not installed must show as skipped, never
+ * as passed: spawn_require() exits with it before any test runs, and a
+ * program whose cases skip one by one (some need the server, some not)
+ * returns spawn_status() from main, which is SPAWN_SKIP when nothing
+ * failed but something was skipped for a missing program.
+ */
+#define SPAWN_SKIP 77
+
+static int spawn_missing;
+
+static inline void spawn_require(const char *path)
+{
+    if (access(path, X_OK) != 0) {
+        fprintf(stderr, "%s is not installed: skipping\n", path);
+        exit(SPAWN_SKIP);
+    }
+}
+
+/* 1 when path can be run; otherwise notes the skip for spawn_status(). */
+static inline int spawn_have(const char *path)
+{
+    if (access(path, X_OK) == 0)
+        return 1;
+    spawn_missing++;
+    return 0;
+}
+
+/* main's exit status from cmocka's count of failed tests. */
+static inline int spawn_status(int failed)
+{
+    if (failed != 0)
+        return failed;
+    if (spawn_missing != 0)
+        fprintf(stderr, "some cases skipped: a server is not installed\n");
+    return spawn_missing != 0 ? SPAWN_SKIP : 0;
+}
+
 /* redis-server on port with no persistence; dir for its files. */
 static inline pid_t spawn_redis(int port, const char *dir)
 {

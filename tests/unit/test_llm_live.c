@@ -1572,5 +1572,6 @@ int main(void)
                                         setup, teardown),
     };
 
+    spawn_require("/usr/bin/python3");
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

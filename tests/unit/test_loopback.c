@@ -491,5 +491,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(bench_burst, setup, teardown),
     };
 
+    spawn_require("/usr/bin/redis-server");
+    spawn_require("/usr/bin/python3");
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

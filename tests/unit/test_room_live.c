@@ -291,5 +291,7 @@ int main(void)
                                         teardown),
     };
 
+    spawn_require("/usr/bin/redis-server");
+    spawn_require("/usr/bin/python3");
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -453,5 +453,6 @@ int main(void)
     };
 
     log_set_level(LOG_LEVEL_ERROR);
+    spawn_require("/usr/bin/redis-server");
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
