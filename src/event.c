@@ -89,7 +89,8 @@ event_dup(const struct event *ev)
         event_size_add(&total, ev->text) ||
         event_size_add(&total, ev->event_id) ||
         event_size_add(&total, ev->thread_id) ||
-        event_size_add(&total, ev->reply_to))
+        event_size_add(&total, ev->reply_to) ||
+        event_size_add(&total, ev->limit_key))
         return NULL;
     copy = malloc(total);
     if (!copy)
@@ -105,6 +106,7 @@ event_dup(const struct event *ev)
     copy->event_id = event_copy_str(&pos, ev->event_id);
     copy->thread_id = event_copy_str(&pos, ev->thread_id);
     copy->reply_to = event_copy_str(&pos, ev->reply_to);
+    copy->limit_key = event_copy_str(&pos, ev->limit_key);
     return copy;
 }
 

@@ -31,6 +31,10 @@ struct event {
     const char *event_id;   /* platform id; NULL where none (IRC) */
     const char *thread_id;  /* thread root, or NULL */
     const char *reply_to;   /* event replied to, or NULL */
+    const char *limit_key;  /* whom the per-user rate limit counts, when
+                               not the sender: IRC people without an
+                               account go by user@host, which a nick
+                               change keeps; NULL = sender */
     int addressed;          /* the message is meant for the bot */
     int ambient;            /* not addressed, but keep it in the room's
                                history as context (IRC ambient_context) */

@@ -239,7 +239,8 @@ static void router_submit_common(struct router *r, const struct event *ev,
         enum rate_verdict verdict;
 
         snprintf(user, sizeof(user), "%s:%s:%s", ev->platform,
-                 ev->account ? ev->account : "", ev->sender);
+                 ev->account ? ev->account : "",
+                 ev->limit_key ? ev->limit_key : ev->sender);
         verdict = rate_check(r, user);
         if (verdict != RATE_ALLOW)
             log_room(LOG_LEVEL_INFO, ev->platform, ev->room,

@@ -509,6 +509,7 @@ static void handle_message(struct irc_ad *a, const char *origin,
 {
     char nick[IRC_NICK_MAX], text[IRC_TEXT_MAX], room[IRC_CHANNEL_MAX + 1];
     char body[IRC_TEXT_MAX + IRC_NICK_MAX + 4], sender[IRC_NICK_MAX + 1];
+    char limit[256];
     const char *rest = NULL, *account;
     int is_chan, addressed, command;
     struct irc_chan *c = NULL;
@@ -578,6 +579,15 @@ static void handle_message(struct irc_ad *a, const char *origin,
     ev.room = room;
     ev.sender = sender;
     ev.sender_name = nick;
+    /* Without an account a /nick would otherwise start a fresh rate
+     * budget; user@host survives it (people behind one shared host then
+     * share a budget, the lesser harm). */
+    if (!account &&
+        irc_prefix_userhost(origin, limit + 1, sizeof(limit) - 1) ==
+        PARLEY_OK) {
+        limit[0] = '@';
+        ev.limit_key = limit;
+    }
     ev.text = body;
     ev.addressed = addressed;
     ev.ambient = !addressed && !command && a->cfg.ambient_context;

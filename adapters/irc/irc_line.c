@@ -165,6 +165,26 @@ int irc_prefix_nick(const char *prefix, char *buf, size_t len)
     return PARLEY_OK;
 }
 
+int irc_prefix_userhost(const char *prefix, char *buf, size_t len)
+{
+    const char *bang = strchr(prefix, '!'), *at;
+    size_t n;
+
+    if (len == 0)
+        return PARLEY_ERR_TOO_LARGE;
+    buf[0] = '\0';
+    if (!bang || bang == prefix)
+        return PARLEY_ERR_PROTOCOL;
+    at = strchr(bang + 1, '@');
+    if (!at || at == bang + 1 || at[1] == '\0')
+        return PARLEY_ERR_PROTOCOL;
+    n = strlen(bang + 1);
+    if (n >= len)
+        return PARLEY_ERR_TOO_LARGE;
+    memcpy(buf, bang + 1, n + 1);
+    return PARLEY_OK;
+}
+
 int irc_line_numeric(const char *command, int *code)
 {
     if (!command || strlen(command) != 3 ||

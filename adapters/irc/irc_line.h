@@ -50,6 +50,15 @@ int irc_line_format(char *buf, size_t len, const struct irc_msg *msg);
  * Returns PARLEY_OK or PARLEY_ERR_TOO_LARGE (buf then holds ""). */
 int irc_prefix_nick(const char *prefix, char *buf, size_t len);
 
+/*
+ * Copy the "user@host" part of "nick!user@host" into buf: what stays the
+ * same across nick changes for people without a services account.
+ * Returns PARLEY_OK, PARLEY_ERR_PROTOCOL when the prefix has no '!' or
+ * '@' in that order (a server, or a bare nick), or PARLEY_ERR_TOO_LARGE;
+ * buf holds "" on error.
+ */
+int irc_prefix_userhost(const char *prefix, char *buf, size_t len);
+
 /* 1 when command is a three-digit numeric, which it stores in *code. */
 int irc_line_numeric(const char *command, int *code);
 

@@ -58,6 +58,7 @@ static void h_loop_close(void)
 struct h_event {
     enum event_kind kind;
     char room[256], sender[72], sender_name[72], text[2048];
+    char limit_key[256];
     int addressed, self, is_admin, from_bot, members;
 };
 
@@ -81,6 +82,8 @@ void router_submit(struct router *r, const struct event *ev)
     snprintf(e->sender_name, sizeof(e->sender_name), "%s",
              ev->sender_name ? ev->sender_name : "");
     snprintf(e->text, sizeof(e->text), "%s", ev->text ? ev->text : "");
+    snprintf(e->limit_key, sizeof(e->limit_key), "%s",
+             ev->limit_key ? ev->limit_key : "");
     e->addressed = ev->addressed;
     e->self = ev->self;
     e->is_admin = ev->is_admin;

@@ -165,6 +165,30 @@ static void test_prefix_nick(void **state)
     assert_string_equal(buf, "a");
 }
 
+static void test_prefix_userhost(void **state)
+{
+    char buf[16];
+
+    (void)state;
+    assert_int_equal(irc_prefix_userhost("nick!~u@h.example", buf,
+                                         sizeof(buf)), PARLEY_OK);
+    assert_string_equal(buf, "~u@h.example");
+    assert_int_equal(irc_prefix_userhost("irc.server", buf, sizeof(buf)),
+                     PARLEY_ERR_PROTOCOL);
+    assert_string_equal(buf, "");
+    assert_int_equal(irc_prefix_userhost("a@h", buf, sizeof(buf)),
+                     PARLEY_ERR_PROTOCOL);
+    assert_int_equal(irc_prefix_userhost("!u@h", buf, sizeof(buf)),
+                     PARLEY_ERR_PROTOCOL);
+    assert_int_equal(irc_prefix_userhost("n!@h", buf, sizeof(buf)),
+                     PARLEY_ERR_PROTOCOL);
+    assert_int_equal(irc_prefix_userhost("n!u@", buf, sizeof(buf)),
+                     PARLEY_ERR_PROTOCOL);
+    assert_int_equal(irc_prefix_userhost("n!user@a.long.host.name", buf,
+                                         sizeof(buf)), PARLEY_ERR_TOO_LARGE);
+    assert_string_equal(buf, "");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -173,6 +197,7 @@ int main(void)
         cmocka_unit_test(test_parse_hostile),
         cmocka_unit_test(test_parse_params_cap),
         cmocka_unit_test(test_format),
+        cmocka_unit_test(test_prefix_userhost),
         cmocka_unit_test(test_format_injection),
         cmocka_unit_test(test_prefix_nick),
     };

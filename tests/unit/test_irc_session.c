@@ -171,6 +171,19 @@ static void test_messages(void **state)
     assert_int_equal(strlen(e->room), 20);
     assert_string_equal(e->sender, "bob");
     assert_int_equal(e->addressed, 1);
+    /* No account: limits go by user@host, which a nick change keeps, so
+     * /nick gives no fresh rate budget. */
+    assert_string_equal(e->limit_key, "@~bob@127.0.0.1");
+    h_client_send(bob, "NICK bobby");
+    assert_true(h_wait_line(bob, 0, "NICK :bobby", 3000) >= 0);
+    h_client_send(bob, "PRIVMSG #test :parley: renamed");
+    e = h_wait_event(EVENT_MESSAGE, "renamed", 2000);
+    assert_non_null(e);
+    assert_string_equal(e->sender, "bobby");
+    assert_string_equal(e->limit_key, "@~bob@127.0.0.1");
+    n = bob->n;
+    h_client_send(bob, "NICK bob");
+    assert_true(h_wait_line(bob, n, "NICK :bob", 3000) >= 0);
     /* Formatting codes and Latin-1. */
     h_client_send(bob, "PRIVMSG #test :\x02parley\x02: \x03" "04,01red "
                   "caf\xe9");

@@ -293,6 +293,20 @@ static void rate_limit_answers_with_a_notice(void **state)
     router_submit(f->router, &ev);
     assert_true(run_until(f, idle, 5000));
     assert_false(f->sent[3].notice);
+    /* A limit key (IRC user@host without an account) is what counts: a
+     * new nick on the same host gets no fresh budget. */
+    ev = message("#r", "hal", "question");
+    ev.limit_key = "@~hal@host";
+    router_submit(f->router, &ev);
+    ev.sender = "hal2";
+    router_submit(f->router, &ev);
+    ev.sender = "hal3";
+    router_submit(f->router, &ev);
+    assert_true(run_until(f, idle, 5000));
+    assert_int_equal(f->n_sent, 7);
+    /* Different senders run in parallel: the notice may come first. */
+    assert_int_equal(f->sent[4].notice + f->sent[5].notice +
+                     f->sent[6].notice, 1);
 }
 
 /* The daily token budget is read with the settings and the history, in
