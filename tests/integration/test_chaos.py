@@ -50,7 +50,7 @@ SEED = int(os.environ.get("CHAOS_SEED", str(int(time.time()) % 100000)))
 MX_ROOMS, IRC_CHANS = 3, 2
 # A question every SPACING seconds on average: the run takes about
 # MESSAGES * SPACING seconds plus the final wait.
-SPACING = float(os.environ.get("CHAOS_SPACING", "0.15"))
+SPACING = float(os.environ.get("CHAOS_SPACING", "0.1"))
 TAG = re.compile(r"\b(q\d{4})\b")
 
 
