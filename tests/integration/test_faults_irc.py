@@ -7,6 +7,10 @@ test_irc_connection.py and test_irc_chat.py; this file adds:
   parley reconnects and rejoins each time, the answer in flight is
   delivered exactly once after the reconnect, later questions are
   answered, VmRSS bounded (growth between the first and last cycle).
+- test_redis_killed_mid_answer: Redis SIGKILLed while the model answers
+  -> the answer comes, a question while Redis is dead is answered
+  (without history), history is stored again after the restart, the
+  outage logged once.
 - test_bad_input_from_people: invalid UTF-8, a 510-byte line, colour
   and control codes, CTCP (also a lone \\x01 and lower-case dcc), empty
   and blank questions, a NOTICE and a CTCP to the bot -> each answered at
@@ -77,6 +81,38 @@ def test_server_killed_repeatedly():
                         if b"answer in flight" in l[2]]) == want
         print("VmRSS per cycle: %r kB" % rss)
         assert rss[-1] - rss[0] < RSS_GROWTH_MAX_KB, rss
+
+
+def test_redis_killed_mid_answer():
+    """IRC cannot wait for Redis: killed (SIGKILL) while the model works,
+    the answer still comes; a question while it is dead is answered
+    without history; after the restart history is stored again; the
+    outage is logged once."""
+    with Test() as t:
+        redis, stub, irc, c, p = start_all(t)
+        alice = c["alice"]
+        alice.say("#test", "parley: before")
+        alice.wait(r"PRIVMSG #test :alice: echo: alice: before", 20)
+        stub.script([{"when_contains": "mid answer", "delay": 1.5}])
+        alice.say("#test", "parley: mid answer")
+        wait_until(lambda: asked(stub, "mid answer"), 10, "the request")
+        redis.proc.send_signal(signal.SIGKILL)
+        redis.proc.wait()
+        alice.wait(r"PRIVMSG #test :alice: echo: alice: mid answer", 20)
+        alice.say("#test", "parley: while dead")
+        alice.wait(r"PRIVMSG #test :alice: echo: alice: while dead", 20)
+        redis.start()
+        wait_until(lambda: "reachable again" in p.stderr(), 20,
+                   "parley to see Redis back")
+        alice.say("#test", "parley: after")
+        alice.wait(r"PRIVMSG #test :alice: echo: alice: after", 20)
+        wait_until(lambda: redis.cmd("KEYS", "t:ctx:*"), 10,
+                   "history stored again")
+        assert p.proc.poll() is None
+        assert p.stderr().count("WARN redis") == 1, p.stderr()[-3000:]
+        for tag in (b"mid answer", b"while dead", b"after"):
+            assert len([l for l in bot_lines(alice, "#test")
+                        if tag in l[2]]) == 1, tag
 
 
 def test_bad_input_from_people():
@@ -203,5 +239,6 @@ if __name__ == "__main__":
     require_parley()
     if not have_ngircd():
         skip("ngircd not installed")
-    run_cases([test_server_killed_repeatedly, test_bad_input_from_people,
+    run_cases([test_server_killed_repeatedly, test_redis_killed_mid_answer,
+               test_bad_input_from_people,
                test_bad_lines_from_server])
