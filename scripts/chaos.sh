@@ -11,7 +11,7 @@
 #   scripts/chaos.sh [N]           e.g. scripts/chaos.sh 1000
 #   KILLS=20 SEED=4242 scripts/chaos.sh 500
 set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
 n=${1:-300}
 kills=${KILLS:-$(( n / 30 > 5 ? n / 30 : 5 ))}
 if [ -z "${PARLEY_BIN:-}" ]; then
