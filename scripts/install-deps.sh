@@ -48,6 +48,7 @@ TEST_PKGS=(
     python3-selenium        # ...from Python
     python3-olm             # the encrypting Matrix client in E2EE tests
     python3-matrix-nio      # ... (nio over olm, Debian's /usr/bin/python3)
+    valgrind                # memcheck of one IRC and one Matrix scenario
 )
 
 usage() {

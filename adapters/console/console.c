@@ -141,6 +141,21 @@ static int console_start(struct adapter *ad)
     return PARLEY_OK;
 }
 
+/* Write text with the C0 controls other than newline and tab, and DEL,
+ * shown as '?': the model's answer must not drive the terminal (escape
+ * sequences can retitle it, move the cursor or rewrite earlier lines). */
+static int console_put_text(FILE *out, const char *text)
+{
+    for (const unsigned char *p = (const unsigned char *)text; *p; p++) {
+        int ch = (*p < 0x20 && *p != '\n' && *p != '\t') || *p == 0x7f ?
+                 '?' : *p;
+
+        if (putc(ch, out) == EOF)
+            return -1;
+    }
+    return 0;
+}
+
 /* Replies go to stdout with the bot's name in front, one write each, so a
  * script reading our output sees whole answers. */
 static int console_send(struct adapter *ad, const char *room,
@@ -152,8 +167,9 @@ static int console_send(struct adapter *ad, const char *room,
 
     (void)room;
     (void)c;
-    if (fprintf(stdout, "%s> %s\n", name, reply->text) < 0 ||
-        fflush(stdout) != 0) {
+    if (fprintf(stdout, "%s> ", name) < 0 ||
+        console_put_text(stdout, reply->text) != 0 ||
+        putc('\n', stdout) == EOF || fflush(stdout) != 0) {
         snprintf(ad->errstr, sizeof(ad->errstr), "cannot write stdout: %s",
                  strerror(errno));
         return PARLEY_ERR_IO;

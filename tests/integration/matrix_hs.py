@@ -17,6 +17,8 @@ Standard library only; run with Debian's /usr/bin/python3.
 import http.client
 import json
 import os
+import socket
+import struct
 import subprocess
 import threading
 import time
@@ -195,9 +197,13 @@ class FaultProxy:
     """HTTP proxy to upstream with scripted faults.
 
     faults: list of dicts {"path": substring, "action": "500" | "502" |
-    "503" | "413" | "hang" | "drop" | "badjson", "count": n, "seconds": s
-    (hang)}; the
+    "503" | "413" | "429" | "hang" | "drop" | "reset" | "badjson" |
+    "raw", "count": n, "seconds": s (hang; for 429 the retry_after_ms in
+    seconds), "body": bytes and "status": n (raw)}; the
     first matching fault with count > 0 is used and its count decreased.
+    "429" is Synapse's M_LIMIT_EXCEEDED with retry_after_ms and a
+    Retry-After header; "reset" closes with a TCP reset; "raw" answers
+    body verbatim (bad input from a homeserver).
     """
 
     def __init__(self, upstream_port):
@@ -207,10 +213,17 @@ class FaultProxy:
         self.lock = threading.Lock()
         self.server = None
 
-    def add_fault(self, path, action, count=1, seconds=2.0):
+    def add_fault(self, path, action, count=1, seconds=2.0, body=b"",
+                  status=200):
         with self.lock:
             self.faults.append({"path": path, "action": action,
-                                "count": count, "seconds": seconds})
+                                "count": count, "seconds": seconds,
+                                "body": body, "status": status})
+
+    def pending(self):
+        """Faults not played yet."""
+        with self.lock:
+            return sum(f["count"] for f in self.faults)
 
     def requests(self, path_part=None):
         with self.lock:
@@ -291,6 +304,34 @@ class FaultProxy:
                     data = (b'{"errcode":"M_TOO_LARGE",'
                             b'"error":"event too large (injected)"}')
                     self.send_response(413)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                elif a == "429":
+                    ms = int(f["seconds"] * 1000)
+                    data = json.dumps({
+                        "errcode": "M_LIMIT_EXCEEDED",
+                        "error": "Too Many Requests",
+                        "retry_after_ms": ms}).encode()
+                    self.send_response(429)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Retry-After",
+                                     str(max(1, (ms + 999) // 1000)))
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                elif a == "reset":
+                    self.connection.setsockopt(
+                        socket.SOL_SOCKET, socket.SO_LINGER,
+                        struct.pack("ii", 1, 0))
+                    # Closed here, not by the server's shutdown(SHUT_WR),
+                    # which would send a FIN before the reset.
+                    os.close(self.connection.detach())
+                    self.close_connection = True
+                elif a == "raw":
+                    data = f["body"]
+                    self.send_response(f["status"])
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(data)))
                     self.end_headers()

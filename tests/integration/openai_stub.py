@@ -33,6 +33,11 @@ message, and removes it unless "repeat" is true):
   {"drop": true}                          headers + half the body, close
   {"content": "text", "finish_reason": "length", "no_usage": true}
   {"body_bytes": N}                       200 whose content is N x's
+  {"trickle": S}                          200 with the whole Content-Length
+                                          announced, then the body one
+                                          byte every S seconds
+  {"reset": true}                         read the request, then close
+                                          with a TCP reset (SO_LINGER 0)
   {"raw": "string", "status": 200}        this body verbatim
   {"headers": {"name": "value"}}          extra response headers
   "delay": S applies before any answer; "when_contains", "repeat" as
@@ -69,6 +74,7 @@ import json
 import os
 import signal
 import socket
+import struct
 import sys
 import threading
 import time
@@ -427,6 +433,15 @@ class Handler(BaseHTTPRequestHandler):
             time.sleep(float(action["hang"]))
             self.close_connection = True
             return
+        if action.get("reset"):
+            # linger on, timeout 0: close() sends RST instead of FIN.
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                       struct.pack("ii", 1, 0))
+            # Closed here, not by the server's shutdown(SHUT_WR), which
+            # would send a FIN before the reset.
+            os.close(self.connection.detach())
+            self.close_connection = True
+            return
         status = int(action.get("status", 200))
         if "raw" in action:
             self.send_json(status, None, extra, raw=action["raw"].encode())
@@ -452,6 +467,9 @@ class Handler(BaseHTTPRequestHandler):
         if action.get("malformed"):
             self.send_json(200, None, extra, raw=data[:len(data) // 2])
             return
+        if "trickle" in action:
+            self.send_trickle(data, float(action["trickle"]), extra)
+            return
         if body.get("stream") is True and not action.get("ignore_stream"):
             self.send_stream(model, content, body, action, extra)
             return
@@ -466,6 +484,24 @@ class Handler(BaseHTTPRequestHandler):
             return
         self.send_json(200, resp, extra, raw=data)
 
+
+    def send_trickle(self, data, interval, extra):
+        """The whole length announced, then one byte per interval, until
+        the client hangs up (a server stuck behind a slow link)."""
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for k, v in extra.items():
+            self.send_header(k, str(v))
+        self.end_headers()
+        self.close_connection = True
+        try:
+            for i in range(len(data)):
+                self.wfile.write(data[i:i + 1])
+                self.wfile.flush()
+                time.sleep(interval)
+        except OSError:
+            pass
 
     def send_stream(self, model, content, body, action, extra):
         """Answer as text/event-stream, with the faults of action."""
