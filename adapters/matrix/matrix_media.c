@@ -334,7 +334,14 @@ static int fetch_start(struct mx_fetch *f)
     return result;
 }
 
-/* Whether a refusal of the v1 route means "no such route here". */
+/*
+ * Whether a refusal of the v1 route means "no such route here": the spec
+ * says 404 M_UNRECOGNIZED (405 for a known path and unknown method);
+ * Synapse before 1.99 answers 400 M_UNRECOGNIZED; a bare 404 without a
+ * Matrix error body comes from a proxy in front of an old server.
+ * M_NOT_FOUND is a missing picture, which the older route would not find
+ * either.
+ */
 static int route_unknown(const struct http_response *resp)
 {
     char errcode[64];
@@ -342,14 +349,12 @@ static int route_unknown(const struct http_response *resp)
 
     if (resp->code == 405)
         return 1;
-    if (resp->code != 404)
+    if (resp->code != 404 && resp->code != 400)
         return 0;
-    /* M_UNRECOGNIZED, or no Matrix error body at all (a bare 404 from a
-     * router in front of an old server); M_NOT_FOUND is a missing
-     * picture, which the older route would not find either. */
     matrix_parse_error(resp->body, resp->body_len, errcode,
                        sizeof(errcode), &retry);
-    return strcmp(errcode, "M_UNRECOGNIZED") == 0 || errcode[0] == '\0';
+    return strcmp(errcode, "M_UNRECOGNIZED") == 0 ||
+           (resp->code == 404 && errcode[0] == '\0');
 }
 
 static void fetch_done(const struct http_response *resp, void *priv)
