@@ -111,7 +111,8 @@ static int router_classify(const struct adapter *ad, const struct event *ev)
         /* A picture without a caption is still a message. */
         if ((!ev->text || !*ev->text) && !ev->attachment)
             return -1;
-        if (ev->text && router_parse_command(ev->text, name, sizeof(name), &arg)) {
+        if (ev->text &&
+            router_parse_command(ev->text, name, sizeof(name), &arg)) {
             /* Bare !commands in a busy channel may belong to another bot:
              * only known ones are ours unless we were addressed. */
             if (command_known(ad, name) || ev->addressed)

@@ -23,16 +23,15 @@ python3-matrix-nio is.
 import hashlib
 import json
 import os
-import struct
 import sys
 import time
 import urllib.request
-import zlib
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import (Parley, Redis, Stub, Test, require_parley, run_cases,
                      wait_until, write_config)
 from matrix_hs import Homeserver, q, reply_target, require_homeserver
+from pictures import png
 
 try:
     import asyncio
@@ -51,28 +50,6 @@ LLM_EXTRA = 'vision_models = [ "other-model" ]; image_max_bytes = 20000;'
 def uniq(prefix):
     _n[0] += 1
     return "%s%d%d" % (prefix, os.getpid() % 10000, _n[0])
-
-
-def png(width, height, seed):
-    """A real PNG of noise (incompressible, so its size follows width *
-    height), different for every seed."""
-    rows = b""
-    x = seed
-    for _ in range(height):
-        row = bytearray([0])
-        for _ in range(width * 3):
-            x = (x * 1103515245 + 12345) & 0x7fffffff
-            row.append(x >> 16 & 0xff)
-        rows += bytes(row)
-
-    def chunk(kind, data):
-        c = kind + data
-        return (struct.pack(">I", len(data)) + c +
-                struct.pack(">I", zlib.crc32(c) & 0xffffffff))
-    return (b"\x89PNG\r\n\x1a\n" +
-            chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0,
-                                       0, 0)) +
-            chunk(b"IDAT", zlib.compress(rows, 0)) + chunk(b"IEND", b""))
 
 
 def upload(client, data, name, ctype):
