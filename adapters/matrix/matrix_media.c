@@ -41,6 +41,8 @@ struct mx_fetch {
     char media[256];
     size_t max;
     int legacy;                     /* on the /_matrix/media/v3 route */
+    struct loop_timer *wait;        /* waiting for the login */
+    int waited;                     /* ticks of it so far */
     adapter_fetch_done_fn *done;
     void *privdata;
     struct mx_fetch *next;
@@ -288,6 +290,13 @@ static void fetch_unlink(struct matrix *m, struct mx_fetch *f)
         }
 }
 
+static void fetch_release(struct mx_fetch *f)
+{
+    loop_timer_free(f->wait);
+    cJSON_Delete(f->ref);
+    free(f);
+}
+
 static void fetch_finish(struct mx_fetch *f, int status, unsigned char *data,
                          size_t len)
 {
@@ -295,8 +304,7 @@ static void fetch_finish(struct mx_fetch *f, int status, unsigned char *data,
     void *privdata = f->privdata;
 
     fetch_unlink(f->m, f);
-    cJSON_Delete(f->ref);
-    free(f);
+    fetch_release(f);
     done(status, data, len, privdata);
 }
 
@@ -410,6 +418,27 @@ static void fetch_done(const struct http_response *resp, void *priv)
     fetch_finish(f, PARLEY_OK, data, resp->body_len);
 }
 
+/* Ticks of FETCH_WAIT_MS a fetch waits for the login (two minutes). */
+#define FETCH_WAIT_MS 500
+#define FETCH_WAIT_TICKS 240
+
+static void on_fetch_wait(void *privdata)
+{
+    struct mx_fetch *f = privdata;
+
+    if (f->m->token_ok) {
+        loop_timer_stop(f->wait);
+        if (fetch_start(f) != PARLEY_OK)
+            fetch_finish(f, PARLEY_ERR_IO, NULL, 0);
+        return;
+    }
+    if (++f->waited >= FETCH_WAIT_TICKS) {
+        log_info("matrix %s: picture %s/%s not fetched: not logged in",
+                 f->m->mc.account, f->server, f->media);
+        fetch_finish(f, PARLEY_ERR_STATE, NULL, 0);
+    }
+}
+
 int matrix_media_fetch(struct adapter *ad, const char *ref, size_t max_bytes,
                        adapter_fetch_done_fn *done, void *privdata)
 {
@@ -419,7 +448,7 @@ int matrix_media_fetch(struct adapter *ad, const char *ref, size_t max_bytes,
     const char *mxc;
     int result;
 
-    if (m->stopped || !m->token_ok)
+    if (m->stopped)
         return PARLEY_ERR_STATE;
     f = calloc(1, sizeof(*f));
     if (!f)
@@ -438,10 +467,18 @@ int matrix_media_fetch(struct adapter *ad, const char *ref, size_t max_bytes,
     f->max = max_bytes;
     f->done = done;
     f->privdata = privdata;
-    result = fetch_start(f);
+    if (!m->token_ok) {
+        /* A job resumed at start-up asks before the login is through:
+         * it waits for the token rather than failing. */
+        f->wait = loop_timer_new(m->loop, on_fetch_wait, f);
+        result = f->wait ? loop_timer_start(f->wait, FETCH_WAIT_MS,
+                                            FETCH_WAIT_MS)
+                         : PARLEY_ERR_OOM;
+    } else {
+        result = fetch_start(f);
+    }
     if (result != PARLEY_OK) {
-        cJSON_Delete(f->ref);
-        free(f);
+        fetch_release(f);
         return result;
     }
     f->next = m->fetches;
@@ -455,8 +492,8 @@ void matrix_media_stop(struct matrix *m)
         struct mx_fetch *f = m->fetches;
 
         m->fetches = f->next;
-        loop_http_cancel(f->req);
-        cJSON_Delete(f->ref);
-        free(f);
+        if (f->req)
+            loop_http_cancel(f->req);
+        fetch_release(f);
     }
 }

@@ -13,6 +13,8 @@ Cases:
   caption in a thread whose root asked the bot is answered too; a
   picture over llm.image_max_bytes and a file that is not a picture get
   a clear message, and parley stays up;
+- parley killed while the model looks at a picture: the resumed job
+  downloads it again (the bytes are never in Redis), one answer;
 - encrypted room (matrix-nio uploads an encrypted attachment): the bot
   verifies and decrypts it and the model gets the original bytes.
 
@@ -103,7 +105,10 @@ class Setup:
                                  adapters=block, llm_extra=llm_extra,
                                  timeout_ms=5000, max_retries=1,
                                  backoff_max_ms=200)
-        self.parley = t.add(Parley(
+        self.start()
+
+    def start(self):
+        self.parley = self.t.add(Parley(
             ["-c", self.conf],
             env={"TEST_OPENAI_KEY": KEY, "MX_TEST_PASSWORD": PW,
                  "MX_TEST_PICKLE": PICKLE_KEY}).start())
@@ -220,6 +225,30 @@ def test_plain_room():
         assert len(image_requests(s.stub)) == n_before
         assert s.parley.proc.poll() is None, s.err()
         assert "runtime error" not in s.parley.stderr()
+
+        # kill -9 while the model looks at a picture: the picture is not
+        # in Redis, so the resumed job downloads it again from the
+        # reference in its record; the model sees the same bytes, and
+        # the question gets exactly one answer.
+        s.stub.script([{"when_contains": "once more", "delay": 4}])
+        pic3 = png(14, 14, 1234)
+        h3 = hashlib.sha256(pic3).hexdigest()
+
+        def seen_h3():
+            return sum(1 for r in image_requests(s.stub)
+                       for i in r["images"] if i["sha256"] == h3)
+        ev = send_image(alice, room, pic3, "again.png",
+                        caption="Parley Bot, once more", mentions=[s.bot])
+        wait_until(lambda: seen_h3() == 1, 20, "the picture at the model")
+        s.parley.kill()
+        s.start()
+        s.answer_to(room, ev, timeout=40)
+        assert seen_h3() == 2, seen_h3()
+        assert "resume: answering " + ev in s.parley.stderr(), s.err()
+        time.sleep(2)
+        mine = [e for e in alice.messages_from(room, s.bot)
+                if reply_target(e) == ev]
+        assert len(mine) == 1, mine
 
 
 async def nio_picture(s, pic):
