@@ -21,6 +21,7 @@
 
 #include "event.h"
 #include "image.h"
+#include "matrix/matrix.h"
 #include "matrix/matrix_media.h"
 #include "prompt.h"
 #include "status.h"
@@ -235,6 +236,45 @@ static void test_matrix_media_decrypt(void **state)
     cJSON_Delete(file);
 }
 
+/* The sync parser turns m.image into a message item with a reference;
+ * the caption (or "") is its text, and the mention in it counts. */
+static void test_matrix_sync_image(void **state)
+{
+    static const char sync[] =
+        "{\"next_batch\":\"n\",\"rooms\":{\"join\":{\"!r:l\":{"
+        "\"timeline\":{\"events\":["
+        "{\"type\":\"m.room.message\",\"event_id\":\"$1\","
+        "\"sender\":\"@a:l\",\"content\":{\"msgtype\":\"m.image\","
+        "\"body\":\"parley: what is this?\",\"filename\":\"cat.png\","
+        "\"url\":\"mxc://l/abc\",\"info\":{\"size\":2048}}},"
+        "{\"type\":\"m.room.message\",\"event_id\":\"$2\","
+        "\"sender\":\"@a:l\",\"content\":{\"msgtype\":\"m.image\","
+        "\"body\":\"dog.png\",\"url\":\"mxc://l/def\"}},"
+        "{\"type\":\"m.room.message\",\"event_id\":\"$3\","
+        "\"sender\":\"@a:l\",\"content\":{\"msgtype\":\"m.image\","
+        "\"body\":\"parley look\",\"url\":\"http://x/y\"}}"
+        "]}}}}}";
+    const struct matrix_ident me = { "@parley:l", "parley", NULL };
+    struct matrix_batch b;
+    char err[256];
+
+    (void)state;
+    memset(&b, 0, sizeof(b));
+    assert_int_equal(matrix_sync_parse(sync, strlen(sync), &me, &b, err,
+                                       sizeof(err)), PARLEY_OK);
+    /* The third has no usable mxc URL: no picture, not a message. */
+    assert_int_equal(b.n_items, 2);
+    assert_string_equal(b.items[0].text, "what is this?");
+    assert_true(b.items[0].mentioned);
+    assert_string_equal(b.items[0].media_ref, "{\"url\":\"mxc://l/abc\"}");
+    assert_string_equal(b.items[0].media_name, "cat.png");
+    assert_int_equal(b.items[0].media_size, 2048);
+    assert_string_equal(b.items[1].text, "");
+    assert_false(b.items[1].mentioned);
+    assert_string_equal(b.items[1].media_name, "dog.png");
+    matrix_batch_free(&b);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -244,6 +284,7 @@ int main(void)
         cmocka_unit_test(test_prompt_image_part),
         cmocka_unit_test(test_matrix_media_ref),
         cmocka_unit_test(test_matrix_media_decrypt),
+        cmocka_unit_test(test_matrix_sync_image),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
