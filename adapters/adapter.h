@@ -41,6 +41,14 @@ struct reply {
 
 typedef void adapter_send_done_fn(int status, void *privdata);
 
+/* A fetched attachment: on PARLEY_OK data (len bytes, malloc'd) becomes
+ * the callee's to free; otherwise data is NULL and status says why:
+ * PARLEY_ERR_TOO_LARGE (over max_bytes), PARLEY_ERR_PROTOCOL (a bad
+ * reference, or bytes that fail their hash or decryption),
+ * PARLEY_ERR_HTTP / _IO / _TIMEOUT (the server or the network). */
+typedef void adapter_fetch_done_fn(int status, unsigned char *data,
+                                   size_t len, void *privdata);
+
 struct adapter_ops {
     const char *type;       /* "console", "irc", "matrix" */
     /* Connect / start reading.  Called once after the loop is running. */
@@ -74,6 +82,16 @@ struct adapter_ops {
      * the router goes on calling progress and send normally). */
     int (*progress)(struct adapter *ad, const char *room,
                     const struct reply *reply, const char *content_so_far);
+    /*
+     * Optional: download an attachment of an event this adapter made
+     * (event_attachment.ref), at most max_bytes, giving up as soon as the
+     * size is known to be larger.  If it returns PARLEY_OK, done runs
+     * exactly once, later (never inside this call), unless the adapter
+     * stops first: stop drops fetches in flight without calling done
+     * (the router closes before adapters stop, see main.c).
+     */
+    int (*fetch)(struct adapter *ad, const char *ref, size_t max_bytes,
+                 adapter_fetch_done_fn *done, void *privdata);
     /* Stop taking input and close connections; frees nothing. */
     void (*stop)(struct adapter *ad);
     /* Release everything; called after stop, once the loop has closed

@@ -62,6 +62,10 @@ struct config_llm {
     int max_concurrent;     /* requests in flight, default 16 */
     char *model_switch;     /* who may use "!model NAME": "operators"
                                (default) or "everyone" */
+    char **vision_models;   /* models sent pictures as image parts; empty
+                               (default): no model is */
+    size_t n_vision_models;
+    int image_max_bytes;    /* largest picture taken in, default 10 MiB */
 };
 
 struct config_context {
@@ -181,6 +185,8 @@ const struct config_room *config_room_find(const struct config *cfg,
 
 /* Whether model is in llm.allowed_models (or is llm.model). */
 int config_model_allowed(const struct config *cfg, const char *model);
+/* Whether model is listed in llm.vision_models (takes pictures). */
+int config_model_vision(const struct config *cfg, const char *model);
 
 /* 1 when name is a key every adapter block may hold, checked by
  * config_load: "type", "stream" and the greeting keys (with their old IRC

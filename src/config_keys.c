@@ -10,12 +10,14 @@
  */
 #include <ctype.h>
 #include <limits.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
 #include "config_loader.h"
+#include "event.h"
 #include "log.h"
 
 /* base_url; far beyond any real endpoint. */
@@ -104,6 +106,11 @@ static const struct key_spec llm_keys[] = {
     KEY_NUM(config_llm, "backoff_max_ms", backoff_max_ms, 1, CONFIG_MS_MAX),
     KEY_NUM(config_llm, "max_concurrent", max_concurrent,
             1, CONFIG_CONCURRENT_MAX),
+    KEY_STR(config_llm, "vision_models", KEY_MODELS, vision_models),
+    /* A picture travels base64-encoded in the request (4/3 of its size),
+     * and an event holds at most EVENT_ATTACHMENT_MAX. */
+    KEY_NUM(config_llm, "image_max_bytes", image_max_bytes, 1024,
+            EVENT_ATTACHMENT_MAX),
 };
 
 static const struct key_spec context_keys[] = {
@@ -337,9 +344,11 @@ config_free_models(char **models, size_t n)
     free(models);
 }
 
+/* A list of model names into *list / *n_list (allowed_models,
+ * vision_models); the old list is freed once the new one is whole. */
 static void
 config_take_models(struct config_loader *ld, const config_setting_t *s,
-                   struct config_llm *llm)
+                   char ***list, size_t *n_list)
 {
     int n = config_setting_length(s);
     char **models;
@@ -393,9 +402,9 @@ config_take_models(struct config_loader *ld, const config_setting_t *s,
         config_free_models(models, count);
         return;
     }
-    config_free_models(llm->allowed_models, llm->n_allowed_models);
-    llm->allowed_models = models;
-    llm->n_allowed_models = count;
+    config_free_models(*list, *n_list);
+    *list = models;
+    *n_list = count;
 }
 
 /* Report keys of an entry group (fewshot, rooms) not in names[]. */
@@ -611,9 +620,17 @@ config_load_group(struct config_loader *ld, const config_setting_t *g,
                                     (double *)(void *)(field_base +
                                                        k->offset));
             continue;
-        case KEY_MODELS:
-            config_take_models(ld, s, (struct config_llm *)base);
+        case KEY_MODELS: {
+            struct config_llm *llm = (struct config_llm *)base;
+            int vision = k->offset == offsetof(struct config_llm,
+                                               vision_models);
+
+            config_take_models(ld, s, vision ? &llm->vision_models :
+                               &llm->allowed_models,
+                               vision ? &llm->n_vision_models :
+                               &llm->n_allowed_models);
             continue;
+        }
         case KEY_FEWSHOT:
             config_take_fewshot(ld, s, (struct config_prompts *)base);
             continue;
@@ -826,3 +843,19 @@ config_model_allowed(const struct config *cfg, const char *model)
     return 0;
 }
 
+
+/* Models that read pictures (llm.vision_models): only these get an image
+ * part; the rest are never sent one, since many servers refuse a
+ * request with a content part they do not know. */
+int
+config_model_vision(const struct config *cfg, const char *model)
+{
+    size_t i;
+
+    if (!cfg || !model)
+        return 0;
+    for (i = 0; i < cfg->llm.n_vision_models; i++)
+        if (strcmp(cfg->llm.vision_models[i], model) == 0)
+            return 1;
+    return 0;
+}

@@ -274,6 +274,7 @@ config_defaults(struct config *cfg)
     cfg->llm.backoff_base_ms = 500;
     cfg->llm.backoff_max_ms = 30000;
     cfg->llm.max_concurrent = 16;
+    cfg->llm.image_max_bytes = 10 * 1024 * 1024;
 
     cfg->context.max_turns = 40;
     cfg->context.max_tokens = 3000;
@@ -462,6 +463,7 @@ config_free(struct config *cfg)
     free(cfg->llm.base_url);
     free(cfg->llm.model);
     config_free_models(cfg->llm.allowed_models, cfg->llm.n_allowed_models);
+    config_free_models(cfg->llm.vision_models, cfg->llm.n_vision_models);
     free(cfg->llm.api_key_env);
     free(cfg->llm.model_switch);
     free(cfg->prompts.system);

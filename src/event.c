@@ -3,7 +3,9 @@
  * Redis, and the deep copy the router keeps when an event has to outlive
  * router_submit() (a reply queued behind another in the same room).  The
  * copy is one allocation holding the struct and all its strings, so it
- * cannot be half-built and event_free() is a single free().
+ * cannot be half-built and event_free() is a single free().  A picture
+ * that came with the event (up to EVENT_ATTACHMENT_MAX) is in that block
+ * too.
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -72,6 +74,40 @@ event_copy_str(char **pos, const char *s)
     return dst;
 }
 
+/* The attachment's size within the copy, its strings and bytes
+ * included; -1 when it is too large. */
+static int
+event_attachment_size(size_t *total, const struct event_attachment *a)
+{
+    if (!a)
+        return 0;
+    if (a->len > EVENT_ATTACHMENT_MAX || (a->len && !a->data))
+        return -1;
+    /* The struct goes first, aligned like the event itself. */
+    *total += sizeof(struct event_attachment) + a->len;
+    return event_size_add(total, a->name) || event_size_add(total, a->mime) ||
+           event_size_add(total, a->ref) ? -1 : 0;
+}
+
+static const struct event_attachment *
+event_attachment_copy(char **pos, const struct event_attachment *a)
+{
+    struct event_attachment *dst = (struct event_attachment *)(void *)*pos;
+    unsigned char *bytes;
+
+    *pos += sizeof(*dst);
+    *dst = *a;
+    bytes = (unsigned char *)*pos;
+    if (a->len)
+        memcpy(bytes, a->data, a->len);
+    dst->data = a->len ? bytes : NULL;
+    *pos += a->len;
+    dst->name = event_copy_str(pos, a->name);
+    dst->mime = event_copy_str(pos, a->mime);
+    dst->ref = event_copy_str(pos, a->ref);
+    return dst;
+}
+
 struct event *
 event_dup(const struct event *ev)
 {
@@ -80,6 +116,10 @@ event_dup(const struct event *ev)
     char *pos;
 
     if (!ev)
+        return NULL;
+    /* The attachment struct right after the event keeps its alignment
+     * (both hold pointers and sizes only). */
+    if (event_attachment_size(&total, ev->attachment))
         return NULL;
     if (event_size_add(&total, ev->platform) ||
         event_size_add(&total, ev->account) ||
@@ -97,6 +137,8 @@ event_dup(const struct event *ev)
         return NULL;
     *copy = *ev;
     pos = (char *)(copy + 1);
+    if (ev->attachment)
+        copy->attachment = event_attachment_copy(&pos, ev->attachment);
     copy->platform = event_copy_str(&pos, ev->platform);
     copy->account = event_copy_str(&pos, ev->account);
     copy->room = event_copy_str(&pos, ev->room);

@@ -16,6 +16,31 @@ enum event_kind {
 };
 
 /*
+ * A picture that came with a message (issue 10, "pictures in").  Either
+ * the bytes are here (the web chat had them in its request), or only ref
+ * is, and the job asks the adapter to fetch them (ops->fetch, adapter.h)
+ * when a model that reads pictures will see them: a Matrix sync batch is
+ * not held up by downloads, and a job resumed after a restart fetches the
+ * picture again from the same ref (the bytes are never in Redis).
+ */
+struct event_attachment {
+    const char *name;       /* file name for the history placeholder, or
+                               NULL */
+    const char *mime;       /* type as declared by the sender, or NULL;
+                               the bytes decide (image_sniff_mime) */
+    size_t size;            /* bytes, as declared or known; 0 = unknown */
+    const unsigned char *data;  /* the picture, or NULL (fetch by ref) */
+    size_t len;             /* bytes at data */
+    const char *ref;        /* adapter's own reference for ops->fetch
+                               (Matrix: JSON with the mxc URL or the
+                               EncryptedFile), or NULL */
+};
+
+/* Largest attachment an event may carry, whatever the configuration
+ * says (llm.image_max_bytes is checked against it). */
+#define EVENT_ATTACHMENT_MAX (32u * 1024 * 1024)
+
+/*
  * All strings are borrowed from the adapter for the duration of
  * router_submit(); the router copies what it keeps (event_dup).
  * Optional fields are NULL when absent.
@@ -42,6 +67,7 @@ struct event {
     int from_bot;           /* sender is known to be a bot */
     int is_admin;           /* adapter says sender may use !system */
     int members;            /* room members when known (joins), else 0 */
+    const struct event_attachment *attachment;  /* a picture, or NULL */
 };
 
 /*
@@ -62,7 +88,9 @@ struct event {
  */
 int event_room_key(const struct event *ev, char *buf, size_t len);
 
-/* Deep copy; NULL on allocation failure.  Free with event_free(). */
+/* Deep copy, the attachment (bytes included) with it; NULL on
+ * allocation failure or an attachment over EVENT_ATTACHMENT_MAX.  Free
+ * with event_free(). */
 struct event *event_dup(const struct event *ev);
 void event_free(struct event *ev);
 

@@ -70,6 +70,7 @@ void job_free(struct job *job)
     free(job->system);
     context_history_free(job->history);
     free(job->answer);
+    job_image_free(job);
     if (job->all_prev)
         job->all_prev->all_next = job->all_next;
     else
@@ -320,7 +321,8 @@ static void job_llm_done(const struct llm_result *res, void *privdata)
     if (job->kind == JOB_CHAT) {
         turns[n].role = "user";
         turns[n].name = (char *)event_speaker(job->ev);
-        turns[n].content = (char *)job->ev->text;
+        /* With a picture: its placeholder, never the picture. */
+        turns[n].content = (char *)job_turn_text(job);
         turns[n].ts = now;
         n++;
     }
@@ -390,7 +392,7 @@ static void job_complete(struct job *job)
     in.history = job->history;
     in.max_history_tokens = (size_t)cfg->context.max_tokens;
     in.user_name = event_speaker(job->ev);
-    in.user_text = job->kind == JOB_CHAT ? job->ev->text : NULL;
+    in.user_text = job->kind == JOB_CHAT ? job_turn_text(job) : NULL;
     /* The first words in a room greet and invite a topic, unless the room
      * turned greetings off. */
     in.first_contact = empty && job->greeting;
@@ -398,6 +400,12 @@ static void job_complete(struct job *job)
         in.user_name = NULL;
     if (!model && over && over->model)
         model = over->model;
+    /* A picture: checked, maybe fetched, before the model is asked. */
+    if (job->kind == JOB_CHAT &&
+        job_image_prepare(job, model ? model : cfg->llm.model,
+                          job_complete))
+        return;
+    in.image_url = job->image_url;
 
     messages = prompt_build(&in);
     if (!messages) {
@@ -565,9 +573,9 @@ static void job_store_ambient(struct job *job)
     memset(&t, 0, sizeof(t));
     t.role = "user";
     t.name = (char *)event_speaker(job->ev);
-    t.content = (char *)job->ev->text;
+    t.content = (char *)job_turn_text(job);
     t.ts = (long long)time(NULL);
-    if (!job_history_current(job)) {
+    if (!t.content || !job_history_current(job)) {
         job_drop(job);
         return;
     }

@@ -64,6 +64,47 @@ static int prompt_add(cJSON *arr, const char *role, const char *a,
     return 0;
 }
 
+/* Turn the last message of arr (a user message with string content)
+ * into content parts: its text, then the picture at url. */
+static int prompt_attach_image(cJSON *arr, const char *url)
+{
+    cJSON *msg = cJSON_GetArrayItem(arr, cJSON_GetArraySize(arr) - 1);
+    cJSON *text = msg ? cJSON_DetachItemFromObjectCaseSensitive(msg,
+                                                                "content")
+                      : NULL;
+    cJSON *parts, *tpart, *ipart, *iurl;
+
+    if (!text)
+        return -1;
+    parts = cJSON_CreateArray();
+    tpart = cJSON_CreateObject();
+    ipart = cJSON_CreateObject();
+    iurl = cJSON_CreateObject();
+    if (!parts || !tpart || !ipart || !iurl ||
+        !cJSON_AddItemToObject(msg, "content", parts)) {
+        cJSON_Delete(parts);
+        cJSON_Delete(tpart);
+        cJSON_Delete(ipart);
+        cJSON_Delete(iurl);
+        cJSON_Delete(text);
+        return -1;
+    }
+    cJSON_AddItemToArray(parts, tpart);
+    cJSON_AddItemToArray(parts, ipart);
+    if (!cJSON_AddStringToObject(tpart, "type", "text") ||
+        !cJSON_AddItemToObject(tpart, "text", text)) {
+        cJSON_Delete(text);
+        cJSON_Delete(iurl);
+        return -1;
+    }
+    if (!cJSON_AddStringToObject(ipart, "type", "image_url") ||
+        !cJSON_AddItemToObject(ipart, "image_url", iurl)) {
+        cJSON_Delete(iurl);
+        return -1;
+    }
+    return cJSON_AddStringToObject(iurl, "url", url) ? 0 : -1;
+}
+
 /* A user message "Name: text", or just text without a name. */
 static int prompt_add_user(cJSON *arr, const char *name, const char *text)
 {
@@ -171,6 +212,8 @@ struct cJSON *prompt_build(const struct prompt_input *in)
         goto fail;
     if (in->user_text) {
         if (prompt_add_user(arr, in->user_name, in->user_text))
+            goto fail;
+        if (in->image_url && prompt_attach_image(arr, in->image_url))
             goto fail;
     } else if (prompt_add_situation(arr, in)) {
         goto fail;

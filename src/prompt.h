@@ -25,6 +25,8 @@ struct prompt_input {
     size_t max_history_tokens;  /* budget for history; 0 = no limit */
     const char *user_name;      /* speaker of the new turn, or NULL */
     const char *user_text;      /* the new turn; NULL for a pure greeting */
+    const char *image_url;      /* a picture with the new turn, as a data
+                                   URL (image_data_url), or NULL */
 };
 
 /*
@@ -38,7 +40,10 @@ struct prompt_input {
  * "(Name has just joined the room. Greet them.)" when user_name is set),
  * since some local servers reject a list without a user message.  The
  * greeting instruction is appended to the system message, after a blank
- * line, only when first_contact is set.  Returns a new cJSON array the
+ * line, only when first_contact is set.  With image_url the new turn's
+ * content is a list of parts, the text then the picture ({"type":
+ * "image_url", "image_url": {"url": ...}}), as OpenAI's vision models
+ * take it.  Returns a new cJSON array the
  * caller owns, or NULL on OOM.
  */
 struct cJSON *prompt_build(const struct prompt_input *in);

@@ -108,9 +108,11 @@ static int router_classify(const struct adapter *ad, const struct event *ev)
         return -1;
     switch (ev->kind) {
     case EVENT_MESSAGE:
-        if (!ev->text || !*ev->text)
+        /* A picture without a caption is still a message. */
+        if ((!ev->text || !*ev->text) && !ev->attachment)
             return -1;
-        if (router_parse_command(ev->text, name, sizeof(name), &arg)) {
+        if (ev->text &&
+            router_parse_command(ev->text, name, sizeof(name), &arg)) {
             /* Bare !commands in a busy channel may belong to another bot:
              * only known ones are ours unless we were addressed. */
             if (command_known(ad, name) || ev->addressed)
@@ -206,6 +208,16 @@ static int submit_record(struct submit *s)
     rec.reply_to = ev->reply_to;
     rec.is_admin = ev->is_admin;
     rec.ts = (long long)time(NULL);
+    /* A picture is kept as the adapter's reference only (never the
+     * bytes): a resumed job fetches it again (job_image.c).  Bytes
+     * without a reference (the web chat, which is not durable) are not
+     * recorded, and a resumed job then answers the caption alone. */
+    if (ev->attachment && ev->attachment->ref) {
+        rec.attachment_ref = ev->attachment->ref;
+        rec.attachment_name = ev->attachment->name;
+        rec.attachment_mime = ev->attachment->mime;
+        rec.attachment_size = (long long)ev->attachment->size;
+    }
     return state_job_record(r->store, &rec, ttl, submit_checked, s);
 }
 
@@ -323,6 +335,7 @@ static void resume_one(const struct state_job *rec, void *privdata)
 {
     struct router *r = privdata;
     int greet = rec->kind == STATE_JOB_GREET;
+    struct event_attachment att;
     char room_key[EVENT_ROOM_KEY_MAX];
     struct adapter *ad;
     struct event ev;
@@ -343,6 +356,15 @@ static void resume_one(const struct state_job *rec, void *privdata)
     ev.event_id = rec->event_id;
     ev.addressed = 1;
     ev.is_admin = rec->is_admin;
+    if (rec->attachment_ref) {
+        memset(&att, 0, sizeof(att));
+        att.ref = rec->attachment_ref;
+        att.name = rec->attachment_name;
+        att.mime = rec->attachment_mime;
+        att.size = rec->attachment_size > 0 ?
+                   (size_t)rec->attachment_size : 0;
+        ev.attachment = &att;
+    }
     if (greet) {
         /* The bot's own join: a greeting has no text of its own. */
         ev.kind = EVENT_JOIN;

@@ -63,6 +63,13 @@ struct job {
     int streamed;               /* ops->progress has shown part of the
                                    answer (the final send replaces it) */
 
+    /* A picture with the message (job_image.c). */
+    char *turn_text;            /* the user turn as stored: placeholder
+                                   and caption; owned, NULL until built */
+    char *image_url;            /* data URL for the model, or NULL */
+    int image_step;             /* 0 to do, 1 fetching, 2 done */
+    void (*image_go_on)(struct job *job);   /* after the fetch */
+
     struct job *next;           /* room's waiting or running list */
     struct job *all_prev, *all_next;    /* every live job, for close */
 };
@@ -155,5 +162,20 @@ void job_drop(struct job *job);
 /* Start the job's steps (room settings first). */
 void job_run(struct job *job);
 const char *event_speaker(const struct event *ev);
+
+/* job_image.c */
+/* The user turn's text as the model and the history see it: the event's
+ * text, or with a picture the placeholder and caption.  NULL on OOM. */
+const char *job_turn_text(struct job *job);
+/*
+ * Before asking model (the one this job will use) about a message with a
+ * picture: 0 when the job may go on at once; 1 when it is taken care of
+ * here, either answered (a model that cannot see pictures, a picture too
+ * large or of a type not taken, a download that failed) or fetching, and
+ * then go_on(job) runs once the picture is ready.
+ */
+int job_image_prepare(struct job *job, const char *model,
+                      void (*go_on)(struct job *job));
+void job_image_free(struct job *job);
 
 #endif

@@ -92,6 +92,11 @@ struct state_job {
     long long ts;           /* unix seconds when accepted */
     const char *answer;     /* set once state is ANSWERED */
     int notice;             /* the answer is service text */
+    const char *attachment_ref;     /* a picture: the adapter's reference
+                                       (event_attachment), or NULL */
+    const char *attachment_name;    /* its file name, or NULL */
+    const char *attachment_mime;    /* its declared type, or NULL */
+    long long attachment_size;      /* its declared size, 0 unknown */
 };
 
 /*

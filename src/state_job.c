@@ -165,7 +165,8 @@ int state_job_record(struct store *st, const struct state_job *job,
                      int ttl_s, state_claim_fn *fn, void *privdata)
 {
     char seen[STORE_KEY_MAX], key[STORE_KEY_MAX], ttl[24], ts[24];
-    const char *argv[6 + 2 * 13];
+    char asize[24];
+    const char *argv[6 + 2 * 17];
     struct claim_request *req;
     int argc = 0;
     int result;
@@ -205,6 +206,13 @@ int state_job_record(struct store *st, const struct state_job *job,
     argc = job_field(argv, argc, "reply_to", job->reply_to);
     argc = job_field(argv, argc, "is_admin", job->is_admin ? "1" : "0");
     argc = job_field(argv, argc, "ts", ts);
+    argc = job_field(argv, argc, "attachment_ref", job->attachment_ref);
+    argc = job_field(argv, argc, "attachment_name", job->attachment_name);
+    argc = job_field(argv, argc, "attachment_mime", job->attachment_mime);
+    if (job->attachment_ref) {
+        snprintf(asize, sizeof(asize), "%lld", job->attachment_size);
+        argc = job_field(argv, argc, "attachment_size", asize);
+    }
     req = claim_request_new(fn, privdata, job->event_id);
     if (!req)
         return PARLEY_ERR_OOM;
@@ -391,6 +399,11 @@ static int job_decode(const redisReply *rep, const char *key,
     job->ts = state_parse_ll(state_hash_field(rep, "ts"));
     job->answer = state_hash_field(rep, "answer");
     job->notice = state_parse_ll(state_hash_field(rep, "notice")) == 1;
+    job->attachment_ref = state_hash_field(rep, "attachment_ref");
+    job->attachment_name = state_hash_field(rep, "attachment_name");
+    job->attachment_mime = state_hash_field(rep, "attachment_mime");
+    job->attachment_size = state_parse_ll(state_hash_field(rep,
+                                                     "attachment_size"));
     if (!state || !job->platform || !job->room ||
         (!job->text && job->kind != STATE_JOB_GREET)) {
         state_label(label, sizeof(label), key);

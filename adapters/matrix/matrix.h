@@ -65,7 +65,8 @@ struct matrix_ident {
 };
 
 enum matrix_item_kind {
-    MATRIX_ITEM_MESSAGE = 0,    /* m.room.message m.text / m.emote */
+    MATRIX_ITEM_MESSAGE = 0,    /* m.room.message m.text / m.emote /
+                                   m.image (media_ref set) */
     MATRIX_ITEM_JOIN,           /* someone else joined a joined room */
     MATRIX_ITEM_INVITE,         /* the bot was invited (rooms.invite) */
     MATRIX_ITEM_ENCRYPTED,      /* the room is encrypted (m.room.encryption
@@ -95,6 +96,11 @@ struct matrix_item {
     int is_direct;              /* invites: the inviter marked it a DM */
     int emote;                  /* msgtype m.emote */
     char *cipher;               /* CIPHERTEXT: the content as JSON */
+    char *media_ref;            /* m.image: reference for ops->fetch
+                                   (matrix_media.h), else NULL */
+    char *media_name;           /* m.image: file name, or NULL */
+    char *media_mime;           /* m.image: declared type, or NULL */
+    long long media_size;       /* m.image: declared size, 0 unknown */
 };
 
 /* An encrypted to-device event (sender and content JSON), for the E2EE

@@ -28,6 +28,7 @@
 #include "matrix.h"
 #include "matrix_adapter_int.h"
 #include "matrix_e2ee.h"
+#include "matrix_media.h"
 #include "matrix_poison.h"
 #include "metrics.h"
 #include "random.h"
@@ -383,6 +384,7 @@ static void matrix_stop(struct adapter *ad)
         m->ctl_req = NULL;
     }
     matrix_e2ee_stop(m->e2ee);
+    matrix_media_stop(m);
     while (m->misc) {
         struct mx_misc *x = m->misc;
 
@@ -438,6 +440,7 @@ static void matrix_free(struct adapter *ad)
     for (i = 0; i < MX_RING; i++) {
         free(m->mine[i]);
         free(m->joins[i]);
+        free(m->asked[i]);
     }
     matrix_batch_free(&m->batch);
     matrix_batch_free(&m->dec);
@@ -461,6 +464,7 @@ static const struct adapter_ops matrix_ops = {
     .start = matrix_start,
     .send = matrix_send,
     .typing = matrix_typing,
+    .fetch = matrix_media_fetch,
     .stop = matrix_stop,
     .free = matrix_free,
 };

@@ -139,6 +139,8 @@ struct mx_room {
 };
 
 /* A fire-and-forget request (typing, join, leave). */
+struct mx_fetch;
+
 struct mx_misc {
     struct mx_misc *next, *prev;
     struct matrix *m;
@@ -198,12 +200,17 @@ struct matrix {
 
     struct mx_room *rooms;
     size_t n_rooms;
+    struct mx_fetch *fetches;       /* pictures downloading
+                                       (matrix_media.c) */
     struct mx_misc *misc;
 
     char *mine[MX_RING];            /* event ids we sent */
     size_t mine_pos;
     char *joins[MX_RING];           /* member events given to the router */
     size_t joins_pos;
+    char *asked[MX_RING];           /* messages that addressed the bot:
+                                       a picture in their thread does */
+    size_t asked_pos;
 };
 
 /* matrix_adapter.c: helpers, misc requests, life cycle */

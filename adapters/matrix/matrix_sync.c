@@ -16,6 +16,7 @@
  * requested by the filter.
  */
 #include "matrix.h"
+#include "matrix_media.h"
 
 #include <cjson/cJSON.h>
 #include <stdio.h>
@@ -78,6 +79,9 @@ static void item_free(struct matrix_item *it)
     free(it->thread_id);
     free(it->reply_to);
     free(it->cipher);
+    free(it->media_ref);
+    free(it->media_name);
+    free(it->media_mime);
     memset(it, 0, sizeof(*it));
 }
 
@@ -288,16 +292,33 @@ static int parse_message(struct matrix_batch *b, const char *room_id,
     }
     msgtype = get_str(content, "msgtype");
     body = get_str(content, "body");
-    if (!msgtype || !body || (strcmp(msgtype, "m.text") != 0 &&
-                              strcmp(msgtype, "m.emote") != 0)) {
+    memset(&it, 0, sizeof(it));
+    if (msgtype && body && strcmp(msgtype, "m.image") == 0) {
+        /* A picture: its caption (if any) is the text (matrix_media.h). */
+        struct matrix_media_info mi;
+        int r = matrix_media_ref(content, &mi);
+
+        if (r == PARLEY_ERR_OOM)
+            return r;
+        if (r != PARLEY_OK) {
+            b->n_skipped++;
+            return PARLEY_OK;
+        }
+        it.media_ref = mi.ref;
+        it.media_name = mi.name;
+        it.media_mime = mi.mime;
+        it.media_size = mi.size;
+        body = mi.caption ? mi.caption : "";
+    } else if (!msgtype || !body || (strcmp(msgtype, "m.text") != 0 &&
+                                     strcmp(msgtype, "m.emote") != 0)) {
         b->n_skipped++;
         return PARLEY_OK;
     }
-    memset(&it, 0, sizeof(it));
     rel = get_obj(content, "m.relates_to");
     rel_type = rel ? get_str(rel, "rel_type") : NULL;
     if (rel_type && strcmp(rel_type, "m.replace") == 0) {
         b->n_skipped++;         /* edits: see the comment at the top */
+        item_free(&it);
         return PARLEY_OK;
     }
     if (rel_type && strcmp(rel_type, "m.thread") == 0) {

@@ -276,6 +276,7 @@ static int walk_item(struct matrix *m, const struct matrix_item *it)
 {
     struct mx_room *r;
     struct event ev;
+    struct event_attachment att;
     char room[2 * MATRIX_ID_MAX + 2];
     char name[MATRIX_NAME_MAX + MATRIX_ID_MAX + 8];
     size_t i;
@@ -369,6 +370,24 @@ static int walk_item(struct matrix *m, const struct matrix_item *it)
         ev.addressed = it->mentioned || it->reply_names_bot ||
                        ring_has(m->mine, it->reply_to) ||
                        (r && (r->direct || r->members == 2));
+        if (it->media_ref) {
+            /* A picture goes by reference: the job fetches it only if
+             * the model will look at it (matrix_media.c). */
+            memset(&att, 0, sizeof(att));
+            att.ref = it->media_ref;
+            att.name = it->media_name;
+            att.mime = it->media_mime;
+            att.size = it->media_size > 0 ? (size_t)it->media_size : 0;
+            ev.attachment = &att;
+            /* Pictures rarely carry a mention: one posted in a thread
+             * whose root asked the bot (or that the bot answered in)
+             * belongs to that conversation. */
+            if (it->thread_id && (ring_has(m->asked, it->thread_id) ||
+                                  ring_has(m->mine, it->thread_id)))
+                ev.addressed = 1;
+        }
+        if (ev.addressed && it->event_id)
+            ring_add(m->asked, &m->asked_pos, it->event_id);
         if (!ev.addressed && r && r->members < 0) {
             /* Maybe a DM: ask the server how many are in the room. */
             if (members_fetch(m, it->room_id))

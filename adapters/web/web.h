@@ -88,6 +88,7 @@ struct web_event {
 
 struct web_stream;
 struct web_req;
+struct event_attachment;
 
 struct web_session {
     char room[WEB_ROOM_LEN + 1];
@@ -146,9 +147,11 @@ int web_session_push(struct web *w, struct web_session *s, const char *name,
 void web_session_attach(struct web *w, struct web_session *s,
                         struct web_stream *st);
 void web_session_detach(struct web_stream *st);
-/* Hand a message from the browser to the router. */
+/* Hand a message from the browser to the router, with a picture when
+ * att is not NULL (copied by the router). */
 int web_submit(struct web *w, const char *room, const char *text,
-               char *event_id, size_t idlen);
+               const struct event_attachment *att, char *event_id,
+               size_t idlen);
 /* Markdown from the model -> sanitized HTML (matrix_html), or NULL. */
 char *web_render(const char *markdown);
 

@@ -357,7 +357,8 @@ static void web_typing(struct adapter *ad, const char *room, int on)
 }
 
 int web_submit(struct web *w, const char *room, const char *text,
-               char *event_id, size_t idlen)
+               const struct event_attachment *att, char *event_id,
+               size_t idlen)
 {
     unsigned char rnd[12];
     char h[sizeof(rnd) * 2 + 1];
@@ -378,6 +379,7 @@ int web_submit(struct web *w, const char *room, const char *text,
     ev.sender_name = w->cfg.user_name;
     ev.text = text;
     ev.event_id = event_id;
+    ev.attachment = att;
     /* A browser is a private conversation with the bot. */
     ev.addressed = 1;
     /* Each browser is alone in its room, so it runs that room: the

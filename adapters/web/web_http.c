@@ -11,6 +11,8 @@
  *   GET  /api/events            text/event-stream: typing, progress,
  *                               reply, ping
  *   POST /api/send              {"text": "..."} -> 202 {"id": "..."}
+ *   POST /api/picture?name=N&text=CAPTION   the picture's bytes (at most
+ *                               llm.image_max_bytes) -> 202 {"id": "..."}
  *   POST /login                 token=... (form) -> cookie, 303 to /
  *
  * Checks, in this order, on every request: the Host header names this
@@ -38,6 +40,7 @@
 #include "context.h"
 #include "dict.h"
 #include "event.h"
+#include "image.h"
 #include "log.h"
 #include "loop.h"
 #include "matrix/matrix.h"
@@ -61,6 +64,8 @@ struct web_req {
     char new_sid[WEB_SID_HEX + 1];  /* set as a cookie when not empty */
     char *body;
     size_t len;
+    size_t max;                 /* body cap: WEB_BODY_MAX, or the picture
+                                   cap for /api/picture */
     int post;
     int rejected;               /* a response was queued on the first
                                    call */
@@ -505,7 +510,21 @@ static enum MHD_Result get_events(struct web_req *req,
     return ret;
 }
 
-/* ---- POST /api/send, POST /login --------------------------------------- */
+/* ---- POST /api/send, POST /api/picture, POST /login -------------------- */
+
+/* A chat line from the browser, cleaned: valid UTF-8 of at most max
+ * bytes, control characters other than newline and tab (which mean
+ * nothing in a chat line) made blanks.  NULL on OOM. */
+static char *clean_line(const char *in, size_t max)
+{
+    char *text = matrix_utf8_clean(in, strlen(in), max);
+
+    for (size_t i = 0; text && text[i]; i++)
+        if ((unsigned char)text[i] < 0x20 && text[i] != '\n' &&
+            text[i] != '\t')
+            text[i] = ' ';
+    return text;
+}
 
 static enum MHD_Result post_send(struct web_req *req,
                                  struct MHD_Connection *c)
@@ -521,17 +540,10 @@ static enum MHD_Result post_send(struct web_req *req,
         return reply_json(req, c, MHD_HTTP_BAD_REQUEST,
                           "{\"error\":\"expected {\\\"text\\\": ...}\"}");
     }
-    text = matrix_utf8_clean(t->valuestring, strlen(t->valuestring),
-                             ROUTER_TEXT_MAX);
+    text = clean_line(t->valuestring, ROUTER_TEXT_MAX);
     cJSON_Delete(o);
     if (!text)
         return MHD_NO;
-    /* Control characters other than newline and tab mean nothing in a
-     * chat line. */
-    for (i = 0; text[i]; i++)
-        if ((unsigned char)text[i] < 0x20 && text[i] != '\n' &&
-            text[i] != '\t')
-            text[i] = ' ';
     for (i = 0; text[i] && isspace((unsigned char)text[i]); i++)
         ;
     if (!text[i]) {
@@ -539,8 +551,51 @@ static enum MHD_Result post_send(struct web_req *req,
         return reply_json(req, c, MHD_HTTP_BAD_REQUEST,
                           "{\"error\":\"empty message\"}");
     }
-    result = web_submit(req->w, req->room, text, id, sizeof(id));
+    result = web_submit(req->w, req->room, text, NULL, id, sizeof(id));
     free(text);
+    if (result != PARLEY_OK)
+        return reply_json(req, c, MHD_HTTP_SERVICE_UNAVAILABLE,
+                          "{\"error\":\"not accepting messages\"}");
+    snprintf(json, sizeof(json), "{\"id\":\"%s\"}", id);
+    return reply_json(req, c, MHD_HTTP_ACCEPTED, json);
+}
+
+/* The picture's bytes are the body; its name and the caption come in the
+ * query.  The type is read from the bytes (image.h): a browser's
+ * Content-Type is the file name's guess. */
+static enum MHD_Result post_picture(struct web_req *req,
+                                    struct MHD_Connection *c)
+{
+    const char *name = MHD_lookup_connection_value(
+        c, MHD_GET_ARGUMENT_KIND, "name");
+    const char *caption = MHD_lookup_connection_value(
+        c, MHD_GET_ARGUMENT_KIND, "text");
+    struct event_attachment att;
+    char id[64], json[128], *text, *fname;
+    int result;
+
+    if (!req->body || req->len == 0)
+        return reply_json(req, c, MHD_HTTP_BAD_REQUEST,
+                          "{\"error\":\"no picture\"}");
+    memset(&att, 0, sizeof(att));
+    att.mime = image_sniff_mime((const unsigned char *)req->body, req->len);
+    if (!att.mime)
+        return reply_json(req, c, MHD_HTTP_UNSUPPORTED_MEDIA_TYPE,
+                          "{\"error\":\"only PNG, JPEG, WebP and GIF "
+                          "pictures\"}");
+    text = clean_line(caption ? caption : "", ROUTER_TEXT_MAX);
+    fname = clean_line(name && *name ? name : "picture", IMAGE_NAME_MAX);
+    if (!text || !fname) {
+        free(text);
+        free(fname);
+        return MHD_NO;
+    }
+    att.name = fname;
+    att.data = (const unsigned char *)req->body;
+    att.len = att.size = req->len;
+    result = web_submit(req->w, req->room, text, &att, id, sizeof(id));
+    free(text);
+    free(fname);
     if (result != PARLEY_OK)
         return reply_json(req, c, MHD_HTTP_SERVICE_UNAVAILABLE,
                           "{\"error\":\"not accepting messages\"}");
@@ -621,6 +676,8 @@ static enum MHD_Result first_checks(struct web_req *req,
                      "unknown host name (set origin in the web "
                      "adapter's config)\n");
     req->post = strcmp(method, "POST") == 0;
+    req->max = req->post && strcmp(url, "/api/picture") == 0 &&
+               w->gcfg ? (size_t)w->gcfg->llm.image_max_bytes : WEB_BODY_MAX;
     if (!get && !req->post)
         return reply(req, c, MHD_HTTP_METHOD_NOT_ALLOWED, "text/plain",
                      "method not allowed\n");
@@ -629,7 +686,7 @@ static enum MHD_Result first_checks(struct web_req *req,
                 c, MHD_HEADER_KIND, "Origin"), host))
             return reply(req, c, MHD_HTTP_FORBIDDEN, "text/plain",
                          "cross-origin request refused\n");
-        if (length && strtoull(length, NULL, 10) > WEB_BODY_MAX)
+        if (length && strtoull(length, NULL, 10) > req->max)
             return reply(req, c, MHD_HTTP_CONTENT_TOO_LARGE, "text/plain",
                          "request body too large\n");
     }
@@ -675,7 +732,7 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c,
     if (*upload_size > 0) {
         char *grown;
 
-        if (req->len + *upload_size > WEB_BODY_MAX) {
+        if (req->len + *upload_size > req->max) {
             req->rejected = 1;
             *upload_size = 0;
             return reply(req, c, MHD_HTTP_CONTENT_TOO_LARGE, "text/plain",
@@ -693,6 +750,8 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c,
     }
     if (req->post && strcmp(url, "/api/send") == 0)
         return post_send(req, c);
+    if (req->post && strcmp(url, "/api/picture") == 0)
+        return post_picture(req, c);
     if (req->post && strcmp(url, "/login") == 0)
         return post_login(req, c);
     if (req->post)

@@ -17,6 +17,12 @@ Control API (no auth, JSON):
                            script (?append=1 appends).  -> {"queued": n}
   GET  /_control/requests  every chat request seen, oldest first
   POST /_control/reset     clear script and records
+  Image parts ({"type": "image_url", "image_url": {"url": "data:..."}})
+  are recorded as "images": [{"mime", "bytes", "sha256", "message"}]
+  (decoded from the data URL; message is the index in "messages") and,
+  to keep the records small, the URL in the recorded body is replaced
+  by "data:<mime>;base64,<sha256>".  A part that is not a valid base64
+  data URL or http(s) URL gets OpenAI's 400 invalid_image_url.
 Actions (all keys optional; each chat request takes the first action
 whose "when_contains" is absent or is a substring of the last user
 message, and removes it unless "repeat" is true):
@@ -70,6 +76,9 @@ chunk), then "data: [DONE]".  Actions add:
 """
 
 import argparse
+import base64
+import binascii
+import hashlib
 import json
 import os
 import signal
@@ -161,6 +170,41 @@ def last_user_content(body):
                 return "".join(p.get("text", "") for p in c
                                if isinstance(p, dict))
     return ""
+
+
+def image_parts(body):
+    """(images, error) for the image_url parts of body's messages; the
+    recorded URLs are shortened in place."""
+    images = []
+    for i, m in enumerate(body.get("messages") or []):
+        c = m.get("content") if isinstance(m, dict) else None
+        if not isinstance(c, list):
+            continue
+        for p in c:
+            if not isinstance(p, dict) or p.get("type") != "image_url":
+                continue
+            iu = p.get("image_url")
+            url = iu.get("url") if isinstance(iu, dict) else None
+            if not isinstance(url, str):
+                return images, "Missing required parameter: 'url'."
+            if url.startswith(("http://", "https://")):
+                images.append({"url": url, "message": i})
+                continue
+            head, sep, data = url.partition(",")
+            if (not sep or not head.startswith("data:image/") or
+                    not head.endswith(";base64")):
+                return images, "Invalid image URL: expected a base64 data URL."
+            try:
+                raw = base64.b64decode(data, validate=True)
+            except (ValueError, binascii.Error):
+                return images, "Invalid base64 image data."
+            digest = hashlib.sha256(raw).hexdigest()
+            mime = head[5:-7]
+            images.append({"mime": mime, "bytes": len(raw),
+                           "sha256": digest, "message": i,
+                           "detail": iu.get("detail")})
+            iu["url"] = "data:%s;base64,%s" % (mime, digest)
+    return images, None
 
 
 def take_action(text):
@@ -414,6 +458,13 @@ class Handler(BaseHTTPRequestHandler):
                 "Missing required parameter: 'messages'.",
                 "invalid_request_error", "messages",
                 "missing_required_parameter"))
+            return
+        images, bad = image_parts(body)
+        rec["images"] = images
+        if bad:
+            rec["action"] = "invalid"
+            self.send_json(400, error_body(bad, "invalid_request_error",
+                                           "messages", "invalid_image_url"))
             return
         model = body["model"]
         text = last_user_content(body)

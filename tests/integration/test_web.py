@@ -1,8 +1,12 @@
 """The web chat adapter over HTTP: the page and its cookie, Host and
 Origin checks (403), body limits (413), the access token (401), the
 server-sent events of a streamed answer, history, !reset and !model, and
-the per-IP connection cap.  Real Redis and the OpenAI stand-in."""
+the per-IP connection cap, and pictures (POST /api/picture: the same
+Origin check, the size cap, the type from the bytes, the image part with
+the very bytes, a placeholder in the history, a model that cannot see
+pictures).  Real Redis and the OpenAI stand-in."""
 
+import hashlib
 import os
 import re
 import socket
@@ -11,6 +15,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import Test, run_cases, wait_until  # noqa: E402
+from pictures import png  # noqa: E402
 from web_helpers import Events, Web  # noqa: E402
 
 TOKEN = "web-token-0123456789-secret"
@@ -205,8 +210,60 @@ def test_per_ip_connection_cap():
         assert status == 200
 
 
+def test_pictures():
+    with Test() as t:
+        w = Web(t, llm_extra='vision_models = [ "test-model" ]; '
+                'image_max_bytes = 20000;')
+        w.login()
+        pic = png(20, 20, 5)
+        hdr = {"Content-Type": "image/png"}
+        # Another origin may not post a picture either.
+        status, _, _ = w.request("POST", "/api/picture?name=a.png", pic,
+                                 headers=dict(hdr, Origin="http://evil.ex"))
+        assert status == 403, status
+        # Over llm.image_max_bytes: 413 before the body is read.
+        status, _, _ = w.request("POST", "/api/picture?name=b.png",
+                                 png(100, 100, 1), headers=hdr)
+        assert status == 413, status
+        # Not a picture, whatever its Content-Type says.
+        status, _, body = w.request("POST", "/api/picture?name=c.png",
+                                    b"<svg onload=alert(1)>", headers=hdr)
+        assert status == 415, (status, body)
+        assert not w.stub.requests()
+        status, _, body = w.request(
+            "POST", "/api/picture?name=cat%20one.png&text=what%20is%20it%3F",
+            pic, headers=hdr)
+        assert status == 202, (status, body)
+        wait_until(lambda: len(w.history()["messages"]) == 2)
+        req = w.stub.requests()[-1]
+        img = req["images"][0]
+        assert img["sha256"] == hashlib.sha256(pic).hexdigest(), img
+        assert img["mime"] == "image/png", img
+        hist = w.history()["messages"]
+        assert hist[0]["text"] == "[picture: cat one.png, %d KB] what is " \
+            "it?" % ((len(pic) + 1023) // 1024), hist
+        for k in w.redis.cmd("KEYS", "t:ctx:*"):
+            stored = str(w.redis.cmd("LRANGE", k, "0", "-1"))
+            assert "[picture: cat one.png" in stored, stored
+            assert "base64" not in stored and "image_url" not in stored
+        # A model that cannot see pictures: a notice, no request.
+        n = len(w.stub.requests())
+        w.send("!model other-model")
+        status, _, body = w.request("POST", "/api/picture?name=d.png", pic,
+                                    headers=hdr)
+        assert status == 202, status
+        ev = Events(w)
+        try:
+            ev.wait(lambda e: e[0] == "reply" and "can't look at pictures"
+                    in e[1].get("text", ""))
+        finally:
+            ev.close()
+        assert len(w.stub.requests()) == n
+        assert w.terminate() == 0
+
+
 if __name__ == "__main__":
     run_cases([test_page_cookie_and_headers, test_host_and_origin_checks,
                test_body_limits, test_token,
                test_streamed_answer_events_and_history, test_model_picker,
-               test_per_ip_connection_cap])
+               test_per_ip_connection_cap, test_pictures])

@@ -1,11 +1,14 @@
 """The web chat in a real browser: Debian's chromium, driven by
 chromium-driver through python3-selenium.  Send a message and watch the
 answer stream in, reload and see the history, pick another model, clear
-the conversation; screenshots at 390x844 and 1280x800 in light and dark
+the conversation, attach a picture (it reaches the model as an image
+part with the file's bytes, the page and the history show a placeholder);
+screenshots at 390x844 and 1280x800 in light and dark
 mode are saved in web-screenshots/ under the working directory (or
 $PARLEY_SCREENSHOTS) for people to look at.  Exit 77 (skipped) when
 selenium, chromium or its driver is missing or chromium cannot start."""
 
+import hashlib
 import os
 import shutil
 import sys
@@ -13,6 +16,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import Test, run_cases, skip  # noqa: E402
+from pictures import png  # noqa: E402
 from web_helpers import Web  # noqa: E402
 
 try:
@@ -147,5 +151,44 @@ def test_chat_in_a_browser():
         d.quit()
 
 
+def test_picture_in_a_browser():
+    d = browser()
+    try:
+        with Test() as t:
+            w = Web(t, llm_extra='vision_models = [ "test-model" ];')
+            pic = png(24, 24, 11)
+            path = os.path.join(t.tmp, "sunset.png")
+            with open(path, "wb") as f:
+                f.write(pic)
+            d.get(w.origin + "/")
+            wait(d, lambda drv: drv.find_element(By.ID, "title").text ==
+                 "parley", what="page loaded")
+            d.find_element(By.ID, "picture").send_keys(path)
+            chip = d.find_element(By.ID, "attached")
+            wait(d, lambda drv: chip.is_displayed() and
+                 "sunset.png" in chip.text, what="attachment shown")
+            box = d.find_element(By.ID, "input")
+            box.send_keys("What colours do you see?")
+            shoot(d, "picture-attached", 390, 844, False)
+            box.send_keys(Keys.ENTER)
+            wait(d, lambda drv: "echo:" in drv.find_element(By.ID, "log").text,
+                 what="answer to the picture")
+            assert not chip.is_displayed()
+            own = bubbles(d, "user")[-1].text
+            assert own.startswith("[picture: sunset.png]"), own
+            img = [i for r in w.stub.requests() for i in r.get("images", [])]
+            assert len(img) == 1, img
+            assert img[0]["sha256"] == hashlib.sha256(pic).hexdigest(), img
+            # Reload: the history has the placeholder, not the picture.
+            d.get(w.origin + "/")
+            wait(d, lambda drv: len(bubbles(drv, "user")) == 1,
+                 what="history")
+            assert "[picture: sunset.png, " in bubbles(d, "user")[0].text
+            shoot(d, "picture-answered", 1280, 800, True)
+            assert w.terminate() == 0
+    finally:
+        d.quit()
+
+
 if __name__ == "__main__":
-    run_cases([test_chat_in_a_browser])
+    run_cases([test_chat_in_a_browser, test_picture_in_a_browser])

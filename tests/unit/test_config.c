@@ -357,6 +357,43 @@ test_partial_file_keeps_defaults(void **state)
     config_free(&cfg);
 }
 
+/* Pictures: vision_models is a list like allowed_models, image_max_bytes
+ * a bounded integer with a 10 MiB default. */
+static void
+test_vision_models(void **state)
+{
+    struct config cfg;
+    char err[ERR_LEN];
+
+    (void)state;
+    assert_int_equal(load_text(&cfg, "# nothing\n", err, sizeof(err)),
+                     PARLEY_OK);
+    assert_int_equal(cfg.llm.n_vision_models, 0);
+    assert_int_equal(cfg.llm.image_max_bytes, 10 * 1024 * 1024);
+    assert_false(config_model_vision(&cfg, "gpt-4o-mini"));
+    config_free(&cfg);
+
+    assert_int_equal(load_text(&cfg,
+        "llm = { vision_models = [ \"gpt-4o\", \"llava\" ];\n"
+        "  image_max_bytes = 65536; };\n", err, sizeof(err)), PARLEY_OK);
+    assert_int_equal(cfg.llm.n_vision_models, 2);
+    assert_true(config_model_vision(&cfg, "llava"));
+    assert_false(config_model_vision(&cfg, "gpt-4o-mini"));
+    /* Reading pictures does not make a model selectable. */
+    assert_false(config_model_allowed(&cfg, "llava"));
+    assert_int_equal(cfg.llm.image_max_bytes, 65536);
+    config_free(&cfg);
+
+    assert_int_equal(load_text(&cfg,
+        "llm = { vision_models = \"gpt-4o\";\n"
+        "  image_max_bytes = 100; };\n", err, sizeof(err)),
+        PARLEY_ERR_CONFIG);
+    expect_line(err, "1: llm.vision_models: expected a list of model "
+                     "names [ \"...\", ... ]");
+    assert_non_null(strstr(err, "2: llm.image_max_bytes: "));
+    config_free(&cfg);
+}
+
 /* ---- one class of error each -------------------------------------- */
 
 static void
@@ -1222,6 +1259,7 @@ main(void)
         cmocka_unit_test_setup(test_defaults, clear_env),
         cmocka_unit_test_setup(test_full_file, clear_env),
         cmocka_unit_test_setup(test_partial_file_keeps_defaults, clear_env),
+        cmocka_unit_test_setup(test_vision_models, clear_env),
         cmocka_unit_test_setup(test_unknown_keys, clear_env),
         cmocka_unit_test_setup(test_wrong_types, clear_env),
         cmocka_unit_test_setup(test_out_of_range, clear_env),
