@@ -318,9 +318,18 @@ void router_submit_durable(struct router *r, const struct event *ev,
 
 /* ---- resuming jobs of a previous run ------------------------------------- */
 
+/* One walk over unfinished jobs: every adapter's without a lease (only
+ * NULL), or one adapter's, just taken over (only set).  A job of an
+ * account another instance holds is that instance's to finish. */
+struct resume_walk {
+    struct router *r;
+    struct adapter *only;
+};
+
 static void resume_one(const struct state_job *rec, void *privdata)
 {
-    struct router *r = privdata;
+    struct resume_walk *w = privdata;
+    struct router *r = w->r;
     int greet = rec->kind == STATE_JOB_GREET;
     char room_key[EVENT_ROOM_KEY_MAX];
     struct adapter *ad;
@@ -357,11 +366,14 @@ static void resume_one(const struct state_job *rec, void *privdata)
             return;
     ad = router_adapter_for(r, &ev);
     if (!ad) {
-        log_warn("resume: job %s belongs to %s/%s, which is not "
-                 "configured any more", ev.event_id, ev.platform,
-                 ev.account ? ev.account : "");
+        if (!w->only)
+            log_warn("resume: job %s belongs to %s/%s, which is not "
+                     "configured any more", ev.event_id, ev.platform,
+                     ev.account ? ev.account : "");
         return;
     }
+    if (w->only ? ad != w->only : ad->lease != NULL)
+        return;
     if (event_room_key(&ev, room_key, sizeof(room_key)) != PARLEY_OK)
         return;
     job = job_create(r, ad, &ev, greet ? JOB_GREET_ROOM :
@@ -388,19 +400,36 @@ static void resume_one(const struct state_job *rec, void *privdata)
 
 static void resume_finished(int status, void *privdata)
 {
-    struct router *r = privdata;
+    struct resume_walk *w = privdata;
 
-    if (status != PARLEY_OK && !r->closing)
+    if (status != PARLEY_OK && !w->r->closing)
         log_warn("resume: cannot list every unfinished job (%s); the rest "
                  "wait for the next start", parley_status_name(status));
+    free(w);
+}
+
+void router_resume_adapter(struct router *r, struct adapter *only)
+{
+    struct resume_walk *w = calloc(1, sizeof(*w));
+
+    if (!w) {
+        log_warn("resume: out of memory; unfinished jobs wait for the "
+                 "next start");
+        return;
+    }
+    w->r = r;
+    w->only = only;
+    if (state_job_scan(r->store, resume_one, resume_finished,
+                       w) != PARLEY_OK) {
+        free(w);
+        log_warn("resume: Redis is not available; unfinished jobs wait "
+                 "for the next start");
+    }
 }
 
 void router_resume(struct router *r)
 {
-    if (state_job_scan(r->store, resume_one, resume_finished,
-                       r) != PARLEY_OK)
-        log_warn("resume: Redis is not available; unfinished jobs wait "
-                 "for the next start");
+    router_resume_adapter(r, NULL);
 }
 
 /* ---- life cycle ---------------------------------------------------------- */
