@@ -16,6 +16,7 @@
 #include "config.h"
 #include "dict.h"
 #include "event.h"
+#include "instance.h"
 #include "log.h"
 #include "metrics.h"
 #include "router.h"
@@ -132,6 +133,14 @@ static int router_classify(const struct adapter *ad, const struct event *ev)
     }
 }
 
+/* The accepted callback of messages router_submit records itself: no
+ * caller waits for it. */
+static void submit_recorded(int status, void *privdata)
+{
+    (void)status;
+    (void)privdata;
+}
+
 struct submit {
     struct router *r;
     struct job *job;
@@ -166,12 +175,16 @@ static void submit_checked(int status, int fresh, void *privdata)
         return;
     }
     if (status != PARLEY_OK) {
-        if (s->accepted) {
-            /* The caller will offer the event again. */
+        /* The caller will offer the event again; or, for an IRC
+         * message under a lease (router_submit), fencing refused it: a
+         * newer holder has the account. */
+        if (s->accepted && (s->accepted != submit_recorded ||
+                            status == PARLEY_ERR_STATE)) {
             submit_finish(s, status, 0);
             return;
         }
         /* Without the mark, answering twice beats not answering. */
+        s->job->durable = 0;
         submit_finish(s, PARLEY_OK, 1);
         return;
     }
@@ -297,7 +310,7 @@ static void router_submit_common(struct router *r, const struct event *ev,
         if (result == PARLEY_OK)
             return;
         s->job->durable = 0;
-        if (accepted) {
+        if (accepted && accepted != submit_recorded) {
             submit_finish(s, result, 0);
             return;
         }
@@ -307,6 +320,26 @@ static void router_submit_common(struct router *r, const struct event *ev,
 
 void router_submit(struct router *r, const struct event *ev)
 {
+    const struct adapter *ad = router_adapter_for(r, ev);
+    static unsigned long long seq;
+
+    /*
+     * An account another instance may take over (ha.enabled) from a
+     * platform without event ids (IRC): give the message an id and
+     * record its job, so that the next holder answers it if this
+     * instance dies before it did (README "Several instances").
+     */
+    if (ad && ad->lease && ev->kind == EVENT_MESSAGE && !ev->self &&
+        (!ev->event_id || !ev->event_id[0])) {
+        char id[INSTANCE_NAME_MAX + 32];
+        struct event copy = *ev;
+
+        snprintf(id, sizeof(id), "%s-%s-%llu", ev->platform,
+                 instance_name(NULL), ++seq);
+        copy.event_id = id;
+        router_submit_common(r, &copy, submit_recorded, NULL);
+        return;
+    }
     router_submit_common(r, ev, NULL, NULL);
 }
 
