@@ -417,5 +417,6 @@ int main(void)
                                         teardown),
     };
 
+    spawn_require("/usr/bin/redis-server");
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
