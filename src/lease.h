@@ -52,6 +52,7 @@ void lease_start(struct lease *l);
  * NULL (no lease configured) may always send.
  */
 int lease_may_send(const struct lease *l);
+/* The state; NULL (no lease configured) counts as held. */
 enum lease_state lease_get_state(const struct lease *l);
 /* "standby", "acquiring", "held", "lost". */
 const char *lease_state_name(enum lease_state s);

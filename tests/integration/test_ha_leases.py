@@ -12,7 +12,9 @@ against a real redis-server, a real ngircd and the OpenAI stand-in:
 - the holder is SIGSTOPped with a question in flight until another has
   taken the account over, then resumed: it sends nothing (no line from
   its nick), Redis refuses its stale job write (fencing, in its log), it
-  says it lost the lease and exits 75; the question is answered once.
+  says it lost the lease and exits 75; the question is answered once;
+- SIGTERM on the holder gives the lease up on the way out (exit 0), and
+  the standby takes over without waiting for the TTL.
 """
 
 import json
@@ -229,10 +231,33 @@ def test_paused_holder_does_not_send():
         del quit_at
 
 
+def test_sigterm_hands_over():
+    with Test() as t:
+        redis, stub, irc, alice, ps = start_instances(t, 2)
+        n0 = alice.count()
+        holder = wait_holder(redis, ps)
+        standby = [p for p in ps if p is not holder][0]
+        alice.wait(r"^:parley!\S+ JOIN :?#test", 15, n0)
+        ask_and_wait(alice, "parley", "before", n0)
+        n1 = alice.count()
+        holder.proc.send_signal(signal.SIGTERM)
+        # The lease is given up on the way out, not left to expire.
+        assert holder.proc.wait(30) == 0, holder.stderr()[-2000:]
+        assert "lease irc:testnet: released" in holder.stderr()
+        wait_holder(redis, ps, exclude=(holder,))
+        i = alice.wait(r"^:parley_?!\S+ JOIN :?#test", 30, n1)
+        nick = re.match(rb"^:(\S+?)!", alice.snapshot(i)[0][1]).group(1)
+        ask_and_wait(alice, nick.decode(), "after", n0)
+        for q in ("before", "after"):
+            assert len(answers(alice, q, n0)) == 1, (q, alice.snapshot(n0))
+        assert standby.proc.poll() is None
+
+
 if __name__ == "__main__":
     if not have_ngircd():
         skip("ngircd not installed")
     require_parley()
     run_cases([test_two_instances_kill_holder,
                test_three_instances_converge_and_failover,
-               test_paused_holder_does_not_send])
+               test_paused_holder_does_not_send,
+               test_sigterm_hands_over])
