@@ -28,6 +28,7 @@ struct router;
 struct config;
 struct loop;
 struct store;
+struct lease;
 
 /* What the router asks an adapter to post. */
 struct reply {
@@ -110,6 +111,11 @@ struct adapter {
                                key, else the adapter's default (set by
                                its constructor; 0 unless it says so) */
     struct config_greet greet;  /* from its config block; set by main */
+    /* The account's lease when several instances share Redis (ha.*),
+     * set by main before start; NULL otherwise.  The adapter puts
+     * nothing on the wire for an answer unless lease_may_send(lease)
+     * (lease.h), checked right before each send. */
+    const struct lease *lease;
     int err;
     char errstr[128];
     void *priv;             /* adapter-private state */
@@ -152,6 +158,10 @@ typedef int adapter_validate_fn(const void *setting, char *err,
                                          repeated blocks are ignored */
 #define ADAPTER_CAP_STREAM (1u << 2)  /* ops->progress: answers can be shown
                                          as they are written ("stream") */
+#define ADAPTER_CAP_LEASED (1u << 3)  /* one platform connection per account
+                                         (IRC, Matrix): with ha.enabled
+                                         only the instance holding its
+                                         lease connects it */
 
 /*
  * What an adapter folder exports: one descriptor, listed once in

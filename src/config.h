@@ -36,6 +36,15 @@ struct config_metrics {
     char *listen;           /* "127.0.0.1:9464"; NULL = no endpoint */
 };
 
+/* Several instances on one Redis (issue 13, README "Several
+ * instances"): each IRC/Matrix account is connected by the one instance
+ * holding its lease. */
+struct config_ha {
+    int enabled;            /* ha.enabled, default 0: no leases */
+    int lease_ms;           /* ha.lease_ms, default 8000: a takeover
+                               after a crash takes about this long */
+};
+
 struct config_redis {
     char *host;             /* default "127.0.0.1"; ignored if unix_socket */
     int port;               /* default 6379 */
@@ -135,6 +144,7 @@ struct config {
     struct config_prompts prompts;
     struct config_limits limits;
     struct config_metrics metrics;
+    struct config_ha ha;
     struct config_room *rooms;
     size_t n_rooms;
     struct config_adapter *adapters;

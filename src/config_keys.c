@@ -1,6 +1,6 @@
 /*
  * The core groups of bot.conf (bot, redis, llm, context, prompts, limits,
- * metrics): one table of known keys per group (struct key_spec: name,
+ * metrics, ha): one table of known keys per group (struct key_spec: name,
  * kind, where the value goes, range), and the validators for each kind of
  * value.  An unknown key, a wrong type or an out-of-range value is
  * reported where it is; a key that looks like a secret (api_key,
@@ -49,6 +49,7 @@ enum key_kind {
     KEY_LISTEN,             /* "ADDRESS:PORT" */
     KEY_UNIX_PATH,          /* Unix socket path */
     KEY_INT,                /* integer in [min, max] */
+    KEY_BOOL,               /* true or false */
     KEY_TEMPERATURE,        /* number 0..2, or -1 to omit */
     KEY_MODELS,             /* array of model names */
     KEY_FEWSHOT             /* list of { user; assistant; } */
@@ -77,6 +78,14 @@ static const struct key_spec bot_keys[] = {
 
 static const struct key_spec metrics_keys[] = {
     KEY_STR(config_metrics, "listen", KEY_LISTEN, listen),
+};
+
+/* ha.lease_ms: from 0.5 s (a test) to 10 min; the default 8000 keeps a
+ * takeover under 10 s.  Shorter leases fail over faster but give up an
+ * account on a shorter Redis hiccup. */
+static const struct key_spec ha_keys[] = {
+    { "enabled", KEY_BOOL, offsetof(struct config_ha, enabled), 0, 1 },
+    KEY_NUM(config_ha, "lease_ms", lease_ms, 500, 600000),
 };
 
 static const struct key_spec redis_keys[] = {
@@ -615,6 +624,13 @@ config_load_group(struct config_loader *ld, const config_setting_t *g,
             config_take_int(ld, s, k,
                             (int *)(void *)(field_base + k->offset));
             continue;
+        case KEY_BOOL:
+            if (config_setting_type(s) != CONFIG_TYPE_BOOL)
+                config_error_add(&ld->errs, s, "expected true or false");
+            else
+                *(int *)(void *)(field_base + k->offset) =
+                    config_setting_get_bool(s);
+            continue;
         case KEY_TEMPERATURE:
             config_take_temperature(ld, s,
                                     (double *)(void *)(field_base +
@@ -748,6 +764,8 @@ config_load_core_group(struct config_loader *ld, const char *name,
         GROUP(limits_keys, &cfg->limits);
     else if (strcmp(name, "metrics") == 0)
         GROUP(metrics_keys, &cfg->metrics);
+    else if (strcmp(name, "ha") == 0)
+        GROUP(ha_keys, &cfg->ha);
     else
         return 0;
 #undef GROUP

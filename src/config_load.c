@@ -255,6 +255,7 @@ config_defaults(struct config *cfg)
     cfg->redis.db = 0;
     cfg->redis.prefix = strdup("parley:");
     cfg->redis.dedupe_ttl_s = 86400;
+    cfg->ha.lease_ms = 8000;
 
     cfg->llm.base_url = strdup("https://api.openai.com/v1");
     cfg->llm.model = strdup("gpt-4o-mini");

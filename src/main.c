@@ -19,12 +19,15 @@
 #include "adapter.h"
 #include "config.h"
 #include "console/console.h"
+#include "instance.h"
+#include "lease.h"
 #include "llm.h"
 #include "log.h"
 #include "loop.h"
 #include "metrics.h"
 #include "monitor.h"
 #include "router.h"
+#include "state.h"
 #include "status.h"
 #include "store.h"
 
@@ -32,6 +35,7 @@
 #define EXIT_USAGE       64
 #define EXIT_UNAVAILABLE 69
 #define EXIT_SOFTWARE    70
+#define EXIT_TEMPFAIL    75     /* a lease was lost: restart as standby */
 #define EXIT_CONFIG      78
 
 /* Adapters start once Redis is connected, so the first messages already
@@ -49,6 +53,20 @@
 
 /* The file's adapters plus the console that --console adds. */
 #define MAIN_ADAPTERS_MAX (CONFIG_MAX_ADAPTERS + 1)
+/* At shutdown, how long to wait for Redis to confirm that the leases
+ * were given up (then the TTL frees them anyway). */
+#define MAIN_RELEASE_WAIT_MS 1000
+
+struct app;
+
+/* An adapter's lease (ha.enabled): the adapter connects when it is
+ * acquired and the process leaves when it is lost. */
+struct app_lease {
+    struct app *app;
+    struct adapter *ad;
+    struct lease *lease;
+    int started;
+};
 
 struct app {
     struct config cfg;
@@ -58,6 +76,10 @@ struct app {
     struct router *router;
     struct adapter *adapters[MAIN_ADAPTERS_MAX];
     size_t n_adapters;
+    struct app_lease leases[MAIN_ADAPTERS_MAX];   /* by adapter index */
+    size_t releases_pending;    /* lease releases Redis has not answered */
+    uint64_t release_deadline;
+    int releasing;
     struct loop_signal *sig_int, *sig_term, *sig_hup;
     struct loop_timer *drain_timer;
     struct loop_timer *start_timer;
@@ -89,7 +111,8 @@ static const char usage_text[] =
     "  NAME_FILE reads it from a file), PARLEY_REDIS=HOST:PORT|unix:PATH\n"
     "  overrides redis.*; without -c also OPENAI_BASE_URL, OPENAI_MODEL.\n"
     "exit codes: 0 ok, 64 usage, 69 service unavailable at start,\n"
-    "  70 internal error, 78 configuration error.\n";
+    "  70 internal error, 75 a lease was lost (ha.enabled: restart it\n"
+    "  and it stands by), 78 configuration error.\n";
 
 static const char setup_text[] =
     "parley: no language model is configured.\n"
@@ -193,19 +216,53 @@ static void app_free_handles(struct app *app)
     app->drain_timer = app->start_timer = app->sample_timer = NULL;
 }
 
+static void on_lease_released(void *privdata)
+{
+    struct app *app = privdata;
+
+    if (app->releases_pending > 0)
+        app->releases_pending--;
+}
+
+/* After the adapters stopped: give every lease up, so that a standby
+ * takes the accounts over now instead of after the TTL. */
+static void app_release_leases(struct app *app)
+{
+    app->releasing = 1;
+    app->release_deadline = loop_now_ms(app->loop) + MAIN_RELEASE_WAIT_MS;
+    for (size_t i = 0; i < app->n_adapters; i++) {
+        if (!app->leases[i].lease)
+            continue;
+        app->releases_pending++;
+        lease_release(app->leases[i].lease, on_lease_released, app);
+    }
+}
+
 static void on_drain_timer(void *privdata)
 {
     struct app *app = privdata;
     size_t pending = router_pending(app->router);
 
-    if (pending > 0 && loop_now_ms(app->loop) < app->drain_deadline)
+    if (!app->releasing) {
+        if (pending > 0 && loop_now_ms(app->loop) < app->drain_deadline)
+            return;
+        if (pending > 0)
+            log_warn("shutdown: %zu answer(s) still in flight after %d ms, "
+                     "giving up on them", pending, MAIN_DRAIN_TIMEOUT_MS);
+        router_close(app->router);
+        for (size_t i = 0; i < app->n_adapters; i++)
+            app->adapters[i]->ops->stop(app->adapters[i]);
+        app_release_leases(app);
+    }
+    if (app->releases_pending > 0 &&
+        loop_now_ms(app->loop) < app->release_deadline)
         return;
-    if (pending > 0)
-        log_warn("shutdown: %zu answer(s) still in flight after %d ms, "
-                 "giving up on them", pending, MAIN_DRAIN_TIMEOUT_MS);
-    router_close(app->router);
-    for (size_t i = 0; i < app->n_adapters; i++)
-        app->adapters[i]->ops->stop(app->adapters[i]);
+    for (size_t i = 0; i < app->n_adapters; i++) {
+        lease_free(app->leases[i].lease);
+        app->leases[i].lease = NULL;
+        app->adapters[i]->lease = NULL;
+    }
+    state_fence_clear();
     app_free_handles(app);     /* the drain timer too: we are in it */
     /* The monitor thread reads only metrics.c; stop it before the
      * state it reports goes away, so /healthz never shows a half-closed
@@ -337,12 +394,85 @@ static void on_sample_timer(void *privdata)
 
     metrics_set_redis(store_is_up(app->store));
     metrics_set_adapter_count(app->n_adapters);
-    for (size_t i = 0; i < app->n_adapters; i++)
+    for (size_t i = 0; i < app->n_adapters; i++) {
         metrics_set_adapter(i, app->adapters[i]->ops->type,
                             app->adapters[i]->account,
                             app->adapters[i]->connected);
+        metrics_set_lease(i, app->leases[i].lease ?
+                          lease_state_name(lease_get_state(
+                              app->leases[i].lease)) : NULL);
+    }
     metrics_set_queue(router_pending(app->router),
                       router_rooms_active(app->router));
+}
+
+/*
+ * A lease changed (lease.h).  Acquired: take up the jobs the previous
+ * holder left for this account, then connect it.  Lost: disconnect at
+ * once (sends already stopped: the adapter checks lease_may_send), and
+ * leave with EXIT_TEMPFAIL once the other accounts' answers are out, so
+ * that the supervisor starts this instance again as a standby; its other
+ * leases are released on the way out, so standbys take them over now.
+ */
+static void on_lease_change(struct lease *l, enum lease_state state,
+                            void *privdata)
+{
+    struct app_lease *al = privdata;
+    struct app *app = al->app;
+    struct adapter *ad = al->ad;
+
+    (void)l;
+    if (state == LEASE_HELD && !al->started && !app->draining) {
+        al->started = 1;
+        router_resume_adapter(app->router, ad);
+        if (ad->ops->start(ad) != PARLEY_OK) {
+            log_error("%s adapter failed to start: %s", ad->ops->type,
+                      ad->errstr);
+            app->exit_code = EXIT_UNAVAILABLE;
+            app_begin_shutdown(app, "an adapter failed to start");
+        }
+    } else if (state == LEASE_LOST) {
+        log_error("%s %s: disconnecting; another instance takes the "
+                  "account over", ad->ops->type, ad->account);
+        if (al->started)
+            ad->ops->stop(ad);
+        if (!app->exit_code)
+            app->exit_code = EXIT_TEMPFAIL;
+        app_begin_shutdown(app, "a lease was lost");
+    }
+}
+
+/* With ha.enabled, one lease per adapter that holds a platform
+ * connection (ADAPTER_CAP_LEASED), owned by this instance's name. */
+static int app_create_leases(struct app *app)
+{
+    const char *owner;
+
+    if (!app->cfg.ha.enabled)
+        return PARLEY_OK;
+    owner = instance_name(NULL);
+    if (!owner)
+        return PARLEY_ERR_OOM;
+    for (size_t i = 0; i < app->n_adapters; i++) {
+        struct adapter *ad = app->adapters[i];
+        const struct adapter_desc *d = adapter_find(ad->ops->type);
+        struct app_lease *al = &app->leases[i];
+        int result;
+
+        if (!d || !(d->caps & ADAPTER_CAP_LEASED))
+            continue;
+        al->app = app;
+        al->ad = ad;
+        result = lease_create(&al->lease, app->loop, app->store,
+                              ad->ops->type, ad->account, owner,
+                              app->cfg.ha.lease_ms, on_lease_change, al);
+        if (result != PARLEY_OK)
+            return result;
+        ad->lease = al->lease;
+    }
+    log_info("ha: instance %s, leases of %d ms", owner,
+             app->cfg.ha.lease_ms);
+    return PARLEY_OK;
 }
 
 static void app_start_adapters(struct app *app)
@@ -350,6 +480,11 @@ static void app_start_adapters(struct app *app)
     for (size_t i = 0; i < app->n_adapters; i++) {
         struct adapter *ad = app->adapters[i];
 
+        if (app->leases[i].lease) {
+            /* Connects once acquired (on_lease_change). */
+            lease_start(app->leases[i].lease);
+            continue;
+        }
         if (ad->ops->start(ad) != PARLEY_OK) {
             log_error("%s adapter failed to start: %s", ad->ops->type,
                       ad->errstr);
@@ -590,6 +725,12 @@ static int app_run(struct app *app, int console)
             console_on_eof(ad, on_console_eof, app);
     }
     metrics_reset();
+    metrics_set_instance(instance_name(NULL));
+    if (app_create_leases(app) != PARLEY_OK) {
+        log_error("cannot start: out of memory");
+        app->exit_code = EXIT_SOFTWARE;
+        app_begin_shutdown(app, "out of memory");
+    }
     loop_timer_start(app->sample_timer, 0, MAIN_METRICS_SAMPLE_MS);
     if (app->cfg.metrics.listen) {
         result = monitor_start(&app->monitor, app->cfg.metrics.listen, err,

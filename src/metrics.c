@@ -45,6 +45,7 @@ struct adapter_gauge {
     char type[16];
     char account[64];
     int connected;
+    char lease[16];             /* "" without a lease */
 };
 
 static struct {
@@ -60,6 +61,8 @@ static struct {
     unsigned long long latency_bucket[N_BUCKETS];
     unsigned long long latency_count;
     double latency_sum;
+    unsigned long long takeovers, lease_losses, fence_refused;
+    char instance[96];
     int redis_up;
     struct adapter_gauge adapters[METRICS_ADAPTERS_MAX];
     size_t n_adapters;
@@ -112,6 +115,44 @@ void metrics_greeting(void)
 {
     pthread_mutex_lock(&m.lock);
     m.greetings++;
+    pthread_mutex_unlock(&m.lock);
+}
+
+void metrics_lease_takeover(void)
+{
+    pthread_mutex_lock(&m.lock);
+    m.takeovers++;
+    pthread_mutex_unlock(&m.lock);
+}
+
+void metrics_lease_lost(void)
+{
+    pthread_mutex_lock(&m.lock);
+    m.lease_losses++;
+    pthread_mutex_unlock(&m.lock);
+}
+
+void metrics_fence_refused(void)
+{
+    pthread_mutex_lock(&m.lock);
+    m.fence_refused++;
+    pthread_mutex_unlock(&m.lock);
+}
+
+void metrics_set_instance(const char *name)
+{
+    pthread_mutex_lock(&m.lock);
+    snprintf(m.instance, sizeof(m.instance), "%s", name ? name : "");
+    pthread_mutex_unlock(&m.lock);
+}
+
+void metrics_set_lease(size_t index, const char *state)
+{
+    if (index >= METRICS_ADAPTERS_MAX)
+        return;
+    pthread_mutex_lock(&m.lock);
+    snprintf(m.adapters[index].lease, sizeof(m.adapters[index].lease), "%s",
+             state ? state : "");
     pthread_mutex_unlock(&m.lock);
 }
 
@@ -233,6 +274,39 @@ static void label_value(char *dst, size_t len, const char *src)
     dst[j] = '\0';
 }
 
+/* Instance name and leases: which replica this is, what it holds, how
+ * often it took an account over or lost one.  Called with the lock. */
+static void metrics_render_leases(struct out *o)
+{
+    char inst[200];
+    size_t held = 0;
+
+    for (size_t i = 0; i < m.n_adapters; i++)
+        held += strcmp(m.adapters[i].lease, "held") == 0;
+    label_value(inst, sizeof(inst), m.instance);
+    emit(o, "# HELP parley_instance_info This process's instance name.\n"
+         "# TYPE parley_instance_info gauge\n"
+         "parley_instance_info{instance=\"%s\"} 1\n", inst);
+    emit(o, "# HELP parley_leases_held Platform accounts this instance "
+         "holds the lease of.\n# TYPE parley_leases_held gauge\n"
+         "parley_leases_held{instance=\"%s\"} %zu\n", inst, held);
+    emit(o, "# HELP parley_lease_takeovers_total Accounts taken over from "
+         "an earlier holder (failovers).\n"
+         "# TYPE parley_lease_takeovers_total counter\n"
+         "parley_lease_takeovers_total{instance=\"%s\"} %llu\n", inst,
+         m.takeovers);
+    emit(o, "# HELP parley_lease_losses_total Leases lost while held "
+         "(renewal failed or another holder).\n"
+         "# TYPE parley_lease_losses_total counter\n"
+         "parley_lease_losses_total{instance=\"%s\"} %llu\n", inst,
+         m.lease_losses);
+    emit(o, "# HELP parley_fencing_refused_total Writes Redis refused "
+         "because a newer holder has the account.\n"
+         "# TYPE parley_fencing_refused_total counter\n"
+         "parley_fencing_refused_total{instance=\"%s\"} %llu\n", inst,
+         m.fence_refused);
+}
+
 size_t metrics_render(char *buf, size_t len)
 {
     struct out o = { buf, len, 0, 0 };
@@ -305,6 +379,7 @@ size_t metrics_render(char *buf, size_t len)
         emit(&o, "parley_adapter_connected{platform=\"%s\",account=\"%s\"}"
              " %d\n", type, account, m.adapters[i].connected);
     }
+    metrics_render_leases(&o);
     emit(&o, "# HELP parley_queue_depth Events accepted and not yet "
          "answered.\n# TYPE parley_queue_depth gauge\n"
          "parley_queue_depth %zu\n"
@@ -315,19 +390,36 @@ size_t metrics_render(char *buf, size_t len)
     return o.used;
 }
 
+/* Waiting for a lease another instance holds: healthy, not connected. */
+static int adapter_standing_by(const struct adapter_gauge *g)
+{
+    return strcmp(g->lease, "standby") == 0 ||
+           strcmp(g->lease, "acquiring") == 0;
+}
+
 int metrics_health(char *buf, size_t len)
 {
     struct out o = { buf, len, 0, 0 };
+    char inst[200];
+    size_t held = 0, standby = 0;
     int healthy;
 
     if (len > 0)
         buf[0] = '\0';
     pthread_mutex_lock(&m.lock);
     healthy = m.redis_up;
-    for (size_t i = 0; i < m.n_adapters; i++)
-        healthy = healthy && m.adapters[i].connected;
-    emit(&o, "{\"status\":\"%s\",\"redis\":%s,\"adapters\":[",
-         healthy ? "ok" : "unavailable", m.redis_up ? "true" : "false");
+    for (size_t i = 0; i < m.n_adapters; i++) {
+        healthy = healthy && (m.adapters[i].connected ||
+                              adapter_standing_by(&m.adapters[i]));
+        held += strcmp(m.adapters[i].lease, "held") == 0;
+        standby += adapter_standing_by(&m.adapters[i]);
+    }
+    /* A replica that holds nothing and waits is what it should be. */
+    label_value(inst, sizeof(inst), m.instance);
+    emit(&o, "{\"status\":\"%s\",\"instance\":\"%s\",\"redis\":%s,"
+         "\"adapters\":[", !healthy ? "unavailable" :
+         standby && !held ? "standby" : "ok", inst,
+         m.redis_up ? "true" : "false");
     for (size_t i = 0; i < m.n_adapters; i++) {
         char type[40], account[136];
 
@@ -336,8 +428,11 @@ int metrics_health(char *buf, size_t len)
         label_value(type, sizeof(type), m.adapters[i].type);
         label_value(account, sizeof(account), m.adapters[i].account);
         emit(&o, "%s{\"platform\":\"%s\",\"account\":\"%s\","
-             "\"connected\":%s}", i ? "," : "", type, account,
+             "\"connected\":%s", i ? "," : "", type, account,
              m.adapters[i].connected ? "true" : "false");
+        if (m.adapters[i].lease[0])
+            emit(&o, ",\"lease\":\"%s\"", m.adapters[i].lease);
+        emit(&o, "}");
     }
     emit(&o, "],\"queue_depth\":%zu,\"rooms_active\":%zu", m.pending,
          m.rooms);
@@ -346,7 +441,11 @@ int metrics_health(char *buf, size_t len)
         if (!m.redis_up)
             emit(&o, "redis is down; ");
         for (size_t i = 0; i < m.n_adapters; i++)
-            if (!m.adapters[i].connected)
+            if (strcmp(m.adapters[i].lease, "lost") == 0)
+                emit(&o, "%s adapter %s lost its lease; ",
+                     m.adapters[i].type, m.adapters[i].account);
+            else if (!m.adapters[i].connected &&
+                     !adapter_standing_by(&m.adapters[i]))
                 emit(&o, "%s adapter %s is not connected; ",
                      m.adapters[i].type, m.adapters[i].account);
         emit(&o, "\"");

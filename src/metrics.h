@@ -37,6 +37,20 @@ void metrics_matrix_event_skipped(void);
 void metrics_llm_done(int ok, long http_code, int attempts, double seconds,
                       long tokens_in, long tokens_out);
 
+/* Leases (issue 13): an account taken over from an earlier holder (its
+ * fencing token was above 1), a lease lost while held, and a write Redis
+ * refused because its fencing token was stale. */
+void metrics_lease_takeover(void);
+void metrics_lease_lost(void);
+void metrics_fence_refused(void);
+/* This process's instance name (instance.h), a label of /metrics and a
+ * field of /healthz; copied, cut at 95 bytes. */
+void metrics_set_instance(const char *name);
+/* The lease state of adapter index: "standby", "acquiring", "held",
+ * "lost", or NULL for an adapter without a lease.  On standby (or
+ * acquiring) an adapter is healthy although not connected; lost is not. */
+void metrics_set_lease(size_t index, const char *state);
+
 /* Gauges, sampled by main. */
 void metrics_set_redis(int up);
 void metrics_set_adapter(size_t index, const char *type, const char *account,

@@ -16,6 +16,7 @@
 #include "config.h"
 #include "dict.h"
 #include "event.h"
+#include "instance.h"
 #include "log.h"
 #include "metrics.h"
 #include "router.h"
@@ -134,6 +135,14 @@ static int router_classify(const struct adapter *ad, const struct event *ev)
     }
 }
 
+/* The accepted callback of messages router_submit records itself: no
+ * caller waits for it. */
+static void submit_recorded(int status, void *privdata)
+{
+    (void)status;
+    (void)privdata;
+}
+
 struct submit {
     struct router *r;
     struct job *job;
@@ -168,12 +177,16 @@ static void submit_checked(int status, int fresh, void *privdata)
         return;
     }
     if (status != PARLEY_OK) {
-        if (s->accepted) {
-            /* The caller will offer the event again. */
+        /* The caller will offer the event again; or, for an IRC
+         * message under a lease (router_submit), fencing refused it: a
+         * newer holder has the account. */
+        if (s->accepted && (s->accepted != submit_recorded ||
+                            status == PARLEY_ERR_STATE)) {
             submit_finish(s, status, 0);
             return;
         }
         /* Without the mark, answering twice beats not answering. */
+        s->job->durable = 0;
         submit_finish(s, PARLEY_OK, 1);
         return;
     }
@@ -310,7 +323,7 @@ static void router_submit_common(struct router *r, const struct event *ev,
         if (result == PARLEY_OK)
             return;
         s->job->durable = 0;
-        if (accepted) {
+        if (accepted && accepted != submit_recorded) {
             submit_finish(s, result, 0);
             return;
         }
@@ -320,6 +333,26 @@ static void router_submit_common(struct router *r, const struct event *ev,
 
 void router_submit(struct router *r, const struct event *ev)
 {
+    const struct adapter *ad = router_adapter_for(r, ev);
+    static unsigned long long seq;
+
+    /*
+     * An account another instance may take over (ha.enabled) from a
+     * platform without event ids (IRC): give the message an id and
+     * record its job, so that the next holder answers it if this
+     * instance dies before it did (README "Several instances").
+     */
+    if (ad && ad->lease && ev->kind == EVENT_MESSAGE && !ev->self &&
+        (!ev->event_id || !ev->event_id[0])) {
+        char id[INSTANCE_NAME_MAX + 32];
+        struct event copy = *ev;
+
+        snprintf(id, sizeof(id), "%s-%s-%llu", ev->platform,
+                 instance_name(NULL), ++seq);
+        copy.event_id = id;
+        router_submit_common(r, &copy, submit_recorded, NULL);
+        return;
+    }
     router_submit_common(r, ev, NULL, NULL);
 }
 
@@ -331,9 +364,18 @@ void router_submit_durable(struct router *r, const struct event *ev,
 
 /* ---- resuming jobs of a previous run ------------------------------------- */
 
+/* One walk over unfinished jobs: every adapter's without a lease (only
+ * NULL), or one adapter's, just taken over (only set).  A job of an
+ * account another instance holds is that instance's to finish. */
+struct resume_walk {
+    struct router *r;
+    struct adapter *only;
+};
+
 static void resume_one(const struct state_job *rec, void *privdata)
 {
-    struct router *r = privdata;
+    struct resume_walk *w = privdata;
+    struct router *r = w->r;
     int greet = rec->kind == STATE_JOB_GREET;
     struct event_attachment att;
     char room_key[EVENT_ROOM_KEY_MAX];
@@ -380,11 +422,14 @@ static void resume_one(const struct state_job *rec, void *privdata)
             return;
     ad = router_adapter_for(r, &ev);
     if (!ad) {
-        log_warn("resume: job %s belongs to %s/%s, which is not "
-                 "configured any more", ev.event_id, ev.platform,
-                 ev.account ? ev.account : "");
+        if (!w->only)
+            log_warn("resume: job %s belongs to %s/%s, which is not "
+                     "configured any more", ev.event_id, ev.platform,
+                     ev.account ? ev.account : "");
         return;
     }
+    if (w->only ? ad != w->only : ad->lease != NULL)
+        return;
     if (event_room_key(&ev, room_key, sizeof(room_key)) != PARLEY_OK)
         return;
     job = job_create(r, ad, &ev, greet ? JOB_GREET_ROOM :
@@ -411,19 +456,36 @@ static void resume_one(const struct state_job *rec, void *privdata)
 
 static void resume_finished(int status, void *privdata)
 {
-    struct router *r = privdata;
+    struct resume_walk *w = privdata;
 
-    if (status != PARLEY_OK && !r->closing)
+    if (status != PARLEY_OK && !w->r->closing)
         log_warn("resume: cannot list every unfinished job (%s); the rest "
                  "wait for the next start", parley_status_name(status));
+    free(w);
+}
+
+void router_resume_adapter(struct router *r, struct adapter *only)
+{
+    struct resume_walk *w = calloc(1, sizeof(*w));
+
+    if (!w) {
+        log_warn("resume: out of memory; unfinished jobs wait for the "
+                 "next start");
+        return;
+    }
+    w->r = r;
+    w->only = only;
+    if (state_job_scan(r->store, resume_one, resume_finished,
+                       w) != PARLEY_OK) {
+        free(w);
+        log_warn("resume: Redis is not available; unfinished jobs wait "
+                 "for the next start");
+    }
 }
 
 void router_resume(struct router *r)
 {
-    if (state_job_scan(r->store, resume_one, resume_finished,
-                       r) != PARLEY_OK)
-        log_warn("resume: Redis is not available; unfinished jobs wait "
-                 "for the next start");
+    router_resume_adapter(r, NULL);
 }
 
 /* ---- life cycle ---------------------------------------------------------- */

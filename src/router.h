@@ -56,6 +56,11 @@ void router_submit_durable(struct router *r, const struct event *ev,
  * adapters are registered.
  */
 void router_resume(struct router *r);
+/* With leases (ha.enabled), router_resume takes up only the jobs of
+ * adapters without a lease; this takes up one adapter's, when this
+ * instance has just acquired its account (a takeover resumes what the
+ * previous holder left). */
+void router_resume_adapter(struct router *r, struct adapter *only);
 /* Use a new config (SIGHUP); borrowed like the first. */
 void router_reload(struct router *r, const struct config *cfg);
 /* Stop taking new events; jobs already accepted go on (SIGTERM). */

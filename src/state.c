@@ -11,6 +11,7 @@
 #include <hiredis/hiredis.h>
 
 #include "log.h"
+#include "metrics.h"
 #include "state_private.h"
 #include "status.h"
 #include "store.h"
@@ -26,6 +27,9 @@ int state_reply_code(const redisReply *rep)
      * WRONGTYPE ..."), so look anywhere. */
     if (rep->str && strstr(rep->str, "WRONGTYPE"))
         return PARLEY_ERR_PROTOCOL;
+    /* A fenced write refused: a newer holder has the account. */
+    if (rep->str && strstr(rep->str, "FENCED"))
+        return PARLEY_ERR_STATE;
     return PARLEY_ERR_OTHER;
 }
 
@@ -34,9 +38,14 @@ int state_reply_status(const redisReply *rep, const char *what,
 {
     int result = state_reply_code(rep);
 
-    if (rep && result)
+    if (rep && result == PARLEY_ERR_STATE) {
+        log_warn("redis %s %s refused by fencing: this instance no longer "
+                 "holds the account's lease", what, label);
+        metrics_fence_refused();
+    } else if (rep && result) {
         log_warn("redis %s %s failed: %.*s", what, label, (int)rep->len,
                  rep->str);
+    }
     return result;
 }
 

@@ -14,10 +14,13 @@
  *   session:<account>        hash     struct state_session (Matrix)
  *   sync:<account>           string   Matrix next_batch
  *   crypto:<account>:...     various  Matrix end-to-end encryption (below)
+ *   lease:<platform>:<acct>  string   the instance holding a connection
+ *   fence:<platform>:<acct>  string   its fencing token (INCR, no TTL)
  *
  * Files: state_job.c (seen, job records, greeting marks), state_room.c
  * (room settings, usage), state_history.c (ctx), state_session.c (Matrix
- * session and sync position), state_crypto.c (Matrix encryption).
+ * session and sync position), state_crypto.c (Matrix encryption),
+ * state_lease.c (leases on platform connections and write fencing).
  *
  * Callback contract, as store.h: when a state_* call returns PARLEY_OK its
  * callback runs exactly once, later (never before the call returns), with
@@ -257,6 +260,58 @@ int state_sync_load(struct store *st, const char *account,
 int state_sync_save(struct store *st, const char *account,
                     const char *next_batch, state_done_fn *fn,
                     void *privdata);
+
+/* ---- leases and fencing (state_lease.c) --------------------------------- */
+
+/*
+ * A lease says which instance holds a platform connection (lease.h has
+ * the timers around it).  lease:<platform>:<account> holds the owner's
+ * instance name with a TTL; every acquisition also INCRs
+ * fence:<platform>:<account>, which never expires, so a later holder
+ * always has a larger token than any earlier one.
+ *
+ * acquire: SET NX PX in one script with the INCR.  held 1: token is the
+ * new fencing token.  held 0: holder is the current owner's name (or
+ * NULL) and pttl_ms how long its lease still runs (-1 unknown).
+ */
+typedef void state_lease_fn(int status, int held, long long token,
+                            const char *holder, long long pttl_ms,
+                            void *privdata);
+int state_lease_acquire(struct store *st, const char *platform,
+                        const char *account, const char *owner, int ttl_ms,
+                        state_lease_fn *fn, void *privdata);
+/* Extend the lease to ttl_ms from now if owner still holds it with this
+ * token: fresh 1 renewed, 0 lost (another holder, or expired). */
+int state_lease_renew(struct store *st, const char *platform,
+                      const char *account, const char *owner,
+                      long long token, int ttl_ms, state_claim_fn *fn,
+                      void *privdata);
+/* Give the lease up (shutdown) if owner still holds it; fn may be NULL. */
+int state_lease_release(struct store *st, const char *platform,
+                        const char *account, const char *owner,
+                        state_done_fn *fn, void *privdata);
+
+/*
+ * Fencing: the writes that matter for a leased account (state_job_record,
+ * state_job_answered, state_job_done, state_sync_save) carry the token
+ * this process holds for it and Redis refuses them (a script compares
+ * fence:<platform>:<account>) once a newer holder has taken the account
+ * over: the callback gets PARLEY_ERR_STATE, the refusal is logged and
+ * counted (parley_fencing_refused_total).  The table is per process (one
+ * instance name per process); loop thread only.  token 0 forgets the
+ * account; a lost lease keeps its old token on purpose, so that writes
+ * still in flight from before the loss are refused.  Accounts with no
+ * entry (no leases configured, console, web) are written unfenced.
+ * Returns PARLEY_OK, PARLEY_ERR_TOO_LARGE (over STATE_FENCES_MAX
+ * accounts) or PARLEY_ERR_OOM.
+ */
+#define STATE_FENCES_MAX 64
+int state_fence_set(const char *platform, const char *account,
+                    long long token);
+/* The token held for (platform, account), 0 when none. */
+long long state_fence_get(const char *platform, const char *account);
+/* Forget every entry (tests, shutdown). */
+void state_fence_clear(void);
 
 /* ---- Matrix end-to-end encryption (state_crypto.c) ---------------------- */
 

@@ -138,6 +138,19 @@ static const char job_record_script[] =
     "redis.call('EXPIRE', KEYS[2], ARGV[1]) return 1 end return 0";
 
 /*
+ * The same for a leased account (state.h "leases and fencing"): KEYS[3]
+ * is its fence key, ARGV[2] the token this process holds; a newer holder
+ * has a larger one, and then nothing is written.  ARGV[3..] are the
+ * fields.
+ */
+static const char job_record_fenced_script[] =
+    "if redis.call('GET', KEYS[3]) ~= ARGV[2] then "
+    "return redis.error_reply('FENCED lease moved to a newer holder') end "
+    "if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then "
+    "redis.call('HSET', KEYS[2], unpack(ARGV, 3)) "
+    "redis.call('EXPIRE', KEYS[2], ARGV[1]) return 1 end return 0";
+
+/*
  * A transition of an existing record only: HSET on a record that expired
  * (or was never written) would create a hash with no TTL and no event,
  * which every later start would find and log as incomplete.  KEYS[1] is
@@ -147,6 +160,30 @@ static const char job_record_script[] =
 static const char job_update_script[] =
     "if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end "
     "redis.call('HSET', KEYS[1], unpack(ARGV, 2)) "
+    "if tonumber(ARGV[1]) > 0 then "
+    "redis.call('EXPIRE', KEYS[1], ARGV[1]) end return 1";
+
+/*
+ * The same with fencing, when this process holds leases: the record
+ * names its platform and account, and only the script can read them
+ * atomically with the write.  KEYS[2..n+1] are the fence keys of the
+ * accounts this process holds; ARGV[1] the TTL, ARGV[2] n, then n pairs
+ * ("<platform>\n<account>", token), then the fields.  A record of an
+ * account held here is written only while its token is the newest; a
+ * record of any other account (a job shared from another instance) is
+ * written as above.
+ */
+static const char job_update_fenced_script[] =
+    "if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end "
+    "local n = tonumber(ARGV[2]) "
+    "local id = (redis.call('HGET', KEYS[1], 'platform') or '') .. "
+    "'\\n' .. (redis.call('HGET', KEYS[1], 'account') or '') "
+    "for i = 1, n do "
+    "if ARGV[1 + 2 * i] == id and "
+    "redis.call('GET', KEYS[1 + i]) ~= ARGV[2 + 2 * i] then "
+    "return redis.error_reply('FENCED lease moved to a newer holder') "
+    "end end "
+    "redis.call('HSET', KEYS[1], unpack(ARGV, 3 + 2 * n)) "
     "if tonumber(ARGV[1]) > 0 then "
     "redis.call('EXPIRE', KEYS[1], ARGV[1]) end return 1";
 
@@ -165,10 +202,10 @@ int state_job_record(struct store *st, const struct state_job *job,
                      int ttl_s, state_claim_fn *fn, void *privdata)
 {
     char seen[STORE_KEY_MAX], key[STORE_KEY_MAX], ttl[24], ts[24];
-    char asize[24];
-    const char *argv[6 + 2 * 17];
+    char asize[24], fence[STORE_KEY_MAX], token[24];
+    const char *argv[8 + 2 * 17];
     struct claim_request *req;
-    int argc = 0;
+    int argc = 0, fenced;
     int result;
 
     if (!job || !job->event_id || ttl_s <= 0 ||
@@ -186,12 +223,20 @@ int state_job_record(struct store *st, const struct state_job *job,
     /* ts 0 means "now": the caller rarely has a better clock. */
     snprintf(ts, sizeof(ts), "%lld",
              job->ts ? job->ts : (long long)time(NULL));
+    fenced = state_fence_args(st, job->platform, job->account, fence,
+                              sizeof(fence), token, sizeof(token));
+    if (fenced < 0)
+        return -fenced;
     argv[argc++] = "EVAL";
-    argv[argc++] = job_record_script;
-    argv[argc++] = "2";
+    argv[argc++] = fenced ? job_record_fenced_script : job_record_script;
+    argv[argc++] = fenced ? "3" : "2";
     argv[argc++] = seen;
     argv[argc++] = key;
+    if (fenced)
+        argv[argc++] = fence;
     argv[argc++] = ttl;
+    if (fenced)
+        argv[argc++] = token;
     /* A new record is always pending, whatever job->state says. */
     argc = job_field(argv, argc, "state",
                      state_job_states[STATE_JOB_PENDING]);
@@ -231,8 +276,11 @@ struct done_request {
 static void job_updated(struct store *st, redisReply *rep, void *privdata)
 {
     struct done_request *req = privdata;
-    int result = req->fn ? state_reply_status(rep, "job update", req->label)
-                         : state_reply_code(rep);
+    int result = state_reply_code(rep);
+
+    /* A fencing refusal is always worth a line, fire and forget or not. */
+    if (req->fn || result == PARLEY_ERR_STATE)
+        result = state_reply_status(rep, "job update", req->label);
 
     (void)st;
     if (!result && rep->type != REDIS_REPLY_INTEGER)
@@ -245,6 +293,50 @@ static void job_updated(struct store *st, redisReply *rep, void *privdata)
         log_debug("job %s: update failed: %s", req->label,
                   parley_status_name(result));
     free(req);
+}
+
+/* job_update_fenced_script with every fence this process holds: the
+ * argument vector grows with them, so it is allocated (one block for
+ * the pointers and the fence keys). */
+static int job_update_fenced(struct store *st, struct done_request *req,
+                             const char *key, const char *ttl,
+                             const char **fields, int n_fields)
+{
+    size_t n = state_fence_count();
+    size_t argc = 6 + 3 * n + (size_t)n_fields;
+    const char **argv;
+    char *keys, *toks, count[24], nkeys[24];
+    int result = PARLEY_OK;
+
+    argv = malloc(argc * sizeof(*argv) + n * (STORE_KEY_MAX + 24));
+    if (!argv)
+        return PARLEY_ERR_OOM;
+    keys = (char *)(argv + argc);
+    toks = keys + n * STORE_KEY_MAX;
+    snprintf(count, sizeof(count), "%zu", n);
+    snprintf(nkeys, sizeof(nkeys), "%zu", n + 1);
+    /* EVAL script numkeys job fence*n ttl n (id token)*n fields */
+    argv[0] = "EVAL";
+    argv[1] = job_update_fenced_script;
+    argv[2] = nkeys;
+    argv[3] = key;
+    argv[4 + n] = ttl;
+    argv[5 + n] = count;
+    for (size_t i = 0; i < n && !result; i++) {
+        char *fk = keys + i * STORE_KEY_MAX, *tok = toks + i * 24;
+
+        result = state_fence_nth(st, i, &argv[6 + n + 2 * i], fk,
+                                 STORE_KEY_MAX, tok, 24);
+        argv[4 + i] = fk;
+        argv[7 + n + 2 * i] = tok;
+    }
+    for (int i = 0; i < n_fields; i++)
+        argv[6 + 3 * n + (size_t)i] = fields[i];
+    if (!result)
+        result = store_command_argv(st, job_updated, req, (int)argc, argv,
+                                    NULL);
+    free(argv);
+    return result;
 }
 
 /* Run job_update_script on job:<event_id> with the pairs in fields. */
@@ -279,7 +371,10 @@ static int job_update(struct store *st, const char *event_id, int ttl_s,
     req->fn = fn;
     req->privdata = privdata;
     state_label(req->label, sizeof(req->label), event_id);
-    result = store_command_argv(st, job_updated, req, argc, argv, NULL);
+    if (state_fence_count() > 0)
+        result = job_update_fenced(st, req, key, ttl, fields, n_fields);
+    else
+        result = store_command_argv(st, job_updated, req, argc, argv, NULL);
     if (result)
         free(req);
     return result;

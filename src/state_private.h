@@ -60,4 +60,22 @@ struct state_cmd {
 int state_send_multi(struct store *st, const struct state_cmd *cmds,
                      size_t n, store_reply_fn *fn, void *privdata);
 
+/*
+ * Fencing helpers (state_lease.c).  state_fence_args: when this process
+ * holds a fencing token for (platform, account), write the prefixed
+ * fence key and the token as text and return 1; 0 when the account is
+ * not fenced; a negative status when the key does not fit.  For writes
+ * that know only an event id (job updates), state_fence_nth gives entry
+ * i of the table: its id "<platform>\n<account>" (borrowed until the
+ * table changes), fence key and token.  A script refuses a stale write
+ * with an error reply starting "FENCED", which state_reply_code maps to
+ * PARLEY_ERR_STATE.
+ */
+int state_fence_args(struct store *st, const char *platform,
+                     const char *account, char *key, size_t keylen,
+                     char *token, size_t toklen);
+size_t state_fence_count(void);
+int state_fence_nth(struct store *st, size_t i, const char **id,
+                    char *key, size_t keylen, char *token, size_t toklen);
+
 #endif

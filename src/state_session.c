@@ -34,6 +34,13 @@
     "if #ARGV > 0 then redis.call('HSET', KEYS[1], unpack(ARGV)) end " \
     "return 1"
 
+/* sync:<account> under a lease (state.h "leases and fencing"): KEYS
+ * sync, fence; ARGV next_batch, the token this process holds. */
+#define SYNC_SAVE_FENCED_LUA \
+    "if redis.call('GET', KEYS[2]) ~= ARGV[2] then " \
+    "return redis.error_reply('FENCED lease moved to a newer holder') end " \
+    "return redis.call('SET', KEYS[1], ARGV[1])"
+
 struct ss_req {
     state_session_fn *session_fn;
     state_sync_fn *sync_fn;
@@ -170,7 +177,9 @@ static void done_reply(struct store *st, redisReply *rep, void *priv)
         q->done_fn(state_reply_status(rep, q->what, q->label), q->privdata);
     } else {
         status = state_reply_code(rep);
-        if (status != PARLEY_OK)
+        if (status == PARLEY_ERR_STATE)     /* fenced: say so */
+            state_reply_status(rep, q->what, q->label);
+        else if (status != PARLEY_OK)
             log_debug("redis %s %s failed (%s)", q->what, q->label,
                       parley_status_name(status));
     }
@@ -289,10 +298,10 @@ int state_sync_save(struct store *st, const char *account,
                     const char *next_batch, state_done_fn *fn,
                     void *privdata)
 {
-    char key[STORE_KEY_MAX];
-    const char *argv[3];
+    char key[STORE_KEY_MAX], fence[STORE_KEY_MAX], token[24];
+    const char *argv[7];
     struct ss_req *q;
-    int result;
+    int result, fenced;
 
     if (!account || !next_batch || !next_batch[0])
         return PARLEY_ERR_OTHER;
@@ -301,9 +310,25 @@ int state_sync_save(struct store *st, const char *account,
     result = store_key(st, key, sizeof(key), "sync:%s", account);
     if (result != PARLEY_OK)
         return result;
+    fenced = state_fence_args(st, "matrix", account, fence, sizeof(fence),
+                              token, sizeof(token));
+    if (fenced < 0)
+        return -fenced;
     q = req_new("SET sync", account, privdata);
     if (q)
         q->done_fn = fn;
+    if (fenced) {
+        /* A holder paused past its lease must not move the position
+         * back over what its successor handled. */
+        argv[0] = "EVAL";
+        argv[1] = SYNC_SAVE_FENCED_LUA;
+        argv[2] = "2";
+        argv[3] = key;
+        argv[4] = fence;
+        argv[5] = next_batch;
+        argv[6] = token;
+        return req_send(st, q, done_reply, 7, argv);
+    }
     argv[0] = "SET";
     argv[1] = key;
     argv[2] = next_batch;

@@ -12,6 +12,7 @@
 
 #include "irc_line.h"
 #include "irc_private.h"
+#include "lease.h"
 #include "log.h"
 #include "status.h"
 
@@ -54,6 +55,10 @@ void flood_pump(struct irc_ad *a)
     uint64_t wait;
 
     if (a->state != IRC_REGISTERED || !a->queue)
+        return;
+    /* Not ours any more (or not sure): say nothing; stop drops the
+     * queue when main disconnects the account. */
+    if (!lease_may_send(a->base.lease))
         return;
     while (irc_queue_peek(a->queue, target_ready, a, &target, &line)) {
         wait = irc_bucket_wait_ms(&a->bucket, now_ms(a));

@@ -22,6 +22,7 @@
 #include "backoff.h"
 #include "config.h"
 #include "event.h"
+#include "lease.h"
 #include "log.h"
 #include "loop.h"
 #include "matrix.h"
@@ -350,6 +351,10 @@ static void room_kick(struct mx_room *r)
     char rid[3 * MATRIX_ID_MAX + 1], path[MX_URL_MAX];
 
     if (!r->head || r->retry_at || m->stopped)
+        return;
+    /* Another instance may hold the account now: send nothing (its
+     * lease says so before Redis lets anyone take over). */
+    if (!lease_may_send(m->ad.lease))
         return;
     if (m->state == MX_FATAL) {
         /* No way to send any more (see the fatal log line): the router

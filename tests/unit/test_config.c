@@ -498,6 +498,36 @@ test_out_of_range(void **state)
     config_free(&cfg);
 }
 
+/* ha: off by default with an 8 s lease; a non-boolean enabled and a
+ * lease outside 500..600000 are reported where they are. */
+static void
+test_ha_keys(void **state)
+{
+    struct config cfg;
+    char err[ERR_LEN];
+
+    (void)state;
+    assert_int_equal(load_text(&cfg, "# nothing\n", err, sizeof(err)),
+                     PARLEY_OK);
+    assert_int_equal(cfg.ha.enabled, 0);
+    assert_int_equal(cfg.ha.lease_ms, 8000);
+    config_free(&cfg);
+    assert_int_equal(load_text(&cfg,
+        "ha = { enabled = true; lease_ms = 500; };\n", err, sizeof(err)),
+        PARLEY_OK);
+    assert_int_equal(cfg.ha.enabled, 1);
+    assert_int_equal(cfg.ha.lease_ms, 500);
+    config_free(&cfg);
+    assert_int_equal(load_text(&cfg,
+        "ha = { enabled = 1;\n lease_ms = 499;\n leases = 2; };\n", err,
+        sizeof(err)), PARLEY_ERR_CONFIG);
+    expect_line(err, "1: ha.enabled: expected true or false");
+    expect_line(err, "2: ha.lease_ms: must be between 500 and 600000 "
+                     "(not 499)");
+    expect_line(err, "3: ha.leases: unknown key");
+    config_free(&cfg);
+}
+
 /* libconfig 1.5 wraps 9999999999 to 1410065407; that must not pass. */
 static void
 test_integer_overflow(void **state)
@@ -1263,6 +1293,7 @@ main(void)
         cmocka_unit_test_setup(test_unknown_keys, clear_env),
         cmocka_unit_test_setup(test_wrong_types, clear_env),
         cmocka_unit_test_setup(test_out_of_range, clear_env),
+        cmocka_unit_test_setup(test_ha_keys, clear_env),
         cmocka_unit_test_setup(test_integer_overflow, clear_env),
         cmocka_unit_test_setup(test_base_url, clear_env),
         cmocka_unit_test_setup(test_strings, clear_env),
