@@ -64,6 +64,15 @@ struct config_llm {
                                (default) or "everyone" */
 };
 
+/* Several instances on one Redis (ha.*).  share_work: chat jobs go
+ * through the shared stream work:jobs and any instance's workers may ask
+ * the model (src/work.h); off, one instance works exactly as alone. */
+struct config_ha {
+    int share_work;         /* default 0 */
+    int claim_idle_ms;      /* a worker's job idle this long is taken over
+                               by another (XAUTOCLAIM), default 30000 */
+};
+
 struct config_context {
     int max_turns;          /* turns kept per room, default 40 */
     int max_tokens;         /* estimated tokens of history sent, 3000 */
@@ -131,6 +140,7 @@ struct config {
     struct config_prompts prompts;
     struct config_limits limits;
     struct config_metrics metrics;
+    struct config_ha ha;
     struct config_room *rooms;
     size_t n_rooms;
     struct config_adapter *adapters;

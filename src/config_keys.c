@@ -47,6 +47,7 @@ enum key_kind {
     KEY_LISTEN,             /* "ADDRESS:PORT" */
     KEY_UNIX_PATH,          /* Unix socket path */
     KEY_INT,                /* integer in [min, max] */
+    KEY_BOOL,               /* true or false */
     KEY_TEMPERATURE,        /* number 0..2, or -1 to omit */
     KEY_MODELS,             /* array of model names */
     KEY_FEWSHOT             /* list of { user; assistant; } */
@@ -118,6 +119,13 @@ static const struct key_spec prompts_keys[] = {
     KEY_STR(config_prompts, "system", KEY_TEXT, system),
     KEY_STR(config_prompts, "greeting", KEY_TEXT, greeting),
     KEY_STR(config_prompts, "fewshot", KEY_FEWSHOT, fewshot),
+};
+
+static const struct key_spec ha_keys[] = {
+    { "share_work", KEY_BOOL, offsetof(struct config_ha, share_work), 0, 1 },
+    /* Below a second, a model answer that is merely slow would be taken
+     * over by another worker and asked twice. */
+    KEY_NUM(config_ha, "claim_idle_ms", claim_idle_ms, 1000, CONFIG_MS_MAX),
 };
 
 static const struct key_spec limits_keys[] = {
@@ -606,6 +614,13 @@ config_load_group(struct config_loader *ld, const config_setting_t *g,
             config_take_int(ld, s, k,
                             (int *)(void *)(field_base + k->offset));
             continue;
+        case KEY_BOOL:
+            if (config_setting_type(s) != CONFIG_TYPE_BOOL)
+                config_error_add(&ld->errs, s, "expected true or false");
+            else
+                *(int *)(void *)(field_base + k->offset) =
+                    config_setting_get_bool(s) ? 1 : 0;
+            continue;
         case KEY_TEMPERATURE:
             config_take_temperature(ld, s,
                                     (double *)(void *)(field_base +
@@ -731,6 +746,8 @@ config_load_core_group(struct config_loader *ld, const char *name,
         GROUP(limits_keys, &cfg->limits);
     else if (strcmp(name, "metrics") == 0)
         GROUP(metrics_keys, &cfg->metrics);
+    else if (strcmp(name, "ha") == 0)
+        GROUP(ha_keys, &cfg->ha);
     else
         return 0;
 #undef GROUP

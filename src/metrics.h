@@ -37,6 +37,14 @@ void metrics_matrix_event_skipped(void);
 void metrics_llm_done(int ok, long http_code, int attempts, double seconds,
                       long tokens_in, long tokens_out);
 
+/* Shared work (src/work.c): a job of a dead worker taken over
+ * (XAUTOCLAIM), a job this instance's workers ran for another instance,
+ * and, sampled, entries of work:jobs not yet read by any worker (lag) and
+ * read but not finished (pending). */
+void metrics_work_claimed(unsigned long n);
+void metrics_work_ran_for_others(void);
+void metrics_set_work_stream(long long lag, long long pending);
+
 /* Gauges, sampled by main. */
 void metrics_set_redis(int up);
 void metrics_set_adapter(size_t index, const char *type, const char *account,
