@@ -670,11 +670,11 @@ int work_create(struct work **out, struct router *r, struct store *st,
 
 void work_start(struct work *w)
 {
-    uint64_t every = (uint64_t)w->r->cfg->ha.claim_idle_ms /
-                     WORK_CLAIM_DIVISOR;
+    uint64_t every;
 
     if (!w || w->stopped)
         return;
+    every = (uint64_t)w->r->cfg->ha.claim_idle_ms / WORK_CLAIM_DIVISOR;
     loop_timer_start(w->poll_timer, 0, 0);
     loop_timer_start(w->claim_timer, every, every > 0 ? every : 1);
 }
