@@ -201,6 +201,45 @@ def test_killed_worker_jobs_are_finished_once():
         assert owner.terminate() == 0
 
 
+def test_paused_worker_finishing_late_changes_nothing():
+    """A worker stopped (SIGSTOP) past ha.claim_idle_ms while the model
+    answers it: the owner takes its jobs over and answers them; when the
+    worker runs again and finishes the same jobs, the job-state check in
+    the finish script keeps it from storing the exchange a second time,
+    and the owner drops its late answer."""
+    with Test() as t:
+        redis = t.add(Redis(t.tmp).start())
+        stub = t.add(Stub(t.tmp, delay=2.0).start())
+        owner = Owner(t, redis, stub, 1, 1000)
+        worker, wport = start_worker(t, redis, stub, 6, 1000, "sleeper")
+        wait_until(lambda: redis.cmd("EXISTS", "t:work:jobs") == 1, 10,
+                   "the work:jobs stream")
+        sleeper = "-%d-" % worker.proc.pid
+        texts = ["paused %d" % i for i in range(3)]
+        asked = ask_all(owner, texts)
+        held = wait_until(lambda: sum(n for c, n in consumers(redis).items()
+                                      if sleeper in c) >= 2 and
+                          sum(n for c, n in consumers(redis).items()
+                              if sleeper in c), 10,
+                          "jobs held by the worker")
+        worker.proc.send_signal(signal.SIGSTOP)
+        try:
+            for s, ev, qid, text in asked:
+                ev.wait(lambda e: e[0] == "reply" and e[1]["id"] == qid,
+                        60)
+        finally:
+            worker.proc.send_signal(signal.SIGCONT)
+        # The worker gets its answers late and finishes the same jobs.
+        wait_until(lambda: metric(metrics(wport),
+                                  "parley_llm_requests_total") >= held,
+                   30, "the late worker's answers")
+        wait_until(lambda: all(n == 0 for n in consumers(redis).values()),
+                   10, "every entry acked")
+        assert len(stub.requests()) >= len(texts) + held    # asked twice
+        check_answered_once(asked)
+        assert owner.terminate() == 0
+
+
 def test_one_person_in_order():
     with Test() as t:
         redis = t.add(Redis(t.tmp).start())
@@ -234,4 +273,5 @@ if __name__ == "__main__":
         skip("redis-server not installed")
     run_cases([test_two_instances_share_the_model,
                test_killed_worker_jobs_are_finished_once,
+               test_paused_worker_finishing_late_changes_nothing,
                test_one_person_in_order])
