@@ -62,6 +62,7 @@ struct work {
     struct loop_timer *poll_timer, *claim_timer;
     uint64_t backoff_ms;
     int ready;                  /* groups exist */
+    int was_ready;              /* they did before: Redis came back */
     int setting_up;             /* group creations in flight */
     int setup_failed;
     int reads;                  /* poll reads in flight */
@@ -104,6 +105,65 @@ static int work_wants_jobs(const struct work *w)
 
 /* ---- owner side: queue, then send what comes back ---------------------- */
 
+/* Queue job (job->work_id set) on work:jobs, writing its record when
+ * there is none. */
+static int work_submit(struct work *w, struct job *job, state_done_fn *fn)
+{
+    const struct event *ev = job->ev;
+    struct state_job rec;
+
+    memset(&rec, 0, sizeof(rec));
+    rec.event_id = job->work_id;
+    rec.kind = STATE_JOB_CHAT;
+    rec.platform = ev->platform;
+    rec.account = ev->account;
+    rec.room = ev->room;
+    rec.sender = ev->sender;
+    rec.sender_name = ev->sender_name;
+    rec.text = ev->text;
+    rec.thread_id = ev->thread_id;
+    rec.reply_to = ev->reply_to;
+    rec.is_admin = ev->is_admin;
+    return state_work_submit(w->st, &rec, w->r->cfg->redis.dedupe_ttl_s,
+                             w->me, fn, job);
+}
+
+static void work_resubmitted(int status, void *privdata)
+{
+    struct job *job = privdata;
+
+    if (JOB_CLOSING(job) || job->r->work->stopped)
+        return;
+    if (status == PARLEY_OK)
+        job->durable = 1;
+}
+
+static void work_resubmit_one(const char *key, void *value, void *arg)
+{
+    struct work *w = arg;
+
+    (void)key;
+    if (work_submit(w, value, work_resubmitted) != PARLEY_OK)
+        log_debug("work: %s not queued again; next time Redis is back",
+                  key);
+}
+
+/*
+ * Redis went away and came back: a queued entry may be gone with it (a
+ * restart without persistence), and a submit cut off by the drop may or
+ * may not have landed.  Queue every job still waiting once more; a job
+ * that ends up twice in the stream is answered once (the finish
+ * script's job-state check), and the owner sends the first answer only.
+ */
+static void work_resubmit(struct work *w)
+{
+    if (dict_size(w->waiting) == 0)
+        return;
+    log_info("work: Redis is back; queueing %zu waiting job(s) again",
+             dict_size(w->waiting));
+    dict_foreach(w->waiting, work_resubmit_one, w);
+}
+
 static void work_submitted(int status, void *privdata)
 {
     struct job *job = privdata;
@@ -111,6 +171,16 @@ static void work_submitted(int status, void *privdata)
 
     if (JOB_CLOSING(job) || w->stopped)
         return;
+    if (status == PARLEY_ERR_IO) {
+        /* The connection dropped: the entry may be in the stream.
+         * Answering here could store the exchange twice, so the job
+         * waits and is queued again once Redis is back. */
+        log_room(LOG_LEVEL_INFO, job->ev->platform, job->ev->room,
+                 "work: Redis dropped while queueing %s; queueing it again "
+                 "when it is back", job->work_id);
+        job_typing(job, 1);
+        return;
+    }
     if (status != PARLEY_OK) {
         /* Nobody else will see it: answer here, as without sharing. */
         log_room(LOG_LEVEL_WARN, job->ev->platform, job->ev->room,
@@ -133,9 +203,7 @@ static void work_share(struct job *job)
     struct work *w = r->work;
     const struct event *ev = job->ev;
     char made[EVENT_ROOM_KEY_MAX];
-    struct state_job rec;
     const char *id = ev->event_id;
-    int result;
 
     if (job->kind != JOB_CHAT || !w->ready || w->stopped || job->work_id) {
         job_run(job);
@@ -157,22 +225,8 @@ static void work_share(struct job *job)
         job_run(job);
         return;
     }
-    memset(&rec, 0, sizeof(rec));
-    rec.event_id = id;
-    rec.kind = STATE_JOB_CHAT;
-    rec.platform = ev->platform;
-    rec.account = ev->account;
-    rec.room = ev->room;
-    rec.sender = ev->sender;
-    rec.sender_name = ev->sender_name;
-    rec.text = ev->text;
-    rec.thread_id = ev->thread_id;
-    rec.reply_to = ev->reply_to;
-    rec.is_admin = ev->is_admin;
-    result = state_work_submit(w->st, &rec, r->cfg->redis.dedupe_ttl_s,
-                               w->me, work_submitted, job);
-    if (result != PARLEY_OK) {
-        dict_delete(w->waiting, id);
+    if (work_submit(w, job, work_submitted) != PARLEY_OK) {
+        dict_delete(w->waiting, job->work_id);
         free(job->work_id);
         job->work_id = NULL;
         job_run(job);
@@ -454,9 +508,13 @@ static void work_group_made(int status, void *privdata)
     if (w->setting_up > 0)
         return;
     w->ready = !w->setup_failed;
-    if (w->ready)
+    if (w->ready && !w->was_ready)
         log_info("work: sharing jobs as %s (llm.max_concurrent %d)", w->me,
                  w->r->cfg->llm.max_concurrent);
+    else if (w->ready)
+        work_resubmit(w);
+    if (w->ready)
+        w->was_ready = 1;
     work_poll_later(w);
 }
 
@@ -494,6 +552,9 @@ static void work_on_poll(void *privdata)
         return;
     w->got = 0;
     if (!store_is_up(w->st) || r->closing) {
+        /* Back up, the groups are checked (Redis may have restarted
+         * empty) and waiting jobs queued again (work_resubmit). */
+        w->ready = 0;
         w->backoff_ms = WORK_POLL_MAX_MS;
         work_poll_later(w);
         return;

@@ -240,6 +240,29 @@ def test_paused_worker_finishing_late_changes_nothing():
         assert owner.terminate() == 0
 
 
+def test_redis_restarted_empty_jobs_queued_again():
+    """Redis restarts without its data while questions wait (the stream,
+    the groups and the job records are gone): the owner makes the groups
+    again and queues its waiting jobs once more; each is answered once."""
+    with Test() as t:
+        redis = t.add(Redis(t.tmp).start())
+        stub = t.add(Stub(t.tmp, delay=1.5).start())
+        owner = Owner(t, redis, stub, 2, 2000)
+        worker, _ = start_worker(t, redis, stub, 2, 2000, "worker")
+        wait_until(lambda: redis.cmd("EXISTS", "t:work:jobs") == 1, 10,
+                   "the work:jobs stream")
+        texts = ["lost %d" % i for i in range(4)]
+        asked = ask_all(owner, texts)
+        wait_until(lambda: sum(consumers(redis).values()) >= 2, 10,
+                   "jobs being worked on")
+        redis.stop()
+        time.sleep(0.5)
+        redis = t.add(Redis(t.tmp, port=redis.port).start())
+        check_answered_once(asked, timeout=60)
+        assert "queueing" in owner.parley.stderr()
+        assert owner.terminate() == 0
+
+
 def test_one_person_in_order():
     with Test() as t:
         redis = t.add(Redis(t.tmp).start())
@@ -274,4 +297,5 @@ if __name__ == "__main__":
     run_cases([test_two_instances_share_the_model,
                test_killed_worker_jobs_are_finished_once,
                test_paused_worker_finishing_late_changes_nothing,
+               test_redis_restarted_empty_jobs_queued_again,
                test_one_person_in_order])
