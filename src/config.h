@@ -36,13 +36,18 @@ struct config_metrics {
     char *listen;           /* "127.0.0.1:9464"; NULL = no endpoint */
 };
 
-/* Several instances on one Redis (issue 13, README "Several
- * instances"): each IRC/Matrix account is connected by the one instance
- * holding its lease. */
+/* Several instances on one Redis (ha.*, README "Several instances").
+ * enabled: each IRC/Matrix account is connected by the one instance
+ * holding its lease.  share_work: chat jobs go through the shared stream
+ * work:jobs and any instance's workers may ask the model (src/work.h).
+ * Both off, one instance works exactly as alone. */
 struct config_ha {
     int enabled;            /* ha.enabled, default 0: no leases */
     int lease_ms;           /* ha.lease_ms, default 8000: a takeover
                                after a crash takes about this long */
+    int share_work;         /* default 0 */
+    int claim_idle_ms;      /* a worker's job idle this long is taken over
+                               by another (XAUTOCLAIM), default 30000 */
 };
 
 struct config_redis {

@@ -86,6 +86,10 @@ static const struct key_spec metrics_keys[] = {
 static const struct key_spec ha_keys[] = {
     { "enabled", KEY_BOOL, offsetof(struct config_ha, enabled), 0, 1 },
     KEY_NUM(config_ha, "lease_ms", lease_ms, 500, 600000),
+    { "share_work", KEY_BOOL, offsetof(struct config_ha, share_work), 0, 1 },
+    /* Below a second, a model answer that is merely slow would be taken
+     * over by another worker and asked twice. */
+    KEY_NUM(config_ha, "claim_idle_ms", claim_idle_ms, 1000, CONFIG_MS_MAX),
 };
 
 static const struct key_spec redis_keys[] = {

@@ -282,6 +282,9 @@ config_defaults(struct config *cfg)
     cfg->context.ttl_s = 30 * 24 * 3600;
     cfg->context.max_parallel_per_room = 8;
 
+    cfg->ha.share_work = 0;
+    cfg->ha.claim_idle_ms = 30000;
+
     cfg->prompts.system = strdup(CONFIG_DEFAULT_SYSTEM);
     cfg->prompts.greeting = strdup(CONFIG_DEFAULT_GREETING);
 

@@ -71,6 +71,10 @@ void job_free(struct job *job)
     context_history_free(job->history);
     free(job->answer);
     job_image_free(job);
+    free(job->work_id);
+    free(job->work_entry);
+    free(job->work_owner);
+    free(job->work_room);
     if (job->all_prev)
         job->all_prev->all_next = job->all_next;
     else
@@ -90,8 +94,9 @@ static void job_mark_done(struct job *job)
 {
     struct router *r = job->r;
 
-    state_job_done(r->store, job->ev->event_id, r->cfg->redis.dedupe_ttl_s,
-                   NULL, NULL);
+    state_job_done(r->store, job->work_id ? job->work_id :
+                   job->ev->event_id, r->cfg->redis.dedupe_ttl_s, NULL,
+                   NULL);
 }
 
 static void job_sent(int status, void *privdata)
@@ -113,12 +118,12 @@ static void job_sent(int status, void *privdata)
 
 /* The room's typing indicator is on while any chat job there waits on
  * the model: the first one turns it on, the last one off. */
-static void job_typing(struct job *job, int on)
+void job_typing(struct job *job, int on)
 {
     struct adapter *ad = job->ad;
     struct room *room = job->room;
 
-    if (!ad->ops->typing || !room || job->typing == on)
+    if (!ad || !ad->ops->typing || !room || job->typing == on)
         return;
     job->typing = on;
     if (on ? room->typing++ == 0 : --room->typing == 0)
@@ -146,7 +151,7 @@ static void job_reply_fields(const struct job *job, struct reply *reply,
 
 /* Hand the answer to the adapter and let the room move on.  The job is
  * not touched after ops->send: done may already have freed it. */
-static void job_send(struct job *job)
+void job_send(struct job *job)
 {
     struct router *r = job->r;
     struct adapter *ad = job->ad;
@@ -201,6 +206,10 @@ static void job_answer_stored(int status, void *privdata)
  * restart resends the same text instead of asking the model again. */
 static void job_store_answer_then_send(struct job *job)
 {
+    if (job->deliver) {
+        job->deliver(job, NULL, 0);
+        return;
+    }
     if (job->durable &&
         state_job_answered(job->r->store, job->ev->event_id,
                            job->answer ? job->answer : "", job->notice,
@@ -337,6 +346,11 @@ static void job_llm_done(const struct llm_result *res, void *privdata)
         job_store_answer_then_send(job);
         return;
     }
+    if (job->deliver) {
+        /* A worker stores the pair with the answer, in one step. */
+        job->deliver(job, turns, n);
+        return;
+    }
     if (state_history_append(r->store, job->room->key, turns, n,
                              &r->cfg->context, job->epoch,
                              job_history_appended, job) != PARLEY_OK)
@@ -347,7 +361,7 @@ static void job_llm_done(const struct llm_result *res, void *privdata)
  * (ops->progress) and its "stream" setting is on. */
 static int job_streams(const struct job *job)
 {
-    return job->ad->ops->progress && job->ad->stream;
+    return job->ad && job->ad->ops->progress && job->ad->stream;
 }
 
 /* A piece of a streamed answer: the adapter sees the whole text so far

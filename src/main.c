@@ -30,6 +30,7 @@
 #include "state.h"
 #include "status.h"
 #include "store.h"
+#include "work.h"
 
 /* Exit codes, from sysexits.h, documented in README.md. */
 #define EXIT_USAGE       64
@@ -74,6 +75,7 @@ struct app {
     struct store *store;
     struct llm *llm;
     struct router *router;
+    struct work *work;          /* ha.share_work, else NULL */
     struct adapter *adapters[MAIN_ADAPTERS_MAX];
     size_t n_adapters;
     struct app_lease leases[MAIN_ADAPTERS_MAX];   /* by adapter index */
@@ -250,6 +252,7 @@ static void on_drain_timer(void *privdata)
             log_warn("shutdown: %zu answer(s) still in flight after %d ms, "
                      "giving up on them", pending, MAIN_DRAIN_TIMEOUT_MS);
         router_close(app->router);
+        work_stop(app->work);
         for (size_t i = 0; i < app->n_adapters; i++)
             app->adapters[i]->ops->stop(app->adapters[i]);
         app_release_leases(app);
@@ -513,6 +516,7 @@ static void on_start_timer(void *privdata)
     if (store_is_up(app->store))
         router_resume(app->router);
     app_start_adapters(app);
+    work_start(app->work);
 }
 
 static int app_has_adapter(const struct app *app,
@@ -612,6 +616,7 @@ static void app_teardown(struct app *app)
 {
     if (app->router)
         router_close(app->router);
+    work_stop(app->work);
     if (app->store)
         store_close(app->store);
     if (app->llm)
@@ -622,6 +627,7 @@ static void app_teardown(struct app *app)
         loop_run(app->loop);
     }
     router_free(app->router);
+    work_free(app->work);
     loop_free(app->loop);
 }
 
@@ -684,6 +690,13 @@ static int app_run(struct app *app, int console)
                    app->cfg.api_key) != PARLEY_OK ||
         router_create(&app->router, &app->cfg, app->store, app->llm,
                       app->loop) != PARLEY_OK) {
+        log_error("cannot start: out of memory");
+        app_teardown(app);
+        return EXIT_SOFTWARE;
+    }
+    if (app->cfg.ha.share_work &&
+        work_create(&app->work, app->router, app->store, app->loop,
+                    instance_name(NULL)) != PARLEY_OK) {
         log_error("cannot start: out of memory");
         app_teardown(app);
         return EXIT_SOFTWARE;
@@ -760,6 +773,7 @@ static int app_run(struct app *app, int console)
      * loop_free warns if a handle was left open. */
     app_free_adapters(app);
     router_free(app->router);
+    work_free(app->work);
     loop_free(app->loop);
     return app->exit_code;
 }

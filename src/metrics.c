@@ -55,6 +55,8 @@ static struct {
     unsigned long long commands[N_COMMANDS];
     unsigned long long greetings;
     unsigned long long matrix_skipped;
+    unsigned long long work_claimed, work_for_others;
+    long long work_lag, work_pending;
     unsigned long long llm_ok[N_STATUS], llm_err[N_STATUS];
     unsigned long long retries;
     unsigned long long tokens_in, tokens_out;
@@ -160,6 +162,28 @@ void metrics_matrix_event_skipped(void)
 {
     pthread_mutex_lock(&m.lock);
     m.matrix_skipped++;
+    pthread_mutex_unlock(&m.lock);
+}
+
+void metrics_work_claimed(unsigned long n)
+{
+    pthread_mutex_lock(&m.lock);
+    m.work_claimed += n;
+    pthread_mutex_unlock(&m.lock);
+}
+
+void metrics_work_ran_for_others(void)
+{
+    pthread_mutex_lock(&m.lock);
+    m.work_for_others++;
+    pthread_mutex_unlock(&m.lock);
+}
+
+void metrics_set_work_stream(long long lag, long long pending)
+{
+    pthread_mutex_lock(&m.lock);
+    m.work_lag = lag;
+    m.work_pending = pending;
     pthread_mutex_unlock(&m.lock);
 }
 
@@ -337,6 +361,22 @@ size_t metrics_render(char *buf, size_t len)
          "router refused repeatedly, skipped so the sync goes on.\n"
          "# TYPE parley_matrix_events_skipped_total counter\n"
          "parley_matrix_events_skipped_total %llu\n", m.matrix_skipped);
+    emit(&o, "# HELP parley_work_claimed_total Shared jobs taken over from "
+         "a worker that went quiet (ha.claim_idle_ms).\n"
+         "# TYPE parley_work_claimed_total counter\n"
+         "parley_work_claimed_total %llu\n", m.work_claimed);
+    emit(&o, "# HELP parley_work_for_others_total Shared jobs this "
+         "instance's workers answered for another instance.\n"
+         "# TYPE parley_work_for_others_total counter\n"
+         "parley_work_for_others_total %llu\n", m.work_for_others);
+    emit(&o, "# HELP parley_work_stream_lag Entries of the shared job "
+         "stream no worker has read yet.\n"
+         "# TYPE parley_work_stream_lag gauge\n"
+         "parley_work_stream_lag %lld\n", m.work_lag);
+    emit(&o, "# HELP parley_work_stream_pending Entries of the shared job "
+         "stream read by a worker and not finished.\n"
+         "# TYPE parley_work_stream_pending gauge\n"
+         "parley_work_stream_pending %lld\n", m.work_pending);
     emit(&o, "# HELP parley_llm_requests_total Completions by outcome and "
          "last HTTP status (0: no answer).\n"
          "# TYPE parley_llm_requests_total counter\n");

@@ -50,6 +50,13 @@ void metrics_set_instance(const char *name);
  * "lost", or NULL for an adapter without a lease.  On standby (or
  * acquiring) an adapter is healthy although not connected; lost is not. */
 void metrics_set_lease(size_t index, const char *state);
+/* Shared work (src/work.c): a job of a dead worker taken over
+ * (XAUTOCLAIM), a job this instance's workers ran for another instance,
+ * and, sampled, entries of work:jobs not yet read by any worker (lag) and
+ * read but not finished (pending). */
+void metrics_work_claimed(unsigned long n);
+void metrics_work_ran_for_others(void);
+void metrics_set_work_stream(long long lag, long long pending);
 
 /* Gauges, sampled by main. */
 void metrics_set_redis(int up);

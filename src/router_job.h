@@ -35,6 +35,8 @@ enum job_kind {
 };
 
 struct room;
+struct turn;
+struct work;
 
 struct job {
     struct router *r;
@@ -69,6 +71,18 @@ struct job {
     char *image_url;            /* data URL for the model, or NULL */
     int image_step;             /* 0 to do, 1 fetching, 2 done */
     void (*image_go_on)(struct job *job);   /* after the fetch */
+    /* Shared work (work.c, ha.share_work); all owned, freed with the
+     * job.  The owner's job waits in its room while a worker answers. */
+    char *work_id;              /* job:<id> it went out as (platforms
+                                   without event ids get a made-up one) */
+    char *work_entry;           /* worker: the work:jobs entry */
+    char *work_owner;           /* worker: the instance that queued it */
+    struct room *work_room;     /* worker: a room of its own, outside
+                                   r->rooms (no queue, no adapter) */
+    /* Worker: where the answer goes instead of the history and the
+     * adapter; turns are NULL when nothing is to be stored (an error, or
+     * a !reset since the question).  Must finish or keep the job. */
+    void (*deliver)(struct job *job, const struct turn *turns, size_t n);
 
     struct job *next;           /* room's waiting or running list */
     struct job *all_prev, *all_next;    /* every live job, for close */
@@ -117,7 +131,9 @@ struct router {
     struct loop *loop;
     struct adapter *adapters[ROUTER_MAX_ADAPTERS];
     size_t n_adapters;
-    void (*run_job)(struct job *job);   /* job_run, for room.c */
+    void (*run_job)(struct job *job);   /* job_run (or work.c's
+                                           share), for room.c */
+    struct work *work;          /* shared work, NULL when off (work.h) */
     struct dict *rooms;         /* key -> struct room * */
     struct dict *rates;         /* user key -> struct rate * */
     long rates_minute;          /* the minute r->rates counts */
@@ -161,6 +177,11 @@ void job_reply(struct job *job, const char *text, int notice);
 void job_drop(struct job *job);
 /* Start the job's steps (room settings first). */
 void job_run(struct job *job);
+/* The room's typing indicator while the job waits on a model. */
+void job_typing(struct job *job, int on);
+/* Send job->answer, already stored in job:<id> (work.c: a worker's
+ * answer), then mark the job done; the job is the adapter's after. */
+void job_send(struct job *job);
 const char *event_speaker(const struct event *ev);
 
 /* job_image.c */

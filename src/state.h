@@ -16,11 +16,15 @@
  *   crypto:<account>:...     various  Matrix end-to-end encryption (below)
  *   lease:<platform>:<acct>  string   the instance holding a connection
  *   fence:<platform>:<acct>  string   its fencing token (INCR, no TTL)
+ *   work:jobs                stream   shared jobs (ha.share_work, below)
+ *   work:replies:<platform>:<account>
+ *                            stream   their answers, for the connection
  *
  * Files: state_job.c (seen, job records, greeting marks), state_room.c
  * (room settings, usage), state_history.c (ctx), state_session.c (Matrix
  * session and sync position), state_crypto.c (Matrix encryption),
- * state_lease.c (leases on platform connections and write fencing).
+ * state_lease.c (leases on platform connections and write fencing),
+ * state_work.c (shared work streams).
  *
  * Callback contract, as store.h: when a state_* call returns PARLEY_OK its
  * callback runs exactly once, later (never before the call returns), with
@@ -446,5 +450,117 @@ int state_crypto_devices_outdated(struct store *st, const char *account,
                                   state_done_fn *fn, void *privdata);
 int state_crypto_outdated_load(struct store *st, const char *account,
                                state_list_fn *fn, void *privdata);
+
+/* ---- shared work (state_work.c) ----------------------------------------- */
+
+/*
+ * With ha.share_work on, a chat job's model step may run on any instance
+ * (src/work.h).  Two kinds of Redis Streams, each read by a consumer
+ * group, the consumer being the instance name:
+ *
+ *   work:jobs                          entries {id, owner}: job:<id> to
+ *                                      answer; group "workers"
+ *   work:replies:<platform>:<account>  entries {id, answer, notice}: an
+ *                                      answer for whoever holds that
+ *                                      connection; group "owners"
+ *
+ * Below, platform NULL names work:jobs (account is then ignored), else
+ * the replies stream of that connection.  Both streams are capped
+ * (XADD MAXLEN ~ STATE_WORK_STREAM_MAX): an entry is a few dozen bytes,
+ * and the job records, not the streams, are what a restart resumes from.
+ */
+#define STATE_WORK_STREAM_MAX 100000
+
+/* One stream entry.  Strings borrowed, valid during the callback; a
+ * field missing from the entry is NULL. */
+struct state_work_entry {
+    const char *entry_id;   /* the stream's id, for XACK */
+    const char *job_id;     /* job:<id> */
+    const char *owner;      /* work:jobs: the instance that queued it */
+    const char *answer;     /* replies: the text to send */
+    int notice;             /* replies: service text, not the model */
+};
+/* entries n >= 0; next is XAUTOCLAIM's cursor ("0-0" when the pending
+ * list was walked to its end), NULL for a plain read.  A stream or group
+ * that does not exist (Redis restarted empty) is PARLEY_ERR_STATE:
+ * create the groups again. */
+typedef void state_work_entries_fn(int status, const char *next,
+                                   const struct state_work_entry *entries,
+                                   size_t n, void *privdata);
+
+/* XGROUP CREATE ... 0 MKSTREAM: a new group reads the stream from its
+ * start (jobs queued before any worker existed are not lost); a group
+ * that exists already is PARLEY_OK.  fn may be NULL. */
+int state_work_group_create(struct store *st, const char *platform,
+                            const char *account, state_done_fn *fn,
+                            void *privdata);
+/* XREADGROUP COUNT count, new entries only (no BLOCK: see work.c). */
+int state_work_read(struct store *st, const char *platform,
+                    const char *account, const char *consumer, size_t count,
+                    state_work_entries_fn *fn, void *privdata);
+/* XAUTOCLAIM: take up to count entries idle for min_idle_ms from other
+ * consumers of the group (a worker or owner that died), from cursor
+ * ("0-0" to start). */
+int state_work_claim(struct store *st, const char *platform,
+                     const char *account, const char *consumer,
+                     long long min_idle_ms, const char *cursor, size_t count,
+                     state_work_entries_fn *fn, void *privdata);
+/* XACK one entry; fire and forget. */
+int state_work_ack(struct store *st, const char *platform,
+                   const char *account, const char *entry_id);
+/* Still working: XCLAIM JUSTID to ourselves resets the idle time of our
+ * own work:jobs entries, so a slow answer is not taken over; fire and
+ * forget; n > 0. */
+int state_work_touch(struct store *st, const char *consumer,
+                     const char *const *entry_ids, size_t n);
+
+/*
+ * Queue a job for the workers: write job:<job->event_id> from job when no
+ * record exists (platforms without replay keep none until now; ttl_s as
+ * state_job_record) and XADD {id, owner} to work:jobs, in one EVAL.
+ */
+int state_work_submit(struct store *st, const struct state_job *job,
+                      int ttl_s, const char *owner, state_done_fn *fn,
+                      void *privdata);
+
+/* job:<id> as it is, done or not; job NULL when there is no record. */
+typedef void state_work_job_fn(int status, const struct state_job *job,
+                               void *privdata);
+int state_work_job_load(struct store *st, const char *job_id,
+                        state_work_job_fn *fn, void *privdata);
+
+/* A worker's answer to one job. */
+struct state_work_answer {
+    const char *job_id;
+    const char *entry_id;       /* work:jobs entry to XACK; NULL: none */
+    const char *platform;       /* whose replies stream gets the answer */
+    const char *account;
+    const char *room_key;       /* ctx:<room_key>, room:<room_key> */
+    const char *answer;
+    int notice;
+    const struct turn *turns;   /* to append; NULL/0: none (errors) */
+    size_t n_turns;
+    const struct config_context *ctx;
+    long long epoch;            /* as state_history_append */
+};
+/*
+ * Finish a job in one EVAL: while job:<id> is still pending, append the
+ * turns (epoch checked as state_history_append) and store the answer
+ * (state answered); then XADD the job's answer, this one or the one
+ * stored by whoever was first, to the replies stream; then XACK the
+ * entry.  So a job retried after a worker died is appended and answered
+ * once.  answered: 1 this call answered it, 0 it was answered before
+ * (the stored answer went out), -1 no record (only acked).
+ */
+typedef void state_work_finish_fn(int status, int answered, void *privdata);
+int state_work_finish(struct store *st, const struct state_work_answer *a,
+                      state_work_finish_fn *fn, void *privdata);
+
+/* XINFO GROUPS work:jobs: lag (entries not yet read by the workers, -1
+ * when the server does not say) and pending (read, not acked). */
+typedef void state_work_info_fn(int status, long long lag,
+                                long long pending, void *privdata);
+int state_work_info(struct store *st, state_work_info_fn *fn,
+                    void *privdata);
 
 #endif

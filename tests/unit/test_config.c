@@ -528,6 +528,36 @@ test_ha_keys(void **state)
     config_free(&cfg);
 }
 
+/* ha.*: off by default; a bool that is not one and a claim time below a
+ * second (a slow answer would be asked twice) are refused. */
+static void
+test_ha_share_keys(void **state)
+{
+    struct config cfg;
+    char err[ERR_LEN];
+
+    (void)state;
+    assert_int_equal(load_text(&cfg, "", err, sizeof(err)), PARLEY_OK);
+    assert_int_equal(cfg.ha.share_work, 0);
+    assert_int_equal(cfg.ha.claim_idle_ms, 30000);
+    config_free(&cfg);
+    assert_int_equal(load_text(&cfg,
+        "ha = { share_work = true; claim_idle_ms = 1000; };\n",
+        err, sizeof(err)), PARLEY_OK);
+    assert_int_equal(cfg.ha.share_work, 1);
+    assert_int_equal(cfg.ha.claim_idle_ms, 1000);
+    config_free(&cfg);
+    assert_int_equal(load_text(&cfg,
+        "ha = { share_work = \"yes\"; claim_idle_ms = 999;\n"
+        "  lease = 1; };\n", err, sizeof(err)), PARLEY_ERR_CONFIG);
+    expect_line(err, "1: ha.share_work: expected true or false");
+    expect_line(err, "1: ha.claim_idle_ms: must be between 1000 and "
+                     "3600000 (not 999)");
+    expect_line(err, "2: ha.lease: unknown key");
+    assert_int_equal(count_lines(err), 3);
+    config_free(&cfg);
+}
+
 /* libconfig 1.5 wraps 9999999999 to 1410065407; that must not pass. */
 static void
 test_integer_overflow(void **state)
@@ -1317,6 +1347,7 @@ main(void)
         cmocka_unit_test_setup(test_adapter_keys, clear_env),
         cmocka_unit_test_setup(test_registry, clear_env),
         cmocka_unit_test_setup(test_example_loads, clear_env),
+        cmocka_unit_test_setup(test_ha_share_keys, clear_env),
     };
 
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
