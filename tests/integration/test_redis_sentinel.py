@@ -11,13 +11,15 @@ Real servers from Debian on 127.0.0.1 ephemeral ports: two redis-server
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import (Parley, Redis, Stub, Test, free_port, run_cases, skip,
-                     spawn, stop, wait_port, wait_until, write_config)
+                     spawn, wait_port, wait_until, write_config)
 
 KEY = "sk-test-secret-key-0123456789abcdef"
 ROOM = "t:ctx:console:parley:console"
@@ -199,6 +201,137 @@ def test_all_sentinels_down():
         assert p.stderr().count("WARN redis") == 1, p.stderr()[-3000:]
 
 
+class FakeSentinel:
+    """A stand-in sentinel that names whatever address the test sets (a
+    real one will not lie on demand), wants a password, and records the
+    commands it gets.  Speaks just enough RESP for parley."""
+
+    def __init__(self, answer, password):
+        self.answer = answer
+        self.password = password
+        self.commands = []
+        self.lock = threading.Lock()
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.closed = False
+
+    def start(self):
+        threading.Thread(target=self._accept, daemon=True).start()
+        return self
+
+    def stop(self):
+        self.closed = True
+        self.sock.close()
+
+    def _accept(self):
+        while not self.closed:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,),
+                             daemon=True).start()
+
+    @staticmethod
+    def _bulk(s):
+        b = s.encode()
+        return b"$%d\r\n%s\r\n" % (len(b), b)
+
+    def _serve(self, conn):
+        f = conn.makefile("rb")
+        authed = False
+        try:
+            while True:
+                line = f.readline()
+                if not line:
+                    return
+                n = int(line[1:-2])
+                args = []
+                for _ in range(n):
+                    size = int(f.readline()[1:-2])
+                    args.append(f.read(size + 2)[:-2].decode())
+                with self.lock:
+                    self.commands.append(args)
+                cmd = args[0].upper()
+                if cmd == "AUTH":
+                    authed = args[1] == self.password
+                    conn.sendall(b"+OK\r\n" if authed else
+                                 b"-WRONGPASS invalid password\r\n")
+                elif not authed:
+                    conn.sendall(b"-NOAUTH Authentication required.\r\n")
+                elif cmd == "SENTINEL":
+                    host, port = self.answer
+                    conn.sendall(b"*2\r\n" + self._bulk(host) +
+                                 self._bulk(str(port)))
+                elif cmd == "SUBSCRIBE":
+                    conn.sendall(b"*3\r\n" + self._bulk("subscribe") +
+                                 self._bulk(args[1]) + b":1\r\n")
+                else:
+                    conn.sendall(b"-ERR unknown command\r\n")
+        except (OSError, ValueError):
+            return
+        finally:
+            conn.close()
+
+
+def test_stale_answer_and_demoted_master():
+    with Test() as t:
+        a = t.add(Redis(t.tmp).start())
+        b = t.add(Replica(t.tmp, a.port).start())
+        wait_until(lambda: "master_link_status:up" in
+                   b.cmd("INFO", "replication"), 15, "the replica to sync")
+        pw = "sentinel-pw-0123456789"
+        fake = t.add(FakeSentinel(("127.0.0.1", b.port), pw).start())
+        stub = t.add(Stub(t.tmp, api_key=KEY).start())
+        conf = sentinel_config(t, stub, [fake])
+        with open(conf) as f:
+            text = f.read()
+        with open(conf, "w") as f:
+            f.write(text.replace('master_name = "%s";' % NAME,
+                                 'master_name = "%s"; sentinel_password_env '
+                                 '= "TEST_SENTINEL_PW";' % NAME))
+        p = t.add(Parley(["-c", conf], env={"TEST_OPENAI_KEY": KEY,
+                                            "TEST_SENTINEL_PW": pw,
+                                            "USER": "erin"}).start())
+        # A stale answer (a replica) is refused after ROLE.
+        wait_until(lambda: "127.0.0.1:%d is a slave, not the master"
+                   % b.port in p.stderr(), 15,
+                   "parley to check ROLE; stderr=%r" % p.stderr()[-2000:])
+        fake.answer = ("127.0.0.1", a.port)
+        wait_until(lambda: "127.0.0.1:%d (master %s) reachable again"
+                   % (a.port, NAME) in p.stderr(), 15,
+                   "parley to take the corrected answer")
+        assert p.ask("one") == "echo: erin: one"
+        wait_until(lambda: a.cmd("LLEN", ROOM) == 2, 5, "history on a")
+        wait_until(lambda: b.cmd("LLEN", ROOM) == 2, 5, "history on b")
+        # Swap roles behind parley's back, without a +switch-master: its
+        # next write meets READONLY (or a dropped connection) and it asks
+        # the sentinel again.
+        b.cmd("REPLICAOF", "NO", "ONE")
+        a.cmd("REPLICAOF", "127.0.0.1", b.port)
+        fake.answer = ("127.0.0.1", b.port)
+        assert p.ask("two") == "echo: erin: two"
+        wait_until(lambda: "127.0.0.1:%d (master %s) reachable again"
+                   % (b.port, NAME) in p.stderr(), 15,
+                   "parley to move to b; stderr=%r" % p.stderr()[-3000:])
+        assert p.ask("three") == "echo: erin: three"
+        last = stub.requests()[-1]["body"]["messages"]
+        assert "erin: one" in [m["content"] for m in last], last
+        wait_until(lambda: b.cmd("LLEN", ROOM) >= 4, 5, "history on b")
+        replies = p.replies()
+        assert replies == ["echo: erin: one", "echo: erin: two",
+                           "echo: erin: three"], replies
+        assert p.close() == 0
+        err = p.stderr()
+        if os.environ.get("SHOW"):
+            print(err)
+        # The sentinel got the password; no log line shows it.
+        assert ["AUTH", pw] in fake.commands, fake.commands
+        assert pw not in err and KEY not in err
+
+
 def test_config_errors():
     with Test() as t:
         stub = t.add(Stub(t.tmp, api_key=KEY).start())
@@ -225,4 +358,4 @@ def test_config_errors():
 
 if __name__ == "__main__":
     run_cases([test_follows_failover, test_all_sentinels_down,
-               test_config_errors])
+               test_stale_answer_and_demoted_master, test_config_errors])
