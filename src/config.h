@@ -179,6 +179,12 @@ struct config {
 /* Free redis.sentinels and leave a fixed address in charge (main.c does
  * this when PARLEY_REDIS names one). */
 void config_free_redis_sentinels(struct config_redis *r);
+/* PARLEY_REDIS=sentinel:NAME@HOST:PORT[,HOST:PORT...] (v is what follows
+ * "sentinel:"): Sentinel mode from the environment, replacing the file's
+ * redis address.  PARLEY_ERR_CONFIG with a message in err when malformed,
+ * PARLEY_ERR_OOM. */
+int config_redis_sentinel_env(struct config_redis *r, const char *v,
+                              char *err, size_t errlen);
 
 /* Fill cfg with the built-in defaults (console adapter only, local Redis).
  * Returns PARLEY_OK or PARLEY_ERR_OOM. */

@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "config_loader.h"
+#include "status.h"
 
 /* Sentinels are deployed in threes or fives; a list this long is a
  * mistake, and each entry costs a connect attempt per resolution. */
@@ -140,6 +141,75 @@ config_take_sentinels(struct config_loader *ld, const config_setting_t *s,
     r->n_sentinels = count;
     if (bad)
         config_free_redis_sentinels(r);
+}
+
+int
+config_redis_sentinel_env(struct config_redis *r, const char *v, char *err,
+                          size_t errlen)
+{
+    const char *at = strchr(v, '@'), *p;
+    struct config_hostport *list;
+    char *name;
+    size_t n = 1, count = 0;
+
+    if (!at || at == v || !at[1] || (size_t)(at - v) >= CONFIG_NAME_MAX ||
+        strcspn(v, " \t") < (size_t)(at - v)) {
+        snprintf(err, errlen, "PARLEY_REDIS: expected sentinel:NAME@HOST:"
+                 "PORT[,HOST:PORT...]");
+        return PARLEY_ERR_CONFIG;
+    }
+    for (p = at + 1; *p; p++)
+        n += *p == ',';
+    if (n > CONFIG_SENTINELS_MAX) {
+        snprintf(err, errlen, "PARLEY_REDIS: more than %d sentinels",
+                 CONFIG_SENTINELS_MAX);
+        return PARLEY_ERR_CONFIG;
+    }
+    list = calloc(n, sizeof(*list));
+    name = strndup(v, (size_t)(at - v));
+    if (!list || !name)
+        goto oom;
+    for (p = at + 1; count < n; count++) {
+        size_t len = strcspn(p, ",");
+        char entry[CONFIG_NAME_MAX], host[CONFIG_NAME_MAX];
+        const char *why = NULL;
+        int port = 0;
+
+        if (len < sizeof(entry)) {
+            memcpy(entry, p, len);
+            entry[len] = '\0';
+        }
+        if (len >= sizeof(entry) ||
+            config_split_hostport(entry, host, sizeof(host), &port, &why)) {
+            snprintf(err, errlen, "PARLEY_REDIS: sentinel %zu %s", count + 1,
+                     why ? why : "is too long");
+            for (size_t i = 0; i < count; i++)
+                free(list[i].host);
+            free(list);
+            free(name);
+            return PARLEY_ERR_CONFIG;
+        }
+        list[count].host = strdup(host);
+        if (!list[count].host)
+            goto oom;
+        list[count].port = port;
+        p += len + (p[len] == ',');
+    }
+    config_free_redis_sentinels(r);
+    free(r->master_name);
+    free(r->unix_socket);
+    r->unix_socket = NULL;
+    r->sentinels = list;
+    r->n_sentinels = n;
+    r->master_name = name;
+    return PARLEY_OK;
+oom:
+    if (list)
+        for (size_t i = 0; i < n; i++)
+            free(list[i].host);
+    free(list);
+    free(name);
+    return PARLEY_ERR_OOM;
 }
 
 void

@@ -109,8 +109,9 @@ static const char usage_text[] =
     "  -h, --help         this text\n"
     "\n"
     "environment: OPENAI_API_KEY (or the variable llm.api_key_env names;\n"
-    "  NAME_FILE reads it from a file), PARLEY_REDIS=HOST:PORT|unix:PATH\n"
-    "  overrides redis.*; without -c also OPENAI_BASE_URL, OPENAI_MODEL.\n"
+    "  NAME_FILE reads it from a file), PARLEY_REDIS=HOST:PORT|unix:PATH|\n"
+    "  sentinel:NAME@HOST:PORT[,HOST:PORT...] overrides redis.*; without\n"
+    "  -c also OPENAI_BASE_URL, OPENAI_MODEL.\n"
     "exit codes: 0 ok, 64 usage, 69 service unavailable at start,\n"
     "  70 internal error, 75 a lease was lost (ha.enabled: restart it\n"
     "  and it stands by), 78 configuration error.\n";
@@ -149,6 +150,8 @@ static int apply_redis_env(struct config *cfg, char *err, size_t errlen)
         return PARLEY_OK;
     /* A fixed address from the environment also wins over
      * redis.sentinels (run.sh and tests point parley at one Redis). */
+    if (strncmp(v, "sentinel:", 9) == 0)
+        return config_redis_sentinel_env(&cfg->redis, v + 9, err, errlen);
     if (strncmp(v, "unix:", 5) == 0 && v[5]) {
         config_free_redis_sentinels(&cfg->redis);
         return replace_str(&cfg->redis.unix_socket, v + 5);

@@ -509,12 +509,14 @@ int store_open_full(struct store **out, struct uv_loop_s *uv,
     st->db = cfg->db;
     st->host = store_strdup(cfg->host ? cfg->host : "127.0.0.1");
     st->prefix = store_strdup(cfg->prefix ? cfg->prefix : "parley:");
-    if (cfg->unix_socket && cfg->unix_socket[0])
+    /* The sentinels name a TCP address; a socket path is not used. */
+    if (cfg->unix_socket && cfg->unix_socket[0] && !cfg->n_sentinels)
         st->unix_socket = store_strdup(cfg->unix_socket);
     if (password && password[0])
         st->password = store_strdup(password);
     if (!st->host || !st->prefix ||
-        (cfg->unix_socket && cfg->unix_socket[0] && !st->unix_socket) ||
+        (cfg->unix_socket && cfg->unix_socket[0] && !cfg->n_sentinels &&
+         !st->unix_socket) ||
         (password && password[0] && !st->password)) {
         st->closing = 1;
         store_maybe_free(st);

@@ -179,8 +179,13 @@ def test_all_sentinels_down():
         master = t.add(Redis(t.tmp).start())
         sentinels = [Sentinel(t.tmp, master.port) for _ in range(2)]
         stub = t.add(Stub(t.tmp, api_key=KEY).start())
-        conf = sentinel_config(t, stub, sentinels)
+        # Sentinel mode from the environment (as docker-compose sets it)
+        # over a file that names a fixed address.
+        conf = write_config(t.tmp, stub.base_url, master.port)
+        env = "sentinel:%s@%s" % (NAME, ",".join("127.0.0.1:%d" % s.port
+                                                  for s in sentinels))
         p = t.add(Parley(["-c", conf], env={"TEST_OPENAI_KEY": KEY,
+                                            "PARLEY_REDIS": env,
                                             "USER": "dave"}).start())
         wait_until(lambda: "no sentinel gave the address of master %s"
                    % NAME in p.stderr(), 15, "a clear log line")

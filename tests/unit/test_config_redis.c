@@ -3,8 +3,8 @@
  * redis.sentinels parsed into host and port (IPv6 in brackets), every
  * malformed entry reported at its own line, master_name required with
  * sentinels and refused without them, Sentinel mode refused beside a
- * fixed host/port/unix_socket, and the sentinel password read from the
- * environment and registered for redaction.
+ * fixed host/port/unix_socket, the sentinel password read from the
+ * environment and registered for redaction, and PARLEY_REDIS=sentinel:...
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -211,6 +211,51 @@ test_exclusive_and_required(void **state)
     config_free(&cfg);
 }
 
+/* PARLEY_REDIS=sentinel:NAME@HOST:PORT,... (main.c hands over what
+ * follows "sentinel:"). */
+static void
+test_sentinel_env(void **state)
+{
+    struct config cfg;
+    char err[256] = "";
+
+    (void)state;
+    assert_int_equal(load_text(&cfg,
+        "redis = { unix_socket = \"/run/r.sock\"; };\n", err, sizeof(err)),
+        PARLEY_OK);
+    assert_int_equal(config_redis_sentinel_env(&cfg.redis,
+        "parley@sentinel-1:26379,[::1]:26380,10.0.0.3:1", err, sizeof(err)),
+        PARLEY_OK);
+    assert_int_equal(cfg.redis.n_sentinels, 3);
+    assert_string_equal(cfg.redis.master_name, "parley");
+    assert_string_equal(cfg.redis.sentinels[0].host, "sentinel-1");
+    assert_int_equal(cfg.redis.sentinels[0].port, 26379);
+    assert_string_equal(cfg.redis.sentinels[1].host, "::1");
+    assert_int_equal(cfg.redis.sentinels[2].port, 1);
+    assert_null(cfg.redis.unix_socket);
+
+    /* Malformed values leave the configuration as it was. */
+    assert_int_equal(config_redis_sentinel_env(&cfg.redis, "h:1", err,
+                                               sizeof(err)),
+                     PARLEY_ERR_CONFIG);
+    assert_string_equal(err, "PARLEY_REDIS: expected sentinel:NAME@HOST:"
+                        "PORT[,HOST:PORT...]");
+    assert_int_equal(config_redis_sentinel_env(&cfg.redis, "m@h:1,h:0",
+                                               err, sizeof(err)),
+                     PARLEY_ERR_CONFIG);
+    assert_string_equal(err, "PARLEY_REDIS: sentinel 2 needs a port from 1 "
+                        "to 65535 after the colon");
+    assert_int_equal(config_redis_sentinel_env(&cfg.redis, "m@", err,
+                                               sizeof(err)),
+                     PARLEY_ERR_CONFIG);
+    assert_int_equal(config_redis_sentinel_env(&cfg.redis, "m@h:1,", err,
+                                               sizeof(err)),
+                     PARLEY_ERR_CONFIG);
+    assert_int_equal(cfg.redis.n_sentinels, 3);
+    assert_string_equal(cfg.redis.master_name, "parley");
+    config_free(&cfg);
+}
+
 int
 main(void)
 {
@@ -218,6 +263,7 @@ main(void)
         cmocka_unit_test_teardown(test_sentinels_parsed, cleanup),
         cmocka_unit_test_teardown(test_bad_entries, cleanup),
         cmocka_unit_test_teardown(test_exclusive_and_required, cleanup),
+        cmocka_unit_test_teardown(test_sentinel_env, cleanup),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
