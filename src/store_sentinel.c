@@ -32,6 +32,7 @@
 #include "backoff.h"
 #include "config.h"
 #include "log.h"
+#include "metrics.h"
 #include "random.h"
 #include "store_private.h"
 
@@ -71,6 +72,9 @@ struct store_sentinel {
     uv_timer_t stimer;              /* subscribe deadline or retry delay */
 
     void (*role_done)(struct store *st);
+    /* The last address ROLE confirmed as the master, to count moves. */
+    char confirmed[SENTINEL_HOST_MAX];
+    int confirmed_port;
 };
 
 static void sentinel_subscribe(struct store_sentinel *sn);
@@ -305,7 +309,14 @@ static void sentinel_role_reply(redisAsyncContext *ac, void *r,
            reply->element[0] : NULL;
     if (role && role->type == REDIS_REPLY_STRING &&
         strcmp(role->str, "master") == 0) {
-        st->sn->role_done(st);
+        struct store_sentinel *sn = st->sn;
+
+        if (sn->confirmed_port && (sn->confirmed_port != st->port ||
+                                   strcmp(sn->confirmed, st->host) != 0))
+            metrics_redis_failover();
+        snprintf(sn->confirmed, sizeof(sn->confirmed), "%s", st->host);
+        sn->confirmed_port = st->port;
+        sn->role_done(st);
         return;
     }
     if (reply->type == REDIS_REPLY_ERROR)
@@ -442,6 +453,9 @@ static void sentinel_sub_connected(const redisAsyncContext *cac, int status)
 
     if (status != REDIS_OK || sn->st->closing || ac != cac)
         return;
+    /* A long-lived connection: notice a vanished sentinel. */
+    if (redisEnableKeepAlive(&ac->c) != REDIS_OK)
+        log_debug("sentinel: cannot enable TCP keepalive");
     if (sentinel_auth(sn, ac) != REDIS_OK ||
         redisAsyncCommand(ac, sentinel_sub_message, sn, "SUBSCRIBE %s",
                           SENTINEL_SWITCH_CHANNEL) != REDIS_OK)

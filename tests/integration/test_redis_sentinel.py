@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import (Parley, Redis, Stub, Test, free_port, run_cases, skip,
@@ -82,9 +83,9 @@ class Sentinel(Redis):
         return (r[0], int(r[1])) if r else None
 
 
-def sentinel_config(t, stub, sentinels, extra_ports=()):
+def sentinel_config(t, stub, sentinels, extra_ports=(), extra=""):
     """A bot.conf whose redis block names sentinels instead of a host."""
-    path = write_config(t.tmp, stub.base_url, 1)
+    path = write_config(t.tmp, stub.base_url, 1, extra=extra)
     addrs = ["127.0.0.1:%d" % p for p in extra_ports]
     addrs += ["127.0.0.1:%d" % s.port for s in sentinels]
     with open(path) as f:
@@ -129,7 +130,10 @@ def test_follows_failover():
         stub = t.add(Stub(t.tmp, api_key=KEY).start())
         # The first sentinel listed is down: it must be skipped.
         dead = free_port()
-        conf = sentinel_config(t, stub, sentinels, extra_ports=[dead])
+        metrics_port = free_port()
+        conf = sentinel_config(t, stub, sentinels, extra_ports=[dead],
+                               extra='metrics = { listen = "127.0.0.1:%d"; };'
+                               % metrics_port)
         p = t.add(Parley(["-c", conf], env={"TEST_OPENAI_KEY": KEY,
                                             "USER": "carol"}).start())
         wait_until(lambda: "(master %s) connected" % NAME in p.stderr(), 15,
@@ -154,6 +158,15 @@ def test_follows_failover():
                    "parley to follow the failover; stderr=%r"
                    % p.stderr()[-3000:])
         assert p.ask("three") == "echo: carol: three"
+        # /metrics counts the followed failover (the up gauge is sampled
+        # on a timer, so it is polled).
+        def metrics():
+            with urllib.request.urlopen("http://127.0.0.1:%d/metrics"
+                                        % metrics_port, timeout=5) as r:
+                return r.read().decode()
+        wait_until(lambda: "parley_redis_up 1\n" in metrics(), 10,
+                   "the redis gauge to say up")
+        assert "parley_redis_failovers_total 1\n" in metrics(), metrics()
         wait_until(lambda: replica.cmd("LLEN", ROOM) >= 4, 5,
                    "history stored on the new master")
         # The history from before the failover reached the model.
