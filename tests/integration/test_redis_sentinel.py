@@ -187,6 +187,47 @@ def test_follows_failover():
             err[-3000:]
 
 
+def test_master_killed():
+    """The master dies (SIGKILL): the sentinels agree it is down and
+    promote the replica; parley, refused by the dead address meanwhile,
+    follows and keeps the history that reached the replica."""
+    with Test() as t:
+        master = t.add(Redis(t.tmp).start())
+        replica = t.add(Replica(t.tmp, master.port).start())
+        wait_until(lambda: "master_link_status:up" in
+                   replica.cmd("INFO", "replication"), 15,
+                   "the replica to sync")
+        sentinels = [t.add(Sentinel(t.tmp, master.port).start())
+                     for _ in range(3)]
+        wait_until(lambda: replica_known(sentinels, replica.port), 30,
+                   "the sentinels to find the replica")
+        stub = t.add(Stub(t.tmp, api_key=KEY).start())
+        conf = sentinel_config(t, stub, sentinels)
+        p = t.add(Parley(["-c", conf], env={"TEST_OPENAI_KEY": KEY,
+                                            "USER": "fay"}).start())
+        assert p.ask("first", timeout=30) == "echo: fay: first"
+        wait_until(lambda: replica.cmd("LLEN", ROOM) == 2, 10,
+                   "history replicated")
+        master.proc.kill()
+        master.proc.wait()
+        # Answered while no master is reachable (without history).
+        assert p.ask("meanwhile", timeout=30) == "echo: fay: meanwhile"
+        wait_until(lambda: sentinels[0].master() ==
+                   ("127.0.0.1", replica.port), 60,
+                   "the sentinels to promote the replica")
+        wait_until(lambda: "127.0.0.1:%d (master %s) reachable again"
+                   % (replica.port, NAME) in p.stderr(), 30,
+                   "parley to follow; stderr=%r" % p.stderr()[-3000:])
+        assert p.ask("after") == "echo: fay: after"
+        last = stub.requests()[-1]["body"]["messages"]
+        assert "fay: first" in [m["content"] for m in last], last
+        replies = p.replies()
+        assert replies == ["echo: fay: first", "echo: fay: meanwhile",
+                           "echo: fay: after"], replies
+        assert p.close() == 0
+        assert p.stderr().count("WARN redis") == 1, p.stderr()[-3000:]
+
+
 def test_all_sentinels_down():
     with Test() as t:
         master = t.add(Redis(t.tmp).start())
@@ -375,5 +416,6 @@ def test_config_errors():
 
 
 if __name__ == "__main__":
-    run_cases([test_follows_failover, test_all_sentinels_down,
+    run_cases([test_follows_failover, test_master_killed,
+               test_all_sentinels_down,
                test_stale_answer_and_demoted_master, test_config_errors])
