@@ -269,6 +269,7 @@ class FakeSentinel:
         self.answer = answer
         self.password = password
         self.commands = []
+        self.subscribers = []
         self.lock = threading.Lock()
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
@@ -283,6 +284,17 @@ class FakeSentinel:
     def stop(self):
         self.closed = True
         self.sock.close()
+
+    def publish_switch(self, old, new):
+        """What a sentinel publishes when a failover completed."""
+        text = "%s %s %d %s %d" % (NAME, old[0], old[1], new[0], new[1])
+        msg = (b"*3\r\n" + self._bulk("message") +
+               self._bulk("+switch-master") + self._bulk(text))
+        with self.lock:
+            subs = list(self.subscribers)
+        for conn in subs:
+            conn.sendall(msg)
+        return len(subs)
 
     def _accept(self):
         while not self.closed:
@@ -327,6 +339,8 @@ class FakeSentinel:
                 elif cmd == "SUBSCRIBE":
                     conn.sendall(b"*3\r\n" + self._bulk("subscribe") +
                                  self._bulk(args[1]) + b":1\r\n")
+                    with self.lock:
+                        self.subscribers.append(conn)
                 else:
                     conn.sendall(b"-ERR unknown command\r\n")
         except (OSError, ValueError):
@@ -391,6 +405,51 @@ def test_stale_answer_and_demoted_master():
         assert pw not in err and KEY not in err
 
 
+def test_switch_master_message():
+    """+switch-master alone moves parley: the sentinel's query answer
+    still names the old master, which keeps running as a master, so only
+    the message can send parley to the new one."""
+    with Test() as t:
+        a = t.add(Redis(t.tmp).start())
+        b = t.add(Redis(t.tmp).start())
+        fake = t.add(FakeSentinel(("127.0.0.1", a.port), "pw-0001").start())
+        stub = t.add(Stub(t.tmp, api_key=KEY).start())
+        conf = sentinel_config(t, stub, [fake])
+        with open(conf) as f:
+            text = f.read()
+        with open(conf, "w") as f:
+            f.write(text.replace('master_name = "%s";' % NAME,
+                                 'master_name = "%s"; sentinel_password_env '
+                                 '= "TEST_SENTINEL_PW";' % NAME))
+        p = t.add(Parley(["-c", conf], env={"TEST_OPENAI_KEY": KEY,
+                                            "TEST_SENTINEL_PW": "pw-0001",
+                                            "USER": "gil"}).start())
+        assert p.ask("one") == "echo: gil: one"
+        wait_until(lambda: a.cmd("LLEN", ROOM) == 2, 5, "history on a")
+        wait_until(lambda: fake.subscribers, 10, "parley to subscribe")
+        # Another master's name is ignored.
+        with fake.lock:
+            subs = list(fake.subscribers)
+        other = ("other 127.0.0.1 1 127.0.0.1 %d" % b.port).encode()
+        for conn in subs:
+            conn.sendall(b"*3\r\n" + fake._bulk("message") +
+                         fake._bulk("+switch-master") + b"$%d\r\n%s\r\n"
+                         % (len(other), other))
+        fake.publish_switch(("127.0.0.1", a.port), ("127.0.0.1", b.port))
+        wait_until(lambda: "127.0.0.1:%d (master %s) reachable again"
+                   % (b.port, NAME) in p.stderr(), 15,
+                   "parley to follow +switch-master; stderr=%r"
+                   % p.stderr()[-3000:])
+        assert "master %s moved from 127.0.0.1:%d to 127.0.0.1:%d" \
+            % (NAME, a.port, b.port) in p.stderr()
+        assert "master other" not in p.stderr()
+        assert p.ask("two") == "echo: gil: two"
+        wait_until(lambda: b.cmd("LLEN", ROOM) == 2, 5, "history on b")
+        assert a.cmd("LLEN", ROOM) == 2
+        assert p.replies() == ["echo: gil: one", "echo: gil: two"]
+        assert p.close() == 0
+
+
 def test_config_errors():
     with Test() as t:
         stub = t.add(Stub(t.tmp, api_key=KEY).start())
@@ -418,4 +477,5 @@ def test_config_errors():
 if __name__ == "__main__":
     run_cases([test_follows_failover, test_master_killed,
                test_all_sentinels_down,
-               test_stale_answer_and_demoted_master, test_config_errors])
+               test_stale_answer_and_demoted_master,
+               test_switch_master_message, test_config_errors])
