@@ -36,6 +36,8 @@ TEST_PKGS=(
     libcmocka-dev           # unit tests
     clang                   # fuzz targets (libFuzzer)
     ngircd                  # a real IRC server for the IRC tests
+    redis-sentinel          # Sentinel failover tests (redis-server
+                            # --sentinel is the fallback)
     python3                 # Debian's /usr/bin/python3 runs integration tests
     python3-irc             # real IRC clients in tests
     inspircd                # IRC server with SASL (with atheme) for tests

@@ -36,6 +36,13 @@ struct config_metrics {
     char *listen;           /* "127.0.0.1:9464"; NULL = no endpoint */
 };
 
+/* One "host:port" of redis.sentinels; host is a name or an IP (an IPv6
+ * address written "[::1]:26379" is stored without the brackets). */
+struct config_hostport {
+    char *host;
+    int port;
+};
+
 /* Several instances on one Redis (ha.*, README "Several instances").
  * enabled: each IRC/Matrix account is connected by the one instance
  * holding its lease.  share_work: chat jobs go through the shared stream
@@ -51,13 +58,21 @@ struct config_ha {
 };
 
 struct config_redis {
-    char *host;             /* default "127.0.0.1"; ignored if unix_socket */
+    char *host;             /* default "127.0.0.1"; ignored if unix_socket
+                               or sentinels */
     int port;               /* default 6379 */
     char *unix_socket;      /* NULL unless set */
     int db;                 /* SELECT index, default 0 */
     char *password_env;     /* env var holding the password, or NULL */
     char *prefix;           /* key prefix, default "parley:" */
     int dedupe_ttl_s;       /* seen:<event id> lifetime, default 86400 */
+    /* Sentinel mode (src/store_sentinel.c): the master's address comes
+     * from these sentinels, asked in turn; n_sentinels 0 = fixed host. */
+    struct config_hostport *sentinels;  /* owned array */
+    size_t n_sentinels;
+    char *master_name;      /* the name the sentinels monitor; NULL unless
+                               sentinels are set */
+    char *sentinel_password_env; /* env var with the sentinels' password */
 };
 
 struct config_llm {
@@ -158,12 +173,23 @@ struct config {
     /* Resolved by config_secrets(); wiped and freed by config_free(). */
     char *api_key;          /* NULL if the env var is unset */
     char *redis_password;   /* NULL if not configured */
+    char *sentinel_password; /* redis.sentinel_password_env's value */
 
     void *lc;               /* config_t *, kept for adapter settings */
     /* Lines "FILE:LINE: key: note" about deprecated keys, NULL if none;
      * main logs them as warnings.  Owned, freed by config_free(). */
     char *warnings;
 };
+
+/* Free redis.sentinels and leave a fixed address in charge (main.c does
+ * this when PARLEY_REDIS names one). */
+void config_free_redis_sentinels(struct config_redis *r);
+/* PARLEY_REDIS=sentinel:NAME@HOST:PORT[,HOST:PORT...] (v is what follows
+ * "sentinel:"): Sentinel mode from the environment, replacing the file's
+ * redis address.  PARLEY_ERR_CONFIG with a message in err when malformed,
+ * PARLEY_ERR_OOM. */
+int config_redis_sentinel_env(struct config_redis *r, const char *v,
+                              char *err, size_t errlen);
 
 /* Fill cfg with the built-in defaults (console adapter only, local Redis).
  * Returns PARLEY_OK or PARLEY_ERR_OOM. */

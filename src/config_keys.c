@@ -52,7 +52,8 @@ enum key_kind {
     KEY_BOOL,               /* true or false */
     KEY_TEMPERATURE,        /* number 0..2, or -1 to omit */
     KEY_MODELS,             /* array of model names */
-    KEY_FEWSHOT             /* list of { user; assistant; } */
+    KEY_FEWSHOT,            /* list of { user; assistant; } */
+    KEY_SENTINELS           /* list of "HOST:PORT" (config_redis.c) */
 };
 
 /* One known key of a group: its kind and where the value goes (offset
@@ -100,6 +101,10 @@ static const struct key_spec redis_keys[] = {
     KEY_STR(config_redis, "password_env", KEY_ENV, password_env),
     KEY_STR(config_redis, "prefix", KEY_PREFIX, prefix),
     KEY_NUM(config_redis, "dedupe_ttl", dedupe_ttl_s, 1, INT_MAX),
+    KEY_STR(config_redis, "sentinels", KEY_SENTINELS, sentinels),
+    KEY_STR(config_redis, "master_name", KEY_NAME, master_name),
+    KEY_STR(config_redis, "sentinel_password_env", KEY_ENV,
+            sentinel_password_env),
 };
 
 static const struct key_spec llm_keys[] = {
@@ -654,6 +659,9 @@ config_load_group(struct config_loader *ld, const config_setting_t *g,
         case KEY_FEWSHOT:
             config_take_fewshot(ld, s, (struct config_prompts *)base);
             continue;
+        case KEY_SENTINELS:
+            config_take_sentinels(ld, s, (struct config_redis *)base);
+            continue;
         default:
             break;
         }
@@ -785,6 +793,7 @@ config_check_across(struct config_loader *ld)
     size_t i;
     int j, n;
 
+    config_check_redis(ld);
     for (i = 0; i < llm->n_allowed_models; i++)
         if (strcmp(llm->allowed_models[i], llm->model) == 0)
             break;

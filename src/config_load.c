@@ -455,6 +455,7 @@ config_free(struct config *cfg)
         return;
     config_secret_free(&cfg->api_key);
     config_secret_free(&cfg->redis_password);
+    config_secret_free(&cfg->sentinel_password);
     free(cfg->path);
     free(cfg->bot.name);
     free(cfg->bot.log_level);
@@ -464,6 +465,9 @@ config_free(struct config *cfg)
     free(cfg->redis.unix_socket);
     free(cfg->redis.password_env);
     free(cfg->redis.prefix);
+    config_free_redis_sentinels(&cfg->redis);
+    free(cfg->redis.master_name);
+    free(cfg->redis.sentinel_password_env);
     free(cfg->llm.base_url);
     free(cfg->llm.model);
     config_free_models(cfg->llm.allowed_models, cfg->llm.n_allowed_models);

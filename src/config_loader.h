@@ -12,6 +12,7 @@
  *                     adapter's validate hook
  *   config_greet.c    the greeting keys every adapter block shares
  *   config_secrets.c  secrets from the environment or NAME_FILE
+ *   config_redis.c    redis.sentinels and the Sentinel checks
  */
 #ifndef PARLEY_CONFIG_LOADER_H
 #define PARLEY_CONFIG_LOADER_H
@@ -138,6 +139,15 @@ void config_load_greet(struct config_loader *ld, const config_setting_t *e,
  * false; true is reported as an error. */
 int config_load_stream(struct config_loader *ld, const config_setting_t *e,
                        int can_stream);
+
+/* ---- config_redis.c ---- */
+
+/* redis.sentinels into r->sentinels (replaced only when every entry is
+ * valid; errors are reported at the entry). */
+void config_take_sentinels(struct config_loader *ld,
+                           const config_setting_t *s, struct config_redis *r);
+/* Sentinel mode against a fixed address, and keys that need each other. */
+void config_check_redis(struct config_loader *ld);
 
 /* ---- config_secrets.c ---- */
 

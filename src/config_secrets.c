@@ -169,7 +169,7 @@ config_secret_free(char **secret)
 int
 config_secrets(struct config *cfg, char *err, size_t errlen)
 {
-    char *api_key = NULL, *password = NULL;
+    char *api_key = NULL, *password = NULL, *sentinel = NULL;
     int result;
 
     if (err && errlen > 0)
@@ -186,10 +186,17 @@ config_secrets(struct config *cfg, char *err, size_t errlen)
         if (result)
             goto fail;
     }
+    if (cfg->redis.sentinel_password_env) {
+        result = config_secret_read(cfg->redis.sentinel_password_env,
+                                    &sentinel, err, errlen);
+        if (result)
+            goto fail;
+    }
     /* Redaction must be in place before anything can print the value;
      * a full table fails closed rather than log a secret later. */
     if ((api_key && log_add_secret(api_key) != 0) ||
-        (password && log_add_secret(password) != 0)) {
+        (password && log_add_secret(password) != 0) ||
+        (sentinel && log_add_secret(sentinel) != 0)) {
         if (err && errlen > 0)
             snprintf(err, errlen, "cannot register secrets for redaction "
                      "(more than %d secrets)", LOG_SECRETS_MAX);
@@ -198,13 +205,16 @@ config_secrets(struct config *cfg, char *err, size_t errlen)
     }
     config_secret_free(&cfg->api_key);
     config_secret_free(&cfg->redis_password);
+    config_secret_free(&cfg->sentinel_password);
     cfg->api_key = api_key;
     cfg->redis_password = password;
+    cfg->sentinel_password = sentinel;
     return PARLEY_OK;
 
 fail:
     config_secret_free(&api_key);
     config_secret_free(&password);
+    config_secret_free(&sentinel);
     return result == PARLEY_ERR_OOM ? PARLEY_ERR_OOM : PARLEY_ERR_CONFIG;
 }
 

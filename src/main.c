@@ -104,14 +104,16 @@ static const char usage_text[] =
     "      --console      also chat on stdin/stdout (room \"console\")\n"
     "      --check-config validate the configuration and the secrets it\n"
     "                     names, without connecting anywhere\n"
-    "      --print-redis  print the Redis address as \"tcp HOST PORT\" or\n"
-    "                     \"unix PATH\" and exit\n"
+    "      --print-redis  print the Redis address as \"tcp HOST PORT\",\n"
+    "                     \"unix PATH\" or \"sentinel NAME HOST PORT\"\n"
+    "                     (the first sentinel) and exit\n"
     "  -V, --version      print the version\n"
     "  -h, --help         this text\n"
     "\n"
     "environment: OPENAI_API_KEY (or the variable llm.api_key_env names;\n"
-    "  NAME_FILE reads it from a file), PARLEY_REDIS=HOST:PORT|unix:PATH\n"
-    "  overrides redis.*; without -c also OPENAI_BASE_URL, OPENAI_MODEL.\n"
+    "  NAME_FILE reads it from a file), PARLEY_REDIS=HOST:PORT|unix:PATH|\n"
+    "  sentinel:NAME@HOST:PORT[,HOST:PORT...] overrides redis.*; without\n"
+    "  -c also OPENAI_BASE_URL, OPENAI_MODEL.\n"
     "exit codes: 0 ok, 64 usage, 69 service unavailable at start,\n"
     "  70 internal error, 75 a lease was lost (ha.enabled: restart it\n"
     "  and it stands by), 78 configuration error.\n";
@@ -148,7 +150,12 @@ static int apply_redis_env(struct config *cfg, char *err, size_t errlen)
 
     if (!v || !*v)
         return PARLEY_OK;
+    /* A fixed address from the environment also wins over
+     * redis.sentinels (run.sh and tests point parley at one Redis). */
+    if (strncmp(v, "sentinel:", 9) == 0)
+        return config_redis_sentinel_env(&cfg->redis, v + 9, err, errlen);
     if (strncmp(v, "unix:", 5) == 0 && v[5]) {
+        config_free_redis_sentinels(&cfg->redis);
         return replace_str(&cfg->redis.unix_socket, v + 5);
     }
     colon = strrchr(v, ':');
@@ -170,6 +177,7 @@ static int apply_redis_env(struct config *cfg, char *err, size_t errlen)
     cfg->redis.port = (int)port;
     free(cfg->redis.unix_socket);
     cfg->redis.unix_socket = NULL;
+    config_free_redis_sentinels(&cfg->redis);
     return PARLEY_OK;
 bad:
     snprintf(err, errlen, "PARLEY_REDIS: expected HOST:PORT or unix:PATH, "
@@ -684,8 +692,9 @@ static int app_run(struct app *app, int console)
         log_error("cannot create the event loop");
         return EXIT_SOFTWARE;
     }
-    if (store_open(&app->store, loop_uv(app->loop), &app->cfg.redis,
-                   app->cfg.redis_password) != PARLEY_OK ||
+    if (store_open_full(&app->store, loop_uv(app->loop), &app->cfg.redis,
+                        app->cfg.redis_password,
+                        app->cfg.sentinel_password) != PARLEY_OK ||
         llm_create(&app->llm, app->loop, &app->cfg.llm,
                    app->cfg.api_key) != PARLEY_OK ||
         router_create(&app->router, &app->cfg, app->store, app->llm,
@@ -760,7 +769,12 @@ static int app_run(struct app *app, int console)
     raise_open_files(app->cfg.llm.max_concurrent);
     app->start_deadline = loop_now_ms(app->loop) + MAIN_REDIS_WAIT_MS;
     loop_timer_start(app->start_timer, 0, MAIN_REDIS_POLL_MS);
-    if (app->cfg.redis.unix_socket)
+    if (app->cfg.redis.n_sentinels > 0)
+        log_info("parley %s running: model %s at %s, redis master %s "
+                 "through %zu sentinel(s)", PARLEY_VERSION,
+                 app->cfg.llm.model, app->cfg.llm.base_url,
+                 app->cfg.redis.master_name, app->cfg.redis.n_sentinels);
+    else if (app->cfg.redis.unix_socket)
         log_info("parley %s running: model %s at %s, redis unix:%s",
                  PARLEY_VERSION, app->cfg.llm.model, app->cfg.llm.base_url,
                  app->cfg.redis.unix_socket);
@@ -832,7 +846,11 @@ int main(int argc, char **argv)
     if (app.cfg.warnings)
         app_log_warnings(app.cfg.warnings);
     if (print_redis) {
-        if (app.cfg.redis.unix_socket)
+        if (app.cfg.redis.n_sentinels > 0)
+            printf("sentinel %s %s %d\n", app.cfg.redis.master_name,
+                   app.cfg.redis.sentinels[0].host,
+                   app.cfg.redis.sentinels[0].port);
+        else if (app.cfg.redis.unix_socket)
             printf("unix %s\n", app.cfg.redis.unix_socket);
         else
             printf("tcp %s %d\n", app.cfg.redis.host, app.cfg.redis.port);

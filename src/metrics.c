@@ -66,6 +66,7 @@ static struct {
     unsigned long long takeovers, lease_losses, fence_refused;
     char instance[96];
     int redis_up;
+    unsigned long long redis_failovers;
     struct adapter_gauge adapters[METRICS_ADAPTERS_MAX];
     size_t n_adapters;
     size_t pending, rooms;
@@ -155,6 +156,13 @@ void metrics_set_lease(size_t index, const char *state)
     pthread_mutex_lock(&m.lock);
     snprintf(m.adapters[index].lease, sizeof(m.adapters[index].lease), "%s",
              state ? state : "");
+    pthread_mutex_unlock(&m.lock);
+}
+
+void metrics_redis_failover(void)
+{
+    pthread_mutex_lock(&m.lock);
+    m.redis_failovers++;
     pthread_mutex_unlock(&m.lock);
 }
 
@@ -409,6 +417,10 @@ size_t metrics_render(char *buf, size_t len)
          m.latency_count, m.latency_sum, m.latency_count);
     emit(&o, "# HELP parley_redis_up Whether the Redis connection is up.\n"
          "# TYPE parley_redis_up gauge\nparley_redis_up %d\n", m.redis_up);
+    emit(&o, "# HELP parley_redis_failovers_total Times the Redis master was "
+         "followed to a new address (Sentinel).\n"
+         "# TYPE parley_redis_failovers_total counter\n"
+         "parley_redis_failovers_total %llu\n", m.redis_failovers);
     emit(&o, "# HELP parley_adapter_connected Whether each adapter is "
          "connected.\n# TYPE parley_adapter_connected gauge\n");
     for (size_t i = 0; i < m.n_adapters; i++) {

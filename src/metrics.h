@@ -60,6 +60,8 @@ void metrics_set_work_stream(long long lag, long long pending);
 
 /* Gauges, sampled by main. */
 void metrics_set_redis(int up);
+/* The store reached a Redis master at a new address (Sentinel failover). */
+void metrics_redis_failover(void);
 void metrics_set_adapter(size_t index, const char *type, const char *account,
                          int connected);
 void metrics_set_adapter_count(size_t n);

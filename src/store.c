@@ -15,6 +15,12 @@
  * both handlers so the core reads the socket error).  A connect/handshake
  * deadline covers servers that never answer.
  *
+ * With redis.sentinels the master's address is not configured but found:
+ * store_sentinel.c asks the sentinels before each attempt, checks with
+ * ROLE that the answer is the master, and drops the connection when the
+ * master moves (+switch-master, READONLY); from here that is one more
+ * way for an attempt to fail or a connection to end.
+ *
  * hiredis resolves host names with a blocking getaddrinfo; with the default
  * numeric address (127.0.0.1) or a unix socket there is no lookup.  A name
  * (e.g. "redis" in docker-compose) costs one lookup per connect attempt.
@@ -37,15 +43,7 @@
 #include "random.h"
 #include "status.h"
 #include "store.h"
-
-/* How long a connect plus AUTH/SELECT may take before the attempt is
- * abandoned and retried: long enough for a loaded server, short enough
- * that a blackholed address does not hide the outage for minutes (the
- * kernel's own TCP connect timeout is about two minutes). */
-#define STORE_CONNECT_TIMEOUT_MS 5000
-
-/* "unix:" + a sun_path (108 bytes) or host:port, for log lines. */
-#define STORE_ADDR_MAX 160
+#include "store_private.h"
 
 /* The libuv side of one hiredis context (hiredis adapters/libuv.h shape).
  * Freed in its poll handle's close callback. */
@@ -63,43 +61,11 @@ struct store_request {
     void *privdata;
 };
 
-struct store {
-    uv_loop_t *uv;
-    char *host;
-    int port;
-    char *unix_socket;
-    int db;
-    char *prefix;
-    char *password;             /* owned, wiped before free */
-    char addr[STORE_ADDR_MAX];  /* for log lines; never holds secrets */
-
-    redisAsyncContext *ac;      /* current context, NULL while down */
-    uv_timer_t timer;           /* retry delay, or connect deadline */
-    int open_handles;           /* timer + poll; free st at zero */
-
-    int up;                     /* handshake done: accept commands */
-    int announced;              /* last state told to state_fn */
-    int outage;                 /* outage logged, recovery not yet */
-    int closing;
-    unsigned attempt;           /* failed attempts since last up */
-
-    store_state_fn *state_fn;
-    void *state_priv;
-
-    int err;                    /* last failure, PARLEY_OK while up */
-    char errstr[PARLEY_ERRSTR_LEN];
-    int failed;                 /* this attempt's failure already set */
-};
-
 static void store_connect(struct store *st);
-static void store_lost(struct store *st);
-
-static void store_set_error(struct store *st, int err, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
 
 /* The one setter for err/errstr; truncates, and scrubs registered secrets
  * in case a library echoed one back. */
-static void store_set_error(struct store *st, int err, const char *fmt, ...)
+void store_set_error(struct store *st, int err, const char *fmt, ...)
 {
     va_list ap;
 
@@ -111,10 +77,12 @@ static void store_set_error(struct store *st, int err, const char *fmt, ...)
     log_redact(st->errstr, sizeof(st->errstr));
 }
 
-static void store_maybe_free(struct store *st)
+void store_maybe_free(struct store *st)
 {
     if (!st->closing || st->open_handles > 0)
         return;
+    if (st->sn)
+        store_sentinel_free(st);
     if (st->password) {
         explicit_bzero(st->password, strlen(st->password));
         free(st->password);
@@ -214,8 +182,11 @@ static void store_ev_cleanup(void *privdata)
     ev->ac = NULL;
     uv_poll_stop(&ev->poll);
     uv_close((uv_handle_t *)&ev->poll, store_ev_closed);
-    if (st->ac != ac)
+    if (st->ac != ac) {
+        if (st->sn)
+            store_sentinel_gone(st, ac);
         return;
+    }
     st->ac = NULL;
     if (ac->c.err)
         store_set_error(st, PARLEY_ERR_IO, "%s", ac->c.errstr);
@@ -224,7 +195,7 @@ static void store_ev_cleanup(void *privdata)
     store_lost(st);
 }
 
-static int store_ev_attach(struct store *st, redisAsyncContext *ac)
+int store_attach(struct store *st, redisAsyncContext *ac)
 {
     struct store_ev *ev = calloc(1, sizeof(*ev));
 
@@ -272,6 +243,10 @@ static void store_timer_fired(uv_timer_t *t)
 
     if (st->closing)
         return;
+    if (store_sentinel_asking(st)) {
+        store_sentinel_timeout(st);
+        return;
+    }
     if (st->ac) {
         /* Connect or handshake deadline, or a drop requested from the
          * connect callback: give up on this attempt; the cleanup hook
@@ -287,7 +262,7 @@ static void store_timer_fired(uv_timer_t *t)
 
 /* The current connection attempt or connection is gone (err/errstr say
  * why): report, and schedule the next attempt. */
-static void store_lost(struct store *st)
+void store_lost(struct store *st)
 {
     int was_up = st->announced;
 
@@ -341,6 +316,14 @@ static void store_handshake_failed(struct store *st, const char *what,
         redisAsyncFree(st->ac);
 }
 
+/* As store_handshake_failed, for a failure with no reply. */
+static void store_handshake_failed_text(struct store *st, const char *why)
+{
+    store_set_error(st, PARLEY_ERR_OOM, "%s", why);
+    if (st->ac)
+        redisAsyncFree(st->ac);
+}
+
 static void store_auth_done(redisAsyncContext *ac, void *r, void *privdata)
 {
     struct store *st = privdata;
@@ -365,6 +348,13 @@ static void store_select_done(redisAsyncContext *ac, void *r, void *privdata)
         return;
     if (reply->type != REDIS_REPLY_STATUS) {
         store_handshake_failed(st, "SELECT", reply);
+        return;
+    }
+    /* An address from a sentinel may be stale during a failover: the
+     * ROLE reply ends the handshake instead. */
+    if (st->sn) {
+        if (store_sentinel_check_role(st, ac, store_became_up) != PARLEY_OK)
+            store_handshake_failed_text(st, "cannot queue ROLE");
         return;
     }
     store_became_up(st);
@@ -431,6 +421,21 @@ static void store_connect(struct store *st)
     /* errstr keeps the previous reason until this attempt fails or
      * succeeds, so store_errstr never reads "" while the store is down. */
     st->failed = 0;
+    if (st->sn) {
+        switch (store_sentinel_resolve(st)) {
+        case STORE_RESOLVED:
+            st->failed = 0;
+            break;
+        case STORE_ASKING:
+            /* The sentinel's deadline; its answer restarts the timer. */
+            uv_timer_start(&st->timer, store_timer_fired,
+                           STORE_CONNECT_TIMEOUT_MS, 0);
+            return;
+        default:
+            store_lost(st);
+            return;
+        }
+    }
     if (st->unix_socket)
         ac = redisAsyncConnectUnix(st->unix_socket);
     else
@@ -448,7 +453,7 @@ static void store_connect(struct store *st)
         store_lost(st);
         return;
     }
-    result = store_ev_attach(st, ac);
+    result = store_attach(st, ac);
     if (result) {
         store_set_error(st, result, "cannot watch the redis socket");
         redisAsyncFree(ac);
@@ -482,6 +487,15 @@ static char *store_strdup(const char *s)
 int store_open(struct store **out, struct uv_loop_s *uv,
                const struct config_redis *cfg, const char *password)
 {
+    return store_open_full(out, uv, cfg, password, NULL);
+}
+
+int store_open_full(struct store **out, struct uv_loop_s *uv,
+                    const struct config_redis *cfg, const char *password,
+                    const char *sentinel_password)
+{
+    int result;
+
     struct store *st;
 
     *out = NULL;
@@ -495,12 +509,14 @@ int store_open(struct store **out, struct uv_loop_s *uv,
     st->db = cfg->db;
     st->host = store_strdup(cfg->host ? cfg->host : "127.0.0.1");
     st->prefix = store_strdup(cfg->prefix ? cfg->prefix : "parley:");
-    if (cfg->unix_socket && cfg->unix_socket[0])
+    /* The sentinels name a TCP address; a socket path is not used. */
+    if (cfg->unix_socket && cfg->unix_socket[0] && !cfg->n_sentinels)
         st->unix_socket = store_strdup(cfg->unix_socket);
     if (password && password[0])
         st->password = store_strdup(password);
     if (!st->host || !st->prefix ||
-        (cfg->unix_socket && cfg->unix_socket[0] && !st->unix_socket) ||
+        (cfg->unix_socket && cfg->unix_socket[0] && !cfg->n_sentinels &&
+         !st->unix_socket) ||
         (password && password[0] && !st->password)) {
         st->closing = 1;
         store_maybe_free(st);
@@ -518,6 +534,13 @@ int store_open(struct store **out, struct uv_loop_s *uv,
     st->timer.data = st;
     st->open_handles = 1;
     store_set_error(st, PARLEY_ERR_STATE, "not connected yet");
+    if (cfg->n_sentinels > 0) {
+        result = store_sentinel_open(st, cfg, sentinel_password);
+        if (result) {
+            store_close(st);
+            return result;
+        }
+    }
     *out = st;
     store_connect(st);
     return PARLEY_OK;
@@ -548,7 +571,14 @@ static void store_reply(redisAsyncContext *ac, void *r, void *privdata)
      * accepting commands before the caller can retry from its callback. */
     if (!r)
         st->up = 0;
-    req->fn(st, r, req->privdata);
+    /* A master demoted under us (failover without our noticing) refuses
+     * writes; the caller sees this error, later commands a new master. */
+    else if (st->sn && ac == st->ac && st->up &&
+             ((redisReply *)r)->type == REDIS_REPLY_ERROR &&
+             strncmp(((redisReply *)r)->str, "READONLY", 8) == 0)
+        store_sentinel_readonly(st, ac);
+    if (req->fn)
+        req->fn(st, r, req->privdata);
     free(req);
 }
 
@@ -585,7 +615,8 @@ static int store_send(struct store *st, store_reply_fn *fn, void *privdata,
         return PARLEY_ERR_OTHER;
     if (store_is_push_command(end + 2, (size_t)namelen))
         return PARLEY_ERR_STATE;
-    if (fn) {
+    /* In Sentinel mode every reply is looked at, for READONLY. */
+    if (fn || st->sn) {
         req = malloc(sizeof(*req));
         if (!req)
             return PARLEY_ERR_OOM;
@@ -677,8 +708,29 @@ void store_close(struct store *st)
     st->up = 0;
     uv_timer_stop(&st->timer);
     uv_close((uv_handle_t *)&st->timer, store_timer_closed);
+    if (st->sn)
+        store_sentinel_close(st);
     /* Pending callbacks get their NULL reply from hiredis here (or, when
      * called from inside a store callback, as soon as it returns). */
     if (st->ac)
         redisAsyncFree(st->ac);
+}
+
+int store_set_master(struct store *st, const char *host, int port)
+{
+    char *copy = store_strdup(host);
+
+    if (!copy)
+        return PARLEY_ERR_OOM;
+    free(st->host);
+    st->host = copy;
+    st->port = port;
+    return PARLEY_OK;
+}
+
+void store_retry_now(struct store *st)
+{
+    if (st->closing || st->ac)
+        return;
+    uv_timer_start(&st->timer, store_timer_fired, 0, 0);
 }

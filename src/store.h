@@ -36,6 +36,14 @@ typedef void store_state_fn(struct store *st, int up, void *privdata);
 int store_open(struct store **out, struct uv_loop_s *uv,
                const struct config_redis *cfg, const char *password);
 
+/* As store_open; sentinel_password is the sentinels' own (AUTH on the
+ * sentinel connections, NULL: none), used when cfg->n_sentinels > 0:
+ * then the master's address is asked of the sentinels (host, port and
+ * unix_socket are ignored) and followed across failovers. */
+int store_open_full(struct store **out, struct uv_loop_s *uv,
+                    const struct config_redis *cfg, const char *password,
+                    const char *sentinel_password);
+
 void store_on_state(struct store *st, store_state_fn *fn, void *privdata);
 int store_is_up(const struct store *st);
 
