@@ -409,7 +409,7 @@ void mx_stream_limited(struct mx_stream *st, long ms)
 }
 
 /* Length of the first sentence of text (terminator included), 0 while
- * there is none: ".", "!", "?" or ":" before white space, or a newline;
+ * there is none: ".", "!" or "?" before white space, or a newline;
  * past MX_FIRST_MAX bytes, up to the last space. */
 static size_t first_sentence(const char *text)
 {
@@ -420,7 +420,7 @@ static size_t first_sentence(const char *text)
 
         if (c == '\n' && i > 0)
             return i;
-        if ((c == '.' || c == '!' || c == '?' || c == ':') && i + 1 < n &&
+        if ((c == '.' || c == '!' || c == '?') && i + 1 < n &&
             (text[i + 1] == ' ' || text[i + 1] == '\n'))
             return i + 1;
         if (c == ' ')
@@ -460,6 +460,8 @@ static void stream_send_first(struct mx_stream *st, const char *text,
     st->shown = copy;
     stream_reply(st, &r, st->shown, notice);
     st->phase = ST_FIRST;
+    log_debug("matrix %s: streaming an answer in %s: first event, %zu "
+              "bytes", st->m->mc.account, st->room, strlen(st->shown));
     if (matrix_send_message(st->m, st->room, &r, stream_send_done, st, st,
                             1) == PARLEY_OK) {
         st->sends++;
@@ -618,16 +620,18 @@ static void stream_step(struct mx_stream *st)
     }
     if (st->edit_busy || st->final_queued)
         return;
-    if (st->final_set) {
-        stream_send_final_edit(st);
+    if (!st->final_set &&
+        (!st->latest || (st->shown && strcmp(st->latest, st->shown) == 0)))
         return;
-    }
-    if (!st->latest || (st->shown && strcmp(st->latest, st->shown) == 0))
-        return;
+    /* The final edit keeps to the rate too: a second's wait at most. */
     now = loop_now_ms(m->loop);
     if (now < st->next_edit_at) {
         if (!loop_timer_active(st->timer))
             loop_timer_start(st->timer, st->next_edit_at - now, 0);
+        return;
+    }
+    if (st->final_set) {
+        stream_send_final_edit(st);
         return;
     }
     {
