@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import test_matrix_adapter as tma
 from harness import Test, require_parley, run_cases, wait_until, \
     write_config
-from matrix_hs import Homeserver, relates, reply_target, require_homeserver
+from matrix_hs import FaultProxy, Homeserver, relates, reply_target, require_homeserver
 from matrix_hs import q as q_
 
 FIRST = "Streaming works in small steps."
@@ -33,8 +33,8 @@ REST = (" Here comes **the second part** of the answer, written a few "
 FULL = FIRST + REST
 
 
-def setup(t):
-    s = tma.Setup(t, extra="stream = true;")
+def setup(t, hs_url=None):
+    s = tma.Setup(t, extra="stream = true;", hs_url=hs_url)
     # The streams take seconds: llm.timeout_ms must not cut them.
     block = open(s.conf).read()
     s.conf = write_config(
@@ -164,13 +164,54 @@ def test_stream_kill_restart():
         assert not others, [e["content"] for e in others]
 
 
+def test_stream_kill_before_final():
+    """Killed after the answer was stored but before its final edit went
+    out: the restart resends the stored text as one edit of the first
+    event (an unstreamed resend under the first event's txnId would be
+    dropped by the server, leaving the partial text standing)."""
+    with Test() as t:
+        proxy = t.add(FaultProxy(tma.HS.port).start())
+        s = setup(t, hs_url=proxy.url)
+        s.stub.script([{"when_contains": "late kill", "content": FULL,
+                        "piece_chars": 5, "hold_after": 10}])
+        p = s.start()
+        alice = s.people["alice"]
+        room = s.room_with("alice")
+        alice.wait_messages_from(room, s.bot, 1)
+        q = alice.say(room, "late kill please", mentions=[s.bot])
+        wait_until(lambda: answer_and_edits(s, "alice", room, q)[0], 30,
+                   "the first sentence; stderr=%s" % s.err())
+        # Every later send hangs; the rest of the stream comes.
+        proxy.add_fault("/send/", "hang", count=1000, seconds=60)
+        s.stub.release()
+        wait_until(lambda: s.redis.cmd("HGET", "t:job:" + q, "state")
+                   == "answered", 20, "the answer to be stored; stderr=%s"
+                   % s.err())
+        p.kill()
+        with proxy.lock:
+            del proxy.faults[:]
+        s.parley = None
+        s.start()
+
+        def done():
+            first, edits = answer_and_edits(s, "alice", room, q)
+            return (first, edits) if latest_text(edits) == FULL else None
+        wait_until(done, 40, "the final edit after the restart; stderr=%s"
+                   % s.err())
+        time.sleep(2)
+        first, edits = answer_and_edits(s, "alice", room, q)
+        assert len(first) == 1, [e["content"].get("body") for e in first]
+        assert latest_text(edits) == FULL
+
+
 def main():
     code = 1
     require_parley()
     require_homeserver()
     with Test() as t:
         tma.HS = t.add(Homeserver(t.tmp).start())
-        cases = [test_stream_edits, test_stream_kill_restart]
+        cases = [test_stream_edits, test_stream_kill_restart,
+                 test_stream_kill_before_final]
         only = os.environ.get("MATRIX_CASES")
         if only:
             cases = [c for c in cases if c.__name__ in only.split(",")]
