@@ -4,7 +4,8 @@ sent as soon as the model has written it (the stand-in holds the rest of
 the stream until the channel has seen line 1), the later lines follow
 unaddressed, nothing is sent twice, and the history holds the final text
 only; a stream that breaks after line 1 ends with the friendly fallback
-line, and nothing of it reaches the history.
+line, and nothing of it reaches the history; a stream that stalls ends
+the same way after llm.stream_idle_timeout_ms.
 """
 
 import json
@@ -25,7 +26,7 @@ FALLBACK = "The service is temporarily unavailable, please try again " \
            "in a moment."
 
 
-def start(t):
+def start(t, llm_extra=""):
     redis = t.add(Redis(t.tmp).start())
     stub = t.add(Stub(t.tmp, api_key=KEY).start())
     irc = t.add(Ngircd(t.tmp).start())
@@ -35,7 +36,8 @@ def start(t):
     conf = write_config(t.tmp, stub.base_url, redis.port,
                         adapters=irc_block(irc.port, ("#test",),
                                            extra="stream = true;"),
-                        timeout_ms=30000, max_retries=1, backoff_max_ms=200)
+                        timeout_ms=30000, max_retries=1, backoff_max_ms=200,
+                        llm_extra=llm_extra)
     p = t.add(Parley(["-c", conf], env={"TEST_OPENAI_KEY": KEY}).start())
     try:
         alice.wait(r"^:parley!\S+ JOIN :?#test", 15)
@@ -108,11 +110,28 @@ def test_broken_stream_fallback():
         assert not [x for x in assistant_turns(redis) if "Line" in x]
 
 
+def test_stalled_stream_idle_timeout():
+    """A stream that stops sending after line 1 ends after
+    llm.stream_idle_timeout_ms with the fallback line, long before
+    llm.timeout_ms (30 s here)."""
+    with Test() as t:
+        redis, stub, alice, p = start(t, "stream_idle_timeout_ms = 1000;")
+        stub.script([{"when_contains": "stall", "content": FULL,
+                      "piece_chars": 4, "hold_after": 8}])
+        n = alice.count()
+        alice.say("#test", "parley: stall please")
+        alice.wait(r"PRIVMSG #test :alice: " + LINES[0], 15, n)
+        alice.wait(r"PRIVMSG #test :.*" + FALLBACK, 20, n)
+        assert not [x for x in assistant_turns(redis) if "Line" in x]
+        stub.release()
+
+
 def main():
     require_parley()
     if not have_ngircd():
         skip("ngircd not installed")
-    run_cases([test_lines_as_they_come, test_broken_stream_fallback])
+    run_cases([test_lines_as_they_come, test_broken_stream_fallback,
+               test_stalled_stream_idle_timeout])
 
 
 if __name__ == "__main__":
