@@ -449,7 +449,7 @@ int state_crypto_devices_outdated(struct store *st, const char *account,
 int state_crypto_outdated_load(struct store *st, const char *account,
                                state_list_fn *fn, void *privdata);
 
-/* ---- streamed Matrix answers (state_stream.c) ---------------------------- */
+/* ---- streamed Matrix answers (state_stream.c) ------------------------ */
 
 /*
  * stream:<account>:<txn>: what a streamed answer (the router's txn id)

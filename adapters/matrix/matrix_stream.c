@@ -242,7 +242,7 @@ done:
     return result;
 }
 
-/* ---- one stream ----------------------------------------------------------- */
+/* ---- one stream ------------------------------------------------------- */
 
 static struct mx_stream *stream_find(struct matrix *m, const char *txn)
 {
