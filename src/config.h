@@ -85,6 +85,9 @@ struct config_llm {
     int max_tokens;         /* completion cap, 0 = do not send */
     int connect_timeout_ms; /* default 10000 */
     int timeout_ms;         /* whole request, default 120000 */
+    int stream_idle_timeout_ms; /* a streamed answer that sends nothing
+                               for this long fails (retried if nothing
+                               was shown yet), default 30000 */
     int max_retries;        /* retries after the first try, default 4 */
     int backoff_base_ms;    /* default 500 */
     int backoff_max_ms;     /* default 30000 */

@@ -118,6 +118,8 @@ static const struct key_spec llm_keys[] = {
     KEY_NUM(config_llm, "connect_timeout_ms", connect_timeout_ms,
             1, CONFIG_MS_MAX),
     KEY_NUM(config_llm, "timeout_ms", timeout_ms, 1, CONFIG_MS_MAX),
+    KEY_NUM(config_llm, "stream_idle_timeout_ms", stream_idle_timeout_ms,
+            1000, CONFIG_MS_MAX),
     KEY_NUM(config_llm, "max_retries", max_retries, 0, CONFIG_RETRIES_MAX),
     KEY_NUM(config_llm, "backoff_base_ms", backoff_base_ms,
             1, CONFIG_MS_MAX),

@@ -271,6 +271,7 @@ config_defaults(struct config *cfg)
     cfg->llm.max_tokens = 800;
     cfg->llm.connect_timeout_ms = 10000;
     cfg->llm.timeout_ms = 120000;
+    cfg->llm.stream_idle_timeout_ms = 30000;
     cfg->llm.max_retries = 4;
     cfg->llm.backoff_base_ms = 500;
     cfg->llm.backoff_max_ms = 30000;

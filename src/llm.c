@@ -72,6 +72,7 @@ struct llm_request {
     size_t body_len;
     long connect_timeout_ms;
     long timeout_ms;
+    long idle_timeout_ms;       /* streaming requests only, else 0 */
     int max_retries;
     long backoff_base_ms;
     long backoff_max_ms;
@@ -98,6 +99,7 @@ struct llm {
     int max_tokens;
     long connect_timeout_ms;
     long timeout_ms;
+    long stream_idle_timeout_ms;
     int max_retries;
     long backoff_base_ms;
     long backoff_max_ms;
@@ -189,6 +191,8 @@ static int llm_apply(struct llm *llm, const struct config_llm *cfg)
     llm->connect_timeout_ms = cfg->connect_timeout_ms > 0 ?
         cfg->connect_timeout_ms : 0;
     llm->timeout_ms = cfg->timeout_ms > 0 ? cfg->timeout_ms : 0;
+    llm->stream_idle_timeout_ms = cfg->stream_idle_timeout_ms > 0 ?
+        cfg->stream_idle_timeout_ms : 0;
     llm->max_retries = cfg->max_retries > 0 ? cfg->max_retries : 0;
     llm->backoff_base_ms = cfg->backoff_base_ms > 0 ?
         cfg->backoff_base_ms : 0;
@@ -422,6 +426,7 @@ static int request_send(struct llm_request *req)
     opt.body_len = req->body_len;
     opt.connect_timeout_ms = req->connect_timeout_ms;
     opt.timeout_ms = req->timeout_ms;
+    opt.idle_timeout_ms = req->idle_timeout_ms;
     opt.max_body = LLM_BODY_MAX;
     result = loop_http_start(llm->loop, &opt, on_http_done, req, &req->http);
     if (result) {
@@ -680,6 +685,9 @@ static int request_submit(struct llm *llm, const char *model,
     req->body_len = strlen(req->body);
     req->connect_timeout_ms = llm->connect_timeout_ms;
     req->timeout_ms = llm->timeout_ms;
+    /* A stream that stalls is noticed long before timeout_ms, which has
+     * to allow for the longest answer. */
+    req->idle_timeout_ms = on_delta ? llm->stream_idle_timeout_ms : 0;
     req->max_retries = llm->max_retries;
     req->backoff_base_ms = llm->backoff_base_ms;
     req->backoff_max_ms = llm->backoff_max_ms;

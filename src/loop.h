@@ -50,6 +50,9 @@ struct http_options {
     size_t body_len;
     long connect_timeout_ms;    /* 0 = curl default */
     long timeout_ms;            /* whole transfer; 0 = none */
+    long idle_timeout_ms;       /* no body byte for this long: _TIMEOUT;
+                                   0 = none.  Whole seconds (rounded up):
+                                   curl's low-speed check, 1 byte/s */
     size_t max_body;            /* response cap; 0 = HTTP_BODY_MAX */
     http_data_fn *on_data;      /* NULL: collect the whole body for done */
     const char *stream_type;    /* with on_data: a 2xx answer of this media

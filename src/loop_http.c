@@ -452,6 +452,10 @@ static CURLcode request_setopts(struct http_request *req,
         SETOPT(CURLOPT_CONNECTTIMEOUT_MS, opt->connect_timeout_ms);
     if (opt->timeout_ms > 0)
         SETOPT(CURLOPT_TIMEOUT_MS, opt->timeout_ms);
+    if (opt->idle_timeout_ms > 0) {
+        SETOPT(CURLOPT_LOW_SPEED_LIMIT, 1L);
+        SETOPT(CURLOPT_LOW_SPEED_TIME, (opt->idle_timeout_ms + 999) / 1000);
+    }
     if (req->headers)
         SETOPT(CURLOPT_HTTPHEADER, req->headers);
     if (strcmp(method, "GET") != 0 || opt->body) {

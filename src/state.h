@@ -19,12 +19,14 @@
  *   work:jobs                stream   shared jobs (ha.share_work, below)
  *   work:replies:<platform>:<account>
  *                            stream   their answers, for the connection
+ *   stream:<account>:<txn>   string   a streamed Matrix answer's first event
  *
  * Files: state_job.c (seen, job records, greeting marks), state_room.c
  * (room settings, usage), state_history.c (ctx), state_session.c (Matrix
  * session and sync position), state_crypto.c (Matrix encryption),
  * state_lease.c (leases on platform connections and write fencing),
- * state_work.c (shared work streams).
+ * state_work.c (shared work streams), state_stream.c (streamed Matrix
+ * answers).
  *
  * Callback contract, as store.h: when a state_* call returns PARLEY_OK its
  * callback runs exactly once, later (never before the call returns), with
@@ -562,5 +564,23 @@ typedef void state_work_info_fn(int status, long long lag,
                                 long long pending, void *privdata);
 int state_work_info(struct store *st, state_work_info_fn *fn,
                     void *privdata);
+/* ---- streamed Matrix answers (state_stream.c) ------------------------ */
+
+/*
+ * stream:<account>:<txn>: what a streamed answer (the router's txn id)
+ * has put in its room: STATE_STREAM_SENDING while its first event may be
+ * on the way, then that event's id.  A restart that finds one finishes
+ * the answer with one edit instead of a second message.  Load: value
+ * NULL when nothing is stored.  Save: SET EX ttl_s (> 0), fn may be NULL.
+ * Forget: DEL, fire and forget.
+ */
+#define STATE_STREAM_SENDING "sending"
+int state_stream_load(struct store *st, const char *account,
+                      const char *txn, state_value_fn *fn, void *privdata);
+int state_stream_save(struct store *st, const char *account,
+                      const char *txn, const char *value, int ttl_s,
+                      state_done_fn *fn, void *privdata);
+int state_stream_forget(struct store *st, const char *account,
+                        const char *txn);
 
 #endif

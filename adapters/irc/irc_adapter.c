@@ -447,6 +447,7 @@ static const struct adapter_ops irc_ops = {
     .send = irc_send,
     .typing = irc_typing,
     .more = irc_more,
+    .progress = irc_progress,
     .stop = irc_stop,
     .free = irc_free,
 };

@@ -414,7 +414,7 @@ const struct adapter_desc irc_adapter_desc = {
     .name = "irc",
     .validate = irc_config_validate,
     .create = irc_adapter_create,
-    .caps = ADAPTER_CAP_MORE | ADAPTER_CAP_LEASED,
+    .caps = ADAPTER_CAP_MORE | ADAPTER_CAP_LEASED | ADAPTER_CAP_STREAM,
 };
 
 static void free_list(char **v, size_t n)

@@ -97,6 +97,26 @@ struct irc_more {
     uint64_t stamp;
 };
 
+/* Answers streamed at once (adapter.h "stream"), one per room and
+ * person; past this an answer is sent whole at the end. */
+#define IRC_STREAM_SLOTS 64
+
+/* An answer being streamed line by line (irc_send.c): room and person as
+ * in struct irc_more; target "" for a free slot. */
+struct irc_stream {
+    char target[IRC_CHANNEL_MAX + 1];
+    char asker[IRC_NICK_MAX];
+    size_t raw_off;             /* model text sent: up to a newline */
+    size_t lines;               /* lines queued from it */
+    size_t pending;             /* streamed units still in the queue */
+    int full;                   /* max_lines reached: the rest waits for
+                                   the final send and "!more" */
+    int closed;                 /* the final send came: free the slot
+                                   once pending is 0 */
+    adapter_send_done_fn *done; /* the final's, waiting for pending */
+    void *privdata;
+};
+
 /* One send() waiting for its last line to leave the queue. */
 struct irc_job {
     adapter_send_done_fn *done;
@@ -142,6 +162,7 @@ struct irc_ad {
     struct irc_chan chans[IRC_MAX_CHANNELS];
     size_t n_chans;
     struct irc_more more[IRC_MORE_SLOTS];
+    struct irc_stream streams[IRC_STREAM_SLOTS];
     struct irc_query query[IRC_QUERY_SLOTS];
     int whox;                   /* ISUPPORT WHOX, when within the ten
                                    parameters libircclient passes on;
@@ -200,6 +221,8 @@ int irc_send(struct adapter *ad, const char *room,
              const struct reply *reply, adapter_send_done_fn *done,
              void *privdata);
 int irc_more(struct adapter *ad, const char *room, const char *sender);
+int irc_progress(struct adapter *ad, const char *room,
+                 const struct reply *reply, const char *so_far);
 void irc_typing(struct adapter *ad, const char *room, int on);
 
 /* irc_events.c: libircclient's callbacks. */

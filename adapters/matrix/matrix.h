@@ -17,6 +17,7 @@
  *   matrix_session.c  its control machine: login, whoami, filter, /sync
  *   matrix_walk.c     its batch walk into the router, /joined_members
  *   matrix_send.c     its per-room send queues, retries, 413 notice
+ *   matrix_stream.c   its streamed answers: first sentence, edits
  */
 #ifndef PARLEY_MATRIX_H
 #define PARLEY_MATRIX_H
@@ -331,6 +332,18 @@ struct matrix_out {
  * not fit (ids far over the spec's size).
  */
 int matrix_content_build(const struct matrix_out *o, char **out);
+
+/*
+ * matrix_stream.c: the content of an m.replace edit of event target to
+ * o's text: "* " fallback body (and formatted_body), m.new_content as
+ * matrix_content_build makes it with o's mention and without relations,
+ * an empty top-level m.mentions (nobody is pinged by an edit), and the
+ * m.relates_to.  At most MATRIX_CONTENT_MAX bytes: the fallback's HTML,
+ * then the fallback body, then the new HTML, then the new body are cut.
+ * *out malloc'd; PARLEY_OK, _OOM or _TOO_LARGE.
+ */
+int matrix_edit_content_build(const struct matrix_out *o, const char *target,
+                              char **out);
 
 /* {"type":"m.login.password","identifier":{"type":"m.id.user",...}}.
  * device_id may be NULL (the server picks one).  *out must be wiped

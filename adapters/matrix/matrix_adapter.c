@@ -411,6 +411,7 @@ static void matrix_stop(struct adapter *ad)
         while (r->head)
             send_finish(r, r->head, PARLEY_ERR_STATE);
     }
+    mx_streams_stop(m);
     mx_timers_free(m);
 }
 
@@ -442,6 +443,7 @@ static void matrix_free(struct adapter *ad)
         free(m->joins[i]);
         free(m->asked[i]);
     }
+    mx_streams_free(m);
     matrix_batch_free(&m->batch);
     matrix_batch_free(&m->dec);
     free(m->since);
@@ -465,6 +467,7 @@ static const struct adapter_ops matrix_ops = {
     .send = matrix_send,
     .typing = matrix_typing,
     .fetch = matrix_media_fetch,
+    .progress = matrix_progress,
     .stop = matrix_stop,
     .free = matrix_free,
 };

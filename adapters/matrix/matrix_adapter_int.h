@@ -115,6 +115,11 @@ struct mx_send {
     adapter_send_done_fn *done;
     void *privdata;
     int attempts;
+    struct mx_stream *stream;       /* a streamed answer's event (first or
+                                       edit, matrix_stream.c), or NULL; it
+                                       outlives its sends */
+    int first;                      /* the stream's first event: its id is
+                                       reported back */
 };
 
 struct mx_room {
@@ -211,6 +216,8 @@ struct matrix {
     char *asked[MX_RING];           /* messages that addressed the bot:
                                        a picture in their thread does */
     size_t asked_pos;
+
+    struct mx_stream *streams;      /* answers being streamed */
 };
 
 /* matrix_adapter.c: helpers, misc requests, life cycle */
@@ -249,5 +256,32 @@ void send_finish(struct mx_room *r, struct mx_send *s, int status);
 int matrix_send(struct adapter *ad, const char *room,
                 const struct reply *reply, adapter_send_done_fn *done,
                 void *privdata);
+/* The send op without streaming: reply as one m.room.message under the
+ * txnId of reply->txn_id.  With stream set, the send is that stream's
+ * (first: its first event, whose id goes back through
+ * mx_stream_sent). */
+int matrix_send_message(struct matrix *m, const char *room,
+                        const struct reply *reply,
+                        adapter_send_done_fn *done, void *privdata,
+                        struct mx_stream *stream, int first);
+/* Queue content (malloc'd JSON, taken over even on failure) for room_id
+ * under the txnId made from seed, ordered with who's other sends. */
+int mx_send_content(struct matrix *m, const char *room_id, char *content,
+                    const char *seed, const char *who,
+                    adapter_send_done_fn *done, void *privdata,
+                    struct mx_stream *stream);
+
+/* matrix_stream.c: answers shown while the model writes them */
+int matrix_progress(struct adapter *ad, const char *room,
+                    const struct reply *reply, const char *so_far);
+int mx_stream_send(struct matrix *m, const char *room,
+                   const struct reply *reply, adapter_send_done_fn *done,
+                   void *privdata);
+/* From send_done: the stream's first event has id event_id. */
+void mx_stream_sent(struct mx_stream *st, const char *event_id);
+/* From send_done: a send of the stream was rate limited for ms. */
+void mx_stream_limited(struct mx_stream *st, long ms);
+void mx_streams_stop(struct matrix *m);
+void mx_streams_free(struct matrix *m);
 
 #endif

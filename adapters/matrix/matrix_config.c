@@ -331,7 +331,7 @@ const struct adapter_desc matrix_adapter_desc = {
     .name = "matrix",
     .validate = matrix_config_validate,
     .create = matrix_adapter_create,
-    .caps = ADAPTER_CAP_LEASED,
+    .caps = ADAPTER_CAP_LEASED | ADAPTER_CAP_STREAM,
 };
 
 void matrix_config_free(struct matrix_config *mc)

@@ -117,8 +117,11 @@ static void send_done(const struct http_response *resp, void *priv)
         const cJSON *id = c ? cJSON_GetObjectItemCaseSensitive(c, "event_id")
                             : NULL;
 
-        if (cJSON_IsString(id) && id->valuestring)
+        if (cJSON_IsString(id) && id->valuestring) {
             ring_add(m->mine, &m->mine_pos, id->valuestring);
+            if (s->stream && s->first)
+                mx_stream_sent(s->stream, id->valuestring);
+        }
         cJSON_Delete(c);
         send_finish(r, s, PARLEY_OK);
         room_kick(r);
@@ -178,6 +181,8 @@ static void send_done(const struct http_response *resp, void *priv)
             ra = (long)mx_backoff(m, s->attempts);
         log_info("matrix %s: rate limited in %s, retrying txn %s in %ld ms",
                  m->mc.account, r->room_id, s->txn, ra);
+        if (s->stream)
+            mx_stream_limited(s->stream, ra);
         room_retry(r, (uint64_t)ra);
         return;
     }
@@ -202,6 +207,40 @@ static void send_done(const struct http_response *resp, void *priv)
 
 static void send_done(const struct http_response *resp, void *priv);
 
+/*
+ * The m.room.encrypted content enc with the m.relates_to of the plaintext
+ * content copied into its cleartext part: the spec wants relations
+ * (replies, threads, edits) readable by the server, which aggregates
+ * edits and threads by them ("Editing encrypted events").  A new string,
+ * or NULL on OOM; enc itself when the plaintext has no relation is also
+ * returned as a copy.
+ */
+static char *enc_with_relation(const char *plain, const char *enc)
+{
+    cJSON *p = cJSON_Parse(plain), *e = NULL, *rel;
+    char *out = NULL;
+
+    rel = p ? cJSON_GetObjectItemCaseSensitive(p, "m.relates_to") : NULL;
+    if (!cJSON_IsObject(rel)) {
+        cJSON_Delete(p);
+        return strdup(enc);
+    }
+    e = cJSON_Parse(enc);
+    if (e && cJSON_IsObject(e) &&
+        !cJSON_GetObjectItemCaseSensitive(e, "m.relates_to")) {
+        cJSON_DetachItemViaPointer(p, rel);
+        if (cJSON_AddItemToObject(e, "m.relates_to", rel))
+            out = cJSON_PrintUnformatted(e);
+        else
+            cJSON_Delete(rel);
+    } else if (e) {
+        out = strdup(enc);
+    }
+    cJSON_Delete(p);
+    cJSON_Delete(e);
+    return out;
+}
+
 static void head_encrypted(int status, const char *content, void *priv)
 {
     struct mx_send *s = priv;
@@ -210,7 +249,7 @@ static void head_encrypted(int status, const char *content, void *priv)
 
     r->encrypting = 0;
     if (!status) {
-        s->enc_content = strdup(content);
+        s->enc_content = enc_with_relation(s->content, content);
         if (s->enc_content) {
             room_kick(r);
             return;
@@ -402,11 +441,71 @@ static void room_kick(struct mx_room *r)
     }
 }
 
+/* Append s to its room's queue and start what may go. */
+static void send_push(struct mx_room *r, struct mx_send *s)
+{
+    if (r->tail)
+        r->tail->next = s;
+    else
+        r->head = s;
+    r->tail = s;
+    room_kick(r);
+}
+
+int mx_send_content(struct matrix *m, const char *room_id, char *content,
+                    const char *seed, const char *who,
+                    adapter_send_done_fn *done, void *privdata,
+                    struct mx_stream *stream)
+{
+    struct mx_room *r = room_get(m, room_id, 1);
+    struct mx_send *s = calloc(1, sizeof(*s));
+
+    if (!r || !s || !content) {
+        free(s);
+        free(content);
+        return PARLEY_ERR_OOM;
+    }
+    s->content = content;
+    if (matrix_txn_id(seed, s->txn, sizeof(s->txn)) != PARLEY_OK) {
+        send_free(s);
+        return PARLEY_ERR_OTHER;
+    }
+    if (who && !(s->who = strdup(who))) {
+        send_free(s);
+        return PARLEY_ERR_OOM;
+    }
+    s->done = done;
+    s->privdata = privdata;
+    s->room = r;
+    s->stream = stream;
+    send_push(r, s);
+    return PARLEY_OK;
+}
+
 int matrix_send(struct adapter *ad, const char *room,
                 const struct reply *reply, adapter_send_done_fn *done,
                 void *privdata)
 {
     struct matrix *m = ad->priv;
+
+    if (m->stopped || m->state == MX_FATAL) {
+        snprintf(ad->errstr, sizeof(ad->errstr), "matrix adapter stopped");
+        return PARLEY_ERR_STATE;
+    }
+    /* A streamed answer ends as an edit of what was shown; with streaming
+     * on, every answer with a txn id asks whether a previous run showed
+     * part of it (matrix_stream.c). */
+    if (ad->stream && reply->txn_id)
+        return mx_stream_send(m, room, reply, done, privdata);
+    return matrix_send_message(m, room, reply, done, privdata, NULL, 0);
+}
+
+int matrix_send_message(struct matrix *m, const char *room,
+                        const struct reply *reply,
+                        adapter_send_done_fn *done, void *privdata,
+                        struct mx_stream *stream, int first)
+{
+    struct adapter *ad = &m->ad;
     char room_id[MATRIX_ID_MAX + 1], seed[1024];
     const char *thread = NULL;
     struct matrix_out o;
@@ -464,15 +563,12 @@ int matrix_send(struct adapter *ad, const char *room,
     s->done = done;
     s->privdata = privdata;
     s->room = r;
+    s->stream = stream;
+    s->first = first;
     if (reply->mention && !(s->who = strdup(reply->mention))) {
         send_free(s);
         return PARLEY_ERR_OOM;
     }
-    if (r->tail)
-        r->tail->next = s;
-    else
-        r->head = s;
-    r->tail = s;
-    room_kick(r);
+    send_push(r, s);
     return PARLEY_OK;
 }

@@ -110,6 +110,11 @@ struct web_stream {
     struct MHD_Connection *conn;
     size_t off;                 /* bytes of s->head already written */
     int suspended;
+    /* While suspended MHD does not look at the socket, so a browser
+     * that went away would be noticed only at the next ping: the loop
+     * watches it meanwhile, and a close ends the stream at once. */
+    struct loop_watch *hup;
+    int peer_gone;
 };
 
 struct web {

@@ -24,12 +24,14 @@
  */
 #include <arpa/inet.h>
 #include <ctype.h>
+#include <errno.h>
 #include <netinet/in.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/socket.h>
 
 #include <cJSON.h>
 #include <microhttpd.h>
@@ -421,6 +423,50 @@ static enum MHD_Result get_history(struct web_req *req,
 
 static const char stream_hello[] = "retry: 2000\n\n";
 
+/* The suspended stream's socket is readable: EOF or an error means the
+ * browser closed it; the stream is resumed and ends (stream_read).  A
+ * browser sends nothing on an event stream, so other bytes are left to
+ * MHD and the watch stops. */
+static void stream_peer(int events, void *privdata)
+{
+    struct web_stream *st = privdata;
+    const union MHD_ConnectionInfo *ci;
+    char c;
+    ssize_t n;
+
+    (void)events;
+    loop_watch_set(st->hup, 0);
+    ci = MHD_get_connection_info(st->conn,
+                                 MHD_CONNECTION_INFO_CONNECTION_FD);
+    if (!ci)
+        return;
+    n = recv(ci->connect_fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n > 0 || (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK ||
+                            errno == EINTR))) {
+        if (n < 0)
+            loop_watch_set(st->hup, LOOP_READABLE);
+        return;
+    }
+    st->peer_gone = 1;
+    web_stream_wake(st);
+}
+
+/* Watch the socket of a stream about to be suspended. */
+static void stream_watch(struct web_stream *st)
+{
+    const union MHD_ConnectionInfo *ci;
+
+    if (!st->hup) {
+        ci = MHD_get_connection_info(st->conn,
+                                     MHD_CONNECTION_INFO_CONNECTION_FD);
+        if (!ci)
+            return;
+        st->hup = loop_watch_new(st->w->loop, ci->connect_fd, stream_peer,
+                                 st);
+    }
+    loop_watch_set(st->hup, LOOP_READABLE);
+}
+
 static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
 {
     struct web_stream *st = cls;
@@ -431,6 +477,8 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
         memcpy(buf, stream_hello, sizeof(stream_hello) - 1);
         return (ssize_t)(sizeof(stream_hello) - 1);
     }
+    if (st->peer_gone)
+        return MHD_CONTENT_READER_END_WITH_ERROR;
     if (!s || st->w->stopped)
         return MHD_CONTENT_READER_END_OF_STREAM;
     while (s->head && n < max) {
@@ -457,6 +505,7 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
      * again at once. */
     st->suspended = 1;
     MHD_suspend_connection(st->conn);
+    stream_watch(st);
     return 0;
 }
 
@@ -464,6 +513,7 @@ static void stream_free(void *cls)
 {
     struct web_stream *st = cls;
 
+    loop_watch_free(st->hup);
     web_session_detach(st);
     free(st);
 }
@@ -472,6 +522,7 @@ void web_stream_wake(struct web_stream *st)
 {
     if (!st->suspended)
         return;
+    loop_watch_set(st->hup, 0);
     st->suspended = 0;
     MHD_resume_connection(st->conn);
     web_http_kick(st->w);
@@ -912,6 +963,7 @@ static void wake_stream(const char *key, void *value, void *privdata)
     (void)key;
     (void)privdata;
     if (s->stream && s->stream->suspended) {
+        loop_watch_set(s->stream->hup, 0);
         s->stream->suspended = 0;
         MHD_resume_connection(s->stream->conn);
     }

@@ -221,6 +221,10 @@ class Stub:
     def reset(self):
         self._call("POST", "/_control/reset", {})
 
+    def release(self):
+        """Let streams held by a "hold_after" action go on."""
+        self._call("POST", "/_control/release", {})
+
     def stop(self):
         stop(self.proc)
 

@@ -17,6 +17,7 @@ Control API (no auth, JSON):
                            script (?append=1 appends).  -> {"queued": n}
   GET  /_control/requests  every chat request seen, oldest first
   POST /_control/reset     clear script and records
+  POST /_control/release   let streams held by "hold_after" go on
   Image parts ({"type": "image_url", "image_url": {"url": "data:..."}})
   are recorded as "images": [{"mime", "bytes", "sha256", "message"}]
   (decoded from the data URL; message is the index in "messages") and,
@@ -64,6 +65,9 @@ chunk), then "data: [DONE]".  Actions add:
                                           each write its own HTTP chunk
   {"line_ending": "\r\n"}                 CRLF (or "\r") instead of LF
   {"comments": true}                      ": keep-alive" between events
+  {"hold_after": N}                       after N content deltas, wait
+                                          (up to 120 s) for POST
+                                          /_control/release
   {"break_after": N}                      close the connection after N
                                           content deltas, mid-chunk
   {"error_after": N, "error_type": t,     after N content deltas send
@@ -96,6 +100,7 @@ MODELS = ["gpt-4o-mini", "gpt-4o", "gpt-3.5-turbo"]
 LOCK = threading.Lock()
 SCRIPT = []
 RECORDS = []
+RELEASE = threading.Event()
 OPTS = None
 LOGF = None
 
@@ -385,6 +390,10 @@ class Handler(BaseHTTPRequestHandler):
             with LOCK:
                 del SCRIPT[:]
                 del RECORDS[:]
+            RELEASE.clear()
+            self.send_json(200, {"ok": True})
+        elif path == "/_control/release":
+            RELEASE.set()
             self.send_json(200, {"ok": True})
         elif path.endswith("/chat/completions"):
             self.chat(raw)
@@ -569,6 +578,7 @@ class Handler(BaseHTTPRequestHandler):
         split = int(action.get("split_bytes", 0))
         break_after = action.get("break_after")
         error_after = action.get("error_after")
+        hold_after = action.get("hold_after")
 
         def encode(payload):
             # compact, as OpenAI sends it
@@ -596,6 +606,8 @@ class Handler(BaseHTTPRequestHandler):
         pieces = 0
         for kind, payload in stream_events(model, content, body, action):
             if kind == "piece":
+                if hold_after is not None and pieces == int(hold_after):
+                    RELEASE.wait(120)
                 if break_after is not None and pieces >= int(break_after):
                     # mid-chunk: a chunk header promising more than follows
                     self.wfile.write(b"40\r\ndata: {\"choi")

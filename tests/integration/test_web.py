@@ -262,8 +262,40 @@ def test_pictures():
         assert w.terminate() == 0
 
 
+def test_closed_stream_noticed():
+    """A browser that closes its event stream frees its connection at
+    once, not at the next ping (WEB_PING_MS, 15 s): with one connection
+    per address, a new request gets in well before that."""
+    with Test() as t:
+        w = Web(t, web_extra="max_per_ip = 1;")
+        time.sleep(1)   # the port probe's connection is cleaned up
+
+        def fetch():
+            try:
+                return w.request("GET", "/app.css")[0] == 200
+            except OSError:
+                return False
+        def login():
+            try:
+                return w.login()
+            except OSError:
+                return None
+        wait_until(login, 10, "the session cookie")
+        time.sleep(1)   # the login's connection is cleaned up
+        ev = Events(w)
+        wait_until(lambda: ev.head.endswith(b"\r\n\r\n"), 10,
+                   "the event stream's headers")
+        assert ev.head.startswith(b"HTTP/1.1 200"), ev.head
+        time.sleep(0.5)     # suspended, waiting for events
+        ev.sock.shutdown(socket.SHUT_RDWR)
+        ev.sock.close()
+        wait_until(fetch, 8, "a request after the stream was closed "
+                   "(the closed stream still holds the only connection)")
+
+
 if __name__ == "__main__":
     run_cases([test_page_cookie_and_headers, test_host_and_origin_checks,
                test_body_limits, test_token,
                test_streamed_answer_events_and_history, test_model_picker,
-               test_per_ip_connection_cap, test_pictures])
+               test_per_ip_connection_cap, test_pictures,
+               test_closed_stream_noticed])

@@ -161,6 +161,7 @@ test_defaults(void **state)
     assert_true(cfg.llm.temperature > 0.69 && cfg.llm.temperature < 0.71);
     assert_int_equal(cfg.llm.connect_timeout_ms, 10000);
     assert_int_equal(cfg.llm.timeout_ms, 120000);
+    assert_int_equal(cfg.llm.stream_idle_timeout_ms, 30000);
     assert_int_equal(cfg.llm.max_retries, 4);
     assert_int_equal(cfg.llm.backoff_base_ms, 500);
     assert_int_equal(cfg.llm.backoff_max_ms, 30000);
@@ -459,7 +460,8 @@ test_out_of_range(void **state)
         "redis = { port = 0; db = -1; dedupe_ttl = 0; };\n"
         "llm = { temperature = 2.5; timeout_ms = 0;\n"
         "  connect_timeout_ms = -5; max_retries = 101;\n"
-        "  max_concurrent = 0; model_switch = \"anyone\"; };\n"
+        "  max_concurrent = 0; model_switch = \"anyone\";\n"
+        "  stream_idle_timeout_ms = 999; };\n"
         "context = { max_turns = 0; };\n"
         "limits = { user_daily_tokens = -1; };\n",
         err, sizeof(err)), PARLEY_ERR_CONFIG);
@@ -476,12 +478,14 @@ test_out_of_range(void **state)
                      "(not 101)");
     expect_line(err, "4: llm.max_concurrent: must be between 1 and 16384 "
                      "(not 0)");
-    expect_line(err, "5: context.max_turns: must be between 1 and 10000 "
+    expect_line(err, "5: llm.stream_idle_timeout_ms: must be between 1000 "
+                     "and 3600000 (not 999)");
+    expect_line(err, "6: context.max_turns: must be between 1 and 10000 "
                      "(not 0)");
-    expect_line(err, "6: limits.user_daily_tokens: must be at least 0 "
+    expect_line(err, "7: limits.user_daily_tokens: must be at least 0 "
                      "(not -1)");
     expect_line(err, "4: llm.model_switch: must be operators or everyone");
-    assert_int_equal(count_lines(err), 11);
+    assert_int_equal(count_lines(err), 12);
     config_free(&cfg);
 
     /* Edges are inside; -1 is "let the server choose". */
@@ -1270,7 +1274,9 @@ test_registry(void **state)
     assert_int_equal(i, 5);
     assert_null(adapter_find("slack"));
     assert_true(adapter_find("web")->caps & ADAPTER_CAP_STREAM);
-    assert_false(adapter_find("irc")->caps & ADAPTER_CAP_STREAM);
+    assert_true(adapter_find("irc")->caps & ADAPTER_CAP_STREAM);
+    assert_true(adapter_find("matrix")->caps & ADAPTER_CAP_STREAM);
+    assert_false(adapter_find("console")->caps & ADAPTER_CAP_STREAM);
     assert_true(config_adapter_key_common("stream"));
     assert_true(adapter_find("irc")->caps & ADAPTER_CAP_MORE);
     assert_true(adapter_find("console")->caps & ADAPTER_CAP_SINGLE);

@@ -510,6 +510,75 @@ static void test_content_bound(void **state)
     free(text);
 }
 
+/* An m.replace edit (matrix_stream.c): the relation, the "* " fallback,
+ * mentions only inside m.new_content, and the event bound. */
+static void test_edit_content(void **state)
+{
+    struct matrix_out o;
+    char *json, *text;
+    cJSON *c, *nc, *rel, *m;
+    size_t i;
+
+    (void)state;
+    memset(&o, 0, sizeof(o));
+    o.text = "**hi** there";
+    o.mention = "@alice:localhost";
+    o.in_reply_to = "$question";
+    o.thread_id = "$root";
+    assert_int_equal(matrix_edit_content_build(&o, "$first", &json),
+                     PARLEY_OK);
+    c = cJSON_Parse(json);
+    assert_non_null(c);
+    assert_string_equal(cJSON_GetObjectItem(c, "body")->valuestring,
+                        "* **hi** there");
+    assert_string_equal(cJSON_GetObjectItem(c, "msgtype")->valuestring,
+                        "m.text");
+    rel = cJSON_GetObjectItem(c, "m.relates_to");
+    assert_string_equal(cJSON_GetObjectItem(rel, "rel_type")->valuestring,
+                        "m.replace");
+    assert_string_equal(cJSON_GetObjectItem(rel, "event_id")->valuestring,
+                        "$first");
+    assert_null(cJSON_GetObjectItem(rel, "m.in_reply_to"));
+    m = cJSON_GetObjectItem(c, "m.mentions");
+    assert_non_null(m);
+    assert_null(cJSON_GetObjectItem(m, "user_ids"));
+    nc = cJSON_GetObjectItem(c, "m.new_content");
+    assert_string_equal(cJSON_GetObjectItem(nc, "body")->valuestring,
+                        "**hi** there");
+    assert_non_null(strstr(cJSON_GetObjectItem(nc,
+                           "formatted_body")->valuestring,
+                           "<strong>hi</strong>"));
+    assert_safe_html(cJSON_GetObjectItem(nc, "formatted_body")->valuestring);
+    assert_null(cJSON_GetObjectItem(nc, "m.relates_to"));
+    assert_int_equal(cJSON_GetArraySize(cJSON_GetObjectItem(
+        cJSON_GetObjectItem(nc, "m.mentions"), "user_ids")), 1);
+    cJSON_Delete(c);
+    free(json);
+
+    /* The fallback notice of a broken stream; an answer far over one
+     * event stays within it, the new content kept over the fallback. */
+    text = malloc(200001);
+    assert_non_null(text);
+    for (i = 0; i < 200000; i++)
+        text[i] = i % 7 == 6 ? ' ' : (i % 50 == 0 ? '*' : 'x');
+    text[200000] = '\0';
+    o.text = text;
+    o.notice = 1;
+    assert_int_equal(matrix_edit_content_build(&o, "$first", &json),
+                     PARLEY_OK);
+    assert_true(strlen(json) <= MATRIX_CONTENT_MAX);
+    c = cJSON_Parse(json);
+    assert_non_null(c);
+    assert_string_equal(cJSON_GetObjectItem(c, "msgtype")->valuestring,
+                        "m.notice");
+    nc = cJSON_GetObjectItem(c, "m.new_content");
+    assert_true(strlen(cJSON_GetObjectItem(nc, "body")->valuestring) >
+                strlen(cJSON_GetObjectItem(c, "body")->valuestring));
+    cJSON_Delete(c);
+    free(json);
+    free(text);
+}
+
 static void test_content(void **state)
 {
     struct matrix_out o;
@@ -734,6 +803,7 @@ int main(void)
         cmocka_unit_test(test_sanitize),
         cmocka_unit_test(test_markdown),
         cmocka_unit_test(test_content),
+        cmocka_unit_test(test_edit_content),
         cmocka_unit_test(test_bodies),
         cmocka_unit_test(test_config),
     };
