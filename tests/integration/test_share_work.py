@@ -232,7 +232,7 @@ def test_paused_worker_finishing_late_changes_nothing():
         # The worker gets its answers late and finishes the same jobs.
         wait_until(lambda: metric(metrics(wport),
                                   "parley_llm_requests_total") >= held,
-                   30, "the late worker's answers")
+                   90, "the late worker's answers")
         wait_until(lambda: all(n == 0 for n in consumers(redis).values()),
                    10, "every entry acked")
         assert len(stub.requests()) >= len(texts) + held    # asked twice
