@@ -57,6 +57,11 @@ static struct {
     unsigned long long matrix_skipped;
     unsigned long long work_claimed, work_for_others;
     long long work_lag, work_pending;
+    unsigned long long e2ee_decrypt_failed, e2ee_key_requests;
+    unsigned long long e2ee_olm_new, e2ee_olm_reused;
+    unsigned long long e2ee_megolm_in, e2ee_megolm_out;
+    long e2ee_utd_pending;
+    int e2ee_store_bad;
     unsigned long long llm_ok[N_STATUS], llm_err[N_STATUS];
     unsigned long long retries;
     unsigned long long tokens_in, tokens_out;
@@ -192,6 +197,54 @@ void metrics_set_work_stream(long long lag, long long pending)
     pthread_mutex_lock(&m.lock);
     m.work_lag = lag;
     m.work_pending = pending;
+    pthread_mutex_unlock(&m.lock);
+}
+
+void metrics_e2ee_decrypt_failed(void)
+{
+    pthread_mutex_lock(&m.lock);
+    m.e2ee_decrypt_failed++;
+    pthread_mutex_unlock(&m.lock);
+}
+
+void metrics_e2ee_key_request(void)
+{
+    pthread_mutex_lock(&m.lock);
+    m.e2ee_key_requests++;
+    pthread_mutex_unlock(&m.lock);
+}
+
+void metrics_e2ee_olm_session(int new_olm)
+{
+    pthread_mutex_lock(&m.lock);
+    if (new_olm)
+        m.e2ee_olm_new++;
+    else
+        m.e2ee_olm_reused++;
+    pthread_mutex_unlock(&m.lock);
+}
+
+void metrics_e2ee_megolm_session(int outbound)
+{
+    pthread_mutex_lock(&m.lock);
+    if (outbound)
+        m.e2ee_megolm_out++;
+    else
+        m.e2ee_megolm_in++;
+    pthread_mutex_unlock(&m.lock);
+}
+
+void metrics_e2ee_utd_pending(long n)
+{
+    pthread_mutex_lock(&m.lock);
+    m.e2ee_utd_pending = n > 0 ? n : 0;
+    pthread_mutex_unlock(&m.lock);
+}
+
+void metrics_e2ee_store(int ok)
+{
+    pthread_mutex_lock(&m.lock);
+    m.e2ee_store_bad = !ok;
     pthread_mutex_unlock(&m.lock);
 }
 
@@ -385,6 +438,35 @@ size_t metrics_render(char *buf, size_t len)
          "stream read by a worker and not finished.\n"
          "# TYPE parley_work_stream_pending gauge\n"
          "parley_work_stream_pending %lld\n", m.work_pending);
+    emit(&o, "# HELP parley_matrix_e2ee_decrypt_failures_total Encrypted "
+         "room events that could not be decrypted when met.\n"
+         "# TYPE parley_matrix_e2ee_decrypt_failures_total counter\n"
+         "parley_matrix_e2ee_decrypt_failures_total %llu\n"
+         "# HELP parley_matrix_e2ee_key_requests_total Room key requests "
+         "sent.\n# TYPE parley_matrix_e2ee_key_requests_total counter\n"
+         "parley_matrix_e2ee_key_requests_total %llu\n"
+         "# HELP parley_matrix_e2ee_olm_sessions_total Olm sessions used "
+         "to share room keys, new or reused.\n"
+         "# TYPE parley_matrix_e2ee_olm_sessions_total counter\n"
+         "parley_matrix_e2ee_olm_sessions_total{kind=\"new\"} %llu\n"
+         "parley_matrix_e2ee_olm_sessions_total{kind=\"reused\"} %llu\n"
+         "# HELP parley_matrix_e2ee_megolm_sessions_total Megolm sessions "
+         "stored (inbound) or created (outbound).\n"
+         "# TYPE parley_matrix_e2ee_megolm_sessions_total counter\n"
+         "parley_matrix_e2ee_megolm_sessions_total{direction=\"inbound\"}"
+         " %llu\n"
+         "parley_matrix_e2ee_megolm_sessions_total{direction=\"outbound\"}"
+         " %llu\n"
+         "# HELP parley_matrix_e2ee_utd Encrypted events kept waiting for "
+         "their room key.\n# TYPE parley_matrix_e2ee_utd gauge\n"
+         "parley_matrix_e2ee_utd %ld\n"
+         "# HELP parley_matrix_e2ee_store_ok Whether the crypto store "
+         "could be read at the last try.\n"
+         "# TYPE parley_matrix_e2ee_store_ok gauge\n"
+         "parley_matrix_e2ee_store_ok %d\n",
+         m.e2ee_decrypt_failed, m.e2ee_key_requests, m.e2ee_olm_new,
+         m.e2ee_olm_reused, m.e2ee_megolm_in, m.e2ee_megolm_out,
+         m.e2ee_utd_pending, !m.e2ee_store_bad);
     emit(&o, "# HELP parley_llm_requests_total Completions by outcome and "
          "last HTTP status (0: no answer).\n"
          "# TYPE parley_llm_requests_total counter\n");
@@ -459,7 +541,7 @@ int metrics_health(char *buf, size_t len)
     if (len > 0)
         buf[0] = '\0';
     pthread_mutex_lock(&m.lock);
-    healthy = m.redis_up;
+    healthy = m.redis_up && !m.e2ee_store_bad;
     for (size_t i = 0; i < m.n_adapters; i++) {
         healthy = healthy && (m.adapters[i].connected ||
                               adapter_standing_by(&m.adapters[i]));
@@ -492,6 +574,8 @@ int metrics_health(char *buf, size_t len)
         emit(&o, ",\"reason\":\"");
         if (!m.redis_up)
             emit(&o, "redis is down; ");
+        if (m.e2ee_store_bad)
+            emit(&o, "the Matrix crypto store cannot be read; ");
         for (size_t i = 0; i < m.n_adapters; i++)
             if (strcmp(m.adapters[i].lease, "lost") == 0)
                 emit(&o, "%s adapter %s lost its lease; ",

@@ -29,6 +29,20 @@ void metrics_greeting(void);
 /* A Matrix event given up after repeated refusals by the router (a
  * poison event: it could never be recorded), so the sync moves on. */
 void metrics_matrix_event_skipped(void);
+/* Matrix end-to-end encryption: a room event no stored key decrypted, or
+ * a bad one (replayed index, wrong sender key); an m.room_key_request
+ * sent; an Olm session made (new_olm) or reused for a share (!new_olm);
+ * a Megolm session stored (inbound) or created (outbound); the number of
+ * undecryptable events kept waiting for a key (gauge, all accounts). */
+void metrics_e2ee_decrypt_failed(void);
+void metrics_e2ee_key_request(void);
+void metrics_e2ee_olm_session(int new_olm);
+void metrics_e2ee_megolm_session(int outbound);
+void metrics_e2ee_utd_pending(long n);
+/* Whether the last read of the crypto store worked (a load from Redis
+ * and unpickling with the key); ok 0 makes /healthz unhealthy until a
+ * later read works.  Never reported: healthy. */
+void metrics_e2ee_store(int ok);
 /*
  * One finished completion: ok or not, the last HTTP status (0 = none),
  * requests sent (attempts - 1 are retries), seconds from the first try to

@@ -334,6 +334,12 @@ void state_fence_clear(void);
  *   devices:<user>               hash    device id -> its device_keys
  *                                        JSON (signature checked)
  *   devices_outdated             set     users to /keys/query again
+ *   utd                          hash    event id -> JSON record of a
+ *                                        room event no key decrypted yet
+ *                                        (room, sender, session, cipher,
+ *                                        first seen): retried when keys
+ *                                        arrive, explained once after the
+ *                                        adapter's utd_timeout_ms
  *
  * Pickles are libolm's, encrypted and authenticated with the pickle key
  * from crypto_key_env, which is never stored; nothing here holds key
@@ -452,6 +458,26 @@ int state_crypto_devices_outdated(struct store *st, const char *account,
                                   state_done_fn *fn, void *privdata);
 int state_crypto_outdated_load(struct store *st, const char *account,
                                state_list_fn *fn, void *privdata);
+
+/* Undecryptable room events kept per account: a flood of them (a broken
+ * sender) must not grow Redis without bound; past this they are not kept
+ * (and so neither retried nor explained). */
+#define STATE_UTD_MAX 1000
+/*
+ * Keep record (opaque JSON, no key material) for event_id unless one is
+ * kept already: fresh 1 when added, 0 when it was there (the first stays);
+ * PARLEY_ERR_TOO_LARGE when STATE_UTD_MAX are kept.
+ */
+int state_crypto_utd_add(struct store *st, const char *account,
+                         const char *event_id, const char *record,
+                         state_claim_fn *fn, void *privdata);
+/* Every kept record: (event id, record) pairs. */
+int state_crypto_utd_load(struct store *st, const char *account,
+                          state_pairs_fn *fn, void *privdata);
+/* Forget event_id's record (decrypted, or explained).  fn may be NULL. */
+int state_crypto_utd_del(struct store *st, const char *account,
+                         const char *event_id, state_done_fn *fn,
+                         void *privdata);
 
 /* ---- shared work (state_work.c) ----------------------------------------- */
 

@@ -187,6 +187,16 @@ int matrix_sync_decrypted(const struct matrix_item *cipher,
                           const struct matrix_ident *me,
                           struct matrix_batch *out);
 
+/*
+ * Append a CIPHERTEXT item (strings copied; sender_name may be NULL) to
+ * b: an event kept undecrypted by an earlier sync, walked again now that
+ * its key may have come.  PARLEY_OK, PARLEY_ERR_TOO_LARGE past
+ * MATRIX_SYNC_ITEMS_MAX, or PARLEY_ERR_OOM.
+ */
+int matrix_batch_add_cipher(struct matrix_batch *b, const char *room_id,
+                            const char *event_id, const char *sender,
+                            const char *sender_name, const char *cipher);
+
 /* --- matrix_text.c --------------------------------------------------- */
 
 /*
@@ -427,6 +437,8 @@ struct matrix_config {
     int backoff_base_ms;        /* first retry delay, default 1000 */
     int backoff_max_ms;         /* retry delay cap, default 60000 */
     int timeline_limit;         /* filter timeline limit, default 100 */
+    int utd_timeout_ms;         /* wait for a missing room key before
+                                   saying so in the room, default 60000 */
 };
 
 /*

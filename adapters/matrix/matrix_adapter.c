@@ -448,6 +448,7 @@ static void matrix_free(struct adapter *ad)
     matrix_batch_free(&m->dec);
     free(m->since);
     matrix_e2ee_free(m->e2ee);
+    mx_utd_free(m);
     if (m->password) {
         explicit_bzero(m->password, strlen(m->password));
         free(m->password);

@@ -201,6 +201,8 @@ struct matrix {
     unsigned long dec_serial;       /* ... in this batch */
 
     struct matrix_e2ee *e2ee;       /* NULL: end-to-end encryption off */
+    struct mx_utd *utd;             /* undecryptable events (made when
+                                       first needed) */
     int e2ee_tried;                 /* MX_CRYPTO ran once this start */
 
     struct mx_room *rooms;
@@ -248,6 +250,21 @@ void ctl_step(struct matrix *m);
 
 /* matrix_walk.c: the batch walk */
 void walk(struct matrix *m);
+/* The walk item at walk_i was handled by decryption (m->dec holds what
+ * to submit, or nothing): go on with it. */
+void walk_decrypted_next(struct matrix *m);
+
+/* matrix_e2ee_utd.c: events no key decrypted yet.  keep stores the
+ * CIPHERTEXT item it (fire-and-forget key request) and then calls
+ * walk_decrypted_next, or pauses the sync when Redis failed; PARLEY_OK
+ * when it took over.  prepare runs once per batch before its walk: 1
+ * when a Redis read is in flight (it calls walk again), 0 to go on.
+ * settled: event_id, walked again, was decrypted (or refused for good). */
+struct mx_utd;
+int mx_utd_keep(struct matrix *m, const struct matrix_item *it);
+int mx_utd_prepare(struct matrix *m);
+void mx_utd_settled(struct matrix *m, const char *event_id);
+void mx_utd_free(struct matrix *m);
 
 /* matrix_send.c: sending */
 void send_free(struct mx_send *s);

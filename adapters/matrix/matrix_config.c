@@ -28,7 +28,8 @@ static const char *const known_keys[] = {
     "access_token_env", "device_name", "allow_invites_from",
     "reject_other_invites", "thread_context",
     "sync_timeout_ms", "backoff_base_ms", "backoff_max_ms",
-    "timeline_limit", "leave_empty_rooms", "crypto_key_env"
+    "timeline_limit", "leave_empty_rooms", "crypto_key_env",
+    "utd_timeout_ms"
 };
 
 struct cfg_ctx {
@@ -232,6 +233,7 @@ int matrix_config_parse(struct matrix_config *mc, void *setting, char *err,
     mc->backoff_base_ms = 1000;
     mc->backoff_max_ms = 60000;
     mc->timeline_limit = 100;
+    mc->utd_timeout_ms = 60000;
     if (err && errlen > 0)
         err[0] = '\0';
     if (!setting) {
@@ -266,6 +268,7 @@ int matrix_config_parse(struct matrix_config *mc, void *setting, char *err,
     get_int(&c, "backoff_base_ms", &mc->backoff_base_ms, 1, 600000);
     get_int(&c, "backoff_max_ms", &mc->backoff_max_ms, 1, 3600000);
     get_int(&c, "timeline_limit", &mc->timeline_limit, 1, 1000);
+    get_int(&c, "utd_timeout_ms", &mc->utd_timeout_ms, 1000, 86400000);
 
     if (!mc->homeserver) {
         cfg_err(&c, NULL, "homeserver", "missing (e.g. "

@@ -260,6 +260,18 @@ int matrix_megolm_in_from_room_key(const struct cJSON *content,
                                    struct matrix_megolm_in **out,
                                    const char **room_id,
                                    const char **session_id);
+/*
+ * The same from an m.forwarded_room_key content (a key someone re-shared
+ * on request): the session_key is in libolm's export format.  *sender_key
+ * is the curve25519 key of the device that made the session and
+ * *sender_ed25519 its claimed signing key (both borrowed, required).
+ */
+int matrix_megolm_in_from_forwarded(const struct cJSON *content,
+                                    struct matrix_megolm_in **out,
+                                    const char **room_id,
+                                    const char **session_id,
+                                    const char **sender_key,
+                                    const char **sender_ed25519);
 const char *matrix_megolm_in_id(struct matrix_megolm_in *s);
 /* *plain malloc'd; *index is the message index (replay detection: the
  * same (session, index) must not decrypt two different event ids). */

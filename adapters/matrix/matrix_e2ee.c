@@ -108,6 +108,10 @@ void matrix_e2ee_stop(struct matrix_e2ee *e)
         loop_http_cancel(e->req);
         e->req = NULL;
     }
+    if (e->kr_req) {
+        loop_http_cancel(e->kr_req);
+        e->kr_req = NULL;
+    }
     /* An encryption waiting on that request never hears back. */
     if (e->enc) {
         e2ee_enc_free(e->enc);

@@ -126,6 +126,22 @@ int matrix_e2ee_encrypt(struct matrix_e2ee *e, const char *room_id,
                         const char *content, matrix_e2ee_cipher_fn *fn,
                         void *priv);
 
+/*
+ * Unable to decrypt: ask for the Megolm session of cipher (a room event's
+ * m.room.encrypted content as JSON) with an m.room_key_request sent
+ * unencrypted to every device of sender and of our own user (the spec's
+ * recipients), fire and forget.  The session is remembered so that an
+ * m.forwarded_room_key for it, from sender or from ourselves, is taken.
+ * PARLEY_OK when sent (or asked already in this process),
+ * PARLEY_ERR_STATE while another request is in flight (ask again later),
+ * PARLEY_ERR_PROTOCOL for a malformed cipher.
+ */
+int matrix_e2ee_key_request(struct matrix_e2ee *e, const char *room_id,
+                            const char *sender, const char *cipher);
+/* Room keys stored since start (m.room_key and m.forwarded_room_key): a
+ * change means that events kept undecrypted may decrypt now. */
+unsigned long matrix_e2ee_keys_stored(const struct matrix_e2ee *e);
+
 /* Cancel requests in flight (adapter stop); callbacks no longer run. */
 void matrix_e2ee_stop(struct matrix_e2ee *e);
 

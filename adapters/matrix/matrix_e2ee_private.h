@@ -17,6 +17,17 @@
 
 struct e2ee_enc;
 
+/* Session ids this process asked others for (m.room_key_request), and
+ * whom: only those may forward it to us (m.forwarded_room_key).  A ring:
+ * the oldest requests are forgotten first. */
+#define E2EE_ASKED_MAX 128
+/* Megolm session ids are 43 base64 characters. */
+#define E2EE_SID_MAX 64
+struct e2ee_asked {
+    char sid[E2EE_SID_MAX];
+    char user[MATRIX_ID_MAX + 1];   /* the sender of the event */
+};
+
 struct matrix_e2ee {
     struct matrix_e2ee_host host;
     char *account_name;             /* copy of host.account */
@@ -45,6 +56,12 @@ struct matrix_e2ee {
     struct matrix_olm_msg td_msg;   /* borrowed from td_content */
     struct matrix_olm *td_session;  /* the session that decrypted it */
     char *td_plain;                 /* its plaintext (wiped) */
+
+    /* Unable to decrypt (matrix_e2ee_keyreq.c). */
+    struct http_request *kr_req;    /* the key request in flight */
+    struct e2ee_asked asked[E2EE_ASKED_MAX];
+    size_t asked_pos;
+    unsigned long keys_stored;      /* room keys stored since start */
 };
 
 /* Drop the to-device event in hand: its content, session and plaintext
@@ -53,5 +70,9 @@ void e2ee_td_clear(struct matrix_e2ee *e);
 /* Free an encryption's state and x itself; its callback is not called.
  * matrix_e2ee_send.c. */
 void e2ee_enc_free(struct e2ee_enc *x);
+/* 1 when this process asked for session sid in a request that went to
+ * user (the event's sender; our own user's devices were asked too). */
+int e2ee_asked(const struct matrix_e2ee *e, const char *sid,
+               const char *user);
 
 #endif /* PARLEY_MATRIX_E2EE_PRIVATE_H */

@@ -17,6 +17,7 @@
 #include "matrix_crypto.h"
 #include "matrix_e2ee.h"
 #include "matrix_e2ee_private.h"
+#include "metrics.h"
 #include "state.h"
 #include "status.h"
 
@@ -57,6 +58,8 @@ static void td_stored(int status, void *priv)
         return;
     }
     e->td_i++;
+    e->keys_stored++;
+    metrics_e2ee_megolm_session(0);
     td_next(e);
 }
 
@@ -66,7 +69,7 @@ static void td_plaintext(struct matrix_e2ee *e)
     const struct matrix_to_device *t = &e->td_batch->to_device[e->td_i];
     struct matrix_megolm_in *in = NULL;
     struct state_megolm_in rec;
-    const char *type, *room = NULL, *sid = NULL, *ed = NULL;
+    const char *type, *room = NULL, *sid = NULL, *ed = NULL, *sk = NULL;
     cJSON *ev = NULL;
     char *p = NULL;
     int result;
@@ -82,7 +85,24 @@ static void td_plaintext(struct matrix_e2ee *e)
         return;
     }
     type = cJSON_GetObjectItemCaseSensitive(ev, "type")->valuestring;
-    if (strcmp(type, "m.room_key") != 0) {
+    if (strcmp(type, "m.room_key") == 0) {
+        result = matrix_megolm_in_from_room_key(
+                     cJSON_GetObjectItemCaseSensitive(ev, "content"), &in,
+                     &room, &sid);
+        sk = e->td_msg.sender_key;
+    } else if (strcmp(type, "m.forwarded_room_key") == 0) {
+        /* Taken only as the answer to our own request, from whom we
+         * asked: anyone could otherwise plant a session under another
+         * device's name. */
+        result = matrix_megolm_in_from_forwarded(
+                     cJSON_GetObjectItemCaseSensitive(ev, "content"), &in,
+                     &room, &sid, &sk, &ed);
+        if (!result && !e2ee_asked(e, sid, t->sender)) {
+            log_warn("matrix %s: a forwarded room key from %s that was not "
+                     "asked for: ignored", e->account_name, t->sender);
+            result = PARLEY_ERR_PROTOCOL;
+        }
+    } else {
         log_debug("matrix %s: to-device %s from %s not handled",
                   e->account_name, type, t->sender);
         matrix_crypto_wipe_json(ev);
@@ -90,21 +110,20 @@ static void td_plaintext(struct matrix_e2ee *e)
         td_next(e);
         return;
     }
-    result = matrix_megolm_in_from_room_key(
-                 cJSON_GetObjectItemCaseSensitive(ev, "content"), &in, &room,
-                 &sid);
     if (result == PARLEY_OK)
         result = matrix_megolm_in_pickle(in, (const uint8_t *)e->pickle_key,
                                          e->pickle_key_len, &p);
     if (result == PARLEY_OK) {
         rec.pickle = p;
-        rec.sender_key = e->td_msg.sender_key;
+        rec.sender_key = sk;
         rec.sender_ed25519 = ed;
         result = state_crypto_megolm_in_save(e->host.store, e->account_name,
                                              room, sid, &rec, td_stored, e);
         if (result == PARLEY_OK)
-            log_info("matrix %s: room key for %s from %s (session %s)",
-                     e->account_name, room, t->sender, sid);
+            log_info("matrix %s: %s for %s from %s (session %s)",
+                     e->account_name, strcmp(type, "m.room_key") == 0 ?
+                     "room key" : "forwarded room key", room, t->sender,
+                     sid);
     }
     free(p);
     matrix_megolm_in_free(in);
@@ -302,6 +321,8 @@ static void dec_free(struct e2ee_dec *d)
 
 static void dec_finish(struct e2ee_dec *d, int status)
 {
+    if (status == PARLEY_ERR_PROTOCOL)
+        metrics_e2ee_decrypt_failed();
     if (!d->e->stopped)
         d->fn(status, status ? NULL : d->event, d->priv);
     dec_free(d);

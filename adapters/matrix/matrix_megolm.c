@@ -298,6 +298,46 @@ int matrix_megolm_in_from_room_key(const cJSON *content,
     return PARLEY_OK;
 }
 
+int matrix_megolm_in_from_forwarded(const cJSON *content,
+                                    struct matrix_megolm_in **out,
+                                    const char **room_id,
+                                    const char **session_id,
+                                    const char **sender_key,
+                                    const char **sender_ed25519)
+{
+    const char *alg = crypto_json_str(content, "algorithm");
+    const char *room = crypto_json_str(content, "room_id");
+    const char *sid = crypto_json_str(content, "session_id");
+    const char *key = crypto_json_str(content, "session_key");
+    const char *sk = crypto_json_str(content, "sender_key");
+    const char *ed = crypto_json_str(content, "sender_claimed_ed25519_key");
+    struct matrix_megolm_in *s;
+
+    if (!alg || strcmp(alg, MATRIX_ALG_MEGOLM) != 0 || !room || !sid ||
+        !key || !sk || !ed)
+        return PARLEY_ERR_PROTOCOL;
+    s = megolm_in_alloc();
+    if (!s)
+        return PARLEY_ERR_OOM;
+    if (olm_import_inbound_group_session(s->olm, (const uint8_t *)key,
+                                         strlen(key)) == olm_error()) {
+        crypto_refused(olm_inbound_group_session_last_error(s->olm));
+        matrix_megolm_in_free(s);
+        return PARLEY_ERR_PROTOCOL;
+    }
+    if (strcmp(matrix_megolm_in_id(s), sid) != 0) {
+        crypto_refused("session id does not match the key");
+        matrix_megolm_in_free(s);
+        return PARLEY_ERR_PROTOCOL;
+    }
+    *room_id = room;
+    *session_id = sid;
+    *sender_key = sk;
+    *sender_ed25519 = ed;
+    *out = s;
+    return PARLEY_OK;
+}
+
 int matrix_megolm_decrypt(struct matrix_megolm_in *s, const char *ciphertext,
                           char **plain, uint32_t *index)
 {

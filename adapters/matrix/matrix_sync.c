@@ -549,6 +549,34 @@ int matrix_sync_decrypted(const struct matrix_item *cipher,
     return result;
 }
 
+int matrix_batch_add_cipher(struct matrix_batch *b, const char *room_id,
+                            const char *event_id, const char *sender,
+                            const char *sender_name, const char *cipher)
+{
+    struct matrix_item it;
+    size_t before = b->n_items;
+    int result;
+
+    if (!room_id || !event_id || !sender || !cipher)
+        return PARLEY_ERR_OTHER;
+    if (b->n_items >= MATRIX_SYNC_ITEMS_MAX)
+        return PARLEY_ERR_TOO_LARGE;
+    memset(&it, 0, sizeof(it));
+    it.kind = MATRIX_ITEM_CIPHERTEXT;
+    it.room_id = strdup(room_id);
+    it.event_id = strdup(event_id);
+    it.sender = strdup(sender);
+    it.sender_name = sender_name ? strdup(sender_name) : NULL;
+    it.cipher = strdup(cipher);
+    if (!it.room_id || !it.event_id || !it.sender || !it.cipher ||
+        (sender_name && !it.sender_name)) {
+        item_free(&it);
+        return PARLEY_ERR_OOM;
+    }
+    result = batch_push(b, &it);
+    return !result && b->n_items == before ? PARLEY_ERR_TOO_LARGE : result;
+}
+
 /* to_device.events: m.room.encrypted ones, for the E2EE client. */
 static int parse_to_device(struct matrix_batch *b, const cJSON *root)
 {

@@ -257,8 +257,11 @@ static void walk_decrypted(int status, const struct cJSON *event,
             status = PARLEY_ERR_OOM;
         }
     }
+    if (status == PARLEY_ERR_EOF && mx_utd_keep(m, it) == PARLEY_OK)
+        return;                     /* kept, key asked: it goes on */
+    if (status == PARLEY_OK || status == PARLEY_ERR_PROTOCOL)
+        mx_utd_settled(m, it->event_id);
     if (status == PARLEY_ERR_EOF || status == PARLEY_ERR_PROTOCOL) {
-        /* Unable to decrypt: not answered (no key request yet). */
         log_warn("matrix %s: no usable room key for %s in %s: not "
                  "answered", m->mc.account, it->event_id, it->room_id);
     } else if (status != PARLEY_OK) {
@@ -267,6 +270,11 @@ static void walk_decrypted(int status, const struct cJSON *event,
         ctl_later(m, mx_backoff(m, m->attempt < 30 ? m->attempt++ : 30));
         return;
     }
+    walk_decrypted_next(m);
+}
+
+void walk_decrypted_next(struct matrix *m)
+{
     m->dec_i = m->walk_i + 1;
     m->dec_serial = m->batch_serial;
     walk(m);
@@ -417,6 +425,9 @@ void walk(struct matrix *m)
     if (m->stopped)
         return;
     m->state = MX_WALK;
+    /* Events kept undecrypted by earlier syncs join this batch's end. */
+    if (mx_utd_prepare(m))
+        return;
     /* Summaries first: they say which rooms are DMs, and which are empty
      * but for the bot.  Once per batch, however often the walk resumes. */
     if (!m->walk_rooms_done) {

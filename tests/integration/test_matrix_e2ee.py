@@ -71,7 +71,7 @@ def verify(obj, user, device, ed_key):
 
 
 class Setup:
-    def __init__(self, t, with_key=True, stub_delay=None):
+    def __init__(self, t, with_key=True, stub_delay=None, more=""):
         self.t = t
         self.bot_client = HS.register(uniq("ebot"), PW)
         self.bot = self.bot_client.user_id
@@ -79,6 +79,7 @@ class Setup:
         self.redis = t.add(Redis(t.tmp).start())
         self.stub = t.add(Stub(t.tmp, api_key=KEY, delay=stub_delay).start())
         extra = 'crypto_key_env = "MX_TEST_PICKLE";' if with_key else ""
+        extra += more
         block = """{
     type = "matrix";
     homeserver = "%s";
@@ -319,6 +320,163 @@ def test_encrypted_dm_with_nio():
         assert PICKLE_KEY not in log + s.parley.stderr()
 
 
+class OlmPerson:
+    """A person's device made with python3-olm alone (no nio): it sends
+    Megolm room events and shares (or withholds) their keys over Olm, so
+    a test decides exactly which keys the bot gets, and when."""
+
+    def __init__(self, s):
+        self.s = s
+        self.c = s.alice
+        self.acct = olm.Account()
+        self.curve = self.acct.identity_keys["curve25519"]
+        self.ed = self.acct.identity_keys["ed25519"]
+        self.device = self.c.call("GET", "/account/whoami")[1]["device_id"]
+        self.olm = None
+        self.since = None
+
+    def bot_device(self):
+        (dev, dk), = self.s.devices().items()
+        return (dev, dk["keys"]["curve25519:" + dev],
+                dk["keys"]["ed25519:" + dev])
+
+    def megolm(self):
+        """A new outbound session and its key at index 0."""
+        out = olm.OutboundGroupSession()
+        return out, out.session_key
+
+    def send(self, room, out, body):
+        plain = {"type": "m.room.message", "room_id": room,
+                 "content": {"msgtype": "m.text", "body": body,
+                             "m.mentions": {"user_ids": [self.s.bot]}}}
+        content = {"algorithm": "m.megolm.v1.aes-sha2",
+                   "ciphertext": out.encrypt(json.dumps(plain)),
+                   "session_id": out.id, "sender_key": self.curve,
+                   "device_id": self.device}
+        return self.c.send(room, content, evtype="m.room.encrypted")
+
+    def share(self, room, session_id, session_key):
+        """m.room_key over Olm to the bot's device (a new Olm session
+        from a claimed one-time key the first time)."""
+        dev, curve, ed = self.bot_device()
+        if self.olm is None:
+            otk = claim(self.s, dev)
+            self.olm = olm.OutboundSession(self.acct, curve, otk["key"])
+        payload = {"type": "m.room_key",
+                   "content": {"algorithm": "m.megolm.v1.aes-sha2",
+                               "room_id": room, "session_id": session_id,
+                               "session_key": session_key},
+                   "sender": self.c.user_id, "sender_device": self.device,
+                   "keys": {"ed25519": self.ed},
+                   "recipient": self.s.bot, "recipient_keys": {"ed25519": ed}}
+        msg = self.olm.encrypt(json.dumps(payload))
+        content = {"algorithm": "m.olm.v1.curve25519-aes-sha2",
+                   "sender_key": self.curve,
+                   "ciphertext": {curve: {"type": msg.message_type,
+                                          "body": msg.ciphertext}}}
+        self.c.call("PUT", "/sendToDevice/m.room.encrypted/%s" % uniq("t"),
+                    {"messages": {self.s.bot: {dev: content}}})
+
+    def key_requests(self):
+        """m.room_key_request messages that reached this device."""
+        path = "/sync?timeout=0" + ("&since=" + q(self.since)
+                                    if self.since else "")
+        _, j = self.c.call("GET", path)
+        self.since = j.get("next_batch", self.since)
+        return [e for e in j.get("to_device", {}).get("events", [])
+                if e.get("type") == "m.room_key_request"]
+
+
+def bot_encrypted(s, room):
+    return [e for e in s.alice.timeline(room)
+            if e.get("sender") == s.bot
+            and e.get("type") == "m.room.encrypted"]
+
+
+def asked_model(s, text):
+    return any(text in json.dumps(r["body"]) for r in s.stub.requests())
+
+
+def test_utd_key_request_then_answer():
+    """A message the bot has no key for: kept, the key is requested from
+    the sender's devices; the bot restarts meanwhile (the kept event is
+    in Redis); the key arrives; the message is answered."""
+    with Test() as t:
+        s = Setup(t)
+        p = s.start()
+        wait_until(lambda: "end-to-end encryption on" in p.stderr(), 20,
+                   "keys uploaded; stderr=%s" % s.err())
+        person = OlmPerson(s)
+        person.key_requests()               # since token for later
+        room = s.encrypted_room()
+        out, key0 = person.megolm()
+        person.send(room, out, "locked question for Parley Bot")
+        wait_until(lambda: "no usable room key for" in s.err(), 20,
+                   "the event kept; stderr=%s" % s.err())
+        reqs = []
+        wait_until(lambda: reqs.extend(person.key_requests()) or
+                   any(r["content"].get("body", {}).get("session_id") ==
+                       out.id for r in reqs), 20,
+                   "a key request at the sender's device; stderr=%s"
+                   % s.err())
+        r = [r for r in reqs if r["content"]["body"]["session_id"] ==
+             out.id][0]
+        assert r["sender"] == s.bot and r["content"]["action"] == "request"
+        assert r["content"]["body"]["room_id"] == room
+        assert r["content"]["body"]["algorithm"] == "m.megolm.v1.aes-sha2"
+        assert len(s.redis.cmd("HKEYS", s.redis.cmd(
+            "KEYS", "*crypto*:utd")[0])) == 1
+        assert not asked_model(s, "locked question")
+        # A restart: the kept event comes back from Redis.
+        stop(s.parley.proc)
+        p = s.start()
+        wait_until(lambda: "end-to-end encryption on" in p.stderr(), 20,
+                   "restart; stderr=%s" % s.err())
+        person.share(room, out.id, key0)
+        wait_until(lambda: asked_model(s, "locked question"), 30,
+                   "the kept question answered after the key came; "
+                   "stderr=%s" % s.err())
+        wait_until(lambda: not s.redis.cmd("KEYS", "*crypto*:utd"), 20,
+                   "the kept event forgotten once answered")
+        assert "told" not in s.err()
+        assert PICKLE_KEY not in s.err()
+
+
+def test_utd_timeout_told_once():
+    """No key within utd_timeout_ms: one plain-words notice in the room,
+    never a second one (a later question is answered, and still only one
+    notice went out)."""
+    with Test() as t:
+        s = Setup(t, more="utd_timeout_ms = 3000;")
+        p = s.start()
+        wait_until(lambda: "end-to-end encryption on" in p.stderr(), 20,
+                   "keys uploaded; stderr=%s" % s.err())
+        person = OlmPerson(s)
+        room = s.encrypted_room()
+        lost, _ = person.megolm()
+        ev = person.send(room, lost, "question nobody can read")
+        ev = ev if isinstance(ev, str) else ev.get("event_id", ev)
+        wait_until(lambda: "told %s once" % s.alice.user_id in s.err(), 30,
+                   "the one explanation; stderr=%s" % s.err())
+        wait_until(lambda: not s.redis.cmd("KEYS", "*crypto*:utd"), 20,
+                   "the event forgotten after the explanation")
+        time.sleep(1)
+        n1 = len(bot_encrypted(s, room))
+        # A follow-up the bot can read, answered: syncs have gone by.
+        out, key = person.megolm()
+        person.share(room, out.id, key)
+        person.send(room, out, "readable follow-up for Parley Bot")
+        wait_until(lambda: asked_model(s, "readable follow-up"), 30,
+                   "the follow-up answered; stderr=%s" % s.err())
+        wait_until(lambda: len(bot_encrypted(s, room)) >= n1 + 1, 20,
+                   "the answer in the room")
+        time.sleep(1)
+        assert len(bot_encrypted(s, room)) == n1 + 1, \
+            (n1, bot_encrypted(s, room))
+        assert s.err().count("no room key came for") == 1, s.err()
+        assert not asked_model(s, "question nobody can read")
+
+
 def test_without_key():
     with Test() as t:
         s = Setup(t, with_key=False)
@@ -347,6 +505,7 @@ def main():
     with Test() as t:
         HS = t.add(Homeserver(t.tmp).start())
         cases = [test_device_keys_and_restart, test_encrypted_dm_with_nio,
+                 test_utd_key_request_then_answer, test_utd_timeout_told_once,
                  test_without_key]
         only = os.environ.get("MATRIX_CASES")
         if only:
