@@ -325,15 +325,22 @@ void state_fence_clear(void);
  * The Matrix device's crypto store, under crypto:<account>:
  *
  *   account                      string  Olm account pickle
- *   olm:<curve key>              hash    Olm session id -> pickle
+ *   olm:<curve key>              hash    Olm session id -> pickle; _out
+ *                                        -> the session id used to send
+ *                                        to that device (until wedged)
  *   megolm_in:<room>:<sid>       hash    struct state_megolm_in
  *   megolm_out:<room>            hash    struct state_megolm_out
  *   megolm_shared:<room>         set     "<user> <device>" holding the
  *                                        current outbound session
  *   megolm_idx:<sid>             hash    message index -> event id
- *   devices:<user>               hash    device id -> its device_keys
- *                                        JSON (signature checked)
- *   devices_outdated             set     users to /keys/query again
+ *   devlists                     hash    user -> that user's devices as
+ *                                        /keys/query gave them (JSON
+ *                                        object device id -> device_keys,
+ *                                        signatures checked at use); a
+ *                                        user missing is stale or unknown
+ *                                        and queried before a key share
+ *   devices:<user>, devices_outdated     (the first layout, not used by
+ *                                        the adapter any more)
  *   utd                          hash    event id -> JSON record of a
  *                                        room event no key decrypted yet
  *                                        (room, sender, session, cipher,
@@ -458,6 +465,40 @@ int state_crypto_devices_outdated(struct store *st, const char *account,
                                   state_done_fn *fn, void *privdata);
 int state_crypto_outdated_load(struct store *st, const char *account,
                                state_list_fn *fn, void *privdata);
+
+/*
+ * Device lists, one hash for the account.  load: values[i] is user[i]'s
+ * JSON, NULL when not cached (n users, 0 < n <= 4096).  save: one user's
+ * list.  stale: forget users' lists (device_lists.changed/left), or every
+ * list when users is NULL.  fn may be NULL for save and stale.
+ */
+int state_crypto_devlists_load(struct store *st, const char *account,
+                               const char *const *users, size_t n,
+                               state_list_fn *fn, void *privdata);
+int state_crypto_devlists_save(struct store *st, const char *account,
+                               const char *user_id, const char *devices,
+                               state_done_fn *fn, void *privdata);
+int state_crypto_devlists_stale(struct store *st, const char *account,
+                                const char *const *users, size_t n,
+                                state_done_fn *fn, void *privdata);
+
+/*
+ * Olm sessions reused for sending: for each of n identity keys the
+ * pickle of the session its _out names (values[i] NULL: none), in one
+ * round trip.  save_out stores a session and makes it the one to send
+ * with (fn may be NULL).  wedged forgets _out (the device could not
+ * decrypt us, or we it): the next share makes a new session; fire and
+ * forget.
+ */
+int state_crypto_olm_out_load(struct store *st, const char *account,
+                              const char *const *curve_keys, size_t n,
+                              state_list_fn *fn, void *privdata);
+int state_crypto_olm_save_out(struct store *st, const char *account,
+                              const char *curve_key, const char *session_id,
+                              const char *pickle, state_done_fn *fn,
+                              void *privdata);
+int state_crypto_olm_wedged(struct store *st, const char *account,
+                            const char *curve_key);
 
 /* Undecryptable room events kept per account: a flood of them (a broken
  * sender) must not grow Redis without bound; past this they are not kept

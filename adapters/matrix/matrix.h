@@ -114,6 +114,9 @@ struct matrix_to_device {
 /* To-device events kept from one sync; the server holds the rest until
  * the next one (it sends at most 100 per sync by default). */
 #define MATRIX_TO_DEVICE_MAX 1000
+/* Users kept from one sync's device_lists; past this every tracked list
+ * is marked stale (matrix_batch dl_all). */
+#define MATRIX_DEVICE_LISTS_MAX 1000
 
 /* A joined room's member count from its summary (-1 = not sent). */
 struct matrix_room_info {
@@ -158,6 +161,11 @@ struct matrix_batch {
     struct matrix_to_device *to_device;     /* m.room.encrypted only */
     size_t n_to_device;
     size_t n_to_device_dropped;             /* over MATRIX_TO_DEVICE_MAX */
+    char **dl_stale;            /* device_lists.changed and .left: users
+                                   whose device lists must be fetched
+                                   again before the next key share */
+    size_t n_dl_stale;
+    int dl_all;                 /* more than MATRIX_DEVICE_LISTS_MAX */
 };
 
 /*

@@ -142,6 +142,18 @@ int matrix_e2ee_key_request(struct matrix_e2ee *e, const char *room_id,
  * change means that events kept undecrypted may decrypt now. */
 unsigned long matrix_e2ee_keys_stored(const struct matrix_e2ee *e);
 
+/*
+ * A sync's device_lists (matrix_batch dl_stale, dl_all): forget the
+ * cached device lists of those users (all of them with dl_all), so the
+ * next key share queries them afresh: a new device gets the room key, a
+ * removed one makes the session rotate.  done runs once, later; an error
+ * means the sync must not advance.  PARLEY_ERR_EOF (done never runs)
+ * when the batch names nobody.
+ */
+int matrix_e2ee_devices_stale(struct matrix_e2ee *e,
+                              const struct matrix_batch *b,
+                              matrix_e2ee_done_fn *done, void *priv);
+
 /* Cancel requests in flight (adapter stop); callbacks no longer run. */
 void matrix_e2ee_stop(struct matrix_e2ee *e);
 

@@ -5,7 +5,8 @@
  * user, one request in flight at a time.  The sessions asked for are
  * remembered in a small ring, so that matrix_e2ee_recv.c takes a
  * forwarded key only when it answers a question we asked, and only from
- * the people we asked.
+ * the people we asked.  Also here: a sync's device_lists, which make the
+ * cached device lists of those users stale (crypto:<account>:devlists).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,6 +22,7 @@
 #include "matrix_e2ee_private.h"
 #include "metrics.h"
 #include "random.h"
+#include "state.h"
 #include "status.h"
 
 int e2ee_asked(const struct matrix_e2ee *e, const char *sid,
@@ -152,4 +154,53 @@ int matrix_e2ee_key_request(struct matrix_e2ee *e, const char *room_id,
 unsigned long matrix_e2ee_keys_stored(const struct matrix_e2ee *e)
 {
     return e ? e->keys_stored : 0;
+}
+
+/* ---- device lists marked stale by a sync -------------------------------- */
+
+struct dl_mark {
+    struct matrix_e2ee *e;
+    matrix_e2ee_done_fn *done;
+    void *priv;
+};
+
+static void dl_marked(int status, void *priv)
+{
+    struct dl_mark *k = priv;
+
+    if (!k->e->stopped)
+        k->done(status, k->priv);
+    free(k);
+}
+
+int matrix_e2ee_devices_stale(struct matrix_e2ee *e,
+                              const struct matrix_batch *b,
+                              matrix_e2ee_done_fn *done, void *priv)
+{
+    struct dl_mark *k;
+    int result;
+
+    if (!e || !e->ready || !b || !done)
+        return PARLEY_ERR_STATE;
+    if (!b->n_dl_stale && !b->dl_all)
+        return PARLEY_ERR_EOF;
+    k = calloc(1, sizeof(*k));
+    if (!k)
+        return PARLEY_ERR_OOM;
+    k->e = e;
+    k->done = done;
+    k->priv = priv;
+    /* A share whose /keys/query is in flight must not cache what it
+     * gets: it may predate this change. */
+    e->dl_serial++;
+    if (b->dl_all)
+        log_info("matrix %s: more than %d device lists changed: all are "
+                 "fetched again", e->account_name, MATRIX_DEVICE_LISTS_MAX);
+    result = state_crypto_devlists_stale(e->host.store, e->account_name,
+                                         b->dl_all ? NULL :
+                                         (const char *const *)b->dl_stale,
+                                         b->n_dl_stale, dl_marked, k);
+    if (result)
+        free(k);
+    return result;
 }

@@ -62,6 +62,8 @@ struct matrix_e2ee {
     struct e2ee_asked asked[E2EE_ASKED_MAX];
     size_t asked_pos;
     unsigned long keys_stored;      /* room keys stored since start */
+    unsigned long dl_serial;        /* device lists marked stale: counts
+                                       the syncs that did it */
 };
 
 /* Drop the to-device event in hand: its content, session and plaintext

@@ -193,6 +193,8 @@ static void td_sessions_loaded(int status, const struct state_pair *pairs,
     }
     for (i = 0; i < n && !e->td_plain; i++) {
         s = NULL;
+        if (pairs[i].name[0] == '_')
+            continue;               /* _out: which one we send with */
         if (matrix_olm_unpickle((const uint8_t *)e->pickle_key,
                                 e->pickle_key_len, pairs[i].value, &s))
             continue;
@@ -219,9 +221,13 @@ static void td_sessions_loaded(int status, const struct state_pair *pairs,
         td_store_session(e, 1);
         return;
     }
+    /* Wedged: no session of ours reads their message.  The session we
+     * send with is dropped, so the next share starts a new one. */
     log_warn("matrix %s: cannot decrypt a to-device message from %s (%s): "
-             "ignored", e->account_name,
-             e->td_batch->to_device[e->td_i].sender, matrix_crypto_error());
+             "ignored; a new Olm session at the next share",
+             e->account_name, e->td_batch->to_device[e->td_i].sender,
+             matrix_crypto_error());
+    state_crypto_olm_wedged(e->host.store, e->account_name, msg->sender_key);
     e->td_i++;
     td_next(e);
 }

@@ -19,6 +19,7 @@
 #include "matrix_crypto.h"
 #include "matrix_e2ee.h"
 #include "matrix_e2ee_private.h"
+#include "metrics.h"
 #include "random.h"
 #include "state.h"
 #include "status.h"
@@ -40,6 +41,7 @@ struct e2ee_device {
     char *curve;
     char *ed;
     int need;                       /* lacks the current session */
+    int sent;                       /* the room key is in body for it */
 };
 
 struct e2ee_enc {
@@ -55,6 +57,10 @@ struct e2ee_enc {
     size_t n_members;
     struct e2ee_device *dev;
     size_t n_dev;
+    cJSON *body;                    /* the sendToDevice body being made */
+    cJSON *rk;                      /* the m.room_key content (wiped) */
+    size_t n_sent;                  /* devices in body */
+    unsigned long dl_serial;        /* e->dl_serial when queried */
     char *result;                   /* the m.room.encrypted content */
     matrix_e2ee_cipher_fn *fn;
     void *priv;
@@ -85,6 +91,8 @@ void e2ee_enc_free(struct e2ee_enc *x)
         free(x->dev[i].ed);
     }
     free(x->dev);
+    cJSON_Delete(x->body);
+    matrix_crypto_wipe_json(x->rk);
     free(x->result);
     free(x);
 }
@@ -257,19 +265,62 @@ static struct e2ee_device *enc_find(struct e2ee_enc *x, const char *user,
     return NULL;
 }
 
-/* One-time keys claimed: a new Olm session per device carries the room
- * key (an Olm session per share costs a key, but needs no lookup). */
-static void enc_claimed(const struct http_response *resp, void *priv)
+/* Put the room key for dv, encrypted with s, into the body. */
+static int enc_put(struct e2ee_enc *x, struct e2ee_device *dv,
+                   struct matrix_olm *s)
 {
-    struct e2ee_enc *x = priv;
     struct matrix_e2ee *e = x->e;
     struct matrix_olm_peer me = { e->user_id, e->device_id,
                                   matrix_account_curve25519(e->acct),
                                   matrix_account_ed25519(e->acct) };
-    cJSON *j, *otks, *u, *d, *k, *rk = NULL, *body, *msgs, *mu;
+    struct matrix_olm_peer them = { dv->user, dv->device, dv->curve,
+                                    dv->ed };
+    cJSON *msgs = cJSON_GetObjectItemCaseSensitive(x->body, "messages");
+    cJSON *c = NULL, *mu;
+
+    if (matrix_olm_encrypt_event(s, &me, &them, "m.room_key", x->rk, &c))
+        return PARLEY_ERR_PROTOCOL;
+    mu = cJSON_GetObjectItemCaseSensitive(msgs, dv->user);
+    if (!mu)
+        mu = cJSON_AddObjectToObject(msgs, dv->user);
+    if (!mu) {
+        cJSON_Delete(c);
+        return PARLEY_ERR_OOM;
+    }
+    cJSON_AddItemToObject(mu, dv->device, c);
+    dv->sent = 1;
+    x->n_sent++;
+    return PARLEY_OK;
+}
+
+/* Every device that can get the room key is in the body: send it. */
+static void enc_send_body(struct e2ee_enc *x)
+{
     char path[128], txn[40];
-    size_t sent = 0;
     int result;
+
+    /* Devices without a key to claim do not get the session; they are
+     * marked as holders all the same, so they are not asked again for
+     * every message (they can request the key). */
+    snprintf(txn, sizeof(txn), "parley-%016llx%016llx",
+             (unsigned long long)random_u64(),
+             (unsigned long long)random_u64());
+    snprintf(path, sizeof(path), "/sendToDevice/m.room.encrypted/%s", txn);
+    log_info("matrix %s: sharing a room key for %s with %zu device(s)",
+             x->e->account_name, x->room_id, x->n_sent);
+    result = enc_http(x, "PUT", path, x->body, enc_sent);
+    if (result)
+        enc_finish(x, result);
+}
+
+/* One-time keys claimed: a new Olm session for each device that had none
+ * to reuse; it becomes the one to send with (_out). */
+static void enc_claimed(const struct http_response *resp, void *priv)
+{
+    struct e2ee_enc *x = priv;
+    struct matrix_e2ee *e = x->e;
+    cJSON *j, *otks, *u, *d, *k;
+    int result = PARLEY_OK;
 
     e->req = NULL;
     e->enc = NULL;
@@ -279,20 +330,14 @@ static void enc_claimed(const struct http_response *resp, void *priv)
     }
     j = cJSON_ParseWithLength(resp->body, resp->body_len);
     otks = cJSON_GetObjectItemCaseSensitive(j, "one_time_keys");
-    body = cJSON_CreateObject();
-    msgs = body ? cJSON_AddObjectToObject(body, "messages") : NULL;
-    result = msgs ? matrix_megolm_room_key(x->out, x->room_id, &rk) :
-                    PARLEY_ERR_OOM;
     cJSON_ArrayForEach(u, otks) {
         cJSON_ArrayForEach(d, u) {
             struct e2ee_device *dv = enc_find(x, u->string, d->string);
-            struct matrix_olm_peer them;
             struct matrix_olm *s = NULL;
-            cJSON *c = NULL;
             char *sp = NULL;
 
             k = d->child;
-            if (result || !dv || !dv->need || !k ||
+            if (result || !dv || !dv->need || dv->sent || !k ||
                 !cJSON_IsString(cJSON_GetObjectItemCaseSensitive(k, "key")) ||
                 !matrix_verify_json(k, dv->user, dv->device, dv->ed))
                 continue;
@@ -300,82 +345,180 @@ static void enc_claimed(const struct http_response *resp, void *priv)
                                     cJSON_GetObjectItemCaseSensitive(
                                         k, "key")->valuestring, &s))
                 continue;
-            them = (struct matrix_olm_peer){ dv->user, dv->device, dv->curve,
-                                             dv->ed };
-            if (!matrix_olm_encrypt_event(s, &me, &them, "m.room_key", rk,
-                                          &c)) {
-                mu = cJSON_GetObjectItemCaseSensitive(msgs, dv->user);
-                if (!mu)
-                    mu = cJSON_AddObjectToObject(msgs, dv->user);
-                if (mu) {
-                    cJSON_AddItemToObject(mu, dv->device, c);
-                    c = NULL;
-                    sent++;
-                }
-                /* Their answers may come over this session. */
-                if (!matrix_olm_pickle(s, (const uint8_t *)e->pickle_key,
-                                       e->pickle_key_len, &sp))
-                    state_crypto_olm_save(e->host.store, e->account_name,
+            result = enc_put(x, dv, s);
+            if (result == PARLEY_ERR_PROTOCOL)
+                result = PARLEY_OK;     /* that device goes without */
+            /* Kept for the next shares and for their answers. */
+            if (dv->sent &&
+                !matrix_olm_pickle(s, (const uint8_t *)e->pickle_key,
+                                   e->pickle_key_len, &sp)) {
+                state_crypto_olm_save_out(e->host.store, e->account_name,
                                           dv->curve, matrix_olm_id(s), sp,
-                                          NULL, NULL, NULL);
+                                          NULL, NULL);
+                metrics_e2ee_olm_session(1);
             }
-            cJSON_Delete(c);
             free(sp);
             matrix_olm_free(s);
         }
     }
-    matrix_crypto_wipe_json(rk);
     cJSON_Delete(j);
-    /* Devices without a key to claim do not get the session; they are
-     * marked as holders all the same, so they are not asked again for
-     * every message (they can request the key). */
-    if (!result) {
-        snprintf(txn, sizeof(txn), "parley-%016llx%016llx",
-                 (unsigned long long)random_u64(),
-                 (unsigned long long)random_u64());
-        snprintf(path, sizeof(path), "/sendToDevice/m.room.encrypted/%s",
-                 txn);
-        log_info("matrix %s: sharing a room key for %s with %zu device(s)",
-                 e->account_name, x->room_id, sent);
-        result = enc_http(x, "PUT", path, body, enc_sent);
+    if (result)
+        enc_finish(x, result);
+    else
+        enc_send_body(x);
+}
+
+/* Claim a one-time key for each device still without the room key. */
+static void enc_claim(struct e2ee_enc *x)
+{
+    cJSON *body, *otk, *u;
+    size_t i, n = 0;
+    int result;
+
+    body = cJSON_CreateObject();
+    otk = body ? cJSON_AddObjectToObject(body, "one_time_keys") : NULL;
+    for (i = 0; otk && i < x->n_dev; i++) {
+        if (!x->dev[i].need || x->dev[i].sent)
+            continue;
+        u = cJSON_GetObjectItemCaseSensitive(otk, x->dev[i].user);
+        if (!u)
+            u = cJSON_AddObjectToObject(otk, x->dev[i].user);
+        if (u && cJSON_AddStringToObject(u, x->dev[i].device,
+                                         "signed_curve25519"))
+            n++;
     }
+    if (!otk) {
+        cJSON_Delete(body);
+        enc_finish(x, PARLEY_ERR_OOM);
+        return;
+    }
+    if (!n) {
+        cJSON_Delete(body);
+        enc_send_body(x);
+        return;
+    }
+    result = enc_http(x, "POST", "/keys/claim", body, enc_claimed);
     cJSON_Delete(body);
     if (result)
         enc_finish(x, result);
+}
+
+/* The sessions we send with, per device that needs the key: reuse them
+ * (no one-time key spent); the others get new ones. */
+static void enc_olm_loaded(int status, const char *const *values, size_t n,
+                           void *priv)
+{
+    struct e2ee_enc *x = priv;
+    struct matrix_e2ee *e = x->e;
+    size_t i, v = 0;
+    int result = status;
+
+    if (e->stopped)
+        return;
+    for (i = 0; !result && i < x->n_dev; i++) {
+        struct e2ee_device *dv = &x->dev[i];
+        struct matrix_olm *s = NULL;
+        char *sp = NULL;
+
+        if (!dv->need)
+            continue;
+        if (v >= n || !values[v++] ||
+            matrix_olm_unpickle((const uint8_t *)e->pickle_key,
+                                e->pickle_key_len, values[v - 1], &s))
+            continue;
+        result = enc_put(x, dv, s);
+        if (result == PARLEY_ERR_PROTOCOL)
+            result = PARLEY_OK;
+        /* Its ratchet moved: stored before the message can arrive. */
+        if (dv->sent &&
+            !matrix_olm_pickle(s, (const uint8_t *)e->pickle_key,
+                               e->pickle_key_len, &sp)) {
+            state_crypto_olm_save(e->host.store, e->account_name, dv->curve,
+                                  matrix_olm_id(s), sp, NULL, NULL, NULL);
+            metrics_e2ee_olm_session(0);
+        }
+        free(sp);
+        matrix_olm_free(s);
+    }
+    if (result)
+        enc_finish(x, result);
+    else
+        enc_claim(x);
+}
+
+static void enc_share(struct e2ee_enc *x)
+{
+    const char **curves;
+    size_t i, n = 0;
+    int result;
+
+    x->body = cJSON_CreateObject();
+    if (!x->body || !cJSON_AddObjectToObject(x->body, "messages") ||
+        matrix_megolm_room_key(x->out, x->room_id, &x->rk) != PARLEY_OK) {
+        enc_finish(x, PARLEY_ERR_OOM);
+        return;
+    }
+    curves = calloc(x->n_dev + 1, sizeof(*curves));
+    if (!curves) {
+        enc_finish(x, PARLEY_ERR_OOM);
+        return;
+    }
+    for (i = 0; i < x->n_dev; i++)
+        if (x->dev[i].need)
+            curves[n++] = x->dev[i].curve;
+    result = state_crypto_olm_out_load(x->e->host.store, x->e->account_name,
+                                       curves, n, enc_olm_loaded, x);
+    free(curves);
+    if (result)
+        enc_finish(x, result);
+}
+
+static int holder_is_member(struct e2ee_enc *x, const char *h,
+                            const char *sp)
+{
+    for (size_t j = 0; sp && j < x->n_members; j++)
+        if (strlen(x->members[j]) == (size_t)(sp - h) &&
+            !strncmp(x->members[j], h, (size_t)(sp - h)))
+            return 1;
+    return 0;
 }
 
 static void enc_shared_loaded(int status, const char *const *items,
                               size_t n, void *priv)
 {
     struct e2ee_enc *x = priv;
-    cJSON *body, *otk, *u;
     size_t i, j, need = 0;
-    int result;
 
     if (status) {
         enc_finish(x, status);
         return;
     }
-    /* Someone who holds the session left the room: it must not read
+    /* Someone who holds the session left the room, or one of a member's
+     * devices is gone (removed, or its keys changed): it must not read
      * what follows, so a new session is shared with those who stay. */
     for (i = 0; i < n && !x->fresh; i++) {
         const char *sp = strchr(items[i], ' ');
-        int member = 0;
+        char user[MATRIX_ID_MAX + 1];
+        int member = holder_is_member(x, items[i], sp);
 
-        for (j = 0; sp && j < x->n_members && !member; j++)
-            member = strlen(x->members[j]) == (size_t)(sp - items[i]) &&
-                     !strncmp(x->members[j], items[i],
-                              (size_t)(sp - items[i]));
-        if (member)
-            continue;
-        log_info("matrix %s: a member left %s: new room key",
-                 x->e->account_name, x->room_id);
+        if (member && (size_t)(sp - items[i]) < sizeof(user)) {
+            memcpy(user, items[i], (size_t)(sp - items[i]));
+            user[sp - items[i]] = '\0';
+            if (enc_find(x, user, sp + 1))
+                continue;
+            log_info("matrix %s: a device of %s is gone from %s: new room "
+                     "key", x->e->account_name, user, x->room_id);
+        } else {
+            log_info("matrix %s: a member left %s: new room key",
+                     x->e->account_name, x->room_id);
+        }
         matrix_megolm_out_free(x->out);
         x->out = NULL;
         if (matrix_megolm_out_new(&x->out) != PARLEY_OK) {
             enc_finish(x, PARLEY_ERR_OOM);
             return;
         }
+        metrics_e2ee_megolm_session(1);
         x->created_ms = now_ms();
         x->fresh = 1;
     }
@@ -390,36 +533,73 @@ static void enc_shared_loaded(int status, const char *const *items,
                 x->dev[i].need = 0;
         need += x->dev[i].need;
     }
-    if (!need) {
+    if (!need)
         enc_encrypt(x);
-        return;
-    }
-    body = cJSON_CreateObject();
-    otk = body ? cJSON_AddObjectToObject(body, "one_time_keys") : NULL;
-    for (i = 0; otk && i < x->n_dev; i++) {
-        if (!x->dev[i].need)
+    else
+        enc_share(x);
+}
+
+/* A user's devices (the object /keys/query gives for them), each with a
+ * valid self-signature; everyone's but our own device. */
+static int enc_add_user(struct e2ee_enc *x, const char *user,
+                        const cJSON *devs)
+{
+    struct matrix_e2ee *e = x->e;
+    char name[MATRIX_ID_MAX + 32];
+    const cJSON *d;
+
+    cJSON_ArrayForEach(d, devs) {
+        const cJSON *keys = cJSON_GetObjectItemCaseSensitive(d, "keys");
+        const cJSON *uid = cJSON_GetObjectItemCaseSensitive(d, "user_id");
+        const cJSON *did = cJSON_GetObjectItemCaseSensitive(d, "device_id");
+        const cJSON *cv, *ed;
+        struct e2ee_device *dv;
+
+        if (!user || !d->string ||
+            !cJSON_IsString(uid) || !cJSON_IsString(did) ||
+            strcmp(uid->valuestring, user) ||
+            strcmp(did->valuestring, d->string) ||
+            (!strcmp(user, e->user_id) && !strcmp(d->string, e->device_id)))
             continue;
-        u = cJSON_GetObjectItemCaseSensitive(otk, x->dev[i].user);
-        if (!u)
-            u = cJSON_AddObjectToObject(otk, x->dev[i].user);
-        if (u)
-            cJSON_AddStringToObject(u, x->dev[i].device, "signed_curve25519");
+        snprintf(name, sizeof(name), "curve25519:%s", d->string);
+        cv = cJSON_GetObjectItemCaseSensitive(keys, name);
+        snprintf(name, sizeof(name), "ed25519:%s", d->string);
+        ed = cJSON_GetObjectItemCaseSensitive(keys, name);
+        if (!cJSON_IsString(cv) || !cJSON_IsString(ed) ||
+            !matrix_verify_json(d, user, d->string, ed->valuestring))
+            continue;
+        if (x->n_dev >= E2EE_DEVICES_MAX)
+            return PARLEY_ERR_TOO_LARGE;
+        dv = &x->dev[x->n_dev++];
+        dv->user = strdup(user);
+        dv->device = strdup(d->string);
+        dv->curve = strdup(cv->valuestring);
+        dv->ed = strdup(ed->valuestring);
+        if (!dv->user || !dv->device || !dv->curve || !dv->ed)
+            return PARLEY_ERR_OOM;
     }
-    result = otk ? enc_http(x, "POST", "/keys/claim", body, enc_claimed) :
-                   PARLEY_ERR_OOM;
-    cJSON_Delete(body);
+    return PARLEY_OK;
+}
+
+static void enc_devices_known(struct e2ee_enc *x)
+{
+    int result = state_crypto_megolm_shared_load(x->e->host.store,
+                                                 x->e->account_name,
+                                                 x->room_id,
+                                                 enc_shared_loaded, x);
+
     if (result)
         enc_finish(x, result);
 }
 
-/* The members' devices, signature checked: everyone's but our own. */
+/* The stale or unknown members' devices, fresh from the server; kept for
+ * later shares unless a sync said meanwhile that they changed again. */
 static void enc_queried(const struct http_response *resp, void *priv)
 {
     struct e2ee_enc *x = priv;
     struct matrix_e2ee *e = x->e;
-    cJSON *j, *dk, *u, *d;
-    char name[MATRIX_ID_MAX + 32];
-    int result;
+    cJSON *j, *dk, *u;
+    int result = PARLEY_OK;
 
     e->req = NULL;
     e->enc = NULL;
@@ -429,58 +609,73 @@ static void enc_queried(const struct http_response *resp, void *priv)
     }
     j = cJSON_ParseWithLength(resp->body, resp->body_len);
     dk = cJSON_GetObjectItemCaseSensitive(j, "device_keys");
-    x->dev = calloc(E2EE_DEVICES_MAX, sizeof(*x->dev));
-    result = x->dev ? PARLEY_OK : PARLEY_ERR_OOM;
     cJSON_ArrayForEach(u, dk) {
-        cJSON_ArrayForEach(d, u) {
-            const cJSON *keys = cJSON_GetObjectItemCaseSensitive(d, "keys");
-            const cJSON *uid = cJSON_GetObjectItemCaseSensitive(d, "user_id");
-            const cJSON *did = cJSON_GetObjectItemCaseSensitive(d,
-                                                                "device_id");
-            const cJSON *cv, *ed;
-            struct e2ee_device *dv;
+        char *list;
 
-            if (result || !u->string || !d->string ||
-                !cJSON_IsString(uid) || !cJSON_IsString(did) ||
-                strcmp(uid->valuestring, u->string) ||
-                strcmp(did->valuestring, d->string) ||
-                (!strcmp(u->string, e->user_id) &&
-                 !strcmp(d->string, e->device_id)))
-                continue;
-            snprintf(name, sizeof(name), "curve25519:%s", d->string);
-            cv = cJSON_GetObjectItemCaseSensitive(keys, name);
-            snprintf(name, sizeof(name), "ed25519:%s", d->string);
-            ed = cJSON_GetObjectItemCaseSensitive(keys, name);
-            if (!cJSON_IsString(cv) || !cJSON_IsString(ed) ||
-                !matrix_verify_json(d, u->string, d->string, ed->valuestring))
-                continue;
-            if (x->n_dev >= E2EE_DEVICES_MAX) {
-                result = PARLEY_ERR_TOO_LARGE;
-                continue;
-            }
-            dv = &x->dev[x->n_dev++];
-            dv->user = strdup(u->string);
-            dv->device = strdup(d->string);
-            dv->curve = strdup(cv->valuestring);
-            dv->ed = strdup(ed->valuestring);
-            if (!dv->user || !dv->device || !dv->curve || !dv->ed)
-                result = PARLEY_ERR_OOM;
-        }
+        if (!result && u->string && cJSON_IsObject(u))
+            result = enc_add_user(x, u->string, u);
+        if (result || !u->string || !cJSON_IsObject(u) ||
+            x->dl_serial != e->dl_serial)
+            continue;
+        list = cJSON_PrintUnformatted(u);
+        if (list)
+            state_crypto_devlists_save(e->host.store, e->account_name,
+                                       u->string, list, NULL, NULL);
+        free(list);
     }
     cJSON_Delete(j);
-    if (!result)
-        result = state_crypto_megolm_shared_load(e->host.store,
-                                                 e->account_name,
-                                                 x->room_id,
-                                                 enc_shared_loaded, x);
     if (result)
         enc_finish(x, result);
+    else
+        enc_devices_known(x);
+}
+
+/* Cached device lists: members without one are asked for. */
+static void enc_lists_loaded(int status, const char *const *values,
+                             size_t n, void *priv)
+{
+    struct e2ee_enc *x = priv;
+    struct matrix_e2ee *e = x->e;
+    cJSON *body, *dk;
+    size_t i, ask = 0;
+    int result = status;
+
+    if (e->stopped)
+        return;
+    body = cJSON_CreateObject();
+    dk = body ? cJSON_AddObjectToObject(body, "device_keys") : NULL;
+    if (!result && !dk)
+        result = PARLEY_ERR_OOM;
+    for (i = 0; !result && i < x->n_members; i++) {
+        cJSON *devs = i < n && values[i] ? cJSON_Parse(values[i]) : NULL;
+
+        if (cJSON_IsObject(devs)) {
+            result = enc_add_user(x, x->members[i], devs);
+        } else {
+            cJSON_AddItemToObject(dk, x->members[i], cJSON_CreateArray());
+            ask++;
+        }
+        cJSON_Delete(devs);
+    }
+    if (!result && ask) {
+        x->dl_serial = e->dl_serial;
+        result = enc_http(x, "POST", "/keys/query", body, enc_queried);
+        cJSON_Delete(body);
+        if (result)
+            enc_finish(x, result);
+        return;
+    }
+    cJSON_Delete(body);
+    if (result)
+        enc_finish(x, result);
+    else
+        enc_devices_known(x);
 }
 
 static void enc_members(const struct http_response *resp, void *priv)
 {
     struct e2ee_enc *x = priv;
-    cJSON *j, *joined, *m, *body, *dk;
+    cJSON *j, *joined, *m;
     int result;
 
     x->e->req = NULL;
@@ -491,22 +686,22 @@ static void enc_members(const struct http_response *resp, void *priv)
     }
     j = cJSON_ParseWithLength(resp->body, resp->body_len);
     joined = cJSON_GetObjectItemCaseSensitive(j, "joined");
-    body = cJSON_CreateObject();
-    dk = body ? cJSON_AddObjectToObject(body, "device_keys") : NULL;
     x->members = calloc((size_t)cJSON_GetArraySize(joined) + 1,
                         sizeof(*x->members));
+    x->dev = calloc(E2EE_DEVICES_MAX, sizeof(*x->dev));
     cJSON_ArrayForEach(m, joined) {
-        if (!dk || !x->members || !m->string)
+        if (!x->members || !m->string)
             continue;
-        cJSON_AddItemToObject(dk, m->string, cJSON_CreateArray());
         x->members[x->n_members] = strdup(m->string);
         if (x->members[x->n_members])
             x->n_members++;
     }
     cJSON_Delete(j);
-    result = dk ? enc_http(x, "POST", "/keys/query", body, enc_queried) :
-                  PARLEY_ERR_OOM;
-    cJSON_Delete(body);
+    result = !x->members || !x->dev ? PARLEY_ERR_OOM :
+             !x->n_members ? PARLEY_ERR_PROTOCOL :
+             state_crypto_devlists_load(x->e->host.store, x->e->account_name,
+                                        (const char *const *)x->members,
+                                        x->n_members, enc_lists_loaded, x);
     if (result)
         enc_finish(x, result);
 }
@@ -536,6 +731,7 @@ static void enc_out_loaded(int status, const struct state_megolm_out *s,
         result = matrix_megolm_out_new(&x->out);
         x->created_ms = now_ms();
         x->fresh = 1;
+        metrics_e2ee_megolm_session(1);
     }
     if (!result)
         result = matrix_url_escape(x->room_id, rid, sizeof(rid));

@@ -12,6 +12,8 @@
  * utd_timeout_ms is explained once in its room (a notice with a txnId
  * made from the event id, so a resend after a crash is dropped by the
  * homeserver) and then forgotten: never a second notice, never a loop.
+ * The same step before each walk marks the device lists a sync named in
+ * device_lists as stale (matrix_e2ee_devices_stale).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -208,7 +210,7 @@ int mx_utd_keep(struct matrix *m, const struct matrix_item *it)
     return result;
 }
 
-/* ---- explaining once ------------------------------------------------------ */
+/* ---- explaining once -------------------------------------------------- */
 
 static void utd_explained(int status, void *priv)
 {
@@ -334,9 +336,41 @@ static void utd_loaded(int status, const struct state_pair *pairs, size_t n,
     walk(m);
 }
 
+static int utd_load(struct mx_utd *u)
+{
+    struct matrix *m = u->m;
+
+    if (u->n_kept == 0)
+        return 0;                   /* nothing kept: no need to look */
+    return state_crypto_utd_load(m->store, m->mc.account, utd_loaded, u) ==
+           PARLEY_OK;
+}
+
+/* The batch's device_lists are marked: on to the kept events. */
+static void utd_lists_marked(int status, void *priv)
+{
+    struct mx_utd *u = priv;
+    struct matrix *m = u->m;
+
+    if (m->stopped)
+        return;
+    if (status) {
+        /* Not past this batch without them: prepared again later. */
+        u->serial = 0;
+        log_warn("matrix %s: marking device lists stale failed (%s); "
+                 "pausing the sync", m->mc.account,
+                 parley_status_name(status));
+        ctl_later(m, mx_backoff(m, m->attempt < 30 ? m->attempt++ : 30));
+        return;
+    }
+    if (!utd_load(u))
+        walk(m);
+}
+
 int mx_utd_prepare(struct matrix *m)
 {
     struct mx_utd *u;
+    int result;
 
     if (m->initial || !matrix_e2ee_ready(m->e2ee) || !(u = utd_get(m)) ||
         u->serial == m->batch_serial)
@@ -349,10 +383,17 @@ int mx_utd_prepare(struct matrix *m)
     utd_gauge(u, -(long)u->n_done);
     list_clear(u->done, &u->n_done);
     list_clear(u->retry, &u->n_retry);
-    if (u->n_kept == 0)
-        return 0;                   /* nothing kept: no need to look */
-    return state_crypto_utd_load(m->store, m->mc.account, utd_loaded, u) ==
-           PARLEY_OK;
+    /* device_lists first: durable before the sync position moves. */
+    result = matrix_e2ee_devices_stale(m->e2ee, &m->batch, utd_lists_marked,
+                                       u);
+    if (result == PARLEY_OK)
+        return 1;
+    if (result != PARLEY_ERR_EOF) {
+        u->serial = 0;
+        ctl_later(m, mx_backoff(m, m->attempt < 30 ? m->attempt++ : 30));
+        return 1;
+    }
+    return utd_load(u);
 }
 
 void mx_utd_settled(struct matrix *m, const char *event_id)

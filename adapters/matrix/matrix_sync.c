@@ -106,6 +106,9 @@ void matrix_batch_free(struct matrix_batch *b)
         free(b->to_device[i].content);
     }
     free(b->to_device);
+    for (i = 0; i < b->n_dl_stale; i++)
+        free(b->dl_stale[i]);
+    free(b->dl_stale);
     free(b->items);
     free(b->rooms);
     free(b->members);
@@ -577,6 +580,39 @@ int matrix_batch_add_cipher(struct matrix_batch *b, const char *room_id,
     return !result && b->n_items == before ? PARLEY_ERR_TOO_LARGE : result;
 }
 
+/* device_lists.changed and .left: users whose devices changed, or who
+ * no longer share an encrypted room with us (their list is no longer
+ * kept up to date by the server, so it must be fetched again if they
+ * come back).  Both only mark lists stale. */
+static int parse_device_lists(struct matrix_batch *b, const cJSON *root)
+{
+    const cJSON *dl = get_obj(root, "device_lists");
+    const char *const parts[] = { "changed", "left" };
+    const cJSON *u;
+
+    for (size_t p = 0; dl && p < 2; p++) {
+        cJSON_ArrayForEach(u, get_arr(dl, parts[p])) {
+            if (!cJSON_IsString(u) || !valid_id(u->valuestring, '@'))
+                continue;
+            if (b->n_dl_stale >= MATRIX_DEVICE_LISTS_MAX) {
+                b->dl_all = 1;
+                continue;
+            }
+            if (!b->dl_stale) {
+                b->dl_stale = calloc(MATRIX_DEVICE_LISTS_MAX,
+                                     sizeof(*b->dl_stale));
+                if (!b->dl_stale)
+                    return PARLEY_ERR_OOM;
+            }
+            b->dl_stale[b->n_dl_stale] = strdup(u->valuestring);
+            if (!b->dl_stale[b->n_dl_stale])
+                return PARLEY_ERR_OOM;
+            b->n_dl_stale++;
+        }
+    }
+    return PARLEY_OK;
+}
+
 /* to_device.events: m.room.encrypted ones, for the E2EE client. */
 static int parse_to_device(struct matrix_batch *b, const cJSON *root)
 {
@@ -795,6 +831,8 @@ int matrix_sync_parse(const char *json, size_t len,
         }
     }
     result = parse_to_device(out, root);
+    if (!result)
+        result = parse_device_lists(out, root);
     if (result)
         goto done;
     rooms = get_obj(root, "rooms");

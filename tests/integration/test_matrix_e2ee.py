@@ -320,6 +320,157 @@ def test_encrypted_dm_with_nio():
         assert PICKLE_KEY not in log + s.parley.stderr()
 
 
+async def nio_login(user_id, password, store):
+    """An encrypting client (matrix-nio over olm) with its own device."""
+    os.makedirs(store, exist_ok=True)
+    cfg = nio.AsyncClientConfig(encryption_enabled=True,
+                                store_sync_tokens=False)
+    c = nio.AsyncClient(HS.url, user_id, store_path=store, config=cfg)
+    r = await c.login(password)
+    assert isinstance(r, nio.LoginResponse), r
+    await c.sync(timeout=0, full_state=True)
+    if c.should_upload_keys:
+        await c.keys_upload()
+    return c
+
+
+async def nio_ask(c, room, bot, text):
+    """Send an encrypted mention of the bot; returns the event id."""
+    if c.should_query_keys:
+        await c.keys_query()
+    r = await c.room_send(room, "m.room.message",
+                          {"msgtype": "m.text", "body": text,
+                           "m.mentions": {"user_ids": [bot]}},
+                          ignore_unverified_devices=True)
+    assert isinstance(r, nio.RoomSendResponse), r
+    return r.event_id
+
+
+async def nio_until(c, pred, what, timeout=30):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        await c.sync(timeout=1000)
+        if pred():
+            return
+    raise AssertionError("timed out: " + what)
+
+
+def megolm_session_of(s, room, event_id):
+    """The Megolm session id of one of the bot's encrypted events."""
+    for e in s.alice.timeline(room):
+        if e.get("event_id") == event_id:
+            return e["content"]["sender_key"], e["content"]["session_id"]
+    raise AssertionError("event %s not in %s" % (event_id, room))
+
+
+async def nio_second_device(s, tmp):
+    bot = s.bot
+    a = await nio_login(s.alice.user_id, "pw-alice", os.path.join(tmp, "a"))
+    b = None
+    try:
+        r = await a.room_create(
+            invite=[bot], is_direct=True,
+            initial_state=[{"type": "m.room.encryption", "state_key": "",
+                            "content": {"algorithm":
+                                        "m.megolm.v1.aes-sha2"}}])
+        room = r.room_id
+        await nio_until(a, lambda: room in a.rooms and
+                        bot in a.rooms[room].users, "the bot to join")
+        q1 = await nio_ask(a, room, bot, "first question for Parley Bot")
+        assert len(await nio_wait_answer(a, room, bot, q1)) == 1
+        # The same person signs in on a second device.
+        b = await nio_login(s.alice.user_id, "pw-alice",
+                            os.path.join(tmp, "b"))
+        assert b.device_id != a.device_id
+        time.sleep(3)           # the bot's syncs see device_lists.changed
+        q2 = await nio_ask(a, room, bot, "second question for Parley Bot")
+        assert len(await nio_wait_answer(a, room, bot, q2)) == 1
+        got = await nio_wait_answer(b, room, bot, q2)
+        assert len(got) == 1, got
+        return room
+    finally:
+        await a.close()
+        if b:
+            await b.close()
+
+
+def test_second_device_gets_answers():
+    """A person's new device (device_lists.changed) gets the room key of
+    the bot's later answers, and decrypts them."""
+    if nio is None:
+        print("skip test_second_device_gets_answers: no python3-matrix-nio")
+        return
+    with Test() as t:
+        s = Setup(t)
+        p = s.start()
+        wait_until(lambda: "end-to-end encryption on" in p.stderr(), 20,
+                   "keys uploaded; stderr=%s" % s.err())
+        asyncio.run(nio_second_device(s, t.tmp))
+        assert PICKLE_KEY not in s.err()
+
+
+async def nio_join_leave(s, tmp):
+    bot = s.bot
+    carol_c = HS.register(uniq("carol"), "pw-carol")
+    a = await nio_login(s.alice.user_id, "pw-alice", os.path.join(tmp, "a"))
+    c = await nio_login(carol_c.user_id, "pw-carol", os.path.join(tmp, "c"))
+    try:
+        r = await a.room_create(
+            invite=[bot],
+            initial_state=[{"type": "m.room.encryption", "state_key": "",
+                            "content": {"algorithm":
+                                        "m.megolm.v1.aes-sha2"}}])
+        room = r.room_id
+        await nio_until(a, lambda: room in a.rooms and
+                        bot in a.rooms[room].users, "the bot to join")
+        q1 = await nio_ask(a, room, bot, "before carol, Parley Bot?")
+        ans1 = await nio_wait_answer(a, room, bot, q1)
+        # Carol joins: the bot's next answer reaches her device too.
+        await a.room_invite(room, carol_c.user_id)
+        await c.sync(timeout=1000)
+        jr = await c.join(room)
+        assert isinstance(jr, nio.JoinResponse), jr
+        await nio_until(a, lambda: carol_c.user_id in a.rooms[room].users,
+                        "carol in the room")
+        q2 = await nio_ask(a, room, bot, "with carol, Parley Bot?")
+        ans2 = await nio_wait_answer(a, room, bot, q2)
+        assert len(await nio_wait_answer(c, room, bot, q2)) == 1
+        # Carol leaves: the next answer has a new session she never got.
+        lr = await c.room_leave(room)
+        assert isinstance(lr, nio.RoomLeaveResponse), lr
+        await nio_until(a, lambda: carol_c.user_id not in
+                        a.rooms[room].users, "carol gone")
+        q3 = await nio_ask(a, room, bot, "after carol, Parley Bot?")
+        ans3 = await nio_wait_answer(a, room, bot, q3)
+        await c.sync(timeout=2000)
+        s1 = megolm_session_of(s, room, ans1[0].event_id)
+        s2 = megolm_session_of(s, room, ans2[0].event_id)
+        s3 = megolm_session_of(s, room, ans3[0].event_id)
+        assert s3 != s2 and s3 != s1, (s1, s2, s3)
+        store = c.olm.inbound_group_store
+        assert store.get(room, *s2) is not None, s2
+        assert store.get(room, *s3) is None, s3
+        return room
+    finally:
+        await a.close()
+        await c.close()
+
+
+def test_join_leave_rotation():
+    """A member who joins gets the bot's later answers; one who leaves
+    makes the bot rotate, and cannot decrypt what follows."""
+    if nio is None:
+        print("skip test_join_leave_rotation: no python3-matrix-nio")
+        return
+    with Test() as t:
+        s = Setup(t)
+        p = s.start()
+        wait_until(lambda: "end-to-end encryption on" in p.stderr(), 20,
+                   "keys uploaded; stderr=%s" % s.err())
+        room = asyncio.run(nio_join_leave(s, t.tmp))
+        assert "a member left %s: new room key" % room in s.err(), s.err()
+
+
 class OlmPerson:
     """A person's device made with python3-olm alone (no nio): it sends
     Megolm room events and shares (or withholds) their keys over Olm, so
@@ -506,6 +657,7 @@ def main():
         HS = t.add(Homeserver(t.tmp).start())
         cases = [test_device_keys_and_restart, test_encrypted_dm_with_nio,
                  test_utd_key_request_then_answer, test_utd_timeout_told_once,
+                 test_second_device_gets_answers, test_join_leave_rotation,
                  test_without_key]
         only = os.environ.get("MATRIX_CASES")
         if only:
