@@ -16,28 +16,12 @@
 
 #include "log.h"
 #include "state.h"
+#include "state_crypto_private.h"
 #include "state_private.h"
 #include "status.h"
 #include "store.h"
 
-/* Most members one SADD or HSET carries (as state_history_append's cap):
- * a room or a device list past this is split by the caller. */
-#define CRYPTO_BATCH_MAX 4096
-
-struct crypto_request {
-    state_value_fn *value_fn;
-    state_pairs_fn *pairs_fn;
-    state_list_fn *list_fn;
-    state_done_fn *done_fn;
-    state_megolm_in_fn *in_fn;
-    state_megolm_out_fn *out_fn;
-    state_claim_fn *claim_fn;
-    void *privdata;
-    const char *what;           /* the command, for log lines */
-    char label[STATE_LABEL_MAX + 1];
-};
-
-static struct crypto_request *request_new(const char *what,
+struct crypto_request *crypto_request_new(const char *what,
                                           const char *label, void *privdata)
 {
     struct crypto_request *req = calloc(1, sizeof(*req));
@@ -52,7 +36,7 @@ static struct crypto_request *request_new(const char *what,
 
 /* Send argv with cb; on failure the request is freed and no callback
  * runs (state.h's contract). */
-static int request_send(struct store *st, struct crypto_request *req,
+int crypto_request_send(struct store *st, struct crypto_request *req,
                         store_reply_fn *cb, int argc, const char **argv)
 {
     int result;
@@ -67,7 +51,7 @@ static int request_send(struct store *st, struct crypto_request *req,
     return result;
 }
 
-static int request_multi(struct store *st, struct crypto_request *req,
+int crypto_request_multi(struct store *st, struct crypto_request *req,
                          store_reply_fn *cb, const struct state_cmd *cmds,
                          size_t n)
 {
@@ -84,7 +68,7 @@ static int request_multi(struct store *st, struct crypto_request *req,
 }
 
 /* Status of a reply for a request whose callback may be NULL. */
-static int request_status(struct crypto_request *req, const redisReply *rep,
+int crypto_request_status(struct crypto_request *req, const redisReply *rep,
                           int has_fn)
 {
     return has_fn ? state_reply_status(rep, req->what, req->label) :
@@ -93,16 +77,16 @@ static int request_status(struct crypto_request *req, const redisReply *rep,
 
 /* ---- replies ------------------------------------------------------------- */
 
-static void done_replied(struct store *st, redisReply *rep, void *privdata)
+void crypto_done_replied(struct store *st, redisReply *rep, void *privdata)
 {
     struct crypto_request *req = privdata;
-    int result = request_status(req, rep, req->done_fn != NULL);
+    int result = crypto_request_status(req, rep, req->done_fn != NULL);
 
     (void)st;
     /* EXEC answers an array whose elements may be errors (WRONGTYPE). */
     if (!result && rep->type == REDIS_REPLY_ARRAY)
         for (size_t i = 0; i < rep->elements && !result; i++)
-            result = request_status(req, rep->element[i],
+            result = crypto_request_status(req, rep->element[i],
                                     req->done_fn != NULL);
     if (!result && rep->type == REDIS_REPLY_NIL)
         result = PARLEY_ERR_OTHER;      /* EXEC aborted */
@@ -117,7 +101,7 @@ static void done_replied(struct store *st, redisReply *rep, void *privdata)
 static void value_replied(struct store *st, redisReply *rep, void *privdata)
 {
     struct crypto_request *req = privdata;
-    int result = request_status(req, rep, 1);
+    int result = crypto_request_status(req, rep, 1);
     const char *value = NULL;
 
     (void)st;
@@ -129,10 +113,10 @@ static void value_replied(struct store *st, redisReply *rep, void *privdata)
     free(req);
 }
 
-static void pairs_replied(struct store *st, redisReply *rep, void *privdata)
+void crypto_pairs_replied(struct store *st, redisReply *rep, void *privdata)
 {
     struct crypto_request *req = privdata;
-    int result = request_status(req, rep, 1);
+    int result = crypto_request_status(req, rep, 1);
     struct state_pair *pairs = NULL;
     size_t n = 0;
 
@@ -162,7 +146,7 @@ static void pairs_replied(struct store *st, redisReply *rep, void *privdata)
 static void list_replied(struct store *st, redisReply *rep, void *privdata)
 {
     struct crypto_request *req = privdata;
-    int result = request_status(req, rep, 1);
+    int result = crypto_request_status(req, rep, 1);
     const char **items = NULL;
     size_t n = 0;
 
@@ -187,7 +171,7 @@ static void megolm_in_replied(struct store *st, redisReply *rep,
                               void *privdata)
 {
     struct crypto_request *req = privdata;
-    int result = request_status(req, rep, 1);
+    int result = crypto_request_status(req, rep, 1);
     struct state_megolm_in s = { NULL, NULL, NULL };
 
     (void)st;
@@ -208,7 +192,7 @@ static void megolm_out_replied(struct store *st, redisReply *rep,
                                void *privdata)
 {
     struct crypto_request *req = privdata;
-    int result = request_status(req, rep, 1);
+    int result = crypto_request_status(req, rep, 1);
     struct state_megolm_out s = { NULL, 0 };
 
     (void)st;
@@ -225,7 +209,7 @@ static void megolm_out_replied(struct store *st, redisReply *rep,
 static void claim_replied(struct store *st, redisReply *rep, void *privdata)
 {
     struct crypto_request *req = privdata;
-    int result = request_status(req, rep, 1);
+    int result = crypto_request_status(req, rep, 1);
     int fresh = 0;
 
     (void)st;
@@ -252,11 +236,11 @@ int state_crypto_account_load(struct store *st, const char *account,
     result = store_key(st, key, sizeof(key), "crypto:%s:account", account);
     if (result)
         return result;
-    req = request_new("GET crypto account", account, privdata);
+    req = crypto_request_new("GET crypto account", account, privdata);
     if (!req)
         return PARLEY_ERR_OOM;
     req->value_fn = fn;
-    return request_send(st, req, value_replied, 2, argv);
+    return crypto_request_send(st, req, value_replied, 2, argv);
 }
 
 int state_crypto_account_save(struct store *st, const char *account,
@@ -273,11 +257,11 @@ int state_crypto_account_save(struct store *st, const char *account,
     result = store_key(st, key, sizeof(key), "crypto:%s:account", account);
     if (result)
         return result;
-    req = request_new("SET crypto account", account, privdata);
+    req = crypto_request_new("SET crypto account", account, privdata);
     if (!req)
         return PARLEY_ERR_OOM;
     req->done_fn = fn;
-    return request_send(st, req, done_replied, 3, argv);
+    return crypto_request_send(st, req, crypto_done_replied, 3, argv);
 }
 
 /* ---- Olm sessions -------------------------------------------------------- */
@@ -297,11 +281,11 @@ int state_crypto_olm_load(struct store *st, const char *account,
                        curve_key);
     if (result)
         return result;
-    req = request_new("HGETALL olm", curve_key, privdata);
+    req = crypto_request_new("HGETALL olm", curve_key, privdata);
     if (!req)
         return PARLEY_ERR_OOM;
     req->pairs_fn = fn;
-    return request_send(st, req, pairs_replied, 2, argv);
+    return crypto_request_send(st, req, crypto_pairs_replied, 2, argv);
 }
 
 int state_crypto_olm_save(struct store *st, const char *account,
@@ -325,13 +309,13 @@ int state_crypto_olm_save(struct store *st, const char *account,
                            account);
     if (result)
         return result;
-    req = request_new("HSET olm", curve_key, privdata);
+    req = crypto_request_new("HSET olm", curve_key, privdata);
     if (!req)
         return PARLEY_ERR_OOM;
     req->done_fn = fn;
     if (!account_pickle)
-        return request_send(st, req, done_replied, 4, hset);
-    return request_multi(st, req, done_replied, cmds, 2);
+        return crypto_request_send(st, req, crypto_done_replied, 4, hset);
+    return crypto_request_multi(st, req, crypto_done_replied, cmds, 2);
 }
 
 /* ---- Megolm -------------------------------------------------------------- */
@@ -351,11 +335,11 @@ int state_crypto_megolm_in_load(struct store *st, const char *account,
                        account, room_id, session_id);
     if (result)
         return result;
-    req = request_new("HGETALL megolm_in", session_id, privdata);
+    req = crypto_request_new("HGETALL megolm_in", session_id, privdata);
     if (!req)
         return PARLEY_ERR_OOM;
     req->in_fn = fn;
-    return request_send(st, req, megolm_in_replied, 2, argv);
+    return crypto_request_send(st, req, megolm_in_replied, 2, argv);
 }
 
 int state_crypto_megolm_in_save(struct store *st, const char *account,
@@ -386,11 +370,11 @@ int state_crypto_megolm_in_save(struct store *st, const char *account,
         argv[argc++] = "sender_ed25519";
         argv[argc++] = s->sender_ed25519;
     }
-    req = request_new("HSET megolm_in", session_id, privdata);
+    req = crypto_request_new("HSET megolm_in", session_id, privdata);
     if (!req)
         return PARLEY_ERR_OOM;
     req->done_fn = fn;
-    return request_send(st, req, done_replied, argc, argv);
+    return crypto_request_send(st, req, crypto_done_replied, argc, argv);
 }
 
 int state_crypto_megolm_out_load(struct store *st, const char *account,
@@ -408,11 +392,11 @@ int state_crypto_megolm_out_load(struct store *st, const char *account,
                        account, room_id);
     if (result)
         return result;
-    req = request_new("HGETALL megolm_out", room_id, privdata);
+    req = crypto_request_new("HGETALL megolm_out", room_id, privdata);
     if (!req)
         return PARLEY_ERR_OOM;
     req->out_fn = fn;
-    return request_send(st, req, megolm_out_replied, 2, argv);
+    return crypto_request_send(st, req, megolm_out_replied, 2, argv);
 }
 
 int state_crypto_megolm_out_save(struct store *st, const char *account,
@@ -434,11 +418,11 @@ int state_crypto_megolm_out_save(struct store *st, const char *account,
         return result;
     argv[3] = s->pickle;
     snprintf(created, sizeof(created), "%lld", s->created_ms);
-    req = request_new("HSET megolm_out", room_id, privdata);
+    req = crypto_request_new("HSET megolm_out", room_id, privdata);
     if (!req)
         return PARLEY_ERR_OOM;
     req->done_fn = fn;
-    return request_send(st, req, done_replied, 6, argv);
+    return crypto_request_send(st, req, crypto_done_replied, 6, argv);
 }
 
 int state_crypto_megolm_out_discard(struct store *st, const char *account,
@@ -459,13 +443,13 @@ int state_crypto_megolm_out_discard(struct store *st, const char *account,
                            "crypto:%s:megolm_shared:%s", account, room_id);
     if (result)
         return result;
-    req = request_new("DEL megolm_out", room_id, privdata);
+    req = crypto_request_new("DEL megolm_out", room_id, privdata);
     if (!req)
         return PARLEY_ERR_OOM;
     req->done_fn = fn;
     /* One DEL of both keys is atomic: a rotation never leaves a share
      * list that belongs to no session, or a session with an old list. */
-    return request_send(st, req, done_replied, 3, del);
+    return crypto_request_send(st, req, crypto_done_replied, 3, del);
 }
 
 int state_crypto_megolm_shared_load(struct store *st, const char *account,
@@ -483,15 +467,15 @@ int state_crypto_megolm_shared_load(struct store *st, const char *account,
                        account, room_id);
     if (result)
         return result;
-    req = request_new("SMEMBERS megolm_shared", room_id, privdata);
+    req = crypto_request_new("SMEMBERS megolm_shared", room_id, privdata);
     if (!req)
         return PARLEY_ERR_OOM;
     req->list_fn = fn;
-    return request_send(st, req, list_replied, 2, argv);
+    return crypto_request_send(st, req, list_replied, 2, argv);
 }
 
 /* "<cmd> <key> items..." for n items; argv malloc'd (caller frees). */
-static const char **batch_argv(const char *cmd, const char *key,
+const char **crypto_batch_argv(const char *cmd, const char *key,
                                const char *const *items, size_t n)
 {
     const char **argv;
@@ -529,16 +513,17 @@ int state_crypto_megolm_shared_add(struct store *st, const char *account,
                        account, room_id);
     if (result)
         return result;
-    argv = batch_argv("SADD", key, holders, n);
+    argv = crypto_batch_argv("SADD", key, holders, n);
     if (!argv)
         return PARLEY_ERR_OTHER;
-    req = request_new("SADD megolm_shared", room_id, privdata);
+    req = crypto_request_new("SADD megolm_shared", room_id, privdata);
     if (!req) {
         free(argv);
         return PARLEY_ERR_OOM;
     }
     req->done_fn = fn;
-    result = request_send(st, req, done_replied, (int)n + 2, argv);
+    result = crypto_request_send(st, req, crypto_done_replied, (int)n + 2,
+                                 argv);
     free(argv);
     return result;
 }
@@ -570,11 +555,11 @@ int state_crypto_megolm_index_claim(struct store *st, const char *account,
     if (result)
         return result;
     snprintf(idx, sizeof(idx), "%lu", index);
-    req = request_new("EVAL megolm_idx", event_id, privdata);
+    req = crypto_request_new("EVAL megolm_idx", event_id, privdata);
     if (!req)
         return PARLEY_ERR_OOM;
     req->claim_fn = fn;
-    return request_send(st, req, claim_replied, 6, argv);
+    return crypto_request_send(st, req, claim_replied, 6, argv);
 }
 
 /* ---- device lists -------------------------------------------------------- */
@@ -594,11 +579,11 @@ int state_crypto_devices_load(struct store *st, const char *account,
                        account, user_id);
     if (result)
         return result;
-    req = request_new("HGETALL devices", user_id, privdata);
+    req = crypto_request_new("HGETALL devices", user_id, privdata);
     if (!req)
         return PARLEY_ERR_OOM;
     req->pairs_fn = fn;
-    return request_send(st, req, pairs_replied, 2, argv);
+    return crypto_request_send(st, req, crypto_pairs_replied, 2, argv);
 }
 
 int state_crypto_devices_save(struct store *st, const char *account,
@@ -642,13 +627,13 @@ int state_crypto_devices_save(struct store *st, const char *account,
         cmds[ncmds++] = (struct state_cmd){ (int)(2 * n + 2), hset };
     }
     cmds[ncmds++] = (struct state_cmd){ 3, srem };
-    req = request_new("devices save", user_id, privdata);
+    req = crypto_request_new("devices save", user_id, privdata);
     if (!req) {
         free(hset);
         return PARLEY_ERR_OOM;
     }
     req->done_fn = fn;
-    result = request_multi(st, req, done_replied, cmds, ncmds);
+    result = crypto_request_multi(st, req, crypto_done_replied, cmds, ncmds);
     free(hset);
     return result;
 }
@@ -668,16 +653,17 @@ int state_crypto_devices_outdated(struct store *st, const char *account,
                        account);
     if (result)
         return result;
-    argv = batch_argv("SADD", key, users, n);
+    argv = crypto_batch_argv("SADD", key, users, n);
     if (!argv)
         return PARLEY_ERR_OTHER;
-    req = request_new("SADD devices_outdated", account, privdata);
+    req = crypto_request_new("SADD devices_outdated", account, privdata);
     if (!req) {
         free(argv);
         return PARLEY_ERR_OOM;
     }
     req->done_fn = fn;
-    result = request_send(st, req, done_replied, (int)n + 2, argv);
+    result = crypto_request_send(st, req, crypto_done_replied, (int)n + 2,
+                                 argv);
     free(argv);
     return result;
 }
@@ -696,304 +682,9 @@ int state_crypto_outdated_load(struct store *st, const char *account,
                        account);
     if (result)
         return result;
-    req = request_new("SMEMBERS devices_outdated", account, privdata);
+    req = crypto_request_new("SMEMBERS devices_outdated", account, privdata);
     if (!req)
         return PARLEY_ERR_OOM;
     req->list_fn = fn;
-    return request_send(st, req, list_replied, 2, argv);
-}
-
-/* ---- messages not decrypted yet ------------------------------------------ */
-
-/* Keep the first record of an event (its first-seen time must not move
- * when a later sync meets it again), and no more than ARGV[3] of them. */
-static const char utd_add_script[] =
-    "if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then return 0 end "
-    "if redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[3]) then return -1 end "
-    "redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) "
-    "return 1";
-
-static void utd_added_replied(struct store *st, redisReply *rep,
-                              void *privdata)
-{
-    struct crypto_request *req = privdata;
-    int result = request_status(req, rep, 1);
-    int fresh = 0;
-
-    (void)st;
-    if (!result && rep->type != REDIS_REPLY_INTEGER)
-        result = PARLEY_ERR_PROTOCOL;
-    if (!result && rep->integer < 0)
-        result = PARLEY_ERR_TOO_LARGE;
-    if (!result)
-        fresh = rep->integer == 1;
-    req->claim_fn(result, fresh, req->privdata);
-    free(req);
-}
-
-int state_crypto_utd_add(struct store *st, const char *account,
-                         const char *event_id, const char *record,
-                         state_claim_fn *fn, void *privdata)
-{
-    char key[STORE_KEY_MAX], max[24];
-    const char *argv[] = { "EVAL", utd_add_script, "1", key, event_id,
-                           record, max };
-    struct crypto_request *req;
-    int result;
-
-    if (!account || !event_id || !record || !fn)
-        return PARLEY_ERR_OTHER;
-    result = store_key(st, key, sizeof(key), "crypto:%s:utd", account);
-    if (result)
-        return result;
-    snprintf(max, sizeof(max), "%d", STATE_UTD_MAX);
-    req = request_new("EVAL utd", event_id, privdata);
-    if (!req)
-        return PARLEY_ERR_OOM;
-    req->claim_fn = fn;
-    return request_send(st, req, utd_added_replied, 7, argv);
-}
-
-int state_crypto_utd_load(struct store *st, const char *account,
-                          state_pairs_fn *fn, void *privdata)
-{
-    char key[STORE_KEY_MAX];
-    const char *argv[] = { "HGETALL", key };
-    struct crypto_request *req;
-    int result;
-
-    if (!account || !fn)
-        return PARLEY_ERR_OTHER;
-    result = store_key(st, key, sizeof(key), "crypto:%s:utd", account);
-    if (result)
-        return result;
-    req = request_new("HGETALL utd", account, privdata);
-    if (!req)
-        return PARLEY_ERR_OOM;
-    req->pairs_fn = fn;
-    return request_send(st, req, pairs_replied, 2, argv);
-}
-
-int state_crypto_utd_del(struct store *st, const char *account,
-                         const char *event_id, state_done_fn *fn,
-                         void *privdata)
-{
-    char key[STORE_KEY_MAX];
-    const char *argv[] = { "HDEL", key, event_id };
-    struct crypto_request *req;
-    int result;
-
-    if (!account || !event_id)
-        return PARLEY_ERR_OTHER;
-    result = store_key(st, key, sizeof(key), "crypto:%s:utd", account);
-    if (result)
-        return result;
-    req = request_new("HDEL utd", event_id, privdata);
-    if (!req)
-        return PARLEY_ERR_OOM;
-    req->done_fn = fn;
-    return request_send(st, req, done_replied, 3, argv);
-}
-
-/* ---- device lists, one hash per account ---------------------------------- */
-
-/* HMGET and the Lua below answer arrays with nil holes; values[i] is
- * NULL where the field (or session) is missing. */
-static void values_replied(struct store *st, redisReply *rep, void *privdata)
-{
-    struct crypto_request *req = privdata;
-    int result = request_status(req, rep, 1);
-    const char **values = NULL;
-    size_t n = 0;
-
-    (void)st;
-    if (!result && rep->type != REDIS_REPLY_ARRAY)
-        result = PARLEY_ERR_PROTOCOL;
-    if (!result && rep->elements) {
-        values = calloc(rep->elements, sizeof(*values));
-        if (!values)
-            result = PARLEY_ERR_OOM;
-    }
-    for (size_t i = 0; !result && i < rep->elements; i++, n++)
-        if (rep->element[i]->type == REDIS_REPLY_STRING)
-            values[i] = rep->element[i]->str;
-    req->list_fn(result, result ? NULL : values, result ? 0 : n,
-                 req->privdata);
-    free(values);
-    free(req);
-}
-
-int state_crypto_devlists_load(struct store *st, const char *account,
-                               const char *const *users, size_t n,
-                               state_list_fn *fn, void *privdata)
-{
-    char key[STORE_KEY_MAX];
-    const char **argv;
-    struct crypto_request *req;
-    int result;
-
-    if (!account || !fn)
-        return PARLEY_ERR_OTHER;
-    result = store_key(st, key, sizeof(key), "crypto:%s:devlists", account);
-    if (result)
-        return result;
-    argv = batch_argv("HMGET", key, users, n);
-    if (!argv)
-        return PARLEY_ERR_OTHER;
-    req = request_new("HMGET devlists", account, privdata);
-    if (!req) {
-        free(argv);
-        return PARLEY_ERR_OOM;
-    }
-    req->list_fn = fn;
-    result = request_send(st, req, values_replied, (int)n + 2, argv);
-    free(argv);
-    return result;
-}
-
-int state_crypto_devlists_save(struct store *st, const char *account,
-                               const char *user_id, const char *devices,
-                               state_done_fn *fn, void *privdata)
-{
-    char key[STORE_KEY_MAX];
-    const char *argv[] = { "HSET", key, user_id, devices };
-    struct crypto_request *req;
-    int result;
-
-    if (!account || !user_id || !devices)
-        return PARLEY_ERR_OTHER;
-    result = store_key(st, key, sizeof(key), "crypto:%s:devlists", account);
-    if (result)
-        return result;
-    req = request_new("HSET devlists", user_id, privdata);
-    if (!req)
-        return PARLEY_ERR_OOM;
-    req->done_fn = fn;
-    return request_send(st, req, done_replied, 4, argv);
-}
-
-int state_crypto_devlists_stale(struct store *st, const char *account,
-                                const char *const *users, size_t n,
-                                state_done_fn *fn, void *privdata)
-{
-    char key[STORE_KEY_MAX];
-    const char *del[] = { "DEL", key };
-    const char **argv;
-    struct crypto_request *req;
-    int result;
-
-    if (!account)
-        return PARLEY_ERR_OTHER;
-    result = store_key(st, key, sizeof(key), "crypto:%s:devlists", account);
-    if (result)
-        return result;
-    argv = users ? batch_argv("HDEL", key, users, n) : del;
-    if (!argv)
-        return PARLEY_ERR_OTHER;
-    req = request_new("HDEL devlists", account, privdata);
-    if (req) {
-        req->done_fn = fn;
-        result = request_send(st, req, done_replied,
-                              users ? (int)n + 2 : 2, argv);
-    } else {
-        result = PARLEY_ERR_OOM;
-    }
-    if (users)
-        free(argv);
-    return result;
-}
-
-/* ---- the Olm session used to send to a device -------------------------- */
-
-/* For each identity key: the pickle of the session named by its _out
- * field, or nil.  One round trip for a whole share. */
-static const char olm_out_script[] =
-    "local r = {} "
-    "for i, k in ipairs(KEYS) do "
-    "  local sid = redis.call('HGET', k, '_out') "
-    "  local p = false "
-    "  if sid then p = redis.call('HGET', k, sid) end "
-    "  r[i] = p "
-    "end "
-    "return r";
-
-int state_crypto_olm_out_load(struct store *st, const char *account,
-                              const char *const *curve_keys, size_t n,
-                              state_list_fn *fn, void *privdata)
-{
-    char (*keys)[STORE_KEY_MAX] = NULL;
-    const char **argv = NULL;
-    char nkeys[24];
-    struct crypto_request *req;
-    int result = PARLEY_OK;
-
-    if (!account || !curve_keys || !n || n > CRYPTO_BATCH_MAX || !fn)
-        return PARLEY_ERR_OTHER;
-    keys = calloc(n, sizeof(*keys));
-    argv = calloc(n + 3, sizeof(*argv));
-    if (!keys || !argv)
-        result = PARLEY_ERR_OOM;
-    for (size_t i = 0; !result && i < n; i++) {
-        result = curve_keys[i] ? store_key(st, keys[i], sizeof(keys[i]),
-                                           "crypto:%s:olm:%s", account,
-                                           curve_keys[i]) :
-                                 PARLEY_ERR_OTHER;
-        argv[3 + i] = keys[i];
-    }
-    req = result ? NULL : request_new("EVAL olm _out", account, privdata);
-    if (!result && !req)
-        result = PARLEY_ERR_OOM;
-    if (!result) {
-        snprintf(nkeys, sizeof(nkeys), "%zu", n);
-        argv[0] = "EVAL";
-        argv[1] = olm_out_script;
-        argv[2] = nkeys;
-        req->list_fn = fn;
-        result = request_send(st, req, values_replied, (int)n + 3, argv);
-    }
-    free(keys);
-    free(argv);
-    return result;
-}
-
-int state_crypto_olm_save_out(struct store *st, const char *account,
-                              const char *curve_key, const char *session_id,
-                              const char *pickle, state_done_fn *fn,
-                              void *privdata)
-{
-    char key[STORE_KEY_MAX];
-    const char *argv[] = { "HSET", key, session_id, pickle, "_out",
-                           session_id };
-    struct crypto_request *req;
-    int result;
-
-    if (!account || !curve_key || !session_id || !pickle)
-        return PARLEY_ERR_OTHER;
-    result = store_key(st, key, sizeof(key), "crypto:%s:olm:%s", account,
-                       curve_key);
-    if (result)
-        return result;
-    req = request_new("HSET olm _out", curve_key, privdata);
-    if (!req)
-        return PARLEY_ERR_OOM;
-    req->done_fn = fn;
-    return request_send(st, req, done_replied, 6, argv);
-}
-
-int state_crypto_olm_wedged(struct store *st, const char *account,
-                            const char *curve_key)
-{
-    char key[STORE_KEY_MAX];
-    const char *argv[] = { "HDEL", key, "_out", NULL };
-    int result;
-
-    if (!account || !curve_key)
-        return PARLEY_ERR_OTHER;
-    result = store_key(st, key, sizeof(key), "crypto:%s:olm:%s", account,
-                       curve_key);
-    if (result)
-        return result;
-    if (!store_is_up(st))
-        return PARLEY_ERR_STATE;
-    return state_send_forget(st, "HDEL olm _out", 3, argv);
+    return crypto_request_send(st, req, list_replied, 2, argv);
 }
