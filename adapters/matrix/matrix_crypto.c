@@ -659,3 +659,44 @@ int matrix_verify_json(const cJSON *obj, const char *user_id,
     free(canon);
     return ok;
 }
+
+/* The one ed25519 public key of a cross-signing key object of user with
+ * usage (borrowed), or NULL. */
+static const char *xsign_key(const cJSON *k, const char *user,
+                             const char *usage)
+{
+    const cJSON *uid = cJSON_GetObjectItemCaseSensitive(k, "user_id");
+    const cJSON *us = cJSON_GetObjectItemCaseSensitive(k, "usage");
+    const cJSON *keys = cJSON_GetObjectItemCaseSensitive(k, "keys");
+    const cJSON *u, *key;
+    int has = 0;
+
+    if (!cJSON_IsString(uid) || strcmp(uid->valuestring, user) != 0 ||
+        !cJSON_IsArray(us) || !cJSON_IsObject(keys) ||
+        cJSON_GetArraySize(keys) != 1)
+        return NULL;
+    cJSON_ArrayForEach(u, us)
+        has |= cJSON_IsString(u) && strcmp(u->valuestring, usage) == 0;
+    key = keys->child;
+    if (!has || !cJSON_IsString(key) || !key->string ||
+        strncmp(key->string, "ed25519:", 8) != 0 ||
+        strcmp(key->string + 8, key->valuestring) != 0)
+        return NULL;
+    return key->valuestring;
+}
+
+int matrix_device_cross_signed(const cJSON *device, const char *user_id,
+                               const cJSON *master,
+                               const cJSON *self_signing)
+{
+    const char *mpub, *spub;
+
+    if (!user_id)
+        return 0;
+    mpub = xsign_key(master, user_id, "master");
+    spub = xsign_key(self_signing, user_id, "self_signing");
+    /* Cross-signing key ids are "ed25519:<public key>". */
+    return mpub && spub &&
+           matrix_verify_json(self_signing, user_id, mpub, mpub) &&
+           matrix_verify_json(device, user_id, spub, spub);
+}

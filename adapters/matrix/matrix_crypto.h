@@ -139,6 +139,19 @@ long matrix_otk_count(const struct cJSON *counts);
 int matrix_verify_json(const struct cJSON *obj, const char *user_id,
                        const char *device_id, const char *ed25519_key);
 
+/*
+ * 1 when device (its device_keys object) is verified by its owner through
+ * cross-signing: master is user_id's master key object (usage "master")
+ * and self_signing its self-signing key (usage "self_signing", signed by
+ * the master key), and the device carries a valid signature by the
+ * self-signing key.  The master key is taken as the homeserver gives it
+ * (not pinned).  0 otherwise, or when either key is missing.
+ */
+int matrix_device_cross_signed(const struct cJSON *device,
+                               const char *user_id,
+                               const struct cJSON *master,
+                               const struct cJSON *self_signing);
+
 /* ---- Olm sessions (to-device) -------------------------------------------- */
 
 struct matrix_olm;

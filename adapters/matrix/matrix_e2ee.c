@@ -26,6 +26,7 @@
 #include "matrix_crypto.h"
 #include "matrix_e2ee.h"
 #include "matrix_e2ee_private.h"
+#include "metrics.h"
 #include "state.h"
 #include "status.h"
 
@@ -263,6 +264,7 @@ static void account_loaded(int status, const char *value, void *priv)
 
     if (e->stopped)
         return;
+    metrics_e2ee_store(status == PARLEY_OK);
     if (status) {
         start_finish(e, status);
         return;
@@ -273,6 +275,7 @@ static void account_loaded(int status, const char *value, void *priv)
         result = matrix_account_unpickle((const uint8_t *)e->pickle_key,
                                          e->pickle_key_len, value, &e->acct);
         if (result) {
+            metrics_e2ee_store(0);      /* /healthz says so until fixed */
             /* Never replace it: a new identity would orphan every
              * session, and the old one may come back with the right
              * key. */

@@ -188,6 +188,7 @@ static void td_sessions_loaded(int status, const struct state_pair *pairs,
     if (e->stopped)
         return;
     if (status) {
+        metrics_e2ee_store(0);
         td_finish(e, status);
         return;
     }
@@ -357,6 +358,8 @@ static void dec_session_loaded(int status, const struct state_megolm_in *s,
     int result;
 
     if (status || e->stopped) {
+        if (status)
+            metrics_e2ee_store(0);
         dec_finish(d, status ? status : PARLEY_ERR_STATE);
         return;
     }
@@ -371,6 +374,8 @@ static void dec_session_loaded(int status, const struct state_megolm_in *s,
     }
     result = matrix_megolm_in_unpickle((const uint8_t *)e->pickle_key,
                                        e->pickle_key_len, s->pickle, &in);
+    /* A stored session the key cannot open: the store is unreadable. */
+    metrics_e2ee_store(result == PARLEY_OK);
     if (!result)
         result = matrix_megolm_decrypt(in, d->msg.ciphertext, &plain,
                                        &index);

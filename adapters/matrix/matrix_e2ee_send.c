@@ -714,6 +714,9 @@ static void enc_out_loaded(int status, const struct state_megolm_out *s,
     char rid[3 * MATRIX_ID_MAX + 1], path[MATRIX_ID_MAX * 3 + 64];
     int result = status;
 
+    if (status)
+        metrics_e2ee_store(0);
+
     if (!result && s &&
         matrix_megolm_out_unpickle((const uint8_t *)e->pickle_key,
                                    e->pickle_key_len, s->pickle,

@@ -693,6 +693,71 @@ static void test_parse_hostile(void **state)
                                                 NULL), PARLEY_ERR_PROTOCOL);
 }
 
+/* Cross-signing vectors made with python3-olm (PkSigning, Account): a
+ * master key, a self-signing key it signed, a device the self-signing key
+ * signed (DEV) and one it did not (DEV2). */
+static const char XS_MASTER[] =
+    "{\"user_id\":\"@alice:hs\",\"usage\":[\"master\"],\"keys\":{\"ed25519:eM7Vy"
+    "h7yMpJfp7YMG3KYNV2UN3u3YfEeRbzplFJM/UI\":\"eM7Vyh7yMpJfp7YMG3KYNV2"
+    "UN3u3YfEeRbzplFJM/UI\"}}";
+static const char XS_SSK[] =
+    "{\"user_id\":\"@alice:hs\",\"usage\":[\"self_signing\"],\"keys\":{\"ed25519"
+    ":zxArzeTy6LTV7rBnftVtd/NdntwCiek1DCJIYe7qiWQ\":\"zxArzeTy6LTV7rBnf"
+    "tVtd/NdntwCiek1DCJIYe7qiWQ\"},\"signatures\":{\"@alice:hs\":{\"ed25519"
+    ":eM7Vyh7yMpJfp7YMG3KYNV2UN3u3YfEeRbzplFJM/UI\":\"b6qslQJf6MI0vYSBU"
+    "1ya2iIZr3TPK6qiJVpo2OhCC/7P8iN3XGWiG5W3gJgWHggwnIzTId3PX996ZQ4R/"
+    "ehBBg\"}}}";
+static const char XS_DEV[] =
+    "{\"user_id\":\"@alice:hs\",\"device_id\":\"DEV\",\"algorithms\":[\"m.olm.v1"
+    ".curve25519-aes-sha2\",\"m.megolm.v1.aes-sha2\"],\"keys\":{\"curve2551"
+    "9:DEV\":\"vUGlzf8XolNAy2tyDdh5hDhD/T9odDMbLDwAiBqV8Xk\",\"ed25519:DE"
+    "V\":\"lb+Cwlzxt2DQVsyURXiiOA2HJRmxRJQ6qfM+XNndc+Y\"},\"signatures\":{"
+    "\"@alice:hs\":{\"ed25519:DEV\":\"XqUSu2KjiBfCahmAkcNlnqLaSRtnX5Qi3o3W"
+    "xiMJ13uZsXSvmrTOqiW5VNJh07RnTxq1BqX1sHm6EEt/ynrUAQ\",\"ed25519:zxA"
+    "rzeTy6LTV7rBnftVtd/NdntwCiek1DCJIYe7qiWQ\":\"AQbb4YOmrnLp6c2DKTDgf"
+    "YxtkRTSC5A6tjFIs41rCWqIqrPB5FS97kUxaqQpRO7YmFLO5740PT1ukpiVDGOmC"
+    "w\"}}}";
+static const char XS_DEV2[] =
+    "{\"user_id\":\"@alice:hs\",\"device_id\":\"DEV2\",\"algorithms\":[\"m.olm.v"
+    "1.curve25519-aes-sha2\",\"m.megolm.v1.aes-sha2\"],\"keys\":{\"curve255"
+    "19:DEV2\":\"D/zmdQjbALRaaOWvWt5qA+z93CCqflJADM0gmiG7pAo\",\"ed25519:"
+    "DEV2\":\"Ivw78SDIP2JJEv15TWT4NpQe43xNtr6+f+cp0SV54sY\"},\"signatures"
+    "\":{\"@alice:hs\":{\"ed25519:DEV2\":\"m80SI//jPXfP25sU9w5vLj6Tx9/LATe7"
+    "kK4QOvtMF3Pk3ndc1knIWKC/2lOvIvQm/vHV35xV5CGdspmWAOy6CA\"}}}";
+
+static void test_cross_signed(void **state)
+{
+    cJSON *m = cJSON_Parse(XS_MASTER), *s = cJSON_Parse(XS_SSK);
+    cJSON *d = cJSON_Parse(XS_DEV), *d2 = cJSON_Parse(XS_DEV2);
+    cJSON *sigs;
+
+    (void)state;
+    assert_non_null(m);
+    assert_non_null(s);
+    assert_non_null(d);
+    assert_non_null(d2);
+    assert_int_equal(matrix_device_cross_signed(d, "@alice:hs", m, s), 1);
+    assert_int_equal(matrix_device_cross_signed(d2, "@alice:hs", m, s), 0);
+    assert_int_equal(matrix_device_cross_signed(d, "@bob:hs", m, s), 0);
+    assert_int_equal(matrix_device_cross_signed(d, "@alice:hs", NULL, s), 0);
+    assert_int_equal(matrix_device_cross_signed(d, "@alice:hs", m, NULL), 0);
+    /* Master and self-signing swapped: the usages do not fit. */
+    assert_int_equal(matrix_device_cross_signed(d, "@alice:hs", s, m), 0);
+    /* A self-signing key the master key did not sign. */
+    sigs = cJSON_DetachItemFromObjectCaseSensitive(s, "signatures");
+    assert_int_equal(matrix_device_cross_signed(d, "@alice:hs", m, s), 0);
+    cJSON_AddItemToObject(s, "signatures", sigs);
+    assert_int_equal(matrix_device_cross_signed(d, "@alice:hs", m, s), 1);
+    /* A device changed after it was signed. */
+    cJSON_ReplaceItemInObjectCaseSensitive(d, "device_id",
+                                           cJSON_CreateString("DEVX"));
+    assert_int_equal(matrix_device_cross_signed(d, "@alice:hs", m, s), 0);
+    cJSON_Delete(m);
+    cJSON_Delete(s);
+    cJSON_Delete(d);
+    cJSON_Delete(d2);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -704,6 +769,7 @@ int main(void)
         cmocka_unit_test(test_upload_body),
         cmocka_unit_test(test_sync_receive_pipeline),
         cmocka_unit_test(test_parse_hostile),
+        cmocka_unit_test(test_cross_signed),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);

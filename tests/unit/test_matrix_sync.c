@@ -359,6 +359,63 @@ static void test_key_counts(void **state)
     }
 }
 
+/* device_lists.changed and .left: valid user ids, both lists, nothing
+ * else; past MATRIX_DEVICE_LISTS_MAX, dl_all. */
+static void test_device_lists(void **state)
+{
+    const char *json = "{\"next_batch\":\"n\",\"device_lists\":"
+        "{\"changed\":[\"@a:hs\",\"not-a-user\",5,\"@b:hs\"],"
+        "\"left\":[\"@c:hs\"]}}";
+    struct matrix_batch b;
+    char err[128], *big;
+    size_t len = 0, cap = 64 + (MATRIX_DEVICE_LISTS_MAX + 5) * 16;
+
+    (void)state;
+    assert_int_equal(matrix_sync_parse(json, strlen(json), &me, &b, err,
+                                       sizeof(err)), PARLEY_OK);
+    assert_int_equal(b.n_dl_stale, 3);
+    assert_string_equal(b.dl_stale[0], "@a:hs");
+    assert_string_equal(b.dl_stale[1], "@b:hs");
+    assert_string_equal(b.dl_stale[2], "@c:hs");
+    assert_int_equal(b.dl_all, 0);
+    matrix_batch_free(&b);
+
+    big = malloc(cap);
+    assert_non_null(big);
+    len += (size_t)snprintf(big + len, cap - len,
+                            "{\"next_batch\":\"n\",\"device_lists\":"
+                            "{\"changed\":[");
+    for (int i = 0; i < MATRIX_DEVICE_LISTS_MAX + 5; i++)
+        len += (size_t)snprintf(big + len, cap - len, "%s\"@u%d:hs\"",
+                                i ? "," : "", i);
+    snprintf(big + len, cap - len, "]}}");
+    assert_int_equal(matrix_sync_parse(big, strlen(big), &me, &b, err,
+                                       sizeof(err)), PARLEY_OK);
+    assert_int_equal(b.n_dl_stale, MATRIX_DEVICE_LISTS_MAX);
+    assert_int_equal(b.dl_all, 1);
+    matrix_batch_free(&b);
+    free(big);
+}
+
+/* A kept undecryptable event appended to a batch for its retry. */
+static void test_add_cipher(void **state)
+{
+    struct matrix_batch b;
+
+    (void)state;
+    memset(&b, 0, sizeof(b));
+    assert_int_equal(matrix_batch_add_cipher(&b, "!r:hs", "$e", "@a:hs",
+                                             NULL, "{\"x\":1}"), PARLEY_OK);
+    assert_int_equal(matrix_batch_add_cipher(&b, "!r:hs", NULL, "@a:hs",
+                                             NULL, "{}"), PARLEY_ERR_OTHER);
+    assert_int_equal(b.n_items, 1);
+    assert_int_equal(b.items[0].kind, MATRIX_ITEM_CIPHERTEXT);
+    assert_string_equal(b.items[0].event_id, "$e");
+    assert_string_equal(b.items[0].cipher, "{\"x\":1}");
+    assert_null(b.items[0].sender_name);
+    matrix_batch_free(&b);
+}
+
 static void test_hostile(void **state)
 {
     static const char *bad[] = {
@@ -476,6 +533,8 @@ int main(void)
         cmocka_unit_test(test_invite),
         cmocka_unit_test(test_encryption_state),
         cmocka_unit_test(test_key_counts),
+        cmocka_unit_test(test_device_lists),
+        cmocka_unit_test(test_add_cipher),
         cmocka_unit_test(test_hostile),
         cmocka_unit_test(test_invalid_utf8_body),
         cmocka_unit_test(test_deep_nesting),

@@ -135,6 +135,46 @@ static void health_flips(void **state)
     assert_non_null(strstr(h, "matrix adapter @bot:hs is not connected"));
 }
 
+/* End-to-end encryption: counters, the UTD gauge, and the crypto store
+ * flag that makes /healthz unhealthy until a read works again. */
+static void e2ee_counts_and_store(void **state)
+{
+    char h[1024];
+
+    (void)state;
+    metrics_reset();
+    metrics_set_redis(1);
+    metrics_e2ee_decrypt_failed();
+    metrics_e2ee_decrypt_failed();
+    metrics_e2ee_key_request();
+    metrics_e2ee_olm_session(1);
+    metrics_e2ee_olm_session(0);
+    metrics_e2ee_olm_session(0);
+    metrics_e2ee_megolm_session(0);
+    metrics_e2ee_megolm_session(1);
+    metrics_e2ee_utd_pending(4);
+    metrics_render(buf, sizeof(buf));
+    assert_non_null(strstr(buf,
+                           "parley_matrix_e2ee_decrypt_failures_total 2\n"));
+    assert_non_null(strstr(buf, "parley_matrix_e2ee_key_requests_total 1\n"));
+    assert_non_null(strstr(buf, "parley_matrix_e2ee_olm_sessions_total"
+                           "{kind=\"new\"} 1\n"));
+    assert_non_null(strstr(buf, "parley_matrix_e2ee_olm_sessions_total"
+                           "{kind=\"reused\"} 2\n"));
+    assert_non_null(strstr(buf, "parley_matrix_e2ee_megolm_sessions_total"
+                           "{direction=\"inbound\"} 1\n"));
+    assert_non_null(strstr(buf, "parley_matrix_e2ee_utd 4\n"));
+    assert_non_null(strstr(buf, "parley_matrix_e2ee_store_ok 1\n"));
+    assert_int_equal(metrics_health(h, sizeof(h)), 1);
+    metrics_e2ee_store(0);
+    metrics_render(buf, sizeof(buf));
+    assert_non_null(strstr(buf, "parley_matrix_e2ee_store_ok 0\n"));
+    assert_int_equal(metrics_health(h, sizeof(h)), 0);
+    assert_non_null(strstr(h, "the Matrix crypto store cannot be read"));
+    metrics_e2ee_store(1);
+    assert_int_equal(metrics_health(h, sizeof(h)), 1);
+}
+
 /* One HTTP/1.0 GET; returns the status code, body into out. */
 static int http_get(int port, const char *path, char *out, size_t len)
 {
@@ -201,6 +241,7 @@ int main(void)
         cmocka_unit_test(render_counts_and_format),
         cmocka_unit_test(render_truncates_on_a_line),
         cmocka_unit_test(health_flips),
+        cmocka_unit_test(e2ee_counts_and_store),
         cmocka_unit_test(serve_over_http),
     };
 

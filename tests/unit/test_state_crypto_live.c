@@ -400,6 +400,145 @@ static void test_devices(void **state)
     assert_int_equal(c.n, 0);
 }
 
+/* values with holes: "<nil>" where the reply had none. */
+static void values_fn(int status, const char *const *items, size_t n,
+                      void *privdata)
+{
+    struct cap *c = privdata;
+
+    c->calls++;
+    c->status = status;
+    c->n = n;
+    for (size_t i = 0; i < n && i < 8; i++)
+        snprintf(c->values[i], sizeof(c->values[i]), "%s",
+                 items[i] ? items[i] : "<nil>");
+}
+
+/* Undecryptable events: the first record stays, one load lists them,
+ * a delete forgets one. */
+static void test_utd(void **state)
+{
+    struct live *L = *state;
+    struct cap c;
+
+    RUN(L, &c, state_crypto_utd_load(L->st, ACCT, pairs_fn, &c));
+    assert_int_equal(c.n, 0);
+    RUN(L, &c, state_crypto_utd_add(L->st, ACCT, "$e1", "{\"t\":1}",
+                                    claim_fn, &c));
+    assert_int_equal(c.status, PARLEY_OK);
+    assert_int_equal(c.fresh, 1);
+    RUN(L, &c, state_crypto_utd_add(L->st, ACCT, "$e1", "{\"t\":2}",
+                                    claim_fn, &c));
+    assert_int_equal(c.status, PARLEY_OK);
+    assert_int_equal(c.fresh, 0);
+    RUN(L, &c, state_crypto_utd_add(L->st, ACCT, "$e2", "{\"t\":3}",
+                                    claim_fn, &c));
+    assert_int_equal(c.fresh, 1);
+    RUN(L, &c, state_crypto_utd_load(L->st, ACCT, pairs_fn, &c));
+    assert_int_equal(c.n, 2);
+    for (size_t i = 0; i < 2; i++)
+        if (!strcmp(c.names[i], "$e1"))
+            assert_string_equal(c.values[i], "{\"t\":1}");
+    RUN(L, &c, state_crypto_utd_del(L->st, ACCT, "$e1", done_fn, &c));
+    assert_int_equal(c.status, PARLEY_OK);
+    RUN(L, &c, state_crypto_utd_load(L->st, ACCT, pairs_fn, &c));
+    assert_int_equal(c.n, 1);
+    assert_string_equal(c.names[0], "$e2");
+}
+
+/* The cap: past STATE_UTD_MAX records nothing more is kept. */
+static void test_utd_cap(void **state)
+{
+    struct live *L = *state;
+    char id[32];
+    struct cap c;
+
+    for (int i = 0; i < STATE_UTD_MAX; i++) {
+        snprintf(id, sizeof(id), "$e%d", i);
+        assert_int_equal(state_crypto_utd_add(L->st, ACCT, id, "{}",
+                                              claim_fn, &c), PARLEY_OK);
+    }
+    memset(&c, 0, sizeof(c));
+    c.calls = 1 - STATE_UTD_MAX;        /* wait for all of them */
+    assert_true(wait_calls(L, &c, 10000));
+    RUN(L, &c, state_crypto_utd_add(L->st, ACCT, "$one-more", "{}",
+                                    claim_fn, &c));
+    assert_int_equal(c.status, PARLEY_ERR_TOO_LARGE);
+    /* One already kept is still found (not an error). */
+    RUN(L, &c, state_crypto_utd_add(L->st, ACCT, "$e7", "{}", claim_fn,
+                                    &c));
+    assert_int_equal(c.status, PARLEY_OK);
+    assert_int_equal(c.fresh, 0);
+}
+
+/* Device lists: missing users are holes; stale forgets some or all. */
+static void test_devlists(void **state)
+{
+    struct live *L = *state;
+    const char *users[] = { "@a:hs", "@b:hs", "@c:hs" };
+    struct cap c;
+
+    RUN(L, &c, state_crypto_devlists_save(L->st, ACCT, "@a:hs", "{\"A\":1}",
+                                          done_fn, &c));
+    RUN(L, &c, state_crypto_devlists_save(L->st, ACCT, "@c:hs", "{\"C\":1}",
+                                          done_fn, &c));
+    RUN(L, &c, state_crypto_devlists_load(L->st, ACCT, users, 3, values_fn,
+                                          &c));
+    assert_int_equal(c.status, PARLEY_OK);
+    assert_int_equal(c.n, 3);
+    assert_string_equal(c.values[0], "{\"A\":1}");
+    assert_string_equal(c.values[1], "<nil>");
+    assert_string_equal(c.values[2], "{\"C\":1}");
+    RUN(L, &c, state_crypto_devlists_stale(L->st, ACCT, users, 1, done_fn,
+                                           &c));
+    RUN(L, &c, state_crypto_devlists_load(L->st, ACCT, users, 3, values_fn,
+                                          &c));
+    assert_string_equal(c.values[0], "<nil>");
+    assert_string_equal(c.values[2], "{\"C\":1}");
+    RUN(L, &c, state_crypto_devlists_stale(L->st, ACCT, NULL, 0, done_fn,
+                                           &c));
+    RUN(L, &c, state_crypto_devlists_load(L->st, ACCT, users, 3, values_fn,
+                                          &c));
+    assert_string_equal(c.values[2], "<nil>");
+}
+
+/* The Olm session to send with: none, then the one save_out named; a
+ * wedged device has none again (its sessions stay, to read its
+ * messages). */
+static void test_olm_out(void **state)
+{
+    struct live *L = *state;
+    const char *curves[] = { "CURVE1", "CURVE2" };
+    struct cap c;
+
+    RUN(L, &c, state_crypto_olm_out_load(L->st, ACCT, curves, 2, values_fn,
+                                         &c));
+    assert_int_equal(c.n, 2);
+    assert_string_equal(c.values[0], "<nil>");
+    RUN(L, &c, state_crypto_olm_save(L->st, ACCT, "CURVE1", "old", "p-old",
+                                     NULL, done_fn, &c));
+    RUN(L, &c, state_crypto_olm_save_out(L->st, ACCT, "CURVE1", "sid", "p1",
+                                         done_fn, &c));
+    assert_int_equal(c.status, PARLEY_OK);
+    RUN(L, &c, state_crypto_olm_out_load(L->st, ACCT, curves, 2, values_fn,
+                                         &c));
+    assert_string_equal(c.values[0], "p1");
+    assert_string_equal(c.values[1], "<nil>");
+    /* The ratchet moved: the same session saved again stays _out. */
+    RUN(L, &c, state_crypto_olm_save(L->st, ACCT, "CURVE1", "sid", "p2",
+                                     NULL, done_fn, &c));
+    RUN(L, &c, state_crypto_olm_out_load(L->st, ACCT, curves, 1, values_fn,
+                                         &c));
+    assert_string_equal(c.values[0], "p2");
+    assert_int_equal(state_crypto_olm_wedged(L->st, ACCT, "CURVE1"),
+                     PARLEY_OK);
+    RUN(L, &c, state_crypto_olm_out_load(L->st, ACCT, curves, 1, values_fn,
+                                         &c));
+    assert_string_equal(c.values[0], "<nil>");
+    RUN(L, &c, state_crypto_olm_load(L->st, ACCT, "CURVE1", pairs_fn, &c));
+    assert_int_equal(c.n, 2);           /* old and sid: _out is gone */
+}
+
 static void test_wrong_type_and_down(void **state)
 {
     struct live *L = *state;
@@ -448,6 +587,10 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_olm_sessions, setup, teardown),
         cmocka_unit_test_setup_teardown(test_megolm, setup, teardown),
         cmocka_unit_test_setup_teardown(test_devices, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_utd, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_utd_cap, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_devlists, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_olm_out, setup, teardown),
         cmocka_unit_test_setup_teardown(test_wrong_type_and_down, setup,
                                         teardown),
     };
