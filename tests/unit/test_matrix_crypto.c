@@ -697,33 +697,32 @@ static void test_parse_hostile(void **state)
  * master key, a self-signing key it signed, a device the self-signing key
  * signed (DEV) and one it did not (DEV2). */
 static const char XS_MASTER[] =
-    "{\"user_id\":\"@alice:hs\",\"usage\":[\"master\"],\"keys\":{\"ed25519:eM7Vy"
-    "h7yMpJfp7YMG3KYNV2UN3u3YfEeRbzplFJM/UI\":\"eM7Vyh7yMpJfp7YMG3KYNV2"
-    "UN3u3YfEeRbzplFJM/UI\"}}";
+    "{\"user_id\":\"@alice:hs\",\"usage\":[\"master\"],\"keys\":{\"ed25519:"
+    "eM7Vyh7yMpJfp7YMG3KYNV2UN3u3YfEeRbzplFJM/UI\":\"eM7Vyh7yMpJfp7YMG3KYNV"
+    "2UN3u3YfEeRbzplFJM/UI\"}}";
 static const char XS_SSK[] =
-    "{\"user_id\":\"@alice:hs\",\"usage\":[\"self_signing\"],\"keys\":{\"ed25519"
-    ":zxArzeTy6LTV7rBnftVtd/NdntwCiek1DCJIYe7qiWQ\":\"zxArzeTy6LTV7rBnf"
-    "tVtd/NdntwCiek1DCJIYe7qiWQ\"},\"signatures\":{\"@alice:hs\":{\"ed25519"
-    ":eM7Vyh7yMpJfp7YMG3KYNV2UN3u3YfEeRbzplFJM/UI\":\"b6qslQJf6MI0vYSBU"
-    "1ya2iIZr3TPK6qiJVpo2OhCC/7P8iN3XGWiG5W3gJgWHggwnIzTId3PX996ZQ4R/"
-    "ehBBg\"}}}";
+    "{\"user_id\":\"@alice:hs\",\"usage\":[\"self_signing\"],\"keys\":{\"ed"
+    "25519:zxArzeTy6LTV7rBnftVtd/NdntwCiek1DCJIYe7qiWQ\":\"zxArzeTy6LTV7rBn"
+    "ftVtd/NdntwCiek1DCJIYe7qiWQ\"},\"signatures\":{\"@alice:hs\":{\"ed2551"
+    "9:eM7Vyh7yMpJfp7YMG3KYNV2UN3u3YfEeRbzplFJM/UI\":\"b6qslQJf6MI0vYSBU1ya"
+    "2iIZr3TPK6qiJVpo2OhCC/7P8iN3XGWiG5W3gJgWHggwnIzTId3PX996ZQ4R/ehBBg\"}}"
+    "}";
 static const char XS_DEV[] =
-    "{\"user_id\":\"@alice:hs\",\"device_id\":\"DEV\",\"algorithms\":[\"m.olm.v1"
-    ".curve25519-aes-sha2\",\"m.megolm.v1.aes-sha2\"],\"keys\":{\"curve2551"
-    "9:DEV\":\"vUGlzf8XolNAy2tyDdh5hDhD/T9odDMbLDwAiBqV8Xk\",\"ed25519:DE"
-    "V\":\"lb+Cwlzxt2DQVsyURXiiOA2HJRmxRJQ6qfM+XNndc+Y\"},\"signatures\":{"
-    "\"@alice:hs\":{\"ed25519:DEV\":\"XqUSu2KjiBfCahmAkcNlnqLaSRtnX5Qi3o3W"
-    "xiMJ13uZsXSvmrTOqiW5VNJh07RnTxq1BqX1sHm6EEt/ynrUAQ\",\"ed25519:zxA"
-    "rzeTy6LTV7rBnftVtd/NdntwCiek1DCJIYe7qiWQ\":\"AQbb4YOmrnLp6c2DKTDgf"
-    "YxtkRTSC5A6tjFIs41rCWqIqrPB5FS97kUxaqQpRO7YmFLO5740PT1ukpiVDGOmC"
-    "w\"}}}";
+    "{\"user_id\":\"@alice:hs\",\"device_id\":\"DEV\",\"algorithms\":[\"m.o"
+    "lm.v1.curve25519-aes-sha2\",\"m.megolm.v1.aes-sha2\"],\"keys\":{\"curv"
+    "e25519:DEV\":\"vUGlzf8XolNAy2tyDdh5hDhD/T9odDMbLDwAiBqV8Xk\",\"ed25519"
+    ":DEV\":\"lb+Cwlzxt2DQVsyURXiiOA2HJRmxRJQ6qfM+XNndc+Y\"},\"signatures\""
+    ":{\"@alice:hs\":{\"ed25519:DEV\":\"XqUSu2KjiBfCahmAkcNlnqLaSRtnX5Qi3o3"
+    "WxiMJ13uZsXSvmrTOqiW5VNJh07RnTxq1BqX1sHm6EEt/ynrUAQ\",\"ed25519:zxArze"
+    "Ty6LTV7rBnftVtd/NdntwCiek1DCJIYe7qiWQ\":\"AQbb4YOmrnLp6c2DKTDgfYxtkRTS"
+    "C5A6tjFIs41rCWqIqrPB5FS97kUxaqQpRO7YmFLO5740PT1ukpiVDGOmCw\"}}}";
 static const char XS_DEV2[] =
-    "{\"user_id\":\"@alice:hs\",\"device_id\":\"DEV2\",\"algorithms\":[\"m.olm.v"
-    "1.curve25519-aes-sha2\",\"m.megolm.v1.aes-sha2\"],\"keys\":{\"curve255"
-    "19:DEV2\":\"D/zmdQjbALRaaOWvWt5qA+z93CCqflJADM0gmiG7pAo\",\"ed25519:"
-    "DEV2\":\"Ivw78SDIP2JJEv15TWT4NpQe43xNtr6+f+cp0SV54sY\"},\"signatures"
-    "\":{\"@alice:hs\":{\"ed25519:DEV2\":\"m80SI//jPXfP25sU9w5vLj6Tx9/LATe7"
-    "kK4QOvtMF3Pk3ndc1knIWKC/2lOvIvQm/vHV35xV5CGdspmWAOy6CA\"}}}";
+    "{\"user_id\":\"@alice:hs\",\"device_id\":\"DEV2\",\"algorithms\":[\"m."
+    "olm.v1.curve25519-aes-sha2\",\"m.megolm.v1.aes-sha2\"],\"keys\":{\"cur"
+    "ve25519:DEV2\":\"D/zmdQjbALRaaOWvWt5qA+z93CCqflJADM0gmiG7pAo\",\"ed255"
+    "19:DEV2\":\"Ivw78SDIP2JJEv15TWT4NpQe43xNtr6+f+cp0SV54sY\"},\"signature"
+    "s\":{\"@alice:hs\":{\"ed25519:DEV2\":\"m80SI//jPXfP25sU9w5vLj6Tx9/LATe"
+    "7kK4QOvtMF3Pk3ndc1knIWKC/2lOvIvQm/vHV35xV5CGdspmWAOy6CA\"}}}";
 
 static void test_cross_signed(void **state)
 {
