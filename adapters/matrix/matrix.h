@@ -447,6 +447,8 @@ struct matrix_config {
     int timeline_limit;         /* filter timeline limit, default 100 */
     int utd_timeout_ms;         /* wait for a missing room key before
                                    saying so in the room, default 60000 */
+    int share_verified;         /* share_with = "verified": room keys only
+                                   for cross-signed devices; 0 = "all" */
 };
 
 /*

@@ -341,7 +341,8 @@ static int matrix_start(struct adapter *ad)
     }
     {
         struct matrix_e2ee_host host = { m, e2ee_http, m->store,
-                                         m->mc.account };
+                                         m->mc.account,
+                                         m->mc.share_verified };
 
         if (matrix_e2ee_new(&host, m->mc.crypto_key_env, &m->e2ee, err,
                             sizeof(err)) != PARLEY_OK)

@@ -29,7 +29,7 @@ static const char *const known_keys[] = {
     "reject_other_invites", "thread_context",
     "sync_timeout_ms", "backoff_base_ms", "backoff_max_ms",
     "timeline_limit", "leave_empty_rooms", "crypto_key_env",
-    "utd_timeout_ms"
+    "utd_timeout_ms", "share_with"
 };
 
 struct cfg_ctx {
@@ -269,6 +269,20 @@ int matrix_config_parse(struct matrix_config *mc, void *setting, char *err,
     get_int(&c, "backoff_max_ms", &mc->backoff_max_ms, 1, 3600000);
     get_int(&c, "timeline_limit", &mc->timeline_limit, 1, 1000);
     get_int(&c, "utd_timeout_ms", &mc->utd_timeout_ms, 1000, 86400000);
+    {
+        char *share = NULL;
+
+        if (!get_string(&c, "share_with", &share))
+            return PARLEY_ERR_OOM;
+        if (share && strcmp(share, "verified") == 0)
+            mc->share_verified = 1;
+        else if (share && strcmp(share, "all") != 0)
+            cfg_err(&c, config_setting_get_member(c.block, "share_with"),
+                    "share_with", "must be \"all\" (every device of the "
+                    "room's members gets the room key) or \"verified\" "
+                    "(only devices their owner verified by cross-signing)");
+        free(share);
+    }
 
     if (!mc->homeserver) {
         cfg_err(&c, NULL, "homeserver", "missing (e.g. "

@@ -47,6 +47,8 @@ struct matrix_e2ee_host {
     matrix_e2ee_http_fn *http;
     struct store *store;
     const char *account;        /* crypto:<account>:... (borrowed) */
+    int share_verified;         /* room keys only for devices their owner
+                                   cross-signed (share_with = "verified") */
 };
 
 /*

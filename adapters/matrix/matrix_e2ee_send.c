@@ -61,6 +61,7 @@ struct e2ee_enc {
     cJSON *rk;                      /* the m.room_key content (wiped) */
     size_t n_sent;                  /* devices in body */
     unsigned long dl_serial;        /* e->dl_serial when queried */
+    size_t n_unverified;            /* devices left out (share_with) */
     char *result;                   /* the m.room.encrypted content */
     matrix_e2ee_cipher_fn *fn;
     void *priv;
@@ -306,8 +307,10 @@ static void enc_send_body(struct e2ee_enc *x)
              (unsigned long long)random_u64(),
              (unsigned long long)random_u64());
     snprintf(path, sizeof(path), "/sendToDevice/m.room.encrypted/%s", txn);
-    log_info("matrix %s: sharing a room key for %s with %zu device(s)",
-             x->e->account_name, x->room_id, x->n_sent);
+    log_info("matrix %s: sharing a room key for %s with %zu device(s)%s",
+             x->e->account_name, x->room_id, x->n_sent,
+             x->n_unverified ? " (devices not verified by their owner left "
+             "out: share_with = \"verified\")" : "");
     result = enc_http(x, "PUT", path, x->body, enc_sent);
     if (result)
         enc_finish(x, result);
@@ -411,10 +414,8 @@ static void enc_olm_loaded(int status, const char *const *values, size_t n,
     struct e2ee_enc *x = priv;
     struct matrix_e2ee *e = x->e;
     size_t i, v = 0;
-    int result = status;
+    int result = e->stopped ? PARLEY_ERR_STATE : status;
 
-    if (e->stopped)
-        return;
     for (i = 0; !result && i < x->n_dev; i++) {
         struct e2ee_device *dv = &x->dev[i];
         struct matrix_olm *s = NULL;
@@ -539,12 +540,20 @@ static void enc_shared_loaded(int status, const char *const *items,
         enc_share(x);
 }
 
-/* A user's devices (the object /keys/query gives for them), each with a
- * valid self-signature; everyone's but our own device. */
+/*
+ * A user's devices from their bundle ({"devices": what /keys/query gave
+ * for them, "master", "self_signing": their cross-signing keys}), each
+ * with a valid self-signature; everyone's but our own device.  With
+ * share_with = "verified", only devices their owner cross-signed.
+ */
 static int enc_add_user(struct e2ee_enc *x, const char *user,
-                        const cJSON *devs)
+                        const cJSON *bundle)
 {
     struct matrix_e2ee *e = x->e;
+    const cJSON *devs = cJSON_GetObjectItemCaseSensitive(bundle, "devices");
+    const cJSON *mk = cJSON_GetObjectItemCaseSensitive(bundle, "master");
+    const cJSON *sk = cJSON_GetObjectItemCaseSensitive(bundle,
+                                                       "self_signing");
     char name[MATRIX_ID_MAX + 32];
     const cJSON *d;
 
@@ -568,6 +577,11 @@ static int enc_add_user(struct e2ee_enc *x, const char *user,
         if (!cJSON_IsString(cv) || !cJSON_IsString(ed) ||
             !matrix_verify_json(d, user, d->string, ed->valuestring))
             continue;
+        if (e->host.share_verified &&
+            !matrix_device_cross_signed(d, user, mk, sk)) {
+            x->n_unverified++;
+            continue;
+        }
         if (x->n_dev >= E2EE_DEVICES_MAX)
             return PARLEY_ERR_TOO_LARGE;
         dv = &x->dev[x->n_dev++];
@@ -610,18 +624,35 @@ static void enc_queried(const struct http_response *resp, void *priv)
     j = cJSON_ParseWithLength(resp->body, resp->body_len);
     dk = cJSON_GetObjectItemCaseSensitive(j, "device_keys");
     cJSON_ArrayForEach(u, dk) {
-        char *list;
+        cJSON *bundle = cJSON_CreateObject();
+        const cJSON *mk, *sk;
+        char *list = NULL;
 
-        if (!result && u->string && cJSON_IsObject(u))
-            result = enc_add_user(x, u->string, u);
-        if (result || !u->string || !cJSON_IsObject(u) ||
-            x->dl_serial != e->dl_serial)
+        if (!u->string || !cJSON_IsObject(u) || !bundle) {
+            cJSON_Delete(bundle);
             continue;
-        list = cJSON_PrintUnformatted(u);
+        }
+        mk = cJSON_GetObjectItemCaseSensitive(
+                 cJSON_GetObjectItemCaseSensitive(j, "master_keys"),
+                 u->string);
+        sk = cJSON_GetObjectItemCaseSensitive(
+                 cJSON_GetObjectItemCaseSensitive(j, "self_signing_keys"),
+                 u->string);
+        cJSON_AddItemToObject(bundle, "devices", cJSON_Duplicate(u, 1));
+        if (mk)
+            cJSON_AddItemToObject(bundle, "master", cJSON_Duplicate(mk, 1));
+        if (sk)
+            cJSON_AddItemToObject(bundle, "self_signing",
+                                  cJSON_Duplicate(sk, 1));
+        if (!result)
+            result = enc_add_user(x, u->string, bundle);
+        if (!result && x->dl_serial == e->dl_serial)
+            list = cJSON_PrintUnformatted(bundle);
         if (list)
             state_crypto_devlists_save(e->host.store, e->account_name,
                                        u->string, list, NULL, NULL);
         free(list);
+        cJSON_Delete(bundle);
     }
     cJSON_Delete(j);
     if (result)
@@ -638,24 +669,23 @@ static void enc_lists_loaded(int status, const char *const *values,
     struct matrix_e2ee *e = x->e;
     cJSON *body, *dk;
     size_t i, ask = 0;
-    int result = status;
+    int result = e->stopped ? PARLEY_ERR_STATE : status;
 
-    if (e->stopped)
-        return;
     body = cJSON_CreateObject();
     dk = body ? cJSON_AddObjectToObject(body, "device_keys") : NULL;
     if (!result && !dk)
         result = PARLEY_ERR_OOM;
     for (i = 0; !result && i < x->n_members; i++) {
-        cJSON *devs = i < n && values[i] ? cJSON_Parse(values[i]) : NULL;
+        cJSON *bundle = i < n && values[i] ? cJSON_Parse(values[i]) :
+                                               NULL;
 
-        if (cJSON_IsObject(devs)) {
-            result = enc_add_user(x, x->members[i], devs);
+        if (cJSON_IsObject(bundle)) {
+            result = enc_add_user(x, x->members[i], bundle);
         } else {
             cJSON_AddItemToObject(dk, x->members[i], cJSON_CreateArray());
             ask++;
         }
-        cJSON_Delete(devs);
+        cJSON_Delete(bundle);
     }
     if (!result && ask) {
         x->dl_serial = e->dl_serial;

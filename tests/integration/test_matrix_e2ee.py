@@ -27,7 +27,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import (Parley, Redis, Stub, Test, require_parley, run_cases,
                      skip, stop, wait_until, write_config)
-from matrix_hs import Homeserver, q, require_homeserver
+from matrix_hs import Client, Homeserver, q, require_homeserver
 
 try:
     import olm
@@ -633,6 +633,104 @@ def test_utd_timeout_told_once():
         assert not asked_model(s, "question nobody can read")
 
 
+class OlmDevice:
+    """One device of a person made with python3-olm: its signed device
+    keys and signed one-time keys uploaded over its own login."""
+
+    def __init__(self, user_id, password):
+        _, j = Client(HS.url, "", user_id).call(
+            "POST", "/login", {"type": "m.login.password",
+                               "identifier": {"type": "m.id.user",
+                                              "user": user_id},
+                               "password": password}, auth=False)
+        self.c = Client(HS.url, j["access_token"], user_id)
+        self.device = j["device_id"]
+        self.user = user_id
+        self.acct = olm.Account()
+        keys = self.acct.identity_keys
+        self.dk = {"user_id": user_id, "device_id": self.device,
+                   "algorithms": ["m.olm.v1.curve25519-aes-sha2",
+                                  "m.megolm.v1.aes-sha2"],
+                   "keys": {"curve25519:" + self.device: keys["curve25519"],
+                            "ed25519:" + self.device: keys["ed25519"]}}
+        self.dk["signatures"] = {user_id: {
+            "ed25519:" + self.device: self.acct.sign(canonical(self.dk))}}
+        self.acct.generate_one_time_keys(5)
+        otks = {}
+        for kid, k in self.acct.one_time_keys["curve25519"].items():
+            o = {"key": k}
+            o["signatures"] = {user_id: {
+                "ed25519:" + self.device: self.acct.sign(canonical(o))}}
+            otks["signed_curve25519:" + kid] = o
+        self.c.call("POST", "/keys/upload", {"device_keys": self.dk,
+                                             "one_time_keys": otks})
+        self.since = None
+
+    def to_device_from(self, sender):
+        path = "/sync?timeout=0" + ("&since=" + q(self.since)
+                                    if self.since else "")
+        _, j = self.c.call("GET", path)
+        self.since = j.get("next_batch", self.since)
+        return [e for e in j.get("to_device", {}).get("events", [])
+                if e.get("sender") == sender
+                and e.get("type") == "m.room.encrypted"]
+
+
+def cross_sign(dev, password):
+    """The person's master and self-signing keys (UIA with the password),
+    and dev signed by the self-signing key: dev is verified by its
+    owner."""
+    master = olm.PkSigning(olm.PkSigning.generate_seed())
+    ssk = olm.PkSigning(olm.PkSigning.generate_seed())
+    u = dev.user
+    mk = {"user_id": u, "usage": ["master"],
+          "keys": {"ed25519:" + master.public_key: master.public_key}}
+    sk = {"user_id": u, "usage": ["self_signing"],
+          "keys": {"ed25519:" + ssk.public_key: ssk.public_key}}
+    sk["signatures"] = {u: {"ed25519:" + master.public_key:
+                            master.sign(canonical(sk))}}
+    body = {"master_key": mk, "self_signing_key": sk}
+    code, j = dev.c.call("POST", "/keys/device_signing/upload", body,
+                         ok=(200, 401))
+    if code == 401:
+        body["auth"] = {"type": "m.login.password", "session":
+                        j.get("session"), "password": password,
+                        "identifier": {"type": "m.id.user", "user": u}}
+        dev.c.call("POST", "/keys/device_signing/upload", body)
+    signed = dict(dev.dk)
+    sig = ssk.sign(canonical(signed))
+    signed["signatures"] = {u: {"ed25519:" + ssk.public_key: sig}}
+    dev.c.call("POST", "/keys/signatures/upload",
+               {u: {dev.device: signed}})
+
+
+def test_share_with_verified():
+    """share_with = "verified": the bot's room key goes to the person's
+    cross-signed device only, not to their unverified one."""
+    with Test() as t:
+        s = Setup(t, more='share_with = "verified";')
+        p = s.start()
+        wait_until(lambda: "end-to-end encryption on" in p.stderr(), 20,
+                   "keys uploaded; stderr=%s" % s.err())
+        good = OlmDevice(s.alice.user_id, "pw-alice")
+        bad = OlmDevice(s.alice.user_id, "pw-alice")
+        cross_sign(good, "pw-alice")
+        good.to_device_from(s.bot)
+        bad.to_device_from(s.bot)
+        # The bot greets the encrypted room: that shares its room key.
+        room = s.encrypted_room()
+        wait_until(lambda: "sharing a room key for %s" % room in s.err(),
+                   30, "a share; stderr=%s" % s.err())
+        got = []
+        wait_until(lambda: got.extend(good.to_device_from(s.bot)) or got,
+                   20, "the room key at the verified device")
+        assert good.acct.identity_keys["curve25519"] in \
+            got[0]["content"]["ciphertext"]
+        time.sleep(2)
+        assert bad.to_device_from(s.bot) == []
+        assert "devices not verified by their owner left out" in s.err()
+
+
 def test_without_key():
     with Test() as t:
         s = Setup(t, with_key=False)
@@ -663,6 +761,7 @@ def main():
         cases = [test_device_keys_and_restart, test_encrypted_dm_with_nio,
                  test_utd_key_request_then_answer, test_utd_timeout_told_once,
                  test_second_device_gets_answers, test_join_leave_rotation,
+                 test_share_with_verified,
                  test_without_key]
         only = os.environ.get("MATRIX_CASES")
         if only:

@@ -784,6 +784,32 @@ static void test_config(void **state)
     assert_non_null(strstr(err, ":4: adapters.[0].crypto_key_env:"));
     assert_null(strstr(err, "s3cret"));
     matrix_config_free(&mc);
+
+    /* share_with and utd_timeout_ms: defaults, values, clear errors. */
+    assert_int_equal(parse_cfg("adapters = ({ type = \"matrix\";\n"
+        "homeserver = \"https://m\"; user_id = \"@p:m\";\n"
+        "password_env = \"PW\"; });\n", &mc, err, sizeof(err)),
+        PARLEY_OK);
+    assert_int_equal(mc.share_verified, 0);
+    assert_int_equal(mc.utd_timeout_ms, 60000);
+    matrix_config_free(&mc);
+    assert_int_equal(parse_cfg("adapters = ({ type = \"matrix\";\n"
+        "homeserver = \"https://m\"; user_id = \"@p:m\";\n"
+        "password_env = \"PW\"; share_with = \"verified\";\n"
+        "utd_timeout_ms = 5000; });\n", &mc, err, sizeof(err)),
+        PARLEY_OK);
+    assert_int_equal(mc.share_verified, 1);
+    assert_int_equal(mc.utd_timeout_ms, 5000);
+    matrix_config_free(&mc);
+    assert_int_equal(parse_cfg("adapters = ({ type = \"matrix\";\n"
+        "homeserver = \"https://m\"; user_id = \"@p:m\";\n"
+        "password_env = \"PW\";\nshare_with = \"friends\";\n"
+        "utd_timeout_ms = 10; });\n", &mc, err, sizeof(err)),
+        PARLEY_ERR_CONFIG);
+    assert_non_null(strstr(err, ":4: adapters.[0].share_with: must be "
+                           "\"all\""));
+    assert_non_null(strstr(err, ":5: adapters.[0].utd_timeout_ms:"));
+    matrix_config_free(&mc);
 }
 
 int main(void)
