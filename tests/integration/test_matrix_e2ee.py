@@ -455,6 +455,14 @@ async def nio_join_leave(s, tmp):
         store = c.olm.inbound_group_store
         assert store.get(room, *s2) is not None, s2
         assert store.get(room, *s3) is None, s3
+        # Alice's device got two room keys (the first session, then the
+        # rotated one) over one Olm session of the bot's, reused: the
+        # hash holds it, nio's own session to the bot, and _out.
+        curve = a.olm.account.identity_keys["curve25519"]
+        (okey,) = s.redis.cmd("KEYS", "*crypto*:olm:" + curve)
+        fields = [f.decode() if isinstance(f, bytes) else f
+                  for f in s.redis.cmd("HKEYS", okey)]
+        assert "_out" in fields and len(fields) == 3, fields
         return room
     finally:
         await a.close()
