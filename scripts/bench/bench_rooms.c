@@ -167,6 +167,16 @@ int main(int argc, char **argv)
         else
             bad = 1;
     }
+    if (h2) {
+        const char *why = NULL;
+
+        /* Say so instead of measuring HTTP/1.1 under an HTTP/2 label. */
+        if (!loop_http_h2c_usable(&why)) {
+            fprintf(stderr, "bench_rooms: http2_prior_knowledge ignored: "
+                    "%s\n", why);
+            return 69;
+        }
+    }
     if (bad) {
         fprintf(stderr, "usage: bench_rooms REDIS_PORT STUB_PORT MESSAGES "
                 "ROOMS MAX_CONCURRENT [direct] [h2]\n");
