@@ -663,6 +663,9 @@ plot %s
         self.throughput()
         self.concurrency()
         self.stand_alone()
+        self.notes.append("Matrix: not measured yet (../shared/synapse "
+                          "is not wired into this harness; its /sync "
+                          "long-poll would be part of every figure).")
         self.notes.append("load average %s at the end (other work on the "
                           "machine shares its cores)" % loadavg())
         if self.a.plot:
