@@ -381,26 +381,30 @@ adapters = ( %s );
             series.append((label, data))
         plots = []
         for i, (label, data) in enumerate(series):
-            plots.append("'%s' using 1:2 axes x1y1 with linespoints lt %d "
-                         "pt 7 title 'CPU ms per answer, %s'"
+            plots.append("'%s' using 1:2 axes x1y1 with linespoints lw 2 "
+                         "lc %d pt 7 ps 1.2 title 'CPU ms per answer, %s'"
                          % (data, i + 1, label))
-            plots.append("'%s' using 1:3 axes x1y2 with linespoints lt %d "
-                         "dt 2 pt 5 title 'peak RSS MB, %s'"
+            plots.append("'%s' using 1:3 axes x1y2 with linespoints lw 2 "
+                         "lc %d pt 4 ps 1.2 title 'peak RSS MB, %s'"
                          % (data, i + 1, label))
-        script = """set terminal svg size 800,480 dynamic font 'sans,11'
+        term = ("svg size 800,520 font 'sans,11' background '#ffffff'"
+                if path.endswith(".svg") else
+                "pngcairo size 800,520 font 'sans,10'")
+        script = """set terminal %s
 set output '%s'
 set title 'parley: cost per answer and memory against rooms in flight (model 2 s)'
 set xlabel 'rooms asking at once'
-set ylabel 'CPU ms per answer'
-set y2label 'peak RSS (MB)'
+set ylabel 'CPU ms per answer (circles)'
+set y2label 'peak RSS, MB (squares)'
 set ytics nomirror
 set y2tics
 set yrange [0:*]
 set y2range [0:*]
-set key top left
+set xrange [0:*]
+set key below horizontal maxrows 2
 set grid
 plot %s
-""" % (os.path.abspath(path), ", ".join(plots))
+""" % (term, os.path.abspath(path), ", ".join(plots))
         sf = os.path.join(self.tmp, "plot.gp")
         with open(sf, "w") as f:
             f.write(script)
@@ -693,7 +697,8 @@ def main():
     p.add_argument("--build", required=True)
     p.add_argument("--smoke", action="store_true")
     p.add_argument("--long", action="store_true")
-    p.add_argument("--plot", help="write the gnuplot chart (SVG) here")
+    p.add_argument("--plot", help="write the gnuplot chart here (.png, "
+                   "or .svg)")
     a = p.parse_args()
     a.pace_ms = 12
     if a.smoke:

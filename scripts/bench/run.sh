@@ -11,7 +11,7 @@
 #   scripts/bench/run.sh --smoke    seconds, tiny numbers: checks that the
 #                                   table is produced (ctest runs it)
 #
-# The default and --long runs also draw docs/performance.svg with gnuplot
+# The default and --long runs also draw docs/performance.png with gnuplot
 # (cost per answer and peak RSS against rooms in flight; BENCH_PLOT=FILE
 # draws it elsewhere).  PARLEY_BENCH_CURL_LIB=DIR: see bench.py (HTTP/2).
 #
@@ -21,7 +21,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 mode=()
 limit=900
-plot=(--plot "${BENCH_PLOT:-docs/performance.svg}")
+plot=(--plot "${BENCH_PLOT:-docs/performance.png}")
 case "${1:-}" in
     --smoke) mode=(--smoke); limit=240; plot=() ;;
     --long) mode=(--long); limit=1200 ;;
