@@ -62,7 +62,7 @@ BENCH_PKGS=(
 )
 
 usage() {
-    echo "usage: $0 [--test] [--bench]" >    echo "usage: $0 [--test]" >&22
+    echo "usage: $0 [--test] [--bench]" >&2
     exit 64
 }
 
