@@ -26,6 +26,7 @@ leaves the stand-in -> reply reaches the client, with model latency 0.
 
 import argparse
 import atexit
+import http.client
 import json
 import os
 import platform
@@ -38,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -454,6 +456,122 @@ plot %s
             raise RuntimeError("no overhead samples")
         return r
 
+    # Matrix: overhead through a real Synapse (../shared/synapse).
+    def matrix(self):
+        hs_sh = os.environ.get("PARLEY_SYNAPSE_SH") or os.path.join(
+            os.path.dirname(os.path.dirname(os.path.dirname(HERE))),
+            "shared", "synapse", "homeserver.sh")
+        if self.a.smoke or not os.access(hs_sh, os.X_OK):
+            self.notes.append(
+                "Matrix: not measured (%s)" % ("--smoke" if self.a.smoke
+                                               else hs_sh + " is absent"))
+            return
+        hs_dir = os.path.join(self.tmp, "synapse")
+        port = free_port()
+        r = subprocess.run([hs_sh, "start", hs_dir, str(port)],
+                           capture_output=True, text=True, timeout=180)
+        if r.returncode != 0:
+            self.notes.append("Matrix: not measured (Synapse did not "
+                              "start: %s)" % r.stderr.strip()[-200:])
+            return
+        try:
+            self.matrix_run(hs_sh, hs_dir, port)
+        finally:
+            subprocess.run([hs_sh, "stop", hs_dir], timeout=60,
+                           stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+
+    def matrix_run(self, hs_sh, hs_dir, port):
+        def register(user, pw):
+            r = subprocess.run([hs_sh, "register", hs_dir, user, pw],
+                               capture_output=True, text=True, timeout=60,
+                               check=True)
+            return json.loads(r.stdout)
+
+        base = "http://127.0.0.1:%d/_matrix/client/v3" % port
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+
+        def call(method, path, body=None, token=None):
+            conn.request(method, "/_matrix/client/v3" + path,
+                         body=None if body is None else json.dumps(body),
+                         headers={"Content-Type": "application/json",
+                                  "Authorization": "Bearer " + token})
+            resp = conn.getresponse()
+            data = resp.read()
+            if resp.status != 200:
+                raise RuntimeError("%s %s -> %d %r" % (method, path,
+                                                       resp.status, data))
+            return json.loads(data or b"{}")
+
+        bot = register("parleybench", "bench-pw-1")
+        alice = register("alicebench", "bench-pw-2")
+        conf = self.parley_conf("mx-parley", """{ type = "matrix";
+            homeserver = "http://127.0.0.1:%d"; user_id = "%s";
+            password_env = "BENCH_MX_PASSWORD"; device_name = "bench";
+            allow_invites_from = [ "%s" ]; greet_on_join = false; }"""
+            % (port, bot["user_id"], alice["user_id"]))
+        proc = spawn([os.path.join(self.build, "parley"), "-c", conf],
+                     env=dict(os.environ, BENCH_KEY="x",
+                              BENCH_MX_PASSWORD="bench-pw-1"),
+                     stdout=subprocess.DEVNULL,
+                     stderr=open(os.path.join(self.tmp, "parley-mx.log"),
+                                 "ab"))
+        tok = alice["access_token"]
+        room = call("POST", "/createRoom", {"preset": "private_chat",
+                                           "invite": [bot["user_id"]]},
+                    tok)["room_id"]
+        rq = urllib.parse.quote(room, safe="")
+        member = "/rooms/%s/joined_members" % rq
+        wait_for(lambda: bot["user_id"] in call("GET", member, None,
+                                                tok).get("joined", {}),
+                 60, "parley to join the Matrix room")
+        filt = urllib.parse.quote(json.dumps(
+            {"room": {"rooms": [room], "timeline": {"limit": 50}},
+             "presence": {"types": []}, "account_data": {"types": []}}))
+        since = call("GET", "/sync?timeout=0&filter=" + filt, None,
+                     tok)["next_batch"]
+
+        def ask(i, tag):
+            nonlocal since
+            t0 = time.monotonic_ns()
+            call("PUT", "/rooms/%s/send/m.room.message/b%d" % (rq, i),
+                 {"msgtype": "m.text", "body": "parleybench: %s%d how are "
+                  "you?" % (tag, i),
+                  "m.mentions": {"user_ids": [bot["user_id"]]}}, tok)
+            want = "%s%d " % (tag, i)
+            while True:
+                j = call("GET", "/sync?timeout=30000&since=%s&filter=%s"
+                         % (since, filt), None, tok)
+                since = j["next_batch"]
+                evs = j.get("rooms", {}).get("join", {}).get(
+                    room, {}).get("timeline", {}).get("events", [])
+                for e in evs:
+                    if e.get("sender") == bot["user_id"] and want in \
+                            e.get("content", {}).get("body", ""):
+                        return t0, time.monotonic_ns()
+
+        for w in range(20):         # warm up: first connections, caches
+            ask(w, "warm")
+        self.stand.times()
+        sent, recv = {}, {}
+        n = self.a.matrix_messages
+        for i in range(300000, 300000 + n):
+            sent[i], recv[i] = ask(i, "bq")
+        conn.close()
+        stop(proc)
+        ov = self.collect(sent, recv)
+
+        def fmt(r):
+            return ("p50 %.2f / p99 %.2f / max %.2f ms (in %.2f + out %.2f "
+                    "at p50)" % (pct(r["tot"], 50), pct(r["tot"], 99),
+                                 max(r["tot"]), pct(r["in"], 50),
+                                 pct(r["out"], 50)))
+        self.rows.append((
+            "Gateway overhead, Matrix", "Synapse 1.66 (../shared/synapse, "
+            "sqlite), %d messages in one room one at a time; out includes "
+            "the client's /sync long-poll wake-up" % n, fmt(ov),
+            "not measured (refbot.py speaks IRC and the console)", ""))
+
     # IRC: start-up, idle RSS with 50 channels, overhead, CPU per answer.
     def irc_one(self, kind, client, channels):
         nick = "parley" if kind == "parley" else "refbot"
@@ -663,13 +781,11 @@ plot %s
         self.start_ircd()
         settings = self.settings()
         self.irc()
+        self.matrix()
         self.console()
         self.throughput()
         self.concurrency()
         self.stand_alone()
-        self.notes.append("Matrix: not measured yet (../shared/synapse "
-                          "is not wired into this harness; its /sync "
-                          "long-poll would be part of every figure).")
         self.notes.append("load average %s at the end (other work on the "
                           "machine shares its cores)" % loadavg())
         if self.a.plot:
@@ -703,12 +819,15 @@ def main():
     a.pace_ms = 12
     if a.smoke:
         a.irc_messages, a.console_messages, a.channels = 20, 50, 5
+        a.matrix_messages = 0
         a.rooms, a.tput_messages = [20, 50], 200
     elif a.long:
         a.irc_messages, a.console_messages, a.channels = 5000, 20000, 50
+        a.matrix_messages = 1000
         a.rooms, a.tput_messages = [1000, 5000, 10000], 3000
     else:
         a.irc_messages, a.console_messages, a.channels = 2000, 10000, 50
+        a.matrix_messages = 200
         a.rooms, a.tput_messages = [1000, 5000, 10000], 3000
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
