@@ -567,9 +567,10 @@ plot %s
                                  max(r["tot"]), pct(r["in"], 50),
                                  pct(r["out"], 50)))
         self.rows.append((
-            "Gateway overhead, Matrix", "Synapse 1.66 (../shared/synapse, "
-            "sqlite), %d messages in one room one at a time; out includes "
-            "the client's /sync long-poll wake-up" % n, fmt(ov),
+            "Gateway overhead, Matrix", "Synapse 1.66 (../shared/synapse "
+            "config, not strict: its rc_message is generous; sqlite), %d "
+            "messages in one room one at a time; in and out each include "
+            "a /sync long-poll wake-up" % n, fmt(ov),
             "not measured (refbot.py speaks IRC and the console)", ""))
 
     # IRC: start-up, idle RSS with 50 channels, overhead, CPU per answer.
