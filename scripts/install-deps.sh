@@ -3,6 +3,7 @@
 #
 #   scripts/install-deps.sh          runtime + build dependencies
 #   scripts/install-deps.sh --test   also what scripts/test.sh needs
+#   scripts/install-deps.sh --bench  also what scripts/bench/run.sh needs
 #
 # Idempotent: dpkg-query decides what is missing, and apt-get (update +
 # install) runs only when something is, so a second run installs nothing
@@ -53,15 +54,24 @@ TEST_PKGS=(
     valgrind                # memcheck of one IRC and one Matrix scenario
 )
 
+# What scripts/bench/run.sh needs on top (not the tests): gnuplot draws
+# docs/performance.png, libnghttp2 gives the OpenAI stand-in its h2c side.
+BENCH_PKGS=(
+    gnuplot-nox             # the chart of cost and RSS against rooms
+    libnghttp2-dev          # h2c in scripts/bench/openai_h2.c
+)
+
 usage() {
-    echo "usage: $0 [--test]" >&2
+    echo "usage: $0 [--test] [--bench]" >&2
     exit 64
 }
 
 want_test=0
+want_bench=0
 for arg in "$@"; do
     case "$arg" in
         --test) want_test=1 ;;
+        --bench) want_bench=1 ;;
         -h|--help) usage ;;
         *) echo "$0: unknown argument: $arg" >&2; usage ;;
     esac
@@ -70,6 +80,9 @@ done
 pkgs=("${BUILD_PKGS[@]}")
 if [ "$want_test" = 1 ]; then
     pkgs+=("${TEST_PKGS[@]}")
+fi
+if [ "$want_bench" = 1 ]; then
+    pkgs+=("${BENCH_PKGS[@]}")
 fi
 
 # Install those of the given packages that are missing.  A package counts

@@ -92,6 +92,9 @@ struct config_llm {
     int backoff_base_ms;    /* default 500 */
     int backoff_max_ms;     /* default 30000 */
     int max_concurrent;     /* requests in flight, default 16 */
+    int http2_prior_knowledge;  /* an http:// base_url speaks h2c: curl
+                                   multiplexes requests on shared
+                                   connections; default 0 (HTTP/1.1) */
     char *model_switch;     /* who may use "!model NAME": "operators"
                                (default) or "everyone" */
     char **vision_models;   /* models sent pictures as image parts; empty

@@ -70,6 +70,8 @@ struct key_spec {
     { name, kind, offsetof(struct st, field), 0, 0 }
 #define KEY_NUM(st, name, field, min, max) \
     { name, KEY_INT, offsetof(struct st, field), min, max }
+#define KEY_FLAG(st, name, field) \
+    { name, KEY_BOOL, offsetof(struct st, field), 0, 1 }
 
 static const struct key_spec bot_keys[] = {
     KEY_STR(config_bot, "name", KEY_NAME, name),
@@ -131,6 +133,7 @@ static const struct key_spec llm_keys[] = {
      * and an event holds at most EVENT_ATTACHMENT_MAX. */
     KEY_NUM(config_llm, "image_max_bytes", image_max_bytes, 1024,
             EVENT_ATTACHMENT_MAX),
+    KEY_FLAG(config_llm, "http2_prior_knowledge", http2_prior_knowledge),
 };
 
 static const struct key_spec context_keys[] = {

@@ -104,6 +104,7 @@ struct llm {
     long backoff_base_ms;
     long backoff_max_ms;
     size_t max_concurrent;
+    int h2_prior_knowledge;     /* llm.http2_prior_knowledge */
     char *api_key;              /* wiped before free; NULL = none */
     char *auth_header;          /* "Authorization: Bearer ...", wiped */
 
@@ -199,6 +200,19 @@ static int llm_apply(struct llm *llm, const struct config_llm *cfg)
     llm->backoff_max_ms = cfg->backoff_max_ms > 0 ? cfg->backoff_max_ms : 0;
     llm->max_concurrent = cfg->max_concurrent > 0 ?
         (size_t)cfg->max_concurrent : 1;
+    llm->h2_prior_knowledge = 0;
+    if (cfg->http2_prior_knowledge) {
+        const char *why = NULL;
+
+        if (strncmp(base_url, "http://", 7) != 0)
+            log_info("llm: http2_prior_knowledge applies to http:// only; "
+                     "https negotiates HTTP/2 by itself");
+        else if (!loop_http_h2c_usable(&why))
+            log_warn("llm: http2_prior_knowledge ignored, using "
+                     "HTTP/1.1: %s", why);
+        else
+            llm->h2_prior_knowledge = 1;
+    }
     return PARLEY_OK;
 }
 
@@ -424,6 +438,10 @@ static int request_send(struct llm_request *req)
     opt.headers = headers;
     opt.body = req->body;
     opt.body_len = req->body_len;
+    /* req->body outlives the attempt (kept for retries, freed after the
+     * transfer is cancelled or done), so curl need not copy it. */
+    opt.body_borrowed = 1;
+    opt.h2_prior_knowledge = llm->h2_prior_knowledge;
     opt.connect_timeout_ms = req->connect_timeout_ms;
     opt.timeout_ms = req->timeout_ms;
     opt.idle_timeout_ms = req->idle_timeout_ms;

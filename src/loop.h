@@ -46,8 +46,16 @@ struct http_options {
     const char *const *headers; /* "Name: value" lines; may hold secrets,
                                    never logged */
     size_t n_headers;
-    const char *body;           /* request body or NULL; copied */
+    const char *body;           /* request body or NULL; copied unless
+                                   body_borrowed */
     size_t body_len;
+    int body_borrowed;          /* the caller keeps body unchanged until
+                                   done runs or the request is cancelled,
+                                   so curl reads it in place: no copy per
+                                   request in flight */
+    int h2_prior_knowledge;     /* http:// speaks HTTP/2 from the first
+                                   byte (h2c): requests to one origin share
+                                   connections (curl multiplexes them) */
     long connect_timeout_ms;    /* 0 = curl default */
     long timeout_ms;            /* whole transfer; 0 = none */
     long idle_timeout_ms;       /* no body byte for this long: _TIMEOUT;
@@ -157,6 +165,13 @@ void loop_watch_free(struct loop_watch *w);
 int loop_http_start(struct loop *loop, const struct http_options *opt,
                     http_done_fn *done, void *privdata,
                     struct http_request **out);
+
+/* Whether this libcurl can send h2c with prior knowledge
+ * (http_options.h2_prior_knowledge): built with HTTP/2 and 8.0.0 or
+ * newer.  7.88 fails every request that reuses such a connection (curl
+ * issue 10634), so there it would only break requests.  Otherwise
+ * *why gets a short reason (static). */
+int loop_http_h2c_usable(const char **why);
 
 /* Abort a request; its done callback is not called. */
 void loop_http_cancel(struct http_request *req);

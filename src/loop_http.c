@@ -22,8 +22,11 @@
 #define PARLEY_VERSION "dev"
 #endif
 
-/* Bytes of curl's receive buffer per request (curl's minimum is 1024). */
-#define LOOP_CURL_BUFFER 4096
+/* Bytes of curl's receive buffer per request, allocated for every
+ * request in flight: curl's minimum.  At 10,000 requests in flight 4 KiB
+ * was 30 MB more (scripts/bench); a larger answer simply arrives in more
+ * reads, one system call per KiB. */
+#define LOOP_CURL_BUFFER 1024
 
 /* Longest method name we pass to CURLOPT_CUSTOMREQUEST; real ones are
  * short, and anything longer is a caller bug. */
@@ -405,6 +408,25 @@ static int method_valid(const char *m)
     return 1;
 }
 
+int loop_http_h2c_usable(const char **why)
+{
+    const curl_version_info_data *v = curl_version_info(CURLVERSION_NOW);
+
+    if (!(v->features & CURL_VERSION_HTTP2)) {
+        *why = "libcurl is built without HTTP/2";
+        return 0;
+    }
+    /* curl 7.88 (Debian 12) fails every request that reuses an h2c
+     * connection ("Error in the HTTP2 framing layer", curl issue 10634,
+     * fixed in 8.0.0). */
+    if (v->version_num < 0x080000) {
+        *why = "libcurl before 8.0.0 fails requests that reuse an h2c "
+               "connection (curl issue 10634)";
+        return 0;
+    }
+    return 1;
+}
+
 /* All easy options; CURLE_OK or the first failure. */
 static CURLcode request_setopts(struct http_request *req,
                                 const struct http_options *opt)
@@ -437,16 +459,22 @@ static CURLcode request_setopts(struct http_request *req,
     SETOPT(CURLOPT_ACCEPT_ENCODING, "");
     SETOPT(CURLOPT_TCP_KEEPALIVE, 1L);
     /* curl's receive buffer, per request in flight: the default 16 KiB
-     * was 23 of the 164 MB peak with 10,000 in flight (scripts/bench);
-     * answers larger than this simply arrive in more pieces. */
+     * was 23 of the 164 MB peak with 10,000 in flight (scripts/bench). */
     SETOPT(CURLOPT_BUFFERSIZE, (long)LOOP_CURL_BUFFER);
     /* Over TLS a burst waits for the first handshake to say (ALPN)
      * whether the API speaks h2, and then shares that connection instead
-     * of opening one per request.  Never over cleartext: there curl
-     * learns it only from the first answer, so a burst would wait one
-     * whole model latency (scripts/bench/run.sh showed 2 s at 2 s). */
-    if (strncasecmp(opt->url, "https://", 8) == 0)
+     * of opening one per request.  Over cleartext only with prior
+     * knowledge: otherwise curl learns it only from the first answer, so
+     * a burst would wait one whole model latency (scripts/bench/run.sh
+     * showed 2 s at 2 s). */
+    if (opt->h2_prior_knowledge &&
+        strncasecmp(opt->url, "http://", 7) == 0) {
+        SETOPT(CURLOPT_HTTP_VERSION,
+               (long)CURL_HTTP_VERSION_2_PRIOR_KNOWLEDGE);
         SETOPT(CURLOPT_PIPEWAIT, 1L);
+    } else if (strncasecmp(opt->url, "https://", 8) == 0) {
+        SETOPT(CURLOPT_PIPEWAIT, 1L);
+    }
     SETOPT(CURLOPT_USERAGENT, "parley/" PARLEY_VERSION);
     if (opt->connect_timeout_ms > 0)
         SETOPT(CURLOPT_CONNECTTIMEOUT_MS, opt->connect_timeout_ms);
@@ -461,7 +489,10 @@ static CURLcode request_setopts(struct http_request *req,
     if (strcmp(method, "GET") != 0 || opt->body) {
         SETOPT(CURLOPT_POSTFIELDSIZE_LARGE,
                (curl_off_t)(opt->body ? opt->body_len : 0));
-        SETOPT(CURLOPT_COPYPOSTFIELDS, opt->body ? opt->body : "");
+        if (opt->body && opt->body_borrowed)
+            SETOPT(CURLOPT_POSTFIELDS, opt->body);
+        else
+            SETOPT(CURLOPT_COPYPOSTFIELDS, opt->body ? opt->body : "");
         if (strcmp(method, "POST") != 0)
             SETOPT(CURLOPT_CUSTOMREQUEST, method);
     }

@@ -24,6 +24,15 @@
  * hiredis resolves host names with a blocking getaddrinfo; with the default
  * numeric address (127.0.0.1) or a unix socket there is no lookup.  A name
  * (e.g. "redis" in docker-compose) costs one lookup per connect attempt.
+ *
+ * Writes: hiredis asks for a writable event for every command it queues.
+ * Waiting for that event costs a loop iteration and two epoll_ctl calls
+ * per command, so once connected the commands queued are written at the
+ * end of the loop phase that queued them (a prepare and a check handle:
+ * before the loop blocks, and after the I/O callbacks), outside every
+ * hiredis and caller callback.  Only a socket that cannot take it all
+ * waits for writability.  (During the connect the writable event is how
+ * hiredis learns the connect finished, so it is kept there.)
  */
 #include <errno.h>
 #include <stdarg.h>
@@ -46,12 +55,17 @@
 #include "store_private.h"
 
 /* The libuv side of one hiredis context (hiredis adapters/libuv.h shape).
- * Freed in its poll handle's close callback. */
+ * Freed when the last of its three handles is closed. */
 struct store_ev {
     struct store *st;
     redisAsyncContext *ac;      /* NULL once hiredis has let go of it */
     uv_poll_t poll;
+    uv_prepare_t flush_prepare; /* write queued commands before blocking */
+    uv_check_t flush_check;     /* ... and after the I/O callbacks */
     int events;
+    int want_flush;             /* commands queued, not yet written */
+    int in_flush;               /* redisAsyncHandleWrite from a flush */
+    int open;                   /* handles not yet closed */
 };
 
 /* One command in flight; freed after its callback ran. */
@@ -140,10 +154,46 @@ static void store_ev_del_read(void *privdata)
     store_ev_update(ev);
 }
 
+/* Write what hiredis has queued, from the loop (never from inside a
+ * hiredis or caller callback: an error here frees the context and calls
+ * every pending callback). */
+static void store_ev_flush(struct store_ev *ev)
+{
+    uv_prepare_stop(&ev->flush_prepare);
+    uv_check_stop(&ev->flush_check);
+    if (!ev->ac || !ev->want_flush)
+        return;
+    ev->want_flush = 0;
+    ev->in_flush = 1;
+    redisAsyncHandleWrite(ev->ac);
+    ev->in_flush = 0;
+}
+
+static void store_ev_flush_prepare(uv_prepare_t *h)
+{
+    store_ev_flush(h->data);
+}
+
+static void store_ev_flush_check(uv_check_t *h)
+{
+    store_ev_flush(h->data);
+}
+
 static void store_ev_add_write(void *privdata)
 {
     struct store_ev *ev = privdata;
 
+    /* Connected and not already writing: write at the end of this loop
+     * phase.  Otherwise (connect in progress, or the socket took only
+     * part) wait until it is writable. */
+    if (ev->ac && (ev->ac->c.flags & REDIS_CONNECTED) && !ev->in_flush) {
+        if (!ev->want_flush) {
+            ev->want_flush = 1;
+            uv_prepare_start(&ev->flush_prepare, store_ev_flush_prepare);
+            uv_check_start(&ev->flush_check, store_ev_flush_check);
+        }
+        return;
+    }
     ev->events |= UV_WRITABLE;
     store_ev_update(ev);
 }
@@ -152,6 +202,7 @@ static void store_ev_del_write(void *privdata)
 {
     struct store_ev *ev = privdata;
 
+    ev->want_flush = 0;
     ev->events &= ~UV_WRITABLE;
     store_ev_update(ev);
 }
@@ -161,6 +212,8 @@ static void store_ev_closed(uv_handle_t *h)
     struct store_ev *ev = h->data;
     struct store *st = ev->st;
 
+    if (--ev->open > 0)
+        return;
     free(ev);
     st->open_handles--;
     store_maybe_free(st);
@@ -180,8 +233,11 @@ static void store_ev_cleanup(void *privdata)
     redisAsyncContext *ac = ev->ac;
 
     ev->ac = NULL;
+    ev->want_flush = 0;
     uv_poll_stop(&ev->poll);
     uv_close((uv_handle_t *)&ev->poll, store_ev_closed);
+    uv_close((uv_handle_t *)&ev->flush_prepare, store_ev_closed);
+    uv_close((uv_handle_t *)&ev->flush_check, store_ev_closed);
     if (st->ac != ac) {
         if (st->sn)
             store_sentinel_gone(st, ac);
@@ -205,9 +261,14 @@ int store_attach(struct store *st, redisAsyncContext *ac)
         free(ev);
         return PARLEY_ERR_IO;
     }
+    uv_prepare_init(st->uv, &ev->flush_prepare);
+    uv_check_init(st->uv, &ev->flush_check);
+    ev->open = 3;
     ev->st = st;
     ev->ac = ac;
     ev->poll.data = ev;
+    ev->flush_prepare.data = ev;
+    ev->flush_check.data = ev;
     st->open_handles++;
     ac->ev.data = ev;
     ac->ev.addRead = store_ev_add_read;

@@ -9,9 +9,16 @@ and the reference bot refbot.py.  Prints one Markdown table; every row
 names its parameters, and the lines above it the settings of the servers
 around parley (DESIGN.md "Benchmarks").
 
-  bench.py --build DIR [--smoke | --long]
+  bench.py --build DIR [--smoke | --long] [--plot FILE.svg]
 
-DIR holds parley, bench_rooms and openai_uv.  Overhead is measured with
+DIR holds parley, bench_rooms and openai_uv.  --plot draws cost per
+answer and peak RSS against rooms in flight with gnuplot (skipped with a
+note when gnuplot is absent).  The HTTP/2 rows (llm.http2_prior_knowledge
+against the stand-in's h2c) need libcurl 8.0.0 or newer: Debian 12's
+7.88.1 fails every request that reuses an h2c connection (curl issue
+10634), so parley refuses the setting there and the rows are skipped
+with a note; PARLEY_BENCH_CURL_LIB=DIR runs bench_rooms with the
+libcurl.so.4 in DIR (LD_LIBRARY_PATH) for those rows only.  Overhead is measured with
 the stand-in's clock stamps (CLOCK_MONOTONIC, shared by every process):
 message leaves the client -> request arrives at the stand-in, plus answer
 leaves the stand-in -> reply reaches the client, with model latency 0.
@@ -19,6 +26,7 @@ leaves the stand-in -> reply reaches the client, with model latency 0.
 
 import argparse
 import atexit
+import http.client
 import json
 import os
 import platform
@@ -31,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -117,6 +126,20 @@ def first_line(argv):
                               timeout=10).stdout.splitlines()[0]
     except Exception:
         return "?"
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            m = re.search(r"^model name\s*:\s*(.+)$", f.read(), re.M)
+        return m.group(1).strip() if m else "?"
+    except OSError:
+        return "?"
+
+
+def loadavg():
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
 
 
 def read_sysctl(name):
@@ -210,6 +233,7 @@ class Bench:
         sys.stderr.write("bench: working in %s\n" % self.tmp)
         self.rows = []
         self.notes = []
+        self.points = []        # (series, rooms, bench_rooms figures)
 
     # ---- servers ---------------------------------------------------------
 
@@ -269,13 +293,20 @@ adapters = ( %s );
 
     # ---- figures -----------------------------------------------------------
 
-    def bench_rooms(self, messages, rooms, conc, direct=False):
+    def bench_rooms(self, messages, rooms, conc, direct=False, h2=False):
         argv = [os.path.join(self.build, "bench_rooms"),
                 str(self.redis_port), str(self.stand.port), str(messages),
-                str(rooms), str(conc)] + (["direct"] if direct else [])
+                str(rooms), str(conc)] + (["direct"] if direct else []) + \
+               (["h2"] if h2 else [])
+        env = dict(os.environ)
+        if h2 and os.environ.get("PARLEY_BENCH_CURL_LIB"):
+            env["LD_LIBRARY_PATH"] = os.environ["PARLEY_BENCH_CURL_LIB"]
         self.flush_redis()
         out = subprocess.run(argv, capture_output=True, text=True,
-                             timeout=600)
+                             timeout=600, env=env)
+        if h2 and (out.returncode == 69 or
+                   "http2_prior_knowledge ignored" in out.stderr):
+            return None
         cols = out.stdout.split()
         if len(cols) < 11:
             raise RuntimeError("bench_rooms: %r %r" % (out.stdout,
@@ -290,15 +321,101 @@ adapters = ( %s );
         for n in self.a.rooms:
             d = self.bench_rooms(n, n, max(n, 16), direct=True)
             p = self.bench_rooms(n, n, max(n, 16))
+            self.points.append(("HTTP/1.1", n, p))
             self.rows.append((
                 "Concurrency: %d rooms ask at once, model 2 s" % n,
                 "in-process (bench_rooms: router, Redis, llm, curl; no "
-                "platform), llm.max_concurrent %d" % max(n, 16),
+                "platform), llm.max_concurrent %d, HTTP/1.1" % max(n, 16),
                 "all answered in %.2f s; peak RSS %.0f MB; %.3f CPU ms/answer"
                 % (p["wall"], p["rss"], p["cpu_ms"]),
                 "one at a time: %d x 2 s = %d s (by construction)"
                 % (n, 2 * n),
                 "stand-in + curl alone: %.2f s" % d["wall"]))
+        self.concurrency_h2()
+
+    def concurrency_h2(self):
+        """The same with llm.http2_prior_knowledge: curl multiplexes up to
+        100 requests on one h2c connection to the stand-in."""
+        self.stand.delay(2000)
+        # 10,000 over h2 takes minutes (see docs/PERFORMANCE.md: curl
+        # resumes one transfer waiting for a connection per event).
+        for n in [r for r in self.a.rooms if r <= 5000]:
+            p = self.bench_rooms(n, n, max(n, 16), h2=True)
+            if p is None:
+                self.notes.append(
+                    "HTTP/2 rows skipped: this libcurl (%s) fails requests "
+                    "that reuse an h2c connection (curl issue 10634, fixed "
+                    "in 8.0.0), so parley ignores llm.http2_prior_knowledge "
+                    "there; set PARLEY_BENCH_CURL_LIB to a newer "
+                    "libcurl.so.4 to measure them." % self.curl_version())
+                return
+            d = self.bench_rooms(n, n, max(n, 16), direct=True, h2=True)
+            self.points.append(("HTTP/2 (h2c)", n, p))
+            self.rows.append((
+                "Concurrency over HTTP/2: %d rooms at once, model 2 s" % n,
+                "as above, llm.http2_prior_knowledge true (h2c, up to 100 "
+                "streams a connection)%s" % self.h2_lib_note(),
+                "all answered in %.2f s; peak RSS %.0f MB; %.3f CPU ms/answer"
+                % (p["wall"], p["rss"], p["cpu_ms"]), "",
+                "stand-in + curl alone: %.2f s" % d["wall"]))
+
+    def curl_version(self):
+        return first_line(["curl-config", "--version"]).split()[-1]
+
+    def h2_lib_note(self):
+        lib = os.environ.get("PARLEY_BENCH_CURL_LIB")
+        return "; libcurl from %s" % lib if lib else ""
+
+    def plot(self, path):
+        """Cost per answer and peak RSS against rooms in flight."""
+        if not self.points:
+            return
+        if not shutil.which("gnuplot"):
+            self.notes.append("plot not drawn: gnuplot is not installed")
+            return
+        series = []
+        for label in sorted({p[0] for p in self.points}):
+            data = os.path.join(self.tmp, "plot-%d.dat" % len(series))
+            with open(data, "w") as f:
+                for lab, n, p in self.points:
+                    if lab == label:
+                        f.write("%d %.4f %.1f\n" % (n, p["cpu_ms"], p["rss"]))
+            series.append((label, data))
+        plots = []
+        for i, (label, data) in enumerate(series):
+            plots.append("'%s' using 1:2 axes x1y1 with linespoints lw 2 "
+                         "lc %d pt 7 ps 1.2 title 'CPU ms per answer, %s'"
+                         % (data, i + 1, label))
+            plots.append("'%s' using 1:3 axes x1y2 with linespoints lw 2 "
+                         "lc %d pt 4 ps 1.2 title 'peak RSS MB, %s'"
+                         % (data, i + 1, label))
+        term = ("svg size 800,520 font 'sans,11' background '#ffffff'"
+                if path.endswith(".svg") else
+                "pngcairo size 800,520 font 'sans,10'")
+        script = """set terminal %s
+set output '%s'
+set title 'parley: cost per answer and memory against rooms in flight (model 2 s)'
+set xlabel 'rooms asking at once'
+set ylabel 'CPU ms per answer (circles)'
+set y2label 'peak RSS, MB (squares)'
+set ytics nomirror
+set y2tics
+set yrange [0:*]
+set y2range [0:*]
+set xrange [0:*]
+set key below horizontal maxrows 2
+set grid
+plot %s
+""" % (term, os.path.abspath(path), ", ".join(plots))
+        sf = os.path.join(self.tmp, "plot.gp")
+        with open(sf, "w") as f:
+            f.write(script)
+        r = subprocess.run(["gnuplot", sf], capture_output=True, text=True,
+                           timeout=60)
+        if r.returncode != 0:
+            self.notes.append("plot failed: %s" % r.stderr.strip()[-200:])
+        else:
+            self.notes.append("plot: %s" % path)
 
     def throughput(self):
         self.stand.delay(0)
@@ -338,6 +455,123 @@ adapters = ( %s );
         if not r["tot"]:
             raise RuntimeError("no overhead samples")
         return r
+
+    # Matrix: overhead through a real Synapse (../shared/synapse).
+    def matrix(self):
+        hs_sh = os.environ.get("PARLEY_SYNAPSE_SH") or os.path.join(
+            os.path.dirname(os.path.dirname(os.path.dirname(HERE))),
+            "shared", "synapse", "homeserver.sh")
+        if self.a.smoke or not os.access(hs_sh, os.X_OK):
+            self.notes.append(
+                "Matrix: not measured (%s)" % ("--smoke" if self.a.smoke
+                                               else hs_sh + " is absent"))
+            return
+        hs_dir = os.path.join(self.tmp, "synapse")
+        port = free_port()
+        r = subprocess.run([hs_sh, "start", hs_dir, str(port)],
+                           capture_output=True, text=True, timeout=180)
+        if r.returncode != 0:
+            self.notes.append("Matrix: not measured (Synapse did not "
+                              "start: %s)" % r.stderr.strip()[-200:])
+            return
+        try:
+            self.matrix_run(hs_sh, hs_dir, port)
+        finally:
+            subprocess.run([hs_sh, "stop", hs_dir], timeout=60,
+                           stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+
+    def matrix_run(self, hs_sh, hs_dir, port):
+        def register(user, pw):
+            r = subprocess.run([hs_sh, "register", hs_dir, user, pw],
+                               capture_output=True, text=True, timeout=60,
+                               check=True)
+            return json.loads(r.stdout)
+
+        base = "http://127.0.0.1:%d/_matrix/client/v3" % port
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+
+        def call(method, path, body=None, token=None):
+            conn.request(method, "/_matrix/client/v3" + path,
+                         body=None if body is None else json.dumps(body),
+                         headers={"Content-Type": "application/json",
+                                  "Authorization": "Bearer " + token})
+            resp = conn.getresponse()
+            data = resp.read()
+            if resp.status != 200:
+                raise RuntimeError("%s %s -> %d %r" % (method, path,
+                                                       resp.status, data))
+            return json.loads(data or b"{}")
+
+        bot = register("parleybench", "bench-pw-1")
+        alice = register("alicebench", "bench-pw-2")
+        conf = self.parley_conf("mx-parley", """{ type = "matrix";
+            homeserver = "http://127.0.0.1:%d"; user_id = "%s";
+            password_env = "BENCH_MX_PASSWORD"; device_name = "bench";
+            allow_invites_from = [ "%s" ]; greet_on_join = false; }"""
+            % (port, bot["user_id"], alice["user_id"]))
+        proc = spawn([os.path.join(self.build, "parley"), "-c", conf],
+                     env=dict(os.environ, BENCH_KEY="x",
+                              BENCH_MX_PASSWORD="bench-pw-1"),
+                     stdout=subprocess.DEVNULL,
+                     stderr=open(os.path.join(self.tmp, "parley-mx.log"),
+                                 "ab"))
+        tok = alice["access_token"]
+        room = call("POST", "/createRoom", {"preset": "private_chat",
+                                           "invite": [bot["user_id"]]},
+                    tok)["room_id"]
+        rq = urllib.parse.quote(room, safe="")
+        member = "/rooms/%s/joined_members" % rq
+        wait_for(lambda: bot["user_id"] in call("GET", member, None,
+                                                tok).get("joined", {}),
+                 60, "parley to join the Matrix room")
+        filt = urllib.parse.quote(json.dumps(
+            {"room": {"rooms": [room], "timeline": {"limit": 50}},
+             "presence": {"types": []}, "account_data": {"types": []}}))
+        since = call("GET", "/sync?timeout=0&filter=" + filt, None,
+                     tok)["next_batch"]
+
+        def ask(i, tag):
+            nonlocal since
+            t0 = time.monotonic_ns()
+            call("PUT", "/rooms/%s/send/m.room.message/b%d" % (rq, i),
+                 {"msgtype": "m.text", "body": "parleybench: %s%d how are "
+                  "you?" % (tag, i),
+                  "m.mentions": {"user_ids": [bot["user_id"]]}}, tok)
+            want = "%s%d " % (tag, i)
+            while True:
+                j = call("GET", "/sync?timeout=30000&since=%s&filter=%s"
+                         % (since, filt), None, tok)
+                since = j["next_batch"]
+                evs = j.get("rooms", {}).get("join", {}).get(
+                    room, {}).get("timeline", {}).get("events", [])
+                for e in evs:
+                    if e.get("sender") == bot["user_id"] and want in \
+                            e.get("content", {}).get("body", ""):
+                        return t0, time.monotonic_ns()
+
+        for w in range(20):         # warm up: first connections, caches
+            ask(w, "warm")
+        self.stand.times()
+        sent, recv = {}, {}
+        n = self.a.matrix_messages
+        for i in range(300000, 300000 + n):
+            sent[i], recv[i] = ask(i, "bq")
+        conn.close()
+        stop(proc)
+        ov = self.collect(sent, recv)
+
+        def fmt(r):
+            return ("p50 %.2f / p99 %.2f / max %.2f ms (in %.2f + out %.2f "
+                    "at p50)" % (pct(r["tot"], 50), pct(r["tot"], 99),
+                                 max(r["tot"]), pct(r["in"], 50),
+                                 pct(r["out"], 50)))
+        self.rows.append((
+            "Gateway overhead, Matrix", "Synapse 1.66 (../shared/synapse "
+            "config, not strict: its rc_message is generous; sqlite), %d "
+            "messages in one room one at a time; in and out each include "
+            "a /sync long-poll wake-up" % n, fmt(ov),
+            "not measured (refbot.py speaks IRC and the console)", ""))
 
     # IRC: start-up, idle RSS with 50 channels, overhead, CPU per answer.
     def irc_one(self, kind, client, channels):
@@ -513,10 +747,10 @@ adapters = ( %s );
 
     def settings(self):
         lines = [
-            "machine: %d cores (%s), %s, load average %s"
+            "machine: %d cores (%s), %s, kernel %s, load average %s at "
+            "the start"
             % (os.cpu_count(), platform.processor() or platform.machine(),
-               platform.release(),
-               " ".join(open("/proc/loadavg").read().split()[:3])),
+               cpu_model(), platform.release(), loadavg()),
             "kernel: net.core.somaxconn %s, net.ipv4.tcp_max_syn_backlog "
             "%s, open files (soft/hard) %s/%s"
             % ((read_sysctl("net.core.somaxconn"),
@@ -532,9 +766,9 @@ adapters = ( %s );
             "(ngircd is not used: it throttles a plain user with 1 s "
             "penalties); parley irc: flood_burst 100, flood_rate_ms 10, "
             "max_lines 4",
-            "stand-in: openai_uv (libuv, one thread, HTTP/1.1 keep-alive, no "
-            "h2, listen backlog 65535 clamped to somaxconn); Python "
-            "http.server not used",
+            "stand-in: openai_uv (libuv, one thread, HTTP/1.1 keep-alive, "
+            "h2c with prior knowledge via libnghttp2, listen backlog 65535 "
+            "clamped to somaxconn); Python http.server not used",
             "reference bot: scripts/bench/refbot.py (python3-irc, "
             "synchronous, urllib, new connection per request, history "
             "list of 40 turns)",
@@ -548,12 +782,15 @@ adapters = ( %s );
         self.start_ircd()
         settings = self.settings()
         self.irc()
+        self.matrix()
         self.console()
         self.throughput()
         self.concurrency()
         self.stand_alone()
-        self.notes.append("Matrix: not measured in this run (no time to "
-                          "wire ../shared/synapse into the harness).")
+        self.notes.append("load average %s at the end (other work on the "
+                          "machine shares its cores)" % loadavg())
+        if self.a.plot:
+            self.plot(self.a.plot)
         print("## parley benchmark (%s)" % ("smoke: tiny numbers, not "
                                             "figures" if self.a.smoke
                                             else "scripts/bench/run.sh"))
@@ -577,16 +814,21 @@ def main():
     p.add_argument("--build", required=True)
     p.add_argument("--smoke", action="store_true")
     p.add_argument("--long", action="store_true")
+    p.add_argument("--plot", help="write the gnuplot chart here (.png, "
+                   "or .svg)")
     a = p.parse_args()
     a.pace_ms = 12
     if a.smoke:
         a.irc_messages, a.console_messages, a.channels = 20, 50, 5
+        a.matrix_messages = 0
         a.rooms, a.tput_messages = [20, 50], 200
     elif a.long:
         a.irc_messages, a.console_messages, a.channels = 5000, 20000, 50
+        a.matrix_messages = 1000
         a.rooms, a.tput_messages = [1000, 5000, 10000], 3000
     else:
         a.irc_messages, a.console_messages, a.channels = 2000, 10000, 50
+        a.matrix_messages = 200
         a.rooms, a.tput_messages = [1000, 5000, 10000], 3000
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)

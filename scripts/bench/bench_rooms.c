@@ -6,11 +6,14 @@
  * per configuration so that configurations are compared side by side:
  *
  *   bench_rooms REDIS_PORT STUB_PORT MESSAGES ROOMS MAX_CONCURRENT [direct]
+ *               [h2]
  *
  * With "direct" the router, Redis and the rooms are left out: MESSAGES
  * requests go straight to llm_complete, so the line shows what the
  * stand-in and curl alone do under the same load (the stand-in must
- * never be the limit of the figures above it).
+ * never be the limit of the figures above it).  With "h2" the llm client
+ * speaks HTTP/2 in cleartext (llm.http2_prior_knowledge), so curl
+ * multiplexes the requests over a few connections.
  *
  * What it measures is parley's part: CPU time per answer (history load,
  * prompt, JSON, HTTP, history store) and how waiting on the model
@@ -154,11 +157,29 @@ int main(int argc, char **argv)
     uint64_t t0, wall;
     double cpu0, cpu;
     struct rusage ru;
-    int direct = argc == 7 && strcmp(argv[6], "direct") == 0;
+    int direct = 0, h2 = 0, bad = argc < 6;
 
-    if (argc != 6 && !direct) {
+    for (int i = 6; i < argc; i++) {
+        if (strcmp(argv[i], "direct") == 0)
+            direct = 1;
+        else if (strcmp(argv[i], "h2") == 0)
+            h2 = 1;
+        else
+            bad = 1;
+    }
+    if (h2) {
+        const char *why = NULL;
+
+        /* Say so instead of measuring HTTP/1.1 under an HTTP/2 label. */
+        if (!loop_http_h2c_usable(&why)) {
+            fprintf(stderr, "bench_rooms: http2_prior_knowledge ignored: "
+                    "%s\n", why);
+            return 69;
+        }
+    }
+    if (bad) {
         fprintf(stderr, "usage: bench_rooms REDIS_PORT STUB_PORT MESSAGES "
-                "ROOMS MAX_CONCURRENT [direct]\n");
+                "ROOMS MAX_CONCURRENT [direct] [h2]\n");
         return 64;
     }
     messages = strtoul(argv[3], NULL, 10);
@@ -175,6 +196,7 @@ int main(int argc, char **argv)
     cfg.llm.base_url = strdup(url);
     cfg.redis.port = (int)strtol(argv[1], NULL, 10);
     cfg.llm.max_concurrent = (int)strtol(argv[5], NULL, 10);
+    cfg.llm.http2_prior_knowledge = h2;
     cfg.limits.user_requests_per_minute = 0;
     log_set_level(LOG_LEVEL_WARN);
     raise_open_files();

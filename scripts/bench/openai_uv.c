@@ -6,7 +6,9 @@
  * second on a shared core), so the figures of scripts/bench/run.sh would
  * measure the stand-in instead of parley.  Each chat request waits the
  * fixed model latency on a timer, then gets an OpenAI-shaped answer,
- * "echo: <last user message>".  HTTP/1.1 with keep-alive, no h2.
+ * "echo: <last user message>".  HTTP/1.1 with keep-alive, and HTTP/2 in
+ * cleartext with prior knowledge (h2c, openai_h2.c: a connection that
+ * starts with the HTTP/2 preface), when built with libnghttp2.
  *
  *   openai_uv PORT_FILE [DELAY_MS]
  *
@@ -29,15 +31,18 @@
 #include <cJSON.h>
 #include <uv.h>
 
-/* A request head or body beyond this closes the connection: parley's
- * requests are a few KiB of history. */
-#define STUB_REQUEST_MAX (4 * 1024 * 1024)
+#include "openai_uv.h"
+
+#define STUB_REQUEST_MAX OPENAI_REQUEST_MAX
 #define STUB_BACKLOG 65535          /* the kernel clamps to somaxconn */
 
 struct stamp {
     unsigned long id;
     uint64_t arrived, left;
 };
+
+/* The HTTP/2 connection preface (RFC 9113 3.4). */
+#define STUB_H2_PREFACE "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 struct conn {
     uv_tcp_t tcp;
@@ -50,6 +55,13 @@ struct conn {
     char *answer;                   /* response waiting on the timer */
     uint64_t arrived;
     long id;                        /* -1 without "bq<id>" */
+    int status;                     /* of answer */
+    int sniffed;                    /* h2 preface looked for */
+    struct openai_h2 *h2;           /* h2c connection, or NULL; owned */
+};
+
+struct openai_conn {
+    struct conn c;
 };
 
 struct write_req {
@@ -77,6 +89,7 @@ static void on_closed(uv_handle_t *h)
 
     /* Two handles per connection: free on the second close. */
     if (++c->closing == 3) {
+        openai_h2_free(c->h2);
         free(c->buf);
         free(c->answer);
         free(c);
@@ -100,6 +113,41 @@ static void on_written(uv_write_t *w, int status)
     (void)status;
     free(wr->data);
     free(wr);
+}
+
+void openai_conn_close(struct openai_conn *oc)
+{
+    conn_close(&oc->c);
+}
+
+void openai_conn_write(struct openai_conn *oc, char *data, size_t len)
+{
+    struct conn *c = &oc->c;
+    struct write_req *wr = malloc(sizeof(*wr));
+    uv_buf_t b;
+
+    if (!wr || c->closing) {
+        free(wr);
+        free(data);
+        return;
+    }
+    wr->data = data;
+    b = uv_buf_init(data, (unsigned)len);
+    if (uv_write(&wr->w, (uv_stream_t *)&c->tcp, &b, 1, on_written) < 0) {
+        free(wr->data);
+        free(wr);
+        conn_close(c);
+    }
+}
+
+uint64_t openai_uv_now_ns(void)
+{
+    return now_ns();
+}
+
+uv_loop_t *openai_uv_loop(void)
+{
+    return uv;
 }
 
 /* Send status and body (owned, freed after the write). */
@@ -167,8 +215,8 @@ static char *times_json(void)
     return out;
 }
 
-/* The chat answer for body, or NULL (then a 400); sets c->id. */
-static char *chat_answer(struct conn *c, const char *body, size_t len)
+/* The chat answer for body, or NULL (then a 400); sets *id. */
+static char *chat_answer(long *id, const char *body, size_t len)
 {
     cJSON *req = cJSON_ParseWithLength(body, len);
     cJSON *msgs = cJSON_GetObjectItemCaseSensitive(req, "messages");
@@ -178,7 +226,7 @@ static char *chat_answer(struct conn *c, const char *body, size_t len)
     char *text, *out;
     size_t tlen;
 
-    c->id = -1;
+    *id = -1;
     if (!req)
         return NULL;
     cJSON_ArrayForEach(m, msgs) {
@@ -191,7 +239,7 @@ static char *chat_answer(struct conn *c, const char *body, size_t len)
     }
     bq = strstr(last, "bq");
     if (bq && bq[2] >= '0' && bq[2] <= '9')
-        c->id = strtol(bq + 2, NULL, 10);
+        *id = strtol(bq + 2, NULL, 10);
     tlen = strlen(last) + 8;
     text = malloc(tlen);
     model = cJSON_GetObjectItemCaseSensitive(req, "model");
@@ -227,6 +275,72 @@ static char *chat_answer(struct conn *c, const char *body, size_t len)
     return out;
 }
 
+void openai_uv_stamp(long bq, uint64_t arrived)
+{
+    stamp_add(bq, arrived, now_ns());
+}
+
+char *openai_uv_route(const char *path, const char *body, size_t blen,
+                      int *status, long *bq, uint64_t *delay)
+{
+    char *out;
+
+    *status = 200;
+    *bq = -1;
+    *delay = 0;
+    if (strstr(path, "/chat/completions")) {
+        n_requests++;
+        out = chat_answer(bq, body, blen);
+        if (!out)
+            *status = 400;
+        *delay = delay_ms;
+        return out;
+    }
+    if (!strcmp(path, "/_bench/delay")) {
+        char num[32];
+
+        snprintf(num, sizeof(num), "%.*s", (int)(blen < 31 ? blen : 31),
+                 body);
+        delay_ms = strtoull(num, NULL, 10);
+        return strdup("{}");
+    }
+    if (!strcmp(path, "/_bench/times"))
+        return times_json();
+    if (!strcmp(path, "/_bench/stats")) {
+        char *s = malloc(128);
+
+        if (s)
+            snprintf(s, 128, "{\"requests\": %lu, \"open\": %lu, "
+                     "\"peak_open\": %lu}", n_requests, n_open, peak_open);
+        return s;
+    }
+    *status = 404;
+    return strdup("{\"error\": {\"message\": \"no\"}}");
+}
+
+#ifndef OPENAI_H2
+/* Built without libnghttp2: a connection that opens with the HTTP/2
+ * preface is closed, so curl reports it instead of hanging. */
+struct openai_h2 *openai_h2_new(struct openai_conn *c)
+{
+    (void)c;
+    return NULL;
+}
+
+int openai_h2_recv(struct openai_h2 *h2, const char *data, size_t len)
+{
+    (void)h2;
+    (void)data;
+    (void)len;
+    return -1;
+}
+
+void openai_h2_free(struct openai_h2 *h2)
+{
+    (void)h2;
+}
+#endif
+
 static void handle_buffer(struct conn *c);
 
 static void finish_request(struct conn *c)
@@ -245,7 +359,7 @@ static void on_delay(uv_timer_t *t)
 
     c->answer = NULL;
     stamp_add(c->id, c->arrived, now_ns());
-    respond(c, answer ? 200 : 400, answer);
+    respond(c, c->status, answer);
     finish_request(c);
 }
 
@@ -281,37 +395,20 @@ static void handle_buffer(struct conn *c)
             conn_close(c);
             return;
         }
-        if (strstr(path, "/chat/completions")) {
-            n_requests++;
+        {
+            uint64_t delay;
+
+            c->answer = openai_uv_route(path, body, blen, &c->status,
+                                        &c->id, &delay);
             c->arrived = now_ns();
-            c->answer = chat_answer(c, body, blen);
-            if (delay_ms > 0) {
+            if (delay > 0) {
                 c->busy = 1;
-                uv_timer_start(&c->timer, on_delay, delay_ms, 0);
+                uv_timer_start(&c->timer, on_delay, delay, 0);
                 return;
             }
-            stamp_add(c->id, c->arrived, now_ns());
-            respond(c, c->answer ? 200 : 400, c->answer);
+            openai_uv_stamp(c->id, c->arrived);
+            respond(c, c->status, c->answer);
             c->answer = NULL;
-        } else if (!strcmp(path, "/_bench/delay")) {
-            char num[32];
-
-            snprintf(num, sizeof(num), "%.*s", (int)(blen < 31 ? blen : 31),
-                     body);
-            delay_ms = strtoull(num, NULL, 10);
-            respond(c, 200, strdup("{}"));
-        } else if (!strcmp(path, "/_bench/times")) {
-            respond(c, 200, times_json());
-        } else if (!strcmp(path, "/_bench/stats")) {
-            char *s = malloc(128);
-
-            if (s)
-                snprintf(s, 128, "{\"requests\": %lu, \"open\": %lu, "
-                         "\"peak_open\": %lu}", n_requests, n_open,
-                         peak_open);
-            respond(c, 200, s);
-        } else {
-            respond(c, 404, strdup("{\"error\": {\"message\": \"no\"}}"));
         }
         memmove(c->buf, c->buf + c->consumed, c->len - c->consumed);
         c->len -= c->consumed;
@@ -348,6 +445,23 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
         return;
     }
     c->len += (size_t)n;
+    if (!c->sniffed && c->len >= sizeof(STUB_H2_PREFACE) - 1) {
+        c->sniffed = 1;
+        if (memcmp(c->buf, STUB_H2_PREFACE,
+                   sizeof(STUB_H2_PREFACE) - 1) == 0) {
+            c->h2 = openai_h2_new((struct openai_conn *)c);
+            if (!c->h2) {
+                conn_close(c);
+                return;
+            }
+        }
+    }
+    if (c->h2) {
+        if (openai_h2_recv(c->h2, c->buf, c->len) < 0)
+            conn_close(c);
+        c->len = 0;
+        return;
+    }
     handle_buffer(c);
 }
 

@@ -11,14 +11,19 @@
 #   scripts/bench/run.sh --smoke    seconds, tiny numbers: checks that the
 #                                   table is produced (ctest runs it)
 #
+# The default and --long runs also draw docs/performance.png with gnuplot
+# (cost per answer and peak RSS against rooms in flight; BENCH_PLOT=FILE
+# draws it elsewhere).  PARLEY_BENCH_CURL_LIB=DIR: see bench.py (HTTP/2).
+#
 # PARLEY_BENCH_BUILD=DIR uses binaries already built in DIR (parley,
 # bench_rooms, openai_uv) instead of building.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 mode=()
-limit=600
+limit=900
+plot=(--plot "${BENCH_PLOT:-docs/performance.png}")
 case "${1:-}" in
-    --smoke) mode=(--smoke); limit=240 ;;
+    --smoke) mode=(--smoke); limit=240; plot=() ;;
     --long) mode=(--long); limit=1200 ;;
     "") ;;
     *) echo "usage: $0 [--smoke|--long]" >&2; exit 64 ;;
@@ -33,4 +38,4 @@ if [ -z "$build" ]; then
 fi
 # timeout sends TERM to bench.py, which stops what it started.
 exec timeout --foreground -k 20 "$limit" /usr/bin/python3 \
-    scripts/bench/bench.py --build "$build" "${mode[@]}"
+    scripts/bench/bench.py --build "$build" "${mode[@]}" "${plot[@]}"

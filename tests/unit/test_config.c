@@ -166,6 +166,7 @@ test_defaults(void **state)
     assert_int_equal(cfg.llm.backoff_base_ms, 500);
     assert_int_equal(cfg.llm.backoff_max_ms, 30000);
     assert_int_equal(cfg.llm.max_concurrent, 16);
+    assert_int_equal(cfg.llm.http2_prior_knowledge, 0);
     assert_int_equal(cfg.context.max_turns, 40);
     assert_int_equal(cfg.context.max_tokens, 3000);
     assert_int_equal(cfg.context.ttl_s, 2592000);
@@ -447,6 +448,32 @@ test_wrong_types(void **state)
     expect_line(err, "7: adapters: expected a list ( { type = \"...\"; "
                      "... }, ... )");
     assert_int_equal(count_lines(err), 8);
+    config_free(&cfg);
+}
+
+/* llm.http2_prior_knowledge is a boolean: true/false, nothing else. */
+static void
+test_http2_prior_knowledge(void **state)
+{
+    struct config cfg;
+    char err[ERR_LEN];
+
+    (void)state;
+    assert_int_equal(load_text(&cfg,
+        "llm = { http2_prior_knowledge = true; };\n", err, sizeof(err)),
+        PARLEY_OK);
+    assert_int_equal(cfg.llm.http2_prior_knowledge, 1);
+    config_free(&cfg);
+    assert_int_equal(load_text(&cfg,
+        "llm = { http2_prior_knowledge = false; };\n", err, sizeof(err)),
+        PARLEY_OK);
+    assert_int_equal(cfg.llm.http2_prior_knowledge, 0);
+    config_free(&cfg);
+    assert_int_equal(load_text(&cfg,
+        "llm = { http2_prior_knowledge = 1; };\n", err, sizeof(err)),
+        PARLEY_ERR_CONFIG);
+    expect_line(err, "1: llm.http2_prior_knowledge: expected true or false");
+    assert_int_equal(count_lines(err), 1);
     config_free(&cfg);
 }
 
@@ -1323,6 +1350,7 @@ main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup(test_defaults, clear_env),
+        cmocka_unit_test_setup(test_http2_prior_knowledge, clear_env),
         cmocka_unit_test_setup(test_full_file, clear_env),
         cmocka_unit_test_setup(test_partial_file_keeps_defaults, clear_env),
         cmocka_unit_test_setup(test_vision_models, clear_env),

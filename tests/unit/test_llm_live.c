@@ -378,6 +378,33 @@ static void test_success(void **state)
     cJSON_Delete(recs);
 }
 
+/* llm.http2_prior_knowledge on a libcurl that fails reused h2c
+ * connections (7.88, Debian 12) is ignored: the request still goes out as
+ * HTTP/1.1 and is answered by the HTTP/1.1 stub.  Unheeded, curl would
+ * open with the HTTP/2 preface and the stub would refuse it. */
+static void test_h2c_ignored_when_curl_cannot(void **state)
+{
+    struct fixture *f = *state;
+    struct outcome o = { 0 };
+    const char *why = NULL;
+    cJSON *recs;
+
+    if (loop_http_h2c_usable(&why)) {
+        /* The stub speaks only HTTP/1.1; scripts/bench covers h2c. */
+        skip();
+    }
+    f->cfg.http2_prior_knowledge = 1;
+    fixture_recreate(f, KEY);
+    ask(f, "over h2c?", &o);
+    run_until(f, &o, 1);
+    assert_int_equal(o.status, PARLEY_OK);
+    assert_int_equal(o.http_code, 200);
+    assert_string_equal(o.content, "echo: over h2c?");
+    recs = stub_requests();
+    assert_int_equal(cJSON_GetArraySize(recs), 1);
+    cJSON_Delete(recs);
+}
+
 static void test_no_key_no_auth_header(void **state)
 {
     struct fixture *f = *state;
@@ -1495,6 +1522,8 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_success, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_h2c_ignored_when_curl_cannot,
+                                        setup, teardown),
         cmocka_unit_test_setup_teardown(test_no_key_no_auth_header, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_model_override_and_max_tokens,
