@@ -10,7 +10,10 @@
  *   web.h          what the files share (this)
  *   web_config.c   the config block: keys, checks, defaults
  *   web_adapter.c  adapter ops, sessions and their event queues
- *   web_http.c     libmicrohttpd driven from the loop, the routes
+ *   web_http.c     libmicrohttpd driven from the loop: responses, checks,
+ *                  dispatch
+ *   web_api.c      the routes /api/history, /api/events, the POSTs
+ *   web_http_private.h  what web_http.c and web_api.c share
  *   web_assets.c   the page, its script and styles, as string literals
  *
  * Threads: none.  The daemon has no thread of its own: its epoll fd is
@@ -164,9 +167,11 @@ char *web_render(const char *markdown);
 int web_http_start(struct web *w, char *err, size_t errlen);
 /* MHD_run soon, from the loop (never inside an MHD callback). */
 void web_http_kick(struct web *w);
+void web_http_stop(struct web *w);
+
+/* web_api.c */
 /* Let a suspended stream write (its session has something). */
 void web_stream_wake(struct web_stream *st);
-void web_http_stop(struct web *w);
 
 /* web_assets.c */
 struct web_asset {
