@@ -61,6 +61,33 @@ const char *event_speaker(const struct event *ev)
     return ev->sender ? ev->sender : "someone";
 }
 
+void job_record_event(const struct state_job *rec, struct event *ev,
+                      struct event_attachment *att)
+{
+    memset(ev, 0, sizeof(*ev));
+    ev->kind = EVENT_MESSAGE;
+    ev->platform = rec->platform;
+    ev->account = rec->account;
+    ev->room = rec->room;
+    ev->sender = rec->sender;
+    ev->sender_name = rec->sender_name;
+    ev->text = rec->text;
+    ev->thread_id = rec->thread_id;
+    ev->reply_to = rec->reply_to;
+    ev->event_id = rec->event_id;
+    ev->addressed = 1;
+    ev->is_admin = rec->is_admin;
+    if (rec->attachment_ref) {
+        memset(att, 0, sizeof(*att));
+        att->ref = rec->attachment_ref;
+        att->name = rec->attachment_name;
+        att->mime = rec->attachment_mime;
+        att->size = rec->attachment_size > 0 ?
+                    (size_t)rec->attachment_size : 0;
+        ev->attachment = att;
+    }
+}
+
 void job_free(struct job *job)
 {
     struct router *r = job->r;

@@ -385,28 +385,7 @@ static void resume_one(const struct state_job *rec, void *privdata)
 
     if (r->closing || rec->state == STATE_JOB_DONE)
         return;
-    memset(&ev, 0, sizeof(ev));
-    ev.kind = EVENT_MESSAGE;
-    ev.platform = rec->platform;
-    ev.account = rec->account;
-    ev.room = rec->room;
-    ev.sender = rec->sender;
-    ev.sender_name = rec->sender_name;
-    ev.text = rec->text;
-    ev.thread_id = rec->thread_id;
-    ev.reply_to = rec->reply_to;
-    ev.event_id = rec->event_id;
-    ev.addressed = 1;
-    ev.is_admin = rec->is_admin;
-    if (rec->attachment_ref) {
-        memset(&att, 0, sizeof(att));
-        att.ref = rec->attachment_ref;
-        att.name = rec->attachment_name;
-        att.mime = rec->attachment_mime;
-        att.size = rec->attachment_size > 0 ?
-                   (size_t)rec->attachment_size : 0;
-        ev.attachment = &att;
-    }
+    job_record_event(rec, &ev, &att);
     if (greet) {
         /* The bot's own join: a greeting has no text of its own. */
         ev.kind = EVENT_JOIN;

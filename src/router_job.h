@@ -18,6 +18,7 @@ struct loop;
 struct adapter;
 struct history;
 struct dict;
+struct state_job;
 
 /* Greeting cooldown per user and room: one day. */
 #define ROUTER_GREET_COOLDOWN_S 86400
@@ -183,6 +184,12 @@ void job_typing(struct job *job, int on);
  * answer), then mark the job done; the job is the adapter's after. */
 void job_send(struct job *job);
 const char *event_speaker(const struct event *ev);
+/* The event a job record stands for, as it arrived: a message addressed
+ * to the bot (router.c's resume, work.c's shared jobs).  Strings are
+ * borrowed from rec; att receives the picture when the record names one
+ * (ev->attachment then points at it) and must live as long as ev. */
+void job_record_event(const struct state_job *rec, struct event *ev,
+                      struct event_attachment *att);
 
 /* job_image.c */
 /* The user turn's text as the model and the history see it: the event's

@@ -198,6 +198,50 @@ static int job_field(const char **argv, int argc, const char *name,
     return argc;
 }
 
+int state_job_valid(const struct state_job *job)
+{
+    return job && job->event_id &&
+           (unsigned)job->kind < sizeof(state_job_kinds) /
+                                 sizeof(state_job_kinds[0]);
+}
+
+int state_job_fields(const char **argv, int argc, const struct state_job *job,
+                     char *ts, size_t tslen)
+{
+    /* ts 0 means "now": the caller rarely has a better clock. */
+    snprintf(ts, tslen, "%lld", job->ts ? job->ts : (long long)time(NULL));
+    /* A new record is always pending, whatever job->state says. */
+    argc = job_field(argv, argc, "state",
+                     state_job_states[STATE_JOB_PENDING]);
+    argc = job_field(argv, argc, "kind", state_job_kinds[job->kind]);
+    argc = job_field(argv, argc, "platform", job->platform);
+    argc = job_field(argv, argc, "account", job->account);
+    argc = job_field(argv, argc, "room", job->room);
+    argc = job_field(argv, argc, "sender", job->sender);
+    argc = job_field(argv, argc, "sender_name", job->sender_name);
+    argc = job_field(argv, argc, "text", job->text);
+    argc = job_field(argv, argc, "thread_id", job->thread_id);
+    argc = job_field(argv, argc, "reply_to", job->reply_to);
+    argc = job_field(argv, argc, "is_admin", job->is_admin ? "1" : "0");
+    return job_field(argv, argc, "ts", ts);
+}
+
+void state_job_read(const redisReply *rep, struct state_job *job)
+{
+    job->platform = state_hash_field(rep, "platform");
+    job->account = state_hash_field(rep, "account");
+    job->room = state_hash_field(rep, "room");
+    job->sender = state_hash_field(rep, "sender");
+    job->sender_name = state_hash_field(rep, "sender_name");
+    job->text = state_hash_field(rep, "text");
+    job->thread_id = state_hash_field(rep, "thread_id");
+    job->reply_to = state_hash_field(rep, "reply_to");
+    job->is_admin = state_parse_ll(state_hash_field(rep, "is_admin")) == 1;
+    job->ts = state_parse_ll(state_hash_field(rep, "ts"));
+    job->answer = state_hash_field(rep, "answer");
+    job->notice = state_parse_ll(state_hash_field(rep, "notice")) == 1;
+}
+
 int state_job_record(struct store *st, const struct state_job *job,
                      int ttl_s, state_claim_fn *fn, void *privdata)
 {
@@ -208,9 +252,7 @@ int state_job_record(struct store *st, const struct state_job *job,
     int argc = 0, fenced;
     int result;
 
-    if (!job || !job->event_id || ttl_s <= 0 ||
-        (unsigned)job->kind >= sizeof(state_job_kinds) /
-                               sizeof(state_job_kinds[0]))
+    if (!state_job_valid(job) || ttl_s <= 0)
         return PARLEY_ERR_OTHER;
     result = store_key(st, seen, sizeof(seen), "seen:%s", job->event_id);
     if (!result)
@@ -220,9 +262,6 @@ int state_job_record(struct store *st, const struct state_job *job,
     if (!store_is_up(st))
         return PARLEY_ERR_STATE;
     snprintf(ttl, sizeof(ttl), "%d", ttl_s);
-    /* ts 0 means "now": the caller rarely has a better clock. */
-    snprintf(ts, sizeof(ts), "%lld",
-             job->ts ? job->ts : (long long)time(NULL));
     fenced = state_fence_args(st, job->platform, job->account, fence,
                               sizeof(fence), token, sizeof(token));
     if (fenced < 0)
@@ -237,20 +276,7 @@ int state_job_record(struct store *st, const struct state_job *job,
     argv[argc++] = ttl;
     if (fenced)
         argv[argc++] = token;
-    /* A new record is always pending, whatever job->state says. */
-    argc = job_field(argv, argc, "state",
-                     state_job_states[STATE_JOB_PENDING]);
-    argc = job_field(argv, argc, "kind", state_job_kinds[job->kind]);
-    argc = job_field(argv, argc, "platform", job->platform);
-    argc = job_field(argv, argc, "account", job->account);
-    argc = job_field(argv, argc, "room", job->room);
-    argc = job_field(argv, argc, "sender", job->sender);
-    argc = job_field(argv, argc, "sender_name", job->sender_name);
-    argc = job_field(argv, argc, "text", job->text);
-    argc = job_field(argv, argc, "thread_id", job->thread_id);
-    argc = job_field(argv, argc, "reply_to", job->reply_to);
-    argc = job_field(argv, argc, "is_admin", job->is_admin ? "1" : "0");
-    argc = job_field(argv, argc, "ts", ts);
+    argc = state_job_fields(argv, argc, job, ts, sizeof(ts));
     argc = job_field(argv, argc, "attachment_ref", job->attachment_ref);
     argc = job_field(argv, argc, "attachment_name", job->attachment_name);
     argc = job_field(argv, argc, "attachment_mime", job->attachment_mime);
@@ -482,18 +508,7 @@ static int job_decode(const redisReply *rep, const char *key,
     job->event_id = event_id;
     job->kind = k < 0 ? STATE_JOB_CHAT : (enum state_job_kind)k;
     job->state = s < 0 ? STATE_JOB_PENDING : (enum state_job_state)s;
-    job->platform = state_hash_field(rep, "platform");
-    job->account = state_hash_field(rep, "account");
-    job->room = state_hash_field(rep, "room");
-    job->sender = state_hash_field(rep, "sender");
-    job->sender_name = state_hash_field(rep, "sender_name");
-    job->text = state_hash_field(rep, "text");
-    job->thread_id = state_hash_field(rep, "thread_id");
-    job->reply_to = state_hash_field(rep, "reply_to");
-    job->is_admin = state_parse_ll(state_hash_field(rep, "is_admin")) == 1;
-    job->ts = state_parse_ll(state_hash_field(rep, "ts"));
-    job->answer = state_hash_field(rep, "answer");
-    job->notice = state_parse_ll(state_hash_field(rep, "notice")) == 1;
+    state_job_read(rep, job);
     job->attachment_ref = state_hash_field(rep, "attachment_ref");
     job->attachment_name = state_hash_field(rep, "attachment_name");
     job->attachment_mime = state_hash_field(rep, "attachment_mime");

@@ -202,6 +202,26 @@ static struct lease_req *lease_req_new(const char *platform,
     return q;
 }
 
+/*
+ * How every lease command starts: its keys (fence too when fence is not
+ * NULL), a store that can take a command, then *q for the reply, NULL
+ * when out of memory (lease_send then says so).  Returns the status of
+ * the first two; *q is set only when they pass.
+ */
+static int lease_start(struct store *st, const char *platform,
+                       const char *account, char *lease, char *fence,
+                       void *privdata, struct lease_req **q)
+{
+    int result = lease_keys(st, platform, account, lease, fence);
+
+    if (result)
+        return result;
+    if (!store_is_up(st))
+        return PARLEY_ERR_STATE;
+    *q = lease_req_new(platform, account, privdata);
+    return PARLEY_OK;
+}
+
 static int lease_send(struct store *st, struct lease_req *q,
                       store_reply_fn *fn, int argc, const char **argv)
 {
@@ -259,28 +279,19 @@ int state_lease_acquire(struct store *st, const char *platform,
                         state_lease_fn *fn, void *privdata)
 {
     char lease[STORE_KEY_MAX], fence[STORE_KEY_MAX], ttl[24];
-    const char *argv[7];
+    const char *argv[] = { "EVAL", lease_acquire_script, "2", lease, fence,
+                           owner, ttl };
     struct lease_req *q;
     int result;
 
     if (!owner || !owner[0] || ttl_ms <= 0 || !fn)
         return PARLEY_ERR_OTHER;
-    result = lease_keys(st, platform, account, lease, fence);
+    result = lease_start(st, platform, account, lease, fence, privdata, &q);
     if (result)
         return result;
-    if (!store_is_up(st))
-        return PARLEY_ERR_STATE;
-    snprintf(ttl, sizeof(ttl), "%d", ttl_ms);
-    argv[0] = "EVAL";
-    argv[1] = lease_acquire_script;
-    argv[2] = "2";
-    argv[3] = lease;
-    argv[4] = fence;
-    argv[5] = owner;
-    argv[6] = ttl;
-    q = lease_req_new(platform, account, privdata);
     if (q)
         q->lease_fn = fn;
+    snprintf(ttl, sizeof(ttl), "%d", ttl_ms);
     return lease_send(st, q, acquire_replied, 7, argv);
 }
 
@@ -306,30 +317,20 @@ int state_lease_renew(struct store *st, const char *platform,
                       void *privdata)
 {
     char lease[STORE_KEY_MAX], fence[STORE_KEY_MAX], ttl[24], tok[24];
-    const char *argv[8];
+    const char *argv[] = { "EVAL", lease_renew_script, "2", lease, fence,
+                           owner, tok, ttl };
     struct lease_req *q;
     int result;
 
     if (!owner || !owner[0] || ttl_ms <= 0 || token <= 0)
         return PARLEY_ERR_OTHER;
-    result = lease_keys(st, platform, account, lease, fence);
+    result = lease_start(st, platform, account, lease, fence, privdata, &q);
     if (result)
         return result;
-    if (!store_is_up(st))
-        return PARLEY_ERR_STATE;
-    snprintf(ttl, sizeof(ttl), "%d", ttl_ms);
-    snprintf(tok, sizeof(tok), "%lld", token);
-    argv[0] = "EVAL";
-    argv[1] = lease_renew_script;
-    argv[2] = "2";
-    argv[3] = lease;
-    argv[4] = fence;
-    argv[5] = owner;
-    argv[6] = tok;
-    argv[7] = ttl;
-    q = lease_req_new(platform, account, privdata);
     if (q)
         q->claim_fn = fn;
+    snprintf(ttl, sizeof(ttl), "%d", ttl_ms);
+    snprintf(tok, sizeof(tok), "%lld", token);
     return lease_send(st, q, renew_replied, 8, argv);
 }
 
@@ -349,23 +350,15 @@ int state_lease_release(struct store *st, const char *platform,
                         state_done_fn *fn, void *privdata)
 {
     char lease[STORE_KEY_MAX];
-    const char *argv[5];
+    const char *argv[] = { "EVAL", lease_release_script, "1", lease, owner };
     struct lease_req *q;
     int result;
 
     if (!owner || !owner[0])
         return PARLEY_ERR_OTHER;
-    result = lease_keys(st, platform, account, lease, NULL);
+    result = lease_start(st, platform, account, lease, NULL, privdata, &q);
     if (result)
         return result;
-    if (!store_is_up(st))
-        return PARLEY_ERR_STATE;
-    argv[0] = "EVAL";
-    argv[1] = lease_release_script;
-    argv[2] = "1";
-    argv[3] = lease;
-    argv[4] = owner;
-    q = lease_req_new(platform, account, privdata);
     if (q)
         q->done_fn = fn;
     return lease_send(st, q, release_replied, 5, argv);

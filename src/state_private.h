@@ -61,6 +61,26 @@ int state_send_multi(struct store *st, const struct state_cmd *cmds,
                      size_t n, store_reply_fn *fn, void *privdata);
 
 /*
+ * Job records (state_job.c), shared with the work streams (state_work.c),
+ * which write and read the same job:<id> hash.  state_job_valid: job has
+ * an event id and a kind with a stored name.  state_job_fields appends
+ * the fields every new record starts with (state pending, kind, the
+ * event's names and text, is_admin, ts) as name/value pairs to argv at
+ * argc, leaving out unset strings, and returns the new argc: argv needs
+ * room for STATE_JOB_FIELDS_MAX more entries.  ts (tslen >= 24) receives
+ * the record's time as text (job->ts, or now when 0) and must live as
+ * long as argv.  state_job_read fills the same fields, and answer and
+ * notice, of job from an HGETALL reply (borrowed from rep); state, kind,
+ * event id and attachments are the caller's, as their rules differ.
+ */
+struct state_job;
+#define STATE_JOB_FIELDS_MAX (2 * 12)
+int state_job_valid(const struct state_job *job);
+int state_job_fields(const char **argv, int argc, const struct state_job *job,
+                     char *ts, size_t tslen);
+void state_job_read(const struct redisReply *rep, struct state_job *job);
+
+/*
  * Fencing helpers (state_lease.c).  state_fence_args: when this process
  * holds a fencing token for (platform, account), write the prefixed
  * fence key and the token as text and return 1; 0 when the account is

@@ -13,7 +13,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include <hiredis/hiredis.h>
 
@@ -71,11 +70,29 @@ static struct work_request *work_request_new(void *privdata,
     return req;
 }
 
+/* The stream key of (platform, account) into key, then whether the
+ * store can take a command: how every stream call here starts. */
+static int work_key_up(struct store *st, char *key, size_t len,
+                       const char *platform, const char *account)
+{
+    int result = work_stream_key(st, key, len, platform, account);
+
+    if (result)
+        return result;
+    return store_is_up(st) ? PARLEY_OK : PARLEY_ERR_STATE;
+}
+
+/* Send with req as the callback's privdata; req NULL (work_request_new
+ * ran out of memory) is PARLEY_ERR_OOM.  req is freed when the send
+ * fails. */
 static int work_send(struct store *st, store_reply_fn *cb,
                      struct work_request *req, int argc, const char **argv)
 {
-    int result = store_command_argv(st, cb, req, argc, argv, NULL);
+    int result;
 
+    if (!req)
+        return PARLEY_ERR_OOM;
+    result = store_command_argv(st, cb, req, argc, argv, NULL);
     if (result)
         free(req);
     return result;
@@ -109,16 +126,13 @@ int state_work_group_create(struct store *st, const char *platform,
     const char *argv[] = { "XGROUP", "CREATE", key, work_group(platform),
                            "0", "MKSTREAM" };
     struct work_request *req;
-    int result = work_stream_key(st, key, sizeof(key), platform, account);
+    int result = work_key_up(st, key, sizeof(key), platform, account);
 
     if (result)
         return result;
-    if (!store_is_up(st))
-        return PARLEY_ERR_STATE;
     req = work_request_new(privdata, key);
-    if (!req)
-        return PARLEY_ERR_OOM;
-    req->done_fn = fn;
+    if (req)
+        req->done_fn = fn;
     return work_send(st, work_group_created, req, 6, argv);
 }
 
@@ -212,17 +226,14 @@ int state_work_read(struct store *st, const char *platform,
 
     if (!fn || !consumer || count == 0)
         return PARLEY_ERR_OTHER;
-    result = work_stream_key(st, key, sizeof(key), platform, account);
+    result = work_key_up(st, key, sizeof(key), platform, account);
     if (result)
         return result;
-    if (!store_is_up(st))
-        return PARLEY_ERR_STATE;
     snprintf(n, sizeof(n), "%zu",
              count < WORK_ENTRIES_MAX ? count : (size_t)WORK_ENTRIES_MAX);
     req = work_request_new(privdata, key);
-    if (!req)
-        return PARLEY_ERR_OOM;
-    req->entries_fn = fn;
+    if (req)
+        req->entries_fn = fn;
     return work_send(st, work_read_replied, req, 9, argv);
 }
 
@@ -261,18 +272,15 @@ int state_work_claim(struct store *st, const char *platform,
 
     if (!fn || !consumer || !cursor || count == 0 || min_idle_ms < 0)
         return PARLEY_ERR_OTHER;
-    result = work_stream_key(st, key, sizeof(key), platform, account);
+    result = work_key_up(st, key, sizeof(key), platform, account);
     if (result)
         return result;
-    if (!store_is_up(st))
-        return PARLEY_ERR_STATE;
     snprintf(n, sizeof(n), "%zu",
              count < WORK_ENTRIES_MAX ? count : (size_t)WORK_ENTRIES_MAX);
     snprintf(idle, sizeof(idle), "%lld", min_idle_ms);
     req = work_request_new(privdata, key);
-    if (!req)
-        return PARLEY_ERR_OOM;
-    req->entries_fn = fn;
+    if (req)
+        req->entries_fn = fn;
     return work_send(st, work_claim_replied, req, 8, argv);
 }
 
@@ -285,11 +293,9 @@ int state_work_ack(struct store *st, const char *platform,
 
     if (!entry_id)
         return PARLEY_ERR_OTHER;
-    result = work_stream_key(st, key, sizeof(key), platform, account);
+    result = work_key_up(st, key, sizeof(key), platform, account);
     if (result)
         return result;
-    if (!store_is_up(st))
-        return PARLEY_ERR_STATE;
     return state_send_forget(st, "XACK", 4, argv);
 }
 
@@ -302,11 +308,9 @@ int state_work_touch(struct store *st, const char *consumer,
 
     if (!consumer || !entry_ids || n == 0 || n > WORK_ENTRIES_MAX)
         return PARLEY_ERR_OTHER;
-    result = work_stream_key(st, key, sizeof(key), NULL, NULL);
+    result = work_key_up(st, key, sizeof(key), NULL, NULL);
     if (result)
         return result;
-    if (!store_is_up(st))
-        return PARLEY_ERR_STATE;
     argv = calloc(n + 6, sizeof(*argv));
     if (!argv)
         return PARLEY_ERR_OOM;
@@ -350,29 +354,17 @@ static void work_done_replied(struct store *st, redisReply *rep,
     free(req);
 }
 
-static int work_field(const char **argv, int argc, const char *name,
-                      const char *value)
-{
-    if (!value)
-        return argc;
-    argv[argc++] = name;
-    argv[argc++] = value;
-    return argc;
-}
-
 int state_work_submit(struct store *st, const struct state_job *job,
                       int ttl_s, const char *owner, state_done_fn *fn,
                       void *privdata)
 {
-    static const char *const kinds[] = { "chat", "command", "greet" };
     char key[STORE_KEY_MAX], stream[STORE_KEY_MAX], ttl[24], ts[24];
     char maxlen[24];
-    const char *argv[9 + 2 * 13];
+    const char *argv[9 + STATE_JOB_FIELDS_MAX];
     struct work_request *req;
     int argc = 0, result;
 
-    if (!job || !job->event_id || !owner || ttl_s <= 0 ||
-        (unsigned)job->kind >= sizeof(kinds) / sizeof(kinds[0]))
+    if (!state_job_valid(job) || !owner || ttl_s <= 0)
         return PARLEY_ERR_OTHER;
     result = store_key(st, key, sizeof(key), "job:%s", job->event_id);
     if (!result)
@@ -383,8 +375,6 @@ int state_work_submit(struct store *st, const struct state_job *job,
         return PARLEY_ERR_STATE;
     snprintf(ttl, sizeof(ttl), "%d", ttl_s);
     snprintf(maxlen, sizeof(maxlen), "%d", STATE_WORK_STREAM_MAX);
-    snprintf(ts, sizeof(ts), "%lld",
-             job->ts ? job->ts : (long long)time(NULL));
     argv[argc++] = "EVAL";
     argv[argc++] = work_submit_script;
     argv[argc++] = "2";
@@ -394,23 +384,12 @@ int state_work_submit(struct store *st, const struct state_job *job,
     argv[argc++] = maxlen;
     argv[argc++] = job->event_id;
     argv[argc++] = owner;
-    /* The same fields as state_job_record writes. */
-    argc = work_field(argv, argc, "state", "pending");
-    argc = work_field(argv, argc, "kind", kinds[job->kind]);
-    argc = work_field(argv, argc, "platform", job->platform);
-    argc = work_field(argv, argc, "account", job->account);
-    argc = work_field(argv, argc, "room", job->room);
-    argc = work_field(argv, argc, "sender", job->sender);
-    argc = work_field(argv, argc, "sender_name", job->sender_name);
-    argc = work_field(argv, argc, "text", job->text);
-    argc = work_field(argv, argc, "thread_id", job->thread_id);
-    argc = work_field(argv, argc, "reply_to", job->reply_to);
-    argc = work_field(argv, argc, "is_admin", job->is_admin ? "1" : "0");
-    argc = work_field(argv, argc, "ts", ts);
+    /* The fields state_job_record starts a record with (not its
+     * attachment fields). */
+    argc = state_job_fields(argv, argc, job, ts, sizeof(ts));
     req = work_request_new(privdata, job->event_id);
-    if (!req)
-        return PARLEY_ERR_OOM;
-    req->done_fn = fn;
+    if (req)
+        req->done_fn = fn;
     return work_send(st, work_done_replied, req, argc, argv);
 }
 
@@ -444,18 +423,7 @@ static void work_job_loaded(struct store *st, redisReply *rep,
                kind && strcmp(kind, "greet") == 0 ? STATE_JOB_GREET :
                STATE_JOB_CHAT;
     job.event_id = req->job_id;
-    job.platform = state_hash_field(rep, "platform");
-    job.account = state_hash_field(rep, "account");
-    job.room = state_hash_field(rep, "room");
-    job.sender = state_hash_field(rep, "sender");
-    job.sender_name = state_hash_field(rep, "sender_name");
-    job.text = state_hash_field(rep, "text");
-    job.thread_id = state_hash_field(rep, "thread_id");
-    job.reply_to = state_hash_field(rep, "reply_to");
-    job.is_admin = state_parse_ll(state_hash_field(rep, "is_admin")) == 1;
-    job.ts = state_parse_ll(state_hash_field(rep, "ts"));
-    job.answer = state_hash_field(rep, "answer");
-    job.notice = state_parse_ll(state_hash_field(rep, "notice")) == 1;
+    state_job_read(rep, &job);
     req->job_fn(PARLEY_OK, &job, req->privdata);
     free(req->job_id);
     free(req);
@@ -674,14 +642,11 @@ int state_work_info(struct store *st, state_work_info_fn *fn,
 
     if (!fn)
         return PARLEY_ERR_OTHER;
-    result = work_stream_key(st, key, sizeof(key), NULL, NULL);
+    result = work_key_up(st, key, sizeof(key), NULL, NULL);
     if (result)
         return result;
-    if (!store_is_up(st))
-        return PARLEY_ERR_STATE;
     req = work_request_new(privdata, key);
-    if (!req)
-        return PARLEY_ERR_OOM;
-    req->info_fn = fn;
+    if (req)
+        req->info_fn = fn;
     return work_send(st, work_info_replied, req, 3, argv);
 }

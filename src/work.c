@@ -356,23 +356,13 @@ static void work_load_free(struct work_load *ld)
 static int work_think(struct work *w, struct work_load *ld,
                       const struct state_job *rec)
 {
+    struct event_attachment att;
     struct room *room;
     struct event ev;
     struct job *job;
 
-    memset(&ev, 0, sizeof(ev));
-    ev.kind = EVENT_MESSAGE;
-    ev.platform = rec->platform;
-    ev.account = rec->account;
-    ev.room = rec->room;
-    ev.sender = rec->sender;
-    ev.sender_name = rec->sender_name;
-    ev.text = rec->text;
-    ev.thread_id = rec->thread_id;
-    ev.reply_to = rec->reply_to;
-    ev.event_id = rec->event_id;
-    ev.addressed = 1;
-    ev.is_admin = rec->is_admin;
+    /* No attachment: state_work_job_load reads none (rec's are NULL). */
+    job_record_event(rec, &ev, &att);
     room = calloc(1, sizeof(*room));
     if (!room)
         return PARLEY_ERR_OOM;
