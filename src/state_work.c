@@ -384,8 +384,8 @@ int state_work_submit(struct store *st, const struct state_job *job,
     argv[argc++] = maxlen;
     argv[argc++] = job->event_id;
     argv[argc++] = owner;
-    /* The fields state_job_record starts a record with (not its
-     * attachment fields). */
+    /* The fields state_job_record starts a record with, not its
+     * attachment fields: a question with a picture is never shared. */
     argc = state_job_fields(argv, argc, job, ts, sizeof(ts));
     req = work_request_new(privdata, job->event_id);
     if (req)

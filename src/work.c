@@ -196,7 +196,9 @@ static void work_submitted(int status, void *privdata)
 }
 
 /* r->run_job with sharing on: chat jobs go to the stream, the rest (and
- * anything while Redis is away) runs here as before. */
+ * anything while Redis is away) runs here as before.  A question with a
+ * picture stays here too: the picture is fetched through the adapter
+ * that holds the connection, and a worker elsewhere has none. */
 static void work_share(struct job *job)
 {
     struct router *r = job->r;
@@ -205,7 +207,8 @@ static void work_share(struct job *job)
     char made[EVENT_ROOM_KEY_MAX];
     const char *id = ev->event_id;
 
-    if (job->kind != JOB_CHAT || !w->ready || w->stopped || job->work_id) {
+    if (job->kind != JOB_CHAT || !w->ready || w->stopped || job->work_id ||
+        ev->attachment) {
         job_run(job);
         return;
     }
@@ -361,7 +364,8 @@ static int work_think(struct work *w, struct work_load *ld,
     struct event ev;
     struct job *job;
 
-    /* No attachment: state_work_job_load reads none (rec's are NULL). */
+    /* No attachment: questions with a picture are never shared
+     * (work_share), and state_work_job_load reads none. */
     job_record_event(rec, &ev, &att);
     room = calloc(1, sizeof(*room));
     if (!room)
