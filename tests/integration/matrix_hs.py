@@ -10,6 +10,8 @@
   will not produce at will: 5xx, a hang, a connection dropped mid-answer,
   malformed JSON.  It records every request (method, path, status), so a
   test can count /sync attempts (no tight loop) and see txnIds of sends.
+- run_matrix: the main() of every Matrix test file (one Synapse, the
+  cases or those named in MATRIX_CASES, the exit status).
 
 Standard library only; run with Debian's /usr/bin/python3.
 """
@@ -20,6 +22,7 @@ import os
 import socket
 import struct
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -27,7 +30,8 @@ import urllib.parse
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from harness import SOURCE_DIR, free_port, skip, wait_until
+from harness import (SOURCE_DIR, Test, free_port, run_cases, skip,
+                     wait_until)
 
 # Beside the source tree, as CI lays it out; PARLEY_SYNAPSE_SH overrides
 # it for a checkout elsewhere (e.g. a git worktree).
@@ -40,6 +44,24 @@ def require_homeserver():
     if not os.access(HS_SCRIPT, os.X_OK):
         skip("Synapse not available (%s is absent): Matrix tests need "
              "../shared/synapse beside the source tree" % HS_SCRIPT)
+
+
+def run_matrix(cases, holder):
+    """Start one Synapse, hand it to the tests as holder.HS (the module
+    whose test functions read HS), run cases (or only those named in
+    MATRIX_CASES, comma-separated) and exit with their status."""
+    code = 1
+    with Test() as t:
+        holder.HS = t.add(Homeserver(t.tmp).start())
+        only = os.environ.get("MATRIX_CASES")
+        if only:
+            cases = [c for c in cases if c.__name__ in only.split(",")]
+        try:
+            run_cases(cases)
+        except SystemExit as e:
+            code = e.code
+    # Outside the with: Synapse is stopped and, on success, its files go.
+    sys.exit(code)
 
 
 def q(s):

@@ -38,10 +38,10 @@ import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import test_matrix_adapter as tma
-from harness import (Redis, Test, require_parley, run_cases, spawn, stop,
-                     wait_port, wait_until)
-from matrix_hs import FaultProxy, Homeserver, reply_target, \
-    require_homeserver
+from harness import (Redis, Test, require_parley, spawn, stop, wait_port,
+                     wait_until)
+from matrix_hs import FaultProxy, reply_target, require_homeserver, \
+    run_matrix
 
 RSS_GROWTH_MAX_KB = 32 * 1024
 
@@ -287,22 +287,11 @@ def test_bad_input_from_people():
 
 
 def main():
-    code = 1
     require_parley()
     require_homeserver()
-    with Test() as t:
-        tma.HS = t.add(Homeserver(t.tmp).start())
-        cases = [test_429_storm_and_resets, test_bad_json_from_homeserver,
-                 test_redis_sigkill_mid_conversation,
-                 test_bad_input_from_people]
-        only = os.environ.get("MATRIX_CASES")
-        if only:
-            cases = [c for c in cases if c.__name__ in only.split(",")]
-        try:
-            run_cases(cases)
-        except SystemExit as e:
-            code = e.code
-    sys.exit(code)
+    run_matrix([test_429_storm_and_resets, test_bad_json_from_homeserver,
+                test_redis_sigkill_mid_conversation,
+                test_bad_input_from_people], tma)
 
 
 if __name__ == "__main__":

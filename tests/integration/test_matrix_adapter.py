@@ -37,9 +37,9 @@ import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import (Parley, Redis, Stub, Test, free_port, require_parley,
-                     run_cases, stop, wait_until, write_config)
-from matrix_hs import (FaultProxy, Homeserver, q, relates, reply_target,
-                       require_homeserver)
+                     stop, wait_until, write_config)
+from matrix_hs import (FaultProxy, q, relates, reply_target,
+                       require_homeserver, run_matrix)
 
 KEY = "sk-test-matrix-0123456789abcdef"
 PW = "bot-password-4f9a1c"
@@ -704,29 +704,17 @@ def test_server_spells_user_id():
 
 
 def main():
-    global HS
-    code = 1
     require_parley()
     require_homeserver()
-    with Test() as t:
-        HS = t.add(Homeserver(t.tmp).start())
-        cases = [test_conversation, test_display_names,
-                 test_member_greeting_and_leave,
-                 test_first_sync_is_history,
-                 test_token_logged_out,
-                 test_rate_limited_sends, test_faults_backoff,
-                 test_redis_outage_pauses_sync, test_poison_event_skipped,
-                 test_restart_exactly_once,
-                 test_answer_over_event_limit, test_server_spells_user_id]
-        only = os.environ.get("MATRIX_CASES")
-        if only:
-            cases = [c for c in cases if c.__name__ in only.split(",")]
-        try:
-            run_cases(cases)
-        except SystemExit as e:
-            code = e.code
-    # Outside the with: Synapse is stopped and, on success, its files go.
-    sys.exit(code)
+    run_matrix([test_conversation, test_display_names,
+                test_member_greeting_and_leave,
+                test_first_sync_is_history,
+                test_token_logged_out,
+                test_rate_limited_sends, test_faults_backoff,
+                test_redis_outage_pauses_sync, test_poison_event_skipped,
+                test_restart_exactly_once,
+                test_answer_over_event_limit, test_server_spells_user_id],
+               sys.modules[__name__])
 
 
 if __name__ == "__main__":

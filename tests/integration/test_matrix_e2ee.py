@@ -25,9 +25,9 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import (Parley, Redis, Stub, Test, require_parley, run_cases,
-                     skip, stop, wait_until, write_config)
-from matrix_hs import Client, Homeserver, q, require_homeserver
+from harness import (Parley, Redis, Stub, Test, require_parley, skip,
+                     stop, wait_until, write_config)
+from matrix_hs import Client, q, require_homeserver, run_matrix
 
 try:
     import olm
@@ -758,27 +758,15 @@ def test_without_key():
 
 
 def main():
-    global HS
-    code = 1
     require_parley()
     require_homeserver()
     if olm is None:
         skip("python3-olm is not installed (scripts/install-deps.sh --test)")
-    with Test() as t:
-        HS = t.add(Homeserver(t.tmp).start())
-        cases = [test_device_keys_and_restart, test_encrypted_dm_with_nio,
-                 test_utd_key_request_then_answer, test_utd_timeout_told_once,
-                 test_second_device_gets_answers, test_join_leave_rotation,
-                 test_share_with_verified,
-                 test_without_key]
-        only = os.environ.get("MATRIX_CASES")
-        if only:
-            cases = [c for c in cases if c.__name__ in only.split(",")]
-        try:
-            run_cases(cases)
-        except SystemExit as e:
-            code = e.code
-    sys.exit(code)
+    run_matrix([test_device_keys_and_restart, test_encrypted_dm_with_nio,
+                test_utd_key_request_then_answer, test_utd_timeout_told_once,
+                test_second_device_gets_answers, test_join_leave_rotation,
+                test_share_with_verified,
+                test_without_key], sys.modules[__name__])
 
 
 if __name__ == "__main__":

@@ -30,9 +30,9 @@ import time
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from harness import (Parley, Redis, Stub, Test, require_parley, run_cases,
+from harness import (Parley, Redis, Stub, Test, require_parley,
                      wait_until, write_config)
-from matrix_hs import Homeserver, q, reply_target, require_homeserver
+from matrix_hs import q, reply_target, require_homeserver, run_matrix
 from pictures import png
 
 try:
@@ -326,21 +326,10 @@ def test_encrypted_room():
 
 
 def main():
-    global HS
-    code = 1
     require_parley()
     require_homeserver()
-    with Test() as t:
-        HS = t.add(Homeserver(t.tmp).start())
-        cases = [test_plain_room, test_encrypted_room]
-        only = os.environ.get("MATRIX_CASES")
-        if only:
-            cases = [c for c in cases if c.__name__ in only.split(",")]
-        try:
-            run_cases(cases)
-        except SystemExit as e:
-            code = e.code
-    sys.exit(code)
+    run_matrix([test_plain_room, test_encrypted_room],
+               sys.modules[__name__])
 
 
 if __name__ == "__main__":

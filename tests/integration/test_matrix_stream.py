@@ -20,9 +20,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import test_matrix_adapter as tma
-from harness import Test, require_parley, run_cases, wait_until, \
-    write_config
-from matrix_hs import FaultProxy, Homeserver, relates, reply_target, require_homeserver
+from harness import Test, require_parley, wait_until, write_config
+from matrix_hs import (FaultProxy, relates, reply_target, require_homeserver,
+                       run_matrix)
 from matrix_hs import q as q_
 
 FIRST = "Streaming works in small steps."
@@ -205,21 +205,10 @@ def test_stream_kill_before_final():
 
 
 def main():
-    code = 1
     require_parley()
     require_homeserver()
-    with Test() as t:
-        tma.HS = t.add(Homeserver(t.tmp).start())
-        cases = [test_stream_edits, test_stream_kill_restart,
-                 test_stream_kill_before_final]
-        only = os.environ.get("MATRIX_CASES")
-        if only:
-            cases = [c for c in cases if c.__name__ in only.split(",")]
-        try:
-            run_cases(cases)
-        except SystemExit as e:
-            code = e.code
-    sys.exit(code)
+    run_matrix([test_stream_edits, test_stream_kill_restart,
+                test_stream_kill_before_final], tma)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@
 #include <cmocka.h>
 #include <uv.h>
 
-#include "spawn.h"
+#include "live_store.h"
 
 #include "config.h"
 #include "lease.h"
@@ -34,7 +34,10 @@
 #define TTL_MS 600
 #define TTL_HOLD_MS 3000
 
-struct live {
+/* Not live_store.h's struct live: lease.c runs on a struct loop, so this
+ * fixture drives that loop instead of a tick timer; only the scratch
+ * directory helpers are shared. */
+struct lease_live {
     uv_loop_t uv;
     struct loop *loop;
     char dir[64];
@@ -60,7 +63,7 @@ static void on_change(struct lease *l, enum lease_state s, void *priv)
         w->lost_at = lease_clock_ms();
 }
 
-static void run_for(struct live *L, int ms)
+static void run_for(struct lease_live *L, int ms)
 {
     uint64_t end = lease_clock_ms() + (uint64_t)ms;
 
@@ -71,7 +74,7 @@ static void run_for(struct live *L, int ms)
 }
 
 /* Run the loop until *state == want or ms passed; 1 when reached. */
-static int wait_state(struct live *L, const struct lease *l,
+static int wait_state(struct lease_live *L, const struct lease *l,
                       enum lease_state want, int ms)
 {
     uint64_t end = lease_clock_ms() + (uint64_t)ms;
@@ -85,14 +88,14 @@ static int wait_state(struct live *L, const struct lease *l,
 
 static int setup(void **state)
 {
-    struct live *L = calloc(1, sizeof(*L));
+    struct lease_live *L = calloc(1, sizeof(*L));
     struct config_redis cfg = { .host = "127.0.0.1", .db = 4,
                                 .prefix = "tl:" };
 
     if (!L)
         return -1;
-    snprintf(L->dir, sizeof(L->dir), "/tmp/parley-lease-XXXXXX");
-    if (!mkdtemp(L->dir) || uv_loop_init(&L->uv) != 0 ||
+    if (live_dir_make(L->dir, sizeof(L->dir), "/tmp/parley-lease-XXXXXX") ||
+        uv_loop_init(&L->uv) != 0 ||
         loop_create(&L->loop, &L->uv) != PARLEY_OK) {
         free(L);
         return -1;
@@ -113,8 +116,7 @@ static int setup(void **state)
 
 static int teardown(void **state)
 {
-    struct live *L = *state;
-    char path[128];
+    struct lease_live *L = *state;
 
     state_fence_clear();
     store_close(L->st);
@@ -124,16 +126,14 @@ static int teardown(void **state)
     uv_run(&L->uv, UV_RUN_NOWAIT);
     uv_loop_close(&L->uv);
     spawn_stop(L->redis);
-    snprintf(path, sizeof(path), "%s/dump.rdb", L->dir);
-    unlink(path);
-    rmdir(L->dir);
+    live_dir_remove(L->dir);
     free(L);
     return 0;
 }
 
 static void test_one_holder_then_handover(void **state)
 {
-    struct live *L = *state;
+    struct lease_live *L = *state;
     struct lease *a = NULL, *b = NULL;
     struct seen wa = { 0 }, wb = { 0 };
     long long first;
@@ -170,7 +170,7 @@ static void test_one_holder_then_handover(void **state)
 
 static void test_redis_gone_means_lost(void **state)
 {
-    struct live *L = *state;
+    struct lease_live *L = *state;
     struct lease *a = NULL;
     struct seen wa = { 0 };
     uint64_t last_ok = 0;
@@ -204,7 +204,7 @@ static void test_redis_gone_means_lost(void **state)
 
 static void test_free_in_flight(void **state)
 {
-    struct live *L = *state;
+    struct lease_live *L = *state;
     struct lease *a = NULL;
     struct seen wa = { 0 };
 

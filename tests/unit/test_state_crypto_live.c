@@ -16,7 +16,7 @@
 #include <hiredis/hiredis.h>
 #include <uv.h>
 
-#include "spawn.h"
+#include "live_store.h"
 
 #include "config.h"
 #include "log.h"
@@ -28,16 +28,6 @@
 #define ACCT "@bot:hs"
 
 static const uint8_t pkey[] = "a pickle key from the environment";
-
-struct live {
-    uv_loop_t loop;
-    uv_timer_t tick;
-    char dir[64];
-    int port;
-    pid_t redis;
-    struct store *st;
-    int ups;
-};
 
 /* What the last callback saw, copied (its data lives only during it). */
 struct cap {
@@ -51,31 +41,6 @@ struct cap {
     char values[8][256];
     long long created_ms;
 };
-
-static void tick_fn(uv_timer_t *t)
-{
-    (void)t;
-}
-
-static int wait_calls(struct live *L, struct cap *c, int ms)
-{
-    uint64_t end = uv_now(&L->loop) + (uint64_t)ms;
-
-    uv_timer_start(&L->tick, tick_fn, 5, 5);
-    while (c->calls < 1 && uv_now(&L->loop) < end)
-        uv_run(&L->loop, UV_RUN_ONCE);
-    uv_timer_stop(&L->tick);
-    return c->calls == 1;
-}
-
-static void state_fn(struct store *st, int up, void *privdata)
-{
-    struct live *L = privdata;
-
-    (void)st;
-    if (up)
-        L->ups++;
-}
 
 static void done_fn(int status, void *privdata)
 {
@@ -176,58 +141,23 @@ static void raw_fn(struct store *st, struct redisReply *r, void *privdata)
         memset((c), 0, sizeof(*(c))); \
         assert_int_equal((expr), PARLEY_OK); \
         assert_int_equal((c)->calls, 0); \
-        assert_true(wait_calls((L), (c), 3000)); \
+        assert_true(live_wait_count((L), &(c)->calls, 1, 3000)); \
+        assert_int_equal((c)->calls, 1); \
     } while (0)
+
+static const struct live_opts live_opts = {
+    .tmpl = "/tmp/parley-crypto-XXXXXX", .db = 4, .prefix = "ctest:",
+    .level = LOG_LEVEL_ERROR, .eager = 1,
+};
 
 static int setup(void **state)
 {
-    struct live *L = calloc(1, sizeof(*L));
-    struct config_redis cfg = { .host = "127.0.0.1", .db = 4,
-                                .prefix = "ctest:" };
-    uint64_t end;
-
-    if (!L)
-        return -1;
-    snprintf(L->dir, sizeof(L->dir), "/tmp/parley-crypto-XXXXXX");
-    if (!mkdtemp(L->dir) || uv_loop_init(&L->loop) != 0 ||
-        uv_timer_init(&L->loop, &L->tick) != 0)
-        return -1;
-    L->port = spawn_free_port();
-    L->redis = spawn_redis(L->port, L->dir);
-    if (L->redis <= 0)
-        return -1;
-    cfg.port = L->port;
-    if (store_open(&L->st, &L->loop, &cfg, NULL) != PARLEY_OK)
-        return -1;
-    store_on_state(L->st, state_fn, L);
-    end = uv_now(&L->loop) + 3000;
-    uv_timer_start(&L->tick, tick_fn, 5, 5);
-    while (!L->ups && uv_now(&L->loop) < end)
-        uv_run(&L->loop, UV_RUN_ONCE);
-    uv_timer_stop(&L->tick);
-    *state = L;
-    return L->ups ? 0 : -1;
+    return live_setup(state, &live_opts);
 }
 
 static int teardown(void **state)
 {
-    struct live *L = *state;
-    char path[128];
-    uint64_t end;
-
-    if (L->st)
-        store_close(L->st);
-    uv_close((uv_handle_t *)&L->tick, NULL);
-    end = uv_now(&L->loop) + 3000;
-    while (uv_loop_alive(&L->loop) && uv_now(&L->loop) < end)
-        uv_run(&L->loop, UV_RUN_NOWAIT);
-    uv_loop_close(&L->loop);
-    spawn_stop(L->redis);
-    snprintf(path, sizeof(path), "%s/dump.rdb", L->dir);
-    unlink(path);
-    rmdir(L->dir);
-    free(L);
-    return 0;
+    return live_teardown(state);
 }
 
 static void test_account(void **state)
@@ -566,7 +496,7 @@ static void test_wrong_type_and_down(void **state)
     {
         uint64_t end = uv_now(&L->loop) + 2000;
 
-        uv_timer_start(&L->tick, tick_fn, 5, 5);
+        uv_timer_start(&L->tick, live_tick_fn, 5, 5);
         while (store_is_up(L->st) && uv_now(&L->loop) < end)
             uv_run(&L->loop, UV_RUN_ONCE);
         uv_timer_stop(&L->tick);

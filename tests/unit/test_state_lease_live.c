@@ -18,23 +18,13 @@
 #include <hiredis/hiredis.h>
 #include <uv.h>
 
-#include "spawn.h"
+#include "live_store.h"
 
 #include "config.h"
 #include "log.h"
 #include "state.h"
 #include "status.h"
 #include "store.h"
-
-struct live {
-    uv_loop_t loop;
-    uv_timer_t tick;            /* keeps UV_RUN_ONCE from blocking */
-    char dir[64];
-    int port;
-    pid_t redis;
-    struct store *st;
-    int ups;
-};
 
 struct done_cap {
     int calls;
@@ -53,91 +43,6 @@ static void done_fn(int status, void *priv)
     c->calls++;
     c->status = status;
 }
-
-static void state_fn(struct store *st, int up, void *priv)
-{
-    struct live *L = priv;
-
-    (void)st;
-    if (up)
-        L->ups++;
-}
-
-static void tick_fn(uv_timer_t *t)
-{
-    (void)t;
-}
-
-static int wait_count(struct live *L, const int *counter, int target, int ms)
-{
-    uint64_t end = uv_now(&L->loop) + (uint64_t)ms;
-
-    uv_timer_start(&L->tick, tick_fn, 5, 5);
-    while (*counter < target && uv_now(&L->loop) < end)
-        uv_run(&L->loop, UV_RUN_ONCE);
-    uv_timer_stop(&L->tick);
-    return *counter >= target;
-}
-
-static void open_store(struct live *L)
-{
-    struct config_redis cfg = { .host = "127.0.0.1", .port = L->port,
-                                .db = 3, .prefix = "lease:" };
-
-    assert_int_equal(store_open(&L->st, &L->loop, &cfg, NULL), PARLEY_OK);
-    store_on_state(L->st, state_fn, L);
-}
-
-static int setup(void **state)
-{
-    struct live *L = calloc(1, sizeof(*L));
-
-    if (!L)
-        return -1;
-    snprintf(L->dir, sizeof(L->dir), "/tmp/parley-state-XXXXXX");
-    if (!mkdtemp(L->dir) || uv_loop_init(&L->loop) != 0 ||
-        uv_timer_init(&L->loop, &L->tick) != 0) {
-        free(L);
-        return -1;
-    }
-    L->port = spawn_free_port();
-    L->redis = -1;
-    log_set_level(LOG_LEVEL_ERROR);
-    *state = L;
-    return L->port > 0 ? 0 : -1;
-}
-
-static int teardown(void **state)
-{
-    struct live *L = *state;
-    uint64_t end;
-    int closed;
-    char path[128];
-
-    if (L->st)
-        store_close(L->st);
-    uv_close((uv_handle_t *)&L->tick, NULL);
-    end = uv_now(&L->loop) + 3000;
-    while (uv_loop_alive(&L->loop) && uv_now(&L->loop) < end)
-        uv_run(&L->loop, UV_RUN_NOWAIT);
-    closed = uv_loop_close(&L->loop);
-    spawn_stop(L->redis);
-    snprintf(path, sizeof(path), "%s/dump.rdb", L->dir);
-    unlink(path);
-    rmdir(L->dir);
-    free(L);
-    assert_int_equal(closed, 0);
-    return 0;
-}
-
-static void start_up(struct live *L)
-{
-    L->redis = spawn_redis(L->port, L->dir);
-    assert_true(L->redis > 0);
-    open_store(L);
-    assert_true(wait_count(L, &L->ups, 1, 3000));
-}
-
 
 struct lease_cap {
     int calls;
@@ -183,7 +88,7 @@ static struct lease_cap acquire(struct live *L, const char *owner, int ttl)
     assert_int_equal(state_lease_acquire(L->st, "irc", "net", owner, ttl,
                                          lease_fn, &c), PARLEY_OK);
     assert_int_equal(c.calls, 0);
-    assert_true(wait_count(L, &c.calls, 1, 3000));
+    assert_true(live_wait_count(L, &c.calls, 1, 3000));
     assert_int_equal(c.status, PARLEY_OK);
     return c;
 }
@@ -195,7 +100,7 @@ static struct claim_cap renew(struct live *L, const char *owner,
 
     assert_int_equal(state_lease_renew(L->st, "irc", "net", owner, token,
                                        5000, claim_fn, &c), PARLEY_OK);
-    assert_true(wait_count(L, &c.calls, 1, 3000));
+    assert_true(live_wait_count(L, &c.calls, 1, 3000));
     return c;
 }
 
@@ -221,7 +126,7 @@ static void get_key(struct live *L, const char *key, char *out, size_t len)
 
     assert_int_equal(store_command(L->st, get_fn, &c, "GET %s", key),
                      PARLEY_OK);
-    assert_true(wait_count(L, &c.calls, 1, 3000));
+    assert_true(live_wait_count(L, &c.calls, 1, 3000));
     snprintf(out, len, "%s", c.value);
 }
 
@@ -232,8 +137,23 @@ static void hget_key(struct live *L, const char *key, const char *field,
 
     assert_int_equal(store_command(L->st, get_fn, &c, "HGET %s %s", key,
                                    field), PARLEY_OK);
-    assert_true(wait_count(L, &c.calls, 1, 3000));
+    assert_true(live_wait_count(L, &c.calls, 1, 3000));
     snprintf(out, len, "%s", c.value);
+}
+
+static const struct live_opts live_opts = {
+    .tmpl = "/tmp/parley-state-XXXXXX", .db = 3, .prefix = "lease:",
+    .level = LOG_LEVEL_ERROR, .eager = 0,
+};
+
+static int setup(void **state)
+{
+    return live_setup(state, &live_opts);
+}
+
+static int teardown(void **state)
+{
+    return live_teardown(state);
 }
 
 static void test_acquire_renew_release(void **state)
@@ -244,7 +164,7 @@ static void test_acquire_renew_release(void **state)
     struct done_cap rel = { 0 };
     char v[256];
 
-    start_up(L);
+    live_start_up(L);
     a = acquire(L, "inst-a", 5000);
     assert_int_equal(a.held, 1);
     assert_int_equal(a.token, 1);
@@ -264,13 +184,13 @@ static void test_acquire_renew_release(void **state)
     /* Release by another: nothing; by the owner: gone. */
     assert_int_equal(state_lease_release(L->st, "irc", "net", "inst-b",
                                          done_fn, &rel), PARLEY_OK);
-    assert_true(wait_count(L, &rel.calls, 1, 3000));
+    assert_true(live_wait_count(L, &rel.calls, 1, 3000));
     get_key(L, "lease:lease:irc:net", v, sizeof(v));
     assert_string_equal(v, "inst-a");
     rel.calls = 0;
     assert_int_equal(state_lease_release(L->st, "irc", "net", "inst-a",
                                          done_fn, &rel), PARLEY_OK);
-    assert_true(wait_count(L, &rel.calls, 1, 3000));
+    assert_true(live_wait_count(L, &rel.calls, 1, 3000));
     get_key(L, "lease:lease:irc:net", v, sizeof(v));
     assert_string_equal(v, "");
     /* The next holder gets a larger token; the old one cannot renew. */
@@ -290,11 +210,11 @@ static void test_expiry_takeover(void **state)
     struct claim_cap r;
     int never = 0;
 
-    start_up(L);
+    live_start_up(L);
     a = acquire(L, "inst-a", 300);
     assert_int_equal(a.held, 1);
     /* Let it expire (the loop runs; nothing renews it). */
-    wait_count(L, &never, 1, 600);
+    live_wait_count(L, &never, 1, 600);
     b = acquire(L, "inst-b", 5000);
     assert_int_equal(b.held, 1);
     assert_true(b.token > a.token);
@@ -311,7 +231,7 @@ static void test_fenced_writes(void **state)
     struct state_job job = { 0 };
     char v[256];
 
-    start_up(L);
+    live_start_up(L);
     state_fence_clear();
     a = acquire(L, "irc", 5000);       /* owner name irrelevant here */
     (void)a;
@@ -321,7 +241,7 @@ static void test_fenced_writes(void **state)
         assert_int_equal(state_lease_acquire(L->st, "matrix", "bot",
                                              "inst-a", 5000, lease_fn, &m),
                          PARLEY_OK);
-        assert_true(wait_count(L, &m.calls, 1, 3000));
+        assert_true(live_wait_count(L, &m.calls, 1, 3000));
         assert_int_equal(m.held, 1);
         assert_int_equal(state_fence_set("matrix", "bot", m.token),
                          PARLEY_OK);
@@ -337,12 +257,12 @@ static void test_fenced_writes(void **state)
     job.text = "hi";
     assert_int_equal(state_job_record(L->st, &job, 600, claim_fn, &rec),
                      PARLEY_OK);
-    assert_true(wait_count(L, &rec.calls, 1, 3000));
+    assert_true(live_wait_count(L, &rec.calls, 1, 3000));
     assert_int_equal(rec.status, PARLEY_OK);
     assert_int_equal(rec.fresh, 1);
     assert_int_equal(state_sync_save(L->st, "bot", "s1", done_fn, &sync),
                      PARLEY_OK);
-    assert_true(wait_count(L, &sync.calls, 1, 3000));
+    assert_true(live_wait_count(L, &sync.calls, 1, 3000));
     assert_int_equal(sync.status, PARLEY_OK);
 
     /* Another instance takes both accounts over (leases expired). */
@@ -357,31 +277,31 @@ static void test_fenced_writes(void **state)
         assert_int_equal(state_lease_acquire(L->st, "matrix", "bot",
                                              "inst-b", 5000, lease_fn, &m),
                          PARLEY_OK);
-        assert_true(wait_count(L, &m.calls, 1, 3000));
+        assert_true(live_wait_count(L, &m.calls, 1, 3000));
         assert_int_equal(m.held, 1);
     }
     /* Stale token: every write is refused, nothing written. */
     assert_int_equal(state_job_answered(L->st, "e1", "stale", 0, done_fn,
                                         &ans), PARLEY_OK);
-    assert_true(wait_count(L, &ans.calls, 1, 3000));
+    assert_true(live_wait_count(L, &ans.calls, 1, 3000));
     assert_int_equal(ans.status, PARLEY_ERR_STATE);
     hget_key(L, "lease:job:e1", "state", v, sizeof(v));
     assert_string_equal(v, "pending");
     assert_int_equal(state_job_done(L->st, "e1", 60, done_fn, &done),
                      PARLEY_OK);
-    assert_true(wait_count(L, &done.calls, 1, 3000));
+    assert_true(live_wait_count(L, &done.calls, 1, 3000));
     assert_int_equal(done.status, PARLEY_ERR_STATE);
     job.event_id = "e2";
     assert_int_equal(state_job_record(L->st, &job, 600, claim_fn, &rec2),
                      PARLEY_OK);
-    assert_true(wait_count(L, &rec2.calls, 1, 3000));
+    assert_true(live_wait_count(L, &rec2.calls, 1, 3000));
     assert_int_equal(rec2.status, PARLEY_ERR_STATE);
     get_key(L, "lease:seen:e2", v, sizeof(v));
     assert_string_equal(v, "");
     sync.calls = 0;
     assert_int_equal(state_sync_save(L->st, "bot", "s2", done_fn, &sync),
                      PARLEY_OK);
-    assert_true(wait_count(L, &sync.calls, 1, 3000));
+    assert_true(live_wait_count(L, &sync.calls, 1, 3000));
     assert_int_equal(sync.status, PARLEY_ERR_STATE);
     get_key(L, "lease:sync:bot", v, sizeof(v));
     assert_string_equal(v, "s1");
@@ -393,14 +313,14 @@ static void test_fenced_writes(void **state)
     ans2.calls = 0;
     assert_int_equal(state_job_answered(L->st, "e1", "fresh", 0, done_fn,
                                         &ans2), PARLEY_OK);
-    assert_true(wait_count(L, &ans2.calls, 1, 3000));
+    assert_true(live_wait_count(L, &ans2.calls, 1, 3000));
     assert_int_equal(ans2.status, PARLEY_OK);
     hget_key(L, "lease:job:e1", "answer", v, sizeof(v));
     assert_string_equal(v, "fresh");
     sync.calls = 0;
     assert_int_equal(state_sync_save(L->st, "bot", "s3", done_fn, &sync),
                      PARLEY_OK);
-    assert_true(wait_count(L, &sync.calls, 1, 3000));
+    assert_true(live_wait_count(L, &sync.calls, 1, 3000));
     assert_int_equal(sync.status, PARLEY_OK);
     state_fence_clear();
     assert_int_equal(state_fence_get("irc", "net"), 0);

@@ -20,7 +20,7 @@
 #include <hiredis/hiredis.h>
 #include <uv.h>
 
-#include "spawn.h"
+#include "live_store.h"
 
 #include "config.h"
 #include "context.h"
@@ -30,18 +30,6 @@
 #include "store.h"
 
 #define TTL_S 600
-
-struct live {
-    uv_loop_t loop;
-    uv_timer_t tick;            /* keeps UV_RUN_ONCE from blocking */
-    char dir[64];
-    char path[128];
-    int port;
-    pid_t redis;
-    struct store *st;
-    int ups;
-    int saved_stderr;
-};
 
 /* Set while a state_* call runs: a callback that sees it ran too early. */
 static int in_call;
@@ -260,156 +248,25 @@ static const struct seen_job *scan_find(const struct scan_cap *c,
     return found;
 }
 
-/* ---- harness (as test_store_live.c) ------------------------------------- */
+/* ---- harness (live_store.h) --------------------------------------------- */
 
-static void state_fn(struct store *st, int up, void *privdata)
-{
-    struct live *L = privdata;
-
-    (void)st;
-    if (up)
-        L->ups++;
-}
-
-static void tick_fn(uv_timer_t *t)
-{
-    (void)t;
-}
-
-static int wait_count(struct live *L, const int *counter, int target, int ms)
-{
-    uint64_t end = uv_now(&L->loop) + (uint64_t)ms;
-
-    uv_timer_start(&L->tick, tick_fn, 5, 5);
-    while (*counter < target && uv_now(&L->loop) < end)
-        uv_run(&L->loop, UV_RUN_ONCE);
-    uv_timer_stop(&L->tick);
-    return *counter >= target;
-}
-
-static void run_for(struct live *L, int ms)
-{
-    int never = 0;
-
-    wait_count(L, &never, 1, ms);
-}
-
-static void kill_redis(struct live *L)
-{
-    if (L->redis > 0) {
-        kill(L->redis, SIGKILL);
-        waitpid(L->redis, NULL, 0);
-        L->redis = -1;
-    }
-}
-
-static void open_store(struct live *L)
-{
-    struct config_redis cfg = { .host = "127.0.0.1", .port = L->port,
-                                .db = 3, .prefix = "ptest:" };
-
-    assert_int_equal(store_open(&L->st, &L->loop, &cfg, NULL), PARLEY_OK);
-    store_on_state(L->st, state_fn, L);
-}
+static const struct live_opts live_opts = {
+    .tmpl = "/tmp/parley-state-XXXXXX", .db = 3, .prefix = "ptest:",
+    .level = LOG_LEVEL_INFO, .eager = 0,
+};
 
 static int setup(void **state)
 {
-    struct live *L = calloc(1, sizeof(*L));
-
-    if (!L)
-        return -1;
-    snprintf(L->dir, sizeof(L->dir), "/tmp/parley-state-XXXXXX");
-    if (!mkdtemp(L->dir) || uv_loop_init(&L->loop) != 0 ||
-        uv_timer_init(&L->loop, &L->tick) != 0) {
-        free(L);
-        return -1;
-    }
-    L->port = spawn_free_port();
-    L->redis = -1;
-    L->saved_stderr = -1;
     in_call = 0;
     early = 0;
-    log_set_level(LOG_LEVEL_INFO);
-    *state = L;
-    return L->port > 0 ? 0 : -1;
-}
-
-static void log_capture(struct live *L)
-{
-    int fd;
-
-    snprintf(L->path, sizeof(L->path), "%s/parley.log", L->dir);
-    fflush(stderr);
-    L->saved_stderr = dup(2);
-    fd = open(L->path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    assert_true(fd >= 0 && L->saved_stderr >= 0);
-    dup2(fd, 2);
-    close(fd);
-}
-
-static void log_restore(struct live *L)
-{
-    if (L->saved_stderr < 0)
-        return;
-    fflush(stderr);
-    dup2(L->saved_stderr, 2);
-    close(L->saved_stderr);
-    L->saved_stderr = -1;
-}
-
-static int log_count(struct live *L, const char *needle)
-{
-    char buf[65536];
-    size_t n;
-    int count = 0;
-    FILE *f;
-
-    snprintf(L->path, sizeof(L->path), "%s/parley.log", L->dir);
-    f = fopen(L->path, "r");
-    if (!f)
-        return -1;
-    n = fread(buf, 1, sizeof(buf) - 1, f);
-    fclose(f);
-    buf[n] = '\0';
-    for (const char *p = strstr(buf, needle); p; p = strstr(p + 1, needle))
-        count++;
-    return count;
+    return live_setup(state, &live_opts);
 }
 
 static int teardown(void **state)
 {
-    struct live *L = *state;
-    static const char *files[] = { "parley.log", "dump.rdb" };
-    uint64_t end;
-    int closed;
-
-    log_restore(L);
-    if (L->st)
-        store_close(L->st);
-    L->st = NULL;
-    uv_close((uv_handle_t *)&L->tick, NULL);
-    end = uv_now(&L->loop) + 3000;
-    while (uv_loop_alive(&L->loop) && uv_now(&L->loop) < end)
-        uv_run(&L->loop, UV_RUN_NOWAIT);
-    closed = uv_loop_close(&L->loop);
-    spawn_stop(L->redis);
-    for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
-        snprintf(L->path, sizeof(L->path), "%s/%s", L->dir, files[i]);
-        unlink(L->path);
-    }
-    rmdir(L->dir);
-    free(L);
-    assert_int_equal(closed, 0);
+    live_teardown(state);
     assert_int_equal(early, 0);
     return 0;
-}
-
-static void start_up(struct live *L)
-{
-    L->redis = spawn_redis(L->port, L->dir);
-    assert_true(L->redis > 0);
-    open_store(L);
-    assert_true(wait_count(L, &L->ups, 1, 3000));
 }
 
 /* A raw command, waited for. */
@@ -417,7 +274,7 @@ static void start_up(struct live *L)
         memset((c), 0, sizeof(*(c))); \
         assert_int_equal(store_command((L)->st, cap_fn, (c), __VA_ARGS__), \
                          PARLEY_OK); \
-        assert_true(wait_count((L), &(c)->calls, 1, 2000)); \
+        assert_true(live_wait_count((L), &(c)->calls, 1, 2000)); \
     } while (0)
 
 /* ---- claims ------------------------------------------------------------- */
@@ -429,13 +286,13 @@ static void test_claims(void **state)
                      g3 = { 0 };
     struct cap ttl;
 
-    start_up(L);
+    live_start_up(L);
     assert_int_equal(CALL(state_seen_claim(L->st, "$ev1", TTL_S, claim_fn,
                                            &a)), PARLEY_OK);
     assert_int_equal(a.calls, 0);
     assert_int_equal(CALL(state_seen_claim(L->st, "$ev1", TTL_S, claim_fn,
                                            &b)), PARLEY_OK);
-    assert_true(wait_count(L, &b.calls, 1, 2000));
+    assert_true(live_wait_count(L, &b.calls, 1, 2000));
     assert_int_equal(a.calls, 1);
     assert_int_equal(a.status, PARLEY_OK);
     assert_int_equal(a.fresh, 1);
@@ -450,7 +307,7 @@ static void test_claims(void **state)
                                             60, claim_fn, &g2)), PARLEY_OK);
     assert_int_equal(CALL(state_greet_claim(L->st, "irc:net:#c", "bob",
                                             60, claim_fn, &g3)), PARLEY_OK);
-    assert_true(wait_count(L, &g3.calls, 1, 2000));
+    assert_true(live_wait_count(L, &g3.calls, 1, 2000));
     assert_int_equal(g1.fresh, 1);
     assert_int_equal(g2.fresh, 0);
     assert_int_equal(g3.fresh, 1);
@@ -462,7 +319,7 @@ static void test_claims(void **state)
                      PARLEY_ERR_OTHER);
     assert_int_equal(state_seen_claim(L->st, "x", 0, claim_fn, &a),
                      PARLEY_ERR_OTHER);
-    run_for(L, 20);
+    live_run_for(L, 20);
     assert_int_equal(a.calls, 1);
     assert_int_equal(b.calls, 1);
 }
@@ -502,7 +359,7 @@ static void test_job_lifecycle(void **state)
     struct cap c;
 
     assert_non_null(sc);
-    start_up(L);
+    live_start_up(L);
     memset(&greet, 0, sizeof(greet));
     greet.event_id = "$g";
     greet.kind = STATE_JOB_GREET;
@@ -519,7 +376,7 @@ static void test_job_lifecycle(void **state)
                                            &cg)), PARLEY_OK);
     assert_int_equal(CALL(state_job_record(L->st, &cmd, TTL_S, claim_fn,
                                            &cc)), PARLEY_OK);
-    assert_true(wait_count(L, &cc.calls, 1, 2000));
+    assert_true(live_wait_count(L, &cc.calls, 1, 2000));
     assert_int_equal(ca.status, PARLEY_OK);
     assert_int_equal(ca.fresh, 1);
     assert_int_equal(cd.status, PARLEY_OK);
@@ -542,7 +399,7 @@ static void test_job_lifecycle(void **state)
                          PARLEY_OK);
         assert_int_equal(state_job_record(L->st, &x, TTL_S, claim_fn, &r),
                          PARLEY_OK);
-        assert_true(wait_count(L, &r.calls, 1, 2000));
+        assert_true(live_wait_count(L, &r.calls, 1, 2000));
         assert_int_equal(r.fresh, 0);
         RAW(L, &c, "EXISTS %s", "ptest:job:$m");
         assert_int_equal(c.integer, 0);
@@ -557,7 +414,7 @@ static void test_job_lifecycle(void **state)
                                              done_fn, &gone)), PARLEY_OK);
     assert_int_equal(CALL(state_job_done(L->st, "$gone2", 30, NULL, NULL)),
                      PARLEY_OK);
-    assert_true(wait_count(L, &gone.calls, 1, 2000));
+    assert_true(live_wait_count(L, &gone.calls, 1, 2000));
     assert_int_equal(ans.status, PARLEY_OK);
     assert_int_equal(done.status, PARLEY_OK);
     assert_int_equal(gone.status, PARLEY_OK);
@@ -576,7 +433,7 @@ static void test_job_lifecycle(void **state)
     assert_int_equal(CALL(state_job_scan(L->st, each_fn, finished_fn, sc)),
                      PARLEY_OK);
     assert_int_equal(sc->each + sc->finished, 0);
-    assert_true(wait_count(L, &sc->finished, 1, 3000));
+    assert_true(live_wait_count(L, &sc->finished, 1, 3000));
     assert_int_equal(sc->status, PARLEY_OK);
     assert_int_equal(sc->each, 2);          /* $c is done */
     assert_int_equal(sc->each_after_finish, 0);
@@ -606,7 +463,7 @@ static void test_job_lifecycle(void **state)
     assert_int_equal(s->has_account, 0);
     assert_int_equal(s->is_admin, 0);
     assert_true(s->ts > 1700000000);        /* 0 became "now" */
-    run_for(L, 30);
+    live_run_for(L, 30);
     assert_int_equal(sc->finished, 1);
     free(sc);
 }
@@ -619,7 +476,7 @@ static void test_scan_incomplete_and_foreign(void **state)
     struct cap c;
 
     assert_non_null(sc);
-    start_up(L);
+    live_start_up(L);
     RAW(L, &c, "HSET %s state pending room r text t", "ptest:job:noplat");
     RAW(L, &c, "HSET %s state pending platform p text t", "ptest:job:noroom");
     RAW(L, &c, "HSET %s state pending kind chat platform p room r",
@@ -634,16 +491,16 @@ static void test_scan_incomplete_and_foreign(void **state)
     RAW(L, &c, "SET %s x", "ptest:job:string");
     RAW(L, &c, "HSET %s state pending platform p room r text t",
         "other:job:elsewhere");
-    log_capture(L);
+    live_log_capture(L);
     assert_int_equal(CALL(state_job_scan(L->st, each_fn, finished_fn, sc)),
                      PARLEY_OK);
-    assert_true(wait_count(L, &sc->finished, 1, 3000));
-    log_restore(L);
+    assert_true(live_wait_count(L, &sc->finished, 1, 3000));
+    live_log_restore(L);
     assert_int_equal(sc->status, PARLEY_OK);
     assert_int_equal(sc->each, 3);
-    assert_int_equal(log_count(L, "is incomplete, dropped"), 4);
-    assert_int_equal(log_count(L, "not a job record"), 1);
-    assert_int_equal(log_count(L, "unknown state"), 1);
+    assert_int_equal(live_log_count(L, "is incomplete, dropped"), 4);
+    assert_int_equal(live_log_count(L, "not a job record"), 1);
+    assert_int_equal(live_log_count(L, "unknown state"), 1);
     s = scan_find(sc, "weird");
     assert_non_null(s);
     assert_int_equal(s->state, STATE_JOB_PENDING);
@@ -670,7 +527,7 @@ static void test_scan_paging(void **state)
     int count[N];
 
     assert_non_null(sc);
-    start_up(L);
+    live_start_up(L);
     for (int i = 0; i < N + N_DONE; i++) {
         struct state_job j;
 
@@ -682,13 +539,13 @@ static void test_scan_paging(void **state)
     for (int i = N; i < N + N_DONE; i++)
         assert_int_equal(state_job_done(L->st, ids[i], TTL_S, done_fn, &dc),
                          PARLEY_OK);
-    assert_true(wait_count(L, &dc.calls, N_DONE, 5000));
+    assert_true(live_wait_count(L, &dc.calls, N_DONE, 5000));
     assert_int_equal(cc.calls, N + N_DONE);
 
     assert_int_equal(CALL(state_job_scan(L->st, each_fn, finished_fn, sc)),
                      PARLEY_OK);
-    assert_true(wait_count(L, &sc->finished, 1, 5000));
-    run_for(L, 50);
+    assert_true(live_wait_count(L, &sc->finished, 1, 5000));
+    live_run_for(L, 50);
     assert_int_equal(sc->finished, 1);
     assert_int_equal(sc->status, PARLEY_OK);
     assert_int_equal(sc->each, N);
@@ -714,12 +571,12 @@ static void test_scan_paging(void **state)
         assert_int_equal(CALL(state_job_scan(L->st, NULL, finished_fn,
                                              none)), PARLEY_OK);
         assert_int_equal(none->finished, 0);
-        assert_true(wait_count(L, &none->finished, 1, 2000));
+        assert_true(live_wait_count(L, &none->finished, 1, 2000));
         assert_int_equal(none->status, PARLEY_OK);
         /* finished may be NULL too. */
         assert_int_equal(state_job_scan(L->st, each_fn, NULL, none),
                          PARLEY_OK);
-        run_for(L, 50);
+        live_run_for(L, 50);
         assert_int_equal(none->each, 0);
         assert_int_equal(none->finished, 1);
         free(none);
@@ -735,7 +592,7 @@ static void load_room(struct live *L, const char *room, struct room_cap *rc)
     assert_int_equal(CALL(state_room_load(L->st, room, room_fn, rc)),
                      PARLEY_OK);
     assert_int_equal(rc->calls, 0);
-    assert_true(wait_count(L, &rc->calls, 1, 2000));
+    assert_true(live_wait_count(L, &rc->calls, 1, 2000));
 }
 
 static void test_room_settings(void **state)
@@ -746,7 +603,7 @@ static void test_room_settings(void **state)
     struct done_cap d[6] = { { 0 } };
     struct done_cap bad = { 0 };
 
-    start_up(L);
+    live_start_up(L);
     load_room(L, room, &rc);
     assert_int_equal(rc.status, PARLEY_OK);
     assert_int_equal(rc.got, 1);
@@ -764,7 +621,7 @@ static void test_room_settings(void **state)
     assert_int_equal(CALL(state_room_set(L->st, room, ROOM_FIELD_GREETING,
                                          "off", done_fn, &d[2])),
                      PARLEY_OK);
-    assert_true(wait_count(L, &d[2].calls, 1, 2000));
+    assert_true(live_wait_count(L, &d[2].calls, 1, 2000));
     assert_int_equal(d[0].status + d[1].status + d[2].status, PARLEY_OK);
     load_room(L, room, &rc);
     assert_string_equal(rc.model, "gpt-x");
@@ -775,7 +632,7 @@ static void test_room_settings(void **state)
                                          "on", done_fn, &d[3])), PARLEY_OK);
     assert_int_equal(CALL(state_room_set(L->st, room, ROOM_FIELD_MODEL,
                                          NULL, done_fn, &d[4])), PARLEY_OK);
-    assert_true(wait_count(L, &d[4].calls, 1, 2000));
+    assert_true(live_wait_count(L, &d[4].calls, 1, 2000));
     assert_int_equal(d[4].status, PARLEY_OK);
     load_room(L, room, &rc);
     assert_int_equal(rc.greeting, 1);
@@ -786,7 +643,7 @@ static void test_room_settings(void **state)
                                     NULL, NULL), PARLEY_OK);
     assert_int_equal(CALL(state_room_set(L->st, room, ROOM_FIELD_GREETING,
                                          NULL, done_fn, &d[5])), PARLEY_OK);
-    assert_true(wait_count(L, &d[5].calls, 1, 2000));
+    assert_true(live_wait_count(L, &d[5].calls, 1, 2000));
     load_room(L, room, &rc);
     assert_int_equal(rc.greeting, -1);
 
@@ -796,7 +653,7 @@ static void test_room_settings(void **state)
     assert_int_equal(CALL(state_history_reset(L->st, room, done_fn, &d[1])),
                      PARLEY_OK);
     d[0].calls = d[1].calls = 0;
-    assert_true(wait_count(L, &d[1].calls, 1, 2000));
+    assert_true(live_wait_count(L, &d[1].calls, 1, 2000));
     assert_int_equal(d[1].status, PARLEY_OK);
     load_room(L, room, &rc);
     assert_true(rc.epoch == 2);
@@ -808,7 +665,7 @@ static void test_room_settings(void **state)
                      PARLEY_ERR_OTHER);
     assert_int_equal(state_room_set(L->st, room, (enum room_field)7, "x",
                                     done_fn, &bad), PARLEY_ERR_OTHER);
-    run_for(L, 20);
+    live_run_for(L, 20);
     assert_int_equal(bad.calls, 0);
 }
 
@@ -819,10 +676,10 @@ static void test_usage(void **state)
     struct usage_cap uc = { 0 }, other = { 0 };
     struct cap c;
 
-    start_up(L);
+    live_start_up(L);
     assert_int_equal(CALL(state_usage_load(L->st, "irc:net:alice", day,
                                            usage_fn, &uc)), PARLEY_OK);
-    assert_true(wait_count(L, &uc.calls, 1, 2000));
+    assert_true(live_wait_count(L, &uc.calls, 1, 2000));
     assert_int_equal(uc.status, PARLEY_OK);
     assert_int_equal(uc.got, 1);
     assert_true(uc.u.requests == 0 && uc.u.tokens == 0);
@@ -838,7 +695,7 @@ static void test_usage(void **state)
     assert_int_equal(CALL(state_usage_load(L->st, "irc:net:alice",
                                            day + 86400, usage_fn, &other)),
                      PARLEY_OK);
-    assert_true(wait_count(L, &other.calls, 1, 2000));
+    assert_true(live_wait_count(L, &other.calls, 1, 2000));
     assert_int_equal(uc.status, PARLEY_OK);
     assert_true(uc.u.requests == 2);
     assert_true(uc.u.tokens_in == 10);
@@ -871,14 +728,14 @@ static void test_history_append_load_trim_ttl(void **state)
     struct load_cap lc = { 0 };
     struct cap ttl, ex;
 
-    start_up(L);
+    live_start_up(L);
     assert_int_equal(CALL(state_history_append(L->st, "matrix:!room", first,
                                                3, &cfg, -1, done_fn, &d1)),
                      PARLEY_OK);
     assert_int_equal(CALL(state_history_append(L->st, "matrix:!room",
                                                second, 3, &cfg, 0, done_fn,
                                                &d2)), PARLEY_OK);
-    assert_true(wait_count(L, &d2.calls, 1, 2000));
+    assert_true(live_wait_count(L, &d2.calls, 1, 2000));
     assert_int_equal(d1.calls, 1);
     assert_int_equal(d1.status, PARLEY_OK);
     assert_int_equal(d2.status, PARLEY_OK);
@@ -886,7 +743,7 @@ static void test_history_append_load_trim_ttl(void **state)
     assert_int_equal(CALL(state_history_load(L->st, "matrix:!room", &cfg,
                                              load_fn, &lc)), PARLEY_OK);
     assert_int_equal(lc.calls, 0);
-    assert_true(wait_count(L, &lc.calls, 1, 2000));
+    assert_true(live_wait_count(L, &lc.calls, 1, 2000));
     assert_int_equal(lc.status, PARLEY_OK);
     assert_non_null(lc.h);
     /* LTRIM kept the newest four, oldest first. */
@@ -907,7 +764,7 @@ static void test_history_append_load_trim_ttl(void **state)
     assert_int_equal(CALL(state_history_load(L->st, "matrix:!room",
                                              &cfg_long, load_fn, &lc)),
                      PARLEY_OK);
-    assert_true(wait_count(L, &lc.calls, 1, 2000));
+    assert_true(live_wait_count(L, &lc.calls, 1, 2000));
     RAW(L, &ttl, "TTL %s", "ptest:ctx:matrix:!room");
     assert_true(ttl.integer > 99000);
     /* cfg NULL: no refresh. */
@@ -915,7 +772,7 @@ static void test_history_append_load_trim_ttl(void **state)
     lc.calls = 0;
     assert_int_equal(state_history_load(L->st, "matrix:!room", NULL,
                                         load_fn, &lc), PARLEY_OK);
-    assert_true(wait_count(L, &lc.calls, 1, 2000));
+    assert_true(live_wait_count(L, &lc.calls, 1, 2000));
     RAW(L, &ttl, "TTL %s", "ptest:ctx:matrix:!room");
     assert_true(ttl.integer <= 5);
     context_history_free(lc.h);
@@ -932,7 +789,7 @@ static void test_history_append_load_trim_ttl(void **state)
                                               done_fn, &d1),
                          PARLEY_ERR_OTHER);
     }
-    run_for(L, 20);
+    live_run_for(L, 20);
     assert_int_equal(d1.calls, 1);
     RAW(L, &ex, "EXISTS %s", "ptest:ctx:r");
     assert_int_equal(ex.integer, 0);
@@ -955,27 +812,27 @@ static void test_history_malformed_and_hostile(void **state)
     struct room_cap rc;
     struct cap c;
 
-    start_up(L);
+    live_start_up(L);
     memset(big, 'a', sizeof(big) - 1);
     big[sizeof(big) - 1] = '\0';
     memcpy(big, "{\"role\":\"user\",\"content\":\"", 26);
     RAW(L, &c, "RPUSH %s %s %s %s %s %s %s", "ptest:ctx:bad", "garbage",
         good, "{\"role\":\"user\"}", "[1,2]", big, asst);
     assert_int_equal(c.integer, 6);
-    log_capture(L);
+    live_log_capture(L);
     assert_int_equal(CALL(state_history_load(L->st, "bad", NULL, load_fn,
                                              &lc)), PARLEY_OK);
-    assert_true(wait_count(L, &lc.calls, 1, 2000));
-    log_restore(L);
+    assert_true(live_wait_count(L, &lc.calls, 1, 2000));
+    live_log_restore(L);
     assert_int_equal(lc.status, PARLEY_OK);
     assert_int_equal(lc.h->n, 2);
     assert_string_equal(lc.h->turns[0].content, "ok");
     assert_string_equal(lc.h->turns[1].content, "b");
-    assert_int_equal(log_count(L, "skipping stored turn"), 4);
+    assert_int_equal(live_log_count(L, "skipping stored turn"), 4);
 
     assert_int_equal(CALL(state_history_append(L->st, room, &t, 1, &cfg, 0,
                                                done_fn, &d)), PARLEY_OK);
-    assert_true(wait_count(L, &d.calls, 1, 2000));
+    assert_true(live_wait_count(L, &d.calls, 1, 2000));
     assert_int_equal(d.status, PARLEY_OK);
     assert_int_equal(store_key(L->st, key, sizeof(key), "ctx:%s", room),
                      PARLEY_OK);
@@ -986,12 +843,12 @@ static void test_history_malformed_and_hostile(void **state)
     lc.calls = 0;
     assert_int_equal(state_history_load(L->st, room, NULL, load_fn, &lc),
                      PARLEY_OK);
-    assert_true(wait_count(L, &lc.calls, 1, 2000));
+    assert_true(live_wait_count(L, &lc.calls, 1, 2000));
     assert_int_equal(lc.h->n, 1);
     assert_string_equal(lc.h->turns[0].content, "hi");
     assert_int_equal(CALL(state_history_reset(L->st, room, done_fn, &r)),
                      PARLEY_OK);
-    assert_true(wait_count(L, &r.calls, 1, 2000));
+    assert_true(live_wait_count(L, &r.calls, 1, 2000));
     assert_int_equal(r.status, PARLEY_OK);
     RAW(L, &c, "EXISTS %b", key, strlen(key));
     assert_int_equal(c.integer, 0);
@@ -1015,17 +872,17 @@ static void test_history_epoch(void **state)
     struct room_cap rc;
     struct cap c;
 
-    start_up(L);
+    live_start_up(L);
     /* No room hash yet: the epoch is 0. */
     assert_int_equal(CALL(state_history_append(L->st, "room", pair, 2, &cfg,
                                                0, done_fn, &d1)),
                      PARLEY_OK);
-    assert_true(wait_count(L, &d1.calls, 1, 2000));
+    assert_true(live_wait_count(L, &d1.calls, 1, 2000));
     assert_int_equal(d1.status, PARLEY_OK);
     assert_int_equal(CALL(state_history_reset(L->st, "room", done_fn, &rs)),
                      PARLEY_OK);
     assert_int_equal(rs.calls, 0);
-    assert_true(wait_count(L, &rs.calls, 1, 2000));
+    assert_true(live_wait_count(L, &rs.calls, 1, 2000));
     assert_int_equal(rs.status, PARLEY_OK);
     RAW(L, &c, "EXISTS %s", "ptest:ctx:room");
     assert_int_equal(c.integer, 0);
@@ -1034,7 +891,7 @@ static void test_history_epoch(void **state)
     assert_int_equal(CALL(state_history_append(L->st, "room", late, 2, &cfg,
                                                0, done_fn, &stale)),
                      PARLEY_OK);
-    assert_true(wait_count(L, &stale.calls, 1, 2000));
+    assert_true(live_wait_count(L, &stale.calls, 1, 2000));
     assert_int_equal(stale.status, PARLEY_ERR_STATE);
     RAW(L, &c, "EXISTS %s", "ptest:ctx:room");
     assert_int_equal(c.integer, 0);
@@ -1050,12 +907,12 @@ static void test_history_epoch(void **state)
     assert_int_equal(CALL(state_history_append(L->st, "room", late + 1, 1,
                                                &cfg, -1, done_fn, &any)),
                      PARLEY_OK);
-    assert_true(wait_count(L, &any.calls, 1, 2000));
+    assert_true(live_wait_count(L, &any.calls, 1, 2000));
     assert_int_equal(fresh.status, PARLEY_OK);
     assert_int_equal(any.status, PARLEY_OK);
     assert_int_equal(state_history_load(L->st, "room", NULL, load_fn, &lc),
                      PARLEY_OK);
-    assert_true(wait_count(L, &lc.calls, 1, 2000));
+    assert_true(live_wait_count(L, &lc.calls, 1, 2000));
     assert_int_equal(lc.h->n, 4);
     assert_string_equal(lc.h->turns[0].content, "question");
     assert_string_equal(lc.h->turns[1].content, "answer");
@@ -1079,12 +936,12 @@ static void test_wrong_type(void **state)
     struct usage_cap uc = { 0 };
     struct cap c;
 
-    start_up(L);
+    live_start_up(L);
     RAW(L, &c, "SET %s x", "ptest:room:bad");
     RAW(L, &c, "SET %s x", "ptest:ctx:bad2");
     RAW(L, &c, "SET %s x", "ptest:usage:2023-11-14:u");
     RAW(L, &c, "SET %s x", "ptest:job:str");
-    log_capture(L);
+    live_log_capture(L);
     load_room(L, "bad", &rc);
     assert_int_equal(rc.status, PARLEY_ERR_PROTOCOL);
     assert_int_equal(rc.got, 0);
@@ -1104,8 +961,8 @@ static void test_wrong_type(void **state)
                                            &uc)), PARLEY_OK);
     assert_int_equal(CALL(state_job_answered(L->st, "str", "a", 0, done_fn,
                                              &ans)), PARLEY_OK);
-    assert_true(wait_count(L, &ans.calls, 1, 2000));
-    log_restore(L);
+    assert_true(live_wait_count(L, &ans.calls, 1, 2000));
+    live_log_restore(L);
     assert_int_equal(set.status, PARLEY_ERR_PROTOCOL);
     assert_int_equal(app.status, PARLEY_ERR_PROTOCOL);
     assert_int_equal(rst.status, PARLEY_ERR_PROTOCOL);
@@ -1115,8 +972,8 @@ static void test_wrong_type(void **state)
     assert_int_equal(uc.status, PARLEY_ERR_PROTOCOL);
     assert_int_equal(uc.got, 0);
     assert_int_equal(ans.status, PARLEY_ERR_PROTOCOL);
-    assert_true(log_count(L, "WRONGTYPE") >= 8);
-    run_for(L, 20);
+    assert_true(live_log_count(L, "WRONGTYPE") >= 8);
+    live_run_for(L, 20);
     assert_int_equal(set.calls + app.calls + rst.calls + hl.calls +
                      lc.calls + uc.calls + ans.calls, 7);
     /* A fire-and-forget write to a wrong-type key does not crash. */
@@ -1142,10 +999,10 @@ static void test_down(void **state)
 
     assert_non_null(sc);
     /* Nothing listens on L->port: the store stays down. */
-    log_capture(L);
-    open_store(L);
-    run_for(L, 200);
-    log_restore(L);
+    live_log_capture(L);
+    live_open_store(L);
+    live_run_for(L, 200);
+    live_log_restore(L);
     assert_false(store_is_up(L->st));
     assert_int_equal(state_seen_claim(L->st, "e", 60, claim_fn, &cc),
                      PARLEY_ERR_STATE);
@@ -1190,7 +1047,7 @@ static void test_down(void **state)
                      PARLEY_ERR_TOO_LARGE);
     assert_int_equal(state_usage_add(L->st, room, 0, 1, 1, 60),
                      PARLEY_ERR_TOO_LARGE);
-    run_for(L, 50);
+    live_run_for(L, 50);
     assert_int_equal(cc.calls + dc.calls + rc.calls + uc.calls + lc.calls +
                      sc->each + sc->finished, 0);
     free(sc);
@@ -1211,8 +1068,8 @@ static void test_killed_mid_command(void **state)
     struct cap blocked = { 0 };
 
     assert_non_null(sc);
-    start_up(L);
-    log_capture(L);
+    live_start_up(L);
+    live_log_capture(L);
     /* BLPOP holds the connection, so everything behind it is pending
      * when the server dies. */
     assert_int_equal(store_command(L->st, cap_fn, &blocked, "BLPOP %s 30",
@@ -1241,12 +1098,12 @@ static void test_killed_mid_command(void **state)
                      PARLEY_OK);
     assert_int_equal(state_job_scan(L->st, each_fn, finished_fn, sc),
                      PARLEY_OK);
-    run_for(L, 50);
+    live_run_for(L, 50);
     assert_int_equal(blocked.calls, 0);
-    kill_redis(L);
-    assert_true(wait_count(L, &sc->finished, 1, 3000));
-    run_for(L, 50);
-    log_restore(L);
+    live_kill_redis(L);
+    assert_true(live_wait_count(L, &sc->finished, 1, 3000));
+    live_run_for(L, 50);
+    live_log_restore(L);
     assert_int_equal(blocked.calls, 1);
     for (int i = 0; i < 3; i++) {
         assert_int_equal(cc[i].calls, 1);
@@ -1280,7 +1137,7 @@ static void test_scan_close_midway(void **state)
     struct claim_cap cc = { 0 };
 
     assert_non_null(sc);
-    start_up(L);
+    live_start_up(L);
     for (int i = 0; i < 150; i++) {
         char id[16];
         struct state_job j;
@@ -1290,11 +1147,11 @@ static void test_scan_close_midway(void **state)
         assert_int_equal(state_job_record(L->st, &j, TTL_S, claim_fn, &cc),
                          PARLEY_OK);
     }
-    assert_true(wait_count(L, &cc.calls, 150, 5000));
+    assert_true(live_wait_count(L, &cc.calls, 150, 5000));
     assert_int_equal(state_job_scan(L->st, each_fn, finished_fn, sc),
                      PARLEY_OK);
     /* Let the first records come in, then close. */
-    assert_true(wait_count(L, &sc->each, 1, 3000));
+    assert_true(live_wait_count(L, &sc->each, 1, 3000));
     store_close(L->st);
     L->st = NULL;
     assert_int_equal(sc->finished, 1);

@@ -17,23 +17,13 @@
 #include <hiredis/hiredis.h>
 #include <uv.h>
 
-#include "spawn.h"
+#include "live_store.h"
 
 #include "config.h"
 #include "log.h"
 #include "state.h"
 #include "status.h"
 #include "store.h"
-
-struct live {
-    uv_loop_t loop;
-    uv_timer_t tick;            /* keeps UV_RUN_ONCE from blocking */
-    char dir[64];
-    int port;
-    pid_t redis;
-    struct store *st;
-    int ups;
-};
 
 /* What a session callback saw, copied (the struct lives only during it). */
 struct sess_cap {
@@ -103,88 +93,19 @@ static void raw_fn(struct store *st, struct redisReply *r, void *priv)
     (*calls)++;
 }
 
-static void state_fn(struct store *st, int up, void *priv)
-{
-    struct live *L = priv;
-
-    (void)st;
-    if (up)
-        L->ups++;
-}
-
-static void tick_fn(uv_timer_t *t)
-{
-    (void)t;
-}
-
-static int wait_count(struct live *L, const int *counter, int target, int ms)
-{
-    uint64_t end = uv_now(&L->loop) + (uint64_t)ms;
-
-    uv_timer_start(&L->tick, tick_fn, 5, 5);
-    while (*counter < target && uv_now(&L->loop) < end)
-        uv_run(&L->loop, UV_RUN_ONCE);
-    uv_timer_stop(&L->tick);
-    return *counter >= target;
-}
-
-static void open_store(struct live *L)
-{
-    struct config_redis cfg = { .host = "127.0.0.1", .port = L->port,
-                                .db = 3, .prefix = "pss:" };
-
-    assert_int_equal(store_open(&L->st, &L->loop, &cfg, NULL), PARLEY_OK);
-    store_on_state(L->st, state_fn, L);
-}
+static const struct live_opts live_opts = {
+    .tmpl = "/tmp/parley-state-XXXXXX", .db = 3, .prefix = "pss:",
+    .level = LOG_LEVEL_ERROR, .eager = 0,
+};
 
 static int setup(void **state)
 {
-    struct live *L = calloc(1, sizeof(*L));
-
-    if (!L)
-        return -1;
-    snprintf(L->dir, sizeof(L->dir), "/tmp/parley-state-XXXXXX");
-    if (!mkdtemp(L->dir) || uv_loop_init(&L->loop) != 0 ||
-        uv_timer_init(&L->loop, &L->tick) != 0) {
-        free(L);
-        return -1;
-    }
-    L->port = spawn_free_port();
-    L->redis = -1;
-    log_set_level(LOG_LEVEL_ERROR);
-    *state = L;
-    return L->port > 0 ? 0 : -1;
+    return live_setup(state, &live_opts);
 }
 
 static int teardown(void **state)
 {
-    struct live *L = *state;
-    uint64_t end;
-    int closed;
-    char path[128];
-
-    if (L->st)
-        store_close(L->st);
-    uv_close((uv_handle_t *)&L->tick, NULL);
-    end = uv_now(&L->loop) + 3000;
-    while (uv_loop_alive(&L->loop) && uv_now(&L->loop) < end)
-        uv_run(&L->loop, UV_RUN_NOWAIT);
-    closed = uv_loop_close(&L->loop);
-    spawn_stop(L->redis);
-    snprintf(path, sizeof(path), "%s/dump.rdb", L->dir);
-    unlink(path);
-    rmdir(L->dir);
-    free(L);
-    assert_int_equal(closed, 0);
-    return 0;
-}
-
-static void start_up(struct live *L)
-{
-    L->redis = spawn_redis(L->port, L->dir);
-    assert_true(L->redis > 0);
-    open_store(L);
-    assert_true(wait_count(L, &L->ups, 1, 3000));
+    return live_teardown(state);
 }
 
 static void test_session_round_trip(void **state)
@@ -195,12 +116,12 @@ static void test_session_round_trip(void **state)
     struct state_session s = { "tok-1", "DEV1", "@parley:example.org" };
     struct state_session s2 = { "tok-2", NULL, "@parley:example.org" };
 
-    start_up(L);
+    live_start_up(L);
     /* Nothing stored: s is NULL, status OK; never before the return. */
     assert_int_equal(state_session_load(L->st, "@parley:example.org",
                                         sess_fn, &a), PARLEY_OK);
     assert_int_equal(a.calls, 0);
-    assert_true(wait_count(L, &a.calls, 1, 2000));
+    assert_true(live_wait_count(L, &a.calls, 1, 2000));
     assert_int_equal(a.status, PARLEY_OK);
     assert_true(a.null);
 
@@ -209,7 +130,7 @@ static void test_session_round_trip(void **state)
     assert_int_equal(sv.calls, 0);
     assert_int_equal(state_session_load(L->st, "@parley:example.org",
                                         sess_fn, &b), PARLEY_OK);
-    assert_true(wait_count(L, &b.calls, 1, 2000));
+    assert_true(live_wait_count(L, &b.calls, 1, 2000));
     assert_int_equal(sv.calls, 1);
     assert_int_equal(sv.status, PARLEY_OK);
     assert_int_equal(b.status, PARLEY_OK);
@@ -223,7 +144,7 @@ static void test_session_round_trip(void **state)
                                         done_fn, &sv2), PARLEY_OK);
     assert_int_equal(state_session_load(L->st, "@parley:example.org",
                                         sess_fn, &c), PARLEY_OK);
-    assert_true(wait_count(L, &c.calls, 1, 2000));
+    assert_true(live_wait_count(L, &c.calls, 1, 2000));
     assert_int_equal(sv2.status, PARLEY_OK);
     assert_string_equal(c.token, "tok-2");
     assert_string_equal(c.device, "(null)");
@@ -232,7 +153,7 @@ static void test_session_round_trip(void **state)
                                           done_fn, &del), PARLEY_OK);
     assert_int_equal(state_session_load(L->st, "@parley:example.org",
                                         sess_fn, &d), PARLEY_OK);
-    assert_true(wait_count(L, &d.calls, 1, 2000));
+    assert_true(live_wait_count(L, &d.calls, 1, 2000));
     assert_int_equal(del.calls, 1);
     assert_int_equal(del.status, PARLEY_OK);
     assert_true(d.null);
@@ -252,17 +173,17 @@ static void test_sync_round_trip(void **state)
     struct sync_cap a = { 0 }, b = { 0 };
     struct done_cap sv = { 0 };
 
-    start_up(L);
+    live_start_up(L);
     assert_int_equal(state_sync_load(L->st, "@p:s", sync_fn, &a), PARLEY_OK);
     assert_int_equal(a.calls, 0);
-    assert_true(wait_count(L, &a.calls, 1, 2000));
+    assert_true(live_wait_count(L, &a.calls, 1, 2000));
     assert_int_equal(a.status, PARLEY_OK);
     assert_true(a.null);
 
     assert_int_equal(state_sync_save(L->st, "@p:s", "s72594_4483_1934",
                                      done_fn, &sv), PARLEY_OK);
     assert_int_equal(state_sync_load(L->st, "@p:s", sync_fn, &b), PARLEY_OK);
-    assert_true(wait_count(L, &b.calls, 1, 2000));
+    assert_true(live_wait_count(L, &b.calls, 1, 2000));
     assert_int_equal(sv.status, PARLEY_OK);
     assert_int_equal(b.status, PARLEY_OK);
     assert_string_equal(b.next, "s72594_4483_1934");
@@ -287,7 +208,7 @@ static void test_hostile_account(void **state)
     struct done_cap d1 = { 0 }, d2 = { 0 };
     char big[STORE_KEY_MAX + 16];
 
-    start_up(L);
+    live_start_up(L);
     assert_int_equal(state_session_save(L->st, acct, &s, done_fn, &d1),
                      PARLEY_OK);
     assert_int_equal(state_sync_save(L->st, acct, "n b\r\n", done_fn, &d2),
@@ -295,7 +216,7 @@ static void test_hostile_account(void **state)
     assert_int_equal(state_session_load(L->st, acct, sess_fn, &a),
                      PARLEY_OK);
     assert_int_equal(state_sync_load(L->st, acct, sync_fn, &y), PARLEY_OK);
-    assert_true(wait_count(L, &y.calls, 1, 2000));
+    assert_true(live_wait_count(L, &y.calls, 1, 2000));
     assert_int_equal(a.calls, 1);
     assert_string_equal(a.token, "t\r\nk");
     assert_string_equal(a.device, "d e v");
@@ -320,14 +241,14 @@ static void test_wrong_type(void **state)
     struct sync_cap y = { 0 };
     int raw = 0;
 
-    start_up(L);
+    live_start_up(L);
     assert_int_equal(store_command(L->st, raw_fn, &raw, "SET %s x",
                                    "pss:session:w"), PARLEY_OK);
     assert_int_equal(store_command(L->st, raw_fn, &raw, "HSET %s a b",
                                    "pss:sync:w"), PARLEY_OK);
     assert_int_equal(state_session_load(L->st, "w", sess_fn, &a), PARLEY_OK);
     assert_int_equal(state_sync_load(L->st, "w", sync_fn, &y), PARLEY_OK);
-    assert_true(wait_count(L, &y.calls, 1, 2000));
+    assert_true(live_wait_count(L, &y.calls, 1, 2000));
     assert_int_equal(raw, 2);
     assert_int_equal(a.calls, 1);
     assert_int_equal(a.status, PARLEY_ERR_PROTOCOL);
@@ -346,7 +267,7 @@ static void test_redis_down(void **state)
     struct done_cap d = { 0 };
     int never = 0;
 
-    open_store(L);              /* nothing listens on L->port */
+    live_open_store(L);         /* nothing listens on L->port */
     assert_int_equal(state_session_load(L->st, "a", sess_fn, &a),
                      PARLEY_ERR_STATE);
     assert_int_equal(state_session_save(L->st, "a", &s, done_fn, &d),
@@ -359,7 +280,7 @@ static void test_redis_down(void **state)
                      PARLEY_ERR_STATE);
     assert_int_equal(state_sync_load(NULL, "a", sync_fn, &y),
                      PARLEY_ERR_STATE);
-    wait_count(L, &never, 1, 200);
+    live_wait_count(L, &never, 1, 200);
     assert_int_equal(a.calls + y.calls + d.calls, 0);
 }
 
@@ -372,14 +293,14 @@ static void test_close_in_flight(void **state)
     struct done_cap d = { 0 };
     int never = 0;
 
-    start_up(L);
+    live_start_up(L);
     assert_int_equal(state_session_load(L->st, "a", sess_fn, &a), PARLEY_OK);
     assert_int_equal(state_sync_load(L->st, "a", sync_fn, &y), PARLEY_OK);
     assert_int_equal(state_sync_save(L->st, "a", "nb", done_fn, &d),
                      PARLEY_OK);
     store_close(L->st);
     L->st = NULL;
-    wait_count(L, &never, 1, 200);
+    live_wait_count(L, &never, 1, 200);
     assert_int_equal(a.calls, 1);
     assert_int_equal(a.status, PARLEY_ERR_IO);
     assert_true(a.null);

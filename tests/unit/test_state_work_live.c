@@ -17,7 +17,7 @@
 #include <hiredis/hiredis.h>
 #include <uv.h>
 
-#include "spawn.h"
+#include "live_store.h"
 
 #include "config.h"
 #include "context.h"
@@ -28,16 +28,6 @@
 
 #define TTL_S 600
 #define ENTRIES_MAX 16
-
-struct live {
-    uv_loop_t loop;
-    uv_timer_t tick;
-    char dir[64];
-    int port;
-    pid_t redis;
-    struct store *st;
-    int ups;
-};
 
 struct done_cap {
     int calls;
@@ -138,81 +128,6 @@ static void info_fn(int status, long long lag, long long pending,
     c->pending = pending;
 }
 
-static void state_fn(struct store *st, int up, void *privdata)
-{
-    struct live *L = privdata;
-
-    (void)st;
-    if (up)
-        L->ups++;
-}
-
-static void tick_fn(uv_timer_t *t)
-{
-    (void)t;
-}
-
-static int wait_count(struct live *L, const int *counter, int target, int ms)
-{
-    uint64_t end = uv_now(&L->loop) + (uint64_t)ms;
-
-    uv_timer_start(&L->tick, tick_fn, 5, 5);
-    while (*counter < target && uv_now(&L->loop) < end)
-        uv_run(&L->loop, UV_RUN_ONCE);
-    uv_timer_stop(&L->tick);
-    return *counter >= target;
-}
-
-static int setup(void **state)
-{
-    struct live *L = calloc(1, sizeof(*L));
-    struct config_redis cfg = { .host = "127.0.0.1", .db = 2,
-                                .prefix = "wtest:" };
-
-    if (!L)
-        return -1;
-    snprintf(L->dir, sizeof(L->dir), "/tmp/parley-work-XXXXXX");
-    if (!mkdtemp(L->dir) || uv_loop_init(&L->loop) != 0 ||
-        uv_timer_init(&L->loop, &L->tick) != 0) {
-        free(L);
-        return -1;
-    }
-    log_set_level(LOG_LEVEL_ERROR);
-    L->port = spawn_free_port();
-    L->redis = spawn_redis(L->port, L->dir);
-    *state = L;
-    if (L->redis <= 0)
-        return -1;
-    cfg.port = L->port;
-    if (store_open(&L->st, &L->loop, &cfg, NULL) != PARLEY_OK)
-        return -1;
-    store_on_state(L->st, state_fn, L);
-    return wait_count(L, &L->ups, 1, 3000) ? 0 : -1;
-}
-
-static int teardown(void **state)
-{
-    struct live *L = *state;
-    char path[128];
-    uint64_t end;
-    int closed;
-
-    if (L->st)
-        store_close(L->st);
-    uv_close((uv_handle_t *)&L->tick, NULL);
-    end = uv_now(&L->loop) + 3000;
-    while (uv_loop_alive(&L->loop) && uv_now(&L->loop) < end)
-        uv_run(&L->loop, UV_RUN_NOWAIT);
-    closed = uv_loop_close(&L->loop);
-    spawn_stop(L->redis);
-    snprintf(path, sizeof(path), "%s/dump.rdb", L->dir);
-    unlink(path);
-    rmdir(L->dir);
-    free(L);
-    assert_int_equal(closed, 0);
-    return 0;
-}
-
 static struct state_job sample(const char *id, const char *text)
 {
     struct state_job j;
@@ -229,7 +144,7 @@ static struct state_job sample(const char *id, const char *text)
     return j;
 }
 
-#define WAIT(L, cap) assert_true(wait_count((L), &(cap).calls, 1, 3000))
+#define WAIT(L, cap) assert_true(live_wait_count((L), &(cap).calls, 1, 3000))
 
 static void submit(struct live *L, const char *id, const char *text,
                    const char *owner)
@@ -304,6 +219,21 @@ static long long raw_int(struct live *L, const char *cmd)
     freeReplyObject(r);
     redisFree(c);
     return v;
+}
+
+static const struct live_opts live_opts = {
+    .tmpl = "/tmp/parley-work-XXXXXX", .db = 2, .prefix = "wtest:",
+    .level = LOG_LEVEL_ERROR, .eager = 1,
+};
+
+static int setup(void **state)
+{
+    return live_setup(state, &live_opts);
+}
+
+static int teardown(void **state)
+{
+    return live_teardown(state);
 }
 
 static void test_submit_read_finish_once(void **state)
@@ -405,7 +335,7 @@ static void test_claim_and_touch(void **state)
     {
         int never = 0;
 
-        wait_count(L, &never, 1, 300);
+        live_wait_count(L, &never, 1, 300);
     }
     ids[0] = r.entry[1];
     assert_int_equal(state_work_touch(L->st, "dead", ids, 1), PARLEY_OK);

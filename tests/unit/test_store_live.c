@@ -19,7 +19,7 @@
 #include <sys/stat.h>
 #include <uv.h>
 
-#include "spawn.h"
+#include "live_store.h"
 
 #include "config.h"
 #include "context.h"
@@ -29,20 +29,6 @@
 
 #define PASSWORD "s3cret-pw-4711"
 #define WRONG_PASSWORD "wrong-pw-0815"
-
-struct live {
-    uv_loop_t loop;
-    uv_timer_t tick;            /* keeps UV_RUN_ONCE from blocking */
-    char dir[64];
-    char path[128];             /* scratch for file names */
-    int port;
-    pid_t redis;
-    struct store *st;
-    struct store *extra[2];     /* closed by teardown if a test fails */
-    int ups;
-    int downs;
-    int saved_stderr;           /* while stderr goes to the log file */
-};
 
 /* One command's callback, recorded. */
 struct cap {
@@ -75,42 +61,6 @@ static void cap_fn(struct store *st, struct redisReply *r, void *privdata)
     }
 }
 
-static void state_fn(struct store *st, int up, void *privdata)
-{
-    struct live *L = privdata;
-
-    (void)st;
-    if (up)
-        L->ups++;
-    else
-        L->downs++;
-}
-
-static void tick_fn(uv_timer_t *t)
-{
-    (void)t;
-}
-
-/* Run the loop until *counter >= target or ms pass; returns whether the
- * target was reached. */
-static int wait_count(struct live *L, const int *counter, int target, int ms)
-{
-    uint64_t end = uv_now(&L->loop) + (uint64_t)ms;
-
-    uv_timer_start(&L->tick, tick_fn, 5, 5);
-    while (*counter < target && uv_now(&L->loop) < end)
-        uv_run(&L->loop, UV_RUN_ONCE);
-    uv_timer_stop(&L->tick);
-    return *counter >= target;
-}
-
-static void run_for(struct live *L, int ms)
-{
-    int never = 0;
-
-    wait_count(L, &never, 1, ms);
-}
-
 /* Start redis-server on L->port with extra arguments (NULL-terminated). */
 static pid_t start_redis_args(struct live *L, ...)
 {
@@ -139,132 +89,25 @@ static pid_t start_redis_args(struct live *L, ...)
     return pid;
 }
 
-static void kill_redis(struct live *L)
-{
-    if (L->redis > 0) {
-        kill(L->redis, SIGKILL);
-        waitpid(L->redis, NULL, 0);
-        L->redis = -1;
-    }
-}
-
-static void open_store(struct live *L, struct store **out, int db,
-                       const char *unix_socket, const char *password)
-{
-    struct config_redis cfg = { .host = "127.0.0.1", .port = L->port,
-                                .unix_socket = (char *)unix_socket,
-                                .db = db, .prefix = "ptest:" };
-
-    assert_int_equal(store_open(out, &L->loop, &cfg, password), PARLEY_OK);
-    assert_non_null(*out);
-}
+static const struct live_opts live_opts = {
+    .tmpl = "/tmp/parley-store-XXXXXX", .db = 2, .prefix = "ptest:",
+    .level = LOG_LEVEL_INFO, .eager = 0,
+};
 
 static int setup(void **state)
 {
-    struct live *L = calloc(1, sizeof(*L));
-
-    if (!L)
-        return -1;
-    snprintf(L->dir, sizeof(L->dir), "/tmp/parley-store-XXXXXX");
-    if (!mkdtemp(L->dir) || uv_loop_init(&L->loop) != 0 ||
-        uv_timer_init(&L->loop, &L->tick) != 0) {
-        free(L);
-        return -1;
-    }
-    L->port = spawn_free_port();
-    L->redis = -1;
-    L->saved_stderr = -1;
-    log_set_level(LOG_LEVEL_INFO);
-    *state = L;
-    return L->port > 0 ? 0 : -1;
-}
-
-/* Send stderr (the log) to dir/log until log_restore. */
-static void log_capture(struct live *L)
-{
-    int fd;
-
-    snprintf(L->path, sizeof(L->path), "%s/parley.log", L->dir);
-    fflush(stderr);
-    L->saved_stderr = dup(2);
-    fd = open(L->path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    assert_true(fd >= 0 && L->saved_stderr >= 0);
-    dup2(fd, 2);
-    close(fd);
-}
-
-static void log_restore(struct live *L)
-{
-    if (L->saved_stderr < 0)
-        return;
-    fflush(stderr);
-    dup2(L->saved_stderr, 2);
-    close(L->saved_stderr);
-    L->saved_stderr = -1;
-}
-
-/* Occurrences of needle in the captured log. */
-static int log_count(struct live *L, const char *needle)
-{
-    char buf[65536];
-    size_t n;
-    int count = 0;
-    FILE *f;
-
-    snprintf(L->path, sizeof(L->path), "%s/parley.log", L->dir);
-    f = fopen(L->path, "r");
-    if (!f)
-        return -1;
-    n = fread(buf, 1, sizeof(buf) - 1, f);
-    fclose(f);
-    buf[n] = '\0';
-    for (const char *p = strstr(buf, needle); p; p = strstr(p + 1, needle))
-        count++;
-    return count;
+    return live_setup(state, &live_opts);
 }
 
 static int teardown(void **state)
 {
-    struct live *L = *state;
-    static const char *files[] = { "redis.log", "parley.log", "redis.sock",
-                                   "dump.rdb" };
-    uint64_t end;
-    int closed;
-
-    log_restore(L);
-    if (L->st)
-        store_close(L->st);
-    L->st = NULL;
-    for (int i = 0; i < 2; i++)
-        if (L->extra[i])
-            store_close(L->extra[i]);
-    uv_close((uv_handle_t *)&L->tick, NULL);
-    /* Bounded drain: a store that never closes its handles fails here
-     * instead of hanging the suite. */
-    end = uv_now(&L->loop) + 3000;
-    while (uv_loop_alive(&L->loop) && uv_now(&L->loop) < end)
-        uv_run(&L->loop, UV_RUN_NOWAIT);
-    closed = uv_loop_close(&L->loop);
-    /* Stop the server before judging, so a failure leaves nothing. */
-    spawn_stop(L->redis);
-    for (size_t i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
-        snprintf(L->path, sizeof(L->path), "%s/%s", L->dir, files[i]);
-        unlink(L->path);
-    }
-    rmdir(L->dir);
-    free(L);
-    assert_int_equal(closed, 0);
-    return 0;
+    return live_teardown(state);
 }
 
 /* Open L->st (db 2) on a fresh redis and wait for it to come up. */
 static void start_up(struct live *L)
 {
-    L->redis = spawn_redis(L->port, L->dir);
-    assert_true(L->redis > 0);
-    open_store(L, &L->st, 2, NULL, NULL);
-    store_on_state(L->st, state_fn, L);
-    assert_true(wait_count(L, &L->ups, 1, 3000));
+    live_start_up(L);
     assert_true(store_is_up(L->st));
     assert_string_equal(store_errstr(L->st), "");
 }
@@ -279,20 +122,20 @@ static void test_round_trip(void **state)
 
     L->redis = spawn_redis(L->port, L->dir);
     assert_true(L->redis > 0);
-    open_store(L, &L->st, 2, NULL, NULL);
-    store_on_state(L->st, state_fn, L);
+    live_open(L, &L->st, 2, NULL, NULL);
+    store_on_state(L->st, live_state_fn, L);
     /* Not up yet: refused at once, callback never runs. */
     assert_false(store_is_up(L->st));
     assert_int_equal(store_command(L->st, cap_fn, &set, "PING"),
                      PARLEY_ERR_STATE);
-    assert_true(wait_count(L, &L->ups, 1, 3000));
+    assert_true(live_wait_count(L, &L->ups, 1, 3000));
     assert_int_equal(set.calls, 0);
 
     assert_int_equal(store_command(L->st, cap_fn, &set, "SET %s %b", "k",
                                    value, sizeof(value) - 1), PARLEY_OK);
     assert_int_equal(store_command(L->st, cap_fn, &get, "GET %s", "k"),
                      PARLEY_OK);
-    assert_true(wait_count(L, &get.calls, 1, 2000));
+    assert_true(live_wait_count(L, &get.calls, 1, 2000));
     assert_int_equal(set.calls, 1);
     assert_int_equal(set.type, REDIS_REPLY_STATUS);
     assert_int_equal(get.type, REDIS_REPLY_STRING);
@@ -308,13 +151,13 @@ static void test_round_trip(void **state)
     assert_int_equal(sub.calls, 0);
 
     /* SELECT happened: db 0 does not see the key. */
-    open_store(L, &L->extra[0], 0, NULL, NULL);
+    live_open(L, &L->extra[0], 0, NULL, NULL);
     db0 = L->extra[0];
-    store_on_state(db0, state_fn, L);
+    store_on_state(db0, live_state_fn, L);
     up0 = L->ups;
-    assert_true(wait_count(L, &L->ups, up0 + 1, 3000));
+    assert_true(live_wait_count(L, &L->ups, up0 + 1, 3000));
     assert_int_equal(store_command(db0, cap_fn, &other, "GET k"), PARLEY_OK);
-    assert_true(wait_count(L, &other.calls, 1, 2000));
+    assert_true(live_wait_count(L, &other.calls, 1, 2000));
     assert_int_equal(other.type, REDIS_REPLY_NIL);
     store_close(db0);
     L->extra[0] = NULL;
@@ -328,7 +171,7 @@ static void test_down_and_back(void **state)
     struct cap ping = { 0 };
 
     start_up(L);
-    log_capture(L);
+    live_log_capture(L);
     /* BLPOP blocks the connection server-side, so the GETs behind it are
      * still pending when the server dies. */
     assert_int_equal(store_command(L->st, cap_fn, &blocked, "BLPOP %s 30",
@@ -336,10 +179,10 @@ static void test_down_and_back(void **state)
     for (int i = 0; i < 3; i++)
         assert_int_equal(store_command(L->st, cap_fn, &get[i], "GET k%d",
                                        i), PARLEY_OK);
-    run_for(L, 50);
+    live_run_for(L, 50);
     assert_int_equal(blocked.calls, 0);
-    kill_redis(L);
-    assert_true(wait_count(L, &L->downs, 1, 3000));
+    live_kill_redis(L);
+    assert_true(live_wait_count(L, &L->downs, 1, 3000));
     assert_false(store_is_up(L->st));
     assert_int_equal(blocked.calls, 1);
     assert_int_equal(blocked.null, 1);
@@ -350,7 +193,7 @@ static void test_down_and_back(void **state)
     assert_int_equal(store_command(L->st, cap_fn, &after, "PING"),
                      PARLEY_ERR_STATE);
     /* Several failed attempts later: still one "down", nothing doubled. */
-    run_for(L, 700);
+    live_run_for(L, 700);
     assert_int_equal(L->downs, 1);
     assert_int_equal(L->ups, 1);
     assert_int_equal(blocked.calls, 1);
@@ -358,14 +201,14 @@ static void test_down_and_back(void **state)
 
     L->redis = spawn_redis(L->port, L->dir);
     assert_true(L->redis > 0);
-    assert_true(wait_count(L, &L->ups, 2, 8000));
+    assert_true(live_wait_count(L, &L->ups, 2, 8000));
     assert_int_equal(L->downs, 1);
     assert_int_equal(store_command(L->st, cap_fn, &ping, "PING"), PARLEY_OK);
-    assert_true(wait_count(L, &ping.calls, 1, 2000));
+    assert_true(live_wait_count(L, &ping.calls, 1, 2000));
     assert_string_equal(ping.str, "PONG");
-    log_restore(L);
-    assert_int_equal(log_count(L, "; retrying"), 1);
-    assert_int_equal(log_count(L, "reachable again"), 1);
+    live_log_restore(L);
+    assert_int_equal(live_log_count(L, "; retrying"), 1);
+    assert_int_equal(live_log_count(L, "reachable again"), 1);
     for (int i = 0; i < 3; i++)
         assert_int_equal(get[i].calls, 1);
 }
@@ -378,21 +221,21 @@ static void test_auth(void **state)
 
     L->redis = start_redis_args(L, "--requirepass", PASSWORD, NULL);
     assert_true(L->redis > 0);
-    log_capture(L);
-    open_store(L, &L->st, 1, NULL, PASSWORD);
-    store_on_state(L->st, state_fn, L);
-    open_store(L, &L->extra[0], 1, NULL, WRONG_PASSWORD);
-    open_store(L, &L->extra[1], 1, NULL, NULL);
+    live_log_capture(L);
+    live_open(L, &L->st, 1, NULL, PASSWORD);
+    store_on_state(L->st, live_state_fn, L);
+    live_open(L, &L->extra[0], 1, NULL, WRONG_PASSWORD);
+    live_open(L, &L->extra[1], 1, NULL, NULL);
     wrong = L->extra[0];
     none = L->extra[1];
-    assert_true(wait_count(L, &L->ups, 1, 3000));
+    assert_true(live_wait_count(L, &L->ups, 1, 3000));
     assert_int_equal(store_command(L->st, cap_fn, &set, "SET a 1"),
                      PARLEY_OK);
     assert_int_equal(store_command(L->st, cap_fn, &get, "GET a"), PARLEY_OK);
-    assert_true(wait_count(L, &get.calls, 1, 2000));
+    assert_true(live_wait_count(L, &get.calls, 1, 2000));
     assert_string_equal(get.str, "1");
 
-    run_for(L, 600);
+    live_run_for(L, 600);
     assert_false(store_is_up(wrong));
     assert_false(store_is_up(none));
     assert_int_equal(store_command(wrong, cap_fn, &set, "PING"),
@@ -403,11 +246,11 @@ static void test_auth(void **state)
     store_close(wrong);
     store_close(none);
     L->extra[0] = L->extra[1] = NULL;
-    log_restore(L);
+    live_log_restore(L);
     /* One warning per failing store, and no password anywhere. */
-    assert_int_equal(log_count(L, "; retrying"), 2);
-    assert_int_equal(log_count(L, PASSWORD), 0);
-    assert_int_equal(log_count(L, WRONG_PASSWORD), 0);
+    assert_int_equal(live_log_count(L, "; retrying"), 2);
+    assert_int_equal(live_log_count(L, PASSWORD), 0);
+    assert_int_equal(live_log_count(L, WRONG_PASSWORD), 0);
 }
 
 static void test_unix_socket(void **state)
@@ -422,12 +265,12 @@ static void test_unix_socket(void **state)
                                 "700", NULL);
     assert_true(L->redis > 0);
     for (int i = 0; i < 100 && stat(sock, &sb) != 0; i++)
-        run_for(L, 10);
-    open_store(L, &L->st, 0, sock, NULL);
-    store_on_state(L->st, state_fn, L);
-    assert_true(wait_count(L, &L->ups, 1, 3000));
+        live_run_for(L, 10);
+    live_open(L, &L->st, 0, sock, NULL);
+    store_on_state(L->st, live_state_fn, L);
+    assert_true(live_wait_count(L, &L->ups, 1, 3000));
     assert_int_equal(store_command(L->st, cap_fn, &ping, "PING"), PARLEY_OK);
-    assert_true(wait_count(L, &ping.calls, 1, 2000));
+    assert_true(live_wait_count(L, &ping.calls, 1, 2000));
     assert_string_equal(ping.str, "PONG");
 }
 
@@ -464,7 +307,7 @@ static void test_close_pending(void **state)
     for (int i = 0; i < 3; i++)
         assert_int_equal(store_command(L->st, cap_fn, &set[i], "SET k %d",
                                        i), PARLEY_OK);
-    run_for(L, 30);
+    live_run_for(L, 30);
     store_close(L->st);
     /* Every pending callback ran, with NULL, before store_close
      * returned; no state callback for a deliberate close. */
@@ -478,28 +321,28 @@ static void test_close_pending(void **state)
                      PARLEY_ERR_STATE);
     store_close(L->st);     /* twice is harmless */
     L->st = NULL;
-    run_for(L, 50);
+    live_run_for(L, 50);
     assert_int_equal(blocked.calls, 1);
     assert_int_equal(later.calls, 0);
     assert_int_equal(L->downs, 0);
 
     /* Close from inside a reply callback: the command queued behind it
      * gets NULL exactly once, after the callback returns. */
-    open_store(L, &L->extra[0], 0, NULL, NULL);
+    live_open(L, &L->extra[0], 0, NULL, NULL);
     st2 = L->extra[0];
     closer.slot = &L->extra[0];
-    store_on_state(st2, state_fn, L);
+    store_on_state(st2, live_state_fn, L);
     ups = L->ups;
-    assert_true(wait_count(L, &L->ups, ups + 1, 3000));
+    assert_true(live_wait_count(L, &L->ups, ups + 1, 3000));
     memset(&later, 0, sizeof(later));
     assert_int_equal(store_command(st2, close_from_callback, &closer,
                                    "PING"), PARLEY_OK);
     assert_int_equal(store_command(st2, cap_fn, &later, "BLPOP %s 30",
                                    "nothing"), PARLEY_OK);
-    assert_true(wait_count(L, &later.calls, 1, 2000));
+    assert_true(live_wait_count(L, &later.calls, 1, 2000));
     assert_int_equal(closer.calls, 1);
     assert_int_equal(later.null, 1);
-    run_for(L, 50);
+    live_run_for(L, 50);
     assert_int_equal(later.calls, 1);
     assert_int_equal(closer.calls, 1);
 }
@@ -510,16 +353,16 @@ static void test_close_while_down(void **state)
 
     /* Closing in backoff (only the timer is open) and right after open
      * (connect in progress) both free everything. */
-    open_store(L, &L->st, 0, NULL, NULL);
-    run_for(L, 150);
+    live_open(L, &L->st, 0, NULL, NULL);
+    live_run_for(L, 150);
     store_close(L->st);
     L->st = NULL;
     L->redis = spawn_redis(L->port, L->dir);
     assert_true(L->redis > 0);
-    open_store(L, &L->st, 0, NULL, NULL);
+    live_open(L, &L->st, 0, NULL, NULL);
     store_close(L->st);
     L->st = NULL;
-    run_for(L, 50);
+    live_run_for(L, 50);
 }
 
 int main(void)
