@@ -143,14 +143,13 @@ void crypto_pairs_replied(struct store *st, redisReply *rep, void *privdata)
     free(req);
 }
 
-static void list_replied(struct store *st, redisReply *rep, void *privdata)
+void crypto_list_deliver(struct crypto_request *req, const redisReply *rep,
+                         int keep_holes)
 {
-    struct crypto_request *req = privdata;
     int result = crypto_request_status(req, rep, 1);
     const char **items = NULL;
     size_t n = 0;
 
-    (void)st;
     if (!result && rep->type != REDIS_REPLY_ARRAY)
         result = PARLEY_ERR_PROTOCOL;
     if (!result && rep->elements) {
@@ -158,13 +157,22 @@ static void list_replied(struct store *st, redisReply *rep, void *privdata)
         if (!items)
             result = PARLEY_ERR_OOM;
     }
-    for (size_t i = 0; !result && i < rep->elements; i++)
+    for (size_t i = 0; !result && i < rep->elements; i++) {
         if (rep->element[i]->type == REDIS_REPLY_STRING)
-            items[n++] = rep->element[i]->str;
+            items[keep_holes ? i : n] = rep->element[i]->str;
+        if (keep_holes || rep->element[i]->type == REDIS_REPLY_STRING)
+            n++;
+    }
     req->list_fn(result, result ? NULL : items, result ? 0 : n,
                  req->privdata);
     free(items);
     free(req);
+}
+
+static void list_replied(struct store *st, redisReply *rep, void *privdata)
+{
+    (void)st;
+    crypto_list_deliver(privdata, rep, 0);
 }
 
 static void megolm_in_replied(struct store *st, redisReply *rep,

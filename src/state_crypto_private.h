@@ -51,6 +51,11 @@ void crypto_done_replied(struct store *st, struct redisReply *rep,
                          void *privdata);
 void crypto_pairs_replied(struct store *st, struct redisReply *rep,
                           void *privdata);
+/* An array reply to req->list_fn, then req freed: the strings in order,
+ * other elements skipped, or with keep_holes one slot per element, NULL
+ * where it is not a string (HMGET's missing fields). */
+void crypto_list_deliver(struct crypto_request *req,
+                         const struct redisReply *rep, int keep_holes);
 /* "<cmd> <key> items..." for 0 < n <= CRYPTO_BATCH_MAX items; argv
  * malloc'd (caller frees), NULL on a bad list or no memory. */
 const char **crypto_batch_argv(const char *cmd, const char *key,

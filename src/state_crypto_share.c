@@ -24,26 +24,8 @@
  * NULL where the field (or session) is missing. */
 static void values_replied(struct store *st, redisReply *rep, void *privdata)
 {
-    struct crypto_request *req = privdata;
-    int result = crypto_request_status(req, rep, 1);
-    const char **values = NULL;
-    size_t n = 0;
-
     (void)st;
-    if (!result && rep->type != REDIS_REPLY_ARRAY)
-        result = PARLEY_ERR_PROTOCOL;
-    if (!result && rep->elements) {
-        values = calloc(rep->elements, sizeof(*values));
-        if (!values)
-            result = PARLEY_ERR_OOM;
-    }
-    for (size_t i = 0; !result && i < rep->elements; i++, n++)
-        if (rep->element[i]->type == REDIS_REPLY_STRING)
-            values[i] = rep->element[i]->str;
-    req->list_fn(result, result ? NULL : values, result ? 0 : n,
-                 req->privdata);
-    free(values);
-    free(req);
+    crypto_list_deliver(privdata, rep, 1);
 }
 
 int state_crypto_devlists_load(struct store *st, const char *account,
