@@ -464,13 +464,15 @@ int web_http_start(struct web *w, char *err, size_t errlen)
     w->daemon = MHD_start_daemon(
         MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG, 0,
         NULL, NULL, handle, w,
+        /* First, or libmicrohttpd warns that earlier options may have
+         * logged through its own logger. */
+        MHD_OPTION_EXTERNAL_LOGGER, mhd_log, w,
         MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa,
         MHD_OPTION_CONNECTION_LIMIT, (unsigned)w->cfg.max_connections,
         MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)w->cfg.max_per_ip,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)WEB_TIMEOUT_S,
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)WEB_CONN_MEMORY,
         MHD_OPTION_NOTIFY_COMPLETED, completed, w,
-        MHD_OPTION_EXTERNAL_LOGGER, mhd_log, w,
         MHD_OPTION_LISTENING_ADDRESS_REUSE, 1,
         MHD_OPTION_END);
     if (!w->daemon) {
