@@ -12,6 +12,7 @@ questions are answered and stored in the order asked.  Real redis-server
 and the OpenAI stand-in."""
 
 import copy
+import hashlib
 import os
 import re
 import shutil
@@ -24,6 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import (Parley, Redis, Stub, Test, free_port,  # noqa: E402
                      run_cases, skip, wait_port, wait_until,
                      write_config)
+from pictures import png  # noqa: E402
 from web_helpers import Events, Web  # noqa: E402
 
 
@@ -51,7 +53,8 @@ def metric(text, name):
 class Owner(Web):
     """parley with the web chat, sharing its work."""
 
-    def __init__(self, t, redis, stub, max_concurrent, claim_idle_ms):
+    def __init__(self, t, redis, stub, max_concurrent, claim_idle_ms,
+                 llm_more=""):
         self.redis, self.stub = redis, stub
         self.port = free_port()
         self.mport = free_port()
@@ -65,8 +68,8 @@ class Owner(Web):
         conf = write_config(t.tmp, stub.base_url, redis.port,
                             adapters=adapters, name="owner.conf",
                             extra=extra, timeout_ms=15000,
-                            llm_extra="max_concurrent = %d;"
-                            % max_concurrent)
+                            llm_extra="max_concurrent = %d; %s"
+                            % (max_concurrent, llm_more))
         self.parley = t.add(Parley(["-c", conf]).start())
         wait_port(self.port)
         wait_port(self.mport)
@@ -291,6 +294,38 @@ def test_one_person_in_order():
         assert owner.terminate() == 0
 
 
+def test_picture_answered_where_it_arrived():
+    """A question with a picture is not shared: the picture was fetched
+    through the owner's adapter and the shared job record carries none,
+    so a worker elsewhere would ask the model without it.  The owner asks
+    the model itself, with the picture; the worker asks nothing."""
+    with Test() as t:
+        redis = t.add(Redis(t.tmp).start())
+        stub = t.add(Stub(t.tmp, delay=0.2).start())
+        owner = Owner(t, redis, stub, 1, 30000,
+                      llm_more='vision_models = [ "test-model" ];')
+        worker, wport = start_worker(t, redis, stub, 4, 30000, "worker")
+        wait_until(lambda: redis.cmd("EXISTS", "t:work:jobs") == 1, 10,
+                   "the work:jobs stream")
+        s = owner.session()
+        ev = Events(s)
+        time.sleep(0.3)
+        pic = png(20, 20, 3)
+        status, _, body = s.request(
+            "POST", "/api/picture?name=p.png&text=what%20is%20it%3F", pic,
+            headers={"Content-Type": "image/png"})
+        assert status == 202, (status, body)
+        ev.wait(lambda e: e[0] == "reply", 30)
+        reqs = stub.requests()
+        assert len(reqs) == 1, reqs
+        assert reqs[0]["images"][0]["sha256"] == \
+            hashlib.sha256(pic).hexdigest(), reqs[0]
+        assert metric(metrics(owner.mport), "parley_llm_requests_total") == 1
+        assert metric(metrics(wport), "parley_llm_requests_total") == 0
+        ev.close()
+        assert owner.terminate() == 0
+
+
 if __name__ == "__main__":
     if not shutil.which("redis-server"):
         skip("redis-server not installed")
@@ -298,4 +333,5 @@ if __name__ == "__main__":
                test_killed_worker_jobs_are_finished_once,
                test_paused_worker_finishing_late_changes_nothing,
                test_redis_restarted_empty_jobs_queued_again,
+               test_picture_answered_where_it_arrived,
                test_one_person_in_order])
