@@ -84,7 +84,7 @@ uint64_t mx_backoff(struct matrix *m, int attempt)
     return (uint64_t)backoff_delay_ms(&p, attempt, -1, random_u64());
 }
 
-void ring_add(char **ring, size_t *pos, const char *id)
+void mx_ring_add(char **ring, size_t *pos, const char *id)
 {
     char *d = strdup(id);
 
@@ -95,7 +95,7 @@ void ring_add(char **ring, size_t *pos, const char *id)
     *pos = (*pos + 1) % MX_RING;
 }
 
-int ring_has(char *const *ring, const char *id)
+int mx_ring_has(char *const *ring, const char *id)
 {
     size_t i;
 
@@ -107,7 +107,7 @@ int ring_has(char *const *ring, const char *id)
     return 0;
 }
 
-struct mx_room *room_get(struct matrix *m, const char *room_id,
+struct mx_room *mx_room_get(struct matrix *m, const char *room_id,
                          int create)
 {
     struct mx_room *r;
@@ -185,7 +185,7 @@ int mx_http(struct matrix *m, const char *method, const char *path,
 }
 
 /* Whether resp is a 401 M_UNKNOWN_TOKEN (or any 401: the token is bad). */
-int is_bad_token(const struct http_response *resp)
+int mx_is_bad_token(const struct http_response *resp)
 {
     return resp->status == PARLEY_OK && resp->code == 401;
 }
@@ -202,7 +202,7 @@ static int e2ee_http(void *ctx, const char *method, const char *path,
 static void misc_done(const struct http_response *resp, void *priv);
 
 /* Start a fire-and-forget request; failures are logged by misc_done. */
-void misc_start(struct matrix *m, const char *what,
+void mx_misc_start(struct matrix *m, const char *what,
                 const char *room_id, const char *method,
                 const char *path, const char *body)
 {
@@ -246,7 +246,7 @@ static void misc_done(const struct http_response *resp, void *priv)
         log_warn("matrix %s: %s %s failed: %s (HTTP %ld)", m->mc.account,
                  x->what, x->room_id, parley_status_name(resp->status),
                  resp->code);
-        if (is_bad_token(resp))
+        if (mx_is_bad_token(resp))
             m->token_bad = 1;
     } else if (strcmp(x->what, "join") == 0) {
         log_info("matrix %s: joined %s", m->mc.account, x->room_id);
@@ -269,7 +269,7 @@ static void typing_send(struct matrix *m, const char *room_id, int on)
                  MX_TYPING_TIMEOUT_MS);
     else
         snprintf(body, sizeof(body), "{\"typing\":false}");
-    misc_start(m, "typing", room_id, "PUT", path, body);
+    mx_misc_start(m, "typing", room_id, "PUT", path, body);
 }
 
 static void on_typing_timer(void *privdata)
@@ -292,7 +292,7 @@ static void matrix_typing(struct adapter *ad, const char *room, int on)
     if (m->stopped ||
         matrix_room_split(room, room_id, sizeof(room_id), &thread))
         return;
-    r = room_get(m, room_id, 1);
+    r = mx_room_get(m, room_id, 1);
     if (r)
         r->typing = on;
     typing_send(m, room_id, on);
@@ -354,8 +354,8 @@ static int matrix_start(struct adapter *ad)
                  "stored in Redis", m->mc.account,
                  m->mc.access_token_env ? m->mc.access_token_env : "-",
                  m->mc.password_env ? m->mc.password_env : "-");
-    m->ctl_timer = loop_timer_new(m->loop, on_ctl_timer, m);
-    m->send_timer = loop_timer_new(m->loop, on_send_timer, m);
+    m->ctl_timer = loop_timer_new(m->loop, mx_on_ctl_timer, m);
+    m->send_timer = loop_timer_new(m->loop, mx_on_send_timer, m);
     m->typing_timer = loop_timer_new(m->loop, on_typing_timer, m);
     if (!m->ctl_timer || !m->send_timer || !m->typing_timer) {
         mx_timers_free(m);
@@ -366,7 +366,7 @@ static int matrix_start(struct adapter *ad)
     loop_timer_start(m->typing_timer, MX_TYPING_RENEW_MS,
                      MX_TYPING_RENEW_MS);
     m->state = MX_LOAD_SESSION;
-    ctl_step(m);
+    mx_ctl_step(m);
     return PARLEY_OK;
 }
 
@@ -410,7 +410,7 @@ static void matrix_stop(struct adapter *ad)
         }
         r->in_flight = 0;
         while (r->head)
-            send_finish(r, r->head, PARLEY_ERR_STATE);
+            mx_send_finish(r, r->head, PARLEY_ERR_STATE);
     }
     mx_streams_stop(m);
     mx_timers_free(m);
@@ -433,7 +433,7 @@ static void matrix_free(struct adapter *ad)
             struct mx_send *s = r->head;
 
             r->head = s->next;
-            send_free(s);
+            mx_send_free(s);
         }
         matrix_members_free(r->names);
         free(r->room_id);

@@ -227,36 +227,36 @@ void mx_error(struct matrix *m, int fatal, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 void mx_set_user_id(struct matrix *m, const char *id);
 uint64_t mx_backoff(struct matrix *m, int attempt);
-void ring_add(char **ring, size_t *pos, const char *id);
-int ring_has(char *const *ring, const char *id);
-struct mx_room *room_get(struct matrix *m, const char *room_id,
+void mx_ring_add(char **ring, size_t *pos, const char *id);
+int mx_ring_has(char *const *ring, const char *id);
+struct mx_room *mx_room_get(struct matrix *m, const char *room_id,
                          int create);
 int mx_http(struct matrix *m, const char *method, const char *path,
             const char *body, int auth, long timeout_ms,
             size_t max_body, http_done_fn *done, void *priv,
             struct http_request **out);
-int is_bad_token(const struct http_response *resp);
-void misc_start(struct matrix *m, const char *what,
+int mx_is_bad_token(const struct http_response *resp);
+void mx_misc_start(struct matrix *m, const char *what,
                 const char *room_id, const char *method,
                 const char *path, const char *body);
 
 /* matrix_session.c: the control machine */
-void on_ctl_timer(void *privdata);
-void ctl_later(struct matrix *m, uint64_t delay_ms);
-void ctl_retry(struct matrix *m, const char *what,
+void mx_on_ctl_timer(void *privdata);
+void mx_ctl_later(struct matrix *m, uint64_t delay_ms);
+void mx_ctl_retry(struct matrix *m, const char *what,
                const struct http_response *resp);
-void ctl_token_refused(struct matrix *m);
-void ctl_step(struct matrix *m);
+void mx_ctl_token_refused(struct matrix *m);
+void mx_ctl_step(struct matrix *m);
 
 /* matrix_walk.c: the batch walk */
-void walk(struct matrix *m);
+void mx_walk(struct matrix *m);
 /* The walk item at walk_i was handled by decryption (m->dec holds what
  * to submit, or nothing): go on with it. */
-void walk_decrypted_next(struct matrix *m);
+void mx_walk_decrypted_next(struct matrix *m);
 
 /* matrix_e2ee_utd.c: events no key decrypted yet.  keep stores the
  * CIPHERTEXT item it (fire-and-forget key request) and then calls
- * walk_decrypted_next, or pauses the sync when Redis failed; PARLEY_OK
+ * mx_walk_decrypted_next, or pauses the sync when Redis failed; PARLEY_OK
  * when it took over.  prepare runs once per batch before its walk: 1
  * when a Redis read is in flight (it calls walk again), 0 to go on.
  * settled: event_id, walked again, was decrypted (or refused for good). */
@@ -267,9 +267,9 @@ void mx_utd_settled(struct matrix *m, const char *event_id);
 void mx_utd_free(struct matrix *m);
 
 /* matrix_send.c: sending */
-void send_free(struct mx_send *s);
-void on_send_timer(void *privdata);
-void send_finish(struct mx_room *r, struct mx_send *s, int status);
+void mx_send_free(struct mx_send *s);
+void mx_on_send_timer(void *privdata);
+void mx_send_finish(struct mx_room *r, struct mx_send *s, int status);
 int matrix_send(struct adapter *ad, const char *room,
                 const struct reply *reply, adapter_send_done_fn *done,
                 void *privdata);

@@ -152,7 +152,7 @@ static void utd_kept(int status, int fresh, void *priv)
                  "pausing the sync", m->mc.account,
                  parley_status_name(status));
         keep_free(k);
-        ctl_later(m, mx_backoff(m, m->attempt < 30 ? m->attempt++ : 30));
+        mx_ctl_later(m, mx_backoff(m, m->attempt < 30 ? m->attempt++ : 30));
         return;
     }
     if (fresh) {
@@ -167,7 +167,7 @@ static void utd_kept(int status, int fresh, void *priv)
     (void)matrix_e2ee_key_request(m->e2ee, k->room_id, k->sender,
                                   k->cipher);
     keep_free(k);
-    walk_decrypted_next(m);
+    mx_walk_decrypted_next(m);
 }
 
 int mx_utd_keep(struct matrix *m, const struct matrix_item *it)
@@ -284,7 +284,7 @@ static void utd_loaded(int status, const struct state_pair *pairs, size_t n,
     if (status) {
         log_debug("matrix %s: undecryptable events not loaded (%s)",
                   m->mc.account, parley_status_name(status));
-        walk(m);
+        mx_walk(m);
         return;
     }
     retry = !u->retried ||
@@ -333,7 +333,7 @@ static void utd_loaded(int status, const struct state_pair *pairs, size_t n,
     if (u->n_retry)
         log_info("matrix %s: trying %zu undecrypted event(s) again",
                  m->mc.account, u->n_retry);
-    walk(m);
+    mx_walk(m);
 }
 
 static int utd_load(struct mx_utd *u)
@@ -360,11 +360,11 @@ static void utd_lists_marked(int status, void *priv)
         log_warn("matrix %s: marking device lists stale failed (%s); "
                  "pausing the sync", m->mc.account,
                  parley_status_name(status));
-        ctl_later(m, mx_backoff(m, m->attempt < 30 ? m->attempt++ : 30));
+        mx_ctl_later(m, mx_backoff(m, m->attempt < 30 ? m->attempt++ : 30));
         return;
     }
     if (!utd_load(u))
-        walk(m);
+        mx_walk(m);
 }
 
 int mx_utd_prepare(struct matrix *m)
@@ -390,7 +390,7 @@ int mx_utd_prepare(struct matrix *m)
         return 1;
     if (result != PARLEY_ERR_EOF) {
         u->serial = 0;
-        ctl_later(m, mx_backoff(m, m->attempt < 30 ? m->attempt++ : 30));
+        mx_ctl_later(m, mx_backoff(m, m->attempt < 30 ? m->attempt++ : 30));
         return 1;
     }
     return utd_load(u);

@@ -40,7 +40,7 @@ static void room_kick(struct mx_room *r);
 
 /* ---- sending ----------------------------------------------------------- */
 
-void send_free(struct mx_send *s)
+void mx_send_free(struct mx_send *s)
 {
     free(s->who);
     free(s->content);
@@ -49,7 +49,7 @@ void send_free(struct mx_send *s)
     free(s);
 }
 
-void on_send_timer(void *privdata)
+void mx_on_send_timer(void *privdata)
 {
     struct matrix *m = privdata;
     uint64_t now = loop_now_ms(m->loop), next = 0;
@@ -85,7 +85,7 @@ static void room_retry(struct mx_room *r, uint64_t delay)
 
 /* Take s (not in flight) off its room's queue, report status, free it.
  * done may send again: s is unlinked first. */
-void send_finish(struct mx_room *r, struct mx_send *s, int status)
+void mx_send_finish(struct mx_room *r, struct mx_send *s, int status)
 {
     struct mx_send **pp = &r->head, *prev = NULL;
 
@@ -99,7 +99,7 @@ void send_finish(struct mx_room *r, struct mx_send *s, int status)
             r->tail = prev;
     }
     s->done(status, s->privdata);
-    send_free(s);
+    mx_send_free(s);
 }
 
 static void send_done(const struct http_response *resp, void *priv)
@@ -118,12 +118,12 @@ static void send_done(const struct http_response *resp, void *priv)
                             : NULL;
 
         if (cJSON_IsString(id) && id->valuestring) {
-            ring_add(m->mine, &m->mine_pos, id->valuestring);
+            mx_ring_add(m->mine, &m->mine_pos, id->valuestring);
             if (s->stream && s->first)
                 mx_stream_sent(s->stream, id->valuestring);
         }
         cJSON_Delete(c);
-        send_finish(r, s, PARLEY_OK);
+        mx_send_finish(r, s, PARLEY_OK);
         room_kick(r);
         return;
     }
@@ -132,13 +132,13 @@ static void send_done(const struct http_response *resp, void *priv)
                            &ra);
     else
         code[0] = '\0';
-    if (is_bad_token(resp)) {
+    if (mx_is_bad_token(resp)) {
         m->token_bad = 1;
         if (m->state == MX_SYNC && m->ctl_req) {
             /* The long poll would only find out in 30 s. */
             loop_http_cancel(m->ctl_req);
             m->ctl_req = NULL;
-            ctl_token_refused(m);
+            mx_ctl_token_refused(m);
         }
         room_retry(r, mx_backoff(m, 0));
         return;
@@ -170,7 +170,7 @@ static void send_done(const struct http_response *resp, void *priv)
         log_error("matrix %s: giving up on an answer in %s (txn %s): too "
                   "large even as a notice (HTTP %ld %s)", m->mc.account,
                   r->room_id, s->txn, resp->code, code);
-        send_finish(r, s, PARLEY_ERR_TOO_LARGE);
+        mx_send_finish(r, s, PARLEY_ERR_TOO_LARGE);
         room_kick(r);
         return;
     }
@@ -201,7 +201,7 @@ static void send_done(const struct http_response *resp, void *priv)
     log_error("matrix %s: giving up on an answer in %s (txn %s): %s, "
               "HTTP %ld %s", m->mc.account, r->room_id, s->txn,
               parley_status_name(resp->status), resp->code, code);
-    send_finish(r, s, PARLEY_ERR_HTTP);
+    mx_send_finish(r, s, PARLEY_ERR_HTTP);
     room_kick(r);
 }
 
@@ -258,7 +258,7 @@ static void head_encrypted(int status, const char *content, void *priv)
     if (++s->attempts >= MX_SEND_MAX_ATTEMPTS) {
         log_error("matrix %s: giving up on an answer in %s (txn %s): "
                   "cannot encrypt it", m->mc.account, r->room_id, s->txn);
-        send_finish(r, s, PARLEY_ERR_OTHER);
+        mx_send_finish(r, s, PARLEY_ERR_OTHER);
         room_kick(r);
         return;
     }
@@ -292,7 +292,7 @@ static int room_send_encrypted(struct mx_room *r)
     if (matrix_url_escape(r->room_id, rid, sizeof(rid)) != PARLEY_OK ||
         snprintf(path, sizeof(path), "/rooms/%s/send/m.room.encrypted/%s",
                  rid, s->txn) >= (int)sizeof(path)) {
-        send_finish(r, s, PARLEY_ERR_TOO_LARGE);
+        mx_send_finish(r, s, PARLEY_ERR_TOO_LARGE);
         return 1;
     }
     if (mx_http(m, "PUT", path, s->enc_content, 1, MX_REQUEST_TIMEOUT_MS,
@@ -364,7 +364,7 @@ static int room_encryption_gate(struct mx_room *r)
     for (s = r->head; s; s = next) {
         next = s->next;
         if (!s->req)
-            send_finish(r, s, PARLEY_ERR_STATE);
+            mx_send_finish(r, s, PARLEY_ERR_STATE);
     }
     return 1;
 }
@@ -402,7 +402,7 @@ static void room_kick(struct mx_room *r)
         for (s = r->head; s; s = next) {
             next = s->next;
             if (!s->req)
-                send_finish(r, s, PARLEY_ERR_STATE);
+                mx_send_finish(r, s, PARLEY_ERR_STATE);
         }
         return;
     }
@@ -414,7 +414,7 @@ static void room_kick(struct mx_room *r)
         return;
     if (matrix_url_escape(r->room_id, rid, sizeof(rid)) != PARLEY_OK)
         rid[0] = '\0';
-    /* done callbacks (send_finish) may queue more at the tail: next is
+    /* done callbacks (mx_send_finish) may queue more at the tail: next is
      * read before, and what a nested kick started has its req set. */
     for (s = r->head; s && r->in_flight < MX_SEND_PARALLEL && !r->retry_at;
          s = next) {
@@ -426,7 +426,7 @@ static void room_kick(struct mx_room *r)
         if (!rid[0] ||
             snprintf(path, sizeof(path), "/rooms/%s/send/m.room.message/%s",
                      rid, s->txn) >= (int)sizeof(path)) {
-            send_finish(r, s, PARLEY_ERR_TOO_LARGE);
+            mx_send_finish(r, s, PARLEY_ERR_TOO_LARGE);
             continue;
         }
         if (mx_http(m, "PUT", path, s->content, 1, MX_REQUEST_TIMEOUT_MS,
@@ -457,7 +457,7 @@ int mx_send_content(struct matrix *m, const char *room_id, char *content,
                     adapter_send_done_fn *done, void *privdata,
                     struct mx_stream *stream)
 {
-    struct mx_room *r = room_get(m, room_id, 1);
+    struct mx_room *r = mx_room_get(m, room_id, 1);
     struct mx_send *s = calloc(1, sizeof(*s));
 
     if (!r || !s || !content) {
@@ -467,11 +467,11 @@ int mx_send_content(struct matrix *m, const char *room_id, char *content,
     }
     s->content = content;
     if (matrix_txn_id(seed, s->txn, sizeof(s->txn)) != PARLEY_OK) {
-        send_free(s);
+        mx_send_free(s);
         return PARLEY_ERR_OTHER;
     }
     if (who && !(s->who = strdup(who))) {
-        send_free(s);
+        mx_send_free(s);
         return PARLEY_ERR_OOM;
     }
     s->done = done;
@@ -522,7 +522,7 @@ int matrix_send_message(struct matrix *m, const char *room,
         snprintf(ad->errstr, sizeof(ad->errstr), "not a Matrix room id");
         return result;
     }
-    r = room_get(m, room_id, 1);
+    r = mx_room_get(m, room_id, 1);
     s = calloc(1, sizeof(*s));
     if (!r || !s) {
         free(s);
@@ -534,7 +534,7 @@ int matrix_send_message(struct matrix *m, const char *room,
     o.notice = reply->notice;
     o.thread_id = reply->thread_id ? reply->thread_id : thread;
     /* Greetings answer a member event: no reply relation to that. */
-    o.in_reply_to = ring_has(m->joins, reply->in_reply_to)
+    o.in_reply_to = mx_ring_has(m->joins, reply->in_reply_to)
                     ? NULL : reply->in_reply_to;
     if (o.thread_id && !o.in_reply_to)
         o.in_reply_to = o.thread_id;
@@ -545,7 +545,7 @@ int matrix_send_message(struct matrix *m, const char *room,
     o.text = MX_TOO_LARGE_TEXT;
     o.notice = 1;
     if (matrix_content_build(&o, &s->too_large) != PARLEY_OK) {
-        send_free(s);
+        mx_send_free(s);
         return PARLEY_ERR_OOM;
     }
     if (reply->txn_id)
@@ -557,7 +557,7 @@ int matrix_send_message(struct matrix *m, const char *room,
                  (unsigned long long)random_u64(), (long)time(NULL),
                  (int)getpid());
     if (matrix_txn_id(seed, s->txn, sizeof(s->txn)) != PARLEY_OK) {
-        send_free(s);
+        mx_send_free(s);
         return PARLEY_ERR_OTHER;
     }
     s->done = done;
@@ -566,7 +566,7 @@ int matrix_send_message(struct matrix *m, const char *room,
     s->stream = stream;
     s->first = first;
     if (reply->mention && !(s->who = strdup(reply->mention))) {
-        send_free(s);
+        mx_send_free(s);
         return PARLEY_ERR_OOM;
     }
     send_push(r, s);

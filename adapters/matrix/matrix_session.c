@@ -2,7 +2,7 @@
  * The Matrix adapter's control machine: load session -> whoami (or login)
  * -> display name -> upload filter -> E2EE keys -> load since -> /sync ->
  * walk the batch (matrix_walk.c) -> store next_batch -> /sync ...  One
- * step runs at a time; every failure backs off through ctl_retry, and a
+ * step runs at a time; every failure backs off through mx_ctl_retry, and a
  * refused token logs in again with the password or stops the account.
  */
 #include <errno.h>
@@ -37,16 +37,16 @@
 
 /* ---- control machine: timers ------------------------------------------- */
 
-void on_ctl_timer(void *privdata)
+void mx_on_ctl_timer(void *privdata)
 {
     struct matrix *m = privdata;
 
     if (!m->stopped)
-        ctl_step(m);
+        mx_ctl_step(m);
 }
 
-/* Run ctl_step after delay_ms (0: on the next loop turn). */
-void ctl_later(struct matrix *m, uint64_t delay_ms)
+/* Run mx_ctl_step after delay_ms (0: on the next loop turn). */
+void mx_ctl_later(struct matrix *m, uint64_t delay_ms)
 {
     if (m->stopped || !m->timers_open)
         return;
@@ -54,7 +54,7 @@ void ctl_later(struct matrix *m, uint64_t delay_ms)
 }
 
 /* A control step failed: try the same state again after a backoff. */
-void ctl_retry(struct matrix *m, const char *what,
+void mx_ctl_retry(struct matrix *m, const char *what,
                const struct http_response *resp)
 {
     uint64_t delay = mx_backoff(m, m->attempt);
@@ -82,11 +82,11 @@ void ctl_retry(struct matrix *m, const char *what,
     if (m->attempt < 30)
         m->attempt++;
     m->ad.connected = 0;
-    ctl_later(m, delay);
+    mx_ctl_later(m, delay);
 }
 
 /* The token was refused: log in again with the password, or stop. */
-void ctl_token_refused(struct matrix *m)
+void mx_ctl_token_refused(struct matrix *m)
 {
     m->token_ok = 0;
     m->token_bad = 0;
@@ -101,7 +101,7 @@ void ctl_token_refused(struct matrix *m)
     log_warn("matrix %s: access token refused, logging in again",
              m->mc.account);
     m->state = MX_LOGIN;
-    ctl_later(m, 0);
+    mx_ctl_later(m, 0);
 }
 
 /* ---- control machine: steps ------------------------------------------- */
@@ -114,7 +114,7 @@ static void session_loaded(int status, const struct state_session *s,
     if (m->stopped)
         return;
     if (status != PARLEY_OK) {
-        ctl_retry(m, "loading session from Redis", NULL);
+        mx_ctl_retry(m, "loading session from Redis", NULL);
         return;
     }
     /* A session of another user (user_id changed in the config) is not
@@ -142,7 +142,7 @@ static void session_loaded(int status, const struct state_session *s,
                                  ? m->mc.access_token_env : "-");
         return;
     }
-    ctl_step(m);
+    mx_ctl_step(m);
 }
 
 static void whoami_done(const struct http_response *resp, void *priv)
@@ -151,17 +151,17 @@ static void whoami_done(const struct http_response *resp, void *priv)
     char user[MATRIX_ID_MAX + 1], dev[MX_TOKEN_MAX];
 
     m->ctl_req = NULL;
-    if (is_bad_token(resp)) {
-        ctl_token_refused(m);
+    if (mx_is_bad_token(resp)) {
+        mx_ctl_token_refused(m);
         return;
     }
     if (resp->status != PARLEY_OK || resp->code != 200) {
-        ctl_retry(m, "whoami", resp);
+        mx_ctl_retry(m, "whoami", resp);
         return;
     }
     if (matrix_parse_session(resp->body, resp->body_len, user, sizeof(user),
                              NULL, 0, NULL, 0) != PARLEY_OK) {
-        ctl_retry(m, "whoami (bad answer)", NULL);
+        mx_ctl_retry(m, "whoami (bad answer)", NULL);
         return;
     }
     if (strcasecmp(user, m->mc.user_id) != 0) {
@@ -179,7 +179,7 @@ static void whoami_done(const struct http_response *resp, void *priv)
     m->state = m->display_name[0] ? MX_FILTER : MX_PROFILE;
     log_info("matrix %s: signed in (device %s)", m->mc.account,
              m->device_id[0] ? m->device_id : "-");
-    ctl_step(m);
+    mx_ctl_step(m);
 }
 
 static void login_done(const struct http_response *resp, void *priv)
@@ -195,14 +195,14 @@ static void login_done(const struct http_response *resp, void *priv)
         return;
     }
     if (resp->status != PARLEY_OK || resp->code != 200) {
-        ctl_retry(m, "login", resp);
+        mx_ctl_retry(m, "login", resp);
         return;
     }
     if (matrix_parse_session(resp->body, resp->body_len, user, sizeof(user),
                              m->device_id, sizeof(m->device_id), token,
                              sizeof(token)) != PARLEY_OK) {
         explicit_bzero(token, sizeof(token));
-        ctl_retry(m, "login (bad answer)", NULL);
+        mx_ctl_retry(m, "login (bad answer)", NULL);
         return;
     }
     result = matrix_token_set(m->token, sizeof(m->token), token,
@@ -222,7 +222,7 @@ static void login_done(const struct http_response *resp, void *priv)
     m->token_ok = 1;
     m->attempt = 0;
     m->state = MX_SAVE_SESSION;
-    ctl_step(m);
+    mx_ctl_step(m);
 }
 
 static void session_saved(int status, void *priv)
@@ -232,12 +232,12 @@ static void session_saved(int status, void *priv)
     if (m->stopped)
         return;
     if (status != PARLEY_OK) {
-        ctl_retry(m, "saving session to Redis", NULL);
+        mx_ctl_retry(m, "saving session to Redis", NULL);
         return;
     }
     m->attempt = 0;
     m->state = m->display_name[0] ? MX_FILTER : MX_PROFILE;
-    ctl_step(m);
+    mx_ctl_step(m);
 }
 
 static void profile_done(const struct http_response *resp, void *priv)
@@ -246,8 +246,8 @@ static void profile_done(const struct http_response *resp, void *priv)
     cJSON *c;
 
     m->ctl_req = NULL;
-    if (is_bad_token(resp)) {
-        ctl_token_refused(m);
+    if (mx_is_bad_token(resp)) {
+        mx_ctl_token_refused(m);
         return;
     }
     /* Optional: without a display name, the bot.name from the config. */
@@ -268,7 +268,7 @@ static void profile_done(const struct http_response *resp, void *priv)
         snprintf(m->display_name, sizeof(m->display_name), "%s",
                  m->localpart);
     m->state = MX_FILTER;
-    ctl_step(m);
+    mx_ctl_step(m);
 }
 
 static void filter_done(const struct http_response *resp, void *priv)
@@ -278,12 +278,12 @@ static void filter_done(const struct http_response *resp, void *priv)
     const cJSON *id;
 
     m->ctl_req = NULL;
-    if (is_bad_token(resp)) {
-        ctl_token_refused(m);
+    if (mx_is_bad_token(resp)) {
+        mx_ctl_token_refused(m);
         return;
     }
     if (resp->status != PARLEY_OK || resp->code != 200) {
-        ctl_retry(m, "filter upload", resp);
+        mx_ctl_retry(m, "filter upload", resp);
         return;
     }
     c = cJSON_ParseWithLength(resp->body, resp->body_len);
@@ -291,7 +291,7 @@ static void filter_done(const struct http_response *resp, void *priv)
     if (!cJSON_IsString(id) || !id->valuestring || !id->valuestring[0] ||
         strlen(id->valuestring) >= sizeof(m->filter_id)) {
         cJSON_Delete(c);
-        ctl_retry(m, "filter upload (bad answer)", NULL);
+        mx_ctl_retry(m, "filter upload (bad answer)", NULL);
         return;
     }
     snprintf(m->filter_id, sizeof(m->filter_id), "%s", id->valuestring);
@@ -299,7 +299,7 @@ static void filter_done(const struct http_response *resp, void *priv)
     m->attempt = 0;
     m->state = m->e2ee && !m->e2ee_tried ? MX_CRYPTO :
                m->since ? MX_SYNC : MX_LOAD_SINCE;
-    ctl_step(m);
+    mx_ctl_step(m);
 }
 
 static void e2ee_started(int status, void *priv)
@@ -314,13 +314,13 @@ static void e2ee_started(int status, void *priv)
         matrix_e2ee_free(m->e2ee);
         m->e2ee = NULL;
     } else if (status != PARLEY_OK) {
-        ctl_retry(m, "end-to-end encryption keys", NULL);
+        mx_ctl_retry(m, "end-to-end encryption keys", NULL);
         return;
     }
     m->e2ee_tried = 1;
     m->attempt = 0;
     m->state = m->since ? MX_SYNC : MX_LOAD_SINCE;
-    ctl_step(m);
+    mx_ctl_step(m);
 }
 
 static void since_loaded(int status, const char *next_batch, void *priv)
@@ -330,7 +330,7 @@ static void since_loaded(int status, const char *next_batch, void *priv)
     if (m->stopped)
         return;
     if (status != PARLEY_OK) {
-        ctl_retry(m, "loading the sync token from Redis", NULL);
+        mx_ctl_retry(m, "loading the sync token from Redis", NULL);
         return;
     }
     free(m->since);
@@ -338,7 +338,7 @@ static void since_loaded(int status, const char *next_batch, void *priv)
     if (next_batch) {
         m->since = strdup(next_batch);
         if (!m->since) {
-            ctl_retry(m, "loading the sync token (out of memory)", NULL);
+            mx_ctl_retry(m, "loading the sync token (out of memory)", NULL);
             return;
         }
     }
@@ -348,7 +348,7 @@ static void since_loaded(int status, const char *next_batch, void *priv)
                  "are not answered", m->mc.account);
     m->attempt = 0;
     m->state = MX_SYNC;
-    ctl_step(m);
+    mx_ctl_step(m);
 }
 
 static void sync_done(const struct http_response *resp, void *priv)
@@ -359,12 +359,12 @@ static void sync_done(const struct http_response *resp, void *priv)
     int result;
 
     m->ctl_req = NULL;
-    if (is_bad_token(resp)) {
-        ctl_token_refused(m);
+    if (mx_is_bad_token(resp)) {
+        mx_ctl_token_refused(m);
         return;
     }
     if (resp->status != PARLEY_OK || resp->code != 200) {
-        ctl_retry(m, "sync", resp);
+        mx_ctl_retry(m, "sync", resp);
         return;
     }
     me.user_id = m->user_id;
@@ -376,7 +376,7 @@ static void sync_done(const struct http_response *resp, void *priv)
     if (result != PARLEY_OK) {
         matrix_batch_free(&m->batch);
         log_warn("matrix %s: %s", m->mc.account, err);
-        ctl_retry(m, "sync (unusable answer)", NULL);
+        mx_ctl_retry(m, "sync (unusable answer)", NULL);
         return;
     }
     if (!m->ad.connected)
@@ -403,11 +403,11 @@ static void sync_done(const struct http_response *resp, void *priv)
                  "dropped", m->mc.account, m->batch.n_to_device_dropped);
     if (m->batch.n_to_device && matrix_e2ee_ready(m->e2ee)) {
         m->state = MX_TO_DEVICE;
-        ctl_step(m);
+        mx_ctl_step(m);
         return;
     }
     m->state = MX_WALK;
-    walk(m);
+    mx_walk(m);
 }
 
 /* The batch's room keys are stored: its events may be decrypted. */
@@ -419,11 +419,11 @@ static void to_device_done(int status, void *priv)
         return;
     if (status) {
         /* The sync position has not moved: the keys come again. */
-        ctl_retry(m, "storing room keys in Redis", NULL);
+        mx_ctl_retry(m, "storing room keys in Redis", NULL);
         return;
     }
     m->state = MX_WALK;
-    walk(m);
+    mx_walk(m);
 }
 
 static void since_saved(int status, void *priv)
@@ -433,7 +433,7 @@ static void since_saved(int status, void *priv)
     if (m->stopped)
         return;
     if (status != PARLEY_OK) {
-        ctl_retry(m, "saving the sync token to Redis", NULL);
+        mx_ctl_retry(m, "saving the sync token to Redis", NULL);
         return;
     }
     free(m->since);
@@ -443,7 +443,7 @@ static void since_saved(int status, void *priv)
     m->initial = 0;
     m->attempt = 0;
     m->state = MX_SYNC;
-    ctl_step(m);
+    mx_ctl_step(m);
 }
 
 /* Path for the sync request into buf. */
@@ -464,7 +464,7 @@ static int sync_path(struct matrix *m, char *buf, size_t len)
     return n > 0 && (size_t)n < len ? PARLEY_OK : PARLEY_ERR_TOO_LARGE;
 }
 
-void ctl_step(struct matrix *m)
+void mx_ctl_step(struct matrix *m)
 {
     char path[MX_URL_MAX], id[3 * MATRIX_ID_MAX + 1];
     struct state_session sess;
@@ -477,12 +477,12 @@ void ctl_step(struct matrix *m)
      * messages wait on the homeserver meanwhile). */
     if (!m->store || !store_is_up(m->store)) {
         if (m->state != MX_LOGIN && m->state != MX_WHOAMI) {
-            ctl_later(m, MX_REDIS_POLL_MS);
+            mx_ctl_later(m, MX_REDIS_POLL_MS);
             return;
         }
     }
     if (m->token_bad && m->state == MX_SYNC) {
-        ctl_token_refused(m);
+        mx_ctl_token_refused(m);
         return;
     }
     switch (m->state) {
@@ -494,7 +494,7 @@ void ctl_step(struct matrix *m)
         }
         if (state_session_load(m->store, m->mc.account, session_loaded,
                                m) != PARLEY_OK)
-            ctl_retry(m, "loading session from Redis", NULL);
+            mx_ctl_retry(m, "loading session from Redis", NULL);
         return;
     case MX_WHOAMI:
         result = mx_http(m, "GET", "/account/whoami", NULL, 1,
@@ -507,7 +507,7 @@ void ctl_step(struct matrix *m)
         if (matrix_login_body(m->mc.user_id, m->password,
                               m->device_id[0] ? m->device_id : NULL,
                               m->mc.device_name, &body) != PARLEY_OK) {
-            ctl_retry(m, "login (out of memory)", NULL);
+            mx_ctl_retry(m, "login (out of memory)", NULL);
             return;
         }
         result = mx_http(m, "POST", "/login", body, 0,
@@ -522,7 +522,7 @@ void ctl_step(struct matrix *m)
         sess.user_id = m->user_id;
         if (state_session_save(m->store, m->mc.account, &sess, session_saved,
                                m) != PARLEY_OK)
-            ctl_retry(m, "saving session to Redis", NULL);
+            mx_ctl_retry(m, "saving session to Redis", NULL);
         return;
     case MX_PROFILE:
         if (matrix_url_escape(m->user_id, id, sizeof(id)) != PARLEY_OK)
@@ -534,7 +534,7 @@ void ctl_step(struct matrix *m)
     case MX_FILTER:
         if (matrix_url_escape(m->user_id, id, sizeof(id)) != PARLEY_OK ||
             matrix_filter_body(m->mc.timeline_limit, &body) != PARLEY_OK) {
-            ctl_retry(m, "filter", NULL);
+            mx_ctl_retry(m, "filter", NULL);
             return;
         }
         snprintf(path, sizeof(path), "/user/%s/filter", id);
@@ -552,12 +552,12 @@ void ctl_step(struct matrix *m)
         }
         if (matrix_e2ee_start(m->e2ee, m->user_id, m->device_id,
                               e2ee_started, m) != PARLEY_OK)
-            ctl_retry(m, "loading the crypto store from Redis", NULL);
+            mx_ctl_retry(m, "loading the crypto store from Redis", NULL);
         return;
     case MX_LOAD_SINCE:
         if (state_sync_load(m->store, m->mc.account, since_loaded, m) !=
             PARLEY_OK)
-            ctl_retry(m, "loading the sync token from Redis", NULL);
+            mx_ctl_retry(m, "loading the sync token from Redis", NULL);
         return;
     case MX_SYNC:
         if (sync_path(m, path, sizeof(path)) != PARLEY_OK) {
@@ -573,24 +573,24 @@ void ctl_step(struct matrix *m)
                                        m);
         if (result == PARLEY_ERR_EOF) {
             m->state = MX_WALK;
-            walk(m);
+            mx_walk(m);
         } else if (result) {
-            ctl_retry(m, "storing room keys in Redis", NULL);
+            mx_ctl_retry(m, "storing room keys in Redis", NULL);
         }
         return;
     case MX_WALK:
     case MX_MEMBERS:
-        walk(m);
+        mx_walk(m);
         return;
     case MX_SAVE_SINCE:
         if (state_sync_save(m->store, m->mc.account, m->batch.next_batch,
                             since_saved, m) != PARLEY_OK)
-            ctl_retry(m, "saving the sync token to Redis", NULL);
+            mx_ctl_retry(m, "saving the sync token to Redis", NULL);
         return;
     case MX_FATAL:
     case MX_STOPPED:
         return;
     }
     if (result != PARLEY_OK)
-        ctl_retry(m, "starting a request", NULL);
+        mx_ctl_retry(m, "starting a request", NULL);
 }

@@ -70,19 +70,19 @@ static void members_done(const struct http_response *resp, void *priv)
 {
     struct matrix *m = priv;
     const struct matrix_item *it = &m->batch.items[m->walk_i];
-    struct mx_room *r = room_get(m, it->room_id, 1);
+    struct mx_room *r = mx_room_get(m, it->room_id, 1);
     cJSON *c;
     const cJSON *joined;
 
     m->ctl_req = NULL;
-    if (is_bad_token(resp)) {
+    if (mx_is_bad_token(resp)) {
         /* After the login the batch is fetched again from the same
          * since token; the router drops what it already accepted. */
-        ctl_token_refused(m);
+        mx_ctl_token_refused(m);
         return;
     }
     if (resp->status != PARLEY_OK || resp->code >= 500) {
-        ctl_retry(m, "joined_members", resp);
+        mx_ctl_retry(m, "joined_members", resp);
         return;
     }
     /* A 403 (we left) counts as "not a DM": the walk must go on. */
@@ -101,7 +101,7 @@ static void members_done(const struct http_response *resp, void *priv)
         r->members_batch = m->batch_serial;
     cJSON_Delete(c);
     m->state = MX_WALK;
-    walk(m);
+    mx_walk(m);
 }
 
 /*
@@ -127,7 +127,7 @@ static int walk_refused(struct matrix *m, int status)
     }
     log_warn("matrix %s: event not recorded (%s); pausing the sync",
              m->mc.account, parley_status_name(status));
-    ctl_later(m, mx_backoff(m, m->attempt < 30 ? m->attempt++ : 30));
+    mx_ctl_later(m, mx_backoff(m, m->attempt < 30 ? m->attempt++ : 30));
     return 0;
 }
 
@@ -138,14 +138,14 @@ static void walk_accepted(int status, void *priv)
     m->walk_pending = 0;
     m->walk_status = status;
     if (!m->walk_async)
-        return;                 /* walk() is still on the stack */
+        return;                 /* mx_walk() is still on the stack */
     m->walk_async = 0;
     if (m->stopped)
         return;
     if (status != PARLEY_OK && !walk_refused(m, status))
         return;
     m->walk_i++;
-    walk(m);
+    mx_walk(m);
 }
 
 static void handle_invite(struct matrix *m, const struct matrix_item *it)
@@ -156,19 +156,19 @@ static void handle_invite(struct matrix *m, const struct matrix_item *it)
         return;
     if (matrix_allow_match(it->sender, (const char *const *)m->mc.allow,
                            m->mc.n_allow)) {
-        struct mx_room *r = room_get(m, it->room_id, 1);
+        struct mx_room *r = mx_room_get(m, it->room_id, 1);
 
         if (r && it->is_direct)
             r->direct = 1;
         log_info("matrix %s: invited to %s by %s: joining", m->mc.account,
                  it->room_id, it->sender);
         snprintf(path, sizeof(path), "/rooms/%s/join", id);
-        misc_start(m, "join", it->room_id, "POST", path, "{}");
+        mx_misc_start(m, "join", it->room_id, "POST", path, "{}");
     } else if (m->mc.reject_other_invites) {
         log_info("matrix %s: invite to %s from %s (not allowed): rejecting",
                  m->mc.account, it->room_id, it->sender);
         snprintf(path, sizeof(path), "/rooms/%s/leave", id);
-        misc_start(m, "reject", it->room_id, "POST", path, "{}");
+        mx_misc_start(m, "reject", it->room_id, "POST", path, "{}");
     } else {
         log_info("matrix %s: invite to %s from %s (not allowed): ignored",
                  m->mc.account, it->room_id, it->sender);
@@ -213,7 +213,7 @@ static void members_apply(struct matrix *m, size_t upto)
            m->batch.members[m->walk_member_i].at <= upto) {
         const struct matrix_member *mb =
             &m->batch.members[m->walk_member_i++];
-        struct mx_room *r = room_get(m, mb->room_id, 1);
+        struct mx_room *r = mx_room_get(m, mb->room_id, 1);
         int result;
 
         if (!r)
@@ -267,17 +267,17 @@ static void walk_decrypted(int status, const struct cJSON *event,
     } else if (status != PARLEY_OK) {
         log_warn("matrix %s: decrypting %s failed (%s); pausing the sync",
                  m->mc.account, it->event_id, parley_status_name(status));
-        ctl_later(m, mx_backoff(m, m->attempt < 30 ? m->attempt++ : 30));
+        mx_ctl_later(m, mx_backoff(m, m->attempt < 30 ? m->attempt++ : 30));
         return;
     }
-    walk_decrypted_next(m);
+    mx_walk_decrypted_next(m);
 }
 
-void walk_decrypted_next(struct matrix *m)
+void mx_walk_decrypted_next(struct matrix *m)
 {
     m->dec_i = m->walk_i + 1;
     m->dec_serial = m->batch_serial;
-    walk(m);
+    mx_walk(m);
 }
 
 static int walk_item(struct matrix *m, const struct matrix_item *it)
@@ -289,7 +289,7 @@ static int walk_item(struct matrix *m, const struct matrix_item *it)
     char name[MATRIX_NAME_MAX + MATRIX_ID_MAX + 8];
     size_t i;
 
-    r = it->room_id ? room_get(m, it->room_id, 1) : NULL;
+    r = it->room_id ? mx_room_get(m, it->room_id, 1) : NULL;
     switch (it->kind) {
     case MATRIX_ITEM_INVITE:
         handle_invite(m, it);
@@ -371,12 +371,12 @@ static int walk_item(struct matrix *m, const struct matrix_item *it)
         ev.self = strcmp(it->sender, m->user_id) == 0;
         ev.members = r && r->members > 0 && r->members < INT_MAX
                      ? (int)r->members : 0;
-        ring_add(m->joins, &m->joins_pos, it->event_id);
+        mx_ring_add(m->joins, &m->joins_pos, it->event_id);
     } else {
         ev.kind = EVENT_MESSAGE;
         ev.text = it->text;
         ev.addressed = it->mentioned || it->reply_names_bot ||
-                       ring_has(m->mine, it->reply_to) ||
+                       mx_ring_has(m->mine, it->reply_to) ||
                        (r && (r->direct || r->members == 2));
         if (it->media_ref) {
             /* A picture goes by reference: the job fetches it only if
@@ -390,12 +390,12 @@ static int walk_item(struct matrix *m, const struct matrix_item *it)
             /* Pictures rarely carry a mention: one posted in a thread
              * whose root asked the bot (or that the bot answered in)
              * belongs to that conversation. */
-            if (it->thread_id && (ring_has(m->asked, it->thread_id) ||
-                                  ring_has(m->mine, it->thread_id)))
+            if (it->thread_id && (mx_ring_has(m->asked, it->thread_id) ||
+                                  mx_ring_has(m->mine, it->thread_id)))
                 ev.addressed = 1;
         }
         if (ev.addressed && it->event_id)
-            ring_add(m->asked, &m->asked_pos, it->event_id);
+            mx_ring_add(m->asked, &m->asked_pos, it->event_id);
         if (!ev.addressed && r && r->members < 0) {
             /* Maybe a DM: ask the server how many are in the room. */
             if (members_fetch(m, it->room_id))
@@ -418,7 +418,7 @@ static int walk_item(struct matrix *m, const struct matrix_item *it)
     return 1;
 }
 
-void walk(struct matrix *m)
+void mx_walk(struct matrix *m)
 {
     size_t i;
 
@@ -434,7 +434,7 @@ void walk(struct matrix *m)
         m->walk_rooms_done = 1;
         for (i = 0; i < m->batch.n_rooms; i++) {
             const struct matrix_room_info *ri = &m->batch.rooms[i];
-            struct mx_room *r = room_get(m, ri->room_id, 1);
+            struct mx_room *r = mx_room_get(m, ri->room_id, 1);
             char id[3 * MATRIX_ID_MAX + 1], path[MX_URL_MAX];
 
             if (r)
@@ -445,7 +445,7 @@ void walk(struct matrix *m)
                 log_info("matrix %s: %s is empty but for the bot: leaving",
                          m->mc.account, ri->room_id);
                 snprintf(path, sizeof(path), "/rooms/%s/leave", id);
-                misc_start(m, "leave", ri->room_id, "POST", path, "{}");
+                mx_misc_start(m, "leave", ri->room_id, "POST", path, "{}");
             }
         }
     }
@@ -470,5 +470,5 @@ void walk(struct matrix *m)
     }
     members_apply(m, m->batch.n_items);
     m->state = MX_SAVE_SINCE;
-    ctl_step(m);
+    mx_ctl_step(m);
 }
