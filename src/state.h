@@ -339,8 +339,6 @@ void state_fence_clear(void);
  *                                        signatures checked at use); a
  *                                        user missing is stale or unknown
  *                                        and queried before a key share
- *   devices:<user>, devices_outdated     (the first layout, not used by
- *                                        the adapter any more)
  *   utd                          hash    event id -> JSON record of a
  *                                        room event no key decrypted yet
  *                                        (room, sender, session, cipher,
@@ -448,23 +446,6 @@ int state_crypto_megolm_index_claim(struct store *st, const char *account,
                                     unsigned long index,
                                     const char *event_id,
                                     state_claim_fn *fn, void *privdata);
-
-/* user's devices: (device id, device_keys JSON) pairs. */
-int state_crypto_devices_load(struct store *st, const char *account,
-                              const char *user_id, state_pairs_fn *fn,
-                              void *privdata);
-/* Replace user's device list (n may be 0: no devices) and clear its
- * outdated mark, in one MULTI. */
-int state_crypto_devices_save(struct store *st, const char *account,
-                              const char *user_id,
-                              const struct state_pair *devices, size_t n,
-                              state_done_fn *fn, void *privdata);
-/* Mark users outdated (device_lists.changed, a new member); n > 0. */
-int state_crypto_devices_outdated(struct store *st, const char *account,
-                                  const char *const *users, size_t n,
-                                  state_done_fn *fn, void *privdata);
-int state_crypto_outdated_load(struct store *st, const char *account,
-                               state_list_fn *fn, void *privdata);
 
 /*
  * Device lists, one hash for the account.  load: values[i] is user[i]'s

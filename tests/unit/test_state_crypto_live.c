@@ -4,7 +4,7 @@
  * store round trip (same identity keys, nothing in the clear), Olm
  * sessions per device with the account in the same MULTI, inbound and
  * outbound Megolm sessions, rotation dropping the share list, the replay
- * marks, device lists and their outdated marks, a key of the wrong type,
+ * marks, the per-account device lists, a key of the wrong type,
  * and Redis down (refused at once, no callback).
  */
 #include <setjmp.h>
@@ -300,42 +300,6 @@ static void test_megolm(void **state)
     assert_int_equal(c.fresh, 1);
 }
 
-static void test_devices(void **state)
-{
-    struct live *L = *state;
-    const struct state_pair devs[] = { { "D1", "{\"k\":1}" },
-                                       { "D2", "{\"k\":2}" } };
-    const char *users[] = { "@a:hs", "@b:hs" };
-    struct cap c;
-
-    RUN(L, &c, state_crypto_devices_outdated(L->st, ACCT, users, 2, done_fn,
-                                             &c));
-    assert_int_equal(c.status, PARLEY_OK);
-    RUN(L, &c, state_crypto_outdated_load(L->st, ACCT, list_fn, &c));
-    assert_int_equal(c.n, 2);
-    RUN(L, &c, state_crypto_devices_save(L->st, ACCT, "@a:hs", devs, 2,
-                                         done_fn, &c));
-    assert_int_equal(c.status, PARLEY_OK);
-    RUN(L, &c, state_crypto_devices_load(L->st, ACCT, "@a:hs", pairs_fn,
-                                         &c));
-    assert_int_equal(c.n, 2);
-    RUN(L, &c, state_crypto_outdated_load(L->st, ACCT, list_fn, &c));
-    assert_int_equal(c.n, 1);
-    assert_string_equal(c.names[0], "@b:hs");
-    /* A save replaces the list: a removed device is gone. */
-    RUN(L, &c, state_crypto_devices_save(L->st, ACCT, "@a:hs", devs + 1, 1,
-                                         done_fn, &c));
-    RUN(L, &c, state_crypto_devices_load(L->st, ACCT, "@a:hs", pairs_fn,
-                                         &c));
-    assert_int_equal(c.n, 1);
-    assert_string_equal(c.names[0], "D2");
-    RUN(L, &c, state_crypto_devices_save(L->st, ACCT, "@a:hs", NULL, 0,
-                                         done_fn, &c));
-    RUN(L, &c, state_crypto_devices_load(L->st, ACCT, "@a:hs", pairs_fn,
-                                         &c));
-    assert_int_equal(c.n, 0);
-}
-
 /* values with holes: "<nil>" where the reply had none. */
 static void values_fn(int status, const char *const *items, size_t n,
                       void *privdata)
@@ -522,7 +486,6 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_account, setup, teardown),
         cmocka_unit_test_setup_teardown(test_olm_sessions, setup, teardown),
         cmocka_unit_test_setup_teardown(test_megolm, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_devices, setup, teardown),
         cmocka_unit_test_setup_teardown(test_utd, setup, teardown),
         cmocka_unit_test_setup_teardown(test_utd_cap, setup, teardown),
         cmocka_unit_test_setup_teardown(test_devlists, setup, teardown),
