@@ -46,6 +46,32 @@ def require_homeserver():
              "../shared/synapse beside the source tree" % HS_SCRIPT)
 
 
+
+async def nio_encrypted_dm(c, password, bot, timeout=30):
+    """With a matrix-nio client c (encryption on): log in, upload its
+    device keys, create an encrypted direct chat inviting bot and wait
+    until the bot has joined it.  Returns the room id.  nio is imported
+    here: only the encryption tests need python3-matrix-nio."""
+    import nio
+    r = await c.login(password)
+    assert isinstance(r, nio.LoginResponse), r
+    await c.sync(timeout=0, full_state=True)
+    if c.should_upload_keys:
+        await c.keys_upload()
+    r = await c.room_create(
+        invite=[bot], is_direct=True,
+        initial_state=[{"type": "m.room.encryption", "state_key": "",
+                        "content": {"algorithm": "m.megolm.v1.aes-sha2"}}])
+    assert isinstance(r, nio.RoomCreateResponse), r
+    room = r.room_id
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        await c.sync(timeout=1000)
+        rm = c.rooms.get(room)
+        if rm and bot in rm.users:
+            return room
+    raise AssertionError("the bot did not join the encrypted DM")
+
 def run_matrix(cases, holder):
     """Start one Synapse, hand it to the tests as holder.HS (the module
     whose test functions read HS), run cases (or only those named in

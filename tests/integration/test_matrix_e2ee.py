@@ -27,7 +27,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import (Parley, Redis, Stub, Test, require_parley, skip,
                      stop, wait_until, write_config)
-from matrix_hs import Client, q, require_homeserver, run_matrix
+from matrix_hs import (Client, nio_encrypted_dm, q, require_homeserver,
+                       run_matrix)
 
 try:
     import olm
@@ -243,26 +244,7 @@ async def nio_conversation(s, store, after_send):
     bot = s.bot
     out = []
     try:
-        r = await c.login("pw-alice")
-        assert isinstance(r, nio.LoginResponse), r
-        await c.sync(timeout=0, full_state=True)
-        if c.should_upload_keys:
-            await c.keys_upload()
-        r = await c.room_create(
-            invite=[bot], is_direct=True,
-            initial_state=[{"type": "m.room.encryption", "state_key": "",
-                            "content": {"algorithm":
-                                        "m.megolm.v1.aes-sha2"}}])
-        assert isinstance(r, nio.RoomCreateResponse), r
-        room = r.room_id
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            await c.sync(timeout=1000)
-            rm = c.rooms.get(room)
-            if rm and bot in rm.users:
-                break
-        else:
-            raise AssertionError("the bot did not join the encrypted DM")
+        room = await nio_encrypted_dm(c, "pw-alice", bot)
         for i in range(2):
             if c.should_query_keys:
                 await c.keys_query()

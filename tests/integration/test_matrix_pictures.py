@@ -32,7 +32,8 @@ import urllib.request
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import (Parley, Redis, Stub, Test, require_parley,
                      wait_until, write_config)
-from matrix_hs import q, reply_target, require_homeserver, run_matrix
+from matrix_hs import (nio_encrypted_dm, q, reply_target,
+                       require_homeserver, run_matrix)
 from pictures import png
 
 try:
@@ -258,26 +259,7 @@ async def nio_picture(s, pic):
                         config=cfg)
     bot = s.bot
     try:
-        r = await c.login("pw-alice")
-        assert isinstance(r, nio.LoginResponse), r
-        await c.sync(timeout=0, full_state=True)
-        if c.should_upload_keys:
-            await c.keys_upload()
-        r = await c.room_create(
-            invite=[bot], is_direct=True,
-            initial_state=[{"type": "m.room.encryption", "state_key": "",
-                            "content": {"algorithm":
-                                        "m.megolm.v1.aes-sha2"}}])
-        assert isinstance(r, nio.RoomCreateResponse), r
-        room = r.room_id
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            await c.sync(timeout=1000)
-            rm = c.rooms.get(room)
-            if rm and bot in rm.users:
-                break
-        else:
-            raise AssertionError("the bot did not join the encrypted DM")
+        room = await nio_encrypted_dm(c, "pw-alice", bot)
         up, keys = await c.upload(lambda *_: pic, content_type="image/png",
                                   filename="secret.png", encrypt=True,
                                   filesize=len(pic))
