@@ -97,7 +97,7 @@ static enum MHD_Result monitor_handle(void *cls, struct MHD_Connection *conn,
                          "not found: try /healthz or /metrics\n", 36);
 }
 
-static int monitor_parse(const char *listen, struct sockaddr_in *sa)
+int monitor_parse_listen(const char *listen, struct sockaddr_in *sa)
 {
     const char *colon = strrchr(listen, ':');
     char host[64];
@@ -127,7 +127,7 @@ int monitor_start(struct monitor **out, const char *listen, char *err,
     const union MHD_DaemonInfo *info;
 
     *out = NULL;
-    if (!listen || monitor_parse(listen, &sa) != 0) {
+    if (!listen || monitor_parse_listen(listen, &sa) != 0) {
         snprintf(err, errlen, "metrics.listen: expected \"ADDRESS:PORT\" "
                  "with an IPv4 address, got \"%s\"", listen ? listen : "");
         return PARLEY_ERR_CONFIG;

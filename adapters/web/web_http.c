@@ -44,6 +44,7 @@
 #include "dict.h"
 #include "log.h"
 #include "loop.h"
+#include "monitor.h"
 #include "random.h"
 #include "status.h"
 #include "web.h"
@@ -429,34 +430,12 @@ void web_http_kick(struct web *w)
         loop_timer_start(w->mhd_timer, 0, 0);
 }
 
-static int parse_listen(const char *listen, struct sockaddr_in *sa)
-{
-    const char *colon = strrchr(listen, ':');
-    char host[64];
-    char *end;
-    long port;
-
-    if (!colon || (size_t)(colon - listen) >= sizeof(host))
-        return -1;
-    memcpy(host, listen, (size_t)(colon - listen));
-    host[colon - listen] = '\0';
-    port = strtol(colon + 1, &end, 10);
-    if (colon[1] == '\0' || *end || port < 0 || port > 65535)
-        return -1;
-    memset(sa, 0, sizeof(*sa));
-    sa->sin_family = AF_INET;
-    sa->sin_port = htons((unsigned short)port);
-    if (strcmp(host, "localhost") == 0 || host[0] == '\0')
-        snprintf(host, sizeof(host), "127.0.0.1");
-    return inet_pton(AF_INET, host, &sa->sin_addr) == 1 ? 0 : -1;
-}
-
 int web_http_start(struct web *w, char *err, size_t errlen)
 {
     struct sockaddr_in sa;
     const union MHD_DaemonInfo *info;
 
-    if (parse_listen(w->cfg.listen, &sa) != 0) {
+    if (monitor_parse_listen(w->cfg.listen, &sa) != 0) {
         snprintf(err, errlen, "web: listen: expected \"ADDRESS:PORT\" with "
                  "an IPv4 address, got \"%s\"", w->cfg.listen);
         return PARLEY_ERR_CONFIG;
