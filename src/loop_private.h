@@ -21,6 +21,7 @@ struct loop {
     uv_loop_t *own_uv;          /* created by loop_create(NULL) */
     CURLM *multi;
     uv_timer_t timeout;         /* curl's single timer */
+    uv_idle_t kick;             /* curl's timer when it asks for 0 ms */
     struct http_request *reqs;  /* in flight, doubly linked */
     struct loop_socket *socks;  /* watched sockets, doubly linked */
     size_t pending;             /* requests in reqs */
