@@ -124,16 +124,26 @@ static void store_ev_poll(uv_poll_t *h, int status, int events)
      * both directions so it reads the socket error and tears down. */
     int ready = status < 0 ? (UV_READABLE | UV_WRITABLE) : events;
 
+    if (status < 0)
+        ev->events = 0;         /* so a later add starts it again */
     if (ev->ac && (ready & UV_READABLE))
         redisAsyncHandleRead(ev->ac);
     if (ev->ac && (ready & UV_WRITABLE))
         redisAsyncHandleWrite(ev->ac);
 }
 
-static void store_ev_update(struct store_ev *ev)
+/* Watch the socket for EVENTS.  hiredis asks again for what it already
+ * has (addRead after every write, delWrite after every flush), and each
+ * uv_poll_start costs up to three epoll_ctl calls (libuv removes the fd
+ * and adds it back), nine per message before: so only a change is
+ * passed on. */
+static void store_ev_update(struct store_ev *ev, int events)
 {
-    if (ev->events)
-        uv_poll_start(&ev->poll, ev->events, store_ev_poll);
+    if (events == ev->events)
+        return;
+    ev->events = events;
+    if (events)
+        uv_poll_start(&ev->poll, events, store_ev_poll);
     else
         uv_poll_stop(&ev->poll);
 }
@@ -142,16 +152,14 @@ static void store_ev_add_read(void *privdata)
 {
     struct store_ev *ev = privdata;
 
-    ev->events |= UV_READABLE;
-    store_ev_update(ev);
+    store_ev_update(ev, ev->events | UV_READABLE);
 }
 
 static void store_ev_del_read(void *privdata)
 {
     struct store_ev *ev = privdata;
 
-    ev->events &= ~UV_READABLE;
-    store_ev_update(ev);
+    store_ev_update(ev, ev->events & ~UV_READABLE);
 }
 
 /* Write what hiredis has queued, from the loop (never from inside a
@@ -194,8 +202,7 @@ static void store_ev_add_write(void *privdata)
         }
         return;
     }
-    ev->events |= UV_WRITABLE;
-    store_ev_update(ev);
+    store_ev_update(ev, ev->events | UV_WRITABLE);
 }
 
 static void store_ev_del_write(void *privdata)
@@ -203,8 +210,7 @@ static void store_ev_del_write(void *privdata)
     struct store_ev *ev = privdata;
 
     ev->want_flush = 0;
-    ev->events &= ~UV_WRITABLE;
-    store_ev_update(ev);
+    store_ev_update(ev, ev->events & ~UV_WRITABLE);
 }
 
 static void store_ev_closed(uv_handle_t *h)
