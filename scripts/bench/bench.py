@@ -781,12 +781,9 @@ plot %s
         self.stand = Stand(self.build, self.tmp)
         self.start_ircd()
         settings = self.settings()
-        self.irc()
-        self.matrix()
-        self.console()
-        self.throughput()
-        self.concurrency()
-        self.stand_alone()
+        for name in FIGURES:
+            if not self.a.only or name in self.a.only:
+                getattr(self, name)()
         self.notes.append("load average %s at the end (other work on the "
                           "machine shares its cores)" % loadavg())
         if self.a.plot:
@@ -809,14 +806,26 @@ plot %s
         print("- run time %.0f s" % (time.monotonic() - t0))
 
 
+# The groups of rows, in the order the table prints them (--only picks).
+FIGURES = ("irc", "matrix", "console", "throughput", "concurrency",
+           "stand_alone")
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--build", required=True)
     p.add_argument("--smoke", action="store_true")
     p.add_argument("--long", action="store_true")
+    p.add_argument("--only", type=lambda v: v.split(","),
+                   help="comma-separated groups of rows to run: "
+                   + ",".join(FIGURES))
     p.add_argument("--plot", help="write the gnuplot chart here (.png, "
                    "or .svg)")
     a = p.parse_args()
+    for name in a.only or ():
+        if name not in FIGURES:
+            p.error("--only: unknown group %r (known: %s)"
+                    % (name, ", ".join(FIGURES)))
     a.pace_ms = 12
     if a.smoke:
         a.irc_messages, a.console_messages, a.channels = 20, 50, 5
