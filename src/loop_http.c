@@ -1,5 +1,6 @@
 /*
- * HTTP requests on the loop's curl multi handle (loop.c drives it).  Each
+ * HTTP requests on the loop's curl multi handles (loop_multi.c drives
+ * them and picks the one a request goes to).  Each
  * request gets a response buffer capped at max_body (overflow is
  * TOO_LARGE, never a silent realloc), an error buffer, http/https only,
  * and the Retry-After header parsed; a body of the stream type goes to
@@ -49,6 +50,7 @@ enum loop_body_mode {
 
 struct http_request {
     struct loop *loop;
+    struct loop_shard *shard;   /* the multi handle easy is on */
     CURL *easy;
     struct curl_slist *headers;
     char *buf;                  /* response body, NUL-terminated; when
@@ -122,13 +124,15 @@ static int status_from_curl(const struct http_request *req, CURLcode result)
 }
 
 /*
- * Hand every finished transfer to its owner.  A done callback may start or
- * cancel other requests or close the loop, so the multi handle is checked
- * again after each one; cancelled handles take their queued message with
- * them (curl_multi_remove_handle drops it).
+ * Hand every finished transfer of a shard to its owner.  A done callback
+ * may start or cancel other requests or close the loop, so the multi
+ * handle is checked again after each one; cancelled handles take their
+ * queued message with them (curl_multi_remove_handle drops it).  Only the
+ * shard that curl just acted on can have finished transfers.
  */
-void loop_check_multi_info(struct loop *loop)
+void loop_check_multi_info(struct loop_shard *shard)
 {
+    struct loop *loop = shard->loop;
     CURLMsg *msg;
     int left;
 
@@ -139,7 +143,7 @@ void loop_check_multi_info(struct loop *loop)
         char *priv = NULL;
         long code = 0;
 
-        msg = curl_multi_info_read(loop->multi, &left);
+        msg = curl_multi_info_read(shard->multi, &left);
         if (!msg)
             break;
         if (msg->msg != CURLMSG_DONE)
@@ -153,7 +157,7 @@ void loop_check_multi_info(struct loop *loop)
         if (curl_easy_getinfo(req->easy, CURLINFO_RESPONSE_CODE,
                               &code) != CURLE_OK)
             code = 0;
-        curl_multi_remove_handle(loop->multi, req->easy);
+        loop_shard_remove(req->shard, req->easy);
         request_unlink(req);
 
         memset(&resp, 0, sizeof(resp));
@@ -507,7 +511,7 @@ int loop_http_start(struct loop *loop, const struct http_options *opt,
     struct http_request *req;
     int have_expect = 0;
     CURLcode result;
-    CURLMcode mc;
+    int rc;
 
     if (out)
         *out = NULL;
@@ -575,13 +579,10 @@ int loop_http_start(struct loop *loop, const struct http_options *opt,
         return result == CURLE_OUT_OF_MEMORY ? PARLEY_ERR_OOM :
             PARLEY_ERR_CONFIG;
     }
-    /* Adding only arms the timer (cb_timeout); the transfer, and with it
-     * the done callback, runs later from the loop. */
-    mc = curl_multi_add_handle(loop->multi, req->easy);
-    if (mc != CURLM_OK) {
-        log_error("curl_multi_add_handle: %s", curl_multi_strerror(mc));
+    rc = loop_shard_add(loop, req->easy, &req->shard);
+    if (rc != PARLEY_OK) {
         request_free(req);
-        return mc == CURLM_OUT_OF_MEMORY ? PARLEY_ERR_OOM : PARLEY_ERR_OTHER;
+        return rc;
     }
     req->next = loop->reqs;
     if (loop->reqs)
@@ -597,8 +598,7 @@ void loop_http_cancel(struct http_request *req)
 {
     if (!req)
         return;
-    if (req->loop->multi)
-        curl_multi_remove_handle(req->loop->multi, req->easy);
+    loop_shard_remove(req->shard, req->easy);
     request_unlink(req);
     request_free(req);
 }
