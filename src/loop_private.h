@@ -23,7 +23,9 @@ struct loop_socket;
  * for each transfer that starts or ends, so one multi with 10,000
  * transfers spent most of its CPU in those walks (see loop_multi.c);
  * 256 measured best of 128/256/512 (scripts/bench, direct 10,000). */
+#ifndef LOOP_SHARD_TRANSFERS   /* -D for measuring other sizes */
 #define LOOP_SHARD_TRANSFERS 256
+#endif
 
 /* Multi handles at most: enough for llm.max_concurrent's ceiling of
  * 16,384 plus the adapters' own requests.  Past that the least loaded
