@@ -1,5 +1,6 @@
 /*
- * The one libuv loop and the curl multi handle driven by it, following
+ * The one libuv loop and the curl multi handles driven by it (several,
+ * each with at most a few hundred transfers: see loop_multi.c), following
  * curl's docs/examples/multi-uv.c with the fixes listed in STYLE.md: every
  * allocation and CURLMcode checked, check_multi_info after every
  * socket_action, CURL_CSELECT_ERR on poll errors, and handles freed only
