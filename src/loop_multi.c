@@ -15,8 +15,9 @@
  * burst was quadratic; with shards it is linear in the burst times
  * LOOP_SHARD_TRANSFERS.  A new transfer goes to the first shard with
  * room, so at low load everything stays on shard 0 and keeps reusing its
- * connections; a shard is created when all are full and kept until
- * loop_close.
+ * connections; a shard is created when all are full, and the last one is
+ * retired (with the connections it keeps) once it has been idle for a
+ * while (loop_shards_reap).
  *
  * Each shard has its own socket and timer callbacks (curl tells us which
  * sockets to watch and when to wake it), a uv timer and an idle "kick"
@@ -40,9 +41,17 @@
 struct loop_socket {
     uv_poll_t poll;             /* poll.data = this */
     curl_socket_t fd;
+    struct loop *loop;          /* outlives the shard, which may go first */
     struct loop_shard *shard;   /* whose multi handle owns the socket */
     struct loop_socket *prev, *next;
 };
+
+/* Whether a shard's callbacks should leave curl alone: the loop or the
+ * shard is being closed, and curl_multi_cleanup may still call them. */
+static int shard_dead(const struct loop_shard *shard)
+{
+    return shard->loop->closing || shard->retiring;
+}
 
 static void on_timer_closed(uv_handle_t *handle)
 {
@@ -51,10 +60,26 @@ static void on_timer_closed(uv_handle_t *handle)
     loop_handle_closed(shard->loop);
 }
 
+static void on_reap_closed(uv_handle_t *handle)
+{
+    loop_handle_closed(handle->data);
+}
+
+/* A retired shard's handle closed: the shard goes after both. */
+static void on_retired_closed(uv_handle_t *handle)
+{
+    struct loop_shard *shard = handle->data;
+    struct loop *loop = shard->loop;
+
+    if (--shard->closes_left == 0)
+        free(shard);
+    loop_handle_closed(loop);
+}
+
 static void on_socket_closed(uv_handle_t *handle)
 {
     struct loop_socket *ls = handle->data;
-    struct loop *loop = ls->shard->loop;
+    struct loop *loop = ls->loop;
 
     free(ls);
     loop_handle_closed(loop);
@@ -63,7 +88,7 @@ static void on_socket_closed(uv_handle_t *handle)
 /* Stop watching a socket; the struct is freed in the close callback. */
 static void loop_socket_destroy(struct loop_socket *ls)
 {
-    struct loop *loop = ls->shard->loop;
+    struct loop *loop = ls->loop;
 
     if (ls->prev)
         ls->prev->next = ls->next;
@@ -82,7 +107,7 @@ static void shard_timeout(struct loop_shard *shard)
     int running = 0;
     CURLMcode mc;
 
-    if (shard->loop->closing)
+    if (shard_dead(shard))
         return;
     mc = curl_multi_socket_action(shard->multi, CURL_SOCKET_TIMEOUT, 0,
                                   &running);
@@ -112,7 +137,7 @@ static void on_uv_socket(uv_poll_t *poll, int status, int events)
     int running = 0;
     CURLMcode mc;
 
-    if (shard->loop->closing)
+    if (shard_dead(shard))
         return;
     if (status < 0)
         flags = CURL_CSELECT_ERR;
@@ -136,7 +161,7 @@ static int cb_timeout(CURLM *multi, long timeout_ms, void *userp)
     int rc;
 
     (void)multi;
-    if (shard->loop->closing)
+    if (shard_dead(shard))
         return 0;
     if (timeout_ms < 0) {
         uv_timer_stop(&shard->timeout);
@@ -189,6 +214,7 @@ static struct loop_socket *loop_socket_new(struct loop_shard *shard,
     }
     ls->poll.data = ls;
     ls->fd = s;
+    ls->loop = loop;
     ls->shard = shard;
     ls->next = loop->socks;
     if (loop->socks)
@@ -216,7 +242,7 @@ static int cb_socket(CURL *easy, curl_socket_t s, int action, void *userp,
     case CURL_POLL_IN:
     case CURL_POLL_OUT:
     case CURL_POLL_INOUT:
-        if (shard->loop->closing)
+        if (shard_dead(shard))
             return 0;
         if (!ls) {
             ls = loop_socket_new(shard, s);
@@ -237,7 +263,7 @@ static int cb_socket(CURL *easy, curl_socket_t s, int action, void *userp,
         if (ls) {
             loop_socket_destroy(ls);
             /* During curl_multi_cleanup the socket hash is going away. */
-            if (!shard->loop->closing)
+            if (!shard_dead(shard))
                 curl_multi_assign(shard->multi, s, NULL);
         }
         break;
@@ -245,6 +271,11 @@ static int cb_socket(CURL *easy, curl_socket_t s, int action, void *userp,
         break;
     }
     return 0;
+}
+
+static void on_reap(uv_timer_t *timer)
+{
+    loop_shards_reap(timer->data);
 }
 
 /* A new shard with its multi handle and timers, appended to the loop's
@@ -312,12 +343,76 @@ static int shard_new(struct loop *loop)
     shard->kick.data = shard;
     loop->open_handles += 2;
     loop->shards[loop->n_shards++] = shard;
+    if (loop->n_shards == 2) {
+        rc = uv_timer_start(&loop->reap, on_reap, LOOP_SHARD_REAP_MS,
+                            LOOP_SHARD_REAP_MS);
+        if (rc < 0)
+            log_warn("uv_timer_start (shard reaper): %s", uv_strerror(rc));
+    }
     return PARLEY_OK;
 }
 
 int loop_shards_init(struct loop *loop)
 {
-    return shard_new(loop);
+    int rc = shard_new(loop);
+
+    if (rc != PARLEY_OK)
+        return rc;
+    /* uv_timer_init cannot fail on Unix (it only links the handle into
+     * the loop), so shard 0 never has to be undone here. */
+    (void)uv_timer_init(loop->uv, &loop->reap);
+    uv_unref((uv_handle_t *)&loop->reap);
+    loop->reap.data = loop;
+    loop->open_handles++;
+    return PARLEY_OK;
+}
+
+/* Close a shard that holds no transfer: curl closes its idle
+ * connections; the struct goes in the close callbacks of its handles. */
+static void shard_retire(struct loop_shard *shard)
+{
+    struct loop *loop = shard->loop;
+    struct loop_socket *ls, *next;
+
+    shard->retiring = 1;
+    curl_multi_cleanup(shard->multi);
+    shard->multi = NULL;
+    /* Idle connections are not watched, but a socket curl did not
+     * forget must not outlive its multi handle. */
+    for (ls = loop->socks; ls; ls = next) {
+        next = ls->next;
+        if (ls->shard == shard)
+            loop_socket_destroy(ls);
+    }
+    uv_timer_stop(&shard->timeout);
+    uv_idle_stop(&shard->kick);
+    shard->closes_left = 2;
+    uv_close((uv_handle_t *)&shard->timeout, on_retired_closed);
+    uv_close((uv_handle_t *)&shard->kick, on_retired_closed);
+}
+
+void loop_shards_reap(struct loop *loop)
+{
+    size_t i;
+
+    if (loop->closing)
+        return;
+    /* Only the last: new transfers fill the first shard with room, so
+     * a gap in the middle would only be refilled first. */
+    while (loop->n_shards > 1) {
+        struct loop_shard *last = loop->shards[loop->n_shards - 1];
+
+        if (last->transfers > 0 || last->used)
+            break;
+        loop->shards[--loop->n_shards] = NULL;
+        shard_retire(last);
+    }
+    /* A shard busy now counts as used in the next period too: it goes
+     * only after a whole period with nothing in flight. */
+    for (i = 0; i < loop->n_shards; i++)
+        loop->shards[i]->used = loop->shards[i]->transfers > 0;
+    if (loop->n_shards == 1)
+        uv_timer_stop(&loop->reap);
 }
 
 /* The shard a new transfer goes to: the first with room, else a new one,
@@ -356,6 +451,7 @@ int loop_shard_add(struct loop *loop, CURL *easy, struct loop_shard **out)
         return mc == CURLM_OUT_OF_MEMORY ? PARLEY_ERR_OOM : PARLEY_ERR_OTHER;
     }
     shard->transfers++;
+    shard->used = 1;
     *out = shard;
     return PARLEY_OK;
 }
@@ -388,6 +484,8 @@ void loop_shards_close(struct loop *loop)
         uv_idle_stop(&shard->kick);
         uv_close((uv_handle_t *)&shard->kick, on_timer_closed);
     }
+    uv_timer_stop(&loop->reap);
+    uv_close((uv_handle_t *)&loop->reap, on_reap_closed);
 }
 
 void loop_shards_free(struct loop *loop)

@@ -32,15 +32,28 @@ struct loop_socket;
  * takes more than LOOP_SHARD_TRANSFERS. */
 #define LOOP_SHARDS_MAX (16384 / LOOP_SHARD_TRANSFERS + 2)
 
+/* How often the loop looks for shards to retire: the last shard (never
+ * shard 0) goes, with its idle connections, once it has been empty for a
+ * whole period.  Each shard keeps up to LOOP_SHARD_TRANSFERS idle
+ * connections, so without this a burst of 10,000 would hold 10,000
+ * sockets for good; with it a steady load just over a shard's worth does
+ * not lose its connections (and TLS sessions) every time it dips. */
+#define LOOP_SHARD_REAP_MS 30000
+
 /* One curl multi handle with its own timer (loop_multi.c).  Created when
- * every earlier one is full, kept until loop_close; freed with the loop,
- * after the close callbacks of its two handles. */
+ * every earlier one is full; retired when it is the last and has been
+ * idle for LOOP_SHARD_REAP_MS (freed in its close callbacks), else kept
+ * until loop_close and freed with the loop. */
 struct loop_shard {
     struct loop *loop;
     CURLM *multi;               /* NULL after loop_close */
     uv_timer_t timeout;         /* curl's timer for this multi */
     uv_idle_t kick;             /* the same timer when curl asks for 0 ms */
     size_t transfers;           /* easy handles added and not removed */
+    int used;                   /* busy at the last reaper tick, or a
+                                   transfer added since */
+    int retiring;               /* being closed; callbacks do nothing */
+    int closes_left;            /* retiring: handles still to close */
 };
 
 struct loop {
@@ -48,6 +61,8 @@ struct loop {
     uv_loop_t *own_uv;          /* created by loop_create(NULL) */
     struct loop_shard *shards[LOOP_SHARDS_MAX]; /* owned; n_shards used */
     size_t n_shards;
+    uv_timer_t reap;            /* retires idle shards (unreferenced: it
+                                   never keeps loop_run going) */
     struct http_request *reqs;  /* in flight, doubly linked */
     struct loop_socket *socks;  /* watched sockets, doubly linked */
     size_t pending;             /* requests in reqs */
@@ -60,8 +75,11 @@ struct loop {
     int free_requested;         /* loop_free called before handles closed */
 };
 
-/* Create shard 0 (loop_create). */
+/* Create shard 0 and the reaper timer (loop_create). */
 int loop_shards_init(struct loop *loop);
+
+/* One reaper tick (the timer's callback; tests call it directly). */
+void loop_shards_reap(struct loop *loop);
 
 /* Add easy to the first shard with room, creating one when all are
  * full; *out is the shard it went to.  PARLEY_OK, or a status with
@@ -72,7 +90,8 @@ int loop_shard_add(struct loop *loop, CURL *easy, struct loop_shard **out);
 void loop_shard_remove(struct loop_shard *shard, CURL *easy);
 
 /* loop_close's part: clean up every multi handle, stop watching every
- * socket, close every shard's timers (counted in open_handles). */
+ * socket, close every shard's timers and the reaper (counted in
+ * open_handles). */
 void loop_shards_close(struct loop *loop);
 
 /* Free the shards' memory, once every handle is closed. */

@@ -4,8 +4,10 @@
  * flight than one shard takes all complete with their own bodies, spread
  * over the right number of shards; a cancel in two shards while every
  * request is held by the server; loop_close with requests held in three
- * shards (ASan checks that nothing leaks); and a request after a burst
- * goes back to shard 0 and reuses one of its connections.
+ * shards (ASan checks that nothing leaks); a request after a burst goes
+ * back to shard 0 and reuses one of its connections; and the reaper
+ * retires idle shards from the top, closing their connections, but never
+ * a busy one.
  *
  * The server holds every answer until it has all the requests it
  * expects, so they are truly in flight together; it answers GET /r<n>
@@ -394,10 +396,61 @@ static void close_with_three_shards_busy(void **state)
     free(calls);
 }
 
+/* Run the loop until the server has seen every connection it accepted
+ * closed (a retired shard's), answering nothing new. */
+static size_t server_open(const struct server *srv)
+{
+    size_t i, n = 0;
+
+    for (i = 0; i < SRV_CONNS_MAX; i++)
+        if (srv->conns[i])
+            n++;
+    return n;
+}
+
+/* Two reaper ticks after a burst: the first only forgets that the
+ * shards were used, the second retires shards 2 and 1, which close the
+ * connections they kept; shard 0 stays, with its own.  A new burst
+ * creates them again; while it is in flight no tick retires anything. */
+static void reap_idle_shards(void **state)
+{
+    struct loop *loop = new_loop();
+    struct server srv;
+    struct call *calls = calloc(BURST, sizeof(*calls));
+    size_t i, round;
+
+    (void)state;
+    assert_non_null(calls);
+    server_start(&srv, loop);
+    for (round = 0; round < 2; round++) {
+        for (i = 0; i < BURST; i++)
+            start(loop, &srv, &calls[i], i);
+        assert_int_equal(loop_shard_count(loop), 3);
+        loop_shards_reap(loop);
+        loop_shards_reap(loop);
+        assert_int_equal(loop_shard_count(loop), 3);
+        while (loop_http_pending(loop) > 0)
+            uv_run(loop_uv(loop), UV_RUN_ONCE);
+        for (i = 0; i < BURST; i++)
+            assert_answered(&calls[i]);
+        loop_shards_reap(loop);
+        assert_int_equal(loop_shard_count(loop), 3);
+        loop_shards_reap(loop);
+        assert_int_equal(loop_shard_count(loop), 1);
+        while (server_open(&srv) > LOOP_SHARD_TRANSFERS)
+            uv_run(loop_uv(loop), UV_RUN_ONCE);
+        assert_int_equal(server_open(&srv), LOOP_SHARD_TRANSFERS);
+    }
+    server_stop(&srv);
+    loop_free(loop);
+    free(calls);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(burst_then_one),
+        cmocka_unit_test(reap_idle_shards),
         cmocka_unit_test(cancel_in_two_shards),
         cmocka_unit_test(close_with_three_shards_busy),
     };
