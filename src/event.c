@@ -3,7 +3,8 @@
  * Redis, and the deep copy the router keeps when an event has to outlive
  * router_submit() (a reply queued behind another in the same room).  The
  * copy is one allocation holding the struct and all its strings, so it
- * cannot be half-built and event_free() is a single free().  A picture
+ * cannot be half-built and event_free() is a single free(); the router's
+ * job keeps it inside its own block (event_dup_into).  A picture
  * that came with the event (up to EVENT_ATTACHMENT_MAX) is in that block
  * too.
  */
@@ -108,19 +109,17 @@ event_attachment_copy(char **pos, const struct event_attachment *a)
     return dst;
 }
 
-struct event *
-event_dup(const struct event *ev)
+size_t
+event_dup_size(const struct event *ev)
 {
     size_t total = sizeof(struct event);
-    struct event *copy;
-    char *pos;
 
     if (!ev)
-        return NULL;
+        return 0;
     /* The attachment struct right after the event keeps its alignment
      * (both hold pointers and sizes only). */
     if (event_attachment_size(&total, ev->attachment))
-        return NULL;
+        return 0;
     if (event_size_add(&total, ev->platform) ||
         event_size_add(&total, ev->account) ||
         event_size_add(&total, ev->room) ||
@@ -131,10 +130,16 @@ event_dup(const struct event *ev)
         event_size_add(&total, ev->thread_id) ||
         event_size_add(&total, ev->reply_to) ||
         event_size_add(&total, ev->limit_key))
-        return NULL;
-    copy = malloc(total);
-    if (!copy)
-        return NULL;
+        return 0;
+    return total;
+}
+
+struct event *
+event_dup_into(void *block, const struct event *ev)
+{
+    struct event *copy = block;
+    char *pos;
+
     *copy = *ev;
     pos = (char *)(copy + 1);
     if (ev->attachment)
@@ -150,6 +155,20 @@ event_dup(const struct event *ev)
     copy->reply_to = event_copy_str(&pos, ev->reply_to);
     copy->limit_key = event_copy_str(&pos, ev->limit_key);
     return copy;
+}
+
+struct event *
+event_dup(const struct event *ev)
+{
+    size_t total = event_dup_size(ev);
+    void *block;
+
+    if (total == 0)
+        return NULL;
+    block = malloc(total);
+    if (!block)
+        return NULL;
+    return event_dup_into(block, ev);
 }
 
 void

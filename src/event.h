@@ -93,5 +93,12 @@ int event_room_key(const struct event *ev, char *buf, size_t len);
  * with event_free(). */
 struct event *event_dup(const struct event *ev);
 void event_free(struct event *ev);
+/* event_dup in two steps, for a caller that puts the copy inside a block
+ * of its own: the bytes the copy needs (0 when event_dup would fail), and
+ * the copy written at block, which must hold that many bytes and be
+ * aligned for a struct event.  Such a copy is freed with its block, never
+ * with event_free(). */
+size_t event_dup_size(const struct event *ev);
+struct event *event_dup_into(void *block, const struct event *ev);
 
 #endif

@@ -92,7 +92,7 @@ void job_free(struct job *job)
 {
     struct router *r = job->r;
 
-    event_free(job->ev);
+    /* job->ev is in the job's own block (job_create). */
     free(job->model);
     free(job->system);
     context_history_free(job->history);
@@ -422,6 +422,7 @@ static void job_complete(struct job *job)
     struct cJSON *messages;
     const char *model = job->model;
     int empty = !job->history || job->history->n == 0;
+    int result;
 
     memset(&in, 0, sizeof(in));
     in.bot_name = cfg->bot.name;
@@ -456,11 +457,22 @@ static void job_complete(struct job *job)
     if (job->kind == JOB_CHAT)
         job_typing(job, 1);
     job->llm_started = monotonic_seconds();
-    if (job_streams(job) ?
-        llm_complete_stream(r->llm, model, messages, job_llm_delta,
-                            job_llm_done, job, NULL) != PARLEY_OK :
-        llm_complete(r->llm, model, messages, job_llm_done, job,
-                     NULL) != PARLEY_OK) {
+    result = job_streams(job) ?
+             llm_complete_stream(r->llm, model, messages, job_llm_delta,
+                                 job_llm_done, job, NULL) :
+             llm_complete(r->llm, model, messages, job_llm_done, job, NULL);
+    /* The request body holds all of it now (the llm keeps it for
+     * retries), and the job waits on the model for seconds: what went
+     * into the prompt need not wait with it.  The picture's data URL is
+     * megabytes; the history, the room's whole context. */
+    context_history_free(job->history);
+    job->history = NULL;
+    free(job->model);
+    free(job->system);
+    job->model = job->system = NULL;
+    free(job->image_url);
+    job->image_url = NULL;
+    if (result != PARLEY_OK) {
         log_room(LOG_LEVEL_ERROR, job->ev->platform, job->ev->room,
                  "llm: cannot start a request");
         job_reply(job, ROUTER_FALLBACK_TEXT, 1);
@@ -668,18 +680,41 @@ void job_run(struct job *job)
 
 /* ---- creation ------------------------------------------------------------ */
 
+/*
+ * One block per job: the struct, then the event's copy with its strings
+ * (event_dup_into), then the user key.  Thousands of jobs wait on the
+ * model at once, and a separate event copy and a fixed-size key buffer
+ * cost more than the job itself (issue 11, memory per request in
+ * flight).  The user key is cut where the fixed buffer used to cut it, so
+ * the usage:<day>:<user> keys stay as they were.
+ */
 struct job *job_create(struct router *r, struct adapter *ad,
                        const struct event *ev, enum job_kind kind)
 {
-    struct job *job = calloc(1, sizeof(*job));
+    const char *platform = ev->platform ? ev->platform : "";
+    const char *account = ev->account ? ev->account : "";
+    const char *sender = ev->sender ? ev->sender : "";
+    size_t ev_size = event_dup_size(ev);
+    size_t key_len, total;
+    struct job *job;
+    char *key;
 
+    if (ev_size == 0)
+        return NULL;
+    key_len = strlen(platform) + 1 + strlen(account) + 1 +
+              strlen(sender);
+    if (key_len > EVENT_ROOM_KEY_MAX - 1)
+        key_len = EVENT_ROOM_KEY_MAX - 1;
+    total = sizeof(*job) + ev_size + key_len + 1;
+    job = calloc(1, total);
     if (!job)
         return NULL;
-    job->ev = event_dup(ev);
-    if (!job->ev) {
-        free(job);
-        return NULL;
-    }
+    /* sizeof(struct job) keeps the event behind it aligned: both hold
+     * pointers at most. */
+    job->ev = event_dup_into(job + 1, ev);
+    key = (char *)job->ev + ev_size;
+    snprintf(key, key_len + 1, "%s:%s:%s", platform, account, sender);
+    job->user_key = key;
     if (job->ev->text && strlen(job->ev->text) > ROUTER_TEXT_MAX) {
         /* The copy owns its text: cut it on a UTF-8 boundary, so the
          * model and the history see at most ROUTER_TEXT_MAX bytes. */
@@ -697,9 +732,6 @@ struct job *job_create(struct router *r, struct adapter *ad,
     job->ad = ad;
     job->kind = kind;
     job->greeting = 1;
-    snprintf(job->user_key, sizeof(job->user_key), "%s:%s:%s",
-             ev->platform, ev->account ? ev->account : "",
-             ev->sender ? ev->sender : "");
     job->all_next = r->jobs;
     if (r->jobs)
         r->jobs->all_prev = job;

@@ -122,7 +122,10 @@ char *llm_body_build(const char *model, const struct cJSON *messages,
         return NULL;
     if (!cJSON_AddStringToObject(root, "model", model ? model : ""))
         goto done;
-    msgs = cJSON_Duplicate(messages, 1);
+    /* A reference, not a copy: the messages can hold a picture of
+     * megabytes, and the tree is only read here (cJSON_Delete(root)
+     * leaves the referenced items alone). */
+    msgs = messages ? cJSON_CreateArrayReference(messages->child) : NULL;
     if (!msgs)
         goto done;
     if (!cJSON_AddItemToObject(root, "messages", msgs)) {

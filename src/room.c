@@ -25,16 +25,29 @@ static int job_is_greeting(const struct job *job)
     return job->kind == JOB_GREET_ROOM || job->kind == JOB_GREET_USER;
 }
 
+struct room *room_new(const char *key)
+{
+    size_t len = strlen(key);
+    struct room *room;
+
+    if (len >= EVENT_ROOM_KEY_MAX)
+        return NULL;
+    room = calloc(1, sizeof(*room) + len + 1);
+    if (!room)
+        return NULL;
+    memcpy(room->key, key, len + 1);
+    return room;
+}
+
 static struct room *room_get(struct router *r, const char *key)
 {
     struct room *room = dict_get(r->rooms, key);
 
     if (room)
         return room;
-    room = calloc(1, sizeof(*room));
+    room = room_new(key);
     if (!room)
         return NULL;
-    snprintf(room->key, sizeof(room->key), "%s", key);
     if (dict_set(r->rooms, key, room) != PARLEY_OK) {
         free(room);
         return NULL;

@@ -43,9 +43,11 @@ struct job {
     struct router *r;
     struct room *room;          /* while queued or running in it */
     struct adapter *ad;
-    struct event *ev;           /* owned copy */
+    struct event *ev;           /* copy, in the job's block */
     enum job_kind kind;
-    char user_key[EVENT_ROOM_KEY_MAX];   /* platform:account:sender */
+    const char *user_key;       /* platform:account:sender, at most
+                                   EVENT_ROOM_KEY_MAX - 1 bytes; in the
+                                   job's block */
     int durable;                /* has a job:<event id> record */
     int resumed;                /* taken up from a previous run */
     unsigned resets;            /* room->resets when queued */
@@ -98,7 +100,6 @@ struct job {
  * answer is handed to the adapter, which keeps per-room send order.
  */
 struct room {
-    char key[EVENT_ROOM_KEY_MAX];
     struct job *head, *tail;    /* waiting, in arrival order */
     size_t queued;              /* waiting jobs */
     struct job *running;        /* started, answer not yet handed over */
@@ -107,6 +108,10 @@ struct room {
     unsigned resets;            /* !reset count, see job->resets */
     int typing;                 /* chat jobs waiting on the model */
     int scheduling, again;      /* room_schedule re-entry guard */
+    /* Sized to the key (room_new): a room exists for every room with a
+     * job in flight, and a fixed EVENT_ROOM_KEY_MAX array would be
+     * mostly empty (issue 11, memory per request in flight). */
+    char key[];
 };
 
 /* Per-user request window for user_requests_per_minute. */
@@ -149,6 +154,9 @@ struct router {
 #define JOB_CLOSING(job) ((job)->r->closing)
 
 /* room.c */
+/* A room with no jobs, for key (shorter than EVENT_ROOM_KEY_MAX), not in
+ * r->rooms; free() it.  NULL on OOM or a key too long. */
+struct room *room_new(const char *key);
 /* Queue job in room_key's room and start what may start (through
  * r->run_job).  PARLEY_ERR_TOO_LARGE when the room's queue is full (jobs
  * of a previous run are always taken), _OOM; the job is then untouched

@@ -359,6 +359,7 @@ static void work_load_free(struct work_load *ld)
 static int work_think(struct work *w, struct work_load *ld,
                       const struct state_job *rec)
 {
+    char key[EVENT_ROOM_KEY_MAX];
     struct event_attachment att;
     struct room *room;
     struct event ev;
@@ -367,13 +368,11 @@ static int work_think(struct work *w, struct work_load *ld,
     /* No attachment: questions with a picture are never shared
      * (work_share), and state_work_job_load reads none. */
     job_record_event(rec, &ev, &att);
-    room = calloc(1, sizeof(*room));
+    if (event_room_key(&ev, key, sizeof(key)) != PARLEY_OK)
+        return PARLEY_ERR_TOO_LARGE;
+    room = room_new(key);
     if (!room)
         return PARLEY_ERR_OOM;
-    if (event_room_key(&ev, room->key, sizeof(room->key)) != PARLEY_OK) {
-        free(room);
-        return PARLEY_ERR_TOO_LARGE;
-    }
     job = job_create(w->r, NULL, &ev, JOB_CHAT);
     if (!job) {
         free(room);
