@@ -81,7 +81,13 @@ struct llm_request {
     struct loop_timer *timer;   /* owned; created on first backoff */
     llm_done_fn *done;
     void *privdata;
-    struct llm_result res;      /* outcome of the latest attempt */
+    int attempts;               /* requests sent */
+    /* Outcome of the latest attempt, allocated when the first one is
+     * over (a streamed request: at submission, the reader fills it):
+     * most of the time a request is in flight, and thousands can be, it
+     * has no outcome to hold (issue 11).  NULL after an attempt is over
+     * only when memory ran out; deliver then reports that. */
+    struct llm_result *res;
     struct llm_stream *stream;  /* streaming requests only; owned */
     llm_delta_fn *on_delta;     /* streaming requests only */
     int in_delta;               /* on_delta of this request is running */
@@ -330,7 +336,11 @@ static void request_destroy(struct llm_request *req)
 {
     llm_stream_free(req->stream);
     req->stream = NULL;
-    llm_result_clear(&req->res);
+    if (req->res) {
+        llm_result_clear(req->res);
+        free(req->res);
+        req->res = NULL;
+    }
     free(req->url);
     free(req->body);
     req->url = req->body = NULL;
@@ -382,13 +392,23 @@ static void request_settle(struct llm_request *req, long retry_after_ms);
 static void deliver(struct llm_request *req)
 {
     struct llm *llm = req->llm;
+    struct llm_result oom;
+    const struct llm_result *res = req->res;
 
+    if (!res) {
+        memset(&oom, 0, sizeof(oom));
+        llm_result_clear(&oom);
+        oom.status = PARLEY_ERR_OOM;
+        oom.attempts = req->attempts;
+        snprintf(oom.errstr, sizeof(oom.errstr), "out of memory");
+        res = &oom;
+    }
     request_unlink(req);
     req->state = LLM_DELIVERING;
     llm->in_callback++;
-    if (req->stream && req->res.status == PARLEY_OK && req->res.content)
-        llm_stream_emit_rest(req->stream, req->res.content);
-    req->done(&req->res, req->privdata);
+    if (req->stream && res->status == PARLEY_OK && res->content)
+        llm_stream_emit_rest(req->stream, res->content);
+    req->done(res, req->privdata);
     llm->in_callback--;
     request_destroy(req);
 }
@@ -413,6 +433,17 @@ static int request_sleep(struct llm_request *req, long delay_ms)
         return PARLEY_ERR_OTHER;
     req->state = LLM_BACKOFF;
     return PARLEY_OK;
+}
+
+/* req->res, allocated (cleared) on first use; NULL on OOM. */
+static struct llm_result *request_result(struct llm_request *req)
+{
+    if (!req->res) {
+        req->res = calloc(1, sizeof(*req->res));
+        if (req->res)
+            llm_result_clear(req->res);
+    }
+    return req->res;
 }
 
 /* Send one attempt of req.  On failure nothing changed but res. */
@@ -448,18 +479,22 @@ static int request_send(struct llm_request *req)
     opt.max_body = LLM_BODY_MAX;
     result = loop_http_start(llm->loop, &opt, on_http_done, req, &req->http);
     if (result) {
-        int attempts = req->res.attempts;
+        struct llm_result *res = request_result(req);
 
-        llm_result_clear(&req->res);
-        req->res.attempts = attempts;
-        snprintf(req->res.errstr, sizeof(req->res.errstr),
-                 "could not start a request to the LLM API (error %d)",
-                 result);
-        req->res.status = result;
+        if (res) {
+            llm_result_clear(res);
+            res->attempts = req->attempts;
+            snprintf(res->errstr, sizeof(res->errstr),
+                     "could not start a request to the LLM API (error %d)",
+                     result);
+            res->status = result;
+        }
         return result;
     }
     req->state = LLM_ACTIVE;
-    req->res.attempts++;
+    req->attempts++;
+    if (req->res)
+        req->res->attempts = req->attempts;
     llm->n_active++;
     return PARLEY_OK;
 }
@@ -482,7 +517,8 @@ static void llm_pump(struct llm *llm)
         if (request_sleep(req, 0) != PARLEY_OK) {
             /* Cannot even arm a timer: the loop is gone.  Drop it
              * silently rather than call back from an unknown stack. */
-            log_error("llm: dropping a request: %s", req->res.errstr);
+            log_error("llm: dropping a request: %s",
+                      req->res ? req->res->errstr : "out of memory");
             request_unlink(req);
             request_destroy(req);
         }
@@ -502,15 +538,18 @@ static void on_request_timer(void *privdata)
     llm_leave(llm);
 }
 
-/* Turn one HTTP outcome into req->res. */
+/* Turn one HTTP outcome into req->res (left NULL on OOM). */
 static void request_judge(struct llm_request *req,
                           const struct http_response *resp)
 {
     struct llm *llm = req->llm;
-    struct llm_result *res = &req->res;
+    struct llm_result *res = request_result(req);
     char text[LLM_ERRTEXT_MAX];
     char detail[LLM_ERRTEXT_MAX];
 
+    if (!res)
+        return;
+    res->attempts = req->attempts;
     res->http_code = resp->code;
     res->retryable = 0;
     text[0] = '\0';
@@ -606,7 +645,7 @@ static void on_http_data(const char *data, size_t len, void *privdata)
     loop_http_cancel(req->http);
     req->http = NULL;
     llm->n_active--;
-    llm_stream_end(req->stream, req->res.status, NULL);
+    llm_stream_end(req->stream, req->res->status, NULL);
     request_settle(req, -1);
 }
 
@@ -615,16 +654,18 @@ static void on_http_data(const char *data, size_t len, void *privdata)
 static void request_settle(struct llm_request *req, long retry_after_ms)
 {
     struct llm *llm = req->llm;
+    const struct llm_result *res = req->res;
     int total = req->max_retries + 1;
 
-    if (req->res.status != PARLEY_OK && req->res.retryable &&
-        req->res.attempts <= req->max_retries) {
-        long delay = llm_backoff_ms(req->res.attempts, req->backoff_base_ms,
+    /* Without a result (out of memory) there is nothing to retry on. */
+    if (res && res->status != PARLEY_OK && res->retryable &&
+        req->attempts <= req->max_retries) {
+        long delay = llm_backoff_ms(req->attempts, req->backoff_base_ms,
                                     req->backoff_max_ms, retry_after_ms,
                                     random_u64());
 
         log_warn("llm: attempt %d/%d failed: %s; retrying in %ld ms",
-                 req->res.attempts, total, req->res.errstr, delay);
+                 req->attempts, total, res->errstr, delay);
         if (request_sleep(req, delay) == PARLEY_OK) {
             llm_pump(llm);
             llm_leave(llm);
@@ -644,7 +685,9 @@ static void on_http_done(const struct http_response *resp, void *privdata)
     req->http = NULL;
     req->llm->n_active--;
     if (resp->streamed) {
-        req->res.http_code = resp->code;
+        /* A streamed request has had its result since submission. */
+        req->res->attempts = req->attempts;
+        req->res->http_code = resp->code;
         llm_stream_end(req->stream, resp->status, resp->errstr);
     } else {
         request_judge(req, resp);
@@ -686,16 +729,15 @@ static int request_submit(struct llm *llm, const char *model,
     req->llm = llm;
     req->done = done;
     req->privdata = privdata;
-    llm_result_clear(&req->res);
     req->url = strdup(url);
     req->body = llm_body_build(model && model[0] ? model : llm->model,
                              messages, llm->temperature, llm->max_tokens,
                              on_delta != NULL);
     cJSON_Delete(messages);
     req->on_delta = on_delta;
-    if (on_delta)
+    if (on_delta && request_result(req))
         llm_stream_create(&req->stream, llm->api_key, on_piece, req,
-                          &req->res);
+                          req->res);
     if (!req->url || !req->body || (on_delta && !req->stream)) {
         request_destroy(req);
         return PARLEY_ERR_OOM;
