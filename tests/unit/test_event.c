@@ -213,6 +213,63 @@ test_dup_large(void **state)
     event_free(copy);
 }
 
+/* The copy inside a caller's block (a job keeps its event in its own
+ * allocation): exactly event_dup_size bytes are written, ASan checks
+ * that, and the picture's bytes and strings come along. */
+static void
+test_dup_into(void **state)
+{
+    static const unsigned char png[] = { 0x89, 'P', 'N', 'G', 1, 2, 3 };
+    struct event_attachment att = {
+        .name = "cat.png", .mime = "image/png", .size = sizeof(png),
+        .data = png, .len = sizeof(png), .ref = "mxc://hs/cat"
+    };
+    struct event ev = {
+        .kind = EVENT_MESSAGE, .platform = "matrix", .account = "@bot:hs",
+        .room = "!r:hs", .sender = "@alice:hs", .text = "look",
+        .event_id = "$e", .limit_key = "alice@host", .addressed = 1,
+        .attachment = &att
+    };
+    struct event_attachment big = { .len = EVENT_ATTACHMENT_MAX + 1,
+                                    .data = png };
+    size_t n = event_dup_size(&ev);
+    struct event *copy;
+    char *block;
+
+    assert_true(n > sizeof(struct event) + sizeof(att) + sizeof(png));
+    block = malloc(n);
+    assert_non_null(block);
+    copy = event_dup_into(block, &ev);
+    assert_ptr_equal(copy, block);
+    assert_string_equal(copy->platform, "matrix");
+    assert_string_equal(copy->account, "@bot:hs");
+    assert_string_equal(copy->room, "!r:hs");
+    assert_string_equal(copy->sender, "@alice:hs");
+    assert_string_equal(copy->text, "look");
+    assert_string_equal(copy->event_id, "$e");
+    assert_string_equal(copy->limit_key, "alice@host");
+    assert_null(copy->sender_name);
+    assert_null(copy->thread_id);
+    assert_int_equal(copy->addressed, 1);
+    assert_non_null(copy->attachment);
+    assert_ptr_not_equal(copy->attachment, &att);
+    assert_int_equal(copy->attachment->len, sizeof(png));
+    assert_memory_equal(copy->attachment->data, png, sizeof(png));
+    assert_ptr_not_equal(copy->attachment->data, png);
+    assert_string_equal(copy->attachment->name, "cat.png");
+    assert_string_equal(copy->attachment->mime, "image/png");
+    assert_string_equal(copy->attachment->ref, "mxc://hs/cat");
+    /* Everything the copy points to is inside the block. */
+    assert_true((char *)copy->attachment->ref < block + n);
+    assert_true(copy->limit_key + strlen(copy->limit_key) < block + n);
+    free(block);
+
+    /* What event_dup refuses has no size. */
+    ev.attachment = &big;
+    assert_int_equal(event_dup_size(&ev), 0);
+    assert_int_equal(event_dup_size(NULL), 0);
+}
+
 static void
 test_status_names(void **state)
 {
@@ -244,6 +301,7 @@ main(void)
         cmocka_unit_test(test_dup_full),
         cmocka_unit_test(test_dup_sparse),
         cmocka_unit_test(test_dup_large),
+        cmocka_unit_test(test_dup_into),
         cmocka_unit_test(test_status_names),
     };
 
