@@ -60,22 +60,32 @@ enum llm_state {
     LLM_DELIVERING      /* done callback running; cancel is a no-op */
 };
 
+/*
+ * The settings a request keeps from its submission (see llm_configure),
+ * shared by every request submitted under them: thousands can be in
+ * flight (issue 11), and a copy each would cost more than the rest of
+ * the request.  Freed when the client and the last such request let go.
+ */
+struct llm_settings {
+    unsigned refs;
+    long connect_timeout_ms;
+    long timeout_ms;
+    long stream_idle_timeout_ms;    /* for streaming requests */
+    int max_retries;
+    long backoff_base_ms;
+    long backoff_max_ms;
+    char url[];                 /* base_url + "/chat/completions" */
+};
+
 struct llm_request {
     struct llm *llm;
     enum llm_state state;
     int linked;                 /* in llm->reqs */
     int final;                  /* timer delivers the result, no retry */
 
-    /* Snapshot of the settings at submission (see llm_configure). */
-    char *url;
+    struct llm_settings *set;   /* at submission; a reference */
     char *body;
     size_t body_len;
-    long connect_timeout_ms;
-    long timeout_ms;
-    long idle_timeout_ms;       /* streaming requests only, else 0 */
-    int max_retries;
-    long backoff_base_ms;
-    long backoff_max_ms;
 
     struct http_request *http;  /* while ACTIVE */
     struct loop_timer *timer;   /* owned; created on first backoff */
@@ -99,16 +109,10 @@ struct llm_request {
 
 struct llm {
     struct loop *loop;          /* not owned */
-    char *base_url;
+    struct llm_settings *set;   /* for new requests; a reference */
     char *model;
     double temperature;
     int max_tokens;
-    long connect_timeout_ms;
-    long timeout_ms;
-    long stream_idle_timeout_ms;
-    int max_retries;
-    long backoff_base_ms;
-    long backoff_max_ms;
     size_t max_concurrent;
     int h2_prior_knowledge;     /* llm.http2_prior_knowledge */
     char *api_key;              /* wiped before free; NULL = none */
@@ -165,10 +169,18 @@ long llm_backoff_ms(int attempt, long base_ms, long max_ms,
                             random);
 }
 
+static void settings_release(struct llm_settings *set)
+{
+    if (set && --set->refs == 0)
+        free(set);
+}
+
 /* Copy the settings of cfg into llm (all or nothing). */
 static int llm_apply(struct llm *llm, const struct config_llm *cfg)
 {
-    char *base_url, *model;
+    static const char path[] = "/chat/completions";
+    struct llm_settings *set;
+    char *model;
     size_t n;
 
     if (!cfg->base_url || !cfg->model || !cfg->model[0] ||
@@ -179,38 +191,42 @@ static int llm_apply(struct llm *llm, const struct config_llm *cfg)
                   "model must be set", LLM_URL_MAX);
         return PARLEY_ERR_CONFIG;
     }
-    base_url = strdup(cfg->base_url);
+    n = strlen(cfg->base_url);
+    while (n > 0 && cfg->base_url[n - 1] == '/')
+        n--;
+    /* The length was checked above: base_url and path fit LLM_URL_MAX. */
+    set = calloc(1, sizeof(*set) + n + sizeof(path));
     model = strdup(cfg->model);
-    if (!base_url || !model) {
-        free(base_url);
+    if (!set || !model) {
+        free(set);
         free(model);
         return PARLEY_ERR_OOM;
     }
-    n = strlen(base_url);
-    while (n > 0 && base_url[n - 1] == '/')
-        base_url[--n] = '\0';
-    free(llm->base_url);
+    memcpy(set->url, cfg->base_url, n);
+    memcpy(set->url + n, path, sizeof(path));
+    set->refs = 1;
+    set->connect_timeout_ms = cfg->connect_timeout_ms > 0 ?
+        cfg->connect_timeout_ms : 0;
+    set->timeout_ms = cfg->timeout_ms > 0 ? cfg->timeout_ms : 0;
+    set->stream_idle_timeout_ms = cfg->stream_idle_timeout_ms > 0 ?
+        cfg->stream_idle_timeout_ms : 0;
+    set->max_retries = cfg->max_retries > 0 ? cfg->max_retries : 0;
+    set->backoff_base_ms = cfg->backoff_base_ms > 0 ?
+        cfg->backoff_base_ms : 0;
+    set->backoff_max_ms = cfg->backoff_max_ms > 0 ? cfg->backoff_max_ms : 0;
+    settings_release(llm->set);
     free(llm->model);
-    llm->base_url = base_url;
+    llm->set = set;
     llm->model = model;
     llm->temperature = cfg->temperature;
     llm->max_tokens = cfg->max_tokens;
-    llm->connect_timeout_ms = cfg->connect_timeout_ms > 0 ?
-        cfg->connect_timeout_ms : 0;
-    llm->timeout_ms = cfg->timeout_ms > 0 ? cfg->timeout_ms : 0;
-    llm->stream_idle_timeout_ms = cfg->stream_idle_timeout_ms > 0 ?
-        cfg->stream_idle_timeout_ms : 0;
-    llm->max_retries = cfg->max_retries > 0 ? cfg->max_retries : 0;
-    llm->backoff_base_ms = cfg->backoff_base_ms > 0 ?
-        cfg->backoff_base_ms : 0;
-    llm->backoff_max_ms = cfg->backoff_max_ms > 0 ? cfg->backoff_max_ms : 0;
     llm->max_concurrent = cfg->max_concurrent > 0 ?
         (size_t)cfg->max_concurrent : 1;
     llm->h2_prior_knowledge = 0;
     if (cfg->http2_prior_knowledge) {
         const char *why = NULL;
 
-        if (strncmp(base_url, "http://", 7) != 0)
+        if (strncmp(set->url, "http://", 7) != 0)
             log_info("llm: http2_prior_knowledge applies to http:// only; "
                      "https negotiates HTTP/2 by itself");
         else if (!loop_http_h2c_usable(&why))
@@ -341,9 +357,10 @@ static void request_destroy(struct llm_request *req)
         free(req->res);
         req->res = NULL;
     }
-    free(req->url);
+    settings_release(req->set);
     free(req->body);
-    req->url = req->body = NULL;
+    req->set = NULL;
+    req->body = NULL;
     loop_timer_free(req->timer);
     free(req);
 }
@@ -376,7 +393,7 @@ static void llm_free_now(struct llm *llm)
         request_abort(llm->reqs);
     free_secret(llm->api_key);
     free_secret(llm->auth_header);
-    free(llm->base_url);
+    settings_release(llm->set);
     free(llm->model);
     free(llm);
 }
@@ -465,7 +482,7 @@ static int request_send(struct llm_request *req)
     if (llm->auth_header)
         headers[opt.n_headers++] = llm->auth_header;
     opt.method = "POST";
-    opt.url = req->url;
+    opt.url = req->set->url;
     opt.headers = headers;
     opt.body = req->body;
     opt.body_len = req->body_len;
@@ -473,9 +490,12 @@ static int request_send(struct llm_request *req)
      * transfer is cancelled or done), so curl need not copy it. */
     opt.body_borrowed = 1;
     opt.h2_prior_knowledge = llm->h2_prior_knowledge;
-    opt.connect_timeout_ms = req->connect_timeout_ms;
-    opt.timeout_ms = req->timeout_ms;
-    opt.idle_timeout_ms = req->idle_timeout_ms;
+    opt.connect_timeout_ms = req->set->connect_timeout_ms;
+    opt.timeout_ms = req->set->timeout_ms;
+    /* A stream that stalls is noticed long before timeout_ms, which has
+     * to allow for the longest answer. */
+    opt.idle_timeout_ms = req->on_delta ?
+        req->set->stream_idle_timeout_ms : 0;
     opt.max_body = LLM_BODY_MAX;
     result = loop_http_start(llm->loop, &opt, on_http_done, req, &req->http);
     if (result) {
@@ -655,13 +675,14 @@ static void request_settle(struct llm_request *req, long retry_after_ms)
 {
     struct llm *llm = req->llm;
     const struct llm_result *res = req->res;
-    int total = req->max_retries + 1;
+    int total = req->set->max_retries + 1;
 
     /* Without a result (out of memory) there is nothing to retry on. */
     if (res && res->status != PARLEY_OK && res->retryable &&
-        req->attempts <= req->max_retries) {
-        long delay = llm_backoff_ms(req->attempts, req->backoff_base_ms,
-                                    req->backoff_max_ms, retry_after_ms,
+        req->attempts <= req->set->max_retries) {
+        long delay = llm_backoff_ms(req->attempts, req->set->backoff_base_ms,
+                                    req->set->backoff_max_ms,
+                                    retry_after_ms,
                                     random_u64());
 
         log_warn("llm: attempt %d/%d failed: %s; retrying in %ld ms",
@@ -702,8 +723,7 @@ static int request_submit(struct llm *llm, const char *model,
                           struct llm_request **out)
 {
     struct llm_request *req;
-    char url[LLM_URL_MAX];
-    int n, result;
+    int result;
 
     if (out)
         *out = NULL;
@@ -716,11 +736,6 @@ static int request_submit(struct llm *llm, const char *model,
         cJSON_Delete(messages);
         return PARLEY_ERR_OTHER;
     }
-    n = snprintf(url, sizeof(url), "%s/chat/completions", llm->base_url);
-    if (n < 0 || (size_t)n >= sizeof(url)) {
-        cJSON_Delete(messages);
-        return PARLEY_ERR_CONFIG;
-    }
     req = calloc(1, sizeof(*req));
     if (!req) {
         cJSON_Delete(messages);
@@ -729,7 +744,8 @@ static int request_submit(struct llm *llm, const char *model,
     req->llm = llm;
     req->done = done;
     req->privdata = privdata;
-    req->url = strdup(url);
+    req->set = llm->set;
+    req->set->refs++;
     req->body = llm_body_build(model && model[0] ? model : llm->model,
                              messages, llm->temperature, llm->max_tokens,
                              on_delta != NULL);
@@ -738,19 +754,11 @@ static int request_submit(struct llm *llm, const char *model,
     if (on_delta && request_result(req))
         llm_stream_create(&req->stream, llm->api_key, on_piece, req,
                           req->res);
-    if (!req->url || !req->body || (on_delta && !req->stream)) {
+    if (!req->body || (on_delta && !req->stream)) {
         request_destroy(req);
         return PARLEY_ERR_OOM;
     }
     req->body_len = strlen(req->body);
-    req->connect_timeout_ms = llm->connect_timeout_ms;
-    req->timeout_ms = llm->timeout_ms;
-    /* A stream that stalls is noticed long before timeout_ms, which has
-     * to allow for the longest answer. */
-    req->idle_timeout_ms = on_delta ? llm->stream_idle_timeout_ms : 0;
-    req->max_retries = llm->max_retries;
-    req->backoff_base_ms = llm->backoff_base_ms;
-    req->backoff_max_ms = llm->backoff_max_ms;
 
     /* Start now if a slot is free, so that a failure to start is this
      * call's error rather than a callback from inside it. */
