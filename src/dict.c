@@ -12,11 +12,13 @@
 
 #define DICT_INITIAL_BUCKETS 64
 
+/* The key lives in the entry: one allocation per room or user, of
+ * which thousands can exist at once (issue 11). */
 struct dict_entry {
-    char *key;
     void *value;
     uint64_t hash;
     struct dict_entry *next;
+    char key[];
 };
 
 struct dict {
@@ -98,16 +100,18 @@ int dict_set(struct dict *d, const char *key, void *value)
     uint64_t hash = dict_hash(key);
     struct dict_entry **pp = dict_find(d, key, hash);
     struct dict_entry *e;
+    size_t n;
 
     if (*pp) {
         (*pp)->value = value;
         return PARLEY_OK;
     }
-    e = calloc(1, sizeof(*e));
-    if (!e || !(e->key = strdup(key))) {
-        free(e);
+    n = strlen(key) + 1;
+    e = malloc(sizeof(*e) + n);
+    if (!e)
         return PARLEY_ERR_OOM;
-    }
+    memcpy(e->key, key, n);
+    e->next = NULL;
     e->value = value;
     e->hash = hash;
     *pp = e;
@@ -127,7 +131,6 @@ void *dict_delete(struct dict *d, const char *key)
         return NULL;
     *pp = e->next;
     value = e->value;
-    free(e->key);
     free(e);
     d->size--;
     return value;
@@ -157,7 +160,6 @@ void dict_free(struct dict *d)
         while (e) {
             struct dict_entry *next = e->next;
 
-            free(e->key);
             free(e);
             e = next;
         }

@@ -1,9 +1,10 @@
 /*
  * A small string-keyed hash table with chaining, for the router's
- * per-room queues and per-user rate windows.  Keys are copied; values are
- * borrowed (the caller frees them, usually after dict_delete).  The table
- * doubles when it holds more entries than buckets, so lookups stay O(1)
- * for thousands of rooms.
+ * per-room queues and per-user rate windows.  Keys are copied (into the
+ * entry: one allocation each); values are borrowed (the caller frees
+ * them, usually after dict_delete).  The table doubles when it holds
+ * more entries than buckets, so lookups stay O(1) for thousands of
+ * rooms.
  */
 #ifndef PARLEY_DICT_H
 #define PARLEY_DICT_H
