@@ -699,6 +699,37 @@ static void test_refused_is_io(void **state)
     assert_non_null(strstr(o.errstr, "the LLM API request failed"));
 }
 
+/*
+ * A reload (llm_configure) leaves a request already submitted alone: its
+ * retry goes to the URL and under the retry count it was submitted with,
+ * while the next request uses the new settings.  Requests share one copy
+ * of the settings (issue 11); ASan sees it freed too early or never.
+ */
+static void test_reload_keeps_request_settings(void **state)
+{
+    struct fixture *f = *state;
+    struct outcome o = { 0 }, o2 = { 0 };
+    int port = spawn_free_port();
+
+    assert_true(port > 0);
+    stub_script("[{\"status\":503,\"retry_after_ms\":200}]");
+    ask(f, "hi", &o);
+    run_for(f, 50);
+    /* Nothing listens on the new port, and no retries are allowed. */
+    fixture_config(f, port);
+    f->cfg.max_retries = 0;
+    assert_int_equal(llm_configure(f->llm, &f->cfg), PARLEY_OK);
+    ask(f, "after", &o2);
+    run_until(f, &o, 1);
+    run_until(f, &o2, 1);
+    assert_int_equal(o.status, PARLEY_OK);
+    assert_int_equal(o.attempts, 2);
+    assert_string_equal(o.content, "echo: hi");
+    assert_int_equal(o2.status, PARLEY_ERR_IO);
+    assert_int_equal(o2.attempts, 1);
+    assert_int_equal(stub_count(), 2);
+}
+
 static void test_too_large(void **state)
 {
     struct fixture *f = *state;
@@ -1554,6 +1585,8 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_refused_is_io, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_reload_keeps_request_settings,
+                                        setup, teardown),
         cmocka_unit_test_setup_teardown(test_too_large, setup, teardown),
         cmocka_unit_test_setup_teardown(test_max_concurrent, setup,
                                         teardown),
