@@ -433,7 +433,7 @@ plot %s
             "see the console rows (one at a time)",
             "stand-in + curl alone: %.0f answers/s" % d["per_s"]))
 
-    def overhead_rows(self, label, params, pr, rb):
+    def overhead_rows(self, label, params, pr, rb, note=""):
         def fmt(r):
             return ("p50 %.2f / p99 %.2f / max %.2f ms (in %.2f + out %.2f "
                     "at p50)" % (pct(r["tot"], 50), pct(r["tot"], 99),
@@ -441,7 +441,7 @@ plot %s
                                  pct(r["out"], 50)))
         ratio = pct(rb["tot"], 99) / max(pct(pr["tot"], 99), 1e-9)
         self.rows.append(("Gateway overhead, " + label, params, fmt(pr),
-                          fmt(rb), "p99 ratio %.1fx" % ratio))
+                          fmt(rb), "p99 ratio %.1fx%s" % (ratio, note)))
 
     def collect(self, sent, recv):
         times = self.stand.times()
@@ -575,9 +575,15 @@ plot %s
 
     # IRC: start-up, idle RSS with 50 channels, overhead, CPU per answer.
     def irc_one(self, kind, client, channels):
-        nick = "parley" if kind == "parley" else "refbot"
+        nick = {"parley": "parley", "ref": "refbot", "floor": "echo"}[kind]
         t0 = time.monotonic_ns()
-        if kind == "parley":
+        if kind == "floor":
+            proc = spawn([PY, os.path.join(HERE, "refbot.py"), "echo",
+                          "127.0.0.1", str(self.irc_port), nick] + channels,
+                         stdout=subprocess.DEVNULL,
+                         stderr=open(os.path.join(self.tmp, "echo.log"),
+                                     "ab"))
+        elif kind == "parley":
             chans = ", ".join('{ name = "%s"; }' % c for c in channels)
             conf = self.parley_conf("irc-" + nick, """{ type = "irc";
                 name = "bench"; host = "127.0.0.1"; port = %d; tls = false;
@@ -617,7 +623,7 @@ plot %s
         self.stand.times()
         sent, recv = {}, {}
         n = self.a.irc_messages
-        base = 100000 if kind == "parley" else 200000
+        base = {"parley": 100000, "ref": 200000, "floor": 500000}[kind]
         pace = self.a.pace_ms / 1000.0
         for i in range(base, base + n):
             t_next = time.monotonic() + pace
@@ -634,8 +640,12 @@ plot %s
         cpu = cpu_s(proc.pid) - cpu0
         after = rss_mb(proc.pid)
         stop(proc)
+        if kind == "floor":     # no model in between: the whole trip
+            ov = {"tot": [(recv[i] - sent[i]) / 1e6 for i in sent]}
+        else:
+            ov = self.collect(sent, recv)
         return {"startup": startup, "idle": idle, "after": after,
-                "cpu_ms": cpu * 1e3 / n, "ov": self.collect(sent, recv)}
+                "cpu_ms": cpu * 1e3 / n, "ov": ov}
 
     def irc(self):
         self.stand.delay(0)
@@ -647,13 +657,15 @@ plot %s
             client.wait(lambda l, c=c: " JOIN " in l and c in l.split()[-1],
                         10)
         res = {k: self.irc_one(k, client, channels)
-               for k in ("parley", "ref")}
-        p, r = res["parley"], res["ref"]
+               for k in ("parley", "ref", "floor")}
+        p, r, fl = res["parley"], res["ref"], res["floor"]["ov"]["tot"]
         n = self.a.irc_messages
         self.overhead_rows(
             "IRC", "inspircd, %d messages in one channel "
             "one at a time (>= %d ms apart, under parley's flood_rate_ms "
-            "10 / burst 100)" % (n, self.a.pace_ms), p["ov"], r["ov"])
+            "10 / burst 100)" % (n, self.a.pace_ms), p["ov"], r["ov"],
+            "; floor (inspircd relaying twice, echo client): p50 %.2f / "
+            "p99 %.2f ms" % (pct(fl, 50), pct(fl, 99)))
         self.rows.append((
             "Start-up: exec to ready", "IRC, %d channels joined, loopback"
             % len(channels), "%.0f ms" % p["startup"], "%.0f ms" %

@@ -11,9 +11,16 @@ console (stdin/stdout, "bot> " before each answer).
 
   refbot.py irc HOST PORT NICK API_URL CHANNEL...
   refbot.py console API_URL
+  refbot.py echo HOST PORT NICK CHANNEL...
+
+"echo" is not a bot but the floor under the IRC figures: a raw-socket
+client (no library, no model, TCP_NODELAY) that answers every channel
+line addressed to it with the same text at once, so bench.py can time
+the IRC server relaying a message twice plus two plain clients.
 """
 
 import json
+import socket
 import sys
 import urllib.request
 
@@ -77,9 +84,47 @@ def run_irc(host, port, nick, api_url, channels):
     Bot().start()
 
 
+def run_echo(host, port, nick, channels):
+    sock = socket.create_connection((host, port))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.sendall(("NICK %s\r\nUSER %s 0 * :echo\r\n"
+                  % (nick, nick)).encode())
+    prefix = (nick + ":").lower().encode()
+    buf = b""
+    while True:
+        data = sock.recv(65536)
+        if not data:
+            return
+        buf += data
+        out = []
+        while b"\r\n" in buf:
+            line, buf = buf.split(b"\r\n", 1)
+            if line.startswith(b"PING"):
+                out.append(b"PONG" + line[4:])
+                continue
+            # :nick!user@host COMMAND params...
+            parts = line.split(b" ", 3)
+            if len(parts) < 2:
+                continue
+            if parts[1] == b"001":
+                out.extend(b"JOIN " + c.encode() for c in channels)
+            elif parts[1] == b"PRIVMSG" and len(parts) == 4:
+                text = parts[3][1:] if parts[3].startswith(b":") \
+                    else parts[3]
+                if text[:len(prefix)].lower() != prefix:
+                    continue
+                who = parts[0][1:].split(b"!", 1)[0]
+                out.append(b"PRIVMSG " + parts[2] + b" :" + who + b": " +
+                           text[len(prefix):].strip())
+        if out:
+            sock.sendall(b"".join(l + b"\r\n" for l in out))
+
+
 def main(argv):
     if len(argv) >= 6 and argv[1] == "irc":
         run_irc(argv[2], int(argv[3]), argv[4], argv[5], argv[6:])
+    elif len(argv) >= 6 and argv[1] == "echo":
+        run_echo(argv[2], int(argv[3]), argv[4], argv[5:])
     elif len(argv) == 3 and argv[1] == "console":
         run_console(argv[2])
     else:
