@@ -16,6 +16,9 @@
  * into zeroed fd_sets; a loop watch (loop.h) follows it; on a ready event
  * the sets are rebuilt and irc_process_select_descriptors runs; after
  * every call into the library the mask is recomputed and set again.
+ * Output the library holds is written at once when its socket takes it
+ * (session_flush), not after a round through the loop for a writable
+ * event: on every answer that round cost a poll restart each way.
  * The library's callbacks never tear the session down themselves: a lost
  * connection is handled after irc_process_select_descriptors returns, or
  * from the transport's callback, which never runs inside the library.
@@ -26,6 +29,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <poll.h>
 #include <string.h>
 #include <sys/select.h>
 #include <sys/socket.h>
@@ -48,6 +52,7 @@ static void on_poll(int events, void *privdata)
 {
     struct irc_ad *a = privdata;
     fd_set in, out;
+    int rc;
 
     if (!a->sess || a->fd < 0)
         return;
@@ -57,7 +62,10 @@ static void on_poll(int events, void *privdata)
         FD_SET(a->fd, &in);
     if (events & LOOP_WRITABLE)
         FD_SET(a->fd, &out);
-    if (irc_process_select_descriptors(a->sess, &in, &out)) {
+    a->in_lib++;
+    rc = irc_process_select_descriptors(a->sess, &in, &out);
+    a->in_lib--;
+    if (rc) {
         char why[128];
 
         snprintf(why, sizeof(why), "connection lost: %s",
@@ -65,7 +73,54 @@ static void on_poll(int events, void *privdata)
         connection_lost(a, PARLEY_ERR_IO, why);
         return;
     }
+    /* The library's buffer was written: a write that failed in
+     * session_flush worked this time, and lines that found the buffer
+     * full (flood_pump) may go now. */
+    a->write_failed = 0;
+    if (a->pump_on_write) {
+        a->pump_on_write = 0;
+        flood_pump(a);
+        return;
+    }
     session_rearm(a);
+}
+
+/*
+ * Write what the library holds now if its socket takes it, instead of
+ * waiting for the loop to report the socket writable.  libircclient's
+ * send retries EAGAIN in a loop (sockets.c socket_send), so it is called
+ * only when poll() says the socket has room, and only with the write set:
+ * its read side runs callbacks, which must not nest.  Returns 1 when the
+ * library's buffer was written, 0 when nothing was (nothing held, not
+ * writable now, or inside the library); a write error leaves the session
+ * watched for writing so that on_poll meets the error and handles the
+ * lost connection there, outside every caller of this function.
+ */
+int session_flush(struct irc_ad *a)
+{
+    fd_set in, out;
+    int maxfd = 0;
+    struct pollfd pfd;
+
+    if (a->in_lib || !a->sess || !a->poll || a->fd < 0 || a->write_failed ||
+        (a->state != IRC_REGISTERED && a->state != IRC_QUITTING))
+        return 0;
+    FD_ZERO(&in);
+    FD_ZERO(&out);
+    if (irc_add_select_descriptors(a->sess, &in, &out, &maxfd) ||
+        !FD_ISSET(a->fd, &out))
+        return 0;
+    pfd.fd = a->fd;
+    pfd.events = POLLOUT;
+    pfd.revents = 0;
+    if (poll(&pfd, 1, 0) != 1 || pfd.revents != POLLOUT)
+        return 0;
+    FD_ZERO(&in);
+    a->in_lib++;
+    if (irc_process_select_descriptors(a->sess, &in, &out))
+        a->write_failed = 1;
+    a->in_lib--;
+    return !a->write_failed;
 }
 
 void session_rearm(struct irc_ad *a)
@@ -75,13 +130,14 @@ void session_rearm(struct irc_ad *a)
 
     if (!a->poll || a->fd < 0)
         return;
+    session_flush(a);
     FD_ZERO(&in);
     FD_ZERO(&out);
     if (irc_add_select_descriptors(a->sess, &in, &out, &maxfd))
         return;
     if (FD_ISSET(a->fd, &in))
         events |= LOOP_READABLE;
-    if (FD_ISSET(a->fd, &out))
+    if (FD_ISSET(a->fd, &out) || a->write_failed)
         events |= LOOP_WRITABLE;
     if (events == a->poll_events)
         return;
@@ -121,6 +177,7 @@ static void session_teardown(struct irc_ad *a)
     loop_watch_free(a->poll);
     a->poll = NULL;
     a->poll_events = 0;
+    a->write_failed = a->pump_on_write = 0;
     a->fd = -1;
     if (a->sess)
         irc_disconnect(a->sess);
@@ -235,6 +292,7 @@ static void connect_attempt(struct irc_ad *a)
         goto fail;
     }
     a->poll_events = 0;
+    a->write_failed = a->pump_on_write = 0;
     session_rearm(a);
     return;
 fail:

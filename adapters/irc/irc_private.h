@@ -143,6 +143,11 @@ struct irc_ad {
     struct loop_watch *poll;    /* per connection */
     int fd;
     int poll_events;
+    int in_lib;                 /* inside irc_process_select_descriptors */
+    int write_failed;           /* session_flush met a write error: on_poll
+                                   handles it */
+    int pump_on_write;          /* flood_pump found the library's buffer
+                                   full: run it after the next write */
 
     enum irc_conn_state state;
     int stopping;
@@ -255,6 +260,7 @@ void ev_ctcp(irc_session_t *s, const char *e, const char *origin,
 
 /* irc_adapter.c: the session on the loop. */
 void session_rearm(struct irc_ad *a);
+int session_flush(struct irc_ad *a);
 void join_channel(struct irc_ad *a, struct irc_chan *c);
 
 #endif

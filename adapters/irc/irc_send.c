@@ -68,9 +68,19 @@ void flood_pump(struct irc_ad *a)
             loop_timer_start(a->flood_timer, wait, 0);
             break;
         }
-        if (irc_send_raw(a->sess, "%s", line)) {
-            /* The library's 1024-byte output buffer is full: let the
-             * poll flush it and come back shortly. */
+        if (irc_send_raw(a->sess, "%s", line) &&
+            (!session_flush(a) || irc_send_raw(a->sess, "%s", line))) {
+            /* The library's 1024-byte output buffer (two long lines) is
+             * full, and its socket has no room now, or the library is on
+             * the stack (session_flush wrote nothing): go on as soon as
+             * the poll has written the buffer (on_poll), not after a
+             * timer.  The timer stays as a fallback for a refusal that
+             * is not a full buffer. */
+            if (irc_errno(a->sess) == LIBIRC_ERR_NOMEM) {
+                log_debug("irc %s: library output buffer full; the next "
+                          "line waits for the socket", a->cfg.name);
+                a->pump_on_write = 1;
+            }
             loop_timer_start(a->flood_timer, 50, 0);
             break;
         }
