@@ -77,8 +77,10 @@ void flood_pump(struct irc_ad *a)
              * timer.  The timer stays as a fallback for a refusal that
              * is not a full buffer. */
             if (irc_errno(a->sess) == LIBIRC_ERR_NOMEM) {
-                log_debug("irc %s: library output buffer full; the next "
-                          "line waits for the socket", a->cfg.name);
+                if (!a->in_lib)
+                    log_debug("irc %s: library output buffer full; the "
+                              "next line waits for the socket",
+                              a->cfg.name);
                 a->pump_on_write = 1;
             }
             loop_timer_start(a->flood_timer, 50, 0);
