@@ -517,49 +517,69 @@ plot %s
                      stderr=open(os.path.join(self.tmp, "parley-mx.log"),
                                  "ab"))
         tok = alice["access_token"]
-        room = call("POST", "/createRoom", {"preset": "private_chat",
-                                           "invite": [bot["user_id"]]},
-                    tok)["room_id"]
-        rq = urllib.parse.quote(room, safe="")
-        member = "/rooms/%s/joined_members" % rq
-        wait_for(lambda: bot["user_id"] in call("GET", member, None,
-                                                tok).get("joined", {}),
-                 60, "parley to join the Matrix room")
-        filt = urllib.parse.quote(json.dumps(
-            {"room": {"rooms": [room], "timeline": {"limit": 50}},
-             "presence": {"types": []}, "account_data": {"types": []}}))
-        since = call("GET", "/sync?timeout=0&filter=" + filt, None,
-                     tok)["next_batch"]
 
-        def ask(i, tag):
-            nonlocal since
-            t0 = time.monotonic_ns()
-            call("PUT", "/rooms/%s/send/m.room.message/b%d" % (rq, i),
-                 {"msgtype": "m.text", "body": "parleybench: %s%d how are "
-                  "you?" % (tag, i),
-                  "m.mentions": {"user_ids": [bot["user_id"]]}}, tok)
-            want = "%s%d " % (tag, i)
-            while True:
-                j = call("GET", "/sync?timeout=30000&since=%s&filter=%s"
-                         % (since, filt), None, tok)
-                since = j["next_batch"]
-                evs = j.get("rooms", {}).get("join", {}).get(
-                    room, {}).get("timeline", {}).get("events", [])
-                for e in evs:
-                    if e.get("sender") == bot["user_id"] and want in \
-                            e.get("content", {}).get("body", ""):
-                        return t0, time.monotonic_ns()
+        def measure(peer, n, base):
+            """alice asks peer (who answers in the room) n questions, one
+            at a time, after 20 to warm up; (sent, recv) stamps."""
+            room = call("POST", "/createRoom", {"preset": "private_chat",
+                                               "invite": [peer]},
+                        tok)["room_id"]
+            rq = urllib.parse.quote(room, safe="")
+            member = "/rooms/%s/joined_members" % rq
+            wait_for(lambda: peer in call("GET", member, None,
+                                          tok).get("joined", {}),
+                     60, "%s to join the Matrix room" % peer)
+            filt = urllib.parse.quote(json.dumps(
+                {"room": {"rooms": [room], "timeline": {"limit": 50}},
+                 "presence": {"types": []}, "account_data": {"types": []}}))
+            since = call("GET", "/sync?timeout=0&filter=" + filt, None,
+                         tok)["next_batch"]
 
-        for w in range(20):         # warm up: first connections, caches
-            ask(w, "warm")
-        self.stand.times()
-        sent, recv = {}, {}
+            def ask(i, tag):
+                nonlocal since
+                t0 = time.monotonic_ns()
+                call("PUT", "/rooms/%s/send/m.room.message/b%d" % (rq, i),
+                     {"msgtype": "m.text", "body": "parleybench: %s%d how "
+                      "are you?" % (tag, i),
+                      "m.mentions": {"user_ids": [peer]}}, tok)
+                want = "%s%d " % (tag, i)
+                while True:
+                    j = call("GET", "/sync?timeout=30000&since=%s&filter=%s"
+                             % (since, filt), None, tok)
+                    since = j["next_batch"]
+                    evs = j.get("rooms", {}).get("join", {}).get(
+                        room, {}).get("timeline", {}).get("events", [])
+                    for e in evs:
+                        if e.get("sender") == peer and want in \
+                                e.get("content", {}).get("body", ""):
+                            return t0, time.monotonic_ns()
+
+            for w in range(20):     # warm up: first connections, caches
+                ask(base - 100 + w, "warm")
+            self.stand.times()
+            sent, recv = {}, {}
+            for i in range(base, base + n):
+                sent[i], recv[i] = ask(i, "bq")
+            return sent, recv
+
         n = self.a.matrix_messages
-        for i in range(300000, 300000 + n):
-            sent[i], recv[i] = ask(i, "bq")
-        conn.close()
+        sent, recv = measure(bot["user_id"], n, 300000)
         stop(proc)
         ov = self.collect(sent, recv)
+        # The floor: the same questions to a plain client that answers at
+        # once (refbot.py mxecho), so Synapse's share shows.
+        echo = register("echobench", "bench-pw-3")
+        eproc = spawn([PY, os.path.join(HERE, "refbot.py"), "mxecho",
+                       "http://127.0.0.1:%d" % port],
+                      env=dict(os.environ,
+                               BENCH_MX_TOKEN=echo["access_token"]),
+                      stdout=subprocess.DEVNULL,
+                      stderr=open(os.path.join(self.tmp, "mxecho.log"),
+                                  "ab"))
+        fs, fr = measure(echo["user_id"], n, 600000)
+        stop(eproc)
+        conn.close()
+        floor = [(fr[i] - fs[i]) / 1e6 for i in fs]
 
         def fmt(r):
             return ("p50 %.2f / p99 %.2f / max %.2f ms (in %.2f + out %.2f "
@@ -571,7 +591,10 @@ plot %s
             "config, not strict: its rc_message is generous; sqlite), %d "
             "messages in one room one at a time; in and out each include "
             "a /sync long-poll wake-up" % n, fmt(ov),
-            "not measured (refbot.py speaks IRC and the console)", ""))
+            "not measured (refbot.py speaks IRC and the console)",
+            "floor (Synapse, a client that answers at once, refbot.py "
+            "mxecho): p50 %.2f / p99 %.2f ms" % (pct(floor, 50),
+                                                 pct(floor, 99))))
 
     # IRC: start-up, idle RSS with 50 channels, overhead, CPU per answer.
     def irc_one(self, kind, client, channels):

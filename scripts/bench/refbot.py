@@ -12,16 +12,23 @@ console (stdin/stdout, "bot> " before each answer).
   refbot.py irc HOST PORT NICK API_URL CHANNEL...
   refbot.py console API_URL
   refbot.py echo HOST PORT NICK CHANNEL...
+  BENCH_MX_TOKEN=... refbot.py mxecho HOMESERVER_URL
 
-"echo" is not a bot but the floor under the IRC figures: a raw-socket
-client (no library, no model, TCP_NODELAY) that answers every channel
-line addressed to it with the same text at once, so bench.py can time
-the IRC server relaying a message twice plus two plain clients.
+"echo" and "mxecho" are not bots but the floors under the IRC and Matrix
+figures: plain clients (no model) that answer every message addressed
+to them with the same text at once, so bench.py can time the server
+relaying a message twice plus two plain clients.  echo speaks raw IRC
+(no library, TCP_NODELAY); mxecho long-polls /sync over one keep-alive
+connection, joins the rooms it is invited to and answers each m.text
+from someone else with a PUT /send.
 """
 
+import http.client
 import json
+import os
 import socket
 import sys
+import urllib.parse
 import urllib.request
 
 MAX_TURNS = 40
@@ -120,11 +127,57 @@ def run_echo(host, port, nick, channels):
             sock.sendall(b"".join(l + b"\r\n" for l in out))
 
 
+def run_mxecho(hs_url):
+    u = urllib.parse.urlsplit(hs_url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
+    auth = {"Authorization": "Bearer " + os.environ["BENCH_MX_TOKEN"],
+            "Content-Type": "application/json"}
+
+    def call(method, path, body=None):
+        conn.request(method, "/_matrix/client/v3" + path, headers=auth,
+                     body=None if body is None else json.dumps(body))
+        r = conn.getresponse()
+        data = r.read()
+        if r.status != 200:
+            raise RuntimeError("%s %s -> %d %r" % (method, path, r.status,
+                                                    data))
+        return json.loads(data or b"{}")
+
+    me = call("GET", "/account/whoami")["user_id"]
+    filt = urllib.parse.quote(json.dumps(
+        {"room": {"timeline": {"limit": 50}}, "presence": {"types": []},
+         "account_data": {"types": []}}))
+    since, txn = None, 0
+    while True:
+        j = call("GET", "/sync?timeout=30000&filter=%s%s"
+                 % (filt, "&since=" + since if since else ""))
+        rooms = j.get("rooms", {})
+        for room in rooms.get("invite", {}):
+            call("POST", "/join/" + urllib.parse.quote(room, safe=""), {})
+        for room, r in rooms.get("join", {}).items():
+            if since is None:       # the backlog before this start
+                continue
+            for e in r.get("timeline", {}).get("events", []):
+                c = e.get("content", {})
+                if e.get("type") != "m.room.message" or \
+                        e.get("sender") == me or c.get("msgtype") != "m.text":
+                    continue
+                txn += 1
+                who = e["sender"][1:].split(":", 1)[0]
+                call("PUT", "/rooms/%s/send/m.room.message/e%d"
+                     % (urllib.parse.quote(room, safe=""), txn),
+                     {"msgtype": "m.text",
+                      "body": "%s: %s" % (who, c.get("body", ""))})
+        since = j["next_batch"]
+
+
 def main(argv):
     if len(argv) >= 6 and argv[1] == "irc":
         run_irc(argv[2], int(argv[3]), argv[4], argv[5], argv[6:])
     elif len(argv) >= 6 and argv[1] == "echo":
         run_echo(argv[2], int(argv[3]), argv[4], argv[5:])
+    elif len(argv) == 3 and argv[1] == "mxecho":
+        run_mxecho(argv[2])
     elif len(argv) == 3 and argv[1] == "console":
         run_console(argv[2])
     else:
