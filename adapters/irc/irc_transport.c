@@ -42,6 +42,10 @@
 #define TRANSPORT_LIB_IN_MAX 2048
 /* Plaintext read from OpenSSL at once. */
 #define TRANSPORT_TLS_CHUNK 16384
+/* Lines relayed during one read are gathered and written with one call
+ * per direction (see "batch" below); a batch that would outgrow this is
+ * written early. */
+#define TRANSPORT_BATCH_MAX 8192
 
 struct irc_transport {
     struct loop *loop;
@@ -81,6 +85,17 @@ struct irc_transport {
     size_t to_lib_len;
     char held[TRANSPORT_HELD_MAX];
     size_t held_len;
+
+    /* While a read callback runs (batching > 0), relayed lines gather
+     * here and go out in one write when it ends: a burst of server lines
+     * is one write to the library, an answer's lines one write (one TLS
+     * record) to the server, not one each.  Wiped once written: a
+     * batch for the server may hold the held PASS line. */
+    int batching;
+    char up_batch[TRANSPORT_BATCH_MAX];
+    size_t up_batch_len;
+    char lib_batch[TRANSPORT_BATCH_MAX];
+    size_t lib_batch_len;
 
     irc_transport_closed_fn *closed;
     void *ctx;
@@ -181,8 +196,8 @@ static void tls_flush(struct irc_transport *t)
     }
 }
 
-/* Send bytes to the server, through TLS when configured. */
-static void up_write(struct irc_transport *t, const char *data, size_t len)
+/* Send bytes to the server now, through TLS when configured. */
+static void up_send(struct irc_transport *t, const char *data, size_t len)
 {
     if (!t->up_connected || t->failed)
         return;
@@ -195,6 +210,75 @@ static void up_write(struct irc_transport *t, const char *data, size_t len)
         return;
     }
     tls_flush(t);
+}
+
+/* Write out what a read callback gathered for the server. */
+static void up_flush(struct irc_transport *t)
+{
+    if (t->up_batch_len == 0)
+        return;
+    up_send(t, t->up_batch, t->up_batch_len);
+    explicit_bzero(t->up_batch, t->up_batch_len);
+    t->up_batch_len = 0;
+}
+
+/* Send bytes to the server: gathered while a read callback runs, else
+ * now.  Always after what was gathered before, so the order holds. */
+static void up_write(struct irc_transport *t, const char *data, size_t len)
+{
+    if (!t->up_connected || t->failed)
+        return;
+    if (t->batching && len <= sizeof(t->up_batch)) {
+        if (t->up_batch_len + len > sizeof(t->up_batch))
+            up_flush(t);
+        memcpy(t->up_batch + t->up_batch_len, data, len);
+        t->up_batch_len += len;
+        return;
+    }
+    up_flush(t);
+    up_send(t, data, len);
+}
+
+/* The same for the library's side of the loopback connection. */
+static void lib_flush(struct irc_transport *t)
+{
+    if (t->lib_batch_len == 0)
+        return;
+    if (t->lib_connected && !t->failed)
+        stream_write(t, t->lib, t->lib_batch, t->lib_batch_len);
+    t->lib_batch_len = 0;
+}
+
+static void lib_write(struct irc_transport *t, const char *data, size_t len)
+{
+    if (t->batching && len <= sizeof(t->lib_batch)) {
+        if (t->lib_batch_len + len > sizeof(t->lib_batch))
+            lib_flush(t);
+        memcpy(t->lib_batch + t->lib_batch_len, data, len);
+        t->lib_batch_len += len;
+        return;
+    }
+    lib_flush(t);
+    stream_write(t, t->lib, data, len);
+}
+
+/* Bracket a read callback's relaying (inside transport_enter/leave). */
+static void batch_begin(struct irc_transport *t)
+{
+    t->batching++;
+}
+
+static void batch_end(struct irc_transport *t)
+{
+    if (--t->batching > 0)
+        return;
+    if (t->failed) {
+        explicit_bzero(t->up_batch, sizeof(t->up_batch));
+        t->up_batch_len = t->lib_batch_len = 0;
+        return;
+    }
+    lib_flush(t);
+    up_flush(t);
 }
 
 /* Send one line (no CRLF) to the server.  Secret lines are wiped from the
@@ -237,7 +321,7 @@ static void lib_line(struct irc_transport *t, const char *line)
 
         memcpy(buf, line, n);
         memcpy(buf + n, "\r\n", 2);
-        stream_write(t, t->lib, buf, n + 2);
+        lib_write(t, buf, n + 2);
         return;
     }
     if (t->to_lib_len + n + 2 > TRANSPORT_PENDING_MAX) {
@@ -435,11 +519,13 @@ static void on_up_data(const char *data, size_t len, void *privdata)
     if (t->failed)
         return;
     transport_enter(t);
+    batch_begin(t);
     t->last_rx_ms = loop_now_ms(t->loop);
     if (t->tls)
         tls_read(t, data, len);
     else
         up_feed(t, data, len);
+    batch_end(t);
     transport_leave(t);
 }
 
@@ -550,7 +636,9 @@ static void on_lib_data(const char *data, size_t len, void *privdata)
     if (t->failed)
         return;
     transport_enter(t);
+    batch_begin(t);
     lib_feed(t, data, len);
+    batch_end(t);
     transport_leave(t);
 }
 
