@@ -26,6 +26,7 @@
 #include <arpa/inet.h>
 #include <limits.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -286,6 +287,18 @@ static void connect_attempt(struct irc_ad *a)
         goto fail;
     }
     irc_transport_expect_peer(a->tp, &local);
+    /* Without TCP_NODELAY a second write while the first is unacked (an
+     * answer longer than the library's 1024-byte buffer goes in two)
+     * waits for the transport's delayed ACK, 40 ms.  Best effort: the
+     * lines still arrive without it. */
+    {
+        int one = 1;
+
+        if (setsockopt(a->fd, IPPROTO_TCP, TCP_NODELAY, &one,
+                       sizeof(one)) < 0)
+            log_debug("irc %s: TCP_NODELAY on the library's socket "
+                      "failed", a->cfg.name);
+    }
     a->poll = loop_watch_new(a->loop, a->fd, on_poll, a);
     if (!a->poll) {
         snprintf(err, sizeof(err), "cannot poll the libircclient socket");
