@@ -5,7 +5,9 @@ Starts everything on 127.0.0.1 and stops it on exit, also on failure and
 Ctrl-C: redis-server, inspircd (a connect class without fake lag or
 command rate limits; ngircd would throttle the bots), the
 OpenAI stand-in openai_uv (libuv, HTTP/1.1, fixed model latency), parley
-and the reference bot refbot.py.  Prints one Markdown table; every row
+and the reference bot refbot.py (and its "echo" and "mxecho" modes, the
+plain clients of the floor figures: the same messages answered at once
+without parley, so the IRC and Matrix rows show the server's share).  Prints one Markdown table; every row
 names its parameters, and the lines above it the settings of the servers
 around parley (DESIGN.md "Benchmarks").
 
