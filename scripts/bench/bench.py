@@ -664,13 +664,31 @@ plot %s
                 time.sleep(wait)
         cpu = cpu_s(proc.pid) - cpu0
         after = rss_mb(proc.pid)
+        # Multi-line answers (parley only: refbot.py joins the lines):
+        # the stand-in answers "ml4" with 4 lines, 3 of them 407 bytes,
+        # more than libircclient's 1024-byte output buffer holds.
+        ml = []
+        for i in range(self.a.ml_messages if kind == "parley" else 0):
+            t_next = time.monotonic() + 4 * pace
+            t0 = time.monotonic_ns()
+            client.send("PRIVMSG %s :%s: mq%d ml4 lines please"
+                        % (channels[0], nick, i))
+            tag = "mq%d " % i
+            _, t1 = client.wait(lambda l: tag in l and
+                                l.startswith(":" + nick + "!"), 30)
+            _, t4 = client.wait(lambda l: " :line 4:" in l and
+                                l.startswith(":" + nick + "!"), 30)
+            ml.append(((t1 - t0) / 1e6, (t4 - t1) / 1e6))
+            wait = t_next - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
         stop(proc)
         if kind == "floor":     # no model in between: the whole trip
             ov = {"tot": [(recv[i] - sent[i]) / 1e6 for i in sent]}
         else:
             ov = self.collect(sent, recv)
         return {"startup": startup, "idle": idle, "after": after,
-                "cpu_ms": cpu * 1e3 / n, "ov": ov}
+                "cpu_ms": cpu * 1e3 / n, "ov": ov, "ml": ml}
 
     def irc(self):
         self.stand.delay(0)
@@ -691,6 +709,18 @@ plot %s
             "10 / burst 100)" % (n, self.a.pace_ms), p["ov"], r["ov"],
             "; floor (inspircd relaying twice, echo client): p50 %.2f / "
             "p99 %.2f ms" % (pct(fl, 50), pct(fl, 99)))
+        if p["ml"]:
+            first = [x[0] for x in p["ml"]]
+            spread = [x[1] for x in p["ml"]]
+            self.rows.append((
+                "Multi-line answer, IRC", "%d answers of 4 lines (the "
+                "echo, then 3 of 407 bytes: more than libircclient's "
+                "1024-byte output buffer), one at a time, model 0"
+                % len(p["ml"]),
+                "first line -> last line p50 %.2f / max %.2f ms (message "
+                "-> first line p50 %.2f ms)" % (pct(spread, 50),
+                                                max(spread), pct(first, 50)),
+                "not measured (refbot.py sends one line)", ""))
         self.rows.append((
             "Start-up: exec to ready", "IRC, %d channels joined, loopback"
             % len(channels), "%.0f ms" % p["startup"], "%.0f ms" %
@@ -866,14 +896,17 @@ def main():
     a.pace_ms = 12
     if a.smoke:
         a.irc_messages, a.console_messages, a.channels = 20, 50, 5
+        a.ml_messages = 5
         a.matrix_messages = 0
         a.rooms, a.tput_messages = [20, 50], 200
     elif a.long:
         a.irc_messages, a.console_messages, a.channels = 5000, 20000, 50
+        a.ml_messages = 500
         a.matrix_messages = 1000
         a.rooms, a.tput_messages = [1000, 5000, 10000], 3000
     else:
         a.irc_messages, a.console_messages, a.channels = 2000, 10000, 50
+        a.ml_messages = 200
         a.matrix_messages = 200
         a.rooms, a.tput_messages = [1000, 5000, 10000], 3000
     signal.signal(signal.SIGINT, on_signal)

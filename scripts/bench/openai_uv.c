@@ -6,7 +6,9 @@
  * second on a shared core), so the figures of scripts/bench/run.sh would
  * measure the stand-in instead of parley.  Each chat request waits the
  * fixed model latency on a timer, then gets an OpenAI-shaped answer,
- * "echo: <last user message>".  HTTP/1.1 with keep-alive, and HTTP/2 in
+ * "echo: <last user message>" (a message holding "ml<n>", n from 2 to 9,
+ * gets n lines: the echo, then n - 1 lines of about 420 bytes, for the
+ * multi-line figure).  HTTP/1.1 with keep-alive, and HTTP/2 in
  * cleartext with prior knowledge (h2c, openai_h2.c: a connection that
  * starts with the HTTP/2 preface), when built with libnghttp2.
  *
@@ -216,15 +218,20 @@ static char *times_json(void)
 }
 
 /* The chat answer for body, or NULL (then a 400); sets *id. */
+/* Words of " word" in each extra line of a multi-line answer: 400 bytes,
+ * so two lines fill libircclient's 1024-byte output buffer. */
+#define ML_WORDS 80
+
 static char *chat_answer(long *id, const char *body, size_t len)
 {
     cJSON *req = cJSON_ParseWithLength(body, len);
     cJSON *msgs = cJSON_GetObjectItemCaseSensitive(req, "messages");
     cJSON *m, *model, *res, *choice, *msg, *usage, *choices;
     const char *last = "";
-    const char *bq;
+    const char *bq, *ml;
     char *text, *out;
-    size_t tlen;
+    size_t tlen, used;
+    int lines = 1, k, w;
 
     *id = -1;
     if (!req)
@@ -240,7 +247,10 @@ static char *chat_answer(long *id, const char *body, size_t len)
     bq = strstr(last, "bq");
     if (bq && bq[2] >= '0' && bq[2] <= '9')
         *id = strtol(bq + 2, NULL, 10);
-    tlen = strlen(last) + 8;
+    ml = strstr(last, "ml");
+    if (ml && ml[2] >= '2' && ml[2] <= '9')
+        lines = ml[2] - '0';
+    tlen = strlen(last) + 8 + (size_t)(lines - 1) * (16 + ML_WORDS * 5);
     text = malloc(tlen);
     model = cJSON_GetObjectItemCaseSensitive(req, "model");
     res = cJSON_CreateObject();
@@ -250,7 +260,12 @@ static char *chat_answer(long *id, const char *body, size_t len)
         cJSON_Delete(req);
         return NULL;
     }
-    snprintf(text, tlen, "echo: %s", last);
+    used = (size_t)snprintf(text, tlen, "echo: %s", last);
+    for (k = 2; k <= lines; k++) {
+        used += (size_t)snprintf(text + used, tlen - used, "\nline %d:", k);
+        for (w = 0; w < ML_WORDS; w++)
+            used += (size_t)snprintf(text + used, tlen - used, " word");
+    }
     cJSON_AddStringToObject(res, "id", "chatcmpl-bench");
     cJSON_AddStringToObject(res, "object", "chat.completion");
     cJSON_AddNumberToObject(res, "created", (double)time(NULL));
