@@ -55,10 +55,12 @@ TEST_PKGS=(
 )
 
 # What scripts/bench/run.sh needs on top (not the tests): gnuplot draws
-# docs/performance.png, libnghttp2 gives the OpenAI stand-in its h2c side.
+# docs/performance.png, libnghttp2 gives the OpenAI stand-in its h2c side,
+# h2load (a load generator in C) measures the stand-in without curl.
 BENCH_PKGS=(
     gnuplot-nox             # the chart of cost and RSS against rooms
     libnghttp2-dev          # h2c in scripts/bench/openai_h2.c
+    nghttp2-client          # h2load: the concurrency floor of the machine
 )
 
 usage() {

@@ -339,9 +339,7 @@ adapters = ( %s );
         """The same with llm.http2_prior_knowledge: curl multiplexes up to
         100 requests on one h2c connection to the stand-in."""
         self.stand.delay(2000)
-        # 10,000 over h2 takes minutes (see docs/PERFORMANCE.md: curl
-        # resumes one transfer waiting for a connection per event).
-        for n in [r for r in self.a.rooms if r <= 5000]:
+        for n in self.a.rooms:
             p = self.bench_rooms(n, n, max(n, 16), h2=True)
             if p is None:
                 self.notes.append(
@@ -724,11 +722,15 @@ plot %s
         self.rows.append((
             "Start-up: exec to ready", "IRC, %d channels joined, loopback"
             % len(channels), "%.0f ms" % p["startup"], "%.0f ms" %
-            r["startup"], "%.1fx" % (r["startup"] / max(p["startup"], 1))))
+            r["startup"], "%.1fx; floor (the echo client: inspircd's "
+            "registration and the same joins): %.0f ms"
+            % (r["startup"] / max(p["startup"], 1),
+               res["floor"]["startup"])))
         self.rows.append((
             "RSS idle", "IRC connected, %d channels" % len(channels),
             "%.1f MB" % p["idle"], "%.1f MB" % r["idle"],
-            "%.1fx" % (r["idle"] / max(p["idle"], 0.1))))
+            "%.1fx%s" % (r["idle"] / max(p["idle"], 0.1),
+                         self.rss_floor())))
         self.rows.append((
             "CPU per answer, end to end", "IRC, the %d messages above"
             % n, "%.3f ms" % p["cpu_ms"], "%.3f ms" % r["cpu_ms"],
@@ -801,6 +803,46 @@ plot %s
                                                      r["cpu_1000"]),
             "CPU %.1fx" % (r["cpu_1000"] / max(p["cpu_1000"], 1e-3))))
 
+    def rss_floor(self):
+        """What a process that only initialises libcurl, or maps every
+        library parley maps, costs (scripts/bench/rss_floor.c)."""
+        out = []
+        for name, what in (("rss_floor_curl", "libcurl alone"),
+                           ("rss_floor_libs", "parley's libraries")):
+            exe = os.path.join(self.build, name)
+            if not os.path.exists(exe):
+                return ""
+            kb = subprocess.run([exe], capture_output=True, text=True,
+                                timeout=30).stdout.split()
+            out.append("%s %.1f MB" % (what, int(kb[0]) / 1024.0))
+        return ("; floor (a process that only initialises them, "
+                "rss_floor.c): " + ", ".join(out))
+
+    def h2load(self, n, h2):
+        """The same n requests from nghttp2's h2load, a load generator
+        in C without curl: what the stand-in and the kernel alone take.
+        None when h2load (Debian nghttp2-client) is not installed."""
+        exe = shutil.which("h2load")
+        if not exe:
+            return None
+        body = os.path.join(self.tmp, "h2load-body.json")
+        with open(body, "w") as f:
+            f.write('{"model":"test-model","messages":[{"role":"user",'
+                    '"content":"m1 hello"}]}')
+        conns = ["-c", str(max(1, n // 100)), "-m", "100"] if h2 else \
+            ["--h1", "-c", str(n), "-m", "1"]
+        out = subprocess.run(
+            [exe, "-n", str(n)] + conns + ["-d", body, "-H",
+                                          "Content-Type: application/json",
+                                          self.stand.url +
+                                          "/chat/completions"],
+            capture_output=True, text=True, timeout=300).stdout
+        m = re.search(r"finished in ([0-9.]+)(ms|s)", out)
+        ok = re.search(r"requests: .* (\d+) succeeded", out)
+        if not m or not ok or int(ok.group(1)) != n:
+            return None
+        return float(m.group(1)) / (1000.0 if m.group(2) == "ms" else 1.0)
+
     def stand_alone(self):
         self.stand.delay(2000)
         n = max(self.a.rooms)
@@ -811,6 +853,21 @@ plot %s
             "parley's llm + curl, model 2 s" % n,
             "all answered in %.2f s, peak %d connections open"
             % (d["wall"], st["peak_open"]), "", ""))
+        for h2 in (False, True):
+            t = self.h2load(n, h2)
+            if t is None:
+                self.notes.append("h2load (Debian nghttp2-client) not "
+                                  "installed or failed: the stand-in "
+                                  "without curl is not measured")
+                return
+            self.rows.append((
+                "Stand-in alone, without curl", "h2load (nghttp2, C), %d "
+                "requests at once, model 2 s, %s" % (
+                    n, "h2c, 100 streams a connection, %d connection%s"
+                    % (max(1, n // 100), "s" if n >= 200 else "")
+                    if h2 else "HTTP/1.1, one connection each"),
+                "all answered in %.2f s" % t, "",
+                "the floor of this machine for the concurrency rows"))
 
     def settings(self):
         lines = [

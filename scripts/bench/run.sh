@@ -34,7 +34,7 @@ if [ -z "$build" ]; then
     cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DPARLEY_TESTS=OFF \
         >/dev/null
     cmake --build "$build" -j"$(nproc)" --target parley bench_rooms \
-        openai_uv >/dev/null
+        openai_uv rss_floor_curl rss_floor_libs >/dev/null
 fi
 # timeout sends TERM to bench.py, which stops what it started.
 exec timeout --foreground -k 20 "$limit" /usr/bin/python3 \
