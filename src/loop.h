@@ -153,7 +153,8 @@ typedef void loop_watch_fn(int events, void *privdata);
 struct loop_watch *loop_watch_new(struct loop *loop, int fd,
                                   loop_watch_fn *fn, void *privdata);
 /* Watch for events (LOOP_READABLE | LOOP_WRITABLE); 0 stops watching.
- * Returns PARLEY_OK, or PARLEY_ERR_IO when libuv refuses. */
+ * The same mask again costs nothing.  Returns PARLEY_OK, or
+ * PARLEY_ERR_IO when libuv refuses. */
 int loop_watch_set(struct loop_watch *w, int events);
 /* Stop and release; allowed inside fn.  NULL is allowed. */
 void loop_watch_free(struct loop_watch *w);

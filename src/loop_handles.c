@@ -151,7 +151,10 @@ static void on_loop_watch(uv_poll_t *h, int status, int events)
     if (w->freeing)
         return;
     if (status < 0) {
+        /* libuv has stopped the handle: a later loop_watch_set with the
+         * same mask must start it again. */
         ready = w->events;
+        w->events = 0;
     } else {
         if (events & UV_READABLE)
             ready |= LOOP_READABLE;
@@ -189,17 +192,25 @@ int loop_watch_set(struct loop_watch *w, int events)
     if (w->freeing)
         return PARLEY_ERR_STATE;
     events &= LOOP_READABLE | LOOP_WRITABLE;
-    w->events = events;
+    /* Only a change reaches libuv: each uv_poll_start takes the fd out of
+     * epoll and puts it back (up to three epoll_ctl calls), and owners
+     * re-arm after every event with the mask they already have. */
+    if (events == w->events)
+        return PARLEY_OK;
     if (!events) {
         uv_poll_stop(&w->handle);
+        w->events = 0;
         return PARLEY_OK;
     }
     if (events & LOOP_READABLE)
         uv_events |= UV_READABLE;
     if (events & LOOP_WRITABLE)
         uv_events |= UV_WRITABLE;
-    if (uv_poll_start(&w->handle, uv_events, on_loop_watch) < 0)
+    if (uv_poll_start(&w->handle, uv_events, on_loop_watch) < 0) {
+        w->events = 0;          /* uv_poll_start stops before it starts */
         return PARLEY_ERR_IO;
+    }
+    w->events = events;
     return PARLEY_OK;
 }
 

@@ -140,10 +140,7 @@ void session_rearm(struct irc_ad *a)
         events |= LOOP_READABLE;
     if (FD_ISSET(a->fd, &out) || a->write_failed)
         events |= LOOP_WRITABLE;
-    if (events == a->poll_events)
-        return;
-    a->poll_events = events;
-    loop_watch_set(a->poll, events);
+    loop_watch_set(a->poll, events);    /* a no-op when unchanged */
 }
 
 static void schedule_reconnect(struct irc_ad *a, int status)
@@ -177,7 +174,6 @@ static void session_teardown(struct irc_ad *a)
     /* Before irc_disconnect closes the fd the watch is on. */
     loop_watch_free(a->poll);
     a->poll = NULL;
-    a->poll_events = 0;
     a->write_failed = a->pump_on_write = 0;
     a->fd = -1;
     if (a->sess)
@@ -304,7 +300,6 @@ static void connect_attempt(struct irc_ad *a)
         snprintf(err, sizeof(err), "cannot poll the libircclient socket");
         goto fail;
     }
-    a->poll_events = 0;
     a->write_failed = a->pump_on_write = 0;
     session_rearm(a);
     return;

@@ -142,7 +142,6 @@ struct irc_ad {
     struct irc_transport *tp;
     struct loop_watch *poll;    /* per connection */
     int fd;
-    int poll_events;
     int in_lib;                 /* inside irc_process_select_descriptors */
     int write_failed;           /* session_flush met a write error: on_poll
                                    handles it */
