@@ -410,16 +410,17 @@ static void deliver(struct llm_request *req)
 {
     struct llm *llm = req->llm;
     struct llm_result oom;
-    const struct llm_result *res = req->res;
+    struct llm_result *res = req->res;
 
     if (!res) {
         memset(&oom, 0, sizeof(oom));
         llm_result_clear(&oom);
         oom.status = PARLEY_ERR_OOM;
-        oom.attempts = req->attempts;
         snprintf(oom.errstr, sizeof(oom.errstr), "out of memory");
         res = &oom;
     }
+    /* Counted on the request, told once, here. */
+    res->attempts = req->attempts;
     request_unlink(req);
     req->state = LLM_DELIVERING;
     llm->in_callback++;
@@ -503,7 +504,6 @@ static int request_send(struct llm_request *req)
 
         if (res) {
             llm_result_clear(res);
-            res->attempts = req->attempts;
             snprintf(res->errstr, sizeof(res->errstr),
                      "could not start a request to the LLM API (error %d)",
                      result);
@@ -513,8 +513,6 @@ static int request_send(struct llm_request *req)
     }
     req->state = LLM_ACTIVE;
     req->attempts++;
-    if (req->res)
-        req->res->attempts = req->attempts;
     llm->n_active++;
     return PARLEY_OK;
 }
@@ -569,7 +567,6 @@ static void request_judge(struct llm_request *req,
 
     if (!res)
         return;
-    res->attempts = req->attempts;
     res->http_code = resp->code;
     res->retryable = 0;
     text[0] = '\0';
@@ -598,10 +595,7 @@ static void request_judge(struct llm_request *req,
             snprintf(text, sizeof(text), "out of memory reading the LLM "
                      "API answer");
         } else if (resp->code >= 200 && resp->code <= 299) {
-            int attempts = res->attempts;
-
             llm_parse_response(clean, n, res);
-            res->attempts = attempts;
             res->http_code = resp->code;
             llm_text_copy(text, sizeof(text), res->errstr);
         } else {
@@ -707,7 +701,6 @@ static void on_http_done(const struct http_response *resp, void *privdata)
     req->llm->n_active--;
     if (resp->streamed) {
         /* A streamed request has had its result since submission. */
-        req->res->attempts = req->attempts;
         req->res->http_code = resp->code;
         llm_stream_end(req->stream, resp->status, resp->errstr);
     } else {
